@@ -1,0 +1,109 @@
+"""The blob storage interface every driver implements.
+
+Blobs are content-addressed and immutable: a blob becomes visible under its
+digest only once all of its bytes are durably stored (never partially).
+Uploads are staged under an upload id, appended to at explicit offsets, then
+committed under a digest that the *caller* has already verified; drivers do
+not interpret digests beyond using them as names.
+
+Drivers know nothing about repositories or metadata: which repository may
+see which blob is the metadata layer's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """Base class of every error a driver raises."""
+
+
+class StorageUnavailable(StorageError):
+    """The backing store could not be reached or failed; retryable."""
+
+
+class BlobNotFound(StorageError):
+    """No blob is stored under the digest."""
+
+
+class UploadNotFound(StorageError):
+    """No upload is staged under the id."""
+
+
+class UploadOffsetMismatch(StorageError):
+    """A write did not start where the staged upload ends."""
+
+    def __init__(self, expected: int, given: int) -> None:
+        super().__init__(f"upload is at offset {expected}, write started at {given}")
+        self.expected = expected
+        self.given = given
+
+
+class BlobStore(Protocol):
+    """Content-addressed blob bytes plus staging for uploads in progress."""
+
+    async def stat(self, digest: str) -> int | None:
+        """Size of the stored blob, or None if it is not stored."""
+        ...
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (all to the end if None) from ``offset``.
+        Raises BlobNotFound on the first iteration if the blob is absent."""
+        ...
+
+    def local_path(self, digest: str) -> str | None:
+        """A filesystem path to the blob, for sendfile; None if not local."""
+        ...
+
+    async def presign(self, digest: str, expires_seconds: int) -> str | None:
+        """A URL a client may GET the blob from directly, or None if the
+        driver cannot sign URLs."""
+        ...
+
+    async def delete(self, digest: str) -> bool:
+        """Remove a blob; False if it was not there."""
+        ...
+
+    def list_blobs(self) -> AsyncIterator[str]:
+        """Every stored digest (for garbage collection and checks)."""
+        ...
+
+    async def upload_start(self, upload_id: str) -> None:
+        """Create an empty staged upload."""
+        ...
+
+    async def upload_write(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        """Append ``chunks`` to a staged upload that currently ends at ``offset``.
+
+        Returns the new size.  Raises UploadOffsetMismatch (writing nothing)
+        if the upload does not end at ``offset``, UploadNotFound if there is
+        no such upload.  If the chunk stream raises, the upload is left at a
+        consistent size (the bytes written so far, or ``offset``), never torn.
+        """
+        ...
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        """Bytes staged so far, or None if there is no such upload."""
+        ...
+
+    def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
+        """Stream the staged bytes (to re-hash an upload another process wrote)."""
+        ...
+
+    async def upload_commit(self, upload_id: str, digest: str) -> int:
+        """Make the staged bytes visible as blob ``digest`` atomically and drop
+        the staging; returns the blob size.  If the blob already exists the
+        staging is simply dropped (content addressing makes them equal)."""
+        ...
+
+    async def upload_abort(self, upload_id: str) -> None:
+        """Drop a staged upload (no error if it is already gone)."""
+        ...
+
+    def list_uploads(self) -> AsyncIterator[str]:
+        """Ids of every staged upload (to remove expired ones)."""
+        ...
+
+    async def close(self) -> None: ...
