@@ -1,0 +1,1 @@
+"""The HTTP layer: aiohttp handlers, one module per resource of the OCI Distribution API."""

@@ -1,0 +1,2 @@
+"""Registry metadata in a KV store (etcd): key layout, records, and the
+transactions that keep the invariants."""

@@ -1,0 +1,129 @@
+"""Linearizable reads from the watch-fed cache (the shape of Kubernetes' KEP-2340).
+
+To read consistently, a request needs the cache to reflect every write that
+was acknowledged before the request arrived.  It gets the store's current
+revision R with one quorum read, then waits until the cache has applied R.
+
+Quorum reads are shared: a request joins the next revision read that *starts
+after it arrived* (a read that started earlier might have been served before
+a write the request must see).  So at most two reads are outstanding — the
+one in flight and the one that collects the requests arriving meanwhile — and
+one etcd round trip serves any number of concurrent requests.
+
+When etcd cannot answer (quorum loss), ``sync`` reports the store as
+unavailable instead of raising, and callers serve what the cache has: stale
+but never wrong for content-addressed data.  While the store is unavailable,
+further syncs do not wait for it again until ``probe_interval`` has passed,
+so pulls stay fast and writes can fail fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+
+from hareg.clock import Clock
+from hareg.kv.base import KV, KVError
+from hareg.metadata.cache import MetadataCache
+
+log = logging.getLogger("hareg.barrier")
+
+
+class Freshness(Enum):
+    CURRENT = "current"  # the cache reflects every write acknowledged before the call
+    STALE = "stale"  # etcd is unreachable; the cache is as of its last update
+    UNCACHED = "uncached"  # the cache is not loaded or fell behind: read etcd directly
+
+
+class ReadBarrier:
+    def __init__(
+        self,
+        kv: KV,
+        cache: MetadataCache,
+        clock: Clock,
+        *,
+        revision_timeout: float = 1.0,
+        catch_up_timeout: float = 1.0,
+        probe_interval: float = 1.0,
+    ) -> None:
+        self.kv = kv
+        self.cache = cache
+        self.clock = clock
+        self.revision_timeout = revision_timeout
+        self.catch_up_timeout = catch_up_timeout
+        self.probe_interval = probe_interval
+        self._in_flight: asyncio.Future[int] | None = None
+        self._next: asyncio.Future[int] | None = None
+        self._unavailable_since: float | None = None
+        self.revision_reads = 0
+
+    @property
+    def store_available(self) -> bool:
+        return self._unavailable_since is None
+
+    def writes_blocked(self) -> bool:
+        """True while etcd was just seen unavailable: writes fail fast instead of
+        waiting for a timeout.  After ``probe_interval`` one write may try again."""
+        if self._unavailable_since is None:
+            return False
+        return self.clock.monotonic() - self._unavailable_since < self.probe_interval
+
+    def _start_round(self, fut: asyncio.Future[int]) -> None:
+        self._in_flight = fut
+        asyncio.get_running_loop().create_task(self._round(fut))
+
+    async def _round(self, fut: asyncio.Future[int]) -> None:
+        self.revision_reads += 1
+        try:
+            async with asyncio.timeout(self.revision_timeout):
+                revision = await self.kv.current_revision()
+        except (KVError, TimeoutError) as exc:
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, KVError) else KVError("revision read timed out"))
+            fut.exception()  # mark retrieved: waiters may all have gone
+        else:
+            if not fut.done():
+                fut.set_result(revision)
+        finally:
+            self._in_flight = None
+            if self._next is not None:
+                nxt, self._next = self._next, None
+                self._start_round(nxt)
+
+    async def current_revision(self) -> int:
+        """A store revision read that started after this call (shared with concurrent callers)."""
+        loop = asyncio.get_running_loop()
+        if self._next is not None:
+            fut = self._next
+        elif self._in_flight is None:
+            fut = loop.create_future()
+            self._start_round(fut)
+        else:
+            fut = self._next = loop.create_future()
+        return await asyncio.shield(fut)
+
+    async def sync(self) -> Freshness:
+        if not self.cache.ready:
+            return Freshness.UNCACHED
+        if self.writes_blocked():  # etcd was just seen down: do not wait on it again yet
+            return Freshness.STALE
+        try:
+            revision = await self.current_revision()
+        except KVError:
+            if self._unavailable_since is None:
+                log.warning("etcd unavailable: serving reads from the cache")
+            self._unavailable_since = self.clock.monotonic()
+            return Freshness.STALE
+        if self._unavailable_since is not None:
+            log.info("etcd available again")
+            self._unavailable_since = None
+        if self.cache.revision >= revision:
+            return Freshness.CURRENT
+        self.cache.request_progress()
+        try:
+            async with asyncio.timeout(self.catch_up_timeout):
+                await self.cache.wait_for(revision)
+        except TimeoutError:
+            return Freshness.UNCACHED
+        return Freshness.CURRENT

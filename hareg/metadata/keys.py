@@ -1,0 +1,106 @@
+"""The etcd key layout.
+
+Every key starts with the configured prefix.  Repository names may contain
+'/', so a repository's own keys are delimited by '@', which the name grammar
+forbids: the range ``m/<repo>@`` holds exactly that repository's manifests
+and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
+
+    <p>/r/<repo>                        RepoRecord       catalog
+    <p>/b/<digest>                      BlobRecord       bytes exist in the blob store
+    <p>/l/<repo>@<digest>               LinkRecord       repo may serve the blob
+    <p>/m/<repo>@<digest>               ManifestRecord   with its references (and body if small)
+    <p>/t/<repo>@<tag>                  TagRecord        tag -> digest
+    <p>/s/<repo>@<tag>                  TagSeqRecord     last history number of the tag
+    <p>/h/<repo>@<tag>@<seq:012d>       HistoryEntry     every move of the tag
+    <p>/f/<repo>@<subject>@<digest>     ReferrerRecord   referrers index
+    <p>/u/<upload id>                   UploadRecord     upload session (under a lease)
+    <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret)
+    <p>/n/<replica>                     MemberRecord     replica membership (under the replica's lease)
+"""
+
+from __future__ import annotations
+
+from hareg.kv.base import prefix_end
+
+
+class Keys:
+    def __init__(self, prefix: str = "/hareg") -> None:
+        self.root = prefix.rstrip("/").encode()
+
+    def _k(self, kind: str, *parts: str) -> bytes:
+        return self.root + b"/" + kind.encode() + b"/" + "@".join(parts).encode()
+
+    def _range(self, kind: str, *parts: str) -> tuple[bytes, bytes]:
+        start = self._k(kind, *parts) + (b"@" if parts else b"")
+        return start, prefix_end(start)
+
+    def kind_prefix(self, kind: str) -> bytes:
+        return self.root + b"/" + kind.encode() + b"/"
+
+    def strip(self, kind: str, key: bytes) -> str:
+        return key[len(self.kind_prefix(kind)) :].decode()
+
+    def repo(self, repo: str) -> bytes:
+        return self._k("r", repo)
+
+    def repos(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("r")
+        return p, prefix_end(p)
+
+    def blob(self, digest: str) -> bytes:
+        return self._k("b", digest)
+
+    def link(self, repo: str, digest: str) -> bytes:
+        return self._k("l", repo, digest)
+
+    def links(self, repo: str) -> tuple[bytes, bytes]:
+        return self._range("l", repo)
+
+    def manifest(self, repo: str, digest: str) -> bytes:
+        return self._k("m", repo, digest)
+
+    def manifests(self, repo: str) -> tuple[bytes, bytes]:
+        return self._range("m", repo)
+
+    def tag(self, repo: str, tag: str) -> bytes:
+        return self._k("t", repo, tag)
+
+    def tags(self, repo: str) -> tuple[bytes, bytes]:
+        return self._range("t", repo)
+
+    def tag_seq(self, repo: str, tag: str) -> bytes:
+        return self._k("s", repo, tag)
+
+    def history(self, repo: str, tag: str, seq: int) -> bytes:
+        return self._k("h", repo, tag, f"{seq:012d}")
+
+    def histories(self, repo: str, tag: str) -> tuple[bytes, bytes]:
+        return self._range("h", repo, tag)
+
+    def referrer(self, repo: str, subject: str, digest: str) -> bytes:
+        return self._k("f", repo, subject, digest)
+
+    def referrers(self, repo: str, subject: str) -> tuple[bytes, bytes]:
+        return self._range("f", repo, subject)
+
+    def upload(self, upload_id: str) -> bytes:
+        return self._k("u", upload_id)
+
+    def uploads(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("u")
+        return p, prefix_end(p)
+
+    def setting(self, name: str) -> bytes:
+        return self._k("c", name)
+
+    def member(self, replica: str) -> bytes:
+        return self._k("n", replica)
+
+    def members(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("n")
+        return p, prefix_end(p)
+
+    @staticmethod
+    def last_part(key: bytes) -> str:
+        """The part after the last '@' (a tag, digest or history number)."""
+        return key.rsplit(b"@", 1)[1].decode()

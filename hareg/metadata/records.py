@@ -1,0 +1,105 @@
+"""Metadata records, stored as msgpack maps.
+
+Decoding ignores fields it does not know, so a newer replica's records stay
+readable by an older one during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgpack
+
+R = TypeVar("R")
+
+
+def encode(record: Any) -> bytes:
+    out: bytes = msgpack.packb(dataclasses.asdict(record), use_bin_type=True)
+    return out
+
+
+def decode(cls: type[R], data: bytes) -> R:
+    raw = msgpack.unpackb(data, raw=False)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
+    return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class RepoRecord:
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """The bytes of ``digest`` are in the blob store (written before this record)."""
+
+    size: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRecord:
+    """A repository may serve the blob (it was pushed or mounted there)."""
+
+    size: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    media_type: str
+    size: int
+    created: float
+    blobs: tuple[str, ...] = ()
+    manifests: tuple[str, ...] = ()
+    subject: str | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    # The exact bytes when small enough to keep in etcd; otherwise they are a
+    # blob in the blob store under the manifest's digest.
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    digest: str
+    seq: int  # this tag's history entry number (moves forward only)
+    updated: float
+    replica: str
+    write_id: str  # identifies the write, to verify an ambiguous commit
+
+
+@dataclass(frozen=True, slots=True)
+class TagSeqRecord:
+    """The last history number of a tag; survives the tag's deletion."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    seq: int
+    time: float
+    old: str | None
+    new: str | None  # None: the tag was deleted
+    replica: str
+    action: str  # "push", "delete", "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    repo: str
+    algorithm: str
+    created: float
+    updated: float

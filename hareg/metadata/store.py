@@ -1,0 +1,543 @@
+"""Registry metadata operations, each one a KV transaction guarded by compares.
+
+This is where the invariants are enforced at commit time:
+
+* a manifest commits only if every blob and child manifest it references is
+  linked in its repository *in the same transaction* (invariant 2);
+* a blob link or manifest is removed only if no manifest in the repository
+  references it, checked by a range compare that fails if any manifest was
+  written since the check (no push can slip in between);
+* a tag moves only by a compare on its mod_revision, and every move appends
+  a history entry numbered by a per-tag sequence (invariant 5);
+* a transaction whose outcome is unknown is verified by a read before it is
+  reported as done, else it is reported as unavailable (invariant 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from hareg.clock import Clock
+from hareg.ids import IdSource
+from hareg.kv.base import (
+    KV,
+    Compare,
+    Delete,
+    Get,
+    KeyValue,
+    KVError,
+    KVUnavailable,
+    KVUnknownOutcome,
+    Put,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+)
+from hareg.metadata.barrier import Freshness, ReadBarrier
+from hareg.metadata.cache import MetadataCache
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import (
+    BlobRecord,
+    HistoryEntry,
+    LinkRecord,
+    ManifestRecord,
+    ReferrerRecord,
+    RepoRecord,
+    TagRecord,
+    TagSeqRecord,
+    UploadRecord,
+    decode,
+    encode,
+)
+
+
+class MetadataError(Exception):
+    """Base of the metadata layer's own refusals (KV errors pass through)."""
+
+
+class MissingReferences(MetadataError):
+    def __init__(self, blobs: list[str], manifests: list[str]) -> None:
+        super().__init__(f"missing blobs {blobs}, missing manifests {manifests}")
+        self.blobs = blobs
+        self.manifests = manifests
+
+
+class ReferencedBy(MetadataError):
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(f"still referenced by {digests}")
+        self.digests = digests
+
+
+class Contended(MetadataError):
+    """Gave up after too many concurrent changes to the same keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagWrite:
+    tag: str
+    previous: str | None  # digest the tag pointed at before, None if new
+
+
+# Keep manifests up to this size inline in etcd (one read serves a GET); larger
+# ones go to the blob store, since etcd's request limit is about 1.5 MiB.
+DEFAULT_INLINE_LIMIT = 256 * 1024
+# A compare-guarded write retries this often under contention before giving up.
+DEFAULT_MAX_RETRIES = 32
+# etcd's default --max-txn-ops; diagnostic reads are batched below it.
+_READ_BATCH = 100
+
+
+class MetadataStore:
+    def __init__(
+        self,
+        kv: KV,
+        keys: Keys,
+        clock: Clock,
+        ids: IdSource,
+        replica: str,
+        *,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        upload_ttl: int = 24 * 3600,
+        upload_lease_window: int = 3600,
+        cache: MetadataCache | None = None,
+        barrier: ReadBarrier | None = None,
+    ) -> None:
+        self.kv = kv
+        self.keys = keys
+        self.clock = clock
+        self.ids = ids
+        self.replica = replica
+        self.inline_limit = inline_limit
+        self.max_retries = max_retries
+        self.upload_ttl = upload_ttl
+        self.upload_lease_window = upload_lease_window
+        # With a cache, tag, manifest and link reads are served from memory after
+        # the barrier (linearizable), or stale while etcd is unreachable.
+        self.cache = cache
+        self.barrier = barrier
+        # Uploads share one lease per time window (lease TTL = ttl + window), so a
+        # POST does not cost a lease grant; each PATCH moves the record to the
+        # current window's lease, which keeps an active upload alive.
+        self._upload_lease: tuple[int, int] | None = None
+        self._upload_lease_lock = asyncio.Lock()
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _get(self, key: bytes) -> KeyValue | None:
+        return await self.kv.get(key)
+
+    async def _from_cache(self) -> MetadataCache | None:
+        """The cache, once it reflects every write acknowledged before this call
+        (or holds the last known state while etcd is down); None: read etcd."""
+        if self.cache is None or self.barrier is None:
+            return None
+        freshness = await self.barrier.sync()
+        return None if freshness is Freshness.UNCACHED else self.cache
+
+    def _check_writable(self) -> None:
+        if self.barrier is not None and self.barrier.writes_blocked():
+            raise KVUnavailable("etcd is unavailable (no quorum); writes are refused until it recovers")
+
+    async def _read_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        """Several keys read at one revision per batch."""
+        out: list[KeyValue | None] = []
+        for i in range(0, len(keys), _READ_BATCH):
+            batch = keys[i : i + _READ_BATCH]
+            result = await self.kv.txn([], [Get(k) for k in batch])
+            for resp in result.responses:
+                assert isinstance(resp, RangeResult)
+                out.append(resp.kvs[0] if resp.kvs else None)
+        return out
+
+    async def _txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        verify: Callable[[], Awaitable[bool]],
+    ) -> bool:
+        """Run a write txn; on an unknown outcome, report success only if ``verify``
+        shows it applied (invariant 7), else re-raise the unknown outcome."""
+        try:
+            result: TxnResult = await self.kv.txn(compares, success)
+        except KVUnknownOutcome:
+            if await verify():
+                return True
+            raise
+        return result.succeeded
+
+    async def _range_all(self, span: tuple[bytes, bytes], revision: int = 0) -> RangeResult:
+        return await self.kv.range(span[0], span[1], revision=revision)
+
+    # ---------------------------------------------------------------- settings
+
+    async def shared_setting(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """A cluster-wide value: the first replica to ask creates it (``make``),
+        every replica then reads the same one."""
+        key = self.keys.setting(name)
+        for _ in range(self.max_retries):
+            existing = await self._get(key)
+            if existing is not None:
+                return existing.value
+            # Whichever replica's value won (even after an unknown outcome) is read back.
+            with contextlib.suppress(KVUnknownOutcome):
+                await self.kv.txn([Compare.missing(key)], [Put(key, make())])
+        raise Contended(f"setting {name}")
+
+    # ------------------------------------------------------------ repositories
+
+    async def repo_exists(self, repo: str) -> bool:
+        return await self._get(self.keys.repo(repo)) is not None
+
+    async def list_repos(self, last: str | None, limit: int) -> tuple[list[str], bool]:
+        start, end = self.keys.repos()
+        if last is not None:
+            start = self.keys.repo(last) + b"\x00"
+        result = await self.kv.range(start, end, limit=limit, keys_only=True)
+        return [self.keys.strip("r", kv.key) for kv in result.kvs], result.more
+
+    def _ensure_repo(self, repo: str) -> tuple[Compare, Put]:
+        return Compare.missing(self.keys.repo(repo)), Put(
+            self.keys.repo(repo), encode(RepoRecord(self.clock.now()))
+        )
+
+    # ------------------------------------------------------------------- blobs
+
+    async def get_link(self, repo: str, digest: str) -> LinkRecord | None:
+        if (cache := await self._from_cache()) is not None:
+            return cache.link(repo, digest)
+        kv = await self._get(self.keys.link(repo, digest))
+        return decode(LinkRecord, kv.value) if kv else None
+
+    async def get_blob(self, digest: str) -> BlobRecord | None:
+        kv = await self._get(self.keys.blob(digest))
+        return decode(BlobRecord, kv.value) if kv else None
+
+    async def add_blob(self, repo: str, digest: str, size: int, upload_id: str | None = None) -> None:
+        """Record a blob whose bytes are already stored, link it into ``repo``
+        and close the upload session, in one transaction."""
+        now = self.clock.now()
+        ops: list[TxnOp] = [
+            Put(self.keys.blob(digest), encode(BlobRecord(size, now))),
+            Put(self.keys.link(repo, digest), encode(LinkRecord(size, now))),
+        ]
+        if upload_id is not None:
+            ops.append(Delete(self.keys.upload(upload_id)))
+        missing_repo, put_repo = self._ensure_repo(repo)
+
+        async def verify() -> bool:
+            return await self._get(self.keys.link(repo, digest)) is not None
+
+        # Both branches link the blob; only the first also creates the repository.
+        self._check_writable()
+        try:
+            await self.kv.txn([missing_repo], [put_repo, *ops], ops)
+        except KVUnknownOutcome:
+            if not await verify():
+                raise
+
+    async def mount_blob(self, repo: str, digest: str, from_repo: str) -> int | None:
+        """Link a blob of ``from_repo`` into ``repo``; None if the source does not have it."""
+        src_key, blob_key = self.keys.link(from_repo, digest), self.keys.blob(digest)
+        for _ in range(self.max_retries):
+            src, blob, repo_kv = await self._read_many([src_key, blob_key, self.keys.repo(repo)])
+            if src is None or blob is None:
+                return None
+            size = decode(LinkRecord, src.value).size
+            compares = [Compare.exists(src_key), Compare.mod_revision_is(blob_key, blob.mod_revision)]
+            ops: list[TxnOp] = [Put(self.keys.link(repo, digest), encode(LinkRecord(size, self.clock.now())))]
+            if repo_kv is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
+
+            async def verify() -> bool:
+                return await self._get(self.keys.link(repo, digest)) is not None
+
+            if await self._txn(compares, ops, verify):
+                return size
+        raise Contended(f"mount of {digest} into {repo}")
+
+    async def remove_link(self, repo: str, digest: str) -> bool:
+        """Unlink a blob from a repository unless a manifest there references it."""
+        link_key = self.keys.link(repo, digest)
+        span = self.keys.manifests(repo)
+        for _ in range(self.max_retries):
+            link = await self._get(link_key)
+            if link is None:
+                return False
+            manifests = await self._range_all(span)
+            users = [
+                self.keys.last_part(kv.key)
+                for kv in manifests.kvs
+                if digest in decode(ManifestRecord, kv.value).blobs
+            ]
+            if users:
+                raise ReferencedBy(users)
+            compares = [
+                Compare.mod_revision_is(link_key, link.mod_revision),
+                Compare.range_unchanged_since(span[0], span[1], manifests.revision),
+            ]
+
+            async def verify() -> bool:
+                return await self._get(link_key) is None
+
+            if await self._txn(compares, [Delete(link_key)], verify):
+                return True
+        raise Contended(f"delete of blob {digest} in {repo}")
+
+    # --------------------------------------------------------------- manifests
+
+    async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        if (cache := await self._from_cache()) is not None:
+            return cache.manifest(repo, digest)
+        kv = await self._get(self.keys.manifest(repo, digest))
+        return decode(ManifestRecord, kv.value) if kv else None
+
+    async def get_tag(self, repo: str, tag: str) -> TagRecord | None:
+        if (cache := await self._from_cache()) is not None:
+            return cache.tag(repo, tag)
+        kv = await self._get(self.keys.tag(repo, tag))
+        return decode(TagRecord, kv.value) if kv else None
+
+    async def get_tagged_manifest(self, repo: str, tag: str) -> tuple[str, ManifestRecord | None] | None:
+        """A tag and its manifest read at one point in time (one barrier, or one txn)."""
+        if (cache := await self._from_cache()) is not None:
+            rec = cache.tag(repo, tag)
+            return (rec.digest, cache.manifest(repo, rec.digest)) if rec else None
+        tag_kv = await self._get(self.keys.tag(repo, tag))
+        if tag_kv is None:
+            return None
+        digest = decode(TagRecord, tag_kv.value).digest
+        return digest, await self.get_manifest(repo, digest)
+
+    async def _missing_references(self, repo: str, record: ManifestRecord) -> MissingReferences | None:
+        keys = [self.keys.link(repo, d) for d in record.blobs] + [
+            self.keys.manifest(repo, d) for d in record.manifests
+        ]
+        found = await self._read_many(keys)
+        nb = len(record.blobs)
+        blobs = [d for d, kv in zip(record.blobs, found[:nb], strict=True) if kv is None]
+        children = [d for d, kv in zip(record.manifests, found[nb:], strict=True) if kv is None]
+        return MissingReferences(blobs, children) if blobs or children else None
+
+    async def put_manifest(
+        self, repo: str, digest: str, record: ManifestRecord, tags: Sequence[str] = ()
+    ) -> list[TagWrite]:
+        """Commit a manifest, its referrer entry and its tags in one transaction,
+        guarded by the existence of everything it references."""
+        ref_compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
+            Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
+        ]
+        manifest_key = self.keys.manifest(repo, digest)
+        for _ in range(self.max_retries):
+            pre_keys = [self.keys.repo(repo)]
+            for tag in tags:
+                pre_keys += [self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)]
+            pre = await self._read_many(pre_keys)
+            now = self.clock.now()
+            write_id = self.ids.new_id()
+            compares = list(ref_compares)
+            ops: list[TxnOp] = [Put(manifest_key, encode(record))]
+            if pre[0] is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
+            writes: list[TagWrite] = []
+            for i, tag in enumerate(tags):
+                tag_kv, seq_kv = pre[1 + 2 * i], pre[2 + 2 * i]
+                current = decode(TagRecord, tag_kv.value) if tag_kv else None
+                if current is not None and current.digest == digest:
+                    continue
+                seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+                old = current.digest if current else None
+                compares += [
+                    Compare.mod_revision_is(self.keys.tag(repo, tag), tag_kv.mod_revision if tag_kv else 0),
+                    Compare.mod_revision_is(
+                        self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
+                    ),
+                ]
+                ops += [
+                    Put(
+                        self.keys.tag(repo, tag), encode(TagRecord(digest, seq, now, self.replica, write_id))
+                    ),
+                    Put(self.keys.tag_seq(repo, tag), encode(TagSeqRecord(seq))),
+                    Put(
+                        self.keys.history(repo, tag, seq),
+                        encode(HistoryEntry(seq, now, old, digest, self.replica, "push")),
+                    ),
+                ]
+                writes.append(TagWrite(tag, old))
+            if record.subject is not None:
+                ops.append(
+                    Put(
+                        self.keys.referrer(repo, record.subject, digest),
+                        encode(
+                            ReferrerRecord(
+                                record.media_type, record.size, record.artifact_type, record.annotations
+                            )
+                        ),
+                    )
+                )
+
+            async def verify(written: list[TagWrite] = writes, wid: str = write_id) -> bool:
+                found = await self._read_many([manifest_key] + [self.keys.tag(repo, w.tag) for w in written])
+                if found[0] is None:
+                    return False
+                return all(kv is not None and decode(TagRecord, kv.value).write_id == wid for kv in found[1:])
+
+            if await self._txn(compares, ops, verify):
+                return writes
+            missing = await self._missing_references(repo, record)
+            if missing is not None:
+                raise missing
+            # Otherwise a tag or the repository changed under us: read again and retry.
+        raise Contended(f"manifest {digest} in {repo}")
+
+    async def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest and every tag that points at it, unless an index
+        in the repository references it."""
+        manifest_key = self.keys.manifest(repo, digest)
+        m_span, t_span = self.keys.manifests(repo), self.keys.tags(repo)
+        for _ in range(self.max_retries):
+            manifests = await self._range_all(m_span)
+            tags = await self._range_all(t_span, revision=manifests.revision)
+            target: KeyValue | None = None
+            users: list[str] = []
+            for kv in manifests.kvs:
+                d = self.keys.last_part(kv.key)
+                if d == digest:
+                    target = kv
+                elif digest in decode(ManifestRecord, kv.value).manifests:
+                    users.append(d)
+            if target is None:
+                return False
+            if users:
+                raise ReferencedBy(users)
+            record = decode(ManifestRecord, target.value)
+            rev = manifests.revision
+            compares = [
+                Compare.range_unchanged_since(m_span[0], m_span[1], rev),
+                Compare.range_unchanged_since(t_span[0], t_span[1], rev),
+            ]
+            ops: list[TxnOp] = [Delete(manifest_key)]
+            pointing = [kv for kv in tags.kvs if decode(TagRecord, kv.value).digest == digest]
+            if pointing:
+                seqs = await self._read_many(
+                    [self.keys.tag_seq(repo, self.keys.last_part(kv.key)) for kv in pointing]
+                )
+                for tag_kv, seq_kv in zip(pointing, seqs, strict=True):
+                    tag = self.keys.last_part(tag_kv.key)
+                    compares.append(
+                        Compare.mod_revision_is(
+                            self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
+                        )
+                    )
+                    ops += self._tag_delete_ops(repo, tag, digest, seq_kv)
+            if record.subject is not None:
+                ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+
+            async def verify() -> bool:
+                return await self._get(manifest_key) is None
+
+            if await self._txn(compares, ops, verify):
+                return True
+        raise Contended(f"delete of manifest {digest} in {repo}")
+
+    def _tag_delete_ops(self, repo: str, tag: str, old: str, seq_kv: KeyValue | None) -> list[TxnOp]:
+        seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+        entry = HistoryEntry(seq, self.clock.now(), old, None, self.replica, "delete")
+        return [
+            Delete(self.keys.tag(repo, tag)),
+            Put(self.keys.tag_seq(repo, tag), encode(TagSeqRecord(seq))),
+            Put(self.keys.history(repo, tag, seq), encode(entry)),
+        ]
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        tag_key, seq_key = self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)
+        for _ in range(self.max_retries):
+            tag_kv, seq_kv = await self._read_many([tag_key, seq_key])
+            if tag_kv is None:
+                return False
+            compares = [
+                Compare.mod_revision_is(tag_key, tag_kv.mod_revision),
+                Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
+            ]
+            ops = self._tag_delete_ops(repo, tag, decode(TagRecord, tag_kv.value).digest, seq_kv)
+
+            async def verify() -> bool:
+                return await self._get(tag_key) is None
+
+            if await self._txn(compares, ops, verify):
+                return True
+        raise Contended(f"delete of tag {tag} in {repo}")
+
+    async def list_tags(self, repo: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        start, end = self.keys.tags(repo)
+        if last is not None:
+            start = self.keys.tag(repo, last) + b"\x00"
+        result = await self.kv.range(start, end, limit=limit, keys_only=True)
+        return [self.keys.last_part(kv.key) for kv in result.kvs], result.more
+
+    async def list_referrers(self, repo: str, subject: str) -> list[tuple[str, ReferrerRecord]]:
+        result = await self._range_all(self.keys.referrers(repo, subject))
+        return [(self.keys.last_part(kv.key), decode(ReferrerRecord, kv.value)) for kv in result.kvs]
+
+    async def tag_history(self, repo: str, tag: str) -> list[HistoryEntry]:
+        result = await self._range_all(self.keys.histories(repo, tag))
+        return [decode(HistoryEntry, kv.value) for kv in result.kvs]
+
+    # ----------------------------------------------------------------- uploads
+
+    async def _lease_for_uploads(self) -> int:
+        window = int(self.clock.now() // self.upload_lease_window)
+        async with self._upload_lease_lock:
+            if self._upload_lease is None or self._upload_lease[0] != window:
+                lease = await self.kv.grant_lease(self.upload_ttl + self.upload_lease_window)
+                self._upload_lease = (window, lease)
+            return self._upload_lease[1]
+
+    async def _put_upload(self, upload_id: str, record: UploadRecord) -> None:
+        key = self.keys.upload(upload_id)
+        for attempt in range(2):
+            lease = await self._lease_for_uploads()
+            try:
+                await self.kv.txn([], [Put(key, encode(record), lease=lease)])
+                return
+            except (KVUnavailable, KVUnknownOutcome):
+                raise
+            except KVError:
+                # Most likely the lease is gone (revoked, or etcd restored): take a new one.
+                self._upload_lease = None
+                if attempt:
+                    raise
+
+    async def create_upload(self, upload_id: str, repo: str, algorithm: str) -> UploadRecord:
+        now = self.clock.now()
+        record = UploadRecord(repo, algorithm, now, now)
+        await self._put_upload(upload_id, record)
+        return record
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        kv = await self._get(self.keys.upload(upload_id))
+        return decode(UploadRecord, kv.value) if kv else None
+
+    async def touch_upload(self, upload_id: str, record: UploadRecord) -> None:
+        """Move an active upload to the current lease window so it does not expire."""
+        window = int(self.clock.now() // self.upload_lease_window)
+        if int(record.updated // self.upload_lease_window) == window:
+            return
+        updated = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now())
+        await self._put_upload(upload_id, updated)
+
+    async def delete_upload(self, upload_id: str) -> bool:
+        result = await self.kv.txn([], [Delete(self.keys.upload(upload_id))])
+        deleted = result.responses[0] if result.responses else 0
+        return isinstance(deleted, int) and deleted > 0
+
+    async def list_upload_ids(self) -> list[str]:
+        result = await self.kv.range(*self.keys.uploads(), keys_only=True)
+        return [self.keys.strip("u", kv.key) for kv in result.kvs]

@@ -1,0 +1,57 @@
+"""Blob reads, deletes and cross-repository mounts."""
+
+from __future__ import annotations
+
+from hareg.metadata.store import MetadataStore, ReferencedBy
+from hareg.registry.digests import parse_digest
+from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.names import check_name
+from hareg.registry.results import BlobInfo
+from hareg.storage.base import BlobStore
+
+
+class BlobService:
+    def __init__(self, meta: MetadataStore, store: BlobStore) -> None:
+        self.meta = meta
+        self.store = store
+
+    async def stat(self, repo: str, digest_text: str) -> BlobInfo:
+        """The blob as the repository sees it; BLOB_UNKNOWN unless it is linked there."""
+        check_name(repo)
+        digest = str(parse_digest(digest_text))
+        link = await self.meta.get_link(repo, digest)
+        if link is None:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
+        return BlobInfo(digest, link.size)
+
+    async def delete(self, repo: str, digest_text: str) -> None:
+        """Unlink a blob from a repository.  Refused while a manifest there
+        references it, so no reachable manifest loses a blob (invariant 2).
+        The bytes are reclaimed by garbage collection once no repository links them."""
+        check_name(repo)
+        digest = str(parse_digest(digest_text))
+        try:
+            removed = await self.meta.remove_link(repo, digest)
+        except ReferencedBy as exc:
+            raise RegistryError(
+                ErrorCode.DENIED,
+                f"blob {digest} is referenced by manifests in {repo}; delete them first",
+                detail={"manifests": exc.digests[:20]},
+                status=409,
+            ) from None
+        if not removed:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
+
+    async def mount(self, repo: str, digest_text: str, from_repo: str) -> BlobInfo | None:
+        """Link ``from_repo``'s blob into ``repo``; None when it cannot be mounted
+        (the caller then starts an ordinary upload, as the spec says)."""
+        check_name(repo)
+        digest = str(parse_digest(digest_text))
+        try:
+            check_name(from_repo)
+        except RegistryError:
+            return None
+        if (existing := await self.meta.get_link(repo, digest)) is not None:
+            return BlobInfo(digest, existing.size)
+        size = await self.meta.mount_blob(repo, digest, from_repo)
+        return BlobInfo(digest, size) if size is not None else None

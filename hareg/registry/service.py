@@ -1,0 +1,87 @@
+"""The registry: one object that owns the service layer's parts.
+
+Built from injected dependencies only (KV, blob store, clock, ids), so the
+HTTP application and the simulator construct it the same way.  ``start()``
+runs its background work (the watch that feeds the metadata cache) and
+``stop()`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from hareg.clock import Clock
+from hareg.ids import IdSource
+from hareg.kv.base import KV
+from hareg.metadata.barrier import ReadBarrier
+from hareg.metadata.cache import MetadataCache
+from hareg.metadata.keys import Keys
+from hareg.metadata.store import MetadataStore
+from hareg.registry.blobs import BlobService
+from hareg.registry.listing import ListingService
+from hareg.registry.manifests import ManifestService
+from hareg.registry.upload_state import UploadStateSigner
+from hareg.registry.uploads import UploadService
+from hareg.storage.base import BlobStore
+
+
+class Registry:
+    def __init__(
+        self,
+        kv: KV,
+        store: BlobStore,
+        clock: Clock,
+        ids: IdSource,
+        *,
+        prefix: str = "/hareg",
+        replica: str = "replica",
+        cache: bool = True,
+        http_secret: str | None = None,
+    ) -> None:
+        self.kv = kv
+        self.store = store
+        self.clock = clock
+        self.replica = replica
+        keys = Keys(prefix)
+        self.cache = MetadataCache(kv, keys, clock) if cache else None
+        self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
+        self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
+        self.blobs = BlobService(self.meta, store)
+        self.uploads = UploadService(self.meta, store, ids)
+        self.manifests = ManifestService(self.meta, store, clock, ids)
+        self.listing = ListingService(self.meta)
+        self.ids = ids
+        self._http_secret = http_secret
+        self._signer: UploadStateSigner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def upload_signer(self) -> UploadStateSigner:
+        if self._signer is None:
+            raise RuntimeError("Registry.start() has not run: the httpSecret is not loaded")
+        return self._signer
+
+    async def _load_secret(self) -> bytes:
+        """The configured httpSecret, or the cluster's generated one: created once
+        in etcd by whichever replica starts first, so every replica signs alike."""
+        if self._http_secret:
+            return self._http_secret.encode()
+        return await self.meta.shared_setting(
+            "http-secret", lambda: (self.ids.new_id() + self.ids.new_id()).encode()
+        )
+
+    async def start(self) -> None:
+        self._signer = UploadStateSigner(await self._load_secret())
+        if self.cache is not None:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.cache.run(), name="metadata-cache")
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

@@ -1,0 +1,214 @@
+"""Blob uploads: monolithic, POST then PUT, and chunked PATCHes.
+
+Bytes are hashed on their way to the blob store.  A replica keeps the running
+hash of uploads it has seen in a bounded cache; when another replica wrote
+the last chunk (or the cache lost it) the staged bytes are hashed again from
+the store, so the digest is always verified before the blob becomes visible
+(invariant 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterable
+
+from hareg.ids import IdSource
+from hareg.metadata.records import UploadRecord
+from hareg.metadata.store import MetadataStore
+from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
+from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
+from hareg.registry.names import check_name
+from hareg.registry.results import BlobInfo, UploadStatus
+from hareg.registry.streams import Metered
+from hareg.storage.base import BlobStore, UploadNotFound, UploadOffsetMismatch
+
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def range_header(size: int) -> str:
+    # The spec's inclusive "0-<end>"; an empty upload is reported as "0-0" like distribution does.
+    return f"0-{max(size - 1, 0)}"
+
+
+class UploadService:
+    def __init__(
+        self, meta: MetadataStore, store: BlobStore, ids: IdSource, *, hasher_cache_size: int = 1024
+    ) -> None:
+        self.meta = meta
+        self.store = store
+        self.ids = ids
+        self._hashers: OrderedDict[str, tuple[int, str, hashlib._Hash]] = OrderedDict()
+        self._hasher_cache_size = hasher_cache_size
+
+    # ------------------------------------------------------------- hash cache
+
+    def _cached_hasher(self, upload_id: str, offset: int, algorithm: str) -> hashlib._Hash | None:
+        if offset == 0:
+            return new_hasher(algorithm)
+        entry = self._hashers.get(upload_id)
+        if entry is None or entry[0] != offset or entry[1] != algorithm:
+            return None
+        return entry[2].copy()
+
+    def _remember(self, upload_id: str, offset: int, algorithm: str, hasher: hashlib._Hash) -> None:
+        self._hashers[upload_id] = (offset, algorithm, hasher)
+        self._hashers.move_to_end(upload_id)
+        while len(self._hashers) > self._hasher_cache_size:
+            self._hashers.popitem(last=False)
+
+    # ---------------------------------------------------------------- session
+
+    async def _session(self, repo: str, upload_id: str) -> UploadRecord:
+        check_name(repo)
+        unknown = RegistryError(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:64]!r} is not in progress"
+        )
+        if not _UPLOAD_ID_RE.match(upload_id):
+            raise unknown
+        record = await self.meta.get_upload(upload_id)
+        if record is None or record.repo != repo:
+            raise unknown
+        return record
+
+    async def _size(self, upload_id: str) -> int:
+        size = await self.store.upload_size(upload_id)
+        if size is None:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} has no staged data")
+        return size
+
+    async def start(self, repo: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
+        check_name(repo)
+        check_algorithm(algorithm)
+        upload_id = self.ids.new_id()
+        await self.store.upload_start(upload_id)
+        await self.meta.create_upload(upload_id, repo, algorithm)
+        return UploadStatus(repo, upload_id, 0)
+
+    async def status(self, repo: str, upload_id: str) -> UploadStatus:
+        await self._session(repo, upload_id)
+        return UploadStatus(repo, upload_id, await self._size(upload_id))
+
+    async def _append(
+        self,
+        record: UploadRecord,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        start: int | None,
+        length: int | None,
+    ) -> int:
+        size = await self._size(upload_id)
+        if start is not None and start != size:
+            raise RangeNotSatisfiable(
+                f"chunk starts at {start} but the upload has {size} bytes",
+                headers={"Range": range_header(size)},
+            )
+        hasher = self._cached_hasher(upload_id, size, record.algorithm)
+        meter = Metered(hasher, limit=length)
+        try:
+            new_size = await self.store.upload_write(upload_id, size, meter.wrap(chunks))
+        except UploadOffsetMismatch as exc:
+            raise RangeNotSatisfiable(
+                f"a concurrent write moved the upload to {exc.expected} bytes",
+                headers={"Range": range_header(exc.expected)},
+            ) from None
+        except UploadNotFound:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is gone") from None
+        if length is not None and meter.count != length:
+            self._hashers.pop(upload_id, None)
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"chunk declared {length} bytes but carried {meter.count}",
+                headers={"Range": range_header(new_size)},
+            )
+        if hasher is not None and new_size == size + meter.count:
+            self._remember(upload_id, new_size, record.algorithm, hasher)
+        else:
+            self._hashers.pop(upload_id, None)
+        return new_size
+
+    async def write(
+        self,
+        repo: str,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> UploadStatus:
+        """Append a chunk (PATCH).  ``start`` from Content-Range must equal the
+        current size (416 otherwise); ``length`` is the declared chunk length."""
+        record = await self._session(repo, upload_id)
+        new_size = await self._append(record, upload_id, chunks, start, length)
+        await self.meta.touch_upload(upload_id, record)
+        return UploadStatus(repo, upload_id, new_size)
+
+    async def finish(
+        self,
+        repo: str,
+        upload_id: str,
+        digest_text: str | None,
+        chunks: AsyncIterable[bytes] | None,
+        *,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> BlobInfo:
+        """Close an upload (PUT ?digest=), with an optional last chunk."""
+        if not digest_text:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
+        digest = parse_digest(digest_text)
+        record = await self._session(repo, upload_id)
+        if chunks is not None:
+            await self._append(record, upload_id, chunks, start, length)
+        size = await self._size(upload_id)
+        hasher = self._cached_hasher(upload_id, size, digest.algorithm)
+        if hasher is None:
+            hasher = new_hasher(digest.algorithm)
+            async for chunk in self.store.upload_read(upload_id):
+                hasher.update(chunk)
+        if hasher.hexdigest() != digest.hex:
+            await self._discard(upload_id)
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"uploaded content does not match digest {digest}",
+                detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+            )
+        await self.store.upload_commit(upload_id, str(digest))
+        self._hashers.pop(upload_id, None)
+        await self.meta.add_blob(repo, str(digest), size, upload_id)
+        return BlobInfo(str(digest), size)
+
+    async def monolithic(
+        self, repo: str, digest_text: str, chunks: AsyncIterable[bytes], *, length: int | None = None
+    ) -> BlobInfo:
+        """Single-POST upload: no session in etcd, the bytes are verified on the way in."""
+        check_name(repo)
+        digest = parse_digest(digest_text)
+        upload_id = self.ids.new_id()
+        meter = Metered(new_hasher(digest.algorithm), limit=length)
+        await self.store.upload_start(upload_id)
+        try:
+            size = await self.store.upload_write(upload_id, 0, meter.wrap(chunks))
+            if length is not None and size != length:
+                raise RegistryError(ErrorCode.SIZE_INVALID, f"declared {length} bytes, received {size}")
+            assert meter.hasher is not None
+            if meter.hasher.hexdigest() != digest.hex:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID, f"uploaded content does not match digest {digest}"
+                )
+            await self.store.upload_commit(upload_id, str(digest))
+        except BaseException:
+            await self.store.upload_abort(upload_id)
+            raise
+        await self.meta.add_blob(repo, str(digest), size)
+        return BlobInfo(str(digest), size)
+
+    async def _discard(self, upload_id: str) -> None:
+        self._hashers.pop(upload_id, None)
+        await self.store.upload_abort(upload_id)
+        await self.meta.delete_upload(upload_id)
+
+    async def cancel(self, repo: str, upload_id: str) -> None:
+        await self._session(repo, upload_id)
+        await self._discard(upload_id)
