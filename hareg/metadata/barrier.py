@@ -44,7 +44,7 @@ class ReadBarrier:
         clock: Clock,
         *,
         revision_timeout: float = 1.0,
-        catch_up_timeout: float = 1.0,
+        catch_up_timeout: float = 0.5,
         probe_interval: float = 1.0,
     ) -> None:
         self.kv = kv

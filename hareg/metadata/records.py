@@ -103,3 +103,13 @@ class UploadRecord:
     algorithm: str
     created: float
     updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A live replica; the key lives under the replica's lease."""
+
+    replica: str
+    url: str
+    started: float
+    version: str

@@ -314,6 +314,13 @@ class MetadataStore:
         digest = decode(TagRecord, tag_kv.value).digest
         return digest, await self.get_manifest(repo, digest)
 
+    async def check_references(self, repo: str, record: ManifestRecord) -> None:
+        """Raise MissingReferences if ``repo`` now lacks something ``record`` references.
+        Only a pre-check (before work that a refused push would waste): put_manifest
+        re-checks in its transaction."""
+        if (missing := await self._missing_references(repo, record)) is not None:
+            raise missing
+
     async def _missing_references(self, repo: str, record: ManifestRecord) -> MissingReferences | None:
         keys = [self.keys.link(repo, d) for d in record.blobs] + [
             self.keys.manifest(repo, d) for d in record.manifests

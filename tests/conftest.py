@@ -1,0 +1,88 @@
+"""Shared fixtures.
+
+``etcd_url``: one real etcd (single member, 127.0.0.1, free ports) for the
+whole session.  ``kv``: a connected :class:`hareg.kv.etcd.EtcdKV` on it,
+closed after each test.  Tests that share the session etcd keep to their own
+key prefix (see ``key_prefix``) and must not stop or pause it; tests that
+break etcd start their own :class:`hareg.etcd_process.EtcdProcess`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hareg.etcd_process import EtcdNotFound, EtcdProcess, find_etcd
+from hareg.kv.etcd import EtcdKV
+
+# Fast progress notifications so watch tests see them within a second.
+PROGRESS_NOTIFY_INTERVAL = "100ms"
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> None:
+    # A private loop: the session fixture must not touch the event loop that
+    # pytest-asyncio gives each test.  EtcdProcess is not bound to a loop.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    try:
+        find_etcd()
+    except EtcdNotFound as e:
+        pytest.skip(str(e))
+    proc = EtcdProcess(
+        "hareg-test",
+        tmp_path_factory.mktemp("etcd") / "data",
+        progress_notify_interval=PROGRESS_NOTIFY_INTERVAL,
+    )
+    _run(proc.start(startup_timeout=60))
+    try:
+        yield proc
+    finally:
+        _run(proc.stop())
+
+
+@pytest.fixture(scope="session")
+def etcd_url(etcd_process: EtcdProcess) -> str:
+    """Client URL (``http://127.0.0.1:PORT``) of the session's etcd."""
+    return etcd_process.client_url
+
+
+@pytest.fixture
+async def kv(etcd_url: str) -> AsyncIterator[EtcdKV]:
+    client = await EtcdKV.connect([etcd_url], timeout=5.0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def key_prefix() -> bytes:
+    """A key prefix no other test uses."""
+    return f"/test/{uuid.uuid4().hex}/".encode()
+
+
+@pytest.fixture
+async def own_etcd(tmp_path: Path) -> AsyncIterator[EtcdProcess]:
+    """A private etcd that the test may pause, stop, kill or restart."""
+    try:
+        find_etcd()
+    except EtcdNotFound as e:
+        pytest.skip(str(e))
+    proc = EtcdProcess("own", tmp_path / "etcd", progress_notify_interval=PROGRESS_NOTIFY_INTERVAL)
+    await proc.start(startup_timeout=60)
+    try:
+        yield proc
+    finally:
+        await proc.stop(grace=5)

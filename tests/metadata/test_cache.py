@@ -1,0 +1,212 @@
+"""The watch-fed metadata cache and the read barrier, against a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hareg.clock import SystemClock
+from hareg.etcd_process import EtcdProcess
+from hareg.kv.base import Delete, KVUnavailable, KVUnknownOutcome, Put
+from hareg.kv.etcd import EtcdKV, progress_requests_safe
+from hareg.metadata.barrier import Freshness, ReadBarrier
+from hareg.metadata.cache import MetadataCache
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import LinkRecord, TagRecord, encode
+
+
+def _tag(digest: str, seq: int = 1) -> bytes:
+    return encode(TagRecord(digest, seq, 0.0, "test", "w"))
+
+
+@contextlib.asynccontextmanager
+async def running(cache: MetadataCache) -> AsyncIterator[MetadataCache]:
+    task = asyncio.create_task(cache.run())
+    try:
+        async with asyncio.timeout(10):
+            while not cache.ready:
+                await asyncio.sleep(0.01)
+        yield cache
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"/cache-{uuid.uuid4().hex[:10]}")
+
+
+async def test_lists_existing_keys_then_follows_puts_and_deletes(kv: EtcdKV, keys: Keys) -> None:
+    await kv.txn([], [Put(keys.tag("r", "old"), _tag("sha256:1"))])
+    cache = MetadataCache(kv, keys, SystemClock())
+    async with running(cache):
+        tag = cache.tag("r", "old")
+        assert tag is not None and tag.digest == "sha256:1"
+        result = await kv.txn([], [Put(keys.tag("r", "new"), _tag("sha256:2")), Delete(keys.tag("r", "old"))])
+        async with asyncio.timeout(5):
+            await cache.wait_for(result.revision)
+        assert cache.tag("r", "old") is None
+        new = cache.tag("r", "new")
+        assert new is not None and new.digest == "sha256:2"
+        # Keys of other kinds (uploads, history) are not mirrored.
+        await kv.txn([], [Put(keys.upload("u1"), b"x")])
+        assert cache.size()["t"] == 1
+
+
+async def test_barrier_makes_every_acknowledged_write_visible(kv: EtcdKV, keys: Keys, etcd_url: str) -> None:
+    """Read-your-writes across replicas: a write made through another client is
+    visible through this cache as soon as the write is acknowledged."""
+    writer = await EtcdKV.connect([etcd_url])
+    cache = MetadataCache(kv, keys, SystemClock())
+    barrier = ReadBarrier(kv, cache, SystemClock())
+    try:
+        async with running(cache):
+            for i in range(100):
+                await writer.txn([], [Put(keys.tag("r", "t"), _tag(f"sha256:{i}", i))])
+                assert await barrier.sync() is Freshness.CURRENT
+                tag = cache.tag("r", "t")
+                assert tag is not None and tag.digest == f"sha256:{i}"
+    finally:
+        await writer.close()
+
+
+@pytest.mark.parametrize("interval", ["100ms", "1h"])
+async def test_barrier_catches_up_when_only_other_prefixes_change(tmp_path: Path, interval: str) -> None:
+    """Writes outside the watched prefix move the store revision without any
+    event here.  The cache learns it is current from etcd's periodic progress
+    report, or from an on-demand one where etcd orders those correctly
+    (etcd#15220).  When neither comes in time the read must go to etcd
+    (UNCACHED), never claim a freshness it cannot prove."""
+    etcd = EtcdProcess("progress", tmp_path / "etcd", progress_notify_interval=interval)
+    await etcd.start()
+    kv = await EtcdKV.connect([etcd.client_url])
+    try:
+        on_demand = progress_requests_safe(await kv.server_version())
+        cache = MetadataCache(kv, Keys("/watched"), SystemClock())
+        barrier = ReadBarrier(kv, cache, SystemClock(), catch_up_timeout=1.0)
+        async with running(cache):
+            for i in range(3):
+                await kv.txn([], [Put(f"/elsewhere/{i}".encode(), b"x")])
+                expected = Freshness.CURRENT if interval == "100ms" or on_demand else Freshness.UNCACHED
+                assert await barrier.sync() is expected
+    finally:
+        await kv.close()
+        await etcd.stop()
+
+
+async def test_reads_see_every_acknowledged_write_amid_unrelated_writes(
+    kv: EtcdKV, keys: Keys, etcd_url: str
+) -> None:
+    """The linearizability check under the traffic that exposed etcd#15220: a
+    busy watch stream (large events queued for delivery) while the revision
+    also moves outside the prefix, so the cache must prove freshness."""
+    writer = await EtcdKV.connect([etcd_url])
+    cache = MetadataCache(kv, keys, SystemClock())
+    barrier = ReadBarrier(kv, cache, SystemClock())
+    noise = f"/noise-{uuid.uuid4().hex}".encode()
+    big = b"x" * 256 * 1024
+
+    async def churn() -> None:
+        for i in range(30):
+            await writer.txn([], [Put(keys.upload(f"bulk{i % 4}"), big), Put(noise, str(i).encode())])
+
+    try:
+        async with running(cache):
+            stale = 0
+            for i in range(40):
+                churner = asyncio.create_task(churn()) if i % 10 == 0 else None
+                await writer.txn([], [Put(keys.link("r", "sha256:x"), encode(LinkRecord(i, 0.0)))])
+                await writer.txn([], [Put(noise, b"after")])
+                if await barrier.sync() is Freshness.CURRENT:
+                    link = cache.link("r", "sha256:x")
+                    stale += link is None or link.size != i
+                if churner is not None:
+                    await churner
+            assert stale == 0, f"{stale} stale reads reported as current"
+    finally:
+        await writer.close()
+
+
+def test_progress_requests_are_used_only_where_etcd_orders_them() -> None:
+    assert not progress_requests_safe("3.4.23")
+    assert progress_requests_safe("3.4.31")
+    assert not progress_requests_safe("3.5.12")
+    assert progress_requests_safe("3.5.13")
+    assert progress_requests_safe("3.6.0")
+    assert not progress_requests_safe("garbage")
+
+
+async def test_concurrent_reads_share_revision_reads(kv: EtcdKV, keys: Keys) -> None:
+    cache = MetadataCache(kv, keys, SystemClock())
+    barrier = ReadBarrier(kv, cache, SystemClock())
+    async with running(cache):
+        results = await asyncio.gather(*(barrier.sync() for _ in range(200)))
+        assert all(r is Freshness.CURRENT for r in results)
+        # Each call joins a round that starts after it; 200 calls fit in a few rounds.
+        assert barrier.revision_reads <= 10
+
+
+async def test_relists_after_falling_behind_compaction(kv: EtcdKV, keys: Keys, etcd_url: str) -> None:
+    cache = MetadataCache(kv, keys, SystemClock(), retry_delay=0.05)
+    async with running(cache):
+        relists = cache.relists
+    # While the cache's task is stopped, history it has not seen is written and compacted.
+    writes = [await kv.txn([], [Put(keys.tag("r", f"t{i}"), _tag("sha256:x"))]) for i in range(3)]
+    from etcd3aio import Etcd3Client
+
+    async with Etcd3Client([etcd_url.removeprefix("http://")]) as raw:
+        assert raw.kv is not None
+        await raw.kv.compact(writes[-1].revision)
+    assert cache.revision < writes[0].revision
+    # Resuming from the compacted revision must re-list, not silently skip the gap.
+    async with running(cache):
+        async with asyncio.timeout(5):
+            while cache.relists == relists or not cache.ready:
+                await asyncio.sleep(0.01)
+        assert cache.relists == relists + 1
+        assert all(cache.tag("r", f"t{i}") is not None for i in range(3))
+
+
+async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Path) -> None:
+    etcd = EtcdProcess("stale", tmp_path / "etcd")
+    await etcd.start()
+    kv = await EtcdKV.connect([etcd.client_url], timeout=2.0)
+    keys = Keys("/stale")
+    try:
+        await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:before"))])
+        cache = MetadataCache(kv, keys, SystemClock(), retry_delay=0.1)
+        barrier = ReadBarrier(kv, cache, SystemClock(), revision_timeout=0.5, probe_interval=1.0)
+        async with running(cache):
+            etcd.pause()
+            try:
+                assert await barrier.sync() is Freshness.STALE
+                tag = cache.tag("r", "t")
+                assert tag is not None and tag.digest == "sha256:before"
+                # Within the probe interval, reads do not wait for etcd again and writes fail fast.
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                assert await barrier.sync() is Freshness.STALE
+                assert barrier.writes_blocked()
+                assert loop.time() - t0 < 0.1
+            finally:
+                etcd.resume()
+            # Recovery by itself.
+            async with asyncio.timeout(10):
+                while await barrier.sync() is not Freshness.CURRENT:
+                    await asyncio.sleep(0.1)
+            assert not barrier.writes_blocked()
+            with contextlib.suppress(KVUnavailable, KVUnknownOutcome):
+                await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:after"))])
+            assert await barrier.sync() is Freshness.CURRENT
+            tag = cache.tag("r", "t")
+            assert tag is not None and tag.digest == "sha256:after"
+    finally:
+        await kv.close()
+        await etcd.stop()
