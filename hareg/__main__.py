@@ -1,0 +1,5 @@
+import sys
+
+from hareg.cli import main
+
+sys.exit(main())

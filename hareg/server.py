@@ -1,0 +1,176 @@
+"""Running one registry replica: its dependencies, its HTTP listener, its shutdown.
+
+With no etcd endpoints configured the replica starts a private single-member
+etcd as a child process under the data directory (the embedded default) and
+stops it on shutdown; the child is also tied to this process's life with
+PR_SET_PDEATHSIG, so it never outlives the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from hareg.clock import SystemClock
+from hareg.config import Config
+from hareg.etcd_process import EtcdProcess, free_ports
+from hareg.http.app import init_app
+from hareg.http.keys import HttpSettings
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.service import Registry
+from hareg.storage.base import BlobStore
+from hareg.storage.filesystem import FilesystemBlobStore
+
+log = logging.getLogger("hareg.server")
+
+# How long a stopping replica lets in-flight requests finish (aiohttp's default
+# is 60 s, longer than Kubernetes' 30 s termination grace).  An upload cut off
+# here is resumed by the client on another replica.
+SHUTDOWN_GRACE = 10.0
+
+
+class StartupError(Exception):
+    """A clear, user-facing reason the registry could not start."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config: Config
+    data_dir: Path
+    listen: str  # host:port
+    etcd_endpoints: tuple[str, ...]
+    etcd_binary: str | None = None
+    replica: str | None = None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"listen address {listen!r} must be HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _embedded_etcd(data_dir: Path, binary: str | None) -> EtcdProcess:
+    """The private etcd, on ports kept in the data dir so a restart reuses them."""
+    etcd_dir = data_dir / "etcd"
+    etcd_dir.mkdir(parents=True, exist_ok=True)
+    ports_file = etcd_dir / "ports.json"
+    ports: list[int] | None = None
+    if ports_file.exists():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            saved = json.loads(ports_file.read_text())
+            ports = [int(saved["client"]), int(saved["peer"])]
+    if ports is None or not all(_port_free(p) for p in ports):
+        ports = free_ports(2)
+        ports_file.write_text(json.dumps({"client": ports[0], "peer": ports[1]}))
+    return EtcdProcess(
+        "hareg-embedded",
+        etcd_dir / "data",
+        client_port=ports[0],
+        peer_port=ports[1],
+        binary=binary,
+        log_file=etcd_dir / "etcd.log",
+    )
+
+
+def _unusable_dir(exc: OSError) -> StartupError:
+    """A data or storage directory that cannot be created or written (a file in the way, permissions)."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return StartupError(f"cannot use directory{where}: {exc.strerror or exc}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def make_store(config: Config, data_dir: Path) -> BlobStore:
+    storage = config.storage
+    if storage.kind == "filesystem":
+        return FilesystemBlobStore(storage.filesystem.root_directory or data_dir / "blobs")
+    if storage.kind == "pvc":
+        return FilesystemBlobStore(storage.pvc.claim or data_dir / "blobs")
+    if storage.kind == "emptyDir":
+        return FilesystemBlobStore(data_dir / "emptydir-blobs")
+    raise StartupError(f"storage kind {storage.kind!r} is not available in this build")
+
+
+async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    config = options.config
+    host, port = split_listen(options.listen)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        endpoints = list(options.etcd_endpoints)
+        if not endpoints:
+            try:
+                etcd = _embedded_etcd(options.data_dir, options.etcd_binary)
+            except OSError as exc:
+                raise _unusable_dir(exc) from None
+            stack.push_async_callback(etcd.stop)
+            await etcd.start()
+            endpoints = [etcd.client_url]
+            log.info("started embedded etcd", extra={"fields": {"etcd": etcd.client_url, "pid": etcd.pid}})
+        kv = await EtcdKV.connect(
+            endpoints,
+            timeout=config.etcd.request_timeout,
+            ca_file=config.etcd.ca_file,
+            cert_file=config.etcd.cert_file,
+            key_file=config.etcd.key_file,
+            check=True,
+        )
+        stack.push_async_callback(kv.close)
+        try:
+            store = make_store(config, options.data_dir)
+        except OSError as exc:
+            raise _unusable_dir(exc) from None
+        stack.push_async_callback(store.close)
+        replica = options.replica or f"{socket.gethostname()}:{port}"
+        registry = Registry(
+            kv,
+            store,
+            SystemClock(),
+            RandomIds(),
+            prefix=config.etcd.prefix,
+            replica=replica,
+            http_secret=config.http_secret,
+            url=f"http://{host}:{port}" if port else None,
+        )
+        await registry.start()
+        stack.push_async_callback(registry.stop)
+        app = init_app(registry, HttpSettings(disable_redirect=config.disable_redirect))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        bound = port
+        if port == 0 and site._server is not None:  # an ephemeral port was asked for: report the real one
+            sockets = getattr(site._server, "sockets", None) or []
+            bound = sockets[0].getsockname()[1] if sockets else port
+        url = f"http://{host}:{bound}"
+        log.info("registry ready", extra={"fields": {"url": url, "replica": replica, "etcd": endpoints}})
+        on_ready(url)
+        await stop.wait()
+        log.info("shutting down")

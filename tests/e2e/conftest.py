@@ -1,0 +1,77 @@
+"""End-to-end fixtures: ``hareg serve`` as a real subprocess on 127.0.0.1.
+
+``hareg_server`` (module scope) is one running registry with its private
+etcd child under a temporary data dir.  ``hareg_launcher`` starts more (on
+demand, with any extra arguments) for tests of the command itself; every
+process it started is stopped when the test ends.
+
+Teardown checks that no process survives whose command line names a path
+inside the data dir (the embedded etcd runs with ``--data-dir DIR/...``), so
+an orphaned etcd fails the test that left it behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from hareg.etcd_process import EtcdNotFound, find_etcd
+
+from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans, wait_until_ready
+
+
+def _require_etcd() -> None:
+    try:
+        find_etcd()
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def hareg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
+    """A running ``hareg serve`` (embedded etcd, filesystem blobs) for a whole module."""
+    _require_etcd()
+    data_dir = tmp_path_factory.mktemp("hareg") / "data"
+    server = launch(data_dir)
+    try:
+        yield server
+    finally:
+        code = server.stop(signal.SIGTERM)
+        wait_no_orphans(data_dir)
+        stderr = server.stderr()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        assert code == 0, f"hareg exited with {code} on SIGTERM; stderr:\n{stderr[-4000:]}"
+
+
+@pytest.fixture
+def hareg_launcher() -> Iterator[Launcher]:
+    """``launch(data_dir, listen=..., extra_args=..., wait_ready=...)``; whatever
+    it started is stopped (SIGKILL if need be) and checked for orphans at the end."""
+    _require_etcd()
+    started: list[HaregServer] = []
+
+    def start(
+        data_dir: Path,
+        *,
+        listen: str | None = None,
+        extra_args: Sequence[str] = (),
+        wait_ready: bool = True,
+        timeout: float = START_TIMEOUT,
+    ) -> HaregServer:
+        server = launch(data_dir, listen=listen, extra_args=extra_args, wait_ready=False)
+        started.append(server)
+        if wait_ready:
+            wait_until_ready(server, timeout)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+    for server in started:
+        wait_no_orphans(server.data_dir)
