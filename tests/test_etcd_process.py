@@ -117,7 +117,14 @@ async def test_kill_pause_resume_restart_keeps_data(tmp_path: Path) -> None:
         assert await proc.kill() == -signal.SIGKILL
         assert not proc.running
         await proc.start()
-        got = await kv.get(b"k")
+        deadline = time.monotonic() + 10
+        while True:  # the client reconnects with a backoff of up to 2 s
+            try:
+                got = await kv.get(b"k")
+                break
+            except KVUnavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
         assert got is not None and got.value == b"v"
 
 

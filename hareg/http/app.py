@@ -5,16 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http import base, blobs, catalog, health, manifests, referrers, tags, uploads
-from hareg.http.keys import REGISTRY
+from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
 from hareg.registry.service import Registry
 
 # Repository names contain '/', so they match greedily up to the resource part.
 _NAME = "{name:.+}"
 
 
-def init_app(registry: Registry) -> web.Application:
+def init_app(registry: Registry, settings: HttpSettings | None = None) -> web.Application:
     app = web.Application(middlewares=[base.error_middleware])
     app[REGISTRY] = registry
+    app[SETTINGS] = settings or HttpSettings()
     app.on_response_prepare.append(base.on_prepare)
     r = app.router
     r.add_get("/v2/", base.api_base)

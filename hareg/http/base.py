@@ -122,7 +122,8 @@ def query_int(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() then raises) and '٣'.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise RegistryError(ErrorCode.UNSUPPORTED, f"{name} must be a non-negative integer", status=400)
     return int(raw)
 

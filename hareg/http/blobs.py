@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http.base import registry, repo_name
+from hareg.http.keys import SETTINGS
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
 from hareg.storage.base import BlobNotFound
 
@@ -21,6 +22,8 @@ def _headers(digest: str) -> dict[str, str]:
 
 
 async def head_blob(request: web.Request) -> web.Response:
+    # Answered here, never redirected: a HEAD has no body to offload, and a
+    # presigned URL is signed for GET.
     info = await registry(request).blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
     headers["Content-Length"] = str(info.size)
@@ -60,6 +63,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     # Checked first on every path, so an unsatisfiable range gets the spec's JSON
     # error (aiohttp's FileResponse would answer a bare 416).
     rng = _parse_range(request, info.size)
+    settings = request.app[SETTINGS]
+    if not settings.disable_redirect:
+        url = await reg.store.presign(info.digest, settings.redirect_expiry)
+        if url is not None:
+            # The object store serves the bytes; the client re-sends its Range there.
+            return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": info.digest})
     path = reg.store.local_path(info.digest)
     if path is not None:
         # sendfile, with Range and conditional requests handled by aiohttp.

@@ -15,7 +15,8 @@ from hareg.registry.upload_state import STATE_PARAM
 from hareg.registry.uploads import range_header
 
 # The spec's "<start>-<end>"; the "bytes " prefix and "/<total>" suffix some clients send are tolerated.
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+# ASCII digits, at most 19 (an int64), so int() can neither see '٣' nor choke on 5000 digits.
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?")
 
 
 def _upload_location(request: web.Request, status: UploadStatus) -> str:
@@ -49,7 +50,7 @@ def _chunk_range(request: web.Request) -> tuple[int | None, int | None]:
     header = request.headers.get("Content-Range")
     if header is None:
         return None, length
-    m = _CONTENT_RANGE_RE.match(header.strip())
+    m = _CONTENT_RANGE_RE.fullmatch(header.strip())
     if not m:
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}; expected <start>-<end>"

@@ -35,7 +35,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc  # type: ignore[import-untyped]
@@ -58,6 +58,7 @@ from etcd3aio.lease import LeaseService
 from etcd3aio.maintenance import MaintenanceService
 
 from hareg.kv.base import (
+    KV,
     Compare,
     Delete,
     Event,
@@ -683,3 +684,9 @@ def progress_requests_safe(version: str) -> bool:
 
 def _read_file(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path is not None else None
+
+
+if TYPE_CHECKING:
+
+    def _conforms(kv: EtcdKV) -> KV:  # mypy checks EtcdKV against the protocol
+        return kv

@@ -28,7 +28,7 @@ class Digest:
 
 def parse_digest(text: str) -> Digest:
     """Parse and validate a digest; DIGEST_INVALID (400) for malformed or unsupported ones."""
-    m = _DIGEST_RE.match(text)
+    m = _DIGEST_RE.fullmatch(text)
     if not m:
         raise RegistryError(ErrorCode.DIGEST_INVALID, f"malformed digest {text[:200]!r}")
     algorithm, encoded = m.group(1), m.group(2)
@@ -38,7 +38,7 @@ def parse_digest(text: str) -> Digest:
             ErrorCode.DIGEST_INVALID,
             f"unsupported digest algorithm {algorithm!r}; supported: {', '.join(SUPPORTED_ALGORITHMS)}",
         )
-    if len(encoded) != length or not _LOWER_HEX_RE.match(encoded):
+    if len(encoded) != length or not _LOWER_HEX_RE.fullmatch(encoded):
         raise RegistryError(
             ErrorCode.DIGEST_INVALID, f"{algorithm} digest must be {length} lowercase hex characters"
         )

@@ -79,7 +79,17 @@ def _string(obj: dict[str, Any], key: str, where: str, *, required: bool) -> str
         return None
     if not isinstance(value, str):
         raise _invalid(f"{where}: {key!r} must be a string")
-    return value
+    return _storable(value, f"{where}: {key!r}")
+
+
+def _storable(text: str, where: str) -> str:
+    """``text`` unless it holds a lone surrogate (JSON's "\\ud800" escapes allow
+    them): such a string cannot be encoded as UTF-8, so it could not be stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid(f"{where} holds an unpaired UTF-16 surrogate") from None
+    return text
 
 
 def _annotations(obj: dict[str, Any], where: str) -> dict[str, str]:
@@ -90,6 +100,9 @@ def _annotations(obj: dict[str, Any], where: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise _invalid(f"{where}: 'annotations' must be a map of strings to strings")
+    for k, v in value.items():
+        _storable(k, f"{where}: annotation key")
+        _storable(v, f"{where}: annotation {k[:100]!r}")
     return value
 
 
@@ -154,6 +167,8 @@ def parse_manifest(body: bytes, content_type_header: str | None) -> ParsedManife
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
     content_type = strip_content_type(content_type_header)

@@ -11,7 +11,7 @@ from hareg.metadata.store import MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
-from hareg.registry.names import check_name, check_tag, parse_reference
+from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk, read_all
 from hareg.storage.base import BlobStore
@@ -31,6 +31,10 @@ class ManifestService:
     async def resolve(self, repo: str, reference: str) -> tuple[str, ManifestRecord]:
         """The digest and record a tag or digest names in a repository."""
         check_name(repo)
+        if ":" not in reference and not is_tag(reference):
+            # No tag of that name can exist: a pull of it is a plain 404, as the
+            # conformance suite expects for ".INVALID_MANIFEST_NAME".
+            raise _unknown(repo, reference[:150])
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
             digest = str(ref)
@@ -76,16 +80,6 @@ class ManifestService:
             tags.append(ref)
         tags += [check_tag(t) for t in extra_tags if t not in tags]
         inline = len(body) <= self.meta.inline_limit
-        if not inline:
-            # Large manifests are blobs in the store, written before any metadata points at them.
-            upload_id = self.ids.new_id()
-            await self.store.upload_start(upload_id)
-            try:
-                await self.store.upload_write(upload_id, 0, one_chunk(body))
-                await self.store.upload_commit(upload_id, digest)
-            except BaseException:
-                await self.store.upload_abort(upload_id)
-                raise
         record = ManifestRecord(
             media_type=parsed.media_type,
             size=len(body),
@@ -98,6 +92,18 @@ class ManifestService:
             body=body if inline else None,
         )
         try:
+            if not inline:
+                # Refuse a push with missing references before its bytes reach the store.
+                await self.meta.check_references(repo, record)
+                # Large manifests are blobs in the store, written before any metadata points at them.
+                upload_id = self.ids.new_id()
+                await self.store.upload_start(upload_id)
+                try:
+                    await self.store.upload_write(upload_id, 0, one_chunk(body))
+                    await self.store.upload_commit(upload_id, digest)
+                except BaseException:
+                    await self.store.upload_abort(upload_id)
+                    raise
             await self.meta.put_manifest(repo, digest, record, tags)
         except MissingReferences as exc:
             missing = exc.blobs + exc.manifests

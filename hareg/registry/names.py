@@ -19,7 +19,7 @@ def check_name(name: str) -> str:
         raise RegistryError(
             ErrorCode.NAME_INVALID, f"repository name is longer than {MAX_NAME_LENGTH} characters"
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise RegistryError(
             ErrorCode.NAME_INVALID,
             f"invalid repository name {name[:100]!r}: lowercase alphanumeric path components "
@@ -29,11 +29,11 @@ def check_name(name: str) -> str:
 
 
 def is_tag(text: str) -> bool:
-    return bool(_TAG_RE.match(text))
+    return bool(_TAG_RE.fullmatch(text))
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise RegistryError(
             ErrorCode.MANIFEST_INVALID,
             f"invalid tag {tag[:150]!r}: at most 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'",

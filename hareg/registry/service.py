@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
-from hareg.kv.base import KV
+from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
 from hareg.metadata.keys import Keys
@@ -21,9 +22,20 @@ from hareg.metadata.store import MetadataStore
 from hareg.registry.blobs import BlobService
 from hareg.registry.listing import ListingService
 from hareg.registry.manifests import ManifestService
+from hareg.registry.membership import Membership
 from hareg.registry.upload_state import UploadStateSigner
 from hareg.registry.uploads import UploadService
-from hareg.storage.base import BlobStore
+from hareg.storage.base import BlobStore, StorageError
+
+_PROBE_DIGEST = "sha256:" + "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    degraded: bool  # serving pulls from the cache; writes refused
+    reason: str  # CamelCase, as the operator's conditions use
+    checks: dict[str, str]
 
 
 class Registry:
@@ -38,6 +50,7 @@ class Registry:
         replica: str = "replica",
         cache: bool = True,
         http_secret: str | None = None,
+        url: str | None = None,
     ) -> None:
         self.kv = kv
         self.store = store
@@ -52,6 +65,8 @@ class Registry:
         self.manifests = ManifestService(self.meta, store, clock, ids)
         self.listing = ListingService(self.meta)
         self.ids = ids
+        # Replicas that know their own URL register themselves (the local cluster's do).
+        self.membership = Membership(kv, keys, clock, replica, url) if url else None
         self._http_secret = http_secret
         self._signer: UploadStateSigner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,3 +100,31 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.membership is not None:
+            await self.membership.leave()
+
+    async def readiness(self, probe_timeout: float = 2.0) -> Readiness:
+        """Can this replica serve?  Degraded: etcd is unreachable but the cache
+        serves pulls (writes get 503) — still ready, so load balancers keep it."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(probe_timeout):
+                await (self.barrier.current_revision() if self.barrier else self.kv.current_revision())
+            checks["etcd"] = "ok"
+        except (KVError, TimeoutError) as exc:
+            checks["etcd"] = f"unavailable: {type(exc).__name__}"
+        try:
+            async with asyncio.timeout(probe_timeout):
+                await self.store.stat(_PROBE_DIGEST)
+            checks["storage"] = "ok"
+        except (StorageError, TimeoutError, OSError) as exc:
+            checks["storage"] = f"unavailable: {type(exc).__name__}"
+        cache_ready = self.cache is not None and self.cache.ready
+        checks["cache"] = "ok" if cache_ready else "not loaded"
+        if checks["storage"] != "ok":
+            return Readiness(False, False, "StorageUnavailable", checks)
+        if checks["etcd"] != "ok":
+            if cache_ready:
+                return Readiness(True, True, "EtcdUnavailable", checks)
+            return Readiness(False, False, "EtcdUnavailable", checks)
+        return Readiness(True, False, "Ready", checks)

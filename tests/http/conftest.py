@@ -1,0 +1,37 @@
+"""Fixtures for the HTTP layer: a real registry (real etcd, filesystem blobs)
+behind aiohttp's in-process test server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.service import Registry
+from hareg.storage.filesystem import FilesystemBlobStore
+
+
+@pytest.fixture
+async def registry(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Registry]:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    # Each test gets its own key prefix on the shared session etcd.
+    reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
+    await reg.start()
+    try:
+        yield reg
+    finally:
+        await reg.stop()
+        await store.close()
+
+
+@pytest.fixture
+async def client(registry: Registry) -> AsyncIterator[TestClient[object, object]]:
+    async with TestClient(TestServer(init_app(registry))) as c:
+        yield c

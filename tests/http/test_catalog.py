@@ -1,0 +1,81 @@
+"""The repository catalog: /v2/_catalog with n, last and the Link header."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from oci_helpers import Client, expect_error, push_blob
+
+REPOS = sorted(["a", "a-b", "a/b", "a/b/c", "b", "library/ubuntu", "z0", "zz/top"])
+LINK_RE = re.compile(r'^<(?P<url>/v2/_catalog\?[^>]+)>; rel="next"$')
+
+
+async def create_repos(client: Client, names: list[str]) -> None:
+    for name in names:
+        await push_blob(client, name, f"blob of {name}".encode())
+
+
+async def test_catalog_lists_every_repository_sorted(client: Client) -> None:
+    r = await client.get("/v2/_catalog")
+    assert r.status == 200
+    assert await r.json() == {"repositories": []}
+    await create_repos(client, list(reversed(REPOS)))
+    r = await client.get("/v2/_catalog")
+    assert r.status == 200
+    assert await r.json() == {"repositories": REPOS}
+    assert "Link" not in r.headers
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+async def test_following_link_collects_everything_once_in_order(client: Client, n: int) -> None:
+    await create_repos(client, REPOS)
+    collected: list[str] = []
+    url: str | None = f"/v2/_catalog?n={n}"
+    pages = 0
+    while url is not None:
+        pages += 1
+        assert pages <= len(REPOS) + 1, "pagination does not end"
+        r = await client.get(url)
+        assert r.status == 200
+        page = (await r.json())["repositories"]
+        assert len(page) == n or "Link" not in r.headers
+        collected += page
+        link = r.headers.get("Link")
+        if link is None:
+            url = None
+        else:
+            m = LINK_RE.match(link)
+            assert m, link
+            url = m["url"]
+    assert collected == REPOS
+    assert pages == -(-len(REPOS) // n)
+
+
+async def test_n_zero_and_n_larger_than_the_catalog(client: Client) -> None:
+    await create_repos(client, REPOS)
+    r = await client.get("/v2/_catalog?n=0")
+    assert r.status == 200
+    assert await r.json() == {"repositories": []}
+    assert "Link" not in r.headers
+    r = await client.get(f"/v2/_catalog?n={len(REPOS)}")
+    assert (await r.json())["repositories"] == REPOS
+    assert "Link" not in r.headers
+
+
+async def test_last(client: Client) -> None:
+    await create_repos(client, REPOS)
+    r = await client.get("/v2/_catalog", params={"last": "a/b"})
+    assert (await r.json())["repositories"] == REPOS[REPOS.index("a/b") + 1 :]
+    r = await client.get("/v2/_catalog", params={"n": "2", "last": "library/ubuntu"})
+    assert (await r.json())["repositories"] == ["z0", "zz/top"]
+    assert "Link" not in r.headers
+
+
+@pytest.mark.parametrize("n", ["x", "-3", "%C2%B2", "12345678901"])
+async def test_invalid_n_is_400(client: Client, n: str) -> None:
+    await expect_error(await client.get(f"/v2/_catalog?n={n}"), 400, "UNSUPPORTED")
+
+
+async def test_catalog_method_not_allowed(client: Client) -> None:
+    await expect_error(await client.delete("/v2/_catalog"), 405, "UNSUPPORTED")

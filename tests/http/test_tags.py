@@ -1,0 +1,144 @@
+"""Tag lists: /v2/<name>/tags/list with n, last and the Link header."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from oci_helpers import Client, expect_error, push_image, put_manifest
+
+TAGS = sorted(["A", "B1", "Z", "_u", "a", "a-1", "a.2", "a_3", "latest", "v1.0", "v1.1", "v10"])
+LINK_RE = re.compile(r'^<(?P<url>/v2/[^>]+/tags/list\?[^>]+)>; rel="next"$')
+
+
+async def tag_all(client: Client, repo: str, tags: list[str]) -> None:
+    image = await push_image(client, repo)
+    r = await put_manifest(client, repo, image.digest, image.body, params=[("tag", t) for t in tags])
+    assert r.status == 201
+
+
+async def test_list_is_sorted_and_named(client: Client) -> None:
+    await tag_all(client, "repo", list(reversed(TAGS)))
+    r = await client.get("/v2/repo/tags/list")
+    assert r.status == 200
+    assert r.content_type == "application/json"
+    assert await r.json() == {"name": "repo", "tags": TAGS}
+    assert "Link" not in r.headers
+    # ASCIIbetical: upper case before '_' before lower case.
+    assert TAGS.index("Z") < TAGS.index("_u") < TAGS.index("a")
+
+
+async def test_nested_repositories_keep_their_own_tags(client: Client) -> None:
+    await tag_all(client, "a", ["one"])
+    await tag_all(client, "a/b", ["two"])
+    await tag_all(client, "a-b", ["three"])
+    assert (await (await client.get("/v2/a/tags/list")).json())["tags"] == ["one"]
+    assert (await (await client.get("/v2/a/b/tags/list")).json()) == {"name": "a/b", "tags": ["two"]}
+    assert (await (await client.get("/v2/a-b/tags/list")).json())["tags"] == ["three"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 11])
+async def test_following_link_collects_everything_once_in_order(client: Client, n: int) -> None:
+    await tag_all(client, "org/repo", TAGS)
+    collected: list[str] = []
+    url: str | None = f"/v2/org/repo/tags/list?n={n}"
+    pages = 0
+    while url is not None:
+        pages += 1
+        assert pages <= len(TAGS) + 1, "pagination does not end"
+        r = await client.get(url)
+        assert r.status == 200
+        page = (await r.json())["tags"]
+        assert len(page) == n or "Link" not in r.headers  # fewer than n only on the last page
+        collected += page
+        link = r.headers.get("Link")
+        if link is None:
+            url = None
+        else:
+            m = LINK_RE.match(link)
+            assert m, link
+            url = m["url"]
+            assert url == f"/v2/org/repo/tags/list?n={n}&last={page[-1]}"
+    assert collected == TAGS
+    assert pages == -(-len(TAGS) // n)
+
+
+async def test_exactly_n_tags_has_no_link(client: Client) -> None:
+    await tag_all(client, "repo", TAGS)
+    r = await client.get(f"/v2/repo/tags/list?n={len(TAGS)}")
+    assert (await r.json())["tags"] == TAGS
+    assert "Link" not in r.headers
+    r = await client.get(f"/v2/repo/tags/list?n={len(TAGS) + 10}")
+    assert (await r.json())["tags"] == TAGS
+    assert "Link" not in r.headers
+
+
+async def test_n_zero_is_empty_without_link(client: Client) -> None:
+    await tag_all(client, "repo", TAGS)
+    r = await client.get("/v2/repo/tags/list?n=0")
+    assert r.status == 200
+    assert await r.json() == {"name": "repo", "tags": []}
+    assert "Link" not in r.headers
+    r = await client.get("/v2/repo/tags/list?n=0&last=a")
+    assert (await r.json())["tags"] == []
+    assert "Link" not in r.headers
+
+
+async def test_last_without_n(client: Client) -> None:
+    await tag_all(client, "repo", TAGS)
+    r = await client.get("/v2/repo/tags/list?last=a_3")
+    assert r.status == 200
+    assert (await r.json())["tags"] == TAGS[TAGS.index("a_3") + 1 :]
+    assert "Link" not in r.headers
+
+
+async def test_last_is_exclusive_and_need_not_exist(client: Client) -> None:
+    await tag_all(client, "repo", TAGS)
+    r = await client.get("/v2/repo/tags/list?n=2&last=latest")
+    assert (await r.json())["tags"] == ["v1.0", "v1.1"]
+    r = await client.get("/v2/repo/tags/list?n=2&last=b")  # between 'a_3' and 'latest'
+    assert (await r.json())["tags"] == ["latest", "v1.0"]
+    r = await client.get("/v2/repo/tags/list?last=zzz")
+    assert r.status == 200
+    assert (await r.json())["tags"] == []
+
+
+async def test_conformance_style_n_and_last(client: Client) -> None:
+    """As the conformance suite does: half the tags, then the half after the last one seen."""
+    await tag_all(client, "repo", ["test0", "test1", "test2", "test3"])
+    r = await client.get("/v2/repo/tags/list?n=2")
+    first = (await r.json())["tags"]
+    assert first == ["test0", "test1"]
+    r = await client.get(f"/v2/repo/tags/list?n=2&last={first[-1]}")
+    assert r.status == 200
+    assert (await r.json())["tags"] == ["test2", "test3"]
+
+
+async def test_unknown_repository_is_404_name_unknown(client: Client) -> None:
+    await expect_error(await client.get("/v2/nosuch/tags/list"), 404, "NAME_UNKNOWN")
+    await expect_error(await client.get("/v2/nosuch/tags/list?n=5"), 404, "NAME_UNKNOWN")
+
+
+async def test_repository_without_tags_is_an_empty_list(client: Client) -> None:
+    await push_image(client, "repo")  # pushed by digest only
+    r = await client.get("/v2/repo/tags/list")
+    assert r.status == 200
+    assert await r.json() == {"name": "repo", "tags": []}
+
+
+async def test_deleting_tags_shows_in_the_list(client: Client) -> None:
+    await tag_all(client, "repo", ["a", "b", "c"])
+    assert (await client.delete("/v2/repo/manifests/b")).status == 202
+    assert (await (await client.get("/v2/repo/tags/list")).json())["tags"] == ["a", "c"]
+
+
+@pytest.mark.parametrize("n", ["abc", "-1", "1.5", "%C2%B2", "%D9%A3", "9999999999999", "", "0x10", " 1"])
+async def test_invalid_n_is_400(client: Client, n: str) -> None:
+    await tag_all(client, "repo", ["a"])
+    r = await client.get(f"/v2/repo/tags/list?n={n}")
+    assert r.status == 400
+    await expect_error(r, 400, "UNSUPPORTED")
+
+
+async def test_invalid_repository_name_is_400(client: Client) -> None:
+    await expect_error(await client.get("/v2/Repo/tags/list"), 400, "NAME_INVALID")
