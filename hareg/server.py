@@ -107,6 +107,13 @@ def make_store(config: Config, data_dir: Path) -> BlobStore:
         return FilesystemBlobStore(storage.pvc.claim or data_dir / "blobs")
     if storage.kind == "emptyDir":
         return FilesystemBlobStore(data_dir / "emptydir-blobs")
+    if storage.kind == "s3":
+        from hareg.storage.s3 import S3BlobStore  # obstore is only loaded when used
+
+        try:
+            return S3BlobStore.from_config(storage.s3)
+        except ValueError as exc:
+            raise StartupError(f"storage.s3: {exc}") from None
     raise StartupError(f"storage kind {storage.kind!r} is not available in this build")
 
 
