@@ -160,6 +160,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             replica=replica,
             http_secret=config.http_secret,
             url=f"http://{host}:{port}" if port else None,
+            upload_grace=config.pruner.upload_grace,
         )
         await registry.start()
         stack.push_async_callback(registry.stop)

@@ -20,6 +20,7 @@ from hareg.metadata.cache import MetadataCache
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
 from hareg.registry.blobs import BlobService
+from hareg.registry.janitor import UploadJanitor
 from hareg.registry.listing import ListingService
 from hareg.registry.manifests import ManifestService
 from hareg.registry.membership import Membership
@@ -51,6 +52,7 @@ class Registry:
         cache: bool = True,
         http_secret: str | None = None,
         url: str | None = None,
+        upload_grace: float = 3600.0,
     ) -> None:
         self.kv = kv
         self.store = store
@@ -64,6 +66,7 @@ class Registry:
         self.uploads = UploadService(self.meta, store, ids)
         self.manifests = ManifestService(self.meta, store, clock, ids)
         self.listing = ListingService(self.meta)
+        self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.ids = ids
         # Replicas that know their own URL register themselves (the local cluster's do).
         self.membership = Membership(kv, keys, clock, replica, url) if url else None

@@ -88,6 +88,12 @@ class BlobStore(Protocol):
         """Bytes staged so far, or None if there is no such upload."""
         ...
 
+    async def upload_modified(self, upload_id: str) -> float | None:
+        """When the staged upload was last written (seconds since the epoch, by
+        the store's clock), or None if there is no such upload.  Lets a janitor
+        remove the staging of uploads whose session expired."""
+        ...
+
     def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
         """Stream the staged bytes (to re-hash an upload another process wrote)."""
         ...

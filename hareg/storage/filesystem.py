@@ -194,6 +194,13 @@ def _stat_size(path: str) -> int | None:
         return None
 
 
+def _stat_mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
@@ -436,6 +443,9 @@ class FilesystemBlobStore:
 
     async def upload_size(self, upload_id: str) -> int | None:
         return await self._run(_stat_size, str(self._upload_path(upload_id)))
+
+    async def upload_modified(self, upload_id: str) -> float | None:
+        return await self._run(_stat_mtime, str(self._upload_path(upload_id)))
 
     def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
         path = self._upload_path(upload_id)

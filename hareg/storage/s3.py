@@ -471,6 +471,14 @@ class S3BlobStore:
             raise UploadNotFound(upload_id)
         return parts[-1].end if parts else 0
 
+    async def upload_modified(self, upload_id: str) -> float | None:
+        marker, listed = await asyncio.gather(
+            self._head(self._marker_key(upload_id)), self._list(self._parts_dir(upload_id))
+        )
+        if marker is None:
+            return None
+        return max(m["last_modified"].timestamp() for m in [marker, *listed])
+
     async def upload_start(self, upload_id: str) -> None:
         key = self._marker_key(upload_id)
         if not await self._create(key, b"", same_is_ok=False):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -119,6 +120,19 @@ class BlobStoreSuite:
         await store.upload_abort("nope")  # no error
         assert [u async for u in store.list_uploads()] == []
         assert [d async for d in store.list_blobs()] == []
+
+    async def test_upload_modified_follows_writes(self, store: BlobStore) -> None:
+        assert await store.upload_modified("nope") is None
+        before = time.time()
+        await store.upload_start("aging")
+        started = await store.upload_modified("aging")
+        # The store's clock, not ours: allow for coarse timestamps and small skew.
+        assert started is not None and abs(started - before) < 60
+        await store.upload_write("aging", 0, chunks_of(b"more bytes"))
+        written = await store.upload_modified("aging")
+        assert written is not None and written >= started
+        await store.upload_abort("aging")
+        assert await store.upload_modified("aging") is None
 
     # ---------------------------------------------------------- roundtrips
 
