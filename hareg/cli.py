@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hareg.cluster.cli import register as register_cluster
 
     register_cluster(sub)
+
+    from hareg.cli_lifecycle import register as register_lifecycle
+
+    register_lifecycle(sub)
     return parser
 
 

@@ -1,0 +1,255 @@
+"""``hareg cluster up`` as a child process, for the local-cluster tests.
+
+``launch()`` starts it on free 127.0.0.1 ports in a directory and waits,
+bounded, for the ready line and ``cluster.json``; ``ClusterRun.stop()``
+signals it and waits, bounded; ``recorded_pids()`` lists every pid that
+cluster.json names plus their descendants (haproxy's workers), so a test can
+check that none outlives the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from hareg.etcd_process import free_ports
+
+HAREG = Path(sys.executable).with_name("hareg")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+READY_PREFIX = "hareg registry listening on "
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+@functools.cache
+def cluster_storage() -> str:
+    """``seaweedfs`` when this build can use it (``weed`` installed and an S3
+    driver in ``hareg serve``), else ``filesystem`` (one shared directory)."""
+    from hareg.config import Config, S3Storage, StorageConfig
+    from hareg.server import StartupError, make_store
+
+    try:
+        from hareg.seaweedfs_process import find_weed
+
+        find_weed()
+    except (ImportError, RuntimeError):
+        return "filesystem"
+    config = Config(
+        storage=StorageConfig(
+            kind="s3",
+            s3=S3Storage(
+                bucket="probe",
+                region_endpoint="http://127.0.0.1:9",
+                access_key="probe",
+                secret_key="probe-secret",
+            ),
+        )
+    )
+    try:
+        store = make_store(config, Path("/nonexistent"))
+    except StartupError:
+        return "filesystem"
+    except Exception:
+        return "seaweedfs"  # it knows s3 and complained about something else
+    # A thread of its own: the caller may be inside a running event loop.
+    closer = threading.Thread(target=asyncio.run, args=(store.close(),))
+    closer.start()
+    closer.join(timeout=10)
+    return "seaweedfs"
+
+
+@dataclass
+class ClusterRun:
+    proc: subprocess.Popen[str]
+    dir: Path
+    port: int
+    stderr_path: Path
+    config_path: Path | None
+    url: str = ""
+    stdout_lines: list[str] = field(default_factory=list)
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def cluster_json(self) -> Path:
+        return self.dir / "cluster.json"
+
+    def info(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.cluster_json.read_text())
+        return data
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no stderr: {exc})"
+
+    def replica(self, name: str) -> dict[str, Any]:
+        for r in self.info()["replicas"]:
+            if r["name"] == name:
+                return dict(r)
+        raise KeyError(name)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError(
+                f"hareg cluster up ignored {sig.name} for {timeout}s; stderr:\n{self.stderr()[-4000:]}"
+            ) from None
+
+
+def recorded_pids(run: ClusterRun) -> set[int]:
+    """The supervisor, every pid in cluster.json, and their descendants."""
+    pids = {run.pid}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        info = run.info()
+        for item in [*info["replicas"], *info["etcd"], info["storage"], info["lb"]]:
+            if item.get("pid"):
+                pids.add(int(item["pid"]))
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    return pids
+
+
+def alive(pids: set[int]) -> list[str]:
+    """The pids of ``pids`` that still run (zombies excluded), described."""
+    found = []
+    for pid in sorted(pids):
+        try:
+            p = psutil.Process(pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found.append(f"{pid}: {' '.join(p.cmdline())[:200]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = alive(pids)
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"processes outlived the cluster: {left}")
+        time.sleep(0.05)
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def launch(
+    directory: Path,
+    *,
+    args: Sequence[str] = (),
+    config_text: str | None = None,
+    storage: str | None = None,
+    timeout: float = START_TIMEOUT,
+    wait_ready: bool = True,
+) -> ClusterRun:
+    """Start ``hareg cluster up --dir directory --port FREE`` (plus ``args``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (port,) = free_ports(1)
+    config_path = None
+    command = [str(HAREG), "cluster", "up", "--dir", str(directory / "cluster"), "--port", str(port)]
+    if config_text is not None:
+        config_path = directory / "config.yaml"
+        config_path.write_text(config_text)
+        command += ["--config", str(config_path)]
+    command += ["--storage", storage or cluster_storage(), *args]
+    stderr_path = directory / f"cluster-up-{time.monotonic_ns()}.stderr"
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAREG_")}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, env=env
+        )
+    run = ClusterRun(proc, directory / "cluster", port, stderr_path, config_path)
+    threading.Thread(target=_pump, args=(proc, run.lines), daemon=True).start()
+    if wait_ready:
+        wait_until_ready(run, timeout)
+    return run
+
+
+def wait_until_ready(run: ClusterRun, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = run.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
+            raise RuntimeError(
+                f"hareg cluster up not ready after {timeout}s; stderr:\n{run.stderr()[-6000:]}"
+            ) from None
+        if line is None:
+            code = run.proc.wait(timeout=30)
+            raise RuntimeError(
+                f"hareg cluster up exited with code {code} before it was ready; stderr:\n{run.stderr()[-6000:]}"
+            )
+        run.stdout_lines.append(line)
+        if line.startswith(READY_PREFIX):
+            run.url = line[len(READY_PREFIX) :].strip()
+            break
+    while not run.cluster_json.exists():  # written before the ready line; bounded all the same
+        if time.monotonic() >= deadline:
+            raise RuntimeError("ready line printed but no cluster.json")
+        time.sleep(0.05)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate()`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def hareg_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [str(HAREG), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=pythonpath),
+        check=False,
+    )

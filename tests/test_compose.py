@@ -1,0 +1,222 @@
+"""docker-compose.yml, checked statically (no Docker engine runs here): valid
+against the Compose Specification's schema, and the topology the product
+promises: 3 etcd members forming one cluster, SeaweedFS, 3 replicas built
+from ./Dockerfile sharing one httpSecret and every etcd member, haproxy
+checking /readyz on all of them, only haproxy published (on 127.0.0.1), every
+image pinned."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from hareg.cluster.haproxy import Backend, render_config
+from hareg.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
+HAREG_CONFIG = ROOT / "deploy" / "hareg.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return dict(compose["services"])
+
+
+def etcd_members(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        n: s
+        for n, s in services(compose).items()
+        if str(s.get("image", "")).startswith("quay.io/coreos/etcd:")
+    }
+
+
+def replicas(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in services(compose).items() if "build" in s}
+
+
+def flags(command: list[str] | str) -> dict[str, str]:
+    """``--name=value`` / ``-name=value`` / ``--name value`` items of a command."""
+    items = shlex.split(command) if isinstance(command, str) else list(command)
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if not item.startswith("-"):
+            continue
+        name, sep, value = item.lstrip("-").partition("=")
+        if not sep and i + 1 < len(items) and not items[i + 1].startswith("-"):
+            value = items[i + 1]
+        out[name] = value
+    return out
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if name in env:
+            return env[name]
+        if op == ":-":
+            return arg or ""
+        if op == ":?":
+            raise KeyError(f"{name} must be set: {arg}")
+        return ""
+
+    return re.sub(
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)((?:[^{}]|\{[^{}]*\}|\([^()]*\))*))?\}", one, value
+    )
+
+
+def test_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    import json
+
+    import jsonschema
+
+    if not SCHEMA.exists():
+        pytest.skip(f"{SCHEMA} not present")
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_three_etcd_members_form_one_cluster(compose: dict[str, Any]) -> None:
+    members = etcd_members(compose)
+    assert len(members) == 3
+    initial: set[str] = set()
+    tokens: set[str] = set()
+    peers: dict[str, str] = {}
+    for name, svc in members.items():
+        assert re.fullmatch(r"quay\.io/coreos/etcd:v3\.4\.\d+", svc["image"]), "etcd 3.4.x (not 3.5.0-3.5.2)"
+        f = flags(svc["command"])
+        assert f["name"] == name
+        assert f["advertise-client-urls"] == f"http://{name}:2379"
+        assert f["initial-cluster-state"] == "new"
+        peers[f["name"]] = f["initial-advertise-peer-urls"]
+        initial.add(f["initial-cluster"])
+        tokens.add(f["initial-cluster-token"])
+        assert any(":/etcd-data" in v or v.endswith(":" + f["data-dir"]) for v in svc["volumes"]), (
+            "data on a volume"
+        )
+        assert "healthcheck" in svc
+    assert len(initial) == 1 and len(tokens) == 1, "every member gets the same --initial-cluster and token"
+    (cluster,) = initial
+    assert dict(item.split("=", 1) for item in cluster.split(",")) == peers
+
+
+def test_three_replicas_share_secret_and_every_etcd_member(compose: dict[str, Any]) -> None:
+    reps = replicas(compose)
+    assert len(reps) == 3
+    members = etcd_members(compose)
+    client_urls = {flags(s["command"])["advertise-client-urls"] for s in members.values()}
+    secrets, names, envs = set(), set(), []
+    for name, svc in reps.items():
+        build = svc["build"]
+        assert build in (".", "./") or (
+            build["context"] in (".", "./") and build.get("dockerfile") == "Dockerfile"
+        )
+        env = svc["environment"]
+        envs.append(env)
+        secrets.add(env["HAREG_HTTP_SECRET"])
+        assert set(env["HAREG_ETCD_ENDPOINTS"].split(",")) == client_urls, "all 3 members"
+        f = flags(svc["command"])
+        names.add(f["replica"])
+        assert f["listen"].endswith(":5000")
+        deps = svc["depends_on"]
+        for member in members:
+            assert deps[member]["condition"] == "service_healthy"
+        assert deps["seaweedfs"]["condition"] == "service_healthy"
+        assert "/readyz" in " ".join(svc["healthcheck"]["test"])
+        assert "ports" not in svc, f"{name}: replicas are reached through haproxy only"
+    assert len(secrets) == 1 and next(iter(secrets)), "one shared, non-empty HAREG_HTTP_SECRET"
+    assert len(names) == 3
+    assert all(e == envs[0] for e in envs), "identical configuration"
+
+
+def test_replica_configuration_loads(compose: dict[str, Any]) -> None:
+    svc = next(iter(replicas(compose).values()))
+    shell = {"HAREG_HTTP_SECRET": "x" * 64}
+    env = {k: interpolate(str(v), shell) for k, v in svc["environment"].items()}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+    config_path = flags(svc["command"])["config"]
+    assert (ROOT / mounts[config_path]).resolve() == HAREG_CONFIG
+    config = load_config(HAREG_CONFIG, env)
+    assert config.storage.kind == "s3"
+    assert config.http_secret == "x" * 64
+    assert len(config.etcd.endpoints) == 3
+    assert config.disable_redirect, "the object store is not published: no redirects to it"
+    weed = services(compose)["seaweedfs"]
+    weed_env = {k: interpolate(str(v), shell) for k, v in weed["environment"].items()}
+    assert (config.storage.s3.access_key, config.storage.s3.secret_key) == (
+        weed_env["AWS_ACCESS_KEY_ID"],
+        weed_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    assert config.storage.s3.bucket == weed_env["S3_BUCKET"]
+    endpoint = urlsplit(config.storage.s3.region_endpoint or "")
+    assert endpoint.hostname == "seaweedfs" and str(endpoint.port) == flags(weed["command"])["s3.port"]
+    with pytest.raises(KeyError, match="HAREG_HTTP_SECRET"):
+        interpolate(str(svc["environment"]["HAREG_HTTP_SECRET"]), {})
+
+
+def test_haproxy_balances_every_replica_on_readyz(compose: dict[str, Any]) -> None:
+    svc = services(compose)["haproxy"]
+    assert re.fullmatch(r"haproxy:2\.6\.\d+", svc["image"])
+    assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in svc["volumes"]
+    text = HAPROXY_CFG.read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert "option httpchk GET /readyz" in lines and "http-check expect status 200" in lines
+    listen_ports = {n: flags(s["command"])["listen"].rsplit(":", 1)[1] for n, s in replicas(compose).items()}
+    servers = {line.split()[1]: line.split()[2] for line in lines if line.startswith("server ")}
+    assert servers == {n: f"{n}:{p}" for n, p in listen_ports.items()}
+    expected = render_config(
+        "0.0.0.0:5000",
+        [Backend(n, f"{n}:{p}") for n, p in sorted(listen_ports.items())],
+        resolvers=("127.0.0.11:53",),
+    )
+    assert text == expected, "deploy/haproxy.cfg is rendered by hareg.cluster.haproxy.render_config"
+    for name in replicas(compose):
+        assert svc["depends_on"][name]["condition"] in ("service_started", "service_healthy")
+
+
+def test_only_haproxy_is_published_on_loopback(compose: dict[str, Any]) -> None:
+    published = {n: s["ports"] for n, s in services(compose).items() if "ports" in s}
+    assert set(published) == {"haproxy"}
+    for port in published["haproxy"]:
+        assert str(port).startswith("127.0.0.1:"), port
+        assert str(port).endswith(":5000")
+
+
+def test_every_image_is_pinned_and_every_service_checked(compose: dict[str, Any]) -> None:
+    for name, svc in services(compose).items():
+        image = svc.get("image")
+        if image is not None:
+            repo, sep, tag = str(image).rpartition(":")
+            assert sep and repo and "/" not in tag, f"{name}: {image} has no tag"
+            assert tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned to a version"
+        assert "healthcheck" in svc, f"{name} has no healthcheck"
+
+
+def test_dockerfile_installs_the_package_and_serves() -> None:
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    assert froms == ["python:3.11-slim"]
+    assert re.search(r"pip install \.", text)
+    for src in re.findall(r"^COPY\s+(.+?)\s+\S+$", text, re.MULTILINE):
+        for path in src.split():
+            assert (ROOT / path).exists(), f"COPY {path}: missing"
+    assert 'ENTRYPOINT ["hareg"]' in text and '"serve"' in text
+    assert "HEALTHCHECK" in text and "/readyz" in text
