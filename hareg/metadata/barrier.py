@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from enum import Enum
 
 from hareg.clock import Clock
@@ -57,6 +58,8 @@ class ReadBarrier:
         self._next: asyncio.Future[int] | None = None
         self._unavailable_since: float | None = None
         self.revision_reads = 0
+        # How each sync() ended: CURRENT/STALE are cache hits, UNCACHED a miss (read etcd).
+        self.results: Counter[Freshness] = Counter()
 
     @property
     def store_available(self) -> bool:
@@ -104,6 +107,11 @@ class ReadBarrier:
         return await asyncio.shield(fut)
 
     async def sync(self) -> Freshness:
+        result = await self._sync()
+        self.results[result] += 1
+        return result
+
+    async def _sync(self) -> Freshness:
         if not self.cache.ready:
             return Freshness.UNCACHED
         if self.writes_blocked():  # etcd was just seen down: do not wait on it again yet

@@ -13,6 +13,7 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/s/<repo>@<tag>                  TagSeqRecord     last history number of the tag
     <p>/h/<repo>@<tag>@<seq:012d>       HistoryEntry     every move of the tag
     <p>/f/<repo>@<subject>@<digest>     ReferrerRecord   referrers index
+    <p>/i/<repo>                        ImmutabilityRecord  tag patterns that may not move
     <p>/u/<upload id>                   UploadRecord     upload session (under a lease)
     <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret)
     <p>/n/<replica>                     MemberRecord     replica membership (under the replica's lease)
@@ -82,6 +83,13 @@ class Keys:
 
     def referrers(self, repo: str, subject: str) -> tuple[bytes, bytes]:
         return self._range("f", repo, subject)
+
+    def immutability(self, repo: str) -> bytes:
+        return self._k("i", repo)
+
+    def immutabilities(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("i")
+        return p, prefix_end(p)
 
     def upload(self, upload_id: str) -> bytes:
         return self._k("u", upload_id)

@@ -34,18 +34,29 @@ class RepoRecord:
 
 @dataclass(frozen=True, slots=True)
 class BlobRecord:
-    """The bytes of ``digest`` are in the blob store (written before this record)."""
+    """The bytes of ``digest`` are in the blob store (written before this record).
+
+    ``state`` is "live", or "deleting" once garbage collection has claimed the
+    blob: from then on no new link may be made to it, and its bytes go before
+    the record does.  Every new link re-writes the record, so a collector's
+    compare on the record's mod_revision fails if a link appeared meanwhile."""
 
     size: int
     created: float
+    state: str = "live"
 
 
 @dataclass(frozen=True, slots=True)
 class LinkRecord:
-    """A repository may serve the blob (it was pushed or mounted there)."""
+    """A repository may serve the blob (it was pushed or mounted there).
+
+    ``touched`` is when it was last created or found by a HEAD/GET: garbage
+    collection spares links touched within its grace window, so a push that
+    was told "layer already exists" can still reference the layer."""
 
     size: int
     created: float
+    touched: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,17 @@ class ReferrerRecord:
     size: int
     artifact_type: str | None
     annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ImmutabilityRecord:
+    """A repository's immutable tags: a tag matching one of ``patterns``
+    (fnmatch-style, case-sensitive) may be created but never moved or deleted."""
+
+    patterns: tuple[str, ...]
+    updated: float
+    replica: str = ""
+    write_id: str = ""  # identifies the write, to verify an ambiguous commit
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from hareg.metadata.keys import Keys
 from hareg.metadata.records import (
     BlobRecord,
     HistoryEntry,
+    ImmutabilityRecord,
     LinkRecord,
     ManifestRecord,
     ReferrerRecord,
@@ -69,6 +71,34 @@ class ReferencedBy(MetadataError):
     def __init__(self, digests: list[str]) -> None:
         super().__init__(f"still referenced by {digests}")
         self.digests = digests
+
+
+class ImmutableTag(MetadataError):
+    """The tag matches one of the repository's immutability patterns: it may
+    not move to another digest nor be deleted."""
+
+    def __init__(self, repo: str, tag: str, pattern: str) -> None:
+        super().__init__(f"tag {tag} in {repo} is immutable (pattern {pattern!r})")
+        self.repo = repo
+        self.tag = tag
+        self.pattern = pattern
+
+
+def immutable_pattern(patterns: Sequence[str], tag: str) -> str | None:
+    """The first pattern that makes ``tag`` immutable (fnmatch, case-sensitive)."""
+    return next((p for p in patterns if fnmatch.fnmatchcase(tag, p)), None)
+
+
+def _patterns(rule: KeyValue | None) -> tuple[str, ...]:
+    return decode(ImmutabilityRecord, rule.value).patterns if rule else ()
+
+
+class BlobCollected(MetadataError):
+    """The blob is being (or was just) garbage collected: upload it again."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"blob {digest} is being garbage collected")
+        self.digest = digest
 
 
 class Contended(MetadataError):
@@ -216,28 +246,59 @@ class MetadataStore:
         kv = await self._get(self.keys.blob(digest))
         return decode(BlobRecord, kv.value) if kv else None
 
-    async def add_blob(self, repo: str, digest: str, size: int, upload_id: str | None = None) -> None:
+    async def add_blob(
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        upload_id: str | None = None,
+        *,
+        bytes_present: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         """Record a blob whose bytes are already stored, link it into ``repo``
-        and close the upload session, in one transaction."""
-        now = self.clock.now()
-        ops: list[TxnOp] = [
-            Put(self.keys.blob(digest), encode(BlobRecord(size, now))),
-            Put(self.keys.link(repo, digest), encode(LinkRecord(size, now))),
-        ]
-        if upload_id is not None:
-            ops.append(Delete(self.keys.upload(upload_id)))
-        missing_repo, put_repo = self._ensure_repo(repo)
+        and close the upload session, in one transaction.
 
-        async def verify() -> bool:
-            return await self._get(self.keys.link(repo, digest)) is not None
+        Guarded against garbage collection of the same digest: the transaction
+        compares the blob record's mod_revision, refuses a record in state
+        "deleting", and when there is no record asks ``bytes_present`` — the
+        upload may have found the bytes already stored (and dropped its own)
+        just before a collector removed them."""
+        blob_key, link_key = self.keys.blob(digest), self.keys.link(repo, digest)
+        for _ in range(self.max_retries):
+            blob_kv, repo_kv = await self._read_many([blob_key, self.keys.repo(repo)])
+            if blob_kv is None:
+                if bytes_present is not None and not await bytes_present():
+                    raise BlobCollected(digest)
+            elif decode(BlobRecord, blob_kv.value).state != "live":
+                raise BlobCollected(digest)
+            now = self.clock.now()
+            compares = [Compare.mod_revision_is(blob_key, blob_kv.mod_revision if blob_kv else 0)]
+            ops: list[TxnOp] = [
+                Put(blob_key, encode(BlobRecord(size, now))),
+                Put(link_key, encode(LinkRecord(size, now, now))),
+            ]
+            if upload_id is not None:
+                ops.append(Delete(self.keys.upload(upload_id)))
+            if repo_kv is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
 
-        # Both branches link the blob; only the first also creates the repository.
-        self._check_writable()
-        try:
-            await self.kv.txn([missing_repo], [put_repo, *ops], ops)
-        except KVUnknownOutcome:
-            if not await verify():
-                raise
+            async def verify() -> bool:
+                return await self._get(link_key) is not None
+
+            if await self._txn(compares, ops, verify):
+                return
+        raise Contended(f"link of blob {digest} into {repo}")
+
+    async def touch_link(self, repo: str, digest: str, link: LinkRecord) -> bool:
+        """Mark a link as just used (a HEAD or GET found it), so garbage
+        collection spares it for its grace window.  False if the link is gone."""
+        self._check_writable()  # while etcd is known down, fail fast rather than stall the read
+        key = self.keys.link(repo, digest)
+        touched = LinkRecord(link.size, link.created, self.clock.now())
+        result = await self.kv.txn([Compare.exists(key)], [Put(key, encode(touched))])
+        return result.succeeded
 
     async def mount_blob(self, repo: str, digest: str, from_repo: str) -> int | None:
         """Link a blob of ``from_repo`` into ``repo``; None if the source does not have it."""
@@ -246,9 +307,17 @@ class MetadataStore:
             src, blob, repo_kv = await self._read_many([src_key, blob_key, self.keys.repo(repo)])
             if src is None or blob is None:
                 return None
+            record = decode(BlobRecord, blob.value)
+            if record.state != "live":
+                return None  # being garbage collected: the client uploads it anew
             size = decode(LinkRecord, src.value).size
+            now = self.clock.now()
             compares = [Compare.exists(src_key), Compare.mod_revision_is(blob_key, blob.mod_revision)]
-            ops: list[TxnOp] = [Put(self.keys.link(repo, digest), encode(LinkRecord(size, self.clock.now())))]
+            ops: list[TxnOp] = [
+                Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now))),
+                # Re-written so a collector that saw no link for it cannot commit.
+                Put(blob_key, encode(BlobRecord(record.size, record.created))),
+            ]
             if repo_kv is None:
                 missing_repo, put_repo = self._ensure_repo(repo)
                 compares.append(missing_repo)
@@ -344,7 +413,8 @@ class MetadataStore:
             pre_keys = [self.keys.repo(repo)]
             for tag in tags:
                 pre_keys += [self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)]
-            pre = await self._read_many(pre_keys)
+            pre = await self._read_many([*pre_keys, self.keys.immutability(repo)])
+            rule_kv = pre.pop()
             now = self.clock.now()
             write_id = self.ids.new_id()
             compares = list(ref_compares)
@@ -359,6 +429,8 @@ class MetadataStore:
                 current = decode(TagRecord, tag_kv.value) if tag_kv else None
                 if current is not None and current.digest == digest:
                     continue
+                if current is not None and (pattern := immutable_pattern(_patterns(rule_kv), tag)):
+                    raise ImmutableTag(repo, tag, pattern)
                 seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
                 old = current.digest if current else None
                 compares += [
@@ -378,6 +450,8 @@ class MetadataStore:
                     ),
                 ]
                 writes.append(TagWrite(tag, old))
+            if writes:
+                compares.append(self._rule_unchanged(repo, rule_kv))
             if record.subject is not None:
                 ops.append(
                     Put(
@@ -435,9 +509,14 @@ class MetadataStore:
             if pointing:
                 seqs = await self._read_many(
                     [self.keys.tag_seq(repo, self.keys.last_part(kv.key)) for kv in pointing]
+                    + [self.keys.immutability(repo)]
                 )
+                rule_kv = seqs.pop()
+                compares.append(self._rule_unchanged(repo, rule_kv))
                 for tag_kv, seq_kv in zip(pointing, seqs, strict=True):
                     tag = self.keys.last_part(tag_kv.key)
+                    if pattern := immutable_pattern(_patterns(rule_kv), tag):
+                        raise ImmutableTag(repo, tag, pattern)
                     compares.append(
                         Compare.mod_revision_is(
                             self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
@@ -454,6 +533,11 @@ class MetadataStore:
                 return True
         raise Contended(f"delete of manifest {digest} in {repo}")
 
+    def _rule_unchanged(self, repo: str, rule_kv: KeyValue | None) -> Compare:
+        """Guard of a tag write checked against the immutability rule ``rule_kv``:
+        a rule changed before the commit fails the transaction."""
+        return Compare.mod_revision_is(self.keys.immutability(repo), rule_kv.mod_revision if rule_kv else 0)
+
     def _tag_delete_ops(self, repo: str, tag: str, old: str, seq_kv: KeyValue | None) -> list[TxnOp]:
         seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
         entry = HistoryEntry(seq, self.clock.now(), old, None, self.replica, "delete")
@@ -466,12 +550,15 @@ class MetadataStore:
     async def delete_tag(self, repo: str, tag: str) -> bool:
         tag_key, seq_key = self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)
         for _ in range(self.max_retries):
-            tag_kv, seq_kv = await self._read_many([tag_key, seq_key])
+            tag_kv, seq_kv, rule_kv = await self._read_many([tag_key, seq_key, self.keys.immutability(repo)])
             if tag_kv is None:
                 return False
+            if pattern := immutable_pattern(_patterns(rule_kv), tag):
+                raise ImmutableTag(repo, tag, pattern)
             compares = [
                 Compare.mod_revision_is(tag_key, tag_kv.mod_revision),
                 Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
+                self._rule_unchanged(repo, rule_kv),
             ]
             ops = self._tag_delete_ops(repo, tag, decode(TagRecord, tag_kv.value).digest, seq_kv)
 
@@ -496,6 +583,95 @@ class MetadataStore:
     async def tag_history(self, repo: str, tag: str) -> list[HistoryEntry]:
         result = await self._range_all(self.keys.histories(repo, tag))
         return [decode(HistoryEntry, kv.value) for kv in result.kvs]
+
+    async def move_tag(
+        self, repo: str, tag: str, digest: str, action: str = "rollback"
+    ) -> HistoryEntry | None:
+        """Point ``tag`` at ``digest``, a manifest already in the repository, and
+        append a new forward history entry recording ``action`` (history is never
+        rewritten).  None if the tag already points there.  Raises
+        MissingReferences if the manifest is not in the repository and
+        ImmutableTag if an immutability rule forbids moving the tag."""
+        tag_key, seq_key = self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)
+        manifest_key, rule_key = self.keys.manifest(repo, digest), self.keys.immutability(repo)
+        self._check_writable()
+        for _ in range(self.max_retries):
+            tag_kv, seq_kv, manifest_kv, rule_kv = await self._read_many(
+                [tag_key, seq_key, manifest_key, rule_key]
+            )
+            if manifest_kv is None:
+                raise MissingReferences([], [digest])
+            current = decode(TagRecord, tag_kv.value) if tag_kv else None
+            if current is not None and current.digest == digest:
+                return None
+            if current is not None and (pattern := immutable_pattern(_patterns(rule_kv), tag)):
+                raise ImmutableTag(repo, tag, pattern)
+            seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+            now, write_id = self.clock.now(), self.ids.new_id()
+            entry = HistoryEntry(seq, now, current.digest if current else None, digest, self.replica, action)
+            compares = [
+                Compare.mod_revision_is(tag_key, tag_kv.mod_revision if tag_kv else 0),
+                Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
+                # The target is still there, unchanged, when the tag moves (invariant 2).
+                Compare.mod_revision_is(manifest_key, manifest_kv.mod_revision),
+                self._rule_unchanged(repo, rule_kv),
+            ]
+            ops: list[TxnOp] = [
+                Put(tag_key, encode(TagRecord(digest, seq, now, self.replica, write_id))),
+                Put(seq_key, encode(TagSeqRecord(seq))),
+                Put(self.keys.history(repo, tag, seq), encode(entry)),
+            ]
+
+            async def verify(wid: str = write_id) -> bool:
+                kv = await self._get(tag_key)
+                return kv is not None and decode(TagRecord, kv.value).write_id == wid
+
+            if await self._txn(compares, ops, verify):
+                return entry
+            # The tag, its sequence, the manifest or the rule changed: read again.
+        raise Contended(f"move of tag {tag} in {repo}")
+
+    # ------------------------------------------------------------ immutability
+
+    async def get_immutability(self, repo: str) -> ImmutabilityRecord | None:
+        kv = await self._get(self.keys.immutability(repo))
+        return decode(ImmutabilityRecord, kv.value) if kv else None
+
+    async def set_immutability(self, repo: str, patterns: Sequence[str]) -> ImmutabilityRecord | None:
+        """Replace the repository's immutability patterns (none: remove the rule).
+        Every tag write compares the rule's mod_revision, so no tag move checked
+        against the old rule can commit after this one."""
+        key = self.keys.immutability(repo)
+        self._check_writable()
+        if not patterns:
+
+            async def removed() -> bool:
+                return await self._get(key) is None
+
+            await self._txn([], [Delete(key)], removed)
+            return None
+        record = ImmutabilityRecord(tuple(patterns), self.clock.now(), self.replica, self.ids.new_id())
+
+        async def written() -> bool:
+            kv = await self._get(key)
+            return kv is not None and decode(ImmutabilityRecord, kv.value).write_id == record.write_id
+
+        await self._txn([], [Put(key, encode(record))], written)
+        return record
+
+    async def check_tag_moves(self, repo: str, digest: str, tags: Sequence[str]) -> None:
+        """Raise ImmutableTag if pointing ``tags`` at ``digest`` would move an
+        immutable tag.  Only a pre-check (before work a refused push would
+        waste): put_manifest re-checks in its transaction."""
+        if not tags:
+            return
+        found = await self._read_many([self.keys.immutability(repo)] + [self.keys.tag(repo, t) for t in tags])
+        patterns = _patterns(found[0])
+        for tag, kv in zip(tags, found[1:], strict=True):
+            if kv is None or decode(TagRecord, kv.value).digest == digest:
+                continue
+            if pattern := immutable_pattern(patterns, tag):
+                raise ImmutableTag(repo, tag, pattern)
 
     # ----------------------------------------------------------------- uploads
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hareg.clock import Clock
+from hareg.kv.base import KVError
 from hareg.metadata.store import MetadataStore, ReferencedBy
 from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError
@@ -11,17 +13,31 @@ from hareg.storage.base import BlobStore
 
 
 class BlobService:
-    def __init__(self, meta: MetadataStore, store: BlobStore) -> None:
+    def __init__(
+        self, meta: MetadataStore, store: BlobStore, clock: Clock, *, touch_after: float = 1800.0
+    ) -> None:
         self.meta = meta
         self.store = store
+        self.clock = clock
+        # A link found by HEAD/GET is re-touched when older than this (half the
+        # collector's grace), so "layer already exists" holds for a push that
+        # follows; at most one etcd write per link per touch_after.
+        self.touch_after = touch_after
 
     async def stat(self, repo: str, digest_text: str) -> BlobInfo:
         """The blob as the repository sees it; BLOB_UNKNOWN unless it is linked there."""
         check_name(repo)
         digest = str(parse_digest(digest_text))
+        unknown = RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
         link = await self.meta.get_link(repo, digest)
         if link is None:
-            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
+            raise unknown
+        if self.clock.now() - link.touched > self.touch_after:
+            try:
+                if not await self.meta.touch_link(repo, digest, link):
+                    raise unknown  # collected just now
+            except KVError:
+                pass  # etcd is down: serve the read; no collection can run without etcd either
         return BlobInfo(digest, link.size)
 
     async def delete(self, repo: str, digest_text: str) -> None:

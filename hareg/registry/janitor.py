@@ -38,8 +38,9 @@ class UploadJanitor:
         self.interval = interval
         self.removed = 0
 
-    async def sweep(self) -> list[str]:
-        """Remove expired staging once; returns the upload ids removed."""
+    async def sweep(self, *, dry_run: bool = False) -> list[str]:
+        """Remove expired staging once; returns the upload ids removed (or,
+        with ``dry_run``, that would be)."""
         live = set(await self.meta.list_upload_ids())
         removed: list[str] = []
         async for upload_id in self.store.list_uploads():
@@ -51,8 +52,11 @@ class UploadJanitor:
             # Re-check the session: it may have been created since the listing.
             if await self.meta.get_upload(upload_id) is not None:
                 continue
-            await self.store.upload_abort(upload_id)
+            if not dry_run:
+                await self.store.upload_abort(upload_id)
             removed.append(upload_id)
+        if dry_run:
+            return removed
         self.removed += len(removed)
         if removed:
             log.info("removed expired upload staging", extra={"fields": {"count": len(removed)}})

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable
 
 from hareg.ids import IdSource
 from hareg.metadata.records import UploadRecord
-from hareg.metadata.store import MetadataStore
+from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
 from hareg.registry.names import check_name
@@ -176,7 +176,7 @@ class UploadService:
             )
         await self.store.upload_commit(upload_id, str(digest))
         self._hashers.pop(upload_id, None)
-        await self.meta.add_blob(repo, str(digest), size, upload_id)
+        await self._link(repo, str(digest), size, upload_id)
         return BlobInfo(str(digest), size)
 
     async def monolithic(
@@ -201,8 +201,21 @@ class UploadService:
         except BaseException:
             await self.store.upload_abort(upload_id)
             raise
-        await self.meta.add_blob(repo, str(digest), size)
+        await self._link(repo, str(digest), size, None)
         return BlobInfo(str(digest), size)
+
+    async def _link(self, repo: str, digest: str, size: int, upload_id: str | None) -> None:
+        async def bytes_present() -> bool:
+            return await self.store.stat(digest) is not None
+
+        try:
+            await self.meta.add_blob(repo, digest, size, upload_id, bytes_present=bytes_present)
+        except BlobCollected:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                f"blob {digest} was being garbage collected while it was uploaded; upload it again",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def _discard(self, upload_id: str) -> None:
         self._hashers.pop(upload_id, None)

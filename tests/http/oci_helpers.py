@@ -277,10 +277,13 @@ class Snapshot:
 
 
 async def snapshot(registry: Registry) -> Snapshot:
-    """Every etcd key under the registry's prefix and every file of its blob store."""
-    root = registry.meta.keys.root + b"/"
+    """Every etcd key under the registry's prefix and every file of its blob store,
+    less the liveness keys a replica keeps on its own (pruner leadership, membership)."""
+    keys_ = registry.meta.keys
+    root = keys_.root + b"/"
+    volatile = (keys_.setting("pruner-leader"), keys_.kind_prefix("n"))
     result = await registry.kv.range(root, prefix_end(root))
-    keys = {kv.key: (kv.value, kv.mod_revision) for kv in result.kvs}
+    keys = {kv.key: (kv.value, kv.mod_revision) for kv in result.kvs if not kv.key.startswith(volatile)}
     store = registry.store
     assert isinstance(store, FilesystemBlobStore)
     return Snapshot(keys, list_files(store.root))

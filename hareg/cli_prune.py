@@ -1,0 +1,55 @@
+"""``hareg prune``: run the pruner once on a running registry (or see what it would delete)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hareg.cli_lifecycle import CliError, _base_url, _call
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _summary(report: dict[str, Any]) -> str:
+    c = report["counts"]
+    verb = "would delete" if report["dryRun"] else "deleted"
+    lines = [
+        f"pruner {verb} (at etcd revision {report['revision']}):",
+        f"  tag history entries  {c['historyEntries']}",
+        f"  manifests            {c['manifests']}",
+        f"  blob links           {c['links']}",
+        f"  blobs                {c['blobs']}  ({_human(c['bytes'])})",
+        f"  upload stagings      {c['uploads']}",
+    ]
+    if c.get("skipped"):
+        lines.append(f"  skipped (changed during the run; next run retries)  {c['skipped']}")
+    return "\n".join(lines)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    try:
+        base = _base_url(args)
+        query = "?dryRun=true" if args.dry_run else ""
+        _, report = _call(base, "POST", f"/hareg/v1/prune{query}")
+    except CliError as exc:
+        print(f"hareg prune: {exc}", file=sys.stderr)
+        return exc.code
+    print(json.dumps(report, indent=2) if args.json else _summary(report))
+    return 0
+
+
+def register(sub: Any) -> None:
+    prune = sub.add_parser("prune", help="run the pruner (garbage collection) once")
+    prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    prune.add_argument("--json", action="store_true", help="print the full report as JSON")
+    prune.add_argument("--registry", help="registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)")
+    prune.set_defaults(func=_prune)

@@ -1,0 +1,62 @@
+"""The pruner's API: /hareg/v1/prune and /hareg/v1/pruner.
+
+A real run must happen on the pruner leader (its deletions are fenced by its
+leadership); a request that lands on another replica is forwarded to the
+leader, found through replica membership.  A dry run only reads and runs
+wherever it lands.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from hareg.http.base import registry
+from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.pruner import NotLeader
+
+_FORWARDED = "X-Hareg-Forwarded"
+
+
+async def _forward(request: web.Request, leader: str | None) -> web.Response:
+    reg = registry(request)
+    members = await reg.membership.members() if reg.membership is not None else []
+    url = next((m.url for m in members if m.replica == leader), None)
+    if url is None or request.headers.get(_FORWARDED):
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE,
+            f"the pruner runs on its leader ({leader or 'none elected yet'}), which cannot be reached from here",
+            headers={"Retry-After": "5"},
+        )
+    timeout = aiohttp.ClientTimeout(total=3600)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{url}/hareg/v1/prune", params=request.query, headers={_FORWARDED: "1"}) as resp,
+    ):
+        return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+
+async def prune(request: web.Request) -> web.Response:
+    dry_run = request.query.get("dryRun", "false").lower() in ("1", "true", "yes")
+    try:
+        report = await registry(request).pruner.run_once(dry_run=dry_run)
+    except NotLeader as exc:
+        return await _forward(request, exc.leader)
+    return web.json_response(report.to_json())
+
+
+async def pruner_status(request: web.Request) -> web.Response:
+    reg = registry(request)
+    pruner = reg.pruner
+    last = pruner.last_report.to_json() if pruner.last_report else None
+    return web.json_response(
+        {
+            "replica": reg.replica,
+            "leader": await reg.leadership.leader(),
+            "isLeader": reg.leadership.is_leader,
+            "schedule": pruner.schedule_text,
+            "suspend": pruner.suspend,
+            "runs": pruner.runs,
+            "lastRun": last,
+        }
+    )

@@ -1,0 +1,156 @@
+"""The metadata side of garbage collection: a snapshot of everything at one
+etcd revision, and the fenced transactions that delete what the collector
+chose.
+
+Every deletion carries the caller's ``fence`` compares (the pruner leader's
+key still holds its token), so a collector that lost leadership — paused past
+its lease, partitioned — cannot delete anything.  Each deletion also
+re-checks, by compares, that nothing it depends on changed since the
+snapshot; a failed compare skips that batch until the next run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hareg.kv.base import KV, Compare, Delete, Put, TxnOp, prefix_end
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import (
+    BlobRecord,
+    HistoryEntry,
+    LinkRecord,
+    ManifestRecord,
+    TagRecord,
+    decode,
+    encode,
+)
+
+_PAGE = 1000
+# Below etcd's default --max-txn-ops (128), leaving room for compares.
+BATCH = 64
+
+
+@dataclass
+class Snapshot:
+    revision: int
+    tags: dict[str, dict[str, TagRecord]] = field(default_factory=lambda: defaultdict(dict))
+    # (repo, tag) -> [(key, entry)] in history order
+    history: dict[tuple[str, str], list[tuple[bytes, HistoryEntry]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    manifests: dict[str, dict[str, ManifestRecord]] = field(default_factory=lambda: defaultdict(dict))
+    links: dict[str, dict[str, tuple[LinkRecord, int]]] = field(default_factory=lambda: defaultdict(dict))
+    blobs: dict[str, tuple[BlobRecord, int]] = field(default_factory=dict)
+
+
+def _split(rest: str) -> tuple[str, str]:
+    """'<repo>@<last>' -> (repo, last); repository names never contain '@'."""
+    repo, _, last = rest.partition("@")
+    return repo, last
+
+
+class CollectionStore:
+    def __init__(self, kv: KV, keys: Keys) -> None:
+        self.kv = kv
+        self.keys = keys
+
+    async def _pages(self, kind: str, revision: int) -> tuple[int, list[tuple[bytes, bytes, int]]]:
+        start = self.keys.kind_prefix(kind)
+        end = prefix_end(start)
+        out: list[tuple[bytes, bytes, int]] = []
+        while True:
+            page = await self.kv.range(start, end, limit=_PAGE, revision=revision)
+            revision = revision or page.revision
+            out += [(kv.key, kv.value, kv.mod_revision) for kv in page.kvs]
+            if not page.more or not page.kvs:
+                return revision, out
+            start = page.kvs[-1].key + b"\x00"
+
+    async def snapshot(self) -> Snapshot:
+        revision, tags = await self._pages("t", 0)
+        snap = Snapshot(revision)
+        for key, value, _ in tags:
+            repo, tag = _split(self.keys.strip("t", key))
+            snap.tags[repo][tag] = decode(TagRecord, value)
+        _, history = await self._pages("h", revision)
+        for key, value, _ in history:
+            repo, rest = _split(self.keys.strip("h", key))
+            tag = rest.rsplit("@", 1)[0]
+            snap.history[(repo, tag)].append((key, decode(HistoryEntry, value)))
+        _, manifests = await self._pages("m", revision)
+        for key, value, _ in manifests:
+            repo, digest = _split(self.keys.strip("m", key))
+            snap.manifests[repo][digest] = decode(ManifestRecord, value)
+        _, links = await self._pages("l", revision)
+        for key, value, mod in links:
+            repo, digest = _split(self.keys.strip("l", key))
+            snap.links[repo][digest] = (decode(LinkRecord, value), mod)
+        _, blobs = await self._pages("b", revision)
+        for key, value, mod in blobs:
+            snap.blobs[self.keys.strip("b", key)] = (decode(BlobRecord, value), mod)
+        return snap
+
+    async def delete_history(self, keys: Sequence[bytes], fence: Sequence[Compare]) -> int:
+        """Trim history entries (appends only ever add newer ones: no compare needed)."""
+        done = 0
+        for i in range(0, len(keys), BATCH):
+            batch = keys[i : i + BATCH]
+            result = await self.kv.txn(list(fence), [Delete(k) for k in batch])
+            done += len(batch) if result.succeeded else 0
+        return done
+
+    async def delete_manifests(
+        self, repo: str, manifests: Sequence[tuple[str, str | None]], revision: int, fence: Sequence[Compare]
+    ) -> bool:
+        """Delete unreachable manifests (digest, subject) of one repository, if no
+        tag, manifest or history entry of the repository changed since
+        ``revision`` (a new tag, index, referrer or rollback could reach them)."""
+        guards = [
+            *fence,
+            Compare.range_unchanged_since(*self.keys.tags(repo), revision),
+            Compare.range_unchanged_since(*self.keys.manifests(repo), revision),
+        ]
+        ops: list[TxnOp] = []
+        for digest, subject in manifests:
+            ops.append(Delete(self.keys.manifest(repo, digest)))
+            if subject is not None:
+                ops.append(Delete(self.keys.referrer(repo, subject, digest)))
+        for i in range(0, len(ops), BATCH):
+            result = await self.kv.txn(guards, ops[i : i + BATCH])
+            if not result.succeeded:
+                return False
+        return True
+
+    async def delete_links(
+        self, repo: str, links: Sequence[tuple[str, int]], revision: int, fence: Sequence[Compare]
+    ) -> list[str]:
+        """Delete unreferenced links (digest, mod_revision) of one repository if
+        untouched since the snapshot and no manifest appeared there since."""
+        deleted: list[str] = []
+        manifests_unchanged = Compare.range_unchanged_since(*self.keys.manifests(repo), revision)
+        for i in range(0, len(links), BATCH // 2):
+            batch = links[i : i + BATCH // 2]
+            guards = [*fence, manifests_unchanged] + [
+                Compare.mod_revision_is(self.keys.link(repo, d), mod) for d, mod in batch
+            ]
+            result = await self.kv.txn(guards, [Delete(self.keys.link(repo, d)) for d, _ in batch])
+            if result.succeeded:
+                deleted += [d for d, _ in batch]
+        return deleted
+
+    async def mark_blob_deleting(
+        self, digest: str, record: BlobRecord, mod: int, fence: Sequence[Compare]
+    ) -> bool:
+        """Claim a blob for deletion, if its record is unchanged since the
+        snapshot (every new link re-writes it)."""
+        key = self.keys.blob(digest)
+        marked = BlobRecord(record.size, record.created, state="deleting")
+        result = await self.kv.txn([*fence, Compare.mod_revision_is(key, mod)], [Put(key, encode(marked))])
+        return result.succeeded
+
+    async def remove_blob_record(self, digest: str, fence: Sequence[Compare]) -> bool:
+        """Drop a "deleting" record once its bytes are gone."""
+        result = await self.kv.txn(list(fence), [Delete(self.keys.blob(digest))])
+        return result.succeeded

@@ -1,0 +1,241 @@
+"""Online garbage collection: what is unreachable, and removing it safely
+while pushes go on.  The argument for its safety is in docs/gc.md.
+
+One run:
+
+1. Snapshot every tag, history entry, manifest, link and blob record at one
+   etcd revision R.
+2. Trim tag history beyond ``keep_tag_revisions`` per tag (never the latest
+   entry, never one younger than ``keep_younger_than``).
+3. Per repository, mark manifests reachable from the roots — current tags,
+   kept history entries, manifests younger than ``keep_younger_than`` —
+   through index children, referrers of reachable manifests and subjects of
+   reachable referrers; delete the rest (guarded: no tag or manifest of the
+   repository changed since R).
+4. Per repository, delete links that no remaining manifest references and
+   that were not touched (uploaded, mounted, found by HEAD/GET) within the
+   grace window (guarded: link unchanged, no manifest appeared since R).
+5. Blobs that no link anywhere names any more: mark "deleting" (guarded: the
+   record is unchanged — every new link re-writes it), delete the bytes, drop
+   the record.
+6. Remove the staging of expired upload sessions.
+
+Every deletion is fenced by the pruner's leadership, and a guard that fails
+skips that batch: the next run will see the new state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hareg.clock import Clock
+from hareg.kv.base import Compare
+from hareg.metadata.collection import CollectionStore, Snapshot
+from hareg.metadata.records import HistoryEntry, ManifestRecord
+from hareg.registry.janitor import UploadJanitor
+from hareg.storage.base import BlobStore
+
+log = logging.getLogger("hareg.gc")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    keep_tag_revisions: int = 3
+    keep_younger_than: float = 3600.0
+    grace: float = 3600.0  # links/blobs touched this recently are never collected
+
+
+@dataclass
+class Plan:
+    revision: int
+    history: list[bytes] = field(default_factory=list)
+    # repo -> [(digest, subject)]
+    manifests: dict[str, list[tuple[str, str | None]]] = field(default_factory=lambda: defaultdict(list))
+    # repo -> [(digest, mod_revision)] if that repo's manifest deletions succeed ...
+    links: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    # ... and the subset to delete if they do not (unreferenced even by the doomed manifests)
+    links_if_manifests_kept: dict[str, list[tuple[str, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    blob_sizes: dict[str, int] = field(default_factory=dict)
+    finishing: list[str] = field(default_factory=list)  # blobs already "deleting"
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    revision: int
+    history_entries: int = 0
+    manifests: list[str] = field(default_factory=list)  # "repo@digest"
+    links: list[str] = field(default_factory=list)  # "repo@digest"
+    blobs: list[str] = field(default_factory=list)
+    bytes: int = 0
+    uploads: list[str] = field(default_factory=list)
+    skipped: int = 0  # guarded batches skipped because something changed meanwhile
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dryRun": self.dry_run,
+            "revision": self.revision,
+            "counts": {
+                "historyEntries": self.history_entries,
+                "manifests": len(self.manifests),
+                "links": len(self.links),
+                "blobs": len(self.blobs),
+                "bytes": self.bytes,
+                "uploads": len(self.uploads),
+                "skipped": self.skipped,
+            },
+            "manifests": self.manifests,
+            "links": self.links,
+            "blobs": self.blobs,
+            "uploads": self.uploads,
+        }
+
+
+def _kept_history(
+    entries: list[tuple[bytes, HistoryEntry]], policy: Policy, now: float
+) -> tuple[list[HistoryEntry], list[bytes]]:
+    ordered = sorted(entries, key=lambda e: e[1].seq)
+    keep_last = max(policy.keep_tag_revisions, 1)  # the latest entry is the tag's current state
+    kept, trimmed = [], []
+    for i, (key, entry) in enumerate(ordered):
+        if i >= len(ordered) - keep_last or now - entry.time < policy.keep_younger_than:
+            kept.append(entry)
+        else:
+            trimmed.append(key)
+    return kept, trimmed
+
+
+def _reachable(roots: set[str], manifests: dict[str, ManifestRecord]) -> set[str]:
+    referrers: dict[str, list[str]] = defaultdict(list)
+    for digest, rec in manifests.items():
+        if rec.subject is not None:
+            referrers[rec.subject].append(digest)
+    seen: set[str] = set()
+    stack = [d for d in roots if d in manifests]
+    while stack:
+        digest = stack.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        rec = manifests[digest]
+        stack += [c for c in rec.manifests if c in manifests]
+        stack += referrers.get(digest, [])
+        if rec.subject is not None and rec.subject in manifests:
+            stack.append(rec.subject)
+    return seen
+
+
+def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
+    plan = Plan(snap.revision)
+    history_by_repo: dict[str, list[list[tuple[bytes, HistoryEntry]]]] = defaultdict(list)
+    for (repo, _tag), entries in snap.history.items():
+        history_by_repo[repo].append(entries)
+    linked_after: dict[str, set[str]] = {}  # repo -> digests still linked if the plan applies
+    for repo in set(snap.manifests) | set(snap.links) | set(snap.tags) | set(history_by_repo):
+        manifests = snap.manifests.get(repo, {})
+        roots = {t.digest for t in snap.tags.get(repo, {}).values()}
+        for entries in history_by_repo.get(repo, []):
+            kept, trimmed = _kept_history(entries, policy, now)
+            plan.history += trimmed
+            roots |= {e.new for e in kept if e.new is not None}
+        roots |= {d for d, rec in manifests.items() if now - rec.created < policy.keep_younger_than}
+        reachable = _reachable(roots, manifests)
+        for digest in sorted(set(manifests) - reachable):
+            plan.manifests[repo].append((digest, manifests[digest].subject))
+        used_by_reachable = {b for d in reachable for b in manifests[d].blobs}
+        used_by_any = {b for rec in manifests.values() for b in rec.blobs}
+        links = snap.links.get(repo, {})
+        for digest, (link, mod) in sorted(links.items()):
+            if now - max(link.touched, link.created) < policy.grace:
+                continue
+            if digest not in used_by_reachable:
+                plan.links[repo].append((digest, mod))
+            if digest not in used_by_any:
+                plan.links_if_manifests_kept[repo].append((digest, mod))
+        linked_after[repo] = set(links) - {d for d, _ in plan.links[repo]}
+    still_linked = set().union(*linked_after.values()) if linked_after else set()
+    # Large manifest bodies live in the blob store under the manifest digest.
+    bodies = {d for ms in snap.manifests.values() for d, rec in ms.items() if rec.body is None}
+    for digest, (record, _mod) in sorted(snap.blobs.items()):
+        if record.state == "deleting":
+            plan.finishing.append(digest)
+            plan.blob_sizes[digest] = record.size
+        elif digest not in still_linked and digest not in bodies and now - record.created >= policy.grace:
+            plan.blob_sizes[digest] = record.size
+    return plan
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        collection: CollectionStore,
+        store: BlobStore,
+        clock: Clock,
+        janitor: UploadJanitor,
+        policy: Policy,
+    ) -> None:
+        self.collection = collection
+        self.store = store
+        self.clock = clock
+        self.janitor = janitor
+        self.policy = policy
+
+    async def plan(self) -> tuple[Snapshot, Plan]:
+        snap = await self.collection.snapshot()
+        return snap, make_plan(snap, self.policy, self.clock.now())
+
+    async def run(self, fence: Sequence[Compare], *, dry_run: bool = False) -> Report:
+        snap, plan = await self.plan()
+        report = Report(dry_run, plan.revision)
+        if dry_run:
+            report.history_entries = len(plan.history)
+            report.manifests = [f"{r}@{d}" for r, ms in plan.manifests.items() for d, _ in ms]
+            report.links = [f"{r}@{d}" for r, ls in plan.links.items() for d, _ in ls]
+            report.blobs = sorted(plan.blob_sizes)
+            report.bytes = sum(plan.blob_sizes.values())
+            report.uploads = await self.janitor.sweep(dry_run=True)
+            return report
+        report.history_entries = await self.collection.delete_history(plan.history, fence)
+        deleted_links: dict[str, set[str]] = defaultdict(set)
+        for repo in sorted(set(plan.manifests) | set(plan.links)):
+            doomed = plan.manifests.get(repo, [])
+            links = plan.links.get(repo, [])
+            if doomed:
+                if await self.collection.delete_manifests(repo, doomed, plan.revision, fence):
+                    report.manifests += [f"{repo}@{d}" for d, _ in doomed]
+                else:
+                    report.skipped += 1
+                    links = plan.links_if_manifests_kept.get(repo, [])
+            if links:
+                done = await self.collection.delete_links(repo, links, plan.revision, fence)
+                report.skipped += len(links) > len(done)
+                deleted_links[repo] = set(done)
+                report.links += [f"{repo}@{d}" for d in done]
+        still_linked = {
+            d for repo, links in snap.links.items() for d in links if d not in deleted_links.get(repo, set())
+        }
+        for digest, size in sorted(plan.blob_sizes.items()):
+            if digest not in plan.finishing:
+                if digest in still_linked:
+                    continue
+                record, mod = snap.blobs[digest]
+                if not await self.collection.mark_blob_deleting(digest, record, mod, fence):
+                    report.skipped += 1
+                    continue
+            # Claimed: nothing can link it any more, so the bytes can go first.
+            await self.store.delete(digest)
+            if await self.collection.remove_blob_record(digest, fence):
+                report.blobs.append(digest)
+                report.bytes += size
+        report.uploads = await self.janitor.sweep()
+        log.info(
+            "garbage collection finished",
+            extra={"fields": report.to_json()["counts"]},
+        )
+        return report

@@ -1,0 +1,82 @@
+"""The pruner: garbage collection on a cron schedule, on the leader only.
+
+Shaped like OpenShift's image pruner (``schedule``, ``suspend``,
+``keepTagRevisions``, ``keepYoungerThanDuration``).  Every replica runs the
+schedule loop; only the current leader (leadership.py) collects, and each of
+its deletions is fenced by its leadership token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from hareg.clock import Clock
+from hareg.config import CronSchedule, parse_cron
+from hareg.kv.base import KVError
+from hareg.registry.gc import GarbageCollector, Report
+from hareg.registry.leadership import Leadership
+from hareg.storage.base import StorageError
+
+log = logging.getLogger("hareg.pruner")
+
+
+class NotLeader(Exception):
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"the pruner runs on the leader ({leader or 'none elected yet'})")
+        self.leader = leader
+
+
+class Pruner:
+    def __init__(
+        self,
+        collector: GarbageCollector,
+        leadership: Leadership,
+        clock: Clock,
+        *,
+        schedule: str | None = None,
+        suspend: bool = False,
+    ) -> None:
+        self.schedule_text = schedule
+        self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
+        self.collector = collector
+        self.leadership = leadership
+        self.clock = clock
+        self.suspend = suspend
+        self.last_report: Report | None = None
+        self.runs: dict[str, int] = {"ok": 0, "failed": 0}
+        self._lock = asyncio.Lock()
+
+    async def run_once(self, *, dry_run: bool = False) -> Report:
+        """One collection.  A real run needs leadership; a dry run does not
+        (it only reads)."""
+        if not dry_run and not self.leadership.is_leader:
+            raise NotLeader(await self.leadership.leader())
+        async with self._lock:
+            try:
+                report = await self.collector.run(self.leadership.fence(), dry_run=dry_run)
+            except (KVError, StorageError):
+                self.runs["failed"] += 1
+                raise
+            if not dry_run:
+                self.runs["ok"] += 1
+                self.last_report = report
+            return report
+
+    def _seconds_to_next(self) -> float:
+        assert self.schedule is not None
+        now = datetime.fromtimestamp(self.clock.now(), UTC)
+        return max((self.schedule.next_after(now) - now).total_seconds(), 0.0)
+
+    async def run_scheduled(self) -> None:
+        if self.schedule is None:
+            return
+        while True:
+            await self.clock.sleep(self._seconds_to_next())
+            if self.suspend or not self.leadership.is_leader:
+                continue
+            try:
+                await self.run_once()
+            except (KVError, StorageError, NotLeader) as exc:
+                log.warning("scheduled pruner run failed: %s", exc)

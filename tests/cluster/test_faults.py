@@ -1,0 +1,216 @@
+"""Faults on a real local cluster (3 etcd members, the object store, 3
+replicas, haproxy): uploads across replicas, a replica killed mid-upload,
+the etcd leader killed during pushes, and etcd quorum loss."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from .cluster_process import ClusterRun, wait_for
+from .oci import OCI_MANIFEST, pull_image, push_image, sha256
+
+
+def _replica_urls(cluster: ClusterRun) -> list[str]:
+    return [r["url"] for r in cluster.info()["replicas"]]
+
+
+def _etcd_status(member: dict[str, Any]) -> dict[str, Any] | None:
+    req = urllib.request.Request(f"{member['client_url']}/v3/maintenance/status", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            status: dict[str, Any] = json.loads(resp.read())
+            return status
+    except OSError:
+        return None
+
+
+def _etcd_leader(cluster: ClusterRun) -> dict[str, Any]:
+    for member in cluster.info()["etcd"]:
+        status = _etcd_status(member)
+        if status and status.get("leader") == status["header"]["member_id"]:
+            return dict(member)
+    raise AssertionError("no etcd leader")
+
+
+def _heal(cluster: ClusterRun) -> None:
+    """SIGHUP: the supervisor restarts stopped etcd members."""
+    os.kill(cluster.pid, signal.SIGHUP)
+    wait_for(
+        lambda: all(_etcd_status(m) for m in cluster.info()["etcd"]),
+        60,
+        "every etcd member answering again",
+        interval=0.2,
+    )
+
+
+async def _slow_body(data: bytes, piece: int, delay: float) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+        await asyncio.sleep(delay)
+
+
+async def test_one_upload_spread_over_three_replicas(cluster: ClusterRun) -> None:
+    a, b, c = _replica_urls(cluster)
+    parts = [os.urandom(1_200_000) for _ in range(3)]
+    blob = b"".join(parts)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{a}/v2/spread/blobs/uploads/") as r:
+            assert r.status == 202
+            location = r.headers["Location"]
+        offset = 0
+        for base, part in zip((b, c), parts[:2], strict=True):
+            async with s.patch(
+                urljoin(base, location),
+                data=part,
+                headers={"Content-Range": f"{offset}-{offset + len(part) - 1}"},
+            ) as r:
+                assert r.status == 202, await r.text()
+                location = r.headers["Location"]
+            offset += len(part)
+        async with s.put(
+            urljoin(a, location) + f"&digest={sha256(blob)}",
+            data=parts[2],
+            headers={"Content-Range": f"{offset}-{len(blob) - 1}"},
+        ) as r:
+            assert r.status == 201, await r.text()
+        for base in (a, b, c, cluster.url):
+            async with s.get(f"{base}/v2/spread/blobs/{sha256(blob)}") as r:
+                assert r.status == 200 and await r.read() == blob
+
+
+async def test_replica_killed_mid_upload_then_finished_on_another(cluster: ClusterRun) -> None:
+    victim = cluster.info()["replicas"][0]
+    other = cluster.info()["replicas"][1]["url"]
+    first, second = os.urandom(9 * 1024 * 1024), os.urandom(9 * 1024 * 1024)
+    blob = first + second
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{victim['url']}/v2/killed/blobs/uploads/") as r:
+            location = r.headers["Location"]
+        async with s.patch(
+            urljoin(victim["url"], location), data=first, headers={"Content-Range": f"0-{len(first) - 1}"}
+        ) as r:
+            assert r.status == 202
+            location = r.headers["Location"]
+
+        async def doomed_patch() -> None:
+            async with s.patch(urljoin(victim["url"], location), data=_slow_body(second, 256 * 1024, 0.05)):
+                pass
+
+        task = asyncio.create_task(doomed_patch())
+        await asyncio.sleep(0.5)  # the second chunk is streaming in
+        os.kill(victim["pid"], signal.SIGKILL)
+        try:
+            await task
+            raise AssertionError("the PATCH to a killed replica cannot have succeeded")
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        # Another replica knows how far the upload got, and takes the rest.
+        async with s.get(urljoin(other, location)) as r:
+            assert r.status == 204, await r.text()
+            done = int(r.headers["Range"].split("-")[1]) + 1
+        assert len(first) <= done <= len(blob)
+        async with s.put(
+            urljoin(other, location) + f"&digest={sha256(blob)}",
+            data=blob[done:],
+            headers={"Content-Range": f"{done}-{len(blob) - 1}"},
+        ) as r:
+            assert r.status == 201, await r.text()
+        async with s.get(f"{cluster.url}/v2/killed/blobs/{sha256(blob)}") as r:
+            assert r.status == 200 and await r.read() == blob
+    # The supervisor brings the killed replica back.
+    wait_for(
+        lambda: cluster.replica(victim["name"])["pid"] not in (None, victim["pid"]), 10, "replica restarted"
+    )
+
+
+async def _push_until(
+    base: str, deadline: float, acked: list[tuple[str, dict[str, Any]]], errors: list[str], worker: int
+) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+        i = 0
+        while time.monotonic() < deadline:
+            tag = f"w{worker}-{i}"
+            i += 1
+            try:
+                image = await push_image(s, base, "chaos", tag)
+            except AssertionError as exc:  # push_image asserts with the error body
+                errors.append(str(exc)[:300])
+                await asyncio.sleep(0.2)
+                continue
+            except (TimeoutError, aiohttp.ClientError):
+                errors.append("connection failed")
+                await asyncio.sleep(0.2)
+                continue
+            acked.append((tag, image))
+
+
+async def test_etcd_leader_killed_while_pushes_run(cluster: ClusterRun) -> None:
+    acked: list[tuple[str, dict[str, Any]]] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + 8
+    pushers = [asyncio.create_task(_push_until(cluster.url, deadline, acked, errors, w)) for w in range(3)]
+    await asyncio.sleep(2)
+    leader = _etcd_leader(cluster)
+    os.kill(leader["pid"], signal.SIGKILL)
+    await asyncio.gather(*pushers)
+    assert acked, "no push succeeded"
+    # Every failure was a clean, retryable answer: the spec's JSON with UNAVAILABLE (503).
+    assert all('"UNAVAILABLE"' in e for e in errors), f"unclean failures: {errors}"
+    _heal(cluster)
+    async with aiohttp.ClientSession() as s:
+        for tag, image in acked:
+            for base in _replica_urls(cluster):
+                await pull_image(s, base, "chaos", tag, image)
+
+
+async def test_quorum_loss_serves_pulls_refuses_pushes_and_recovers(cluster: ClusterRun) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        image = await push_image(s, cluster.url, "quorum", "before")
+        members = cluster.info()["etcd"]
+        for member in members[:2]:
+            os.kill(member["pid"], signal.SIGKILL)
+        try:
+            # Pulls: from every replica, served from the cache.
+            for base in _replica_urls(cluster):
+                await pull_image(s, base, "quorum", "before", image)
+            # Pushes: a clean, fast 503.
+            for base in _replica_urls(cluster):
+                t0 = time.monotonic()
+                async with s.put(
+                    f"{base}/v2/quorum/manifests/after",
+                    data=image["manifest"],
+                    headers={"Content-Type": OCI_MANIFEST},
+                ) as r:
+                    assert r.status == 503, await r.text()
+                    assert (await r.json())["errors"][0]["code"] == "UNAVAILABLE"
+                    assert "Retry-After" in r.headers
+                assert time.monotonic() - t0 < 10
+            async with s.get(f"{_replica_urls(cluster)[0]}/readyz") as r:
+                body = await r.json()
+                assert r.status == 200 and body["degraded"] is True and body["reason"] == "EtcdUnavailable"
+        finally:
+            _heal(cluster)
+
+        async def push_after() -> int:
+            async with s.put(
+                f"{cluster.url}/v2/quorum/manifests/after",
+                data=image["manifest"],
+                headers={"Content-Type": OCI_MANIFEST},
+            ) as r:
+                return r.status
+
+        async with asyncio.timeout(60):
+            while await push_after() != 201:
+                await asyncio.sleep(0.5)
+        for base in _replica_urls(cluster):
+            await pull_image(s, base, "quorum", "after", image)

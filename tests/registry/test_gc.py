@@ -1,0 +1,349 @@
+"""Online garbage collection and the pruner against a real etcd and the
+filesystem blob store: safety while pushes go on, fencing, and each setting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hareg.clock import SystemClock
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.metadata.collection import CollectionStore
+from hareg.registry.errors import RegistryError
+from hareg.registry.gc import Policy
+from hareg.registry.pruner import NotLeader
+from hareg.registry.service import Registry
+from hareg.registry.streams import one_chunk
+from hareg.storage.filesystem import FilesystemBlobStore
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def manifest(config: bytes, layers: list[bytes], note: str = "") -> bytes:
+    def desc(mt: str, b: bytes) -> dict[str, object]:
+        return {"mediaType": mt, "digest": digest(b), "size": len(b)}
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI,
+        "config": desc("application/vnd.oci.image.config.v1+json", config),
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
+        "annotations": {"note": note},
+    }
+    return json.dumps(doc).encode()
+
+
+async def push_blob(reg: Registry, repo: str, data: bytes) -> None:
+    await reg.uploads.monolithic(repo, digest(data), one_chunk(data), length=len(data))
+
+
+async def push_image(reg: Registry, repo: str, tag: str | None, layers: list[bytes], note: str) -> str:
+    config = f"config {repo} {note}".encode()
+    for blob in [config, *layers]:
+        try:
+            await reg.blobs.stat(repo, digest(blob))  # "layer already exists"?
+        except RegistryError:
+            await push_blob(reg, repo, blob)
+    body = manifest(config, layers, note)
+    pushed = await reg.manifests.put(repo, tag or digest(body), body, OCI)
+    return pushed.digest
+
+
+@contextlib.asynccontextmanager
+async def registry(
+    kv: EtcdKV, root: Path, prefix: str, policy: Policy, name: str = "r0"
+) -> AsyncIterator[Registry]:
+    store = FilesystemBlobStore(root)
+    reg = Registry(
+        kv,
+        store,
+        SystemClock(),
+        RandomIds(),
+        prefix=prefix,
+        replica=name,
+        gc_policy=policy,
+        upload_grace=policy.grace,
+    )
+    reg.leadership.ttl = 2
+    await reg.start()
+    try:
+        yield reg
+    finally:
+        await reg.stop()
+        await store.close()
+
+
+async def lead(reg: Registry) -> None:
+    async with asyncio.timeout(10):
+        while not reg.leadership.is_leader:
+            await asyncio.sleep(0.05)
+
+
+async def check_invariants(reg: Registry) -> None:
+    """Invariant 2: no manifest references a missing blob (link, live record, bytes)
+    or a missing child manifest."""
+    snap = await CollectionStore(reg.kv, reg.meta.keys).snapshot()
+    for repo, manifests in snap.manifests.items():
+        for d, rec in manifests.items():
+            for b in rec.blobs:
+                assert b in snap.links.get(repo, {}), f"{repo}@{d} references unlinked blob {b}"
+                assert b in snap.blobs and snap.blobs[b][0].state == "live", f"blob record {b} gone"
+                assert await reg.store.stat(b) is not None, f"bytes of {b} gone"
+            for c in rec.manifests:
+                assert c in manifests, f"{repo}@{d} references missing manifest {c}"
+        for tag, t in snap.tags.get(repo, {}).items():
+            assert t.digest in manifests, f"tag {repo}:{tag} dangles"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/gc-{uuid.uuid4().hex[:10]}"
+
+
+async def test_collection_racing_pushes_that_reuse_layers(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.3)
+    rng = random.Random(7)
+    base = [f"shared base layer {i}".encode() * 200 for i in range(3)]
+    pushed: dict[str, str] = {}  # tag -> digest of acknowledged pushes still tagged
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        stop = asyncio.Event()
+        failures: list[str] = []
+
+        async def pusher(worker: int) -> None:
+            for i in range(25):
+                layers = [rng.choice(base), f"own layer {worker}-{i}".encode() * 100]
+                tag = f"w{worker}-{i % 4}"  # tags move: old revisions become garbage
+                try:
+                    pushed[tag] = await push_image(reg, "app", tag, layers, f"{worker}-{i}")
+                except RegistryError as exc:
+                    # A layer collected between "exists" and the manifest PUT is
+                    # refused cleanly, never committed half-way.
+                    assert exc.code.name in ("MANIFEST_BLOB_UNKNOWN", "UNAVAILABLE"), exc
+                    failures.append(exc.code.name)
+
+        async def deleter() -> None:
+            for i in range(15):
+                d = await push_image(reg, "scratch", None, [f"scratch {i}".encode() * 50, base[0]], str(i))
+                await asyncio.sleep(0.02)
+                with contextlib.suppress(RegistryError):
+                    await reg.manifests.delete("scratch", d)
+
+        async def collector() -> None:
+            while not stop.is_set():
+                await reg.pruner.run_once()
+                await check_invariants(reg)
+                await asyncio.sleep(0.05)
+
+        gc_task = asyncio.create_task(collector())
+        await asyncio.gather(*(pusher(w) for w in range(3)), deleter())
+        stop.set()
+        await gc_task
+        await check_invariants(reg)
+        # Every acknowledged push that is still tagged pulls back complete.
+        for tag, d in pushed.items():
+            content = await reg.manifests.get("app", tag)
+            assert content.digest == d
+        # Quiet now: past the grace window everything unreferenced goes.
+        await asyncio.sleep(policy.grace + 0.1)
+        await reg.pruner.run_once()
+        await reg.pruner.run_once()
+        snap = await CollectionStore(reg.kv, reg.meta.keys).snapshot()
+        referenced = {b for ms in snap.manifests.values() for rec in ms.values() for b in rec.blobs}
+        stored = {d async for d in reg.store.list_blobs()}
+        assert stored == referenced, "unreferenced blobs left, or referenced ones missing"
+        assert set(snap.blobs) == referenced
+        assert not snap.manifests.get("scratch"), "deleted images' manifests left"
+        assert len(pushed) == 12  # 3 workers x 4 tags
+
+
+async def test_dry_run_reports_exactly_what_a_real_run_deletes(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        for i in range(3):
+            await push_image(reg, "repo", "latest", [f"layer {i}".encode()], str(i))
+        await push_image(reg, "other", None, [b"untagged"], "x")
+        dry = await reg.pruner.run_once(dry_run=True)
+        assert dry.manifests and dry.blobs and dry.history_entries == 2
+        real = await reg.pruner.run_once()
+        assert sorted(real.manifests) == sorted(dry.manifests)
+        assert sorted(real.links) == sorted(dry.links)
+        assert real.blobs == dry.blobs and real.bytes == dry.bytes
+        assert real.history_entries == dry.history_entries
+        again = await reg.pruner.run_once(dry_run=True)
+        assert not again.manifests and not again.blobs and not again.links
+        await check_invariants(reg)
+
+
+async def test_keep_tag_revisions_keeps_rollback_targets(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
+    policy = Policy(keep_tag_revisions=2, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        digests = [await push_image(reg, "repo", "v", [f"rev {i}".encode()], str(i)) for i in range(4)]
+        report = await reg.pruner.run_once()
+        assert sorted(report.manifests) == sorted(f"repo@{d}" for d in digests[:2])
+        assert report.history_entries == 2
+        history = await reg.meta.tag_history("repo", "v")
+        assert [h.new for h in history] == digests[2:]
+        assert await reg.meta.get_manifest("repo", digests[2]) is not None  # the kept previous revision
+
+
+async def test_keep_younger_than_spares_recent_manifests(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=3600.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        untagged = await push_image(reg, "repo", None, [b"young"], "young")
+        report = await reg.pruner.run_once()
+        assert not report.manifests and not report.blobs
+        assert await reg.meta.get_manifest("repo", untagged) is not None
+
+
+async def test_grace_window_spares_blobs_of_a_push_in_flight(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=3600.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        layer = b"uploaded, manifest not pushed yet"
+        await push_blob(reg, "repo", layer)
+        report = await reg.pruner.run_once()
+        assert not report.links and not report.blobs
+        await reg.blobs.stat("repo", digest(layer))
+
+
+async def test_only_the_leader_collects_and_a_killed_leader_is_replaced(
+    kv: EtcdKV, etcd_url: str, tmp_path: Path, prefix: str
+) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    kv_b = await EtcdKV.connect([etcd_url])
+    try:
+        async with (
+            registry(kv, tmp_path / "blobs", prefix, policy, "a") as a,
+            registry(kv_b, tmp_path / "blobs", prefix, policy, "b") as b,
+        ):
+            async with asyncio.timeout(10):
+                while not (a.leadership.is_leader or b.leadership.is_leader):
+                    await asyncio.sleep(0.05)
+            leader, follower = (a, b) if a.leadership.is_leader else (b, a)
+            with pytest.raises(NotLeader):
+                await follower.pruner.run_once()
+            # Crash the leader: its tasks stop, its lease is not revoked.
+            for task in leader._tasks:
+                task.cancel()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await lead(follower)
+            assert loop.time() - t0 < follower.leadership.ttl + 2
+            assert await follower.leadership.leader() == follower.replica
+    finally:
+        await kv_b.close()
+
+
+async def test_a_paused_leader_that_wakes_up_deletes_nothing(
+    kv: EtcdKV, etcd_url: str, tmp_path: Path, prefix: str
+) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    kv_b = await EtcdKV.connect([etcd_url])
+    try:
+        async with registry(kv, tmp_path / "blobs", prefix, policy, "old") as old:
+            await lead(old)
+            for i in range(2):
+                await push_image(old, "repo", "t", [f"garbage soon {i}".encode()], str(i))
+            # Pause: the old leader stops refreshing its lease...
+            for task in old._tasks:
+                task.cancel()
+            async with registry(kv_b, tmp_path / "blobs", prefix, policy, "new") as new:
+                await lead(new)  # ...which lapses, and another replica takes over.
+                # The old one wakes up still believing it leads.
+                old.leadership._renewed = old.clock.monotonic()
+                assert old.leadership.is_leader
+                before = await CollectionStore(kv, old.meta.keys).snapshot()
+                report = await old.pruner.run_once()
+                assert not report.manifests and not report.links and not report.blobs
+                assert report.history_entries == 0
+                after = await CollectionStore(kv, old.meta.keys).snapshot()
+                assert after.manifests == before.manifests and after.blobs.keys() == before.blobs.keys()
+                assert {d async for d in old.store.list_blobs()} >= set(before.blobs)
+                # The real leader collects.
+                assert (await new.pruner.run_once()).manifests
+    finally:
+        await kv_b.close()
+
+
+async def test_suspend_and_schedule(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
+    policy = Policy()
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        reg.pruner.schedule_text = None
+        from hareg.config import parse_cron
+
+        reg.pruner.schedule = parse_cron("*/5 * * * *")
+        seconds = reg.pruner._seconds_to_next()
+        assert 0 < seconds <= 300
+        reg.pruner.suspend = True
+        await lead(reg)
+        reg.pruner._seconds_to_next = lambda: 0.0  # type: ignore[method-assign]
+        task = asyncio.create_task(reg.pruner.run_scheduled())
+        await asyncio.sleep(0.3)
+        assert reg.pruner.runs["ok"] == 0, "a suspended pruner ran"
+        reg.pruner.suspend = False
+        async with asyncio.timeout(10):
+            while reg.pruner.runs["ok"] == 0:
+                await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_stale_plan_cannot_delete_what_became_referenced(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    """Each guard on its own: the plan is made, then the victims are referenced
+    again (a manifest PUT using the link, a tag on the manifest, a mount of the
+    blob), then the stale plan is executed."""
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        gc = reg.pruner.collector
+        fence = reg.leadership.fence()
+        orphan_layer, config = b"layer nobody references yet", b"config for later"
+        await push_blob(reg, "links", orphan_layer)
+        await push_blob(reg, "links", config)
+        untagged = await push_image(reg, "manifests", None, [b"kept by a late tag"], "late")
+        await push_blob(reg, "blobs", b"blob that gets mounted")
+        await reg.manifests.delete("manifests", untagged)  # drops its links' only user ...
+        untagged = await push_image(reg, "manifests", None, [b"kept by a late tag"], "late")  # ... re-pushed
+        snap, plan = await gc.plan()
+        assert plan.links["links"] and plan.manifests["manifests"]
+        mounted = digest(b"blob that gets mounted")
+        assert mounted in plan.blob_sizes
+        # The world moves on after the snapshot:
+        body = manifest(config, [orphan_layer], "late push")
+        await reg.manifests.put("links", "v1", body, OCI)
+        late = await reg.manifests.get("manifests", untagged)
+        await reg.manifests.put("manifests", "late", late.body, OCI)  # a tag now reaches it
+        await reg.blobs.mount("elsewhere", mounted, "blobs")
+        # The stale plan is refused at every step.
+        links = plan.links["links"]
+        assert await gc.collection.delete_links("links", links, plan.revision, fence) == []
+        assert not await gc.collection.delete_manifests(
+            "manifests", plan.manifests["manifests"], plan.revision, fence
+        )
+        record, mod = snap.blobs[mounted]
+        assert not await gc.collection.mark_blob_deleting(mounted, record, mod, fence)
+        await check_invariants(reg)
+        assert (await reg.manifests.get("links", "v1")).body == body
+        assert (await reg.blobs.stat("elsewhere", mounted)).size > 0
