@@ -56,7 +56,7 @@ async def pruner_status(request: web.Request) -> web.Response:
             "isLeader": reg.leadership.is_leader,
             "schedule": pruner.schedule_text,
             "suspend": pruner.suspend,
-            "runs": pruner.runs,
+            "runs": dict(pruner.stats.runs),
             "lastRun": last,
         }
     )

@@ -17,6 +17,7 @@ from hareg.config import CronSchedule, parse_cron
 from hareg.kv.base import KVError
 from hareg.registry.gc import GarbageCollector, Report
 from hareg.registry.leadership import Leadership
+from hareg.registry.stats import PrunerStats
 from hareg.storage.base import StorageError
 
 log = logging.getLogger("hareg.pruner")
@@ -37,6 +38,7 @@ class Pruner:
         *,
         schedule: str | None = None,
         suspend: bool = False,
+        stats: PrunerStats | None = None,
     ) -> None:
         self.schedule_text = schedule
         self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
@@ -45,7 +47,7 @@ class Pruner:
         self.clock = clock
         self.suspend = suspend
         self.last_report: Report | None = None
-        self.runs: dict[str, int] = {"ok": 0, "failed": 0}
+        self.stats = stats or PrunerStats()
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
@@ -57,10 +59,15 @@ class Pruner:
             try:
                 report = await self.collector.run(self.leadership.fence(), dry_run=dry_run)
             except (KVError, StorageError):
-                self.runs["failed"] += 1
+                self.stats.run_finished("failure", self.clock.now())
                 raise
             if not dry_run:
-                self.runs["ok"] += 1
+                self.stats.run_finished("success", self.clock.now())
+                self.stats.deleted("tag_history", report.history_entries)
+                self.stats.deleted("manifest", len(report.manifests))
+                self.stats.deleted("link", len(report.links))
+                self.stats.deleted("blob", len(report.blobs), report.bytes)
+                self.stats.deleted("upload", len(report.uploads))
                 self.last_report = report
             return report
 

@@ -298,10 +298,10 @@ async def test_suspend_and_schedule(kv: EtcdKV, tmp_path: Path, prefix: str) -> 
         reg.pruner._seconds_to_next = lambda: 0.0  # type: ignore[method-assign]
         task = asyncio.create_task(reg.pruner.run_scheduled())
         await asyncio.sleep(0.3)
-        assert reg.pruner.runs["ok"] == 0, "a suspended pruner ran"
+        assert reg.pruner.stats.runs["success"] == 0, "a suspended pruner ran"
         reg.pruner.suspend = False
         async with asyncio.timeout(10):
-            while reg.pruner.runs["ok"] == 0:
+            while reg.pruner.stats.runs["success"] == 0:
                 await asyncio.sleep(0.05)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,31 @@
+"""``hareg prune`` against a real ``hareg serve``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .hareg_process import HaregServer
+
+
+def _hareg(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hareg", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_prune_dry_run_and_run(hareg_server: HaregServer) -> None:
+    dry = _hareg("prune", "--dry-run", "--json", "--registry", hareg_server.url)
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert report["dryRun"] is True and set(report["counts"]) >= {"manifests", "blobs", "bytes", "uploads"}
+    real = _hareg("prune", "--registry", hareg_server.url)
+    assert real.returncode == 0, real.stderr
+    assert real.stdout.startswith("pruner deleted") and "blobs" in real.stdout
+
+
+def test_prune_with_no_registry_is_a_clear_error() -> None:
+    result = _hareg("prune", "--registry", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "cannot reach the registry" in result.stderr and "Traceback" not in result.stderr
