@@ -20,6 +20,7 @@ from hareg.clock import Clock
 from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
+from hareg.plants import NO_PLANTS, Plants
 
 log = logging.getLogger("hareg.cache")
 
@@ -29,11 +30,14 @@ _KINDS: dict[str, type[Any]] = {"t": TagRecord, "m": ManifestRecord, "l": LinkRe
 
 
 class MetadataCache:
-    def __init__(self, kv: KV, keys: Keys, clock: Clock, *, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self, kv: KV, keys: Keys, clock: Clock, *, retry_delay: float = 0.5, plants: Plants = NO_PLANTS
+    ) -> None:
         self.kv = kv
         self.keys = keys
         self.clock = clock
         self.retry_delay = retry_delay
+        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.revision = 0  # every write up to this revision is reflected
         self.ready = False  # a full listing has been loaded
         self.connected = False  # the watch stream is live
@@ -107,6 +111,8 @@ class MetadataCache:
         if kind is None:
             return
         if event.type is EventType.DELETE:
+            if kind == "t" and "cache-keeps-deleted-tag" in self.plants:  # PLANTED BUG (simulator only)
+                return
             self._data[kind].pop(event.kv.key, None)
         else:
             self._data[kind][event.kv.key] = decode(_KINDS[kind], event.kv.value)

@@ -15,7 +15,8 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/f/<repo>@<subject>@<digest>     ReferrerRecord   referrers index
     <p>/i/<repo>                        ImmutabilityRecord  tag patterns that may not move
     <p>/u/<upload id>                   UploadRecord     upload session (under a lease)
-    <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret)
+    <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret,
+                                                         the read-only switch: registry/settings.py)
     <p>/n/<replica>                     MemberRecord     replica membership (under the replica's lease)
 """
 

@@ -54,6 +54,7 @@ from hareg.metadata.records import (
     decode,
     encode,
 )
+from hareg.plants import NO_PLANTS, Plants
 
 
 class MetadataError(Exception):
@@ -135,6 +136,7 @@ class MetadataStore:
         upload_lease_window: int = 3600,
         cache: MetadataCache | None = None,
         barrier: ReadBarrier | None = None,
+        plants: Plants = NO_PLANTS,
     ) -> None:
         self.kv = kv
         self.keys = keys
@@ -149,6 +151,7 @@ class MetadataStore:
         # the barrier (linearizable), or stale while etcd is unreachable.
         self.cache = cache
         self.barrier = barrier
+        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         # Uploads share one lease per time window (lease TTL = ttl + window), so a
         # POST does not cost a lease grant; each PATCH moves the record to the
         # current window's lease, which keeps an active upload alive.
@@ -194,6 +197,8 @@ class MetadataStore:
         try:
             result: TxnResult = await self.kv.txn(compares, success)
         except KVUnknownOutcome:
+            if "ambiguous-ack" in self.plants:  # PLANTED BUG (simulator only): success, unverified
+                return True
             if await verify():
                 return True
             raise
@@ -439,6 +444,8 @@ class MetadataStore:
                         self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
                     ),
                 ]
+                if "tag-no-compare" in self.plants:  # PLANTED BUG (simulator only): the tag is unguarded
+                    del compares[-2:]
                 ops += [
                     Put(
                         self.keys.tag(repo, tag), encode(TagRecord(digest, seq, now, self.replica, write_id))

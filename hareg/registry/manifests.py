@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from hareg.clock import Clock
 from hareg.ids import IdSource
 from hareg.metadata.records import ManifestRecord
-from hareg.metadata.store import MetadataStore, MissingReferences, ReferencedBy
+from hareg.metadata.store import ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk, read_all
+from hareg.registry.tags import immutable_error
 from hareg.storage.base import BlobStore
 
 
@@ -95,6 +96,7 @@ class ManifestService:
             if not inline:
                 # Refuse a push with missing references before its bytes reach the store.
                 await self.meta.check_references(repo, record)
+                await self.meta.check_tag_moves(repo, digest, tags)
                 # Large manifests are blobs in the store, written before any metadata points at them.
                 upload_id = self.ids.new_id()
                 await self.store.upload_start(upload_id)
@@ -113,17 +115,21 @@ class ManifestService:
                 + ", ".join(missing[:5]),
                 detail={"blobs": exc.blobs[:100], "manifests": exc.manifests[:100]},
             ) from None
+        except ImmutableTag as exc:
+            raise immutable_error(exc) from None
         return ManifestPushed(digest, tuple(tags), record.subject)
 
     async def delete(self, repo: str, reference: str) -> None:
         check_name(repo)
         ref = parse_reference(reference)
-        if not isinstance(ref, Digest):
-            if not await self.meta.delete_tag(repo, ref):
-                raise _unknown(repo, reference)
-            return
         try:
+            if not isinstance(ref, Digest):
+                if not await self.meta.delete_tag(repo, ref):
+                    raise _unknown(repo, reference)
+                return
             deleted = await self.meta.delete_manifest(repo, str(ref))
+        except ImmutableTag as exc:
+            raise immutable_error(exc) from None
         except ReferencedBy as exc:
             raise RegistryError(
                 ErrorCode.DENIED,

@@ -1,0 +1,276 @@
+"""``hareg history``, ``hareg rollback`` and ``hareg immutable``: clients of a
+running registry's extension API (``/hareg/v1/``, see hareg/http/extensions.py).
+``register(subparsers)`` adds them to the ``hareg`` command.
+
+The registry is ``--registry URL``, else ``$HAREG_REGISTRY``, else
+http://127.0.0.1:5000.  Exit codes: 0 done, 1 the registry refused or could
+not be reached, 2 bad usage.  Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+__all__ = ["DEFAULT_REGISTRY", "register"]
+
+DEFAULT_REGISTRY = "http://127.0.0.1:5000"
+TIMEOUT = 30.0
+# A table shows digests as "sha256:" and this many hex digits (--no-trunc: all).
+SHORT_HEX = 12
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    url: str = args.registry or os.environ.get("HAREG_REGISTRY") or DEFAULT_REGISTRY
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise CliError(f"--registry {url!r}: expected http://HOST:PORT or https://HOST:PORT", 2)
+    return url.rstrip("/")
+
+
+def _repo_path(repo: str) -> str:
+    return "/hareg/v1/repositories/" + urllib.parse.quote(repo, safe="/")
+
+
+def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One JSON request; a registry error becomes a CliError with its message."""
+    url = base + path
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        raise CliError(_error_message(exc.code, exc.read())) from None
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach the registry at {base}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:  # timeouts, resets, malformed URLs
+        raise CliError(f"cannot reach the registry at {base}: {exc}") from None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        raise CliError(
+            f"{method} {url}: the answer (HTTP {status}) is not JSON; is this a hareg registry?"
+        ) from None
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    try:
+        errors = json.loads(raw)["errors"]
+        first = errors[0]
+        message = f"{first['message']} ({first['code']})"
+    except (ValueError, LookupError, TypeError):
+        return f"the registry answered HTTP {status}" + (
+            "; is this a hareg registry (an extension API under /hareg/v1/)?" if status == 404 else ""
+        )
+    if status == 404 and first["code"] == "UNSUPPORTED":
+        message += "; does this registry run hareg?"
+    return message
+
+
+def _reference(text: str) -> tuple[str, str]:
+    from hareg.registry.errors import RegistryError
+    from hareg.registry.names import check_name, check_tag
+
+    repo, sep, tag = text.rpartition(":")
+    if not sep or not repo or not tag or "/" in tag:
+        raise CliError(f"{text!r}: expected REPO:TAG, for example library/app:v1", 2)
+    if ":" in repo:
+        raise CliError(f"{text!r}: give the registry with --registry, and REPO:TAG without a host", 2)
+    try:
+        check_name(repo)
+        check_tag(tag)
+    except RegistryError as exc:
+        raise CliError(exc.message, 2) from None
+    return repo, tag
+
+
+def _repository(text: str) -> str:
+    from hareg.registry.errors import RegistryError
+    from hareg.registry.names import check_name
+
+    try:
+        return check_name(text)
+    except RegistryError as exc:
+        raise CliError(exc.message, 2) from None
+
+
+def _patterns(patterns: list[str]) -> tuple[str, ...]:
+    from hareg.registry.errors import RegistryError
+    from hareg.registry.tags import check_patterns
+
+    try:
+        return check_patterns(patterns)
+    except RegistryError as exc:
+        raise CliError(exc.message, 2) from None
+
+
+def _short(digest: str | None, no_trunc: bool) -> str:
+    if digest is None:
+        return "-"
+    if no_trunc:
+        return digest
+    alg, _, hexpart = digest.partition(":")
+    return f"{alg}:{hexpart[:SHORT_HEX]}"
+
+
+def _run(fn: Any, args: argparse.Namespace) -> int:
+    try:
+        code: int = fn(args)
+    except CliError as exc:
+        print(f"hareg {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 1
+    return code
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _history(args: argparse.Namespace) -> int:
+    repo, tag = _reference(args.reference)
+    _, entries = _call(_base_url(args), "GET", f"{_repo_path(repo)}/tags/{tag}/history")
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    rows = [("SEQ", "TIME", "ACTION", "OLD → NEW", "REPLICA")]
+    for e in entries:
+        change = f"{_short(e['old'], args.no_trunc)} → {_short(e['new'], args.no_trunc)}"
+        rows.append((str(e["seq"]), e["time"], e["action"], change, e["replica"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _resolve_digest(base: str, repo: str, tag: str, text: str) -> str:
+    """A full digest as given, or the one digest in the tag's history that
+    starts with ``text`` (as the history table shows them, shortened)."""
+    from hareg.registry.digests import parse_digest
+    from hareg.registry.errors import RegistryError
+
+    try:
+        return str(parse_digest(text))
+    except RegistryError:
+        pass
+    if not text or not all(c.isalnum() or c in ":+._-" for c in text):
+        raise CliError(f"{text!r} is not a digest", 2)
+    _, entries = _call(base, "GET", f"{_repo_path(repo)}/tags/{tag}/history")
+    seen: set[str] = {d for e in entries for d in (e["old"], e["new"]) if d}
+    found = sorted(d for d in seen if d.startswith(text) or d.partition(":")[2].startswith(text))
+    if not found:
+        raise CliError(f"no digest in the history of {repo}:{tag} starts with {text!r}")
+    if len(found) > 1:
+        raise CliError(f"{text!r} is ambiguous in the history of {repo}:{tag}: {', '.join(found)}")
+    return found[0]
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    repo, tag = _reference(args.reference)
+    base = _base_url(args)
+    digest = _resolve_digest(base, repo, tag, args.digest)
+    status, entry = _call(base, "POST", f"{_repo_path(repo)}/tags/{tag}/rollback", {"digest": digest})
+    if args.json:
+        print(json.dumps(entry, indent=2))
+    elif status == 201:
+        was = f"; was {entry['old']}" if entry["old"] else ""
+        print(f"{repo}:{tag} now points at {entry['new']} (history entry {entry['seq']}{was})")
+    else:
+        print(f"{repo}:{tag} already points at {digest}; nothing changed")
+    return 0
+
+
+def _immutable(args: argparse.Namespace) -> int:
+    repo = _repository(args.repository)
+    base = _base_url(args)
+    path = f"{_repo_path(repo)}/immutability"
+    if args.off:
+        _, doc = _call(base, "PUT", path, {"patterns": []})
+    elif args.patterns:
+        _, doc = _call(base, "PUT", path, {"patterns": list(_patterns(args.patterns))})
+    else:
+        _, doc = _call(base, "GET", path)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif doc["patterns"]:
+        print(f"{repo}: tags matching these patterns cannot be moved or deleted (since {doc['updated']}):")
+        for pattern in doc["patterns"]:
+            print(f"  {pattern}")
+    else:
+        print(f"{repo}: no immutable tags")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def register(sub: Any) -> None:
+    """Add the lifecycle commands to the ``hareg`` subparsers."""
+    registry_help = f"registry URL (default: $HAREG_REGISTRY or {DEFAULT_REGISTRY})"
+
+    history = sub.add_parser(
+        "history",
+        help="show every move of a tag (push, delete, rollback)",
+        description="Show a tag's history, oldest first: each entry is a forward move of the tag.",
+    )
+    history.add_argument("reference", metavar="REPO:TAG")
+    history.add_argument("--json", action="store_true", help="print the entries as JSON")
+    history.add_argument("--no-trunc", action="store_true", help="show full digests")
+    history.add_argument("--registry", metavar="URL", help=registry_help)
+    history.set_defaults(func=lambda a: _run(_history, a))
+
+    rollback = sub.add_parser(
+        "rollback",
+        help="point a tag back at an earlier digest (a new history entry)",
+        description="Point REPO:TAG at DIGEST, a manifest of the repository. This adds a new "
+        "history entry (action 'rollback'); history is never rewritten. DIGEST may be "
+        "shortened to a unique prefix of a digest in the tag's history.",
+    )
+    rollback.add_argument("reference", metavar="REPO:TAG")
+    rollback.add_argument("digest", metavar="DIGEST")
+    rollback.add_argument("--json", action="store_true", help="print the new history entry as JSON")
+    rollback.add_argument("--registry", metavar="URL", help=registry_help)
+    rollback.set_defaults(func=lambda a: _run(_rollback, a))
+
+    immutable = sub.add_parser(
+        "immutable",
+        help="show or set a repository's immutable tag patterns",
+        description="Tags matching a pattern (fnmatch: * ? [...]; '*' for every tag) can be "
+        "created but never moved to another digest or deleted. --pattern replaces the "
+        "repository's patterns; --off removes them; without either, show them.",
+    )
+    immutable.add_argument("repository", metavar="REPO")
+    change = immutable.add_mutually_exclusive_group()
+    change.add_argument(
+        "--pattern",
+        dest="patterns",
+        action="append",
+        metavar="P",
+        help="an immutable tag pattern (repeat for several; replaces the current ones)",
+    )
+    change.add_argument("--off", action="store_true", help="remove every pattern (no tag is immutable)")
+    immutable.add_argument("--show", action="store_true", help="show the patterns (the default)")
+    immutable.add_argument("--json", action="store_true", help="print the rule as JSON")
+    immutable.add_argument("--registry", metavar="URL", help=registry_help)
+    immutable.set_defaults(func=lambda a: _run(_immutable, a))
