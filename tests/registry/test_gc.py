@@ -347,3 +347,24 @@ async def test_a_stale_plan_cannot_delete_what_became_referenced(
         await check_invariants(reg)
         assert (await reg.manifests.get("links", "v1")).body == body
         assert (await reg.blobs.stat("elsewhere", mounted)).size > 0
+
+
+async def test_a_rollback_after_the_snapshot_saves_its_target(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    """A rollback moves a tag without writing any manifest: only the guard on
+    the repository's tags stops a stale plan from deleting its target."""
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        old = await push_image(reg, "repo", "v", [b"first"], "1")
+        await push_image(reg, "repo", "v", [b"second"], "2")
+        _, plan = await reg.pruner.collector.plan()
+        assert (old, None) in plan.manifests["repo"]
+        await reg.tags.rollback("repo", "v", old)
+        fence = reg.leadership.fence()
+        assert not await reg.pruner.collector.collection.delete_manifests(
+            "repo", plan.manifests["repo"], plan.revision, fence
+        )
+        assert (await reg.manifests.get("repo", "v")).digest == old
+        await check_invariants(reg)
