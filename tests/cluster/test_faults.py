@@ -214,3 +214,33 @@ async def test_quorum_loss_serves_pulls_refuses_pushes_and_recovers(cluster: Clu
                 await asyncio.sleep(0.5)
         for base in _replica_urls(cluster):
             await pull_image(s, base, "quorum", "after", image)
+
+
+async def test_killing_the_pruner_leader_hands_leadership_to_another(cluster: ClusterRun) -> None:
+    async def statuses(s: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
+        out = {}
+        for r in cluster.info()["replicas"]:
+            try:
+                async with s.get(f"{r['url']}/hareg/v1/pruner") as resp:
+                    out[r["name"]] = await resp.json()
+            except aiohttp.ClientError:
+                pass
+        return out
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        async with asyncio.timeout(30):
+            while not any(st["isLeader"] for st in (await statuses(s)).values()):
+                await asyncio.sleep(0.2)
+        leader = next(name for name, st in (await statuses(s)).items() if st["isLeader"])
+        os.kill(cluster.replica(leader)["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        async with asyncio.timeout(30):
+            while True:
+                current = {n: st for n, st in (await statuses(s)).items() if st["isLeader"] and n != leader}
+                if current:
+                    break
+                await asyncio.sleep(0.2)
+        # Lease TTL (10 s) plus one campaign interval, with slack for a loaded machine.
+        assert time.monotonic() - t0 < 10 + 10 / 3 + 3
+        (new_leader,) = current
+        assert new_leader != leader
