@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         etcd_endpoints=endpoints,
         etcd_binary=args.etcd_binary,
         replica=args.replica,
+        config_path=args.config,
     )
 
     def ready(url: str) -> None:
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hareg.cli_lifecycle import register as register_lifecycle
 
     register_lifecycle(sub)
+    from hareg.cli_prune import register as register_prune
+
+    register_prune(sub)
+    from hareg.cli_ops import register as register_ops
+
+    register_ops(sub)
     return parser
 
 

@@ -111,7 +111,9 @@ class ProxyConfig:
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """0 means unlimited for every field; ``max_wait_in_queue`` is in seconds."""
+    """As OpenShift's limiter: ``max_running`` 0 is no limit; with a limit,
+    ``max_in_queue`` 0 is no queue (429 at once) and ``max_wait_in_queue`` 0
+    waits without limit (in seconds)."""
 
     max_running: int = 0
     max_in_queue: int = 0
@@ -229,7 +231,7 @@ _SCALARS: Final = (
         "null: generated.",
     ),
     _Scalar("listen", "str", "host:port of the registry's HTTP listener (empty host: all interfaces)."),
-    _Scalar("readOnly", "bool", "Reject pushes and deletes; pulls are unaffected."),
+    _Scalar("readOnly", "bool", "Reject pushes and deletes (405); pulls are unaffected. SIGHUP reloads it."),
     _Scalar("disableRedirect", "bool", "Stream blob bytes through the registry instead of redirecting."),
     _Scalar("replicas", "int", "Number of registry replicas (the local cluster starts this many)."),
     _Scalar("defaultRoute", "bool", "Accepted for OpenShift compatibility; hareg creates no routes."),
@@ -237,10 +239,12 @@ _SCALARS: Final = (
     _Scalar("proxy.https", "optstr", "Proxy URL for outgoing HTTPS requests."),
     _Scalar("proxy.noProxy", "optstr", "Comma-separated hosts that bypass the proxy."),
     _Scalar("requests.read.maxRunning", "int", "Pulls served at once (0: unlimited)."),
-    _Scalar("requests.read.maxInQueue", "int", "Pulls waiting for a slot (0: unlimited)."),
+    _Scalar("requests.read.maxInQueue", "int", "Pulls waiting for a slot (0: no queue, 429 at once)."),
     _Scalar("requests.read.maxWaitInQueue", "str", "How long a pull may wait (0s: forever)."),
     _Scalar("requests.write.maxRunning", "int", "Pushes/deletes served at once (0: unlimited)."),
-    _Scalar("requests.write.maxInQueue", "int", "Pushes/deletes waiting for a slot (0: unlimited)."),
+    _Scalar(
+        "requests.write.maxInQueue", "int", "Pushes/deletes waiting for a slot (0: no queue, 429 at once)."
+    ),
     _Scalar("requests.write.maxWaitInQueue", "str", "How long a push may wait (0s: forever)."),
     _Scalar("storage.filesystem.rootDirectory", "optstr", "Blob directory; null: <data-dir>/blobs."),
     _Scalar("storage.pvc.claim", "optstr", "The claim's mount point (a directory); null: <data-dir>/blobs."),
@@ -279,8 +283,9 @@ _SECTION_DOCS: Final = MappingProxyType(
         "    listen: 0.0.0.0:5443\n"
         "    certificateFile: /etc/hareg/tls.crt\n"
         "    keyFile: /etc/hareg/tls.key",
-        "proxy": "Proxy for the registry's outgoing requests (e.g. to S3).",
-        "requests": "Per-replica limits; a request over the limits gets 429 with Retry-After.",
+        "proxy": "Proxy for the registry's outgoing requests to upstream registries.",
+        "requests": "Per-replica limits; a request over the limits gets 429 with Retry-After.\n"
+        "SIGHUP reloads them (and logLevel and readOnly).",
         "storage": "Where blob bytes live: exactly one of filesystem, pvc, emptyDir, s3.\n"
         "Instead of filesystem, for example:\n"
         "  s3:\n"

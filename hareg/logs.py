@@ -1,44 +1,228 @@
-"""JSON log lines on stderr."""
+"""JSON log lines on stderr: one object a line, a request id on every line of a
+request, and never a secret.
+
+``logLevel`` (OpenShift's vocabulary) maps onto Python levels:
+
+============  ==========================================================
+Normal        INFO: one access line per request, warnings, lifecycle
+Debug         DEBUG: also request and response headers (redacted)
+Trace         TRACE (5): also every etcd call and limiter decision
+TraceAll      TRACE, and third-party loggers (aiohttp, grpc, asyncio) too
+============  ==========================================================
+
+The request id lives in a ContextVar (``REQUEST_ID``) that the HTTP layer sets
+for the duration of a request; the formatter adds it to every line logged in
+that context, whoever logs it.
+
+Redaction is a filter on the handler (``RedactingFilter``), so it sees every
+record from every logger, after the message is formatted and before it is
+written: values of secret-named fields (password, token, Authorization, ...),
+credentials in URLs, signed query parameters (a presigned redirect's
+``X-Amz-Signature``, an upload URL's ``_state``), and any literal secret the
+process knows (the ``httpSecret``, an S3 secret key) are replaced by
+``<redacted>``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from typing import IO, Any, Final
+
+__all__ = [
+    "LOG_LEVELS",
+    "REDACTED",
+    "REQUEST_ID",
+    "TRACE",
+    "JsonFormatter",
+    "RedactingFilter",
+    "add_log_secret",
+    "redact_text",
+    "redact_value",
+    "set_log_level",
+    "setup_logging",
+]
+
+TRACE: Final = 5
+logging.addLevelName(TRACE, "TRACE")
 
 # OpenShift's logLevel vocabulary mapped onto Python levels.
-LOG_LEVELS = {
+LOG_LEVELS: Final = {
     "Normal": logging.INFO,
     "Debug": logging.DEBUG,
-    "Trace": logging.DEBUG,
-    "TraceAll": logging.DEBUG,
+    "Trace": TRACE,
+    "TraceAll": TRACE,
 }
+_THIRD_PARTY: Final = ("aiohttp", "aiohttp.access", "grpc", "asyncio", "etcd3aio")
+
+REDACTED: Final = "<redacted>"
+
+# The id of the request being served, if any (set by hareg.http.observe).
+REQUEST_ID: ContextVar[str | None] = ContextVar("hareg_request_id", default=None)
+
+# Field names whose values are secret whatever they hold (compared lower-cased,
+# without '-' and '_').
+_SECRET_NAMES: Final = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "credential",
+    "signature",
+    "apikey",
+    "accesskey",
+    "privatekey",
+)
+# Query parameters that carry a signature, a credential or a token.
+_SECRET_PARAMS: Final = (
+    r"_state|x-(?:amz|goog)-(?:signature|credential|security-token)|signature|sig|awsaccesskeyid"
+    r"|(?:access_|refresh_|id_)?token|password|passwd|secret|client_secret|api[-_]?key"
+)
+_QUERY_PARAM = re.compile(rf"(?i)([?&;](?:{_SECRET_PARAMS})=)[^&;#\s\"'<>]*")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+):[^@/\s\"']*@")
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|negotiate)\s+[A-Za-z0-9._~+/=-]{8,}")
+_NAMED_VALUE = re.compile(
+    r"(?i)\b((?:http_?secret|secret_?key|secret|password|passwd|access_?token|token|authorization|api_?key)"
+    r"[\"']?\s*[:=]\s*[\"']?)(?!<redacted>|(?:bearer|basic|negotiate)\s)([^\"'\s,&;}]+)"
+)
+
+
+def _secret_name(name: str) -> bool:
+    if name.lower() == "_state":  # an upload URL's signed state
+        return True
+    flat = name.lower().replace("-", "").replace("_", "")
+    return any(word in flat for word in _SECRET_NAMES)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with credentials, signed query values and the given literal secrets removed."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _QUERY_PARAM.sub(rf"\g<1>{REDACTED}", text)
+    text = _URL_USERINFO.sub(rf"\g<1>:{REDACTED}@", text)
+    text = _AUTH_SCHEME.sub(rf"\g<1> {REDACTED}", text)
+    return _NAMED_VALUE.sub(rf"\g<1>{REDACTED}", text)
+
+
+def redact_value(value: Any, secrets: Iterable[str] = (), name: str = "") -> Any:
+    """A copy of a log field's value with secrets removed (mappings and lists recursively)."""
+    if name and _secret_name(name) and value not in (None, "", 0, False):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, Mapping):
+        return {str(k): redact_value(v, secrets, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v, secrets) for v in value]
+    if isinstance(value, bytes):
+        return redact_text(value.decode(errors="replace"), secrets)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value), secrets)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites every record that passes the handler so that no secret reaches a log line.
+
+    The message is formatted here (``msg % args``) and replaced by its redacted
+    text; structured ``fields`` are redacted by name and by content; an
+    exception's traceback is rendered and redacted into ``exc_text``.
+    ``add_secret`` registers literal values (an httpSecret, a storage key) to
+    scrub wherever they appear.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        for secret in secrets:
+            self.add_secret(secret)
+
+    def add_secret(self, secret: str | bytes | None) -> None:
+        if isinstance(secret, bytes):
+            secret = secret.decode(errors="replace")
+        # Very short values would blank out ordinary words; the patterns cover those.
+        if secret and len(secret) >= 6:
+            self._secrets.add(secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = sorted(self._secrets, key=len, reverse=True)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the line
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = redact_text(message, secrets)
+        record.args = None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            record.fields = redact_value(fields, secrets)
+        if record.exc_info:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), secrets)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info, secrets)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "Normal") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def set_log_level(level: str) -> None:
+    """Apply a ``logLevel`` to the running process (at start-up and on SIGHUP)."""
+    logging.getLogger().setLevel(LOG_LEVELS.get(level, logging.INFO))
+    # Third-party chatter stays at WARNING unless asked for everything.
+    for name in _THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "TraceAll" else logging.WARNING)
+
+
+def setup_logging(
+    level: str = "Normal", stream: IO[str] | None = None, secrets: Iterable[str] = ()
+) -> RedactingFilter:
+    """JSON lines on ``stream`` (stderr) through a redacting filter; returns the filter
+    so that secrets learnt later (a generated httpSecret) can be added to it."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
+    redactor = RedactingFilter(secrets)
+    handler.addFilter(redactor)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(LOG_LEVELS.get(level, logging.INFO))
-    # Third-party chatter stays at WARNING unless asked for everything.
-    for name in ("aiohttp.access", "grpc", "asyncio"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "TraceAll" else logging.WARNING)
+    set_log_level(level)
+    return redactor
+
+
+def add_log_secret(secret: str | bytes | None) -> None:
+    """Scrub ``secret`` from every line the root logger's handlers write from now on."""
+    for handler in logging.getLogger().handlers:
+        for flt in handler.filters:
+            if isinstance(flt, RedactingFilter):
+                flt.add_secret(secret)

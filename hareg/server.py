@@ -26,11 +26,18 @@ from hareg.config import Config
 from hareg.etcd_process import EtcdProcess, free_ports
 from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
+from hareg.http.limits import LIMITS
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
+from hareg.kv.instrumented import InstrumentedKV
+from hareg.logs import add_log_secret
+from hareg.metrics import Metrics
+from hareg.registry.gc import Policy
 from hareg.registry.service import Registry
+from hareg.reload import Reloader
 from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
+from hareg.tls import TLSError, load_route_contexts, start_route_sites
 
 log = logging.getLogger("hareg.server")
 
@@ -52,6 +59,7 @@ class ServeOptions:
     etcd_endpoints: tuple[str, ...]
     etcd_binary: str | None = None
     replica: str | None = None
+    config_path: str | None = None  # re-read on SIGHUP
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -118,13 +126,30 @@ def make_store(config: Config, data_dir: Path) -> BlobStore:
 
 
 async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run until SIGINT or SIGTERM, then shut down cleanly; SIGHUP reloads
+    logLevel, readOnly and requests from the configuration file."""
     config = options.config
     host, port = split_listen(options.listen)
+    try:  # certificates first: a bad one stops us before anything starts
+        route_listeners = load_route_contexts(config.routes)
+    except TLSError as exc:
+        raise StartupError(str(exc)) from None
+    for secret in (config.http_secret, config.storage.s3.secret_key):
+        add_log_secret(secret)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    on_hangup: list[Callable[[], object]] = []
+
+    def hangup() -> None:
+        if not on_hangup:
+            log.warning("SIGHUP before the registry is ready: ignored")
+        for hook in on_hangup:
+            hook()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    metrics = Metrics()
     async with AsyncExitStack() as stack:
         endpoints = list(options.etcd_endpoints)
         if not endpoints:
@@ -152,7 +177,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         stack.push_async_callback(store.close)
         replica = options.replica or f"{socket.gethostname()}:{port}"
         registry = Registry(
-            kv,
+            InstrumentedKV(kv, metrics.observe_etcd),
             store,
             SystemClock(),
             RandomIds(),
@@ -161,10 +186,27 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             http_secret=config.http_secret,
             url=f"http://{host}:{port}" if port else None,
             upload_grace=config.pruner.upload_grace,
+            gc_policy=Policy(
+                keep_tag_revisions=config.pruner.keep_tag_revisions,
+                keep_younger_than=config.pruner.keep_younger_than,
+                grace=config.pruner.upload_grace,
+            ),
+            # Unmanaged: the registry serves, but nothing is pruned on a schedule.
+            prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
+            prune_suspend=config.pruner.suspend,
+            read_only=config.read_only,
         )
         await registry.start()
         stack.push_async_callback(registry.stop)
-        app = init_app(registry, HttpSettings(disable_redirect=config.disable_redirect))
+        app = init_app(
+            registry,
+            HttpSettings(
+                disable_redirect=config.disable_redirect,
+                requests=config.requests,
+                management_state=config.management_state,
+            ),
+            metrics=metrics,
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -178,7 +220,20 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             sockets = getattr(site._server, "sockets", None) or []
             bound = sockets[0].getsockname()[1] if sockets else port
         url = f"http://{host}:{bound}"
-        log.info("registry ready", extra={"fields": {"url": url, "replica": replica, "etcd": endpoints}})
+        try:
+            tls_urls = await start_route_sites(runner, route_listeners)
+        except TLSError as exc:
+            raise StartupError(str(exc)) from None
+
+        def apply(new: Config) -> None:
+            registry.settings.config_read_only = new.read_only
+            app[LIMITS].configure(new.requests)
+
+        on_hangup.append(Reloader(options.config_path, config, apply).reload)
+        log.info(
+            "registry ready",
+            extra={"fields": {"url": url, "routes": tls_urls, "replica": replica, "etcd": endpoints}},
+        )
         on_ready(url)
         await stop.wait()
         log.info("shutting down")

@@ -4,19 +4,52 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hareg.http import base, blobs, catalog, health, manifests, referrers, tags, uploads
+from hareg.http import (
+    base,
+    blobs,
+    catalog,
+    extensions,
+    health,
+    limits,
+    manifests,
+    observe,
+    pruner,
+    readonly,
+    referrers,
+    status,
+    tags,
+    uploads,
+)
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
+from hareg.metrics import Metrics
 from hareg.registry.service import Registry
 
 # Repository names contain '/', so they match greedily up to the resource part.
 _NAME = "{name:.+}"
 
 
-def init_app(registry: Registry, settings: HttpSettings | None = None) -> web.Application:
-    app = web.Application(middlewares=[base.error_middleware])
+def init_app(
+    registry: Registry, settings: HttpSettings | None = None, *, metrics: Metrics | None = None
+) -> web.Application:
+    # Outermost first: observe (request id, access log, metrics) sees every answer,
+    # errors included; refusals (removed, read-only, 429) never take a request slot.
+    app = web.Application(
+        middlewares=[
+            observe.observe_middleware,
+            base.error_middleware,
+            status.removed_middleware,
+            readonly.read_only_middleware,
+            limits.limits_middleware,
+        ]
+    )
     app[REGISTRY] = registry
-    app[SETTINGS] = settings or HttpSettings()
+    app[SETTINGS] = settings = settings or HttpSettings()
+    app[observe.METRICS] = metrics = metrics or Metrics()
+    app[limits.LIMITS] = limiters = limits.RequestLimiters(settings.requests)
+    app[status.STATUS] = status.StatusTracker()
+    metrics.attach(registry, lambda: limiters)
     app.on_response_prepare.append(base.on_prepare)
+    app.on_response_prepare.append(observe.on_prepare)
     r = app.router
     r.add_get("/v2/", base.api_base)
     r.add_get("/v2", base.api_base)
@@ -36,6 +69,13 @@ def init_app(registry: Registry, settings: HttpSettings | None = None) -> web.Ap
     r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", blobs.head_blob)
     r.add_get(f"/v2/{_NAME}/blobs/{{digest}}", blobs.get_blob, allow_head=False)
     r.add_delete(f"/v2/{_NAME}/blobs/{{digest}}", blobs.delete_blob)
+    extensions.register(r)  # /hareg/v1/...: tag history, rollback, immutable tags
+    r.add_post("/hareg/v1/prune", pruner.prune)
+    r.add_get("/hareg/v1/pruner", pruner.pruner_status)
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", observe.metrics_endpoint)
+    r.add_get("/hareg/v1/status", status.status)
+    r.add_get(readonly.READ_ONLY_PATH, readonly.get_read_only)
+    r.add_put(readonly.READ_ONLY_PATH, readonly.put_read_only)
     return app

@@ -2,7 +2,8 @@
 
 /readyz answers 200 while the replica can serve pulls, including "degraded"
 serving from the cache while etcd has no quorum — so a load balancer keeps
-sending pulls — and 503 when it cannot serve at all.
+sending pulls — and 503 when it cannot serve at all, or when
+managementState is Removed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http.base import registry
+from hareg.http.keys import SETTINGS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -17,6 +19,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[SETTINGS].management_state == "Removed":
+        body = {"ready": False, "degraded": False, "reason": "Removed", "checks": {}}
+        return web.json_response(body, status=503)
     r = await registry(request).readiness()
     body = {"ready": r.ready, "degraded": r.degraded, "reason": r.reason, "checks": r.checks}
     return web.json_response(body, status=200 if r.ready else 503)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from hareg.config import RequestsConfig
 from hareg.registry.service import Registry
 
 
@@ -15,6 +16,10 @@ class HttpSettings:
     disable_redirect: bool = False
     # How long a presigned blob URL stays valid.
     redirect_expiry: int = 20 * 60
+    # requests.read/write at start-up (the limiters themselves are reconfigured on SIGHUP).
+    requests: RequestsConfig = field(default_factory=RequestsConfig)
+    # Managed, Unmanaged or Removed (Removed: the registry API answers 503).
+    management_state: str = "Managed"
 
 
 REGISTRY = web.AppKey("registry", Registry)

@@ -29,13 +29,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hareg.clock import Clock
 from hareg.kv.base import Compare
 from hareg.metadata.collection import CollectionStore, Snapshot
 from hareg.metadata.records import HistoryEntry, ManifestRecord
+from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.janitor import UploadJanitor
 from hareg.storage.base import BlobStore
 
@@ -179,7 +180,10 @@ class GarbageCollector:
         clock: Clock,
         janitor: UploadJanitor,
         policy: Policy,
+        *,
+        plants: Plants = NO_PLANTS,
     ) -> None:
+        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.collection = collection
         self.store = store
         self.clock = clock
@@ -188,7 +192,9 @@ class GarbageCollector:
 
     async def plan(self) -> tuple[Snapshot, Plan]:
         snap = await self.collection.snapshot()
-        return snap, make_plan(snap, self.policy, self.clock.now())
+        # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
+        policy = replace(self.policy, grace=0.0) if "gc-no-grace" in self.plants else self.policy
+        return snap, make_plan(snap, policy, self.clock.now())
 
     async def run(self, fence: Sequence[Compare], *, dry_run: bool = False) -> Report:
         snap, plan = await self.plan()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hareg.clock import Clock
@@ -39,6 +40,7 @@ class Pruner:
         schedule: str | None = None,
         suspend: bool = False,
         stats: PrunerStats | None = None,
+        read_only: Callable[[], bool] = lambda: False,
     ) -> None:
         self.schedule_text = schedule
         self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
@@ -48,6 +50,8 @@ class Pruner:
         self.suspend = suspend
         self.last_report: Report | None = None
         self.stats = stats or PrunerStats()
+        # A read-only registry deletes nothing, on a schedule either.
+        self.read_only = read_only
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
@@ -81,7 +85,7 @@ class Pruner:
             return
         while True:
             await self.clock.sleep(self._seconds_to_next())
-            if self.suspend or not self.leadership.is_leader:
+            if self.suspend or self.read_only() or not self.leadership.is_leader:
                 continue
             try:
                 await self.run_once()

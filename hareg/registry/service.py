@@ -17,13 +17,21 @@ from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
+from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
+from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
+from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.janitor import UploadJanitor
+from hareg.registry.leadership import Leadership
 from hareg.registry.listing import ListingService
 from hareg.registry.manifests import ManifestService
 from hareg.registry.membership import Membership
+from hareg.registry.pruner import Pruner
+from hareg.registry.settings import ClusterSettings
+from hareg.registry.stats import PrunerStats
+from hareg.registry.tags import TagService
 from hareg.registry.upload_state import UploadStateSigner
 from hareg.registry.uploads import UploadService
 from hareg.storage.base import BlobStore, StorageError
@@ -53,21 +61,51 @@ class Registry:
         http_secret: str | None = None,
         url: str | None = None,
         upload_grace: float = 3600.0,
+        gc_policy: Policy | None = None,
+        prune_schedule: str | None = None,
+        prune_suspend: bool = False,
+        read_only: bool = False,
+        plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
         self.kv = kv
         self.store = store
         self.clock = clock
         self.replica = replica
         keys = Keys(prefix)
-        self.cache = MetadataCache(kv, keys, clock) if cache else None
+        self.cache = MetadataCache(kv, keys, clock, plants=plants) if cache else None
         self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
-        self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
-        self.blobs = BlobService(self.meta, store)
-        self.uploads = UploadService(self.meta, store, ids)
+        self.meta = MetadataStore(
+            kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
+        )
+        self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
+        self.uploads = UploadService(self.meta, store, ids, plants=plants)
         self.manifests = ManifestService(self.meta, store, clock, ids)
         self.listing = ListingService(self.meta)
+        self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
+        self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
+        collector = GarbageCollector(
+            CollectionStore(kv, keys),
+            store,
+            clock,
+            self.janitor,
+            gc_policy or Policy(grace=upload_grace),
+            plants=plants,
+        )
+        # What the pruner did, exported as hareg_pruner_* metrics.
+        self.pruner_stats = PrunerStats()
+        self.pruner = Pruner(
+            collector,
+            self.leadership,
+            clock,
+            schedule=prune_schedule,
+            suspend=prune_suspend,
+            stats=self.pruner_stats,
+            read_only=lambda: self.read_only,
+        )
         self.ids = ids
+        # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
+        self.settings = ClusterSettings(kv, keys, clock, replica=replica, read_only=read_only)
         # Replicas that know their own URL register themselves (the local cluster's do).
         self.membership = Membership(kv, keys, clock, replica, url) if url else None
         self._http_secret = http_secret
@@ -80,6 +118,11 @@ class Registry:
             raise RuntimeError("Registry.start() has not run: the httpSecret is not loaded")
         return self._signer
 
+    @property
+    def read_only(self) -> bool:
+        """Writes are refused: the configuration or the cluster-wide switch says so."""
+        return self.settings.read_only
+
     async def _load_secret(self) -> bytes:
         """The configured httpSecret, or the cluster's generated one: created once
         in etcd by whichever replica starts first, so every replica signs alike."""
@@ -91,10 +134,16 @@ class Registry:
 
     async def start(self) -> None:
         self._signer = UploadStateSigner(await self._load_secret())
+        await self.settings.prime()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.settings.run(), name="cluster-settings"))
         if self.cache is not None:
-            self._tasks.append(
-                asyncio.get_running_loop().create_task(self.cache.run(), name="metadata-cache")
-            )
+            self._tasks.append(loop.create_task(self.cache.run(), name="metadata-cache"))
+        if self.membership is not None:
+            self._tasks.append(loop.create_task(self.membership.run(), name="membership"))
+        self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))
+        self._tasks.append(loop.create_task(self.leadership.run(), name="pruner-leadership"))
+        self._tasks.append(loop.create_task(self.pruner.run_scheduled(), name="pruner"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -105,12 +154,16 @@ class Registry:
         self._tasks.clear()
         if self.membership is not None:
             await self.membership.leave()
+        await self.leadership.resign()
 
     async def readiness(self, probe_timeout: float = 2.0) -> Readiness:
         """Can this replica serve?  Degraded: etcd is unreachable but the cache
         serves pulls (writes get 503) — still ready, so load balancers keep it."""
         checks: dict[str, str] = {}
         try:
+            if self.barrier is not None and self.barrier.writes_blocked():
+                # Seen down within the probe interval: answer now, a probe follows soon.
+                raise KVError("recently unreachable")
             async with asyncio.timeout(probe_timeout):
                 await (self.barrier.current_revision() if self.barrier else self.kv.current_revision())
             checks["etcd"] = "ok"

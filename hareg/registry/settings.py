@@ -1,0 +1,192 @@
+"""Cluster-wide settings that an operator switches at runtime, kept in etcd.
+
+Today one: the read-only switch, ``<p>/c/read-only``, a small JSON document
+``{"readOnly": true, "changedAt": "...", "replica": "..."}``.  Every replica
+mirrors the ``<p>/c/`` keys with one watch of its own (listed at a revision,
+then watched from the next one; a compacted watch re-lists, a broken one
+resumes), so a switch made through any replica is seen by all of them in
+the time a watch event takes to arrive.
+
+A replica is read-only when its configuration file says so (``readOnly``,
+reloaded on SIGHUP) **or** the cluster switch is on: the switch can put a
+whole cluster into read-only mode, and turning it off never unlocks a
+replica whose own file asks for read-only.
+
+The HTTP layer enforces it (a middleware refuses writes); the service layer
+only exposes the state (``Registry.read_only``) for callers that drive it
+directly, such as the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hareg.clock import Clock
+from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, KVUnknownOutcome, Put, prefix_end
+from hareg.metadata.keys import Keys
+
+log = logging.getLogger("hareg.settings")
+
+READ_ONLY = "read-only"
+
+
+def rfc3339(timestamp: float) -> str:
+    """A wall-clock time as Kubernetes writes it (``2024-05-01T12:00:00Z``)."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """A cluster switch's value and when (and through which replica) it was last set."""
+
+    on: bool
+    changed_at: str
+    replica: str
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"readOnly": self.on, "changedAt": self.changed_at, "replica": self.replica}
+        ).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> Switch | None:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("readOnly"), bool):
+            return None
+        return Switch(doc["readOnly"], str(doc.get("changedAt", "")), str(doc.get("replica", "")))
+
+
+class ClusterSettings:
+    def __init__(
+        self,
+        kv: KV,
+        keys: Keys,
+        clock: Clock,
+        *,
+        replica: str = "replica",
+        read_only: bool = False,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.kv = kv
+        self.keys = keys
+        self.clock = clock
+        self.replica = replica
+        self.retry_delay = retry_delay
+        # From the configuration file; the server updates it on SIGHUP.
+        self.config_read_only = read_only
+        self.loaded = False  # the etcd settings have been read once
+        self.revision = 0
+        self._values: dict[bytes, bytes] = {}
+        self._prefix = keys.kind_prefix("c")
+        self._read_only_key = keys.setting(READ_ONLY)
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def cluster_switch(self) -> Switch | None:
+        """The cluster read-only switch as last seen in etcd (None: never set)."""
+        raw = self._values.get(self._read_only_key)
+        return Switch.decode(raw) if raw is not None else None
+
+    @property
+    def cluster_read_only(self) -> bool:
+        switch = self.cluster_switch
+        return switch is not None and switch.on
+
+    @property
+    def read_only(self) -> bool:
+        return self.config_read_only or self.cluster_read_only
+
+    def describe(self) -> dict[str, object]:
+        switch = self.cluster_switch
+        return {
+            "readOnly": self.read_only,
+            "config": self.config_read_only,
+            "cluster": switch.on if switch else False,
+            "changedAt": switch.changed_at if switch else None,
+            "changedBy": switch.replica if switch else None,
+        }
+
+    # ----------------------------------------------------------------- writes
+
+    async def set_read_only(self, on: bool) -> None:
+        """Switch the whole cluster; applied here at once, elsewhere by the watch."""
+        value = Switch(on, rfc3339(self.clock.now()), self.replica)
+        encoded = value.encode()
+        try:
+            result = await self.kv.txn([], [Put(self._read_only_key, encoded)])
+            revision = result.revision
+        except KVUnknownOutcome:
+            # A blind put: it applied iff the key now holds this exact value.
+            current = await self.kv.get(self._read_only_key)
+            if current is None or current.value != encoded:
+                raise
+            revision = current.mod_revision
+        if revision > self.revision:
+            self._values[self._read_only_key] = encoded
+        log.warning(
+            "cluster read-only switch %s", "on" if on else "off", extra={"fields": {"replica": self.replica}}
+        )
+
+    # ---------------------------------------------------------------- feeding
+
+    def _apply(self, event: Event) -> None:
+        if event.type is EventType.DELETE:
+            self._values.pop(event.kv.key, None)
+        else:
+            self._values[event.kv.key] = event.kv.value
+
+    async def _list(self) -> int:
+        page = await self.kv.range(self._prefix, prefix_end(self._prefix))
+        self._values = {kv.key: kv.value for kv in page.kvs}
+        return page.revision
+
+    async def prime(self, limit: float = 2.0) -> None:
+        """Read the settings once before serving (bounded; ``run`` retries if etcd is down)."""
+        if self.loaded:
+            return
+        try:
+            async with asyncio.timeout(limit):
+                self.revision = await self._list()
+            self.loaded = True
+        except (KVError, TimeoutError) as exc:
+            log.warning("cluster settings not loaded yet: %s", exc or type(exc).__name__)
+
+    async def run(self) -> None:
+        """List, then follow the watch, forever (cancel the task to stop)."""
+        resume = self.revision + 1 if self.loaded else 0
+        while True:
+            before = self.read_only
+            try:
+                if resume == 0:
+                    self.revision = await self._list()
+                    self.loaded = True
+                    resume = self.revision + 1
+                    self._log_change(before)
+                async for batch in self.kv.watch(self._prefix, prefix_end(self._prefix), resume):
+                    before = self.read_only
+                    for event in batch.events:
+                        self._apply(event)
+                    self.revision = max(self.revision, batch.revision)
+                    resume = self.revision + 1
+                    self._log_change(before)
+            except KVCompacted:
+                resume = 0
+            except KVError as exc:
+                log.warning("settings watch interrupted: %s", exc)
+            await self.clock.sleep(self.retry_delay)
+
+    def _log_change(self, before: bool) -> None:
+        if self.read_only != before:
+            log.warning(
+                "registry is now %s",
+                "read-only" if self.read_only else "writable",
+                extra={"fields": self.describe()},
+            )

@@ -1,0 +1,258 @@
+"""Read-only mode: writes refused with a spec error saying so, pulls untouched;
+the switch from the configuration and, at runtime, for the whole cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from oci_helpers import expect_error, push_image, sha256, start_upload
+
+from hareg.cli import main as cli_main
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
+from hareg.http.readonly import is_write
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.service import Registry
+from hareg.storage.filesystem import FilesystemBlobStore
+
+Client = TestClient[web.Request, web.Application]
+
+READ_ONLY_MESSAGE = "read-only"
+
+
+async def expect_read_only(resp: object) -> None:
+    entry = await expect_error(resp, 405, "UNSUPPORTED")  # type: ignore[arg-type]
+    assert READ_ONLY_MESSAGE in entry["message"], entry
+    assert entry["detail"] == {"readOnly": True}
+
+
+async def test_every_kind_of_write_is_refused_and_pulls_are_served(
+    client: Client, registry: Registry
+) -> None:
+    image = await push_image(client, "ro/app", "v1")
+    location = await start_upload(client, "ro/app")  # an upload begun before the switch
+    registry.settings.config_read_only = True
+    assert registry.read_only
+
+    blob = b"new layer"
+    await expect_read_only(await client.post("/v2/ro/app/blobs/uploads/"))
+    await expect_read_only(
+        await client.post("/v2/ro/app/blobs/uploads/", params={"digest": sha256(blob)}, data=blob)
+    )
+    await expect_read_only(
+        await client.post("/v2/ro/other/blobs/uploads/", params={"mount": image.blobs[0], "from": "ro/app"})
+    )
+    await expect_read_only(await client.patch(location, data=blob, headers={"Content-Range": "0-8"}))
+    await expect_read_only(await client.put(location + f"&digest={sha256(blob)}", data=blob))
+    await expect_read_only(await client.delete(location))
+    await expect_read_only(
+        await client.put(
+            "/v2/ro/app/manifests/v2",
+            data=image.body,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+    )
+    await expect_read_only(await client.delete(f"/v2/ro/app/manifests/{image.digest}"))
+    await expect_read_only(await client.delete(f"/v2/ro/app/blobs/{image.blobs[1]}"))
+    # The extension API's writes (tag rollback) too.
+    await expect_read_only(
+        await client.post("/hareg/v1/repositories/ro/app/tags/v1/rollback", json={"digest": image.digest})
+    )
+
+    # Pulls: manifests by tag and digest, blobs, HEADs, listings, the upload status.
+    r = await client.get("/v2/ro/app/manifests/v1")
+    assert r.status == 200 and await r.read() == image.body
+    r = await client.head(f"/v2/ro/app/manifests/{image.digest}")
+    assert r.status == 200
+    for digest, content in zip(image.blobs, [image.config, *image.layers], strict=True):
+        r = await client.get(f"/v2/ro/app/blobs/{digest}")
+        assert r.status == 200 and await r.read() == content
+        r = await client.head(f"/v2/ro/app/blobs/{digest}")
+        assert r.status == 200
+    r = await client.get("/v2/ro/app/tags/list")
+    assert r.status == 200 and (await r.json())["tags"] == ["v1"]
+    r = await client.get("/v2/_catalog")
+    assert r.status == 200 and "ro/app" in (await r.json())["repositories"]
+    r = await client.get(location)
+    assert r.status == 204
+    r = await client.get("/v2/")
+    assert r.status == 200
+
+    # Nothing changed behind the refusals.
+    r = await client.head("/v2/ro/other/blobs/" + image.blobs[0])
+    assert r.status == 404
+    registry.settings.config_read_only = False
+    r = await client.patch(location, data=blob, headers={"Content-Range": "0-8"})
+    assert r.status == 202, await r.text()
+
+
+async def test_registry_read_only_in_the_constructor(kv: EtcdKV, tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    reg = Registry(
+        kv, store, SystemClock(), RandomIds(), prefix=f"/ro-{uuid.uuid4().hex[:8]}", read_only=True
+    )
+    await reg.start()
+    try:
+        assert reg.read_only
+        async with TestClient(TestServer(init_app(reg))) as c:
+            await expect_read_only(await c.post("/v2/x/blobs/uploads/"))
+            r = await c.get("/hareg/v1/read-only")
+            assert await r.json() == {
+                "readOnly": True,
+                "config": True,
+                "cluster": False,
+                "changedAt": None,
+                "changedBy": None,
+            }
+    finally:
+        await reg.stop()
+        await store.close()
+
+
+def test_what_counts_as_a_write() -> None:
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert is_write(method, "/v2/a/blobs/uploads/")
+        assert is_write(method, "/hareg/v1/repositories/a/tags/t/rollback")
+    for method in ("GET", "HEAD", "OPTIONS"):
+        assert not is_write(method, "/v2/a/manifests/t")
+    assert not is_write("PUT", "/hareg/v1/read-only")  # the switch itself
+    assert not is_write("POST", "/metrics")
+
+
+@pytest.fixture
+async def replicas(etcd_url: str, tmp_path: Path) -> AsyncIterator[list[tuple[Registry, Client]]]:
+    """Two replicas, each with its own etcd connection, sharing a prefix and a blob store."""
+    prefix = f"/ro-replicas-{uuid.uuid4().hex[:10]}"
+    async with AsyncExitStack() as stack:
+        out = []
+        for i in range(2):
+            kv = await EtcdKV.connect([etcd_url])
+            stack.push_async_callback(kv.close)
+            store = FilesystemBlobStore(tmp_path / "shared-blobs")
+            stack.push_async_callback(store.close)
+            reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=prefix, replica=f"r{i}")
+            await reg.start()
+            stack.push_async_callback(reg.stop)
+            client: Client = TestClient(TestServer(init_app(reg)))
+            await client.start_server()
+            stack.push_async_callback(client.close)
+            out.append((reg, client))
+        yield out
+
+
+async def wait_read_only(registry: Registry, expected: bool, within: float = 1.0) -> float:
+    """Seconds until ``registry.read_only == expected``; fails after ``within``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with asyncio.timeout(within):
+        while registry.read_only != expected:
+            await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+async def test_runtime_switch_is_seen_by_another_replica_within_a_second(
+    replicas: list[tuple[Registry, Client]],
+) -> None:
+    (reg_a, a), (reg_b, b) = replicas
+    image = await push_image(b, "shared", "v1")
+
+    r = await a.put("/hareg/v1/read-only", json={"readOnly": True})
+    assert r.status == 200
+    doc = await r.json()
+    assert doc["readOnly"] is True and doc["cluster"] is True and doc["config"] is False
+    assert doc["changedBy"] == "r0" and doc["changedAt"].endswith("Z")
+    assert reg_a.read_only  # at once on the replica that took the call
+    await wait_read_only(reg_b, True)
+
+    # Replica B refuses writes and serves pulls.
+    await expect_read_only(await b.post("/v2/shared/blobs/uploads/"))
+    r = await b.get("/v2/shared/manifests/v1")
+    assert r.status == 200 and await r.read() == image.body
+    r = await b.get("/hareg/v1/read-only")
+    assert (await r.json())["cluster"] is True
+
+    # Off again, through the other replica.
+    r = await b.put("/hareg/v1/read-only", json={"readOnly": False})
+    assert r.status == 200 and (await r.json())["readOnly"] is False
+    await wait_read_only(reg_a, False)
+    r = await a.post("/v2/shared/blobs/uploads/")
+    assert r.status == 202
+
+
+async def test_switching_off_never_unlocks_a_replica_whose_file_says_read_only(
+    replicas: list[tuple[Registry, Client]],
+) -> None:
+    (reg_a, a), (reg_b, _) = replicas
+    reg_b.settings.config_read_only = True
+    r = await a.put("/hareg/v1/read-only", json={"readOnly": True})
+    assert r.status == 200
+    r = await a.put("/hareg/v1/read-only", json={"readOnly": False})
+    assert r.status == 200
+    await wait_read_only(reg_a, False)
+    async with asyncio.timeout(1):  # replica B has seen the switch go off...
+        while (switch := reg_b.settings.cluster_switch) is None or switch.on:
+            await asyncio.sleep(0.005)
+    assert reg_b.read_only  # ...and is still read-only by its file
+
+
+async def test_a_new_replica_starts_with_the_cluster_switch(
+    replicas: list[tuple[Registry, Client]], etcd_url: str, tmp_path: Path
+) -> None:
+    (_, a), (reg_b, _) = replicas
+    r = await a.put("/hareg/v1/read-only", json={"readOnly": True})
+    assert r.status == 200
+    kv = await EtcdKV.connect([etcd_url])
+    store = FilesystemBlobStore(tmp_path / "shared-blobs")
+    late = Registry(
+        kv, store, SystemClock(), RandomIds(), prefix=reg_b.settings.keys.root.decode(), replica="late"
+    )
+    try:
+        await late.start()
+        assert late.read_only  # read before it serves, not some time later
+    finally:
+        await late.stop()
+        await store.close()
+        await kv.close()
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"readOnly": "yes"}', b"[true]", b"{}"])
+async def test_bad_switch_bodies_are_400(client: Client, registry: Registry, body: bytes) -> None:
+    r = await client.put("/hareg/v1/read-only", data=body)
+    assert r.status == 400
+    assert "readOnly" in (await r.json())["errors"][0]["message"]
+    assert not registry.read_only
+
+
+async def test_the_switch_and_status_stay_usable_while_read_only(client: Client, registry: Registry) -> None:
+    r = await client.put("/hareg/v1/read-only", json={"readOnly": True})
+    assert r.status == 200
+    r = await client.get("/hareg/v1/status")
+    assert r.status == 200
+    available = next(c for c in (await r.json())["conditions"] if c["type"] == "Available")
+    assert available["status"] == "True" and available["reason"] == "ReadOnly"
+    r = await client.put("/hareg/v1/read-only", json={"readOnly": False})
+    assert r.status == 200 and not registry.read_only
+
+
+async def test_cli_read_only_on_off(
+    client: Client, registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = str(client.make_url("")).rstrip("/")
+    code = await asyncio.to_thread(cli_main, ["read-only", "on", "--registry", url])
+    assert code == 0
+    assert "cluster read-only switch: on; this replica is read-only" in capsys.readouterr().out
+    assert registry.read_only
+    code = await asyncio.to_thread(cli_main, ["read-only", "status", "--registry", url, "--json"])
+    assert code == 0 and '"cluster": true' in capsys.readouterr().out
+    code = await asyncio.to_thread(cli_main, ["read-only", "off", "--registry", url])
+    assert code == 0
+    assert "switch: off; this replica is read-write" in capsys.readouterr().out
+    assert not registry.read_only
