@@ -1,0 +1,249 @@
+"""``python -m bench throughput [--target hareg|hareg-cluster|distribution|URL ...] [--quick] [--json FILE]``
+``python -m bench availability [--duration S] [--quick] [--json FILE]``
+
+``throughput`` without ``--target`` runs distribution, hareg and (when
+``hareg cluster up`` exists) hareg-cluster; with ``--quick``, distribution and
+hareg only.  ``availability`` runs the local cluster through faults.
+Progress bars go to stderr; the Markdown summary is printed at the end and
+written beside the JSON with the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.blobs import MiB
+from bench.targets import TargetError, TargetSpec, cluster_available, distribution_available, parse_target
+from bench.workload import NoProgress, Progress
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_JSON = RESULTS / "throughput.json"
+DEFAULT_AVAILABILITY_JSON = RESULTS / "availability.json"
+UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "M": MiB, "MIB": MiB, "G": 1024 * MiB, "GIB": 1024 * MiB}
+
+
+def parse_size(text: str) -> int:
+    """``4MiB``, ``512K``, ``1048576`` -> bytes."""
+    t = text.strip().upper()
+    digits = t.rstrip("KMGIB")
+    unit = t[len(digits) :]
+    if not digits.isdigit() or unit not in UNITS:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: expected e.g. 512K, 4MiB, 1G")
+    return int(digits) * UNITS[unit]
+
+
+def parse_blob_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``1MiB:64,32MiB:8`` -> ((1 MiB, 64), (32 MiB, 8))."""
+    out = []
+    for part in text.split(","):
+        size, sep, count = part.partition(":")
+        if not sep or not count.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"bad blob size {part!r}: expected SIZE:COUNT, e.g. 4MiB:16")
+        out.append((parse_size(size), int(count)))
+    return tuple(out)
+
+
+def _target(text: str) -> TargetSpec:
+    try:
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _progress_factory(enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return lambda desc, total, unit: NoProgress()
+    from tqdm import tqdm
+
+    def make(desc: str, total: float, unit: str) -> Progress:
+        bar: Progress = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=unit == "B",
+            unit_divisor=1024 if unit == "B" else 1000,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.25,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]"
+            if unit == "s"
+            else None,
+        )
+        return bar
+
+    return make
+
+
+def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "throughput", help="blob and manifest throughput, hareg side by side with distribution"
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        type=_target,
+        metavar="hareg|hareg-cluster|distribution|URL",
+        help="a target to run (repeatable); default: distribution, hareg and hareg-cluster "
+        "(--quick: distribution and hareg)",
+    )
+    p.add_argument("--quick", action="store_true", help="a small workload (under 90 s on 2 cores)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="FILE",
+        help=f"where to write the JSON (Markdown and PNGs beside it; default {DEFAULT_JSON})",
+    )
+    p.add_argument(
+        "--blob-sizes",
+        type=parse_blob_sizes,
+        metavar="SIZE:COUNT,...",
+        help="blobs per push phase, e.g. 1MiB:64,32MiB:8",
+    )
+    p.add_argument("--chunk-size", type=parse_size, help="PATCH size of chunked pushes (default 4MiB)")
+    p.add_argument("--concurrency", type=int, help="concurrent blob operations (default 4)")
+    p.add_argument(
+        "--request-concurrency", type=int, help="concurrent manifest/HEAD/tag/mount requests (default 16)"
+    )
+    p.add_argument("--manifests", type=int, help="manifests PUT (and tags) per target")
+    p.add_argument("--mounts", type=int, help="cross-repo mounts per target")
+    p.add_argument("--duration", type=float, help="seconds per read phase")
+    p.add_argument("--pull-rounds", type=int, help="times each pushed blob is pulled")
+    p.add_argument("--no-wrk", dest="wrk", action="store_false", default=None, help="skip the wrk phase")
+    p.add_argument("--wrk-duration", type=float, help="seconds of wrk")
+    p.add_argument("--wrk-connections", type=int, help="wrk connections (default 32)")
+    p.add_argument("--wrk-threads", type=int, help="wrk threads (default 1)")
+    p.add_argument("--seed", type=int, help="seed of the blob contents")
+    p.add_argument("--cluster-replicas", type=int, default=2, help="hareg-cluster replicas (default 2)")
+    p.add_argument(
+        "--cluster-storage",
+        choices=("auto", "seaweedfs", "filesystem"),
+        default="auto",
+        help="hareg-cluster blob storage; auto tries SeaweedFS, then a shared directory",
+    )
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a target may take to start")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG plots")
+
+
+def default_targets(quick: bool) -> list[TargetSpec]:
+    specs = []
+    if distribution_available():
+        specs.append(parse_target("distribution"))
+    specs.append(parse_target("hareg"))
+    if not quick and cluster_available():
+        specs.append(parse_target("hareg-cluster"))
+    return specs
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.throughput import Options, Workload, run, with_overrides
+
+    base = Workload.quick() if args.quick else Workload()
+    workload = with_overrides(
+        base,
+        blob_sizes=args.blob_sizes,
+        chunk_size=args.chunk_size,
+        concurrency=args.concurrency,
+        request_concurrency=args.request_concurrency,
+        manifests=args.manifests,
+        mounts=args.mounts,
+        duration=args.duration,
+        pull_rounds=args.pull_rounds,
+        wrk=args.wrk,
+        wrk_duration=args.wrk_duration if args.wrk_duration is not None else args.duration,
+        wrk_connections=args.wrk_connections,
+        wrk_threads=args.wrk_threads,
+        seed=args.seed,
+    )
+    targets = tuple(args.target or default_targets(args.quick))
+    options = Options(
+        targets=targets,
+        workload=workload,
+        quick=args.quick,
+        cluster_replicas=args.cluster_replicas,
+        cluster_storage=args.cluster_storage,
+        start_timeout=args.start_timeout,
+    )
+    doc = run(
+        options, _progress_factory(args.progress), log=lambda msg: print(msg, file=sys.stderr, flush=True)
+    )
+    written = report.write(doc, args.json, with_plots=args.plots)
+    print(report.markdown(doc))
+    print("written: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0 if doc["targets"] and not doc["failed_targets"] else 1
+
+
+def availability_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("availability", help="a mixed workload on the local cluster while its processes die")
+    p.add_argument("--duration", type=float, help="seconds of workload (default 120; --quick 45)")
+    p.add_argument("--quick", action="store_true", help="a short run (under 90 s on 2 cores)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_AVAILABILITY_JSON,
+        metavar="FILE",
+        help=f"where to write the JSON (Markdown and PNG beside it; default {DEFAULT_AVAILABILITY_JSON})",
+    )
+    p.add_argument("--concurrency", type=int, help="concurrent workers (default 6; --quick 4)")
+    p.add_argument("--replicas", type=int, default=3, help="cluster replicas (default 3)")
+    p.add_argument(
+        "--storage",
+        choices=("auto", "seaweedfs", "filesystem"),
+        default="auto",
+        help="cluster blob storage; auto tries SeaweedFS, then a shared directory",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the workload's choices and contents")
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds the cluster may take to start")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG timeline")
+
+
+def run_availability(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench import availability_report
+    from bench.availability import AvailabilityOptions, run
+
+    base = AvailabilityOptions.quick_options() if args.quick else AvailabilityOptions()
+    options = replace(
+        base,
+        duration=args.duration if args.duration is not None else base.duration,
+        concurrency=args.concurrency if args.concurrency is not None else base.concurrency,
+        replicas=args.replicas,
+        storage=args.storage,
+        seed=args.seed,
+        start_timeout=args.start_timeout,
+    )
+    try:
+        doc = run(
+            options, _progress_factory(args.progress), log=lambda msg: print(msg, file=sys.stderr, flush=True)
+        )
+    except (TargetError, RuntimeError) as exc:
+        print(f"bench: availability run failed: {exc}", file=sys.stderr)
+        return 2
+    written = availability_report.write(doc, args.json, with_plots=args.plots)
+    print(availability_report.markdown(doc))
+    print("written: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0 if doc["verdict"] == "pass" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    throughput_parser(sub)
+    availability_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "availability":
+        return run_availability(args)
+    return run_throughput(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

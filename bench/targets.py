@@ -1,0 +1,595 @@
+"""The registries a benchmark runs against, started and stopped here, and what
+their processes cost.
+
+Kinds of target (``parse_target``):
+
+- ``hareg``: ``hareg serve`` on its embedded default (a private etcd child,
+  filesystem blobs) in a temporary data dir;
+- ``hareg-cluster``: ``hareg cluster up`` (etcd members, object store, N
+  replicas, haproxy) in a temporary dir, read back from its ``cluster.json``;
+- ``distribution``: CNCF distribution (Debian's ``docker-registry``) with
+  filesystem storage in a temporary dir;
+- a URL (``http://host:port``): a registry someone else runs; no process figures.
+
+Every process is bound to 127.0.0.1 on a free port, waited for with a deadline
+(a ready line or a ``/v2/`` poll, never a sleep), stopped with SIGTERM and, past
+a bounded wait, SIGKILL, together with any descendant it left behind.
+
+A :class:`RunningTarget` names its processes by *role* (``hareg`` and its
+``etcd``; ``replica``, ``etcd``, ``storage``, ``lb`` and ``supervisor`` for the
+cluster; ``registry`` for distribution); :class:`ResourceMeter` measures, per
+role and per benchmark phase, CPU seconds (user + system, from /proc via
+psutil) and peak RSS (the kernel's ``VmHWM``, reset at the start of a phase,
+and a sampled sum over the role's processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+READY_PREFIX = "hareg registry listening on "
+DISTRIBUTION_BINARY = "docker-registry"
+KINDS = ("hareg", "hareg-cluster", "distribution")
+MB = 1_000_000
+
+
+class TargetError(RuntimeError):
+    """A target could not be started (with the reason and the end of its log)."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str  # one of KINDS, or "url"
+    name: str
+    url: str = ""
+
+
+def parse_target(text: str) -> TargetSpec:
+    if text in KINDS:
+        return TargetSpec(kind=text, name=text)
+    if text.startswith(("http://", "https://")):
+        return TargetSpec(kind="url", name=text, url=text.rstrip("/"))
+    raise ValueError(f"target {text!r}: expected one of {', '.join(KINDS)} or an http(s):// URL")
+
+
+def distribution_available() -> bool:
+    return shutil.which(DISTRIBUTION_BINARY) is not None
+
+
+def cluster_available() -> bool:
+    """Whether this hareg has the ``cluster up`` command."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "hareg", "cluster", "up", "--help"],
+            cwd=PROJECT_ROOT,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "--replicas" in out.stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _child_env() -> dict[str, str]:
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+# -- processes by role ------------------------------------------------------
+
+RoleMap = dict[str, list[psutil.Process]]
+
+
+@dataclass
+class _ProcessCache:
+    """psutil.Process objects by pid (their cpu_times stay comparable)."""
+
+    procs: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def get(self, pid: int) -> psutil.Process | None:
+        proc = self.procs.get(pid)
+        if proc is not None and proc.is_running():
+            return proc
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:
+            return None
+        self.procs[pid] = proc
+        return proc
+
+    def tree(self, pid: int) -> list[psutil.Process]:
+        """``pid`` and its live descendants."""
+        root = self.get(pid)
+        if root is None:
+            return []
+        found = [root]
+        with contextlib.suppress(psutil.Error):
+            for child in root.children(recursive=True):
+                proc = self.get(child.pid)
+                if proc is not None:
+                    found.append(proc)
+        return found
+
+
+@dataclass
+class RunningTarget:
+    """A started (or external) registry: its URL, and how to find its processes."""
+
+    spec: TargetSpec
+    url: str
+    details: dict[str, Any]
+    _roles: Callable[[], RoleMap]
+    _stop: Callable[[], object]
+    stopped: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def roles(self) -> RoleMap:
+        return self._roles()
+
+    def pids(self) -> dict[str, list[int]]:
+        return {role: [p.pid for p in procs] for role, procs in self.roles().items()}
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self._stop()
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """SIGTERM ``proc``, wait up to ``timeout``; SIGKILL it and whatever it left behind."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait(timeout=10)
+    # Only processes this child started: kill by pid, never by name.
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                child.kill()
+    psutil.wait_procs(descendants, timeout=10)
+    return code
+
+
+def _wait_ready_line(proc: subprocess.Popen[str], log: Path, timeout: float, what: str) -> str:
+    """Read ``proc``'s stdout (in a thread) until the ready line; the URL on it."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True, name=f"{what}-stdout").start()
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TargetError(
+                f"{what} not ready after {timeout:.0f}s; stdout {seen[-5:]}; log:\n{_tail(log)}"
+            )
+        try:
+            line = lines.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            code = proc.wait(timeout=10)
+            raise TargetError(f"{what} exited with {code} before it was ready; log:\n{_tail(log)}")
+        seen.append(line)
+        if line.startswith(READY_PREFIX):
+            return line[len(READY_PREFIX) :].strip().rstrip("/")
+
+
+def _poll_v2(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TargetError(f"{what} exited with {proc.returncode}; log:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.05)  # a readiness poll with a deadline, not a fixed wait
+    raise TargetError(f"{what} not answering {url}/v2/ after {timeout:.0f}s ({last}); log:\n{_tail(log)}")
+
+
+def _start_hareg(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+    data_dir = workdir / "data"
+    log = workdir / "hareg.log"
+    listen = f"127.0.0.1:{free_port()}"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hareg", "serve", "--listen", listen, "--data-dir", str(data_dir)],
+            cwd=PROJECT_ROOT,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        url = _wait_ready_line(proc, log, timeout, "hareg serve")
+    except BaseException:
+        _terminate(proc, 10)
+        raise
+    cache = _ProcessCache()
+
+    def roles() -> RoleMap:
+        tree = cache.tree(proc.pid)
+        etcd_roots = [p for p in tree[1:] if _name(p) == "etcd"]
+        etcd: list[psutil.Process] = []
+        for root in etcd_roots:
+            etcd.extend(cache.tree(root.pid))
+        etcd_pids = {p.pid for p in etcd}
+        return {"hareg": [p for p in tree if p.pid not in etcd_pids], "etcd": etcd}
+
+    return RunningTarget(
+        spec=spec,
+        url=url,
+        details={"kind": "hareg", "storage": "filesystem", "etcd": "embedded", "log": str(log)},
+        _roles=roles,
+        _stop=lambda: _terminate(proc, 30),
+    )
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return str(proc.name())
+    except psutil.Error:
+        return ""
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def _distribution_version() -> str:
+    try:
+        out = subprocess.run([DISTRIBUTION_BINARY, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or out.stderr.strip() or "unknown"
+
+
+def _start_distribution(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+    binary = shutil.which(DISTRIBUTION_BINARY)
+    if binary is None:
+        raise TargetError(f"{DISTRIBUTION_BINARY} not found (apt-get install docker-registry)")
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(DISTRIBUTION_CONFIG.format(root=workdir / "storage", port=port))
+    log = workdir / "distribution.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _poll_v2(url, proc, log, timeout, "distribution")
+    except BaseException:
+        _terminate(proc, 10)
+        raise
+    cache = _ProcessCache()
+    return RunningTarget(
+        spec=spec,
+        url=url,
+        details={"kind": "distribution", "storage": "filesystem", "version": _distribution_version()},
+        _roles=lambda: {"registry": cache.tree(proc.pid)},
+        _stop=lambda: _terminate(proc, 30),
+    )
+
+
+@dataclass
+class _ClusterFile:
+    """``cluster.json``, re-read at most once a second (the supervisor restarts replicas)."""
+
+    path: Path
+    doc: dict[str, Any] = field(default_factory=dict)
+    read_at: float = -1e9
+
+    def get(self) -> dict[str, Any]:
+        if time.monotonic() - self.read_at >= 1.0:
+            with contextlib.suppress(OSError, ValueError):
+                self.doc = json.loads(self.path.read_text())
+            self.read_at = time.monotonic()
+        return self.doc
+
+
+def _start_cluster_once(
+    spec: TargetSpec, workdir: Path, timeout: float, replicas: int, storage: str
+) -> RunningTarget:
+    cluster_dir = workdir / f"cluster-{storage}"
+    log = workdir / f"cluster-{storage}.log"
+    cmd = [sys.executable, "-m", "hareg", "cluster", "up", "--dir", str(cluster_dir)]
+    cmd += ["--replicas", str(replicas), "--port", str(free_port()), "--storage", storage]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        url = _wait_ready_line(proc, log, timeout, f"hareg cluster up (storage {storage})")
+    except BaseException:
+        _terminate(proc, 60)
+        raise
+    cache = _ProcessCache()
+    cluster_file = _ClusterFile(cluster_dir / "cluster.json")
+
+    def pids_of(entries: Any) -> list[psutil.Process]:
+        found: list[psutil.Process] = []
+        for entry in entries if isinstance(entries, list) else [entries]:
+            pid = entry.get("pid") if isinstance(entry, dict) else None
+            if isinstance(pid, int):
+                found.extend(cache.tree(pid))
+        return found
+
+    def roles() -> RoleMap:
+        doc = cluster_file.get()
+        supervisor = cache.get(proc.pid)
+        return {
+            "replica": pids_of(doc.get("replicas", [])),
+            "etcd": pids_of(doc.get("etcd", [])),
+            "storage": pids_of(doc.get("storage", {})),
+            "lb": pids_of(doc.get("lb", {})),
+            "supervisor": [supervisor] if supervisor is not None else [],
+        }
+
+    return RunningTarget(
+        spec=spec,
+        url=url,
+        details={
+            "kind": "hareg-cluster",
+            "storage": storage,
+            "replicas": replicas,
+            "log": str(log),
+            "dir": str(cluster_dir),
+            "cluster_json": str(cluster_dir / "cluster.json"),
+            "supervisor_pid": proc.pid,
+        },
+        _roles=roles,
+        _stop=lambda: _terminate(proc, 60),
+    )
+
+
+def _start_cluster(
+    spec: TargetSpec, workdir: Path, timeout: float, replicas: int, storage: str
+) -> RunningTarget:
+    """``storage`` is ``seaweedfs``, ``filesystem`` or ``auto`` (SeaweedFS, and the
+    shared directory if the cluster cannot start with it)."""
+    if storage != "auto":
+        return _start_cluster_once(spec, workdir, timeout, replicas, storage)
+    try:
+        return _start_cluster_once(spec, workdir, timeout, replicas, "seaweedfs")
+    except TargetError as exc:
+        target = _start_cluster_once(spec, workdir, timeout, replicas, "filesystem")
+        target.details["storage_fallback"] = str(exc).splitlines()[-1][:300]
+        return target
+
+
+@contextlib.contextmanager
+def started(
+    spec: TargetSpec,
+    *,
+    base_dir: Path | None = None,
+    timeout: float = 90.0,
+    cluster_replicas: int = 2,
+    cluster_storage: str = "auto",
+    keep: bool = False,
+) -> Iterator[RunningTarget]:
+    """Start ``spec`` in a fresh temporary directory; stop it and remove the directory on exit."""
+    if spec.kind == "url":
+        yield RunningTarget(spec=spec, url=spec.url, details={"kind": "url"}, _roles=dict, _stop=lambda: None)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=f"hareg-bench-{spec.kind}-", dir=base_dir))
+    try:
+        if spec.kind == "hareg":
+            target = _start_hareg(spec, workdir, timeout)
+        elif spec.kind == "distribution":
+            target = _start_distribution(spec, workdir, timeout)
+        elif spec.kind == "hareg-cluster":
+            target = _start_cluster(spec, workdir, timeout, cluster_replicas, cluster_storage)
+        else:
+            raise ValueError(f"unknown target kind {spec.kind!r}")
+        try:
+            yield target
+        finally:
+            target.stop()
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- resources --------------------------------------------------------------
+
+
+def _cpu_seconds(proc: psutil.Process) -> float | None:
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def _hwm_bytes(pid: int) -> int | None:
+    """The kernel's peak RSS (``VmHWM``) of ``pid``."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (``clear_refs`` 5; needs to own the process)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class RoleUsage:
+    cpu_s: float
+    peak_rss_mb: float  # the largest sampled sum of RSS over the role's processes
+    max_process_peak_rss_mb: float  # the largest VmHWM of any one process in the role
+    processes: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "cpu_s": round(self.cpu_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "max_process_peak_rss_mb": round(self.max_process_peak_rss_mb, 1),
+            "processes": self.processes,
+        }
+
+
+class ResourceMeter:
+    """CPU seconds and peak RSS per role between :meth:`start` and :meth:`stop`.
+
+    A daemon thread samples RSS every ``interval`` seconds (bounded by the
+    phase); CPU is the difference of cumulative per-process CPU times, so a
+    process that exits mid-phase loses its share (the cluster restarts none
+    during a throughput run)."""
+
+    def __init__(self, target: RunningTarget, interval: float = 0.1) -> None:
+        self.target = target
+        self.interval = interval
+        self._cpu0: dict[int, float] = {}
+        self._peak_sum: dict[str, int] = {}
+        self._roles_seen: dict[str, set[int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.hwm_reset = True
+
+    def start(self) -> None:
+        roles = self.target.roles()
+        self._cpu0 = {}
+        for procs in roles.values():
+            for proc in procs:
+                cpu = _cpu_seconds(proc)
+                if cpu is not None:
+                    self._cpu0[proc.pid] = cpu
+                self.hwm_reset = _reset_hwm(proc.pid) and self.hwm_reset
+        self._peak_sum = {role: 0 for role in roles}
+        self._roles_seen = {role: set() for role in roles}
+        self._sample(roles)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="resource-meter")
+        self._thread.start()
+
+    def _sample(self, roles: RoleMap) -> None:
+        for role, procs in roles.items():
+            total = 0
+            for proc in procs:
+                try:
+                    total += int(proc.memory_info().rss)
+                except psutil.Error:
+                    continue
+                self._roles_seen.setdefault(role, set()).add(proc.pid)
+            self._peak_sum[role] = max(self._peak_sum.get(role, 0), total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(self.target.roles())
+
+    def stop(self) -> dict[str, RoleUsage]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        roles = self.target.roles()
+        self._sample(roles)
+        usage: dict[str, RoleUsage] = {}
+        for role, procs in roles.items():
+            cpu = 0.0
+            hwm = 0
+            for proc in procs:
+                now = _cpu_seconds(proc)
+                if now is not None:
+                    cpu += now - self._cpu0.get(proc.pid, now)
+                peak = _hwm_bytes(proc.pid) if self.hwm_reset else None
+                if peak is None:
+                    with contextlib.suppress(psutil.Error):
+                        peak = int(proc.memory_info().rss)
+                hwm = max(hwm, peak or 0)
+            usage[role] = RoleUsage(
+                cpu_s=cpu,
+                peak_rss_mb=max(self._peak_sum.get(role, 0), hwm if len(procs) == 1 else 0) / MB,
+                max_process_peak_rss_mb=max(hwm, 0) / MB,
+                processes=len(self._roles_seen.get(role, set())),
+            )
+        return usage
