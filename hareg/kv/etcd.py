@@ -322,8 +322,11 @@ class EtcdKV:
         target, name_override = await self._target()
         options: list[tuple[str, Any]] = [
             ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
+            # Pings every 5 s (etcd's default --grpc-keepalive-min-time; faster ones
+            # are refused) unanswered for 2 s take a frozen member out of the
+            # round-robin, so later requests go to live members.
+            ("grpc.keepalive_time_ms", 5_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.enable_retries", 1),  # transparent retries only: never after the server saw a call
             # etcd enforces its own request limit (--max-request-bytes); large

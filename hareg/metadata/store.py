@@ -176,7 +176,9 @@ class MetadataStore:
             raise KVUnavailable("etcd is unavailable (no quorum); writes are refused until it recovers")
 
     async def _read_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
-        """Several keys read at one revision per batch."""
+        """Several keys read at one revision per batch: the pre-reads of writes,
+        so they fail fast too while etcd is known to be down."""
+        self._check_writable()
         out: list[KeyValue | None] = []
         for i in range(0, len(keys), _READ_BATCH):
             batch = keys[i : i + _READ_BATCH]
@@ -193,16 +195,29 @@ class MetadataStore:
         verify: Callable[[], Awaitable[bool]],
     ) -> bool:
         """Run a write txn; on an unknown outcome, report success only if ``verify``
-        shows it applied (invariant 7), else re-raise the unknown outcome."""
-        try:
-            result: TxnResult = await self.kv.txn(compares, success)
-        except KVUnknownOutcome:
-            if "ambiguous-ack" in self.plants:  # PLANTED BUG (simulator only): success, unverified
-                return True
-            if await verify():
-                return True
-            raise
-        return result.succeeded
+        shows it applied (invariant 7).
+
+        If it did not (yet) apply, the identical transaction is sent once more
+        (usually to another etcd member: the first one may be frozen or cut
+        off).  That is safe for every transaction here: each either guards on
+        a key it writes itself (a tag's, a link's or a blob record's
+        mod_revision), so a late apply of the first and the retry cannot both
+        commit, or writes the same values again.  A second unknown outcome is
+        reported as unavailable."""
+        self._check_writable()
+        for attempt in range(2):
+            try:
+                result: TxnResult = await self.kv.txn(compares, success)
+            except KVUnknownOutcome:
+                if "ambiguous-ack" in self.plants:  # PLANTED BUG (simulator only): success, unverified
+                    return True
+                if await verify():
+                    return True
+                if attempt == 1:
+                    raise
+                continue
+            return result.succeeded
+        raise AssertionError("unreachable")
 
     async def _range_all(self, span: tuple[bytes, bytes], revision: int = 0) -> RangeResult:
         return await self.kv.range(span[0], span[1], revision=revision)

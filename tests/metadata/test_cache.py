@@ -12,12 +12,14 @@ import pytest
 
 from hareg.clock import SystemClock
 from hareg.etcd_process import EtcdProcess
+from hareg.ids import RandomIds
 from hareg.kv.base import Delete, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV, progress_requests_safe
 from hareg.metadata.barrier import Freshness, ReadBarrier
 from hareg.metadata.cache import MetadataCache
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, TagRecord, encode
+from hareg.metadata.store import MetadataStore
 
 
 def _tag(digest: str, seq: int = 1) -> bytes:
@@ -194,6 +196,12 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
                 t0 = loop.time()
                 assert await barrier.sync() is Freshness.STALE
                 assert barrier.writes_blocked()
+                assert loop.time() - t0 < 0.1
+                # A write through the metadata store is refused at once, not after a timeout.
+                store = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+                t0 = loop.time()
+                with pytest.raises(KVUnavailable):
+                    await store.delete_tag("r", "t")
                 assert loop.time() - t0 < 0.1
             finally:
                 etcd.resume()

@@ -7,18 +7,20 @@ import asyncio
 import hashlib
 import itertools
 import random
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Compare, Delete, KVUnknownOutcome, Put, TxnOp, TxnResult, prefix_end
+from hareg.kv.base import Delete, KVUnknownOutcome, prefix_end
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
 from hareg.metadata.store import MetadataStore, MissingReferences, ReferencedBy
+
+from .faulty_kv import UnknownOutcomeKV
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -123,46 +125,30 @@ async def test_references_are_per_repository(meta: MetadataStore) -> None:
     assert not await meta.repo_exists("repo")
 
 
-class UnknownOutcomeKV:
-    """Delegates to a real KV; the next write txn raises KVUnknownOutcome,
-    after applying it (``apply``) or without sending it."""
-
-    def __init__(self, inner: EtcdKV, *, apply: bool) -> None:
-        self.inner = inner
-        self.apply = apply
-        self.armed = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def txn(
-        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
-    ) -> TxnResult:
-        if self.armed and any(isinstance(op, Put) for op in success):
-            self.armed = False
-            if self.apply:
-                await self.inner.txn(compares, success, failure)
-            raise KVUnknownOutcome("simulated lost reply")
-        return await self.inner.txn(compares, success, failure)
-
-
 @pytest.mark.parametrize("applied", [True, False])
 async def test_unknown_outcome_is_verified_before_success(kv: EtcdKV, keys: Keys, applied: bool) -> None:
-    """Invariant 7: a commit whose reply was lost counts as done only if it applied."""
+    """Invariant 7: a commit whose reply was lost counts as done only if it
+    applied; one that did not is sent once more, and commits exactly once."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     await setup.add_blob("repo", digest("c"), 1)
     flaky = UnknownOutcomeKV(kv, apply=applied)
     meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
     manifest = digest("m")
-    if applied:
+    await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
+    tag = await setup.get_tag("repo", "v1")
+    assert tag is not None and tag.digest == manifest
+    assert [h.new for h in await setup.tag_history("repo", "v1")] == [manifest]
+
+
+async def test_unknown_outcome_twice_is_reported_not_acknowledged(kv: EtcdKV, keys: Keys) -> None:
+    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
+    await setup.add_blob("repo", digest("c"), 1)
+    meta = MetadataStore(UnknownOutcomeKV(kv, apply=False, times=2), keys, SystemClock(), RandomIds(), "r")
+    manifest = digest("m")
+    with pytest.raises(KVUnknownOutcome):
         await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
-        tag = await setup.get_tag("repo", "v1")
-        assert tag is not None and tag.digest == manifest
-    else:
-        with pytest.raises(KVUnknownOutcome):
-            await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
-        assert await setup.get_manifest("repo", manifest) is None
-        assert await setup.get_tag("repo", "v1") is None
+    assert await setup.get_manifest("repo", manifest) is None
+    assert await setup.get_tag("repo", "v1") is None
 
 
 # ---------------------------------------------------------------- tag history

@@ -10,17 +10,18 @@ import hashlib
 import itertools
 import random
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Compare, KVUnknownOutcome, Put, TxnOp, TxnResult
+from hareg.kv.base import KVUnknownOutcome
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import HistoryEntry, ManifestRecord
 from hareg.metadata.store import MetadataStore, MissingReferences
+
+from .faulty_kv import UnknownOutcomeKV
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "sha256:" + hashlib.sha256(b"config").hexdigest()
@@ -211,43 +212,27 @@ async def test_concurrent_rollbacks_and_pushes_leave_one_gap_free_history(kv: Et
 # ------------------------------------------------------------ unknown outcome
 
 
-class UnknownOutcomeKV:
-    """Delegates to a real KV; the next write txn raises KVUnknownOutcome,
-    after applying it (``apply``) or without sending it."""
-
-    def __init__(self, inner: EtcdKV, *, apply: bool) -> None:
-        self.inner = inner
-        self.apply = apply
-        self.armed = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def txn(
-        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
-    ) -> TxnResult:
-        if self.armed and any(isinstance(op, Put) for op in success):
-            self.armed = False
-            if self.apply:
-                await self.inner.txn(compares, success, failure)
-            raise KVUnknownOutcome("simulated lost reply")
-        return await self.inner.txn(compares, success, failure)
-
-
 @pytest.mark.parametrize("applied", [True, False])
 async def test_rollback_with_unknown_outcome_is_verified(kv: EtcdKV, keys: Keys, applied: bool) -> None:
+    """A lost reply: verified if it applied, else sent once more; either way one entry."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     a, b = await manifests(setup, "repo", "a", "b")
     await setup.put_manifest("repo", b, record(), ["t"])
     flaky = MetadataStore(UnknownOutcomeKV(kv, apply=applied), keys, SystemClock(), RandomIds(), "r")
-    if applied:
-        entry = await flaky.move_tag("repo", "t", a)
-        assert entry is not None and (entry.seq, entry.old, entry.new) == (2, b, a)
-        tag = await setup.get_tag("repo", "t")
-        assert tag is not None and tag.digest == a
-    else:
-        with pytest.raises(KVUnknownOutcome):
-            await flaky.move_tag("repo", "t", a)
-        tag = await setup.get_tag("repo", "t")
-        assert tag is not None and tag.digest == b
-        assert len(await setup.tag_history("repo", "t")) == 1
+    entry = await flaky.move_tag("repo", "t", a)
+    assert entry is not None and (entry.seq, entry.old, entry.new) == (2, b, a)
+    tag = await setup.get_tag("repo", "t")
+    assert tag is not None and tag.digest == a
+    assert len(await setup.tag_history("repo", "t")) == 2
+
+
+async def test_rollback_with_two_unknown_outcomes_is_reported(kv: EtcdKV, keys: Keys) -> None:
+    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
+    a, b = await manifests(setup, "repo", "a", "b")
+    await setup.put_manifest("repo", b, record(), ["t"])
+    flaky = MetadataStore(UnknownOutcomeKV(kv, apply=False, times=2), keys, SystemClock(), RandomIds(), "r")
+    with pytest.raises(KVUnknownOutcome):
+        await flaky.move_tag("repo", "t", a)
+    tag = await setup.get_tag("repo", "t")
+    assert tag is not None and tag.digest == b
+    assert len(await setup.tag_history("repo", "t")) == 1

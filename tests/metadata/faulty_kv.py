@@ -1,0 +1,32 @@
+"""A KV wrapper that loses write replies, for the unknown-outcome tests (invariant 7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hareg.kv.base import Compare, KVUnknownOutcome, Put, TxnOp, TxnResult
+from hareg.kv.etcd import EtcdKV
+
+
+class UnknownOutcomeKV:
+    """Delegates to a real KV; the next ``times`` write txns raise
+    KVUnknownOutcome, after applying (``apply``) or without sending them."""
+
+    def __init__(self, inner: EtcdKV, *, apply: bool, times: int = 1) -> None:
+        self.inner = inner
+        self.apply = apply
+        self.times = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+    ) -> TxnResult:
+        if self.times > 0 and any(isinstance(op, Put) for op in success):
+            self.times -= 1
+            if self.apply:
+                await self.inner.txn(compares, success, failure)
+            raise KVUnknownOutcome("simulated lost reply")
+        return await self.inner.txn(compares, success, failure)
