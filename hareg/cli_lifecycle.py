@@ -11,81 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-__all__ = ["DEFAULT_REGISTRY", "register"]
+from hareg.api_client import DEFAULT_REGISTRY, CliError, base_url, call
 
-DEFAULT_REGISTRY = "http://127.0.0.1:5000"
-TIMEOUT = 30.0
+__all__ = ["register"]
+
 # A table shows digests as "sha256:" and this many hex digits (--no-trunc: all).
 SHORT_HEX = 12
 
 
-class CliError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ------------------------------------------------------------------ plumbing
-
-
-def _base_url(args: argparse.Namespace) -> str:
-    url: str = args.registry or os.environ.get("HAREG_REGISTRY") or DEFAULT_REGISTRY
-    if "://" not in url:
-        url = "http://" + url
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise CliError(f"--registry {url!r}: expected http://HOST:PORT or https://HOST:PORT", 2)
-    return url.rstrip("/")
-
-
 def _repo_path(repo: str) -> str:
     return "/hareg/v1/repositories/" + urllib.parse.quote(repo, safe="/")
-
-
-def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One JSON request; a registry error becomes a CliError with its message."""
-    url = base + path
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Accept": "application/json"}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        raise CliError(_error_message(exc.code, exc.read())) from None
-    except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach the registry at {base}: {exc.reason}") from None
-    except (OSError, ValueError) as exc:  # timeouts, resets, malformed URLs
-        raise CliError(f"cannot reach the registry at {base}: {exc}") from None
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        raise CliError(
-            f"{method} {url}: the answer (HTTP {status}) is not JSON; is this a hareg registry?"
-        ) from None
-
-
-def _error_message(status: int, raw: bytes) -> str:
-    try:
-        errors = json.loads(raw)["errors"]
-        first = errors[0]
-        message = f"{first['message']} ({first['code']})"
-    except (ValueError, LookupError, TypeError):
-        return f"the registry answered HTTP {status}" + (
-            "; is this a hareg registry (an extension API under /hareg/v1/)?" if status == 404 else ""
-        )
-    if status == 404 and first["code"] == "UNSUPPORTED":
-        message += "; does this registry run hareg?"
-    return message
 
 
 def _reference(text: str) -> tuple[str, str]:
@@ -150,7 +91,7 @@ def _run(fn: Any, args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     repo, tag = _reference(args.reference)
-    _, entries = _call(_base_url(args), "GET", f"{_repo_path(repo)}/tags/{tag}/history")
+    _, entries = call(base_url(args), "GET", f"{_repo_path(repo)}/tags/{tag}/history")
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -176,7 +117,7 @@ def _resolve_digest(base: str, repo: str, tag: str, text: str) -> str:
         pass
     if not text or not all(c.isalnum() or c in ":+._-" for c in text):
         raise CliError(f"{text!r} is not a digest", 2)
-    _, entries = _call(base, "GET", f"{_repo_path(repo)}/tags/{tag}/history")
+    _, entries = call(base, "GET", f"{_repo_path(repo)}/tags/{tag}/history")
     seen: set[str] = {d for e in entries for d in (e["old"], e["new"]) if d}
     found = sorted(d for d in seen if d.startswith(text) or d.partition(":")[2].startswith(text))
     if not found:
@@ -188,9 +129,9 @@ def _resolve_digest(base: str, repo: str, tag: str, text: str) -> str:
 
 def _rollback(args: argparse.Namespace) -> int:
     repo, tag = _reference(args.reference)
-    base = _base_url(args)
+    base = base_url(args)
     digest = _resolve_digest(base, repo, tag, args.digest)
-    status, entry = _call(base, "POST", f"{_repo_path(repo)}/tags/{tag}/rollback", {"digest": digest})
+    status, entry = call(base, "POST", f"{_repo_path(repo)}/tags/{tag}/rollback", {"digest": digest})
     if args.json:
         print(json.dumps(entry, indent=2))
     elif status == 201:
@@ -203,14 +144,14 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _immutable(args: argparse.Namespace) -> int:
     repo = _repository(args.repository)
-    base = _base_url(args)
+    base = base_url(args)
     path = f"{_repo_path(repo)}/immutability"
     if args.off:
-        _, doc = _call(base, "PUT", path, {"patterns": []})
+        _, doc = call(base, "PUT", path, {"patterns": []})
     elif args.patterns:
-        _, doc = _call(base, "PUT", path, {"patterns": list(_patterns(args.patterns))})
+        _, doc = call(base, "PUT", path, {"patterns": list(_patterns(args.patterns))})
     else:
-        _, doc = _call(base, "GET", path)
+        _, doc = call(base, "GET", path)
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc["patterns"]:

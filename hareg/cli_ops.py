@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli_lifecycle import CliError, _base_url, _call
+from hareg.api_client import CliError, base_url, call
 
 # Exit code of ``hareg status`` when the registry answered but is not Available.
 NOT_AVAILABLE = 3
@@ -62,8 +62,8 @@ def _available(doc: dict[str, Any]) -> bool:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        base = _base_url(args)
-        _, doc = _call(base, "GET", "/hareg/v1/status")
+        base = base_url(args)
+        _, doc = call(base, "GET", "/hareg/v1/status")
     except CliError as exc:
         print(f"hareg status: {exc}", file=sys.stderr)
         return exc.code
@@ -76,11 +76,11 @@ def _status(args: argparse.Namespace) -> int:
 
 def _read_only(args: argparse.Namespace) -> int:
     try:
-        base = _base_url(args)
+        base = base_url(args)
         if args.state == "status":
-            _, doc = _call(base, "GET", "/hareg/v1/read-only")
+            _, doc = call(base, "GET", "/hareg/v1/read-only")
         else:
-            _, doc = _call(base, "PUT", "/hareg/v1/read-only", {"readOnly": args.state == "on"})
+            _, doc = call(base, "PUT", "/hareg/v1/read-only", {"readOnly": args.state == "on"})
     except CliError as exc:
         print(f"hareg read-only: {exc}", file=sys.stderr)
         return exc.code

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli_lifecycle import CliError, _base_url, _call
+from hareg.api_client import CliError, base_url, call
 
 
 def _human(n: int) -> str:
@@ -37,9 +37,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     try:
-        base = _base_url(args)
+        base = base_url(args)
         query = "?dryRun=true" if args.dry_run else ""
-        _, report = _call(base, "POST", f"/hareg/v1/prune{query}")
+        _, report = call(base, "POST", f"/hareg/v1/prune{query}")
     except CliError as exc:
         print(f"hareg prune: {exc}", file=sys.stderr)
         return exc.code

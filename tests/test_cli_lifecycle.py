@@ -235,7 +235,7 @@ def test_default_registry_from_the_environment(
     assert main(["immutable", "app"]) == 1
     assert f"cannot reach the registry at {url}" in capsys.readouterr().err
     monkeypatch.delenv("HAREG_REGISTRY")
-    from hareg.cli_lifecycle import DEFAULT_REGISTRY
+    from hareg.api_client import DEFAULT_REGISTRY
 
     assert DEFAULT_REGISTRY == "http://127.0.0.1:5000"
 

@@ -1,0 +1,80 @@
+"""A small client for a running registry's JSON API (``/hareg/v1/``), shared by
+the CLI commands.
+
+The registry is ``--registry URL``, else ``$HAREG_REGISTRY``, else
+http://127.0.0.1:5000.  Failures become ``CliError`` with a one-line message
+and an exit code (1: the registry refused or could not be reached; 2: bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+__all__ = ["DEFAULT_REGISTRY", "CliError", "base_url", "call", "error_message"]
+
+DEFAULT_REGISTRY = "http://127.0.0.1:5000"
+TIMEOUT = 30.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def base_url(args: argparse.Namespace) -> str:
+    url: str = args.registry or os.environ.get("HAREG_REGISTRY") or DEFAULT_REGISTRY
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise CliError(f"--registry {url!r}: expected http://HOST:PORT or https://HOST:PORT", 2)
+    return url.rstrip("/")
+
+
+def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One JSON request; a registry error becomes a CliError with its message."""
+    url = base + path
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        raise CliError(error_message(exc.code, exc.read())) from None
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach the registry at {base}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:  # timeouts, resets, malformed URLs
+        raise CliError(f"cannot reach the registry at {base}: {exc}") from None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        raise CliError(
+            f"{method} {url}: the answer (HTTP {status}) is not JSON; is this a hareg registry?"
+        ) from None
+
+
+def error_message(status: int, raw: bytes) -> str:
+    try:
+        errors = json.loads(raw)["errors"]
+        first = errors[0]
+        message = f"{first['message']} ({first['code']})"
+    except (ValueError, LookupError, TypeError):
+        return f"the registry answered HTTP {status}" + (
+            "; is this a hareg registry (an extension API under /hareg/v1/)?" if status == 404 else ""
+        )
+    if status == 404 and first["code"] == "UNSUPPORTED":
+        message += "; does this registry run hareg?"
+    return message
