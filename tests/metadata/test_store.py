@@ -7,14 +7,14 @@ import asyncio
 import hashlib
 import itertools
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import pytest
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Delete, KVUnknownOutcome, prefix_end
+from hareg.kv.base import Compare, Delete, KVUnknownOutcome, Put, TxnOp, TxnResult, prefix_end
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
@@ -127,28 +127,22 @@ async def test_references_are_per_repository(meta: MetadataStore) -> None:
 
 @pytest.mark.parametrize("applied", [True, False])
 async def test_unknown_outcome_is_verified_before_success(kv: EtcdKV, keys: Keys, applied: bool) -> None:
-    """Invariant 7: a commit whose reply was lost counts as done only if it
-    applied; one that did not is sent once more, and commits exactly once."""
+    """Invariant 7: a commit whose reply was lost counts as done only if it applied."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     await setup.add_blob("repo", digest("c"), 1)
     flaky = UnknownOutcomeKV(kv, apply=applied)
     meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
     manifest = digest("m")
-    await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
-    tag = await setup.get_tag("repo", "v1")
-    assert tag is not None and tag.digest == manifest
-    assert [h.new for h in await setup.tag_history("repo", "v1")] == [manifest]
-
-
-async def test_unknown_outcome_twice_is_reported_not_acknowledged(kv: EtcdKV, keys: Keys) -> None:
-    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
-    await setup.add_blob("repo", digest("c"), 1)
-    meta = MetadataStore(UnknownOutcomeKV(kv, apply=False, times=2), keys, SystemClock(), RandomIds(), "r")
-    manifest = digest("m")
-    with pytest.raises(KVUnknownOutcome):
+    if applied:
         await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
-    assert await setup.get_manifest("repo", manifest) is None
-    assert await setup.get_tag("repo", "v1") is None
+        tag = await setup.get_tag("repo", "v1")
+        assert tag is not None and tag.digest == manifest
+        assert [h.new for h in await setup.tag_history("repo", "v1")] == [manifest]
+    else:
+        with pytest.raises(KVUnknownOutcome):
+            await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
+        assert await setup.get_manifest("repo", manifest) is None
+        assert await setup.get_tag("repo", "v1") is None
 
 
 # ---------------------------------------------------------------- tag history
@@ -345,3 +339,26 @@ async def test_remove_link_refused_while_referenced(meta: MetadataStore) -> None
     assert await meta.delete_manifest("repo", m)
     assert await meta.remove_link("repo", digest("c"))
     assert not await meta.remove_link("repo", digest("c"))
+
+
+async def test_lost_delete_reply_is_not_confirmed_by_someone_elses_delete(kv: EtcdKV, keys: Keys) -> None:
+    """Invariant 7: our delete did not apply, another replica's did; "the tag is
+    gone" must not count as our success (found by the simulator)."""
+    other = MetadataStore(kv, keys, SystemClock(), RandomIds(), "other")
+    await other.add_blob("repo", digest("c"), 1)
+    await other.put_manifest("repo", digest("m"), image_record(digest("c")), ["t"])
+
+    class LostAndRaced(UnknownOutcomeKV):
+        async def txn(
+            self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+        ) -> TxnResult:
+            if self.times > 0 and any(isinstance(op, Put) for op in success):
+                self.times -= 1
+                assert await other.delete_tag("repo", "t")  # the race, while our reply is lost
+                raise KVUnknownOutcome("simulated lost reply")
+            return await self.inner.txn(compares, success, failure)
+
+    meta = MetadataStore(LostAndRaced(kv, apply=False), keys, SystemClock(), RandomIds(), "r")
+    with pytest.raises(KVUnknownOutcome):
+        await meta.delete_tag("repo", "t")
+    assert [h.replica for h in await other.tag_history("repo", "t")] == ["other", "other"]
