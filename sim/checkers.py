@@ -1,0 +1,563 @@
+"""The invariants of the brief, checked during and after a run.
+
+Two kinds of checks:
+
+* **Omniscient, at every commit.**  ``CommitMonitor`` sees every etcd
+  revision the registry produces (it is an observer of the model's store),
+  and ``StorageMonitor`` every blob commit and deletion of the object store:
+  - (2) after each revision, no live tag names a missing manifest, no live
+    manifest references a missing link or child, and nothing was deleted
+    while a live manifest or tag still reached it;
+  - (3) every blob committed to storage hashes to its digest;
+  - (5) every tag move in a revision advances the tag's sequence by exactly
+    one and creates exactly one new history entry whose ``old``/``new``
+    match the move; no history entry is overwritten; trimming never removes
+    a tag's current entry;
+  - (6) no blob record is claimed ("deleting") or removed, and no blob's bytes
+    are deleted, while a link to it exists; no link is made to a blob being
+    deleted;
+  - the timeline of tag, manifest and link keys, numbered in the history's
+    order, for the checks below.
+* **From the recorded history, after the run.**
+  - (7) every acknowledged write took effect during its request (the
+    timeline shows the tag/manifest/link in the acknowledged state at some
+    point between invoke and completion): an unknown etcd outcome was never
+    reported as success unverified;
+  - (4) per-tag linearizability of reads and writes (``linearizability.py``);
+    reads served stale (etcd unreachable) are exempt but must still return a
+    value the tag really had; a read by digest that said "unknown" while the
+    manifest existed throughout the request;
+  - (6) a push that the registry told "layer exists" or "uploaded", failing
+    within the grace window because the blob was gone (only a client delete
+    may explain it);
+  - (3) a wrong-digest upload that was accepted (reported by the client).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hareg.kv.base import Event, EventType
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import BlobRecord, HistoryEntry, ManifestRecord, TagRecord, TagSeqRecord, decode
+from sim import history as h
+from sim import linearizability as lin
+from sim.etcd_model import MVCCStore
+from sim.history import History, Outcome
+
+INVARIANTS = ("1", "2", "3", "4", "5", "6", "7", "linearizability", "liveness", "internal")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    invariant: str
+    time: float
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "time": round(self.time, 6), "message": self.message}
+
+
+@dataclass(slots=True)
+class Findings:
+    violations: list[Violation] = field(default_factory=list)
+    lin_checked: int = 0
+    lin_inconclusive: int = 0
+    lin_steps: int = 0
+
+    def add(self, invariant: str, time: float, message: str) -> None:
+        if sum(1 for v in self.violations if v.invariant == invariant) < 20:  # keep reports readable
+            self.violations.append(Violation(invariant, time, message))
+
+    def by_invariant(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.violations:
+            out[v.invariant] = out.get(v.invariant, 0) + 1
+        return out
+
+
+def _short(digest: str | None) -> str:
+    return digest[7:19] if digest else "-"
+
+
+# ----------------------------------------------------------------------------------------------
+# At every commit
+
+
+class CommitMonitor:
+    """Checks invariants 2, 5 and 6 on every etcd revision and keeps a timeline.
+
+    It mirrors what it needs of the registry's state (tags, manifests with
+    what they reference, links, blob states) with reverse counts, so every
+    check after a revision is a dictionary lookup."""
+
+    def __init__(
+        self,
+        store: MVCCStore,
+        keys: Keys,
+        now: Callable[[], float],
+        seq: Callable[[], int],
+        findings: Findings,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.now = now
+        self.seq = seq
+        self.findings = findings
+        self._root = keys.root + b"/"
+        self._tag_seq: dict[tuple[str, str], int] = {}
+        self._tag_value: dict[tuple[str, str], str | None] = {}
+        # key -> [(history seq, value or None)] for tag, manifest and link keys
+        self.timeline: dict[bytes, list[tuple[int, bytes | None]]] = defaultdict(list)
+        # The mirror: (repo, digest) -> record / count.
+        self._manifests: dict[tuple[str, str], ManifestRecord] = {}
+        self._links: dict[tuple[str, str], None] = {}
+        self._blob_state: dict[str, str] = {}
+        self._tagged: dict[tuple[str, str], int] = defaultdict(int)  # tags naming a manifest
+        self._listed: dict[tuple[str, str], int] = defaultdict(int)  # indexes listing a manifest
+        self._used: dict[tuple[str, str], int] = defaultdict(int)  # manifests using a blob link
+        self._linked: dict[str, int] = defaultdict(int)  # links to a blob, all repositories
+        store.observers.append(self.on_commit)
+
+    def _kind(self, key: bytes) -> tuple[str, str] | None:
+        if not key.startswith(self._root) or len(key) < len(self._root) + 2:
+            return None
+        kind = key[len(self._root) : len(self._root) + 1].decode()
+        return kind, key[len(self._root) + 2 :].decode()
+
+    def _violation(self, invariant: str, message: str) -> None:
+        self.findings.add(invariant, self.now(), f"rev {self.store.revision}: {message}")
+
+    def links_to(self, digest: str) -> int:
+        return self._linked.get(digest, 0)
+
+    def _mirror_manifest(self, repo: str, digest: str, record: ManifestRecord | None) -> None:
+        old = self._manifests.pop((repo, digest), None)
+        if old is not None:
+            for b in old.blobs:
+                self._used[(repo, b)] -= 1
+            for c in old.manifests:
+                self._listed[(repo, c)] -= 1
+        if record is not None:
+            self._manifests[(repo, digest)] = record
+            for b in record.blobs:
+                self._used[(repo, b)] += 1
+            for c in record.manifests:
+                self._listed[(repo, c)] += 1
+
+    def on_commit(self, rev: int, events: list[Event]) -> None:
+        seq = self.seq()
+        moves: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+        checks: list[tuple[str, str, str]] = []
+        for ev in events:
+            parsed = self._kind(ev.kv.key)
+            if parsed is None:
+                continue
+            kind, rest = parsed
+            put = ev.type is EventType.PUT
+            if kind in "tml":
+                self.timeline[ev.kv.key].append((seq, ev.kv.value if put else None))
+            if kind == "t":
+                repo, tag = rest.rsplit("@", 1)
+                record = decode(TagRecord, ev.kv.value) if put else None
+                moves[(repo, tag)]["t"] = record
+                before = self._tag_value.get((repo, tag))
+                if before is not None:
+                    self._tagged[(repo, before)] -= 1
+                if record is not None:
+                    self._tagged[(repo, record.digest)] += 1
+                    checks.append(("tag", repo, record.digest))
+            elif kind == "s" and put:
+                repo, tag = rest.rsplit("@", 1)
+                moves[(repo, tag)]["s"] = decode(TagSeqRecord, ev.kv.value).seq
+            elif kind == "h":
+                repo, tag, number = rest.rsplit("@", 2)
+                if put:
+                    moves[(repo, tag)]["h"] = (int(number), ev.kv.version, decode(HistoryEntry, ev.kv.value))
+                elif int(number) >= self._tag_seq.get((repo, tag), 0):
+                    self._violation(
+                        "5", f"{repo}:{tag}: history entry {int(number)} (the current one) was removed"
+                    )
+            elif kind == "m":
+                repo, digest = rest.split("@", 1)
+                self._mirror_manifest(repo, digest, decode(ManifestRecord, ev.kv.value) if put else None)
+                checks.append(("manifest+" if put else "manifest-", repo, digest))
+            elif kind == "l":
+                repo, digest = rest.split("@", 1)
+                if put and (repo, digest) not in self._links:
+                    self._links[(repo, digest)] = None
+                    self._linked[digest] += 1
+                elif not put and (repo, digest) in self._links:
+                    del self._links[(repo, digest)]
+                    self._linked[digest] -= 1
+                checks.append(("link+" if put else "link-", repo, digest))
+            elif kind == "b":
+                state = decode(BlobRecord, ev.kv.value).state if put else "gone"
+                self._blob_state[rest] = state
+                if state != "live":
+                    checks.append(("blob-", state, rest))
+        for (repo, tag), move in moves.items():
+            self._check_move(repo, tag, move)
+        for what, repo, name in checks:
+            self._check_reachability(what, repo, name)
+
+    def _check_move(self, repo: str, tag: str, move: dict[str, Any]) -> None:
+        """Invariant 5: a tag moves only forward, one new history entry per move."""
+        key = (repo, tag)
+        prev_seq = self._tag_seq.get(key, 0)
+        prev_value = self._tag_value.get(key)
+        name = f"{repo}:{tag}"
+        if "s" in move:
+            if move["s"] != prev_seq + 1:
+                self._violation("5", f"{name}: sequence went from {prev_seq} to {move['s']} (not +1)")
+            self._tag_seq[key] = max(prev_seq, move["s"])
+        if "h" in move:
+            number, version, entry = move["h"]
+            if version != 1:
+                self._violation("5", f"{name}: history entry {number} was overwritten (version {version})")
+            if entry.seq != number or move.get("s") != number:
+                self._violation(
+                    "5", f"{name}: history entry {number} does not match the sequence {move.get('s')}"
+                )
+            if entry.old != prev_value:
+                self._violation(
+                    "5",
+                    f"{name}: history entry {number} says old={_short(entry.old)}, the tag was {_short(prev_value)}",
+                )
+        if "t" in move:
+            record: TagRecord | None = move["t"]
+            new_value = record.digest if record is not None else None
+            if "h" not in move:
+                self._violation("5", f"{name}: moved to {_short(new_value)} without a history entry")
+            else:
+                entry = move["h"][2]
+                if entry.new != new_value:
+                    self._violation(
+                        "5", f"{name}: history says new={_short(entry.new)}, the tag is {_short(new_value)}"
+                    )
+                if record is not None and record.seq != move["h"][0]:
+                    self._violation(
+                        "5", f"{name}: tag record seq {record.seq} != history entry {move['h'][0]}"
+                    )
+            self._tag_value[key] = new_value
+        elif "h" in move:
+            self._violation("5", f"{name}: a history entry was written but the tag did not move")
+
+    def _check_reachability(self, what: str, repo: str, name: str) -> None:
+        """Invariants 2 and 6 on the state after the revision."""
+        if what == "tag":
+            if (repo, name) not in self._manifests:
+                self._violation("2", f"a tag of {repo} names missing manifest {_short(name)}")
+        elif what == "manifest+":
+            record = self._manifests.get((repo, name))
+            if record is None:
+                return
+            for b in record.blobs:
+                if (repo, b) not in self._links:
+                    self._violation(
+                        "2", f"manifest {repo}@{_short(name)} references unlinked blob {_short(b)}"
+                    )
+            for c in record.manifests:
+                if (repo, c) not in self._manifests:
+                    self._violation(
+                        "2", f"index {repo}@{_short(name)} references missing manifest {_short(c)}"
+                    )
+        elif what == "manifest-":
+            if (repo, name) not in self._manifests:
+                if self._tagged.get((repo, name), 0) > 0:
+                    self._violation("2", f"manifest {repo}@{_short(name)} deleted while a tag names it")
+                if self._listed.get((repo, name), 0) > 0:
+                    self._violation("2", f"manifest {repo}@{_short(name)} deleted while an index lists it")
+        elif what == "link-":
+            if (repo, name) not in self._links and self._used.get((repo, name), 0) > 0:
+                self._violation("2", f"link {repo}@{_short(name)} deleted while a manifest uses it")
+        elif what == "link+":
+            state = self._blob_state.get(name, "gone")
+            if state != "live" and (repo, name) in self._links:
+                self._violation(
+                    "6",
+                    f"link {repo}@{_short(name)} made to a blob that is {'gone' if state == 'gone' else 'being deleted'}",
+                )
+        elif what == "blob-":
+            links = self._linked.get(name, 0)
+            if links > 0 and self._blob_state.get(name) == repo:
+                self._violation("6", f"blob {_short(name)} {repo} while {links} link(s) name it")
+
+
+class StorageMonitor:
+    """Invariants 3 and 6 at the object store."""
+
+    def __init__(
+        self,
+        store: MVCCStore,
+        keys: Keys,
+        now: Callable[[], float],
+        findings: Findings,
+        monitor: CommitMonitor,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.now = now
+        self.findings = findings
+        self.monitor = monitor
+
+    def on_blob_commit(self, digest: str, data: bytes) -> None:
+        algorithm, _, hexdigest = digest.partition(":")
+        try:
+            actual = hashlib.new(algorithm, data).hexdigest()
+        except ValueError:
+            actual = ""
+        if actual != hexdigest:
+            self.findings.add(
+                "3", self.now(), f"blob {_short(digest)} stored with bytes hashing to {actual[:12]}"
+            )
+
+    def on_blob_delete(self, digest: str) -> None:
+        record = self.store.get(self.keys.blob(digest))
+        if record is not None and decode(BlobRecord, record.value).state == "live":
+            self.findings.add(
+                "6", self.now(), f"bytes of blob {_short(digest)} deleted while its record is live"
+            )
+        if (links := self.monitor.links_to(digest)) > 0:
+            self.findings.add(
+                "6", self.now(), f"bytes of blob {_short(digest)} deleted while {links} link(s) name it"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# From the history
+
+
+def _values_during(timeline: list[tuple[int, bytes | None]], start: int, end: int) -> list[bytes | None]:
+    """Every value the key had at some point between history points ``start`` and
+    ``end``.  A commit numbered n happened after history point n and before n+1:
+    the value at ``start`` is the last one committed before it (number < start),
+    then come the commits numbered start .. end-1."""
+    i = bisect.bisect_left(timeline, start, key=lambda e: e[0])
+    out = [timeline[i - 1][1] if i else None]
+    while i < len(timeline) and timeline[i][0] < end:
+        out.append(timeline[i][1])
+        i += 1
+    return out
+
+
+def check_acknowledged_writes(
+    history: History, monitor: CommitMonitor, keys: Keys, findings: Findings
+) -> None:
+    """Invariant 7: what the registry acknowledged was in etcd during the request."""
+    for op in history.ops:
+        if not op.ok or op.complete_seq is None or op.final:
+            continue
+        window = (op.invoke_seq, op.complete_seq)
+        if op.kind == h.TAG_WRITE and op.tag and op.digest:
+            values = _values_during(monitor.timeline.get(keys.tag(op.repo, op.tag), []), *window)
+            if not any(v is not None and decode(TagRecord, v).digest == op.digest for v in values):
+                findings.add(
+                    "7",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: {op.repo}:{op.tag} -> {_short(op.digest)} acknowledged ({op.detail.get('action', 'push')}) "
+                    "but the tag never named it during the request",
+                )
+        elif op.kind in (h.MANIFEST_PUT,) and op.digest:
+            values = _values_during(monitor.timeline.get(keys.manifest(op.repo, op.digest), []), *window)
+            if not any(v is not None for v in values):
+                findings.add(
+                    "7",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: manifest {op.repo}@{_short(op.digest)} acknowledged but never stored",
+                )
+        elif op.kind == h.BLOB_UPLOAD and op.digest:
+            values = _values_during(monitor.timeline.get(keys.link(op.repo, op.digest), []), *window)
+            if not any(v is not None for v in values):
+                findings.add(
+                    "7",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: blob {op.repo}@{_short(op.digest)} acknowledged but never linked",
+                )
+        elif op.kind == h.TAG_DELETE and op.tag and op.found:
+            values = _values_during(monitor.timeline.get(keys.tag(op.repo, op.tag), []), *window)
+            if not any(v is None for v in values):
+                findings.add(
+                    "7",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: delete of {op.repo}:{op.tag} acknowledged but the tag stayed",
+                )
+        elif op.kind == h.MANIFEST_DELETE and op.digest and op.found:
+            values = _values_during(monitor.timeline.get(keys.manifest(op.repo, op.digest), []), *window)
+            if not any(v is None for v in values):
+                findings.add(
+                    "7",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: delete of {op.repo}@{_short(op.digest)} acknowledged but it stayed",
+                )
+
+
+# Writes whose acknowledgement says "this request did it": a DELETE answered 202
+# rather than 404.  Pushes are idempotent (a tag that already names the digest,
+# a blob or manifest someone else stored): the state the client asked for holds,
+# and the timeline check above covers them.
+_EFFECTFUL = (h.TAG_DELETE, h.MANIFEST_DELETE)
+
+
+def check_effects(history: History, effects: dict[int, int], findings: Findings) -> None:
+    """Invariant 7, exactly: an acknowledged delete had one of its own etcd
+    transactions applied (with its compares holding).  A delete whose outcome
+    was unknown and whose verification was fooled by someone else's change
+    (the tag is gone — but another request deleted it) is caught here."""
+    for op in history.ops:
+        if not op.ok or op.kind not in _EFFECTFUL or op.final:
+            continue
+        if op.kind in (h.TAG_DELETE, h.MANIFEST_DELETE) and not op.found:
+            continue
+        if op.detail.get("moved") == "no":
+            continue  # a rollback to the digest the tag already names writes nothing
+        if not effects.get(op.id):
+            findings.add(
+                "7",
+                op.complete_time or 0.0,
+                f"op {op.id} {op.kind} {op.repo}{':' + op.tag if op.tag else ''} on {op.replica} acknowledged "
+                f"({op.detail.get('action', 'ok')}), but none of its etcd transactions applied",
+            )
+
+
+def check_digest_reads(history: History, monitor: CommitMonitor, keys: Keys, findings: Findings) -> None:
+    """Invariant 4 for pulls by digest: a linearizable read cannot miss a manifest
+    that existed during the whole request."""
+    for op in history.ops:
+        if (
+            op.kind != h.DIGEST_READ
+            or not op.ok
+            or op.stale
+            or op.found
+            or op.complete_seq is None
+            or not op.digest
+        ):
+            continue
+        values = _values_during(
+            monitor.timeline.get(keys.manifest(op.repo, op.digest), []), op.invoke_seq, op.complete_seq
+        )
+        if all(v is not None for v in values):
+            findings.add(
+                "4",
+                op.complete_time or 0.0,
+                f"op {op.id}: {op.repo}@{_short(op.digest)} read as unknown on {op.replica} while it existed",
+            )
+
+
+def register_ops(history: History) -> dict[tuple[str, str], list[lin.RegOp]]:
+    """Per-tag register operations (fan-out of manifest deletes to the repo's tags)."""
+    tags: dict[str, set[str]] = defaultdict(set)
+    for op in history.ops:
+        if op.tag:
+            tags[op.repo].add(op.tag)
+    out: dict[tuple[str, str], list[lin.RegOp]] = defaultdict(list)
+    for op in history.ops:
+        if op.outcome is None or op.outcome is Outcome.FAIL:
+            continue
+        unknown = op.outcome is Outcome.UNKNOWN
+        ret = None if unknown else op.complete_seq
+        if op.kind == h.TAG_WRITE and op.tag:
+            out[(op.repo, op.tag)].append(lin.RegOp(lin.WRITE, op.digest, op.invoke_seq, ret, op.id))
+        elif op.kind == h.TAG_DELETE and op.tag:
+            if unknown:
+                reg = lin.RegOp(lin.DROP, None, op.invoke_seq, None, op.id)
+            elif op.found:
+                reg = lin.RegOp(lin.DELETE, None, op.invoke_seq, ret, op.id)
+            else:
+                reg = lin.RegOp(lin.READ, None, op.invoke_seq, ret, op.id)
+            out[(op.repo, op.tag)].append(reg)
+        elif op.kind == h.TAG_READ and op.tag and not unknown and not op.stale:
+            out[(op.repo, op.tag)].append(lin.RegOp(lin.READ, op.value, op.invoke_seq, ret, op.id))
+        elif op.kind == h.MANIFEST_DELETE and op.digest:
+            for tag in sorted(tags[op.repo]):
+                out[(op.repo, tag)].append(lin.RegOp(lin.DROP, op.digest, op.invoke_seq, ret, op.id))
+    return out
+
+
+def check_linearizability(history: History, findings: Findings, *, budget: int = 2_000_000) -> None:
+    ops_by_id = {op.id: op for op in history.ops}
+    for (repo, tag), ops in sorted(register_ops(history).items()):
+        verdict = lin.check(ops, None, budget=budget)
+        findings.lin_checked += 1
+        findings.lin_steps += verdict.steps
+        if verdict.inconclusive:
+            findings.lin_inconclusive += 1
+        elif not verdict.ok:
+            stuck = ops[verdict.stuck] if verdict.stuck >= 0 else None
+            op = ops_by_id.get(stuck.ref) if stuck else None
+            what = (
+                f"op {op.id} {op.kind} on {op.replica} at t={op.invoke_time:.3f}..{(op.complete_time or 0):.3f} "
+                f"({'value ' + _short(op.value) if op.kind == h.TAG_READ else _short(op.digest)})"
+                if op
+                else "?"
+            )
+            findings.add(
+                "linearizability",
+                op.complete_time or 0.0 if op else 0.0,
+                f"{repo}:{tag}: {len(ops)} ops not linearizable; cannot place {what}",
+            )
+    # Stale reads (etcd unreachable): exempt from linearizability, but never wrong.
+    written: dict[tuple[str, str], list[tuple[int, str | None]]] = defaultdict(list)
+    for op in history.ops:
+        if op.kind == h.TAG_WRITE and op.tag and op.outcome is not Outcome.FAIL:
+            written[(op.repo, op.tag)].append((op.invoke_seq, op.digest))
+    for op in history.ops:
+        if op.kind == h.TAG_READ and op.tag and op.ok and op.stale and op.value is not None:
+            seen = {d for s, d in written[(op.repo, op.tag)] if s < (op.complete_seq or 0)}
+            if op.value not in seen:
+                findings.add(
+                    "4",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: stale read of {op.repo}:{op.tag} returned {_short(op.value)}, never written",
+                )
+
+
+def check_inflight_pushes(history: History, findings: Findings, *, grace: float, keep_younger: float) -> None:
+    """Invariant 6: a push relying on "layer exists" / a fresh upload (or a child
+    manifest just pushed) is not undercut by garbage collection within the
+    grace window (``keepYoungerThan`` for manifests)."""
+    deletes: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for op in history.ops:
+        if op.kind in (h.BLOB_DELETE, h.MANIFEST_DELETE) and op.digest and op.outcome is not Outcome.FAIL:
+            deletes[(op.repo, op.digest)].append(op.invoke_seq)
+    for op in history.ops:
+        missing = op.detail.get("missing", "")
+        if op.kind not in (h.TAG_WRITE, h.MANIFEST_PUT) or not missing:
+            continue
+        for field_name, window in (("confirmed", grace), ("confirmed_manifests", keep_younger)):
+            if not op.detail.get(field_name):
+                continue
+            confirmed = dict(item.split("=", 1) for item in op.detail[field_name].split(","))
+            for digest in missing.split(","):
+                if digest not in confirmed:
+                    continue
+                age = op.invoke_time - float(confirmed[digest])
+                if age < window and not any(s < (op.complete_seq or 0) for s in deletes[(op.repo, digest)]):
+                    findings.add(
+                        "6",
+                        op.complete_time or 0.0,
+                        f"op {op.id}: push to {op.repo} refused: {_short(digest)} gone, though the registry "
+                        f"confirmed it {age:.2f}s before (guarded for {window:g}s)",
+                    )
+
+
+def check_history(
+    history: History,
+    monitor: CommitMonitor,
+    keys: Keys,
+    findings: Findings,
+    *,
+    effects: dict[int, int],
+    grace: float,
+    keep_younger: float,
+) -> None:
+    check_acknowledged_writes(history, monitor, keys, findings)
+    check_effects(history, effects, findings)
+    check_digest_reads(history, monitor, keys, findings)
+    check_inflight_pushes(history, findings, grace=grace, keep_younger=keep_younger)
+    check_linearizability(history, findings)

@@ -1,0 +1,788 @@
+"""Simulated clients: what they push and pull, and what they were told.
+
+Each client loops over weighted random operations through a load balancer
+that picks a replica and fails over only when a connection is refused (as
+haproxy does).  Operations call the same service-layer methods the HTTP
+handlers call, with the same inputs (async generators of body bytes):
+
+* pushes of new images, of images that share layers with earlier ones (HEAD
+  "layer exists", then the manifest PUT), and of multi-arch indexes; blobs
+  go up monolithically or in chunks spread over replicas (POST on one,
+  PATCH on another, PUT on a third);
+* pulls by tag and by digest, checking the body against what was pushed and
+  reading what it references (every blob's bytes are hashed);
+* tag moves, tag deletes, manifest deletes, blob deletes, mounts, tag lists;
+* uploads with a wrong digest, which must be refused;
+* upload janitor sweeps (the registry's garbage collection of staging).
+
+Every request is recorded in the ``History`` with its outcome as the client
+saw it; ``Universe`` is the ground truth of every byte the clients produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hareg.kv.base import KVError
+from hareg.metadata.store import MetadataError
+from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.manifest_format import OCI_INDEX, OCI_MANIFEST
+from hareg.registry.pruner import NotLeader
+from hareg.registry.service import Registry
+from hareg.storage.base import StorageError
+from sim import history as h
+from sim.history import History, Operation, Outcome
+from sim.loop import SimLoop
+from sim.network import Network, Pending
+from sim.replica import CRASHED, DONE, Replica, ReplicaDown, Reply
+from sim.trace import Trace
+
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
+
+Handler = Callable[[Registry], Awaitable[Any]]
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Ground truth of a manifest a client produced."""
+
+    repo: str
+    digest: str
+    body: bytes
+    media_type: str
+    blobs: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Universe:
+    """Everything the clients produced (shared knowledge, as if they talked)."""
+
+    repos: tuple[str, ...]
+    tags: tuple[str, ...]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    layers: dict[str, list[str]] = field(default_factory=dict)  # repo -> layers pushed there
+    images: dict[str, list[str]] = field(default_factory=dict)  # repo -> manifests pushed there
+    acked: dict[tuple[str, str], int] = field(default_factory=dict)  # (repo, digest) -> op id of the ack
+
+    def __post_init__(self) -> None:
+        for repo in self.repos:
+            self.layers.setdefault(repo, [])
+            self.images.setdefault(repo, [])
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    outcome: Outcome
+    value: Any = None
+    error: str = ""
+    code: str = ""  # the spec error code of a 4xx
+    detail: Any = None
+    replica: str = ""
+
+
+@dataclass(slots=True)
+class Anomaly:
+    """Something a client saw that no correct registry may show it."""
+
+    invariant: str
+    time: float
+    op: int
+    message: str
+
+
+class Env:
+    """What clients share: the replicas behind the load balancer, the network,
+    the history and the ground truth."""
+
+    def __init__(
+        self,
+        loop: SimLoop,
+        net: Network,
+        replicas: list[Replica],
+        history: History,
+        universe: Universe,
+        trace: Trace,
+        *,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.loop = loop
+        self.net = net
+        self.replicas = replicas
+        self.history = history
+        self.universe = universe
+        self.trace = trace
+        self.request_timeout = request_timeout
+        self.anomalies: list[Anomaly] = []
+        self.unexpected: list[str] = []  # exceptions no handler maps (HTTP 500s)
+        self.requests = 0
+
+    def anomaly(self, invariant: str, op: Operation, message: str) -> None:
+        self.anomalies.append(Anomaly(invariant, self.loop.time(), op.id, message))
+        self.trace.event("anomaly", inv=invariant, op=op.id, msg=message[:120])
+
+    async def call(
+        self,
+        client: str,
+        handler: Handler,
+        *,
+        start: int,
+        failover: bool = True,
+        give_up_after: float | None = None,
+    ) -> Response:
+        """One HTTP request through the load balancer, as the client sees it."""
+        n = len(self.replicas)
+        order = [self.replicas[(start + i) % n] for i in range(n if failover else 1)]
+        for replica in order:
+            if not replica.up or self.net.is_cut(client, replica.name):
+                continue  # connection refused: the balancer tries the next one
+            return await self._send(client, replica, handler, give_up_after or self.request_timeout)
+        return Response(Outcome.FAIL, error="connection refused by every replica", replica=order[0].name)
+
+    async def _send(self, client: str, replica: Replica, handler: Handler, give_up_after: float) -> Response:
+        self.requests += 1
+        name = replica.name
+        pending = Pending(self.loop, self.loop.time() + give_up_after)
+
+        def respond(reply: Reply) -> None:
+            if not self.net.send(
+                name, client, functools.partial(pending.resolve, reply), on_drop=pending.lost
+            ):
+                pending.lost()
+
+        def arrive() -> None:
+            try:
+                replica.serve(handler, respond)
+            except ReplicaDown:
+                respond(Reply(REFUSED, None))
+
+        if not self.net.send(client, name, arrive, on_drop=pending.lost):
+            return Response(Outcome.FAIL, error="connection refused", replica=name)
+        reply = await pending.fut
+        if not isinstance(reply, Reply):
+            return Response(Outcome.UNKNOWN, error="client timeout", replica=name)
+        if reply.status == REFUSED:
+            return Response(Outcome.FAIL, error="connection refused", replica=name)
+        if reply.status == CRASHED:
+            return Response(Outcome.UNKNOWN, error="connection reset (replica died)", replica=name)
+        if reply.status == DONE:
+            return Response(Outcome.OK, value=reply.value, replica=name)
+        exc = reply.value
+        if isinstance(exc, RegistryError):
+            outcome = Outcome.FAIL if exc.status < 500 else Outcome.UNKNOWN
+            return Response(
+                outcome,
+                error=f"{exc.status} {exc.code.name}",
+                code=exc.code.name,
+                detail=exc.detail,
+                replica=name,
+            )
+        if isinstance(exc, KVError | StorageError | MetadataError):
+            return Response(Outcome.UNKNOWN, error=f"5xx {type(exc).__name__}", replica=name)
+        self.unexpected.append(f"{type(exc).__name__}: {exc}")
+        self.trace.event("unexpected", r=name, exc=type(exc).__name__, msg=str(exc)[:100])
+        return Response(Outcome.UNKNOWN, error=f"500 {type(exc).__name__}", replica=name)
+
+
+REFUSED = "refused"
+
+
+def _found(resp: Response, missing: ErrorCode) -> bool | None:
+    if resp.outcome is Outcome.OK:
+        return True
+    return False if resp.code == missing.name else None
+
+
+def _stale(reg: Registry) -> bool:
+    """Whether reads on this replica are being served from the cache because etcd
+    is unreachable (checked as the request finishes, with no await in between)."""
+    return reg.barrier is not None and not reg.barrier.store_available
+
+
+class Client:
+    """One simulated client (a CI job pushing, a node pulling)."""
+
+    WEIGHTS: tuple[tuple[str, int], ...] = (
+        ("push_image", 18),
+        ("push_shared", 12),
+        ("push_index", 4),
+        ("pull_tag", 30),
+        ("pull_digest", 10),
+        ("tag_move", 8),
+        ("tag_delete", 5),
+        ("manifest_delete", 3),
+        ("blob_delete", 2),
+        ("bad_upload", 3),
+        ("mount", 2),
+        ("janitor", 1),
+        ("list_tags", 2),
+        ("rollback", 4),
+        ("prune", 2),
+    )
+
+    def __init__(self, name: str, env: Env, rng: random.Random, *, think: float = 0.3) -> None:
+        self.name = name
+        self.env = env
+        self.rng = rng
+        self.think = think
+        self._ops = [op for op, _ in self.WEIGHTS]
+        self._weights = [w for _, w in self.WEIGHTS]
+        self.u = env.universe
+        self.history = env.history
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _replica(self) -> int:
+        return self.rng.randrange(len(self.env.replicas))
+
+    async def _request(
+        self,
+        kind: str,
+        repo: str,
+        handler: Handler,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+        replica: int | None = None,
+        final: bool = False,
+    ) -> tuple[Operation, Response]:
+        start = self._replica() if replica is None else replica
+        op = self.history.invoke(
+            self.name, kind, repo, self.env.replicas[start].name, tag=tag, digest=digest, final=final
+        )
+        resp = await self.env.call(self.name, handler, start=start, failover=replica is None)
+        op.replica = resp.replica or op.replica
+        return op, resp
+
+    def _complete(self, op: Operation, resp: Response, **fields: Any) -> None:
+        self.history.complete(op, resp.outcome, error=resp.error, **fields)
+
+    def _random_bytes(self, lo: int, hi: int) -> bytes:
+        return self.rng.randbytes(self.rng.randint(lo, hi))
+
+    def _repo(self) -> str:
+        return self.u.repos[self.rng.randrange(len(self.u.repos))]
+
+    def _tag(self) -> str:
+        return self.u.tags[self.rng.randrange(len(self.u.tags))]
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.rng.expovariate(1.0 / self.think))
+            if stop.is_set():
+                return
+            kind = self.rng.choices(self._ops, self._weights)[0]
+            await getattr(self, kind)()
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def _new_blob(self, data: bytes) -> str:
+        digest = sha256(data)
+        self.u.blobs[digest] = data
+        return digest
+
+    async def _upload(
+        self, repo: str, digest: str, data: bytes, *, kind: str = h.BLOB_UPLOAD, chunked: float = 0.6
+    ) -> tuple[Operation, Response]:
+        """Upload a blob, monolithically or in chunks over several replicas."""
+        if self.rng.random() >= chunked:
+            op, resp = await self._request(
+                kind,
+                repo,
+                lambda reg: reg.uploads.monolithic(repo, digest, chunks_of(data), length=len(data)),
+                digest=digest,
+            )
+            self._complete(op, resp)
+            return op, resp
+        return await self._chunked(repo, digest, data, kind)
+
+    async def _chunked(self, repo: str, digest: str, data: bytes, kind: str) -> tuple[Operation, Response]:
+        """POST on one replica, PATCHes on others, PUT on another: one operation."""
+        op = self.history.invoke(self.name, kind, repo, "", digest=digest)
+        cuts = sorted(self.rng.sample(range(1, len(data)), k=min(len(data) - 1, self.rng.randint(0, 2))))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        path: list[str] = []
+        resp = await self.env.call(self.name, lambda reg: reg.uploads.start(repo), start=self._replica())
+        path.append(resp.replica)
+        if resp.outcome is Outcome.OK:
+            upload_id = resp.value.upload_id
+            offset = 0
+            last = parts.pop() if parts and self.rng.random() < 0.5 else None
+            for part in parts:
+                resp = await self.env.call(
+                    self.name,
+                    lambda reg, p=part, o=offset: reg.uploads.write(  # type: ignore[misc]
+                        repo, upload_id, chunks_of(p), start=o, length=len(p)
+                    ),
+                    start=self._replica(),
+                )
+                path.append(resp.replica)
+                if resp.outcome is not Outcome.OK:
+                    break
+                offset += len(part)
+            if resp.outcome is Outcome.OK:
+                final_chunks = chunks_of(last) if last is not None else None
+                length = len(last) if last is not None else None
+                resp = await self.env.call(
+                    self.name,
+                    lambda reg: reg.uploads.finish(
+                        repo,
+                        upload_id,
+                        digest,
+                        final_chunks,
+                        start=offset if last is not None else None,
+                        length=length,
+                    ),
+                    start=self._replica(),
+                )
+                path.append(resp.replica)
+        op.replica = ">".join(path)
+        self._complete(op, resp)
+        return op, resp
+
+    async def _ensure_blob(self, repo: str, digest: str) -> tuple[bool, bool]:
+        """HEAD, then upload if missing: (available, confirmed by a linearizable read).
+
+        A HEAD answered from the cache while etcd is unreachable may be stale
+        (documented in docs/consistency.md): the push relies on it, but the
+        garbage-collection check does not count it as a confirmation."""
+
+        async def head(reg: Registry) -> bool:
+            await reg.blobs.stat(repo, digest)
+            return _stale(reg)
+
+        op, resp = await self._request(h.BLOB_HEAD, repo, head, digest=digest)
+        exists = resp.outcome is Outcome.OK
+        stale = exists and bool(resp.value)
+        self._complete(op, resp, found=_found(resp, ErrorCode.BLOB_UNKNOWN), stale=stale)
+        if exists:
+            return True, not stale
+        _, up = await self._upload(repo, digest, self.u.blobs[digest])
+        return up.outcome is Outcome.OK, up.outcome is Outcome.OK
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def _image_body(self, config: str, layers: list[str], platform: tuple[str, str] | None) -> bytes:
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": config, "size": len(self.u.blobs[config])},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": d, "size": len(self.u.blobs[d])} for d in layers],
+        }
+        if platform is not None:
+            doc["annotations"] = {"org.example.platform": "/".join(platform)}
+        return json.dumps(doc, sort_keys=True).encode()
+
+    async def _build_image(
+        self, repo: str, *, share: bool, platform: tuple[str, str] | None = None
+    ) -> tuple[Manifest, dict[str, float]] | None:
+        """Upload an image's blobs; returns its manifest (not pushed yet) and when
+        the registry confirmed each blob (uploaded, or "exists" to a HEAD); None on failure."""
+        pool = self.u.layers[repo]
+        shared = self.rng.sample(pool, k=min(len(pool), self.rng.randint(1, 2))) if share and pool else []
+        fresh = [
+            self._new_blob(self._random_bytes(16, 1536))
+            for _ in range(self.rng.randint(0 if shared else 1, 2))
+        ]
+        arch, os_name = platform or PLATFORMS[self.rng.randrange(len(PLATFORMS))]
+        config = self._new_blob(
+            json.dumps({"architecture": arch, "os": os_name, "nonce": self.rng.getrandbits(64)}).encode()
+        )
+        layers = shared + fresh
+        confirmed: dict[str, float] = {}
+        for digest in [config, *layers]:
+            if digest in shared:
+                ok, sure = await self._ensure_blob(repo, digest)
+            else:
+                ok = sure = (await self._upload(repo, digest, self.u.blobs[digest]))[1].outcome is Outcome.OK
+            if not ok:
+                return None
+            if sure:
+                confirmed[digest] = self.env.loop.time()
+        for d in fresh:
+            pool.append(d)
+        body = self._image_body(config, layers, platform)
+        m = Manifest(repo, sha256(body), body, OCI_MANIFEST, blobs=tuple(dict.fromkeys([config, *layers])))
+        self.u.manifests[(repo, m.digest)] = m
+        self.u.images[repo].append(m.digest)
+        return m, confirmed
+
+    def _note_missing(self, op: Operation, resp: Response, confirmed: dict[str, float]) -> None:
+        """Keep what the push relied on, for the garbage-collection check (invariant 6)."""
+        if resp.code == ErrorCode.MANIFEST_BLOB_UNKNOWN.name and isinstance(resp.detail, dict):
+            missing = [*resp.detail.get("blobs", []), *resp.detail.get("manifests", [])]
+            op.detail["missing"] = ",".join(missing)
+            # What the registry confirmed, and when: blobs (GC grace) and manifests (keepYoungerThan).
+            blobs = ",".join(f"{d}={t!r}" for d, t in confirmed.items() if d in self.u.blobs)
+            manifests = ",".join(f"{d}={t!r}" for d, t in confirmed.items() if d not in self.u.blobs)
+            op.detail["confirmed"] = blobs
+            op.detail["confirmed_manifests"] = manifests
+
+    async def _put_tag(self, m: Manifest, tag: str, confirmed: dict[str, float]) -> None:
+        op, resp = await self._request(
+            h.TAG_WRITE,
+            m.repo,
+            lambda reg: reg.manifests.put(m.repo, tag, m.body, m.media_type),
+            tag=tag,
+            digest=m.digest,
+        )
+        self._note_missing(op, resp, confirmed)
+        self._complete(op, resp)
+        if resp.outcome is Outcome.OK:
+            self.u.acked.setdefault((m.repo, m.digest), op.id)
+
+    async def _put_digest(self, m: Manifest, confirmed: dict[str, float]) -> bool:
+        op, resp = await self._request(
+            h.MANIFEST_PUT,
+            m.repo,
+            lambda reg: reg.manifests.put(m.repo, m.digest, m.body, m.media_type),
+            digest=m.digest,
+        )
+        self._note_missing(op, resp, confirmed)
+        self._complete(op, resp)
+        if resp.outcome is Outcome.OK:
+            self.u.acked.setdefault((m.repo, m.digest), op.id)
+            return True
+        return False
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def push_image(self, *, share: bool = False) -> None:
+        built = await self._build_image(self._repo(), share=share)
+        if built is not None:
+            await self._put_tag(built[0], self._tag(), built[1])
+
+    async def push_shared(self) -> None:
+        await self.push_image(share=True)
+
+    async def push_index(self) -> None:
+        repo = self._repo()
+        children: list[Manifest] = []
+        confirmed: dict[str, float] = {}
+        platforms = self.rng.sample(PLATFORMS, k=2)
+        for platform in platforms:
+            built = await self._build_image(repo, share=self.rng.random() < 0.5, platform=platform)
+            if built is None or not await self._put_digest(built[0], built[1]):
+                return
+            children.append(built[0])
+            confirmed[built[0].digest] = self.env.loop.time()
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": c.media_type,
+                    "digest": c.digest,
+                    "size": len(c.body),
+                    "platform": {"architecture": p[0], "os": p[1]},
+                }
+                for c, p in zip(children, platforms, strict=True)
+            ],
+        }
+        body = json.dumps(doc, sort_keys=True).encode()
+        index = Manifest(repo, sha256(body), body, OCI_INDEX, children=tuple(c.digest for c in children))
+        self.u.manifests[(repo, index.digest)] = index
+        self.u.images[repo].append(index.digest)
+        await self._put_tag(index, self._tag(), confirmed)
+
+    async def pull_tag(
+        self,
+        *,
+        repo: str | None = None,
+        tag: str | None = None,
+        replica: int | None = None,
+        final: bool = False,
+    ) -> Operation:
+        repo = repo or self._repo()
+        tag = tag or self._tag()
+
+        async def handler(reg: Registry) -> tuple[tuple[str, bytes] | None, bool]:
+            try:
+                content = await reg.manifests.get(repo, tag)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                    return None, _stale(reg)
+                raise
+            return (content.digest, content.body), _stale(reg)
+
+        op, resp = await self._request(h.TAG_READ, repo, handler, tag=tag, replica=replica, final=final)
+        if resp.outcome is not Outcome.OK:
+            self._complete(op, resp)
+            return op
+        got, stale = resp.value
+        self._complete(op, resp, value=got[0] if got else None, stale=stale)
+        if got is not None:
+            await self._check_content(op, repo, got[0], got[1], deep=self.rng.random() < 0.1)
+        return op
+
+    async def pull_digest(
+        self,
+        *,
+        repo: str | None = None,
+        digest: str | None = None,
+        replica: int | None = None,
+        final: bool = False,
+    ) -> Operation | None:
+        repo = repo or self._repo()
+        if digest is None:
+            images = self.u.images[repo]
+            if not images:
+                return None
+            digest = images[self.rng.randrange(len(images))]
+
+        async def handler(reg: Registry) -> tuple[bytes | None, bool]:
+            try:
+                content = await reg.manifests.get(repo, digest)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                    return None, _stale(reg)
+                raise
+            return content.body, _stale(reg)
+
+        op, resp = await self._request(
+            h.DIGEST_READ, repo, handler, digest=digest, replica=replica, final=final
+        )
+        if resp.outcome is not Outcome.OK:
+            self._complete(op, resp)
+            return op
+        body, stale = resp.value
+        self._complete(
+            op, resp, value=digest if body is not None else None, found=body is not None, stale=stale
+        )
+        if body is not None:
+            await self._check_content(op, repo, digest, body, deep=not final and self.rng.random() < 0.1)
+        return op
+
+    async def _check_content(self, op: Operation, repo: str, digest: str, body: bytes, *, deep: bool) -> None:
+        """The body is the one pushed under this digest; with ``deep``, what it
+        references is there too (invariants 1, 2, 3)."""
+        if sha256(body) != digest:
+            self.env.anomaly("3", op, f"manifest body of {repo}@{digest[:19]} hashes to {sha256(body)[:19]}")
+            return
+        m = self.u.manifests.get((repo, digest))
+        if m is None:
+            self.env.anomaly("1", op, f"{repo}@{digest[:19]} was never pushed by any client")
+            return
+        if m.body != body:
+            self.env.anomaly("1", op, f"{repo}@{digest[:19]}: body differs from the one pushed")
+        if deep:
+            await self.check_references(m)
+
+    async def check_references(
+        self, m: Manifest, *, replica: int | None = None, final: bool = False
+    ) -> str | None:
+        """Read every blob (bytes hashed) and child manifest ``m`` references.
+
+        None: all there; a digest: that one is definitely missing; "": some
+        read failed for another reason (5xx, timeout)."""
+        transient = False
+        for ref in m.blobs:
+
+            async def read_blob(reg: Registry, ref: str = ref) -> tuple[bytes, int]:
+                # What GET /v2/<repo>/blobs/<digest> does: the link, then the bytes.
+                info = await reg.blobs.stat(m.repo, ref)
+                return b"".join([chunk async for chunk in reg.store.read(info.digest)]), info.size
+
+            op, resp = await self._request(
+                h.REF_CHECK, m.repo, read_blob, digest=ref, replica=replica, final=final
+            )
+            op.detail["of"] = m.digest
+            self._complete(op, resp, found=_found(resp, ErrorCode.BLOB_UNKNOWN))
+            if resp.outcome is Outcome.OK:
+                data, size = resp.value
+                if len(data) != size:
+                    self.env.anomaly("1", op, f"blob {ref[:19]} has {len(data)} bytes, its link says {size}")
+                if sha256(data) != ref:
+                    self.env.anomaly(
+                        "3", op, f"blob {ref[:19]} served with bytes hashing to {sha256(data)[:19]}"
+                    )
+                elif data != self.u.blobs.get(ref):
+                    self.env.anomaly("1", op, f"blob {ref[:19]} bytes differ from the ones pushed")
+            elif resp.code == ErrorCode.BLOB_UNKNOWN.name:
+                return ref
+            else:
+                transient = True
+        for child in m.children:
+
+            async def read_child(reg: Registry, child: str = child) -> bytes:
+                return (await reg.manifests.get(m.repo, child)).body
+
+            op, resp = await self._request(
+                h.REF_CHECK, m.repo, read_child, digest=child, replica=replica, final=final
+            )
+            op.detail["of"] = m.digest
+            self._complete(op, resp, found=_found(resp, ErrorCode.MANIFEST_UNKNOWN))
+            if resp.outcome is Outcome.OK:
+                if sha256(resp.value) != child:
+                    self.env.anomaly("3", op, f"child manifest {child[:19]} body does not hash to its digest")
+            elif resp.code == ErrorCode.MANIFEST_UNKNOWN.name:
+                return child
+            else:
+                transient = True
+        return "" if transient else None
+
+    async def tag_move(self) -> None:
+        repo = self._repo()
+        acked = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if not acked:
+            return
+        m = self.u.manifests[(repo, acked[self.rng.randrange(len(acked))])]
+        await self._put_tag(m, self._tag(), {})
+
+    async def tag_delete(self) -> None:
+        repo, tag = self._repo(), self._tag()
+
+        async def handler(reg: Registry) -> bool:
+            try:
+                await reg.manifests.delete(repo, tag)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                    return False
+                raise
+            return True
+
+        op, resp = await self._request(h.TAG_DELETE, repo, handler, tag=tag)
+        self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
+
+    async def manifest_delete(self) -> None:
+        repo = self._repo()
+        images = self.u.images[repo]
+        if not images:
+            return
+        digest = images[self.rng.randrange(len(images))]
+
+        async def handler(reg: Registry) -> bool:
+            try:
+                await reg.manifests.delete(repo, digest)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                    return False
+                raise
+            return True
+
+        op, resp = await self._request(h.MANIFEST_DELETE, repo, handler, digest=digest)
+        self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
+
+    async def blob_delete(self) -> None:
+        repo = self._repo()
+        pool = self.u.layers[repo]
+        if not pool:
+            return
+        digest = pool[self.rng.randrange(len(pool))]
+
+        async def handler(reg: Registry) -> bool:
+            try:
+                await reg.blobs.delete(repo, digest)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.BLOB_UNKNOWN:
+                    return False
+                raise
+            return True
+
+        op, resp = await self._request(h.BLOB_DELETE, repo, handler, digest=digest)
+        self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
+
+    async def bad_upload(self) -> None:
+        """An upload whose digest is not its content's: must be refused (invariant 3)."""
+        repo = self._repo()
+        data = self._random_bytes(8, 512)
+        wrong = sha256(data + b"!")
+        op, resp = await self._upload(repo, wrong, data, kind=h.BAD_UPLOAD, chunked=0.75)
+        if resp.outcome is Outcome.OK:
+            self.env.anomaly(
+                "3", op, f"upload of {len(data)} bytes accepted under the wrong digest {wrong[:19]}"
+            )
+
+    async def mount(self) -> None:
+        repo, source = self._repo(), self._repo()
+        if repo == source or not self.u.layers[source]:
+            return
+        digest = self.u.layers[source][self.rng.randrange(len(self.u.layers[source]))]
+        op, resp = await self._request(
+            h.BLOB_MOUNT, repo, lambda reg: reg.blobs.mount(repo, digest, source), digest=digest
+        )
+        self._complete(op, resp, found=resp.value is not None if resp.outcome is Outcome.OK else None)
+        if resp.outcome is Outcome.OK and resp.value is not None and digest not in self.u.layers[repo]:
+            self.u.layers[repo].append(digest)
+
+    async def janitor(self) -> None:
+        async def handler(reg: Registry) -> int:
+            janitor = getattr(reg, "janitor", None)
+            if janitor is None:
+                return 0
+            return len(await janitor.sweep())
+
+        op, resp = await self._request(h.JANITOR, "", handler)
+        self._complete(op, resp, value=str(resp.value) if resp.outcome is Outcome.OK else None)
+
+    async def rollback(self) -> None:
+        """Point a tag back at an earlier manifest (a new forward history entry)."""
+        repo, tag = self._repo(), self._tag()
+        acked = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if not acked:
+            return
+        digest = acked[self.rng.randrange(len(acked))]
+        op, resp = await self._request(
+            h.TAG_WRITE, repo, lambda reg: reg.tags.rollback(repo, tag, digest), tag=tag, digest=digest
+        )
+        op.detail["action"] = "rollback"
+        if resp.outcome is Outcome.OK:
+            op.detail["moved"] = "yes" if resp.value.moved else "no"
+        self._complete(op, resp)
+
+    async def prune(self) -> None:
+        """A pruner run (garbage collection), forwarded to the leader as the HTTP API does."""
+
+        async def handler(reg: Registry) -> tuple[bool, str | None, str]:
+            try:
+                report = await reg.pruner.run_once()
+            except NotLeader as exc:
+                return False, exc.leader, ""
+            counts = report.to_json()["counts"]
+            return True, reg.replica, ",".join(f"{k}={v}" for k, v in counts.items() if v)
+
+        op, resp = await self._request(h.PRUNE, "", handler)
+        if resp.outcome is Outcome.OK and not resp.value[0] and resp.value[1] is not None:
+            leader = next((i for i, r in enumerate(self.env.replicas) if r.name == resp.value[1]), None)
+            if leader is not None:
+                resp = await self.env.call(self.name, handler, start=leader, failover=False)
+        ran = resp.outcome is Outcome.OK and bool(resp.value[0])
+        if resp.outcome is Outcome.OK and not ran:
+            resp = Response(Outcome.FAIL, error="no pruner leader reachable", replica=resp.replica)
+        self._complete(op, resp, value=resp.value[2] if ran else None)
+
+    async def list_tags(self) -> None:
+        repo = self._repo()
+
+        async def handler(reg: Registry) -> list[str]:
+            try:
+                tags, _ = await reg.listing.tags(repo, None, None)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.NAME_UNKNOWN:
+                    return []
+                raise
+            return tags
+
+        op, resp = await self._request(h.LIST_TAGS, repo, handler)
+        self._complete(op, resp)

@@ -1,0 +1,140 @@
+"""Whole simulated runs: determinism, clean seeds, planted bugs caught, shrinking, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hareg.plants import DESCRIPTIONS
+from sim import faults
+from sim.cli import main, plant_caught
+from sim.runner import run
+from sim.shrink import shrink
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_same_seed_same_trace(seed: int) -> None:
+    options = faults.choose(seed, 15.0)
+    first, second = run(options), run(options)
+    assert first.trace_hash == second.trace_hash
+    assert first.ops == second.ops and first.faults == second.faults
+    assert not first.error
+
+
+def test_a_seed_replays_to_the_same_trace_in_another_process(tmp_path: Path) -> None:
+    in_process = run(faults.choose(3, 10.0), keep_trace=True)
+    trace = tmp_path / "trace.jsonl"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run(
+        [sys.executable, "-m", "sim", "replay", "--seed", "3", "--duration", "10", "--trace", str(trace)],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+    )
+    lines = trace.read_text().splitlines()
+    assert (
+        hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest() == in_process.trace_hash
+    )
+    assert lines == in_process.trace_lines
+    first = json.loads(lines[0])
+    assert first["ev"] == "options" and first["seed"] == 3
+
+
+# Bugs of the registry itself that the simulator found (see docs/simulation.md,
+# "Findings"): recognised here so that this test keeps guarding the checkers
+# against false alarms while they wait for a fix in hareg/metadata/store.py.
+KNOWN_REGISTRY_BUGS = (
+    # delete_tag/delete_manifest verify an unknown outcome by "the key is gone",
+    # which a concurrent delete also satisfies: a 202 for a delete that did nothing.
+    ("7", "tag_delete", "none of its etcd transactions applied"),
+    ("7", "manifest_delete", "none of its etcd transactions applied"),
+    ("linearizability", "tag_delete", "not linearizable"),
+    # delete_manifest reads the tags at revision R but their sequences later, and
+    # range_unchanged_since does not see deletions: a tag deleted in between gets
+    # a second "delete" history entry.
+    ("5", "a history entry was written but the tag did not move", ""),
+    ("5", "says old=", ", the tag was -"),
+)
+
+
+def _known(invariant: str, message: str) -> bool:
+    return any(invariant == inv and a in message and b in message for inv, a, b in KNOWN_REGISTRY_BUGS)
+
+
+def test_fifty_clean_seeds_have_no_violation() -> None:
+    failing = []
+    for seed in range(1, 51):
+        result = run(faults.choose(seed, 8.0))
+        unexplained = [v.to_json() for v in result.violations if not _known(v.invariant, v.message)]
+        if result.error or unexplained:
+            failing.append((seed, result.error, unexplained[:2]))
+    assert failing == []
+
+
+@pytest.mark.parametrize("plant", sorted(DESCRIPTIONS))
+def test_each_planted_bug_is_caught_within_a_few_seeds(plant: str) -> None:
+    everything = tuple(faults.FAULT_KINDS)
+    for seed in range(1, 9):
+        result = run(faults.choose(seed, 30.0, plants=frozenset({plant})))
+        if plant_caught(result, everything):  # a violation the seed does not have without the plant
+            return
+    pytest.fail(f"{plant} not caught in seeds 1..8")
+
+
+def test_shrinking_a_failure_that_needs_no_fault_removes_every_fault() -> None:
+    options = faults.choose(2, 10.0, plants=frozenset({"upload-no-digest"}))
+    assert options.faults
+    shrunk = shrink(options, max_examples=5, log=lambda _: None)
+    assert shrunk is not None
+    assert shrunk.options.faults == () and shrunk.violation.startswith("3")
+
+
+def test_shrinking_keeps_the_faults_a_failure_needs() -> None:
+    """ambiguous-ack needs an etcd write whose outcome is unknown: shrinking keeps a
+    fault that makes one (and drops the others)."""
+    options = faults.choose(1, 12.0, plants=frozenset({"ambiguous-ack"}))
+    shrunk = shrink(options, max_examples=20, log=lambda _: None)
+    assert shrunk is not None and shrunk.options.faults
+    assert len(shrunk.options.faults) < len(options.faults) // 2
+    assert {f.kind for f in shrunk.options.faults} & {
+        "timeout",
+        "lostreply",
+        "leader",
+        "loss",
+        "oneway",
+        "split",
+        "partition",
+        "pause",
+        "delay",
+    }
+    assert run(shrunk.options).failed  # the minimal schedule replays to the failure
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plants"]) == 0
+    assert "tag-no-compare" in capsys.readouterr().out
+    report = tmp_path / "run.json"
+    assert main(["run", "--seeds", "2", "--duration", "5", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "speedup:" in out and "violations:     none" in out and "seed 2:" in out
+    doc = json.loads(report.read_text())
+    assert [s["seed"] for s in doc["seeds"]] == [1, 2]
+    assert main(["hunt", "--plant", "upload-no-digest", "--max-seeds", "3", "--duration", "10"]) == 0
+    assert "caught upload-no-digest at seed" in capsys.readouterr().out
+    assert (
+        main(["run", "--seeds", "1", "--start", "2", "--duration", "10", "--plant", "upload-no-digest"]) == 1
+    )
+    schedule = tmp_path / "options.json"
+    schedule.write_text(json.dumps(faults.choose(4, 5.0).to_json()))
+    assert main(["replay", "--schedule", str(schedule)]) == 0
