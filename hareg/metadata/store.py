@@ -531,11 +531,15 @@ class MetadataStore:
                     tag = self.keys.last_part(tag_kv.key)
                     if pattern := immutable_pattern(_patterns(rule_kv), tag):
                         raise ImmutableTag(repo, tag, pattern)
-                    compares.append(
+                    compares += [
                         Compare.mod_revision_is(
                             self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
-                        )
-                    )
+                        ),
+                        # The sequences were read after the tags: a tag deleted in
+                        # between (which the range guard cannot see) must fail the
+                        # txn, or it would get a second "delete" history entry.
+                        Compare.mod_revision_is(tag_kv.key, tag_kv.mod_revision),
+                    ]
                     ops += self._tag_delete_ops(repo, tag, digest, seq_kv)
             if record.subject is not None:
                 ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))

@@ -132,6 +132,29 @@ def _reachable(roots: set[str], manifests: dict[str, ManifestRecord]) -> set[str
     return seen
 
 
+def _parents_first(doomed: set[str], manifests: dict[str, ManifestRecord]) -> list[str]:
+    """Doomed manifests ordered so that an index comes before the children it
+    lists: deletions go in several transactions, and no index may be left
+    pointing at an already deleted child in between (invariant 2)."""
+    children = {d: [c for c in manifests[d].manifests if c in doomed] for d in doomed}
+    parents_left = dict.fromkeys(doomed, 0)
+    for d in doomed:
+        for c in children[d]:
+            parents_left[c] += 1
+    ready = sorted(d for d, n in parents_left.items() if n == 0)
+    order: list[str] = []
+    while ready:
+        d = ready.pop(0)
+        order.append(d)
+        for c in children[d]:
+            parents_left[c] -= 1
+            if parents_left[c] == 0:
+                ready.append(c)
+    # Manifests are content-addressed, so their references cannot form a cycle.
+    assert len(order) == len(doomed)
+    return order
+
+
 def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
     plan = Plan(snap.revision)
     history_by_repo: dict[str, list[list[tuple[bytes, HistoryEntry]]]] = defaultdict(list)
@@ -147,7 +170,8 @@ def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
             roots |= {e.new for e in kept if e.new is not None}
         roots |= {d for d, rec in manifests.items() if now - rec.created < policy.keep_younger_than}
         reachable = _reachable(roots, manifests)
-        for digest in sorted(set(manifests) - reachable):
+        doomed = set(manifests) - reachable
+        for digest in _parents_first(doomed, manifests):
             plan.manifests[repo].append((digest, manifests[digest].subject))
         used_by_reachable = {b for d in reachable for b in manifests[d].blobs}
         used_by_any = {b for rec in manifests.values() for b in rec.blobs}

@@ -55,16 +55,11 @@ def test_a_seed_replays_to_the_same_trace_in_another_process(tmp_path: Path) -> 
 # "Findings"): recognised here so that this test keeps guarding the checkers
 # against false alarms while they wait for a fix in hareg/metadata/store.py.
 KNOWN_REGISTRY_BUGS = (
-    # delete_tag/delete_manifest verify an unknown outcome by "the key is gone",
-    # which a concurrent delete also satisfies: a 202 for a delete that did nothing.
-    ("7", "tag_delete", "none of its etcd transactions applied"),
+    # delete_manifest verifies an unknown outcome by "the key is gone", which a
+    # concurrent delete also satisfies: a 202 for a delete that did nothing.
+    # (delete_tag now verifies by its own history entry.)
     ("7", "manifest_delete", "none of its etcd transactions applied"),
     ("linearizability", "tag_delete", "not linearizable"),
-    # delete_manifest reads the tags at revision R but their sequences later, and
-    # range_unchanged_since does not see deletions: a tag deleted in between gets
-    # a second "delete" history entry.
-    ("5", "a history entry was written but the tag did not move", ""),
-    ("5", "says old=", ", the tag was -"),
 )
 
 

@@ -1,0 +1,23 @@
+"""Seeds on which the simulator found registry bugs, kept as regression tests:
+each one failed before its fix (see docs/simulation.md, "Findings")."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim import faults
+from sim.runner import run
+
+
+@pytest.mark.parametrize(
+    ("seed", "bug"),
+    [
+        (6, "re-sending an unverified unknown-outcome txn broke tag linearizability"),
+        (154, "delete_manifest wrote a second 'delete' history entry for a tag deleted meanwhile"),
+        (5325, "GC deleted an index's child in an earlier batch than the index"),
+    ],
+)
+def test_seed_stays_clean(seed: int, bug: str) -> None:
+    result = run(faults.choose(seed, 60.0))
+    assert not result.error, result.error
+    assert [v.to_json() for v in result.violations] == [], bug
