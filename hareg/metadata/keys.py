@@ -15,6 +15,7 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/f/<repo>@<subject>@<digest>     ReferrerRecord   referrers index
     <p>/i/<repo>                        ImmutabilityRecord  tag patterns that may not move
     <p>/u/<upload id>                   UploadRecord     upload session (under a lease)
+    <p>/d/<repo>@<digest>               write id         marker of a manifest delete (under a lease)
     <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret,
                                                          the read-only switch: registry/settings.py)
     <p>/n/<replica>                     MemberRecord     replica membership (under the replica's lease)
@@ -98,6 +99,11 @@ class Keys:
     def uploads(self) -> tuple[bytes, bytes]:
         p = self.kind_prefix("u")
         return p, prefix_end(p)
+
+    def deletion(self, repo: str, digest: str) -> bytes:
+        """A marker a manifest delete writes (its write id, under an expiring
+        lease) so that a lost reply can be verified as *this* delete."""
+        return self._k("d", repo, digest)
 
     def setting(self, name: str) -> bytes:
         return self._k("c", name)

@@ -543,9 +543,18 @@ class MetadataStore:
                     ops += self._tag_delete_ops(repo, tag, digest, seq_kv)
             if record.subject is not None:
                 ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+            # Not "the manifest is gone" to verify a lost reply: a concurrent delete
+            # also leaves it gone.  Our marker (a fresh write id) is proof.
+            marker = Put(
+                self.keys.deletion(repo, digest),
+                self.ids.new_id().encode(),
+                lease=await self._lease_for_uploads(),
+            )
+            ops.append(marker)
 
-            async def verify() -> bool:
-                return await self._get(manifest_key) is None
+            async def verify(marker: Put = marker) -> bool:
+                found = await self._get(marker.key)
+                return found is not None and found.value == marker.value
 
             if await self._txn(compares, ops, verify):
                 return True

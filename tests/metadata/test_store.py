@@ -362,3 +362,25 @@ async def test_lost_delete_reply_is_not_confirmed_by_someone_elses_delete(kv: Et
     with pytest.raises(KVUnknownOutcome):
         await meta.delete_tag("repo", "t")
     assert [h.replica for h in await other.tag_history("repo", "t")] == ["other", "other"]
+
+
+async def test_lost_manifest_delete_reply_is_not_confirmed_by_someone_elses_delete(
+    kv: EtcdKV, keys: Keys
+) -> None:
+    other = MetadataStore(kv, keys, SystemClock(), RandomIds(), "other")
+    await other.add_blob("repo", digest("c"), 1)
+    await other.put_manifest("repo", digest("m"), image_record(digest("c")))
+
+    class LostAndRaced(UnknownOutcomeKV):
+        async def txn(
+            self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+        ) -> TxnResult:
+            if self.times > 0 and any(isinstance(op, Put) for op in success):
+                self.times -= 1
+                assert await other.delete_manifest("repo", digest("m"))
+                raise KVUnknownOutcome("simulated lost reply")
+            return await self.inner.txn(compares, success, failure)
+
+    meta = MetadataStore(LostAndRaced(kv, apply=False), keys, SystemClock(), RandomIds(), "r")
+    with pytest.raises(KVUnknownOutcome):
+        await meta.delete_manifest("repo", digest("m"))

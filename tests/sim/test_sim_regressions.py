@@ -10,14 +10,16 @@ from sim.runner import run
 
 
 @pytest.mark.parametrize(
-    ("seed", "bug"),
+    ("seed", "duration", "bug"),
     [
-        (6, "re-sending an unverified unknown-outcome txn broke tag linearizability"),
-        (154, "delete_manifest wrote a second 'delete' history entry for a tag deleted meanwhile"),
-        (5325, "GC deleted an index's child in an earlier batch than the index"),
+        (6, 60.0, "re-sending an unverified unknown-outcome txn broke tag linearizability"),
+        (154, 60.0, "delete_manifest wrote a second 'delete' history entry for a tag deleted meanwhile"),
+        (5325, 60.0, "GC deleted an index's child in an earlier batch than the index"),
+        (48, 20.0, "a manifest delete was acknowledged on someone else's delete"),
+        (175, 20.0, "a manifest delete was acknowledged on someone else's delete"),
     ],
 )
-def test_seed_stays_clean(seed: int, bug: str) -> None:
-    result = run(faults.choose(seed, 60.0))
+def test_seed_stays_clean(seed: int, duration: float, bug: str) -> None:
+    result = run(faults.choose(seed, duration))
     assert not result.error, result.error
     assert [v.to_json() for v in result.violations] == [], bug

@@ -54,13 +54,7 @@ def test_a_seed_replays_to_the_same_trace_in_another_process(tmp_path: Path) -> 
 # Bugs of the registry itself that the simulator found (see docs/simulation.md,
 # "Findings"): recognised here so that this test keeps guarding the checkers
 # against false alarms while they wait for a fix in hareg/metadata/store.py.
-KNOWN_REGISTRY_BUGS = (
-    # delete_manifest verifies an unknown outcome by "the key is gone", which a
-    # concurrent delete also satisfies: a 202 for a delete that did nothing.
-    # (delete_tag now verifies by its own history entry.)
-    ("7", "manifest_delete", "none of its etcd transactions applied"),
-    ("linearizability", "tag_delete", "not linearizable"),
-)
+KNOWN_REGISTRY_BUGS = (("linearizability", "tag_delete", "not linearizable"),)
 
 
 def _known(invariant: str, message: str) -> bool:
