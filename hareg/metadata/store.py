@@ -171,6 +171,10 @@ class MetadataStore:
         freshness = await self.barrier.sync()
         return None if freshness is Freshness.UNCACHED else self.cache
 
+    def etcd_known_down(self) -> bool:
+        """etcd was just seen unreachable (no quorum): reads are served stale."""
+        return self.barrier is not None and self.barrier.writes_blocked()
+
     def _check_writable(self) -> None:
         if self.barrier is not None and self.barrier.writes_blocked():
             raise KVUnavailable("etcd is unavailable (no quorum); writes are refused until it recovers")

@@ -6,7 +6,7 @@ from hareg.clock import Clock
 from hareg.kv.base import KVError
 from hareg.metadata.store import MetadataStore, ReferencedBy
 from hareg.registry.digests import parse_digest
-from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.errors import ErrorCode, RegistryError, unavailable
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo
 from hareg.storage.base import BlobStore
@@ -37,7 +37,12 @@ class BlobService:
                 if not await self.meta.touch_link(repo, digest, link):
                     raise unknown  # collected just now
             except KVError:
-                pass  # etcd is down: serve the read; no collection can run without etcd either
+                if not self.meta.etcd_known_down():
+                    # A lost reply or a timeout is not an outage: collection may go
+                    # on, so "exists" without the grace guarantee could mislead a push.
+                    raise unavailable("could not record the use of this blob; retry") from None
+                # etcd has no quorum: serve the read (pulls must work); no
+                # collection can run without etcd either.
         return BlobInfo(digest, link.size)
 
     async def delete(self, repo: str, digest_text: str) -> None:
