@@ -31,7 +31,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +38,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from hareg.child_process import with_pdeathsig
 
 __all__ = [
     "EtcdError",
@@ -48,7 +49,6 @@ __all__ = [
     "find_etcd",
     "free_port",
     "free_ports",
-    "with_pdeathsig",
 ]
 
 HOST = "127.0.0.1"
@@ -110,37 +110,6 @@ def free_ports(n: int) -> list[int]:
 def free_port() -> int:
     """One TCP port that is free on 127.0.0.1 right now."""
     return free_ports(1)[0]
-
-
-# Run by a fresh interpreter between Popen and etcd: ask the kernel to SIGKILL
-# us when the parent dies (the setting survives execve), make sure the parent
-# is still the one that started us, then become etcd (same pid).
-#
-# Not a preexec_fn: that forces a plain fork() in the parent, which runs the
-# pthread_atfork handlers of every library loaded there; gRPC's (grpc.aio is
-# loaded wherever EtcdKV is) intermittently aborted the child with SIGABRT
-# before it could exec.  Without preexec_fn, subprocess uses vfork/exec.
-_PDEATHSIG_TRAMPOLINE = """\
-import ctypes, os, signal, sys
-if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-    sys.exit("hareg: prctl(PR_SET_PDEATHSIG) failed")
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("hareg: parent died before etcd started")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
-def with_pdeathsig(argv: Sequence[str]) -> list[str]:
-    """``argv`` wrapped so that the child is SIGKILLed when this process (more
-    precisely: the calling thread) dies, even by SIGKILL.  Linux; elsewhere
-    ``argv`` is returned unchanged.  Use it instead of a preexec_fn."""
-    argv = list(argv)
-    if not sys.platform.startswith("linux"):
-        return argv
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_TRAMPOLINE, str(os.getpid()), *argv]
-
-
-_with_pdeathsig = with_pdeathsig  # the name other modules first imported
 
 
 def _all_threads_stopped(pid: int) -> bool:

@@ -49,7 +49,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from hareg.etcd_process import HOST, _with_pdeathsig
+from hareg.child_process import with_pdeathsig
+from hareg.etcd_process import HOST
 
 __all__ = [
     "GRPC_PORT_OFFSET",
@@ -342,7 +343,7 @@ class SeaweedFSProcess:
             # No preexec_fn (it forces a fork that runs every library's atfork
             # handlers): the trampoline sets PR_SET_PDEATHSIG, then execs weed.
             self._proc = subprocess.Popen(
-                _with_pdeathsig(self.command()),
+                with_pdeathsig(self.command()),
                 cwd=self.data_dir,
                 env=self.environment(),
                 stdin=subprocess.DEVNULL,

@@ -17,40 +17,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ChildProcess", "log_tail", "pid_alive", "with_pdeathsig"]
+from hareg.child_process import with_pdeathsig
+
+__all__ = ["ChildProcess", "log_tail", "pid_alive"]
 
 _POLL = 0.05
-
-
-# Run by a fresh interpreter between Popen and the real program: ask the
-# kernel to SIGKILL us when the parent dies (the setting survives execve),
-# check that the parent is still the one that started us, then become the
-# program (same pid).  Not a preexec_fn: that forces a plain fork() in a
-# parent that runs threads (asyncio's executor) and whatever pthread_atfork
-# handlers its libraries installed; a trampoline keeps subprocess on
-# vfork/exec.
-_PDEATHSIG_TRAMPOLINE = """\
-import ctypes, os, signal, sys
-if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-    sys.exit("hareg: prctl(PR_SET_PDEATHSIG) failed")
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("hareg: the cluster supervisor died before the child started")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
-def with_pdeathsig(argv: Sequence[str]) -> list[str]:
-    """``argv`` (its first item an executable path) wrapped so that the child
-    is SIGKILLed when this process dies (Linux); unchanged elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_TRAMPOLINE, str(os.getpid()), *argv]
 
 
 def pid_alive(pid: int | None) -> bool:
