@@ -76,6 +76,9 @@ class Network:
         self._paused: dict[str, list[tuple[contextvars.Context, Callable[[], None]]]] = {}
         self._resumed: dict[str, asyncio.Future[None]] = {}
         self._streams: dict[object, float] = {}  # stream -> time of its last delivery
+        # Streams that lost a message: like a TCP connection, nothing after the
+        # loss reaches the other end (a later message must not skip a lost one).
+        self._dead_streams: set[object] = set()
         self.sent = 0
         self.dropped = 0
 
@@ -192,11 +195,12 @@ class Network:
         if stream is not None:
             when = max(when, self._streams.get(stream, 0.0) + _STREAM_GAP)
             self._streams[stream] = when
-        self.loop.call_at(when, self._arrive, src, dst, deliver, lost, on_drop)
+        self.loop.call_at(when, self._arrive, src, dst, deliver, lost, on_drop, stream)
         return True
 
     def close_stream(self, stream: object) -> None:
         self._streams.pop(stream, None)
+        self._dead_streams.discard(stream)
 
     def _arrive(
         self,
@@ -205,8 +209,13 @@ class Network:
         deliver: Callable[[], None],
         lost: bool,
         on_drop: Callable[[], None] | None,
+        stream: object | None = None,
     ) -> None:
+        if stream is not None and stream in self._dead_streams:
+            lost = True
         if lost or self.is_cut(src, dst):
+            if stream is not None and stream in self._streams:
+                self._dead_streams.add(stream)
             self.dropped += 1
             if on_drop is not None:
                 on_drop()

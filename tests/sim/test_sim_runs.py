@@ -51,23 +51,12 @@ def test_a_seed_replays_to_the_same_trace_in_another_process(tmp_path: Path) -> 
     assert first["ev"] == "options" and first["seed"] == 3
 
 
-# Bugs of the registry itself that the simulator found (see docs/simulation.md,
-# "Findings"): recognised here so that this test keeps guarding the checkers
-# against false alarms while they wait for a fix in hareg/metadata/store.py.
-KNOWN_REGISTRY_BUGS = (("linearizability", "tag_delete", "not linearizable"),)
-
-
-def _known(invariant: str, message: str) -> bool:
-    return any(invariant == inv and a in message and b in message for inv, a, b in KNOWN_REGISTRY_BUGS)
-
-
 def test_fifty_clean_seeds_have_no_violation() -> None:
     failing = []
     for seed in range(1, 51):
         result = run(faults.choose(seed, 8.0))
-        unexplained = [v.to_json() for v in result.violations if not _known(v.invariant, v.message)]
-        if result.error or unexplained:
-            failing.append((seed, result.error, unexplained[:2]))
+        if result.error or result.violations:
+            failing.append((seed, result.error, [v.to_json() for v in result.violations[:2]]))
     assert failing == []
 
 
