@@ -5,8 +5,7 @@ locks and queues behave exactly as in production) with three changes:
 
 * ``time()`` is a virtual clock.  When no callback is ready the loop does not
   wait: it jumps to the next timer.  Timers due at the same instant run in
-  the order the heap gives them, which depends only on the order they were
-  scheduled, so a run is a pure function of its inputs.
+  the order they were scheduled, so a run is a pure function of its inputs.
 * There is no selector and no self-pipe: nothing can wake the loop from
   outside.  A loop with no ready callback and no timer is deadlocked, which
   raises ``SimulationDeadlock`` instead of hanging.
@@ -35,9 +34,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, TypeVarTuple
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # The simulated process a task belongs to ("" for the simulator itself).
 OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("sim_owner", default="")
@@ -95,25 +95,8 @@ def _refusal(what: str) -> Any:
     return refuse
 
 
-class _VirtualSelector:
-    """Stands in for the selector: 'waiting' advances virtual time."""
-
-    def __init__(self, loop: SimLoop) -> None:
-        self._loop = loop
-
-    def select(self, timeout: float | None) -> list[Any]:
-        loop = self._loop
-        if timeout is None:
-            raise SimulationDeadlock(
-                f"deadlock at t={loop.time():.6f}: no callback is ready and no timer is pending"
-            )
-        if timeout > 0:
-            # Land exactly on the next timer (no float drift between its 'when' and now).
-            target = loop._now + timeout
-            if loop._scheduled:
-                target = max(loop._now, min(target, loop._scheduled[0].when()))
-            loop._now = target
-        return []
+class _NoSelector:
+    """BaseEventLoop wants a selector to close; SimLoop never selects."""
 
     def close(self) -> None:
         pass
@@ -123,16 +106,21 @@ class SimLoop(asyncio.BaseEventLoop):
     """asyncio's event loop on virtual time, sealed off from real I/O."""
 
     # BaseEventLoop's internals this class works with (not in the type stubs).
-    _scheduled: list[asyncio.TimerHandle]
     _ready: collections.deque[asyncio.Handle]
-    _timer_cancelled_count: int
+    _stopping: bool
     _asyncgens: Any
 
     def __init__(self, start: float = 0.0) -> None:
         super().__init__()
         self._now = start
-        self._selector = _VirtualSelector(self)
+        self._selector = _NoSelector()
         self._clock_resolution = 1e-9
+        # Timers as (when, sequence, handle): ties run in the order they were
+        # scheduled, and the heap compares tuples in C instead of calling
+        # TimerHandle.__lt__ (the loop's own bookkeeping was a third of a run).
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._timer_seq = 0
+        self._timers_cancelled = 0
         self.set_debug(False)
         self.steps = 0  # callbacks run (a cost measure)
         # Tasks by owner, in creation order (a dict keeps the order deterministic).
@@ -154,16 +142,82 @@ class SimLoop(asyncio.BaseEventLoop):
             self.errors.append(f"{context.get('message', '')}: {type(exc).__name__}: {exc}")
         # Otherwise: a future's exception nobody retrieved (the registry's own business).
 
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, timer))
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
+
+    def call_soon(
+        self, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        # BaseEventLoop's version adds debug-mode checks through two more calls.
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        if not handle._scheduled:  # type: ignore[attr-defined]
+            return
+        self._timers_cancelled += 1
+        # Drop cancelled timers in bulk once they are most of the heap (every
+        # request's timeout is cancelled when the reply comes).
+        if self._timers_cancelled > 256 and 2 * self._timers_cancelled > len(self._timers):
+            keep = []
+            for entry in self._timers:
+                if entry[2]._cancelled:
+                    entry[2]._scheduled = False  # type: ignore[attr-defined]
+                else:
+                    keep.append(entry)
+            heapq.heapify(keep)
+            self._timers = keep
+            self._timers_cancelled = 0
+
     def _run_once(self) -> None:
-        self.steps += len(self._ready) or 1
-        super()._run_once()  # type: ignore[misc]
+        """One iteration: run what is ready; with nothing ready, jump to the next
+        timer (BaseEventLoop would wait on its selector here)."""
+        ready, timers = self._ready, self._timers
+        if not ready and not self._stopping:
+            when = self.next_timer()
+            if when is None:
+                raise SimulationDeadlock(
+                    f"deadlock at t={self._now:.6f}: no callback is ready and no timer is pending"
+                )
+            if when > self._now:
+                self._now = when  # exactly the timer's time: no float drift
+        end = self._now + self._clock_resolution
+        while timers and timers[0][0] < end:
+            timer = heapq.heappop(timers)[2]
+            timer._scheduled = False  # type: ignore[attr-defined]
+            if timer._cancelled:
+                self._timers_cancelled -= 1
+            else:
+                ready.append(timer)
+        n = len(ready)
+        self.steps += n or 1
+        for _ in range(n):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
 
     def next_timer(self) -> float | None:
         """When the earliest pending timer fires (None if there is none)."""
-        while self._scheduled and self._scheduled[0]._cancelled:
-            heapq.heappop(self._scheduled)._scheduled = False  # type: ignore[attr-defined]
-            self._timer_cancelled_count -= 1
-        return self._scheduled[0].when() if self._scheduled else None
+        timers = self._timers
+        while timers and timers[0][2]._cancelled:
+            heapq.heappop(timers)[2]._scheduled = False  # type: ignore[attr-defined]
+            self._timers_cancelled -= 1
+        return timers[0][0] if timers else None
 
     # -- the pieces BaseEventLoop leaves to subclasses -------------------------
 

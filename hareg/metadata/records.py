@@ -16,13 +16,18 @@ R = TypeVar("R")
 
 
 def encode(record: Any) -> bytes:
-    out: bytes = msgpack.packb(dataclasses.asdict(record), use_bin_type=True)
+    # Records hold only scalars, tuples and flat dicts, so a shallow map is what
+    # dataclasses.asdict would build, without its recursive deep copy.
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    out: bytes = msgpack.packb(fields, use_bin_type=True)
     return out
 
 
 def decode(cls: type[R], data: bytes) -> R:
     raw = msgpack.unpackb(data, raw=False)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # The class's field table (records declare no ClassVar or InitVar pseudo-fields),
+    # looked up per key without building a set for every decoded watch event.
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
     return cls(**fields)
 

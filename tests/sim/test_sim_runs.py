@@ -108,6 +108,15 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "speedup:" in out and "violations:     none" in out and "seed 2:" in out
     doc = json.loads(report.read_text())
     assert [s["seed"] for s in doc["seeds"]] == [1, 2]
+    parallel = tmp_path / "parallel.json"
+    assert main(["run", "--seeds", "2", "--duration", "5", "--jobs", "2", "--json", str(parallel)]) == 0
+    capsys.readouterr()
+    assert [s["trace_hash"] for s in json.loads(parallel.read_text())["seeds"]] == [
+        s["trace_hash"] for s in doc["seeds"]
+    ]
+    with pytest.raises(SystemExit):
+        main(["run", "--jobs", "0"])
+    assert "expected a whole number of processes" in capsys.readouterr().err
     assert main(["hunt", "--plant", "upload-no-digest", "--max-seeds", "3", "--duration", "10"]) == 0
     assert "caught upload-no-digest at seed" in capsys.readouterr().out
     assert (
