@@ -23,7 +23,13 @@ leases with TTLs, and an event log that watches read.
 * watches stream ordered events, periodic progress notifications and
   requested ones (always after the events they cover, like etcd >= 3.4.31),
   and break on leader loss, partitions or lost messages; the client resumes
-  from the next revision, as the real adapter does.
+  from the next revision, as the real adapter does;
+* a member can lose its disk (``lose_member``): it crashes (connections to
+  it are refused, its watch streams reset, requests it held die with it; if
+  it led, an election follows), the cluster runs on the other two (one more
+  partition and there is no quorum), and ``replace_member`` brings a fresh member
+  of the same name that serves nothing until it has caught up from a leader
+  (a snapshot transfer); it neither votes nor leads before.
 
 ``SimKV`` is the :class:`hareg.kv.base.KV` a replica is given: every call
 goes over the simulated network to one member, with the real adapter's
@@ -142,6 +148,10 @@ class MVCCStore:
 
     def get(self, key: bytes) -> KeyValue | None:
         return self._live.get(key)
+
+    def key_count(self) -> int:
+        """How many live keys (the size of a snapshot)."""
+        return len(self._live)
 
     def live_items(self, start: bytes, end: bytes) -> list[KeyValue]:
         """Live key-values in ``[start, end)`` (for checkers)."""
@@ -474,6 +484,12 @@ class EtcdCluster:
         self._last_compact_at = 0.0
         self._compact_candidate = 1
         self._last_progress = 0.0
+        # Members that lost their disk (down, not yet replaced), and fresh
+        # replacements still catching up: member -> when the snapshot transfer
+        # from the leader will have completed (restarted while no leader is reachable).
+        self.lost: dict[str, float] = {}
+        self._catching_up: dict[str, float] = {}
+        self._held: dict[str, list[_Request]] = {}  # requests reaching a member that is catching up
         # client operation -> how many of its writes applied with their compares
         # holding (for invariant 7: nothing is acknowledged that did not apply)
         self.effects: dict[int, int] = {}
@@ -486,6 +502,8 @@ class EtcdCluster:
             "compactions": 0,
             "lease_expiries": 0,
             "watch_breaks": 0,
+            "members_lost": 0,
+            "members_replaced": 0,
         }
         self.store.observers.append(self._on_commit)
 
@@ -509,9 +527,75 @@ class EtcdCluster:
         self._aggressive_compaction += 1 if on else -1
 
     def heal(self) -> None:
+        """End the fault windows; a member that lost its disk is replaced now
+        (it still has to catch up before it serves)."""
         self._drop_writes.clear()
         self._lose_replies.clear()
         self._aggressive_compaction = 0
+        for member in list(self.lost):
+            self.replace_member(member)
+
+    # -- members losing their disk ------------------------------------------------------
+
+    def serving(self, member: str) -> bool:
+        """Up, and holding the cluster's data (not lost, not catching up)."""
+        return member not in self.lost and member not in self._catching_up
+
+    def lose_member(self, member: str) -> bool:
+        """``member`` crashes and loses its data.  False (nothing done) while a
+        member is already lost or catching up: with two disks gone, a 3-member
+        cluster has lost entries only they held and must be restored from a
+        backup, which this model does not cover."""
+        if self.lost or self._catching_up:
+            self.trace.event("etcd.member_loss_skipped", member=member)
+            return False
+        self.stats["members_lost"] += 1
+        self.trace.event("etcd.member_lost", member=member, leader=self.leader)
+        # Connections reset: its watch streams end (the client is told if the
+        # reset gets there; its keepalive notices anyway).
+        for w in list(self._watches.values()):
+            if w.member == member:
+                self._reset(w, f"connection reset (etcd member {member} crashed)")
+        self.lost[member] = self.loop.time()
+        self._catching_up.pop(member, None)
+        # Requests it held (waiting for a leader or for its catch-up) die with it:
+        # never proposed, their clients time out.
+        self._pending = [r for r in self._pending if r.member != member]
+        self._held.pop(member, None)
+        # From now on nothing reaches it and nothing leaves it (connection refused).
+        self.net.isolate(member)
+        if self.leader == member:
+            self.start_election(0.3 + self.rng.random(), f"leader {member} lost its disk")
+        return True
+
+    def replace_member(self, member: str) -> bool:
+        """``etcdctl member remove`` + ``member add``: a fresh, empty member of the
+        same name joins and catches up from the leader before it serves."""
+        if self.lost.pop(member, None) is None:
+            return False
+        self.stats["members_replaced"] += 1
+        self.net.unisolate(member)
+        self._catching_up[member] = self.loop.time() + self._transfer_time()
+        self.trace.event("etcd.member_replaced", member=member)
+        return True
+
+    def _transfer_time(self) -> float:
+        """A snapshot of the key space, sent by the leader (bounded, state-sized)."""
+        return 0.2 + 0.3 * self.rng.random() + 2e-6 * self.store.key_count()
+
+    def _catch_up(self, now: float) -> None:
+        for member, ready_at in list(self._catching_up.items()):
+            leader = self.leader
+            if leader is None or not self.net.connected(member, leader):
+                # The transfer needs a leader: start over once one is reachable.
+                self._catching_up[member] = now + self._transfer_time()
+                continue
+            if now < ready_at:
+                continue
+            del self._catching_up[member]
+            self.trace.event("etcd.member_ready", member=member, rev=self.store.revision)
+            for req in self._held.pop(member, []):
+                self._serve(req)
 
     def start_election(self, duration: float, why: str) -> None:
         """The leader is gone: nothing commits until a new one is elected."""
@@ -527,7 +611,11 @@ class EtcdCluster:
         self.loop.call_at(until, self._elect)
 
     def _quorum_of(self, member: str) -> int:
-        return 1 + sum(1 for m in self.members if m != member and self.net.connected(member, m))
+        """Members that can ack ``member``'s proposals: itself and the reachable
+        ones holding the data (a member catching up cannot ack new entries)."""
+        return 1 + sum(
+            1 for m in self.members if m != member and self.serving(m) and self.net.connected(member, m)
+        )
 
     def _elect(self) -> None:
         if self.leader is not None:
@@ -537,7 +625,7 @@ class EtcdCluster:
             self.loop.call_at(self._election_until, self._elect)
             return
         majority = len(self.members) // 2 + 1
-        candidates = [m for m in self.members if self._quorum_of(m) >= majority]
+        candidates = [m for m in self.members if self.serving(m) and self._quorum_of(m) >= majority]
         if not candidates:
             self.loop.call_later(0.5, self._elect)  # no quorum anywhere: try again
             return
@@ -565,6 +653,8 @@ class EtcdCluster:
             now = self.loop.time()
             if self.leader is not None and self._quorum_of(self.leader) < len(self.members) // 2 + 1:
                 self.start_election(0.3 + self.rng.random(), "leader lost its quorum")
+            if self._catching_up:
+                self._catch_up(now)
             if self.leader is not None:
                 for lid in self.store.expire(now):
                     self.stats["lease_expiries"] += 1
@@ -597,6 +687,15 @@ class EtcdCluster:
 
     def receive(self, req: _Request) -> None:
         """A request arrives at a member."""
+        if req.member in self.lost:
+            req.pending.lost()  # it crashed as the request arrived: no answer
+            return
+        if req.member in self._catching_up:
+            # A fresh member serves nothing it does not have yet: the request
+            # waits for the catch-up (the client may time out).
+            self._held.setdefault(req.member, []).append(req)
+            req.pending.lost()
+            return
         if self.leader is None:
             self._hold(req)
             return
@@ -662,6 +761,9 @@ class EtcdCluster:
         self._next_watch += 1
         w = _ServerWatch(self._next_watch, member, client, start, end, 0, deliver, self.loop.time())
         self._watches[w.id] = w
+        if not self.serving(member):
+            self._break(w, f"etcdserver: member {member} is not ready (catching up)")
+            return w.id
         if not self.has_leader(member):
             self._break(w, "etcdserver: no leader")
             return w.id
@@ -718,6 +820,16 @@ class EtcdCluster:
         broken = StreamBroken(reason)
         self.net.send(w.member, w.client, lambda: w.deliver(broken), stream=w)
         self._drop(w)
+
+    def _reset(self, w: _ServerWatch, reason: str) -> None:
+        """The member's process died: the client's kernel sees the connection
+        reset one network latency later (no message from the member needed)."""
+        if w.broken:
+            return
+        self.stats["watch_breaks"] += 1
+        w.broken = True
+        self._watches.pop(w.id, None)
+        self.loop.call_later(self.net.latency(w.member, w.client), w.deliver, StreamBroken(reason))
 
     def _drop(self, w: _ServerWatch) -> None:
         """The stream is over on the member's side.  Whatever becomes of the last

@@ -29,6 +29,9 @@ FAULT_KINDS: dict[str, str] = {
     "skew": "a replica's clock is off by seconds and drifts",
     "compact": "etcd compacts its history aggressively (watches and old reads fail)",
     "watchdrop": "every etcd watch stream is cut at once",
+    # New kinds go last: a kind's draws come after those of the kinds before it,
+    # so appending one leaves every existing kind's schedule as it was.
+    "disk": "an etcd member loses its disk: crash, removal, a fresh member catching up from the leader",
 }
 
 REPLICA_NAMES = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8")
@@ -48,7 +51,7 @@ class Fault:
 
     def describe(self) -> str:
         when = f"@{self.at:.1f}s" + (f"+{self.duration:.1f}s" if self.duration else "")
-        if self.kind in ("crash", "pause", "partition"):
+        if self.kind in ("crash", "pause", "partition", "disk"):
             return f"{self.kind} {self.target}{when}"
         if self.kind == "split":
             return f"split {self.target}|{self.peer}{when}"
@@ -218,6 +221,10 @@ def _schedule(
                 chosen.append(Fault(kind, at, length))
             elif kind == "watchdrop":
                 chosen.append(Fault(kind, rng.uniform(1.0, duration - 1.0)))
+            elif kind == "disk":
+                # Down (removed, not yet replaced) for 1-8 s, then a fresh member catches up.
+                at, down = _window(rng, duration, 1.0, 8.0)
+                chosen.append(Fault(kind, at, down, target=rng.choice(ETCD_MEMBERS)))
         if enabled and kind in allowed:
             faults += chosen
     faults.sort(key=lambda f: (f.at, f.kind, f.target))

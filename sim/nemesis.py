@@ -89,6 +89,8 @@ class Nemesis:
             self._later(f.duration, "compact", f)
         elif f.kind == "watchdrop":
             cluster.break_watches("fault: watch streams dropped")
+        elif f.kind == "disk" and cluster.lose_member(f.target):
+            self._later(f.duration, "replace", f)
 
     def _end(self, action: str, f: Fault) -> None:
         self.trace.event("fault.end", kind=f.kind, what=f.describe())
@@ -119,6 +121,8 @@ class Nemesis:
             self.objects.remove_errors(f.value)
         elif action == "compact":
             cluster.set_aggressive_compaction(False)
+        elif action == "replace":
+            cluster.replace_member(f.target)
 
     async def heal(self) -> None:
         """End every fault: the network, etcd and storage behave, every replica runs."""

@@ -396,3 +396,105 @@ def test_watch_batches_are_well_formed() -> None:
     for batch in sim(main):
         if batch.events:
             assert batch.revision == batch.events[-1].kv.mod_revision
+
+
+# -- a member losing its disk ------------------------------------------------------------
+
+
+def test_losing_the_leaders_disk_elects_another_and_refuses_connections_to_it() -> None:
+    async def main() -> None:
+        loop, net, cluster = world()
+        kv = SimKV(cluster, net, "r0", random.Random(3), timeout=5.0)
+        await kv.txn([], [Put(P + b"k", b"1")])
+        lost = cluster.leader
+        assert lost is not None
+        assert cluster.lose_member(lost)
+        assert cluster.leader is None  # an election follows
+        assert net.is_cut("r0", lost) and net.is_cut(lost, "r0")  # connection refused
+        # A second disk loss while one member is gone is not modelled (data loss).
+        other = next(m for m in cluster.members if m != lost)
+        assert not cluster.lose_member(other)
+        await kv.txn([], [Put(P + b"k", b"2")])  # the two others form a quorum
+        assert cluster.leader not in (None, lost)
+        # Both survivors are needed now: one more member cut off and nothing commits.
+        survivor = next(m for m in cluster.members if m not in (lost, cluster.leader))
+        net.isolate(survivor)
+        await asyncio.sleep(1.0)
+        assert cluster.leader is None
+        with pytest.raises(KVError):
+            await kv.txn([], [Put(P + b"k", b"3")])
+        net.unisolate(survivor)
+        await asyncio.sleep(2.0)
+        assert cluster.leader is not None
+        got = await kv.get(P + b"k")
+        assert got is not None and got.value in (b"2", b"3")
+        assert loop.time() > 0
+
+    sim(main)
+
+
+def test_a_replaced_member_serves_only_after_catching_up_and_never_leads_before() -> None:
+    async def main() -> None:
+        loop, net, cluster = world()
+        lost = next(m for m in cluster.members if m != cluster.leader)
+        assert cluster.lose_member(lost)
+        assert not cluster.serving(lost)
+        # A client that only reaches the lost member: refused at once, never sent.
+        for m in cluster.members:
+            if m != lost:
+                net.cut("r1", m)
+        kv = SimKV(cluster, net, "r1", random.Random(4), timeout=0.2)
+        with pytest.raises(KVUnavailable) as exc:
+            await kv.txn([], [Put(P + b"x", b"1")])
+        assert not isinstance(exc.value, KVUnknownOutcome)
+        assert cluster.store.get(P + b"x") is None
+        writer = SimKV(cluster, net, "r0", random.Random(3))
+        await writer.txn([], [Put(P + b"y", b"before")])
+        assert cluster.replace_member(lost)
+        assert not cluster.serving(lost)
+        # While it catches up a request reaching it waits (here: past its timeout);
+        # a watch on it is refused; it is no candidate in an election.
+        with pytest.raises(KVUnknownOutcome):
+            await kv.txn([], [Put(P + b"x", b"2")])
+        cluster.start_election(0.1, "test")
+        await asyncio.sleep(0.15)
+        assert cluster.leader != lost
+        t0 = loop.time()
+        while not cluster.serving(lost):
+            await asyncio.sleep(0.05)
+            assert loop.time() - t0 < 5.0
+        # Caught up: it serves everything committed before, and the held write.
+        slow = SimKV(cluster, net, "r1", random.Random(5), timeout=2.0)
+        got = await slow.get(P + b"y")
+        assert got is not None and got.value == b"before"
+        assert cluster.stats["members_lost"] == 1 and cluster.stats["members_replaced"] == 1
+
+    sim(main)
+
+
+def test_a_lost_members_watch_streams_break_and_the_client_resumes_elsewhere() -> None:
+    async def main() -> list[bytes]:
+        _, net, cluster = world()
+        kv = SimKV(cluster, net, "r0", random.Random(3))
+        start = await kv.current_revision() + 1
+        seen: list[bytes] = []
+
+        async def follow() -> None:
+            async for batch in kv.watch(P, prefix_end(P), start):
+                seen.extend(e.kv.key for e in batch.events)
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)
+        member = next(iter(kv._watches.values()))
+        await kv.txn([], [Put(P + b"a", b"1")])
+        cluster.lose_member(member)
+        await kv.txn([], [Put(P + b"b", b"2")])
+        await asyncio.sleep(3.0)
+        assert all(m != member for m in kv._watches.values())
+        cluster.heal()  # the lost member is replaced
+        await asyncio.sleep(2.0)
+        assert cluster.serving(member)
+        task.cancel()
+        return seen
+
+    assert sim(main) == [P + b"a", P + b"b"]
