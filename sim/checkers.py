@@ -16,8 +16,14 @@ Two kinds of checks:
   - (6) no blob record is claimed ("deleting") or removed, and no blob's bytes
     are deleted, while a link to it exists; no link is made to a blob being
     deleted;
-  - the timeline of tag, manifest and link keys, numbered in the history's
-    order, for the checks below.
+  - (immutable) no tag covered by an immutability pattern in force at the
+    commit moves to another digest or is deleted;
+  - (2) a manifest stored as a blob (above the inline limit) has its bytes in
+    the object store when committed, and they are not deleted while a
+    manifest record needs them (``StorageMonitor``);
+  - the timeline of tag, manifest, link and immutability-rule keys, and of
+    the read-only switch, numbered in the history's order, for the checks
+    below.
 * **From the recorded history, after the run.**
   - (7) every acknowledged write took effect during its request (the
     timeline shows the tag/manifest/link in the acknowledged state at some
@@ -30,13 +36,23 @@ Two kinds of checks:
   - (6) a push that the registry told "layer exists" or "uploaded", failing
     within the grace window because the blob was gone (only a client delete
     may explain it);
-  - (3) a wrong-digest upload that was accepted (reported by the client).
+  - (3) a wrong-digest upload that was accepted (reported by the client);
+  - (immutable) a request refused as touching an immutable tag (DENIED, with
+    the pattern) while no rule covering the tag was in force, or the tag did
+    not exist with another digest, at any point of the request;
+  - (read-only) a write acknowledged although the switch was on for its whole
+    duration, unless the replica it entered had not yet seen the switch (its
+    settings mirror was behind the revision that turned it on); a replica
+    whose view of the switch matches no value etcd had at or after the
+    revision its mirror claims; a read refused for read-only.
 """
 
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,13 +60,35 @@ from typing import Any
 
 from hareg.kv.base import Event, EventType
 from hareg.metadata.keys import Keys
-from hareg.metadata.records import BlobRecord, HistoryEntry, ManifestRecord, TagRecord, TagSeqRecord, decode
+from hareg.metadata.records import (
+    BlobRecord,
+    HistoryEntry,
+    ImmutabilityRecord,
+    ManifestRecord,
+    TagRecord,
+    TagSeqRecord,
+    decode,
+)
 from sim import history as h
 from sim import linearizability as lin
 from sim.etcd_model import MVCCStore
 from sim.history import History, Outcome
 
-INVARIANTS = ("1", "2", "3", "4", "5", "6", "7", "linearizability", "liveness", "internal")
+INVARIANTS = (
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "linearizability",
+    "immutable",
+    "read-only",
+    "liveness",
+    "internal",
+)
+READ_ONLY_KEY = "read-only"  # the setting's name (hareg.registry.settings.READ_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +121,16 @@ class Findings:
 
 def _short(digest: str | None) -> str:
     return digest[7:19] if digest else "-"
+
+
+def switch_on(raw: bytes) -> bool:
+    """The read-only switch's value as stored (``{"readOnly": true, ...}``);
+    anything unreadable counts as off, as the registry reads it."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("readOnly") is True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +170,15 @@ class CommitMonitor:
         self._listed: dict[tuple[str, str], int] = defaultdict(int)  # indexes listing a manifest
         self._used: dict[tuple[str, str], int] = defaultdict(int)  # manifests using a blob link
         self._linked: dict[str, int] = defaultdict(int)  # links to a blob, all repositories
+        # Manifests whose body is a blob in the object store: digest -> live records.
+        self._bodies: dict[str, int] = defaultdict(int)
+        # Immutability patterns in force, by repository.
+        self._rules: dict[str, tuple[str, ...]] = {}
+        # The read-only switch: (revision, history point, on) at every change.
+        self.switch: list[tuple[int, int, bool]] = []
+        self._switch_key = keys.setting(READ_ONLY_KEY)
+        # Set by the StorageMonitor: is a blob's content in the object store?
+        self.storage: StorageMonitor | None = None
         store.observers.append(self.on_commit)
 
     def _kind(self, key: bytes) -> tuple[str, str] | None:
@@ -136,15 +193,23 @@ class CommitMonitor:
     def links_to(self, digest: str) -> int:
         return self._linked.get(digest, 0)
 
+    def bodies_of(self, digest: str) -> int:
+        """Live manifest records whose body is the blob ``digest``."""
+        return self._bodies.get(digest, 0)
+
     def _mirror_manifest(self, repo: str, digest: str, record: ManifestRecord | None) -> None:
         old = self._manifests.pop((repo, digest), None)
         if old is not None:
+            if old.body is None:
+                self._bodies[digest] -= 1
             for b in old.blobs:
                 self._used[(repo, b)] -= 1
             for c in old.manifests:
                 self._listed[(repo, c)] -= 1
         if record is not None:
             self._manifests[(repo, digest)] = record
+            if record.body is None:
+                self._bodies[digest] += 1
             for b in record.blobs:
                 self._used[(repo, b)] += 1
             for c in record.manifests:
@@ -154,14 +219,19 @@ class CommitMonitor:
         seq = self.seq()
         moves: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         checks: list[tuple[str, str, str]] = []
+        rules: dict[str, tuple[str, ...]] = {}
         for ev in events:
             parsed = self._kind(ev.kv.key)
             if parsed is None:
                 continue
             kind, rest = parsed
             put = ev.type is EventType.PUT
-            if kind in "tml":
+            if kind in "tmli":
                 self.timeline[ev.kv.key].append((seq, ev.kv.value if put else None))
+            if kind == "i":
+                rules[rest] = decode(ImmutabilityRecord, ev.kv.value).patterns if put else ()
+            elif kind == "c" and ev.kv.key == self._switch_key:
+                self.switch.append((rev, seq, put and switch_on(ev.kv.value)))
             if kind == "t":
                 repo, tag = rest.rsplit("@", 1)
                 record = decode(TagRecord, ev.kv.value) if put else None
@@ -202,9 +272,27 @@ class CommitMonitor:
                 if state != "live":
                     checks.append(("blob-", state, rest))
         for (repo, tag), move in moves.items():
+            self._check_immutable(repo, tag, move)
             self._check_move(repo, tag, move)
+        self._rules.update(rules)  # a rule binds the commits after the one that set it
         for what, repo, name in checks:
             self._check_reachability(what, repo, name)
+
+    def _check_immutable(self, repo: str, tag: str, move: dict[str, Any]) -> None:
+        """No tag covered by a pattern in force moves away from its digest."""
+        if "t" not in move:
+            return
+        before = self._tag_value.get((repo, tag))
+        record: TagRecord | None = move["t"]
+        after = record.digest if record is not None else None
+        if before is None or after == before:
+            return  # created, or re-pushed with the same digest: allowed
+        pattern = next((p for p in self._rules.get(repo, ()) if fnmatch.fnmatchcase(tag, p)), None)
+        if pattern is not None:
+            what = f"moved to {_short(after)}" if after else "deleted"
+            self._violation(
+                "immutable", f"{repo}:{tag} {what} from {_short(before)} while pattern {pattern!r} covers it"
+            )
 
     def _check_move(self, repo: str, tag: str, move: dict[str, Any]) -> None:
         """Invariant 5: a tag moves only forward, one new history entry per move."""
@@ -257,6 +345,10 @@ class CommitMonitor:
             record = self._manifests.get((repo, name))
             if record is None:
                 return
+            if record.body is None and self.storage is not None and name not in self.storage.stored:
+                self._violation(
+                    "2", f"manifest {repo}@{_short(name)} stored as a blob whose bytes are not in the store"
+                )
             for b in record.blobs:
                 if (repo, b) not in self._links:
                     self._violation(
@@ -305,8 +397,12 @@ class StorageMonitor:
         self.now = now
         self.findings = findings
         self.monitor = monitor
+        self.stored: set[str] = set()  # digests whose bytes are in the object store
+        if monitor.storage is None:
+            monitor.storage = self
 
     def on_blob_commit(self, digest: str, data: bytes) -> None:
+        self.stored.add(digest)
         algorithm, _, hexdigest = digest.partition(":")
         try:
             actual = hashlib.new(algorithm, data).hexdigest()
@@ -318,6 +414,13 @@ class StorageMonitor:
             )
 
     def on_blob_delete(self, digest: str) -> None:
+        self.stored.discard(digest)
+        if (bodies := self.monitor.bodies_of(digest)) > 0:
+            self.findings.add(
+                "2",
+                self.now(),
+                f"bytes of manifest {_short(digest)} deleted while {bodies} record(s) need them",
+            )
         record = self.store.get(self.keys.blob(digest))
         if record is not None and decode(BlobRecord, record.value).state == "live":
             self.findings.add(
@@ -546,6 +649,102 @@ def check_inflight_pushes(history: History, findings: Findings, *, grace: float,
                     )
 
 
+def _covered(rule_values: list[bytes | None], pattern: str, tag: str) -> bool:
+    """Some rule value among ``rule_values`` has ``pattern`` and it covers ``tag``."""
+    return fnmatch.fnmatchcase(tag, pattern) and any(
+        v is not None and pattern in decode(ImmutabilityRecord, v).patterns for v in rule_values
+    )
+
+
+def check_immutable_refusals(
+    history: History, monitor: CommitMonitor, keys: Keys, findings: Findings
+) -> None:
+    """A request refused because a tag is immutable (DENIED, with the pattern):
+    at some point during it, a rule with that pattern was in force and the tag
+    existed naming another digest (a push or rollback) or at all (a delete)."""
+    for op in history.ops:
+        pattern, tag = op.detail.get("pattern"), op.detail.get("denied_tag")
+        if op.outcome is not Outcome.FAIL or pattern is None or not tag or op.complete_seq is None:
+            continue
+        window = (op.invoke_seq, op.complete_seq)
+        rule = _values_during(monitor.timeline.get(keys.immutability(op.repo), []), *window)
+        tag_values = _values_during(monitor.timeline.get(keys.tag(op.repo, tag), []), *window)
+        if op.kind == h.TAG_WRITE:
+            moved = any(v is not None and decode(TagRecord, v).digest != op.digest for v in tag_values)
+        else:
+            moved = any(v is not None for v in tag_values)
+        if op.detail.get("code") != "DENIED" or not _covered(rule, pattern, tag) or not moved:
+            findings.add(
+                "immutable",
+                op.complete_time or 0.0,
+                f"op {op.id} {op.kind} {op.repo}:{tag} refused ({op.detail.get('code')}) as immutable "
+                f"by {pattern!r}, but no such rule covered an existing tag during the request",
+            )
+
+
+# Requests the read-only middleware refuses (``is_write``), by operation kind.
+READ_ONLY_WRITES = (
+    h.TAG_WRITE,
+    h.MANIFEST_PUT,
+    h.BLOB_UPLOAD,
+    h.TAG_DELETE,
+    h.MANIFEST_DELETE,
+    h.BLOB_DELETE,
+    h.BLOB_MOUNT,
+    h.PRUNE,
+    h.IMMUTABILITY,
+)
+READS = (h.TAG_READ, h.DIGEST_READ, h.BLOB_HEAD, h.REF_CHECK, h.LIST_TAGS)
+
+
+def _switch_at(switch: list[tuple[int, int, bool]], revision: int) -> bool:
+    """The switch's value at etcd revision ``revision``."""
+    i = bisect.bisect_right(switch, revision, key=lambda e: e[0])
+    return switch[i - 1][2] if i else False
+
+
+def check_read_only(history: History, monitor: CommitMonitor, findings: Findings) -> None:
+    """The cluster read-only switch: no write acknowledged while it was on for the
+    whole request, except on a replica that had not seen it turn on yet; a
+    replica's view always one etcd really had; reads never refused for it."""
+    switch = monitor.switch
+    for op in history.ops:
+        if op.kind in READS and op.detail.get("read_only") == "refused":
+            findings.add(
+                "read-only", op.complete_time or 0.0, f"op {op.id} {op.kind} {op.repo} refused as read-only"
+            )
+        view = op.detail.get("ro")
+        if view is not None:
+            rev_text, on_text, seq_text = view.split(":")
+            rev, on, seq = int(rev_text), on_text == "1", int(seq_text)
+            # The mirror is complete up to ``rev``; a replica's own switch may be newer.
+            later = [v for r, s, v in switch if r > rev and s <= seq]
+            if on not in [_switch_at(switch, rev), *later]:
+                findings.add(
+                    "read-only",
+                    op.complete_time or 0.0,
+                    f"op {op.id} {op.kind} on {op.replica}: the replica saw read-only {'on' if on else 'off'} "
+                    f"at settings revision {rev}, which etcd never had from then on",
+                )
+        if op.kind not in READ_ONLY_WRITES or not op.ok or op.final or op.complete_seq is None:
+            continue
+        i = bisect.bisect_left(switch, op.invoke_seq, key=lambda e: e[1])
+        in_force = switch[i - 1] if i else None  # the last change before the request
+        if in_force is None or not in_force[2]:
+            continue
+        if any(not on for _, s, on in switch[i:] if s < op.complete_seq):
+            continue  # turned off during the request
+        if view is not None and int(view.split(":")[0]) < in_force[0]:
+            continue  # the replica had not seen the switch yet (its watch lags)
+        findings.add(
+            "read-only",
+            op.complete_time or 0.0,
+            f"op {op.id} {op.kind} {op.repo}{':' + op.tag if op.tag else ''} on {op.replica} acknowledged while "
+            f"the registry was read-only (since revision {in_force[0]}) for the whole request"
+            + ("" if view is not None else " (it never passed the read-only test)"),
+        )
+
+
 def check_history(
     history: History,
     monitor: CommitMonitor,
@@ -560,4 +759,6 @@ def check_history(
     check_effects(history, effects, findings)
     check_digest_reads(history, monitor, keys, findings)
     check_inflight_pushes(history, findings, grace=grace, keep_younger=keep_younger)
+    check_immutable_refusals(history, monitor, keys, findings)
+    check_read_only(history, monitor, findings)
     check_linearizability(history, findings)

@@ -49,6 +49,8 @@ REF_CHECK = "ref_check"  # reading what a pulled manifest references
 JANITOR = "janitor"
 PRUNE = "prune"  # a pruner (garbage collection) run
 LIST_TAGS = "list_tags"
+IMMUTABILITY = "immutability"  # set (detail "patterns") or clear a repository's immutable tag patterns
+READ_ONLY = "read_only"  # the cluster-wide read-only switch turned on or off (detail "on")
 
 
 @dataclass(slots=True)

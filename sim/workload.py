@@ -30,8 +30,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hareg.http.readonly import is_write, read_only_error
 from hareg.kv.base import KVError
-from hareg.metadata.store import MetadataError
+from hareg.metadata.store import DEFAULT_INLINE_LIMIT, MetadataError
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import OCI_INDEX, OCI_MANIFEST
 from hareg.registry.pruner import NotLeader
@@ -49,6 +50,7 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
 
 Handler = Callable[[Registry], Awaitable[Any]]
+Http = tuple[str, str]  # the request's method and path, as the HTTP layer would see them
 
 
 def sha256(data: bytes) -> str:
@@ -140,16 +142,39 @@ class Env:
         self.anomalies.append(Anomaly(invariant, self.loop.time(), op.id, message))
         self.trace.event("anomaly", inv=invariant, op=op.id, msg=message[:120])
 
+    def guarded(self, handler: Handler, http: Http | None, op: Operation | None) -> Handler:
+        """What the HTTP layer runs around the handler: the read-only middleware's
+        test, with the registry's own classification of the request and its own
+        refusal (``hareg.http.readonly``).  The replica's view of the switch as
+        the request enters is noted on the operation for the read-only checker:
+        ``<settings revision>:<read-only 0/1>:<history point>``."""
+        if http is None:
+            return handler  # not an HTTP request (a background task's work)
+        write = is_write(*http)
+        history = self.history
+
+        async def run(reg: Registry) -> Any:
+            if op is not None and write:
+                op.detail["ro"] = f"{reg.settings.revision}:{int(reg.read_only)}:{history.seq}"
+            if write and reg.read_only:
+                raise read_only_error()
+            return await handler(reg)
+
+        return run
+
     async def call(
         self,
         client: str,
         handler: Handler,
         *,
         start: int,
+        http: Http | None,
+        op: Operation | None = None,
         failover: bool = True,
         give_up_after: float | None = None,
     ) -> Response:
         """One HTTP request through the load balancer, as the client sees it."""
+        handler = self.guarded(handler, http, op)
         n = len(self.replicas)
         order = [self.replicas[(start + i) % n] for i in range(n if failover else 1)]
         for replica in order:
@@ -221,7 +246,7 @@ def _stale(reg: Registry) -> bool:
 class Client:
     """One simulated client (a CI job pushing, a node pulling)."""
 
-    WEIGHTS: tuple[tuple[str, int], ...] = (
+    WEIGHTS: tuple[tuple[str, float], ...] = (
         ("push_image", 18),
         ("push_shared", 12),
         ("push_index", 4),
@@ -237,6 +262,9 @@ class Client:
         ("list_tags", 2),
         ("rollback", 4),
         ("prune", 2),
+        ("push_large", 1),
+        ("immutability", 1),
+        ("read_only", 0.5),
     )
 
     def __init__(self, name: str, env: Env, rng: random.Random, *, think: float = 0.3) -> None:
@@ -264,16 +292,27 @@ class Client:
         digest: str | None = None,
         replica: int | None = None,
         final: bool = False,
+        http: Http | None,
     ) -> tuple[Operation, Response]:
         start = self._replica() if replica is None else replica
         op = self.history.invoke(
             self.name, kind, repo, self.env.replicas[start].name, tag=tag, digest=digest, final=final
         )
-        resp = await self.env.call(self.name, handler, start=start, failover=replica is None)
+        resp = await self.env.call(
+            self.name, handler, start=start, http=http, op=op, failover=replica is None
+        )
         op.replica = resp.replica or op.replica
         return op, resp
 
     def _complete(self, op: Operation, resp: Response, **fields: Any) -> None:
+        if resp.code:
+            op.detail["code"] = resp.code
+            if isinstance(resp.detail, dict):
+                if "pattern" in resp.detail:  # an immutable tag refused the request
+                    op.detail["pattern"] = str(resp.detail["pattern"])
+                    op.detail["denied_tag"] = str(resp.detail.get("tag", ""))
+                if resp.detail.get("readOnly"):
+                    op.detail["read_only"] = "refused"
         self.history.complete(op, resp.outcome, error=resp.error, **fields)
 
     def _random_bytes(self, lo: int, hi: int) -> bytes:
@@ -312,6 +351,7 @@ class Client:
                 repo,
                 lambda reg: reg.uploads.monolithic(repo, digest, chunks_of(data), length=len(data)),
                 digest=digest,
+                http=("POST", f"/v2/{repo}/blobs/uploads/"),
             )
             self._complete(op, resp)
             return op, resp
@@ -323,7 +363,13 @@ class Client:
         cuts = sorted(self.rng.sample(range(1, len(data)), k=min(len(data) - 1, self.rng.randint(0, 2))))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         path: list[str] = []
-        resp = await self.env.call(self.name, lambda reg: reg.uploads.start(repo), start=self._replica())
+        resp = await self.env.call(
+            self.name,
+            lambda reg: reg.uploads.start(repo),
+            start=self._replica(),
+            http=("POST", f"/v2/{repo}/blobs/uploads/"),
+            op=op,
+        )
         path.append(resp.replica)
         if resp.outcome is Outcome.OK:
             upload_id = resp.value.upload_id
@@ -336,6 +382,8 @@ class Client:
                         repo, upload_id, chunks_of(p), start=o, length=len(p)
                     ),
                     start=self._replica(),
+                    http=("PATCH", f"/v2/{repo}/blobs/uploads/{upload_id}"),
+                    op=op,
                 )
                 path.append(resp.replica)
                 if resp.outcome is not Outcome.OK:
@@ -355,6 +403,8 @@ class Client:
                         length=length,
                     ),
                     start=self._replica(),
+                    http=("PUT", f"/v2/{repo}/blobs/uploads/{upload_id}"),
+                    op=op,
                 )
                 path.append(resp.replica)
         op.replica = ">".join(path)
@@ -372,7 +422,9 @@ class Client:
             await reg.blobs.stat(repo, digest)
             return _stale(reg)
 
-        op, resp = await self._request(h.BLOB_HEAD, repo, head, digest=digest)
+        op, resp = await self._request(
+            h.BLOB_HEAD, repo, head, digest=digest, http=("HEAD", f"/v2/{repo}/blobs/{digest}")
+        )
         exists = resp.outcome is Outcome.OK
         stale = exists and bool(resp.value)
         self._complete(op, resp, found=_found(resp, ErrorCode.BLOB_UNKNOWN), stale=stale)
@@ -383,19 +435,26 @@ class Client:
 
     # -- manifests ---------------------------------------------------------------------------
 
-    def _image_body(self, config: str, layers: list[str], platform: tuple[str, str] | None) -> bytes:
+    def _image_body(
+        self, config: str, layers: list[str], platform: tuple[str, str] | None, pad: int = 0
+    ) -> bytes:
         doc: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": {"mediaType": CONFIG_TYPE, "digest": config, "size": len(self.u.blobs[config])},
             "layers": [{"mediaType": LAYER_TYPE, "digest": d, "size": len(self.u.blobs[d])} for d in layers],
         }
+        annotations: dict[str, str] = {}
         if platform is not None:
-            doc["annotations"] = {"org.example.platform": "/".join(platform)}
+            annotations["org.example.platform"] = "/".join(platform)
+        if pad:
+            annotations["org.example.padding"] = "x" * pad  # a body above the inline limit
+        if annotations:
+            doc["annotations"] = annotations
         return json.dumps(doc, sort_keys=True).encode()
 
     async def _build_image(
-        self, repo: str, *, share: bool, platform: tuple[str, str] | None = None
+        self, repo: str, *, share: bool, platform: tuple[str, str] | None = None, pad: int = 0
     ) -> tuple[Manifest, dict[str, float]] | None:
         """Upload an image's blobs; returns its manifest (not pushed yet) and when
         the registry confirmed each blob (uploaded, or "exists" to a HEAD); None on failure."""
@@ -422,7 +481,7 @@ class Client:
                 confirmed[digest] = self.env.loop.time()
         for d in fresh:
             pool.append(d)
-        body = self._image_body(config, layers, platform)
+        body = self._image_body(config, layers, platform, pad)
         m = Manifest(repo, sha256(body), body, OCI_MANIFEST, blobs=tuple(dict.fromkeys([config, *layers])))
         self.u.manifests[(repo, m.digest)] = m
         self.u.images[repo].append(m.digest)
@@ -446,6 +505,7 @@ class Client:
             lambda reg: reg.manifests.put(m.repo, tag, m.body, m.media_type),
             tag=tag,
             digest=m.digest,
+            http=("PUT", f"/v2/{m.repo}/manifests/{tag}"),
         )
         self._note_missing(op, resp, confirmed)
         self._complete(op, resp)
@@ -458,6 +518,7 @@ class Client:
             m.repo,
             lambda reg: reg.manifests.put(m.repo, m.digest, m.body, m.media_type),
             digest=m.digest,
+            http=("PUT", f"/v2/{m.repo}/manifests/{m.digest}"),
         )
         self._note_missing(op, resp, confirmed)
         self._complete(op, resp)
@@ -475,6 +536,58 @@ class Client:
 
     async def push_shared(self) -> None:
         await self.push_image(share=True)
+
+    async def push_large(self) -> None:
+        """An image whose manifest is above the registry's inline limit: its body
+        is stored in the object store, not in etcd (``ManifestService.put``)."""
+        pad = DEFAULT_INLINE_LIMIT + self.rng.randint(1, 64 * 1024)
+        built = await self._build_image(self._repo(), share=self.rng.random() < 0.5, pad=pad)
+        if built is not None:
+            await self._put_tag(built[0], self._tag(), built[1])
+
+    async def immutability(self) -> None:
+        """Set (or clear) a repository's immutable tag patterns, as
+        ``PUT /hareg/v1/repositories/<name>/immutability`` does."""
+        repo = self._repo()
+        roll = self.rng.random()
+        if roll < 0.5:
+            patterns: list[str] = []
+        elif roll < 0.8:
+            patterns = [self._tag()]
+        elif roll < 0.95:
+            patterns = ["v*"]
+        else:
+            patterns = ["*"]
+        op, resp = await self._request(
+            h.IMMUTABILITY,
+            repo,
+            lambda reg: reg.tags.set_immutability(repo, patterns),
+            http=("PUT", f"/hareg/v1/repositories/{repo}/immutability"),
+        )
+        op.detail["patterns"] = ",".join(patterns)
+        self._complete(op, resp)
+
+    async def read_only(self) -> None:
+        """An operator puts the cluster in read-only mode for a few seconds
+        (``PUT /hareg/v1/read-only``), then makes it writable again."""
+
+        async def switch(on: bool) -> Response:
+            op, resp = await self._request(
+                h.READ_ONLY,
+                "",
+                lambda reg: reg.settings.set_read_only(on),
+                http=("PUT", "/hareg/v1/read-only"),
+            )
+            op.detail["on"] = str(int(on))
+            self._complete(op, resp)
+            return resp
+
+        await switch(True)
+        await asyncio.sleep(self.rng.uniform(1.0, 5.0))
+        for _ in range(8):  # an operator retries until the registry is writable again
+            if (await switch(False)).outcome is Outcome.OK:
+                return
+            await asyncio.sleep(self.rng.uniform(0.5, 1.5))
 
     async def push_index(self) -> None:
         repo = self._repo()
@@ -526,7 +639,15 @@ class Client:
                 raise
             return (content.digest, content.body), _stale(reg)
 
-        op, resp = await self._request(h.TAG_READ, repo, handler, tag=tag, replica=replica, final=final)
+        op, resp = await self._request(
+            h.TAG_READ,
+            repo,
+            handler,
+            tag=tag,
+            replica=replica,
+            final=final,
+            http=("GET", f"/v2/{repo}/manifests/{tag}"),
+        )
         if resp.outcome is not Outcome.OK:
             self._complete(op, resp)
             return op
@@ -561,7 +682,13 @@ class Client:
             return content.body, _stale(reg)
 
         op, resp = await self._request(
-            h.DIGEST_READ, repo, handler, digest=digest, replica=replica, final=final
+            h.DIGEST_READ,
+            repo,
+            handler,
+            digest=digest,
+            replica=replica,
+            final=final,
+            http=("GET", f"/v2/{repo}/manifests/{digest}"),
         )
         if resp.outcome is not Outcome.OK:
             self._complete(op, resp)
@@ -605,7 +732,13 @@ class Client:
                 return b"".join([chunk async for chunk in reg.store.read(info.digest)]), info.size
 
             op, resp = await self._request(
-                h.REF_CHECK, m.repo, read_blob, digest=ref, replica=replica, final=final
+                h.REF_CHECK,
+                m.repo,
+                read_blob,
+                digest=ref,
+                replica=replica,
+                final=final,
+                http=("GET", f"/v2/{m.repo}/blobs/{ref}"),
             )
             op.detail["of"] = m.digest
             self._complete(op, resp, found=_found(resp, ErrorCode.BLOB_UNKNOWN))
@@ -629,7 +762,13 @@ class Client:
                 return (await reg.manifests.get(m.repo, child)).body
 
             op, resp = await self._request(
-                h.REF_CHECK, m.repo, read_child, digest=child, replica=replica, final=final
+                h.REF_CHECK,
+                m.repo,
+                read_child,
+                digest=child,
+                replica=replica,
+                final=final,
+                http=("GET", f"/v2/{m.repo}/manifests/{child}"),
             )
             op.detail["of"] = m.digest
             self._complete(op, resp, found=_found(resp, ErrorCode.MANIFEST_UNKNOWN))
@@ -662,7 +801,9 @@ class Client:
                 raise
             return True
 
-        op, resp = await self._request(h.TAG_DELETE, repo, handler, tag=tag)
+        op, resp = await self._request(
+            h.TAG_DELETE, repo, handler, tag=tag, http=("DELETE", f"/v2/{repo}/manifests/{tag}")
+        )
         self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
 
     async def manifest_delete(self) -> None:
@@ -681,7 +822,9 @@ class Client:
                 raise
             return True
 
-        op, resp = await self._request(h.MANIFEST_DELETE, repo, handler, digest=digest)
+        op, resp = await self._request(
+            h.MANIFEST_DELETE, repo, handler, digest=digest, http=("DELETE", f"/v2/{repo}/manifests/{digest}")
+        )
         self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
 
     async def blob_delete(self) -> None:
@@ -700,7 +843,9 @@ class Client:
                 raise
             return True
 
-        op, resp = await self._request(h.BLOB_DELETE, repo, handler, digest=digest)
+        op, resp = await self._request(
+            h.BLOB_DELETE, repo, handler, digest=digest, http=("DELETE", f"/v2/{repo}/blobs/{digest}")
+        )
         self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
 
     async def bad_upload(self) -> None:
@@ -720,7 +865,11 @@ class Client:
             return
         digest = self.u.layers[source][self.rng.randrange(len(self.u.layers[source]))]
         op, resp = await self._request(
-            h.BLOB_MOUNT, repo, lambda reg: reg.blobs.mount(repo, digest, source), digest=digest
+            h.BLOB_MOUNT,
+            repo,
+            lambda reg: reg.blobs.mount(repo, digest, source),
+            digest=digest,
+            http=("POST", f"/v2/{repo}/blobs/uploads/"),
         )
         self._complete(op, resp, found=resp.value is not None if resp.outcome is Outcome.OK else None)
         if resp.outcome is Outcome.OK and resp.value is not None and digest not in self.u.layers[repo]:
@@ -733,7 +882,7 @@ class Client:
                 return 0
             return len(await janitor.sweep())
 
-        op, resp = await self._request(h.JANITOR, "", handler)
+        op, resp = await self._request(h.JANITOR, "", handler, http=None)  # a background task's work
         self._complete(op, resp, value=str(resp.value) if resp.outcome is Outcome.OK else None)
 
     async def rollback(self) -> None:
@@ -744,7 +893,12 @@ class Client:
             return
         digest = acked[self.rng.randrange(len(acked))]
         op, resp = await self._request(
-            h.TAG_WRITE, repo, lambda reg: reg.tags.rollback(repo, tag, digest), tag=tag, digest=digest
+            h.TAG_WRITE,
+            repo,
+            lambda reg: reg.tags.rollback(repo, tag, digest),
+            tag=tag,
+            digest=digest,
+            http=("POST", f"/hareg/v1/repositories/{repo}/tags/{tag}/rollback"),
         )
         op.detail["action"] = "rollback"
         if resp.outcome is Outcome.OK:
@@ -762,11 +916,14 @@ class Client:
             counts = report.to_json()["counts"]
             return True, reg.replica, ",".join(f"{k}={v}" for k, v in counts.items() if v)
 
-        op, resp = await self._request(h.PRUNE, "", handler)
+        prune = ("POST", "/hareg/v1/prune")
+        op, resp = await self._request(h.PRUNE, "", handler, http=prune)
         if resp.outcome is Outcome.OK and not resp.value[0] and resp.value[1] is not None:
             leader = next((i for i, r in enumerate(self.env.replicas) if r.name == resp.value[1]), None)
             if leader is not None:
-                resp = await self.env.call(self.name, handler, start=leader, failover=False)
+                resp = await self.env.call(
+                    self.name, handler, start=leader, http=prune, op=op, failover=False
+                )
         ran = resp.outcome is Outcome.OK and bool(resp.value[0])
         if resp.outcome is Outcome.OK and not ran:
             resp = Response(Outcome.FAIL, error="no pruner leader reachable", replica=resp.replica)
@@ -784,5 +941,5 @@ class Client:
                 raise
             return tags
 
-        op, resp = await self._request(h.LIST_TAGS, repo, handler)
+        op, resp = await self._request(h.LIST_TAGS, repo, handler, http=("GET", f"/v2/{repo}/tags/list"))
         self._complete(op, resp)

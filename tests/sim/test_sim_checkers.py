@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from hareg.kv.base import Delete, Put
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import (
     BlobRecord,
     HistoryEntry,
+    ImmutabilityRecord,
     LinkRecord,
     ManifestRecord,
     TagRecord,
     TagSeqRecord,
     encode,
 )
-from sim.checkers import CommitMonitor, Findings
+from sim import history as h
+from sim.checkers import (
+    CommitMonitor,
+    Findings,
+    StorageMonitor,
+    check_immutable_refusals,
+    check_linearizability,
+    check_read_only,
+    register_ops,
+)
 from sim.etcd_model import MVCCStore
+from sim.history import History, Outcome
+from sim.trace import Trace
 
 K = Keys("/hareg")
 R = "team/app"
@@ -113,3 +127,138 @@ def test_history_that_does_not_move_forward_is_invariant_5() -> None:
     manifest(store2)
     store2.txn([], [Put(K.tag(R, "v1"), encode(TagRecord(M, 1, 0.0, "r0", "w")))], [])  # no history entry
     assert kinds(findings2) == ["5"]
+
+
+# -- immutable tags -----------------------------------------------------------------------
+
+
+def rule(store: MVCCStore, *patterns: str) -> None:
+    if patterns:
+        store.txn([], [Put(K.immutability(R), encode(ImmutabilityRecord(patterns, 0.0, "r0", "w")))], [])
+    else:
+        store.txn([], [Delete(K.immutability(R))], [])
+
+
+def test_an_immutable_tag_that_moves_or_goes_is_caught_at_the_commit() -> None:
+    store, findings = monitored()
+    blob(store)
+    manifest(store)
+    manifest(store, N)
+    rule(store, "v*")
+    move(store, "v1", 1, None, M)  # created under the rule: allowed
+    move(store, "dev", 1, None, M)
+    move(store, "dev", 2, M, N)  # not covered
+    assert findings.violations == []
+    move(store, "v1", 2, M, N)  # moved while covered
+    move(store, "v1", 3, N, None)  # deleted while covered
+    assert kinds(findings) == ["immutable", "immutable"]
+    rule(store)  # cleared: it may move again
+    move(store, "v1", 4, None, M)
+    assert kinds(findings) == ["immutable", "immutable"]
+
+
+def world_with_history() -> tuple[MVCCStore, Findings, CommitMonitor, History]:
+    store = MVCCStore()
+    findings = Findings()
+    history = History(lambda: 0.0, Trace(lambda: 0.0))
+    monitor = CommitMonitor(store, K, lambda: 0.0, lambda: history.seq, findings)
+    return store, findings, monitor, history
+
+
+def refused_push(history: History, digest: str, pattern: str, code: str = "DENIED") -> None:
+    op = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=digest)
+    op.detail.update(code=code, pattern=pattern, denied_tag="v1")
+    history.complete(op, Outcome.FAIL, error=f"409 {code}")
+
+
+def test_a_refusal_as_immutable_needs_a_covering_rule_and_an_existing_tag() -> None:
+    store, findings, monitor, history = world_with_history()
+    blob(store)
+    manifest(store)
+    manifest(store, N)
+    refused_push(history, N, "v1")  # no rule, no tag: wrongly refused
+    move(store, "v1", 1, None, M)
+    refused_push(history, N, "v1")  # a tag, but no rule
+    rule(store, "v1")
+    refused_push(history, M, "v1")  # the tag already names M: not a move
+    refused_push(history, N, "v1")  # rightly refused
+    check_immutable_refusals(history, monitor, K, findings)
+    assert [v.message.split()[1] for v in findings.violations] == ["0", "1", "2"]
+
+
+def test_refused_writes_are_not_applied_for_linearizability() -> None:
+    _, findings, _, history = world_with_history()
+    write = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    history.complete(write, Outcome.OK)
+    refused_push(history, N, "v1")
+    assert [r.value for r in register_ops(history)[(R, "v1")]] == [M]
+    read = history.invoke("c1", h.TAG_READ, R, "r1", tag="v1")
+    history.complete(read, Outcome.OK, value=N)  # sees the refused write: not linearizable
+    check_linearizability(history, findings)
+    assert kinds(findings) == ["linearizability"]
+
+
+# -- the read-only switch -----------------------------------------------------------------
+
+
+def switch(store: MVCCStore, on: bool) -> int:
+    value = b'{"readOnly": %s, "changedAt": "", "replica": "r0"}' % (b"true" if on else b"false")
+    return store.txn([], [Put(K.setting("read-only"), value)], []).revision
+
+
+def write_op(history: History, view: str | None, kind: str = h.TAG_WRITE) -> None:
+    op = history.invoke("c0", kind, R, "r0", tag="v1", digest=M)
+    if view is not None:
+        op.detail["ro"] = view
+    history.complete(op, Outcome.OK)
+
+
+def test_a_write_acknowledged_while_read_only_is_caught_unless_the_replica_lagged() -> None:
+    store, findings, monitor, history = world_with_history()
+    before = store.revision
+    write_op(history, f"{before}:0:{history.seq}")  # writable: fine
+    on = switch(store, True)
+    write_op(history, f"{before}:0:{history.seq}")  # the replica had not seen it: exempt
+    write_op(history, f"{on}:0:{history.seq}", h.MANIFEST_DELETE)  # it had (and its view is wrong)
+    write_op(history, None, h.BLOB_UPLOAD)  # never passed the test
+    read = history.invoke("c1", h.TAG_READ, R, "r0", tag="v1")
+    read.detail["read_only"] = "refused"
+    history.complete(read, Outcome.FAIL, error="405 UNSUPPORTED")
+    switch(store, False)
+    write_op(history, f"{store.revision}:0:{history.seq}")  # writable again: fine
+    check_read_only(history, monitor, findings)
+    messages = [v.message for v in findings.violations]
+    assert kinds(findings) == ["read-only"] * 4, messages
+    assert "saw read-only off" in messages[0]
+    assert "op 2 " in messages[1] and "op 3 " in messages[2] and "refused as read-only" in messages[3]
+
+
+def test_a_write_that_began_before_the_switch_may_be_acknowledged() -> None:
+    store, findings, monitor, history = world_with_history()
+    op = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    op.detail["ro"] = f"{store.revision}:0:{history.seq}"
+    switch(store, True)
+    history.complete(op, Outcome.OK)
+    check_read_only(history, monitor, findings)
+    assert findings.violations == []
+
+
+# -- manifests stored as blobs ------------------------------------------------------------
+
+
+def test_a_large_manifests_bytes_must_be_stored_and_kept() -> None:
+    store = MVCCStore()
+    findings = Findings()
+    monitor = CommitMonitor(store, K, lambda: 0.0, lambda: 0, findings)
+    storage = StorageMonitor(store, K, lambda: 0.0, findings, monitor)
+    blob(store)
+    record = ManifestRecord("application/vnd.oci.image.manifest.v1+json", 300_000, 0.0, blobs=(B,), body=None)
+    store.txn([], [Put(K.manifest(R, M), encode(record))], [])  # its bytes were never stored
+    assert kinds(findings) == ["2"]
+    body = b'{"schemaVersion": 2}'
+    big = "sha256:" + hashlib.sha256(body).hexdigest()
+    storage.on_blob_commit(big, body)
+    store.txn([], [Put(K.manifest(R, big), encode(record))], [])
+    assert kinds(findings) == ["2"]
+    storage.on_blob_delete(big)  # deleted while the record needs them
+    assert kinds(findings) == ["2", "2"]
