@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from hareg.kv.instrumented import InstrumentedKV
 from hareg.logs import add_log_secret
 from hareg.metrics import Metrics
 from hareg.registry.gc import Policy
+from hareg.registry.hashing import ThreadedHashing
 from hareg.registry.service import Registry
 from hareg.reload import Reloader
 from hareg.storage.base import BlobStore
@@ -45,6 +48,7 @@ log = logging.getLogger("hareg.server")
 # is 60 s, longer than Kubernetes' 30 s termination grace).  An upload cut off
 # here is resumed by the client on another replica.
 SHUTDOWN_GRACE = 10.0
+HASH_THREADS = max(2, os.cpu_count() or 2)  # chunks hashed at once beside the loop
 
 
 class StartupError(Exception):
@@ -176,6 +180,10 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             raise _unusable_dir(exc) from None
         stack.push_async_callback(store.close)
         replica = options.replica or f"{socket.gethostname()}:{port}"
+        # Digests of pushed bytes are computed beside the event loop (hashlib
+        # releases the GIL), so a large push does not stall other requests.
+        hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="hareg-hash")
+        stack.callback(hash_pool.shutdown, wait=True)
         registry = Registry(
             InstrumentedKV(kv, metrics.observe_etcd),
             store,
@@ -195,6 +203,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
             prune_suspend=config.pruner.suspend,
             read_only=config.read_only,
+            hashing=ThreadedHashing(hash_pool),
         )
         await registry.start()
         stack.push_async_callback(registry.stop)

@@ -103,15 +103,19 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
 
 
 async def request_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as a stream of about BODY_CHUNK-sized pieces."""
-    buf = bytearray()
+    """The request body as a stream of about BODY_CHUNK-sized pieces (what the
+    socket delivers is joined once, not copied into a buffer and out again)."""
+    parts: list[bytes] = []
+    size = 0
     async for data in request.content.iter_any():
-        buf += data
-        if len(buf) >= BODY_CHUNK:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
+        parts.append(data)
+        size += len(data)
+        if size >= BODY_CHUNK:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            size = 0
+    if parts:
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def has_body(request: web.Request) -> bool:

@@ -23,6 +23,7 @@ from hareg.metadata.store import MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
 from hareg.registry.gc import GarbageCollector, Policy
+from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.leadership import Leadership
 from hareg.registry.listing import ListingService
@@ -65,6 +66,7 @@ class Registry:
         prune_schedule: str | None = None,
         prune_suspend: bool = False,
         read_only: bool = False,
+        hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
         self.kv = kv
@@ -78,7 +80,7 @@ class Registry:
             kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
         )
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
-        self.uploads = UploadService(self.meta, store, ids, plants=plants)
+        self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
         self.manifests = ManifestService(self.meta, store, clock, ids)
         self.listing = ListingService(self.meta)
         self.tags = TagService(self.meta)

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
 
 from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.hashing import Hashing, InlineHashing
 
 
 class Metered:
     """Counts (and optionally hashes and bounds) bytes as they stream through,
-    so a body is verified without ever being held whole in memory."""
+    so a body is verified without ever being held whole in memory.
 
-    def __init__(self, hasher: hashlib._Hash | None = None, limit: int | None = None) -> None:
+    With a threaded ``Hashing`` a chunk's hash runs while the chunk is being
+    written: each chunk is passed on as soon as its hash has started, after
+    the previous chunk's hash has finished.  ``settled()`` waits for the last
+    one; read ``hasher`` only after it."""
+
+    def __init__(
+        self,
+        hasher: hashlib._Hash | None = None,
+        limit: int | None = None,
+        *,
+        hashing: Hashing | None = None,
+    ) -> None:
         self.hasher = hasher
         self.limit = limit
+        self.hashing: Hashing = hashing or InlineHashing()
         self.count = 0
+        self._pending: Awaitable[None] | None = None
 
-    async def wrap(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async def settled(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def wrap(self, chunks: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
         async for chunk in chunks:
             self.count += len(chunk)
             if self.limit is not None and self.count > self.limit:
@@ -25,8 +44,10 @@ class Metered:
                     ErrorCode.SIZE_INVALID, f"body is longer than the declared {self.limit} bytes"
                 )
             if self.hasher is not None:
-                self.hasher.update(chunk)
+                await self.settled()
+                self._pending = self.hashing.start(self.hasher, chunk)
             yield chunk
+        await self.settled()
 
 
 async def read_all(chunks: AsyncIterable[bytes], limit: int) -> bytes:

@@ -20,6 +20,7 @@ from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
+from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo, UploadStatus
 from hareg.registry.streams import Metered
@@ -41,9 +42,11 @@ class UploadService:
         ids: IdSource,
         *,
         hasher_cache_size: int = 1024,
+        hashing: Hashing | None = None,
         plants: Plants = NO_PLANTS,
     ) -> None:
         self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
+        self.hashing: Hashing = hashing or InlineHashing()
         self.meta = meta
         self.store = store
         self.ids = ids
@@ -113,9 +116,10 @@ class UploadService:
                 headers={"Range": range_header(size)},
             )
         hasher = self._cached_hasher(upload_id, size, record.algorithm)
-        meter = Metered(hasher, limit=length)
+        meter = Metered(hasher, limit=length, hashing=self.hashing)
         try:
             new_size = await self.store.upload_write(upload_id, size, meter.wrap(chunks))
+            await meter.settled()  # a driver may stop reading before the stream's end
         except UploadOffsetMismatch as exc:
             raise RangeNotSatisfiable(
                 f"a concurrent write moved the upload to {exc.expected} bytes",
@@ -174,7 +178,7 @@ class UploadService:
         if hasher is None:
             hasher = new_hasher(digest.algorithm)
             async for chunk in self.store.upload_read(upload_id):
-                hasher.update(chunk)
+                await feed(self.hashing, hasher, chunk)
         # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
         if hasher.hexdigest() != digest.hex and "upload-no-digest" not in self.plants:
             await self._discard(upload_id)
@@ -195,10 +199,11 @@ class UploadService:
         check_name(repo)
         digest = parse_digest(digest_text)
         upload_id = self.ids.new_id()
-        meter = Metered(new_hasher(digest.algorithm), limit=length)
+        meter = Metered(new_hasher(digest.algorithm), limit=length, hashing=self.hashing)
         await self.store.upload_start(upload_id)
         try:
             size = await self.store.upload_write(upload_id, 0, meter.wrap(chunks))
+            await meter.settled()
             if length is not None and size != length:
                 raise RegistryError(ErrorCode.SIZE_INVALID, f"declared {length} bytes, received {size}")
             assert meter.hasher is not None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,8 @@ from yarl import URL
 from hareg.clock import SystemClock
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.hashing import ThreadedHashing
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -541,3 +545,56 @@ async def test_mount_into_invalid_repository_is_400(client: Client) -> None:
     digest = await push_blob(client, "src", BLOB)
     r = await client.post("/v2/Dst/blobs/uploads/", params={"mount": digest, "from": "src"})
     await expect_error(r, 400, "NAME_INVALID")
+
+
+# ---------------------------------------------------------- threaded hashing
+
+
+async def test_uploads_with_digests_computed_beside_the_loop(kv: EtcdKV, tmp_path: Path) -> None:
+    """What `hareg serve` runs: chunks of 64 KiB and more are hashed in a thread
+    pool while they are written; digests are still checked before anything is linked."""
+    rng = random.Random(3)
+    big = rng.randbytes(3 * 1024 * 1024 + 17)
+    digest = sha256(big)
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reg = Registry(
+            kv,
+            store,
+            SystemClock(),
+            RandomIds(),
+            prefix=f"/test-{uuid.uuid4().hex[:12]}",
+            hashing=ThreadedHashing(pool, threshold=64 * 1024),
+        )
+        await reg.start()
+        try:
+            async with TestClient(TestServer(init_app(reg))) as client:
+                assert await push_blob(client, "mono", big) == digest
+                assert await get_blob(client, "mono", digest) == big
+                # Chunked, over three PATCHes and a final PUT chunk (the running hash is kept).
+                location = await start_upload(client, "chunked")
+                offset = 0
+                for size in (700_000, 1_300_000, 65_536):
+                    code, location, _ = await patch(
+                        client, location, big[offset : offset + size], start=offset
+                    )
+                    assert code == 202
+                    offset += size
+                r = await client.put(location, params={"digest": digest}, data=big[offset:])
+                assert r.status == 201, await r.text()
+                assert await get_blob(client, "chunked", digest) == big
+                # A wrong digest is refused, monolithic and chunked, and links nothing.
+                before = await snapshot(reg)
+                wrong = sha256(big + b"!")
+                r = await client.post("/v2/mono/blobs/uploads/", params={"digest": wrong}, data=big)
+                await expect_error(r, 400, "DIGEST_INVALID")
+                location = await start_upload(client, "chunked")
+                code, location, _ = await patch(client, location, big, start=0)
+                r = await client.put(location, params={"digest": wrong})
+                await expect_error(r, 400, "DIGEST_INVALID")
+                assert (await client.head(f"/v2/mono/blobs/{wrong}")).status == 404
+                after = await snapshot(reg)
+                assert after.files == before.files
+        finally:
+            await reg.stop()
+            await store.close()
