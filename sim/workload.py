@@ -11,7 +11,8 @@ handlers call, with the same inputs (async generators of body bytes):
   PATCH on another, PUT on a third);
 * pulls by tag and by digest, checking the body against what was pushed and
   reading what it references (every blob's bytes are hashed);
-* tag moves, tag deletes, manifest deletes, blob deletes, mounts, tag lists;
+* tag moves (sometimes two or three at once on one tag), tag deletes,
+  manifest deletes, blob deletes, mounts, tag lists;
 * uploads with a wrong digest, which must be refused;
 * upload janitor sweeps (the registry's garbage collection of staging).
 
@@ -253,6 +254,7 @@ class Client:
         ("pull_tag", 30),
         ("pull_digest", 10),
         ("tag_move", 8),
+        ("tag_race", 3),
         ("tag_delete", 5),
         ("manifest_delete", 3),
         ("blob_delete", 2),
@@ -788,6 +790,16 @@ class Client:
             return
         m = self.u.manifests[(repo, acked[self.rng.randrange(len(acked))])]
         await self._put_tag(m, self._tag(), {})
+
+    async def tag_race(self) -> None:
+        """Two or three writes of one tag at once through different replicas (CI
+        jobs racing to move ``latest``): what a tag write's compare is for."""
+        repo, tag = self._repo(), self._tag()
+        acked = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if not acked:
+            return
+        picks = [acked[self.rng.randrange(len(acked))] for _ in range(self.rng.randint(2, 3))]
+        await asyncio.gather(*(self._put_tag(self.u.manifests[(repo, d)], tag, {}) for d in picks))
 
     async def tag_delete(self) -> None:
         repo, tag = self._repo(), self._tag()

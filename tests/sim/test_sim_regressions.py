@@ -1,5 +1,8 @@
 """Seeds on which the simulator found registry bugs, kept as regression tests:
-each one failed before its fix (see docs/simulation.md, "Findings")."""
+each one failed before its fix (see docs/simulation.md, "Findings").  A change
+to the workload or the models gives a seed another run, so these guard the
+scenarios only as long as the simulator stays as it was; the mutation-checked
+unit tests beside each fix are the lasting guard."""
 
 from __future__ import annotations
 
