@@ -801,22 +801,41 @@ class Client:
         picks = [acked[self.rng.randrange(len(acked))] for _ in range(self.rng.randint(2, 3))]
         await asyncio.gather(*(self._put_tag(self.u.manifests[(repo, d)], tag, {}) for d in picks))
 
-    async def tag_delete(self) -> None:
-        repo, tag = self._repo(), self._tag()
+    async def _delete(
+        self,
+        kind: str,
+        repo: str,
+        delete: Callable[[Registry], Awaitable[None]],
+        missing: ErrorCode,
+        path: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """A DELETE; ``found`` records whether the registry had the thing (404 = False)."""
 
         async def handler(reg: Registry) -> bool:
             try:
-                await reg.manifests.delete(repo, tag)
+                await delete(reg)
             except RegistryError as exc:
-                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                if exc.code is missing:
                     return False
                 raise
             return True
 
-        op, resp = await self._request(
-            h.TAG_DELETE, repo, handler, tag=tag, http=("DELETE", f"/v2/{repo}/manifests/{tag}")
-        )
+        op, resp = await self._request(kind, repo, handler, tag=tag, digest=digest, http=("DELETE", path))
         self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
+
+    async def tag_delete(self) -> None:
+        repo, tag = self._repo(), self._tag()
+        await self._delete(
+            h.TAG_DELETE,
+            repo,
+            lambda reg: reg.manifests.delete(repo, tag),
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"/v2/{repo}/manifests/{tag}",
+            tag=tag,
+        )
 
     async def manifest_delete(self) -> None:
         repo = self._repo()
@@ -824,20 +843,14 @@ class Client:
         if not images:
             return
         digest = images[self.rng.randrange(len(images))]
-
-        async def handler(reg: Registry) -> bool:
-            try:
-                await reg.manifests.delete(repo, digest)
-            except RegistryError as exc:
-                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
-                    return False
-                raise
-            return True
-
-        op, resp = await self._request(
-            h.MANIFEST_DELETE, repo, handler, digest=digest, http=("DELETE", f"/v2/{repo}/manifests/{digest}")
+        await self._delete(
+            h.MANIFEST_DELETE,
+            repo,
+            lambda reg: reg.manifests.delete(repo, digest),
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"/v2/{repo}/manifests/{digest}",
+            digest=digest,
         )
-        self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
 
     async def blob_delete(self) -> None:
         repo = self._repo()
@@ -845,20 +858,14 @@ class Client:
         if not pool:
             return
         digest = pool[self.rng.randrange(len(pool))]
-
-        async def handler(reg: Registry) -> bool:
-            try:
-                await reg.blobs.delete(repo, digest)
-            except RegistryError as exc:
-                if exc.code is ErrorCode.BLOB_UNKNOWN:
-                    return False
-                raise
-            return True
-
-        op, resp = await self._request(
-            h.BLOB_DELETE, repo, handler, digest=digest, http=("DELETE", f"/v2/{repo}/blobs/{digest}")
+        await self._delete(
+            h.BLOB_DELETE,
+            repo,
+            lambda reg: reg.blobs.delete(repo, digest),
+            ErrorCode.BLOB_UNKNOWN,
+            f"/v2/{repo}/blobs/{digest}",
+            digest=digest,
         )
-        self._complete(op, resp, found=resp.value if resp.outcome is Outcome.OK else None)
 
     async def bad_upload(self) -> None:
         """An upload whose digest is not its content's: must be refused (invariant 3)."""
