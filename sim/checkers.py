@@ -703,6 +703,36 @@ def _switch_at(switch: list[tuple[int, int, bool]], revision: int) -> bool:
     return switch[i - 1][2] if i else False
 
 
+def check_tag_lists(history: History, monitor: CommitMonitor, keys: Keys, findings: Findings) -> None:
+    """4: a tag list read through the barrier (not stale) names every tag that
+    existed for the whole request and none that was absent for the whole of it."""
+    names: dict[str, set[str]] = {}  # every tag ever committed, by repository
+    tag_prefix = keys.kind_prefix("t")
+    for key in monitor.timeline:
+        if key.startswith(tag_prefix):
+            repo, _, tag = keys.strip("t", key).rpartition("@")
+            names.setdefault(repo, set()).add(tag)
+    for op in history.ops:
+        if op.kind != h.LIST_TAGS or not op.ok or op.stale or op.complete_seq is None:
+            continue
+        listed = set(filter(None, op.detail.get("tags", "").split(",")))
+        for tag in sorted(names.get(op.repo, set()) | listed):
+            timeline = monitor.timeline.get(keys.tag(op.repo, tag), [])
+            values = _values_during(timeline, op.invoke_seq, op.complete_seq)
+            if tag not in listed and all(v is not None for v in values):
+                findings.add(
+                    "4",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: tag list of {op.repo} on {op.replica} lacks {tag}",
+                )
+            elif tag in listed and all(v is None for v in values):
+                findings.add(
+                    "4",
+                    op.complete_time or 0.0,
+                    f"op {op.id}: tag list of {op.repo} on {op.replica} names {tag}, absent during the request",
+                )
+
+
 def check_read_only(history: History, monitor: CommitMonitor, findings: Findings) -> None:
     """The cluster read-only switch: no write acknowledged while it was on for the
     whole request, except on a replica that had not seen it turn on yet; a
@@ -761,4 +791,5 @@ def check_history(
     check_inflight_pushes(history, findings, grace=grace, keep_younger=keep_younger)
     check_immutable_refusals(history, monitor, keys, findings)
     check_read_only(history, monitor, findings)
+    check_tag_lists(history, monitor, keys, findings)
     check_linearizability(history, findings)

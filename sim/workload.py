@@ -951,14 +951,18 @@ class Client:
     async def list_tags(self) -> None:
         repo = self._repo()
 
-        async def handler(reg: Registry) -> list[str]:
+        async def handler(reg: Registry) -> tuple[list[str], bool]:
             try:
                 tags, _ = await reg.listing.tags(repo, None, None)
             except RegistryError as exc:
                 if exc.code is ErrorCode.NAME_UNKNOWN:
-                    return []
+                    return [], _stale(reg)
                 raise
-            return tags
+            return tags, _stale(reg)
 
         op, resp = await self._request(h.LIST_TAGS, repo, handler, http=("GET", f"/v2/{repo}/tags/list"))
-        self._complete(op, resp)
+        if resp.outcome is Outcome.OK:
+            op.detail["tags"] = ",".join(resp.value[0])
+            self._complete(op, resp, stale=resp.value[1])
+        else:
+            self._complete(op, resp)

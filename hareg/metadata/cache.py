@@ -13,6 +13,7 @@ store's revision with one quorum read and waits until ``revision`` reaches it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from typing import Any
 
@@ -43,6 +44,9 @@ class MetadataCache:
         self.connected = False  # the watch stream is live
         self._data: dict[str, dict[bytes, Any]] = {kind: {} for kind in _KINDS}
         self._prefixes = {kind: keys.kind_prefix(kind) for kind in _KINDS}
+        # repo -> its tag names in byte order (etcd's range order), for tag lists
+        # without an etcd range that decodes every key.
+        self._tag_names: dict[str, list[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.relists = 0
         self.events_applied = 0
@@ -60,6 +64,13 @@ class MetadataCache:
     def link(self, repo: str, digest: str) -> LinkRecord | None:
         rec: LinkRecord | None = self._data["l"].get(self.keys.link(repo, digest))
         return rec
+
+    def tag_names(self, repo: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` (0: all) of ``repo``'s tags after ``last``, and whether more follow."""
+        names = self._tag_names.get(repo, [])
+        start = bisect.bisect_right(names, last) if last is not None else 0
+        end = start + limit if limit else len(names)
+        return names[start:end], end < len(names)
 
     def request_progress(self) -> None:
         if self.connected:
@@ -110,13 +121,28 @@ class MetadataCache:
         kind = self._kind(event.kv.key)
         if kind is None:
             return
+        key, data = event.kv.key, self._data[kind]
         if event.type is EventType.DELETE:
             if kind == "t" and "cache-keeps-deleted-tag" in self.plants:  # PLANTED BUG (simulator only)
                 return
-            self._data[kind].pop(event.kv.key, None)
+            if data.pop(key, None) is not None and kind == "t":
+                self._index_tag(key, add=False)
         else:
-            self._data[kind][event.kv.key] = decode(_KINDS[kind], event.kv.value)
+            if kind == "t" and key not in data:
+                self._index_tag(key, add=True)
+            data[key] = decode(_KINDS[kind], event.kv.value)
         self.events_applied += 1
+
+    def _index_tag(self, key: bytes, *, add: bool) -> None:
+        repo, _, tag = self.keys.strip("t", key).rpartition("@")
+        names = self._tag_names.setdefault(repo, [])
+        i = bisect.bisect_left(names, tag)
+        if add:
+            names.insert(i, tag)
+        elif i < len(names) and names[i] == tag:
+            del names[i]
+            if not names:
+                del self._tag_names[repo]
 
     async def _list(self) -> int:
         """Load every cached range at one revision; returns that revision."""
@@ -134,7 +160,11 @@ class MetadataCache:
                     break
                 start = page.kvs[-1].key + b"\x00"
             fresh[kind] = records
-        self._data = fresh
+        tag_names: dict[str, list[str]] = {}
+        for key in fresh["t"]:  # listed in key order, so each repo's names come sorted
+            repo, _, tag = self.keys.strip("t", key).rpartition("@")
+            tag_names.setdefault(repo, []).append(tag)
+        self._data, self._tag_names = fresh, tag_names
         self.relists += 1
         return revision
 

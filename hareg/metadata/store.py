@@ -606,6 +606,8 @@ class MetadataStore:
         raise Contended(f"delete of tag {tag} in {repo}")
 
     async def list_tags(self, repo: str, last: str | None, limit: int) -> tuple[list[str], bool]:
+        if (cache := await self._from_cache()) is not None:
+            return cache.tag_names(repo, last, limit)
         start, end = self.keys.tags(repo)
         if last is not None:
             start = self.keys.tag(repo, last) + b"\x00"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,6 +175,46 @@ async def test_relists_after_falling_behind_compaction(kv: EtcdKV, keys: Keys, e
                 await asyncio.sleep(0.01)
         assert cache.relists == relists + 1
         assert all(cache.tag("r", f"t{i}") is not None for i in range(3))
+        assert cache.tag_names("r", None, 0) == (["t0", "t1", "t2"], False)
+
+
+async def test_tag_lists_from_the_cache_match_etcd_page_for_page(kv: EtcdKV, keys: Keys) -> None:
+    """The cache's per-repository tag index answers what an etcd range would:
+    byte order, ``last`` exclusive, ``more`` when the page is cut, through puts,
+    deletes and a re-list; repositories whose names share a prefix stay apart."""
+    rng = random.Random(5)
+    names = ["latest", "v1", "v1.0", "v10", "V2", "_x", "a-b", "a.b", "a_b", "9"]
+    for repo in ("app", "app-x"):
+        await kv.txn([], [Put(keys.tag(repo, t), _tag("sha256:1")) for t in names])
+    cache = MetadataCache(kv, keys, SystemClock())
+    uncached = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
+    async with running(cache):
+        for step in range(3):
+            if step == 1:  # followed from the watch
+                gone = rng.sample(names, 3)
+                result = await kv.txn(
+                    [],
+                    [Delete(keys.tag("app", t)) for t in gone]
+                    + [Put(keys.tag("app", "zz"), _tag("sha256:2"))],
+                )
+                async with asyncio.timeout(5):
+                    await cache.wait_for(result.revision)
+            if step == 2:  # and after a re-list
+                cache.revision = 0
+                await cache._list()
+            for repo in ("app", "app-x", "none"):
+                expected = await uncached.list_tags(repo, None, 0)
+                assert cache.tag_names(repo, None, 0) == expected
+                all_names = expected[0]
+                for last in [None, *all_names, "v", "zzz"]:
+                    for limit in (0, 1, 2, 5, 100):
+                        assert cache.tag_names(repo, last, limit) == await uncached.list_tags(
+                            repo, last, limit
+                        ), (
+                            repo,
+                            last,
+                            limit,
+                        )
 
 
 async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Path) -> None:

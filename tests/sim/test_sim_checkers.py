@@ -24,6 +24,7 @@ from sim.checkers import (
     check_immutable_refusals,
     check_linearizability,
     check_read_only,
+    check_tag_lists,
     register_ops,
 )
 from sim.etcd_model import MVCCStore
@@ -262,3 +263,34 @@ def test_a_large_manifests_bytes_must_be_stored_and_kept() -> None:
     assert kinds(findings) == ["2"]
     storage.on_blob_delete(big)  # deleted while the record needs them
     assert kinds(findings) == ["2", "2"]
+
+
+# -- tag lists ----------------------------------------------------------------------------
+
+
+def listing(history: History, tags: list[str], *, stale: bool = False) -> None:
+    op = history.invoke("c0", h.LIST_TAGS, R, "r0")
+    op.detail["tags"] = ",".join(tags)
+    history.complete(op, Outcome.OK, stale=stale)
+
+
+def test_a_tag_list_names_the_tags_that_existed_throughout_and_no_absent_one() -> None:
+    store, findings, monitor, history = world_with_history()
+    blob(store)
+    manifest(store)
+    move(store, "v1", 1, None, M)
+    listing(history, ["v1"])  # right
+    listing(history, [])  # lacks v1
+    listing(history, ["v1", "v2"])  # v2 never existed
+    listing(history, [], stale=True)  # stale lists are exempt
+    op = history.invoke("c0", h.LIST_TAGS, R, "r0")
+    move(store, "v1", 2, M, None)  # deleted during this request: either answer is right
+    op.detail["tags"] = ""
+    history.complete(op, Outcome.OK)
+    listing(history, ["v1"])  # after the delete: names an absent tag
+    check_tag_lists(history, monitor, K, findings)
+    messages = [v.message for v in findings.violations]
+    assert kinds(findings) == ["4"] * 3, messages
+    assert "op 1:" in messages[0] and "lacks v1" in messages[0]
+    assert "op 2:" in messages[1] and "names v2" in messages[1]
+    assert "op 5:" in messages[2] and "names v1" in messages[2]
