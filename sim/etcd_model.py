@@ -776,7 +776,7 @@ class EtcdCluster:
             self._drop(w)
             return w.id
         self._stream(w, WatchCreated(now_rev))
-        w.next_rev = now_rev + 1
+        w.next_rev = max(now_rev + 1, from_rev)  # a future start: nothing before it (as etcd)
         if backlog:
             self._stream(w, WatchBatch(events=backlog, revision=backlog[-1].kv.mod_revision))
         return w.id
