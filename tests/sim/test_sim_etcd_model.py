@@ -1,29 +1,23 @@
-"""The etcd model against the KV contract (hareg/kv/base.py), mirroring the cases
-tests/kv/test_etcd.py runs against a real etcd, plus the faults it injects."""
+"""The etcd model passes the shared KV contract (tests/kv/kv_contract.py, the
+cases a real etcd passes through EtcdKV), each case in a fresh simulated world;
+then what only the model does: exact lease timing on its clock, requested
+progress reports, and the faults it injects."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
+from kv.kv_contract import CASES, Case, KVHarness
 
 from hareg.kv.base import (
-    Compare,
-    Delete,
-    EventType,
-    Get,
-    KVCompacted,
     KVError,
     KVUnavailable,
     KVUnknownOutcome,
-    Op,
     Put,
-    RangeResult,
-    Target,
-    WatchBatch,
     prefix_end,
 )
 from sim.etcd_model import EtcdCluster, MVCCStore, SimKV
@@ -35,203 +29,21 @@ T = TypeVar("T")
 P = b"/t/"
 
 
-def put(store: MVCCStore, key: bytes, value: bytes, lease: int = 0) -> int:
-    r = store.txn([], [Put(key, value, lease)], [])
-    assert r.succeeded
-    return r.revision
-
-
-# -- the data model, directly ----------------------------------------------------------
-
-
-def test_get_and_versions() -> None:
-    s = MVCCStore()
-    k = P + b"k"
-    assert s.get(k) is None
-    rev = put(s, k, b"v1")
-    got = s.get(k)
-    assert got is not None
-    assert (got.value, got.create_revision, got.mod_revision, got.version, got.lease) == (
-        b"v1",
-        rev,
-        rev,
-        1,
-        0,
-    )
-    rev2 = put(s, k, b"v2")
-    got = s.get(k)
-    assert got is not None and (got.create_revision, got.mod_revision, got.version) == (rev, rev2, 2)
-
-
-def test_range_limit_more_count_keys_only_and_revision() -> None:
-    s = MVCCStore()
-    keys = [P + bytes([c]) for c in b"edcba"]
-    for k in keys:
-        put(s, k, b"value-" + k)
-    end = prefix_end(P)
-    full = s.range(P, end)
-    assert [x.key for x in full.kvs] == sorted(keys) and (full.more, full.count) == (False, 5)
-    page = s.range(P, end, limit=2)
-    assert [x.key for x in page.kvs] == sorted(keys)[:2] and (page.more, page.count) == (True, 5)
-    ko = s.range(P, end, keys_only=True)
-    assert all(x.value == b"" and x.mod_revision > 0 for x in ko.kvs)
-    assert s.range(P + b"zz", end).kvs == []
-    r1 = put(s, P + b"a", b"new")
-    old = s.range(P + b"a", None, revision=r1 - 1)
-    assert [x.value for x in old.kvs] == [b"value-" + P + b"a"]
-    assert old.revision == s.revision  # the header is the store's revision
-    assert (
-        next(x.key for x in s.range(b"", end, keys_only=True).kvs) == P + b"a"
-    )  # empty start: the first key
-
-
-def test_compacted_reads() -> None:
-    s = MVCCStore()
-    r1 = put(s, P + b"k", b"1")
-    r2 = put(s, P + b"k", b"2")
-    assert s.compact(r2)
-    with pytest.raises(KVCompacted) as exc:
-        s.range(P, prefix_end(P), revision=r1)
-    assert exc.value.compact_revision == r2
-    assert [x.value for x in s.range(P, prefix_end(P), revision=r2).kvs] == [b"2"]
-
-
-def test_txn_branches() -> None:
-    s = MVCCStore()
-    k = P + b"k"
-    r = s.txn([Compare.missing(k)], [Put(k, b"created")], [Get(k)])
-    assert r.succeeded and r.responses == [None]
-    created = r.revision
-    r = s.txn([Compare.missing(k)], [Put(k, b"again")], [Get(k)])
-    assert not r.succeeded and r.revision == created
-    [got] = r.responses
-    assert isinstance(got, RangeResult) and [x.value for x in got.kvs] == [b"created"]
-    r = s.txn([Compare.exists(k), Compare.mod_revision_is(k, created)], [Put(k, b"updated")], [])
-    assert r.succeeded and r.revision == created + 1
-    assert not s.txn([Compare.mod_revision_is(k, created)], [Put(k, b"stale")], []).succeeded
-
-
-@pytest.mark.parametrize(
-    ("target", "op", "value", "expected"),
-    [
-        (Target.VERSION, Op.EQUAL, 2, True),
-        (Target.VERSION, Op.NOT_EQUAL, 2, False),
-        (Target.VERSION, Op.GREATER, 1, True),
-        (Target.VERSION, Op.LESS, 2, False),
-        (Target.CREATE, Op.EQUAL, "create", True),
-        (Target.CREATE, Op.LESS, "create", False),
-        (Target.CREATE, Op.GREATER, 0, True),
-        (Target.MOD, Op.EQUAL, "mod", True),
-        (Target.MOD, Op.NOT_EQUAL, "mod", False),
-        (Target.MOD, Op.GREATER, "create", True),
-        (Target.MOD, Op.LESS, "create", False),
-        (Target.VALUE, Op.EQUAL, b"v2", True),
-        (Target.VALUE, Op.NOT_EQUAL, b"v2", False),
-        (Target.VALUE, Op.GREATER, b"v1", True),
-        (Target.VALUE, Op.LESS, b"v1", False),
-    ],
-)
-def test_txn_compare_kinds(target: Target, op: Op, value: int | bytes | str, expected: bool) -> None:
-    s = MVCCStore()
-    k = P + b"k"
-    create = put(s, k, b"v1")
-    mod = put(s, k, b"v2")
-    resolved: int | bytes = {"create": create, "mod": mod}[value] if isinstance(value, str) else value
-    assert s.txn([Compare(k, target, op, resolved)], [Get(k)], []).succeeded is expected
-
-
-def test_txn_compares_on_a_missing_key() -> None:
-    s = MVCCStore()
-    k = P + b"nope"
-    assert s.txn([Compare(k, Target.VERSION, Op.EQUAL, 0)], [], []).succeeded
-    assert s.txn([Compare(k, Target.CREATE, Op.EQUAL, 0)], [], []).succeeded
-    assert s.txn([Compare(k, Target.MOD, Op.LESS, 1)], [], []).succeeded
-    # A VALUE compare on a missing key is always false, whatever the operator.
-    assert not s.txn([Compare(k, Target.VALUE, Op.EQUAL, b"")], [], []).succeeded
-    assert not s.txn([Compare(k, Target.VALUE, Op.NOT_EQUAL, b"x")], [], []).succeeded
-
-
-def test_txn_range_compares() -> None:
-    s = MVCCStore()
-    lo, hi = P + b"r/", prefix_end(P + b"r/")
-    put(s, P + b"q", b"outside")
-    put(s, hi, b"outside")  # the exclusive end itself
-    assert s.txn([Compare.range_empty(lo, hi)], [Put(lo + b"first", b"1")], []).succeeded
-    assert not s.txn([Compare.range_empty(lo, hi)], [Put(lo + b"second", b"2")], []).succeeded
-    seen = put(s, lo + b"b", b"1")
-    assert s.txn([Compare.range_unchanged_since(lo, hi, seen)], [], []).succeeded
-    put(s, hi + b"x", b"outside")
-    assert s.txn([Compare.range_unchanged_since(lo, hi, seen)], [], []).succeeded
-    s.txn([], [Delete(lo + b"first")], [])  # a deletion is not seen (as documented)
-    assert s.txn([Compare.range_unchanged_since(lo, hi, seen)], [], []).succeeded
-    put(s, lo + b"b", b"2")
-    assert not s.txn([Compare.range_unchanged_since(lo, hi, seen)], [], []).succeeded
-    # An empty range compares as one zero key: VALUE is false, the rest compare 0.
-    empty = (P + b"none/", prefix_end(P + b"none/"))
-    assert s.txn([Compare(empty[0], Target.MOD, Op.LESS, 1, range_end=empty[1])], [], []).succeeded
-    assert not s.txn([Compare(empty[0], Target.VALUE, Op.EQUAL, b"", range_end=empty[1])], [], []).succeeded
-    # Every key of a range must satisfy it.
-    assert not s.txn([Compare(lo, Target.VERSION, Op.EQUAL, 1, range_end=hi)], [], []).succeeded
-
-
-def test_txn_ops_and_responses() -> None:
-    s = MVCCStore()
-    put(s, P + b"d/1", b"x")
-    put(s, P + b"d/2", b"y")
-    r = s.txn(
-        [],
-        [
-            Put(P + b"a", b"1"),
-            Get(P + b"a"),
-            Get(P, prefix_end(P), limit=2),
-            Delete(P + b"d/", prefix_end(P + b"d/")),
-            Delete(P + b"missing"),
-            Get(P, prefix_end(P)),
-        ],
-        [],
-    )
-    put_resp, get_a, page, deleted, none_deleted, after = r.responses
-    assert put_resp is None
-    assert isinstance(get_a, RangeResult) and [x.value for x in get_a.kvs] == [b"1"]
-    assert isinstance(page, RangeResult) and [x.key for x in page.kvs] == [P + b"a", P + b"d/1"]
-    assert (page.more, page.count) == (True, 3)
-    assert (deleted, none_deleted) == (2, 0)
-    assert isinstance(after, RangeResult) and [x.key for x in after.kvs] == [P + b"a"]
-    assert all(isinstance(x, RangeResult) and 0 < x.revision <= r.revision for x in (get_a, page, after))
-
-
-def test_txn_rejections_apply_nothing() -> None:
-    s = MVCCStore()
-    k = P + b"k"
-    with pytest.raises(KVError, match="duplicate key"):
-        s.txn([], [Put(k, b"1"), Delete(k)], [])
-    with pytest.raises(KVError, match="lease not found"):
-        s.txn([], [Put(k, b"v", lease=123456789)], [])
-    assert s.get(k) is None and s.revision == 1
-
-
-def test_leases() -> None:
-    s = MVCCStore()
-    lease = s.grant(30, now=0.0)
-    put(s, P + b"leased", b"v", lease)
-    assert s.get(P + b"leased").lease == lease  # type: ignore[union-attr]
-    assert s.refresh(lease, now=10.0) == 30
-    assert s.expire(now=39.0) == []
-    assert s.expire(now=40.0) == [lease]
-    assert s.get(P + b"leased") is None
-    assert s.refresh(lease, now=41.0) == 0
-    assert s.revoke(lease) == 0  # already gone: no error
-
-
-# -- the cluster, over the simulated network ---------------------------------------------
-
-
-def world(seed: int = 1) -> tuple[SimLoop, Network, EtcdCluster]:
+def world(
+    seed: int = 1, *, progress_interval: float = 1.0, compact_interval: float = 5.0
+) -> tuple[SimLoop, Network, EtcdCluster]:
     loop = asyncio.get_running_loop()
     assert isinstance(loop, SimLoop)
     trace = Trace(loop.time)
     net = Network(loop, random.Random(seed), trace)
-    cluster = EtcdCluster(loop, net, random.Random(seed + 1), trace, progress_interval=1.0)
+    cluster = EtcdCluster(
+        loop,
+        net,
+        random.Random(seed + 1),
+        trace,
+        progress_interval=progress_interval,
+        compact_interval=compact_interval,
+    )
     cluster.ticker = loop.create_task(cluster.run())  # type: ignore[attr-defined]
     return loop, net, cluster
 
@@ -240,73 +52,57 @@ def sim(main: Callable[[], Awaitable[T]]) -> T:
     return run(main())[0]
 
 
-def test_client_reads_writes_and_watches_in_order() -> None:
-    async def main() -> list[tuple[EventType, bytes, int]]:
-        _, net, cluster = world()
-        kv = SimKV(cluster, net, "r0", random.Random(3))
-        start = await kv.current_revision() + 1
-        events: list[tuple[EventType, bytes, int]] = []
-
-        async def follow() -> None:
-            async for batch in kv.watch(P, prefix_end(P), start):
-                events.extend((e.type, e.kv.key, e.kv.mod_revision) for e in batch.events)
-
-        task = asyncio.create_task(follow())
-        r1 = (await kv.txn([], [Put(P + b"a", b"1")])).revision
-        r2 = (await kv.txn([], [Put(P + b"b", b"2")])).revision
-        await kv.txn([], [Put(b"/elsewhere", b"x")])
-        r3 = (await kv.txn([], [Delete(P + b"a"), Put(P + b"c", b"3")])).revision
-        got = await kv.get(P + b"b")
-        assert got is not None and got.value == b"2"
-        await asyncio.sleep(1)
-        task.cancel()
-        return [
-            *events,
-            (EventType.PUT, P + b"a", r1),
-            (EventType.PUT, P + b"b", r2),
-            (EventType.DELETE, P + b"a", r3),
-            (EventType.PUT, P + b"c", r3),
-        ]
-
-    out = sim(main)
-    half = len(out) // 2
-    assert out[:half] == out[half:]
+# -- the shared contract ----------------------------------------------------------------
 
 
-def test_watch_progress_and_compaction() -> None:
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_kv_contract(case: Case) -> None:
     async def main() -> None:
-        _, net, cluster = world()
+        # No periodic compaction: as on the test etcd (whose retention outlasts
+        # the tests), only the case itself compacts.
+        _, net, cluster = world(compact_interval=float("inf"))
         kv = SimKV(cluster, net, "r0", random.Random(3))
-        now = await kv.current_revision()
-        it = kv.watch(P, prefix_end(P), now + 1)
-        batch = await anext(it)  # an idle watch gets a periodic progress report
-        assert batch.events == [] and batch.revision >= now
-        await kv.txn([], [Put(b"/other", b"moves the revision")])
-        kv.request_watch_progress()
-        batch = await anext(it)
-        assert batch.events == [] and batch.revision == cluster.store.revision
-        r1 = (await kv.txn([], [Put(P + b"k", b"1")])).revision
-        r2 = (await kv.txn([], [Put(P + b"k", b"2")])).revision
-        cluster.store.compact(r2)
-        with pytest.raises(KVCompacted) as exc:
-            await anext(kv.watch(P, prefix_end(P), r1))
-        assert exc.value.compact_revision == r2
-        with pytest.raises(KVCompacted):
-            await kv.range(P, prefix_end(P), revision=r1)
+
+        async def compact(revision: int) -> None:
+            cluster.store.compact(revision)
+
+        try:
+            await case(KVHarness(kv, P, compact))
+        finally:
+            await kv.close()
 
     sim(main)
 
 
-def test_lease_expiry_deletes_keys_on_the_simulated_clock() -> None:
+# -- what only the model does -------------------------------------------------------------
+
+
+def test_lease_expiry_is_exact_on_the_model_clock() -> None:
+    s = MVCCStore()
+    lease = s.grant(30, now=0.0)
+    s.txn([], [Put(P + b"leased", b"v", lease)], [])
+    assert s.refresh(lease, now=10.0) == 30
+    assert s.expire(now=39.0) == []
+    assert s.expire(now=40.0) == [lease]
+    assert s.get(P + b"leased") is None
+    assert s.revoke(lease) == 0
+
+
+def test_requested_progress_is_answered_at_once() -> None:
     async def main() -> None:
-        _, net, cluster = world()
+        loop, net, cluster = world(progress_interval=600.0)
         kv = SimKV(cluster, net, "r0", random.Random(3))
-        lease = await kv.grant_lease(2)
-        await kv.txn([], [Put(P + b"leased", b"v", lease=lease)])
-        assert await kv.refresh_lease(lease) == 2
-        await asyncio.sleep(2.5)
-        assert await kv.get(P + b"leased") is None
-        assert await kv.refresh_lease(lease) == 0
+        now = await kv.current_revision()
+        it = kv.watch(P, prefix_end(P), now + 1)
+        first = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0.1)  # the watch is open
+        await kv.txn([], [Put(b"/other", b"moves the revision")])
+        t0 = loop.time()
+        kv.request_watch_progress()
+        batch = await first
+        assert batch.events == [] and batch.revision == cluster.store.revision == now + 1
+        assert loop.time() - t0 < 0.1
+        await it.aclose()  # type: ignore[attr-defined]
 
     sim(main)
 
@@ -367,35 +163,6 @@ def test_election_pauses_the_cluster_then_it_serves_again() -> None:
 
     waited, rev = sim(main)
     assert waited >= 1.0 and rev >= 1
-
-
-def test_unknown_leases_and_duplicate_keys_are_plain_errors_over_the_wire() -> None:
-    async def main() -> None:
-        _, net, cluster = world()
-        kv = SimKV(cluster, net, "r0", random.Random(3))
-        with pytest.raises(KVError) as exc:
-            await kv.txn([], [Put(P + b"k", b"v", lease=42)])
-        assert not isinstance(exc.value, KVUnavailable | KVUnknownOutcome)
-
-    sim(main)
-
-
-def test_watch_batches_are_well_formed() -> None:
-    async def main() -> list[WatchBatch]:
-        _, net, cluster = world()
-        kv = SimKV(cluster, net, "r0", random.Random(3))
-        revs = [(await kv.txn([], [Put(P + b"k", b"%d" % i)])).revision for i in range(5)]
-        it = kv.watch(P, prefix_end(P), revs[2])
-        batches: list[WatchBatch] = []
-        while sum(len(b.events) for b in batches) < 3:
-            batches.append(await anext(it))
-        values: list[Any] = [e.kv.value for b in batches for e in b.events]
-        assert values == [b"2", b"3", b"4"]
-        return batches
-
-    for batch in sim(main):
-        if batch.events:
-            assert batch.revision == batch.events[-1].kv.mod_revision
 
 
 # -- a member losing its disk ------------------------------------------------------------
