@@ -5,7 +5,8 @@ The child is bound to 127.0.0.1 only, logs to a file, and never outlives its
 parent: ``PR_SET_PDEATHSIG`` makes the kernel SIGKILL it when the thread that
 started it dies, even if the parent itself is SIGKILLed.  Call ``start()``
 from a thread that lives as long as etcd should (the event loop's thread, not
-a short-lived worker thread).
+a short-lived worker thread).  Stop, kill, pause and resume come from
+:class:`hareg.child_process.ChildProcess`.
 
 Several members form one cluster when each is given the same
 ``initial_cluster`` mapping and they are started concurrently (a member only
@@ -24,22 +25,16 @@ reports healthy once the cluster has a leader)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from hareg.child_process import with_pdeathsig
+from hareg.child_process import ChildProcess
 
 __all__ = [
     "EtcdError",
@@ -52,7 +47,6 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-_POLL_INTERVAL = 0.05
 
 
 class EtcdError(RuntimeError):
@@ -112,25 +106,7 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def _all_threads_stopped(pid: int) -> bool:
-    """Every thread of ``pid`` is in state T (stopped) or gone (Linux /proc;
-    True where /proc is missing)."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return True
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in (b"T", b"t", b"Z", b"X"):
-            return False
-    return True
-
-
-class EtcdProcess:
+class EtcdProcess(ChildProcess):
     """One etcd member run as a child process.
 
     ``initial_cluster`` maps member names to peer URLs; by default the member
@@ -139,6 +115,9 @@ class EtcdProcess:
     the same data dir (after ``stop()`` or ``kill()``) restarts the member with
     its data.
     """
+
+    error = EtcdError
+    start_error = EtcdStartError
 
     def __init__(
         self,
@@ -179,8 +158,9 @@ class EtcdProcess:
         self.max_request_bytes = max_request_bytes
         self.quota_backend_bytes = quota_backend_bytes
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_file) if log_file is not None else self.data_dir / "etcd.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            f"etcd member {name}", Path(log_file) if log_file is not None else self.data_dir / "etcd.log"
+        )
 
     # -- addresses ---------------------------------------------------------
 
@@ -196,19 +176,6 @@ class EtcdProcess:
     def endpoint(self) -> str:
         """``host:port`` of the client listener (the gRPC target)."""
         return f"{HOST}:{self.client_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """The child exists and has not exited (it may be paused)."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
 
     def command(self) -> list[str]:
         """The etcd command line."""
@@ -254,62 +221,24 @@ class EtcdProcess:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self, *, startup_timeout: float = 30.0, wait_healthy: bool = True) -> None:
+    async def start(self, startup_timeout: float | None = None, *, wait_healthy: bool = True) -> None:
         """Launch etcd and (by default) wait until it reports healthy.
 
         Raises EtcdStartError, with the tail of etcd's log, if it exits or is
         not healthy within ``startup_timeout`` seconds (it is then stopped)."""
-        if self.running:
-            raise EtcdError(f"etcd member {self.name} is already running (pid {self.pid})")
-        self._spawn()
         if wait_healthy:
-            try:
-                await self.wait_healthy(startup_timeout=startup_timeout)
-            except BaseException:
-                await self.stop(grace=2.0)
-                raise
+            await super().start(startup_timeout)
+        else:
+            self.spawn()
 
-    def _spawn(self) -> None:
+    def spawn(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # etcd warns about (and 3.5+ refuses) looser modes
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- hareg: starting {' '.join(self.command())}\n".encode())
-            log.flush()
-            # start_new_session=False: etcd stays in our process group, so a
-            # terminal's Ctrl-C reaches it too; PR_SET_PDEATHSIG covers SIGKILL.
-            self._proc = subprocess.Popen(
-                with_pdeathsig(self.command()),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=False,
-                close_fds=True,
-            )
+        return super().spawn()
 
-    async def wait_healthy(self, *, startup_timeout: float = 30.0) -> None:
-        """Poll ``/health`` until etcd reports ``{"health": "true"}``."""
-        deadline = time.monotonic() + startup_timeout
-        last = "no answer yet"
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else None
-                raise EtcdStartError(
-                    f"etcd member {self.name} exited with code {code} while starting; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            ok, last = await asyncio.to_thread(
-                self._health_once, min(1.0, max(0.05, deadline - time.monotonic()))
-            )
-            if ok:
-                return
-            if time.monotonic() >= deadline:
-                raise EtcdStartError(
-                    f"etcd member {self.name} not healthy after {startup_timeout:.1f}s ({last}); "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            await asyncio.sleep(_POLL_INTERVAL)
+    async def probe(self, limit: float) -> tuple[bool, str]:
+        """``/health`` answers ``{"health": "true"}``."""
+        return await asyncio.to_thread(self._health_once, limit)
 
     def _health_once(self, timeout: float) -> tuple[bool, str]:
         try:
@@ -324,87 +253,3 @@ class EtcdProcess:
         except (ValueError, AttributeError):
             return False, f"unexpected /health answer {body[:200]!r}"
         return health == "true", f"/health: {body.decode(errors='replace').strip()}"
-
-    async def stop(self, *, grace: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL.  Returns the
-        exit code (None if it was never started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-                proc.send_signal(signal.SIGCONT)  # a paused etcd cannot handle SIGTERM
-            if await self._wait_exit(grace) is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await self._wait_exit(None)
-        return proc.returncode
-
-    async def kill(self) -> int | None:
-        """SIGKILL (a crash) and reap.  Returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await self._wait_exit(None)
-        return proc.returncode
-
-    def pause(self) -> None:
-        """SIGSTOP: etcd keeps its sockets but answers nothing (a hung node).
-
-        Returns once every thread of etcd is stopped (a signal takes effect
-        only when a thread next enters the kernel: under load, a request sent
-        right after kill(2) could otherwise still be answered)."""
-        self._signal(signal.SIGSTOP)
-        assert self._proc is not None
-        deadline = time.monotonic() + 2.0
-        while not _all_threads_stopped(self._proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    def resume(self) -> None:
-        """SIGCONT after ``pause()``."""
-        self._signal(signal.SIGCONT)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if not self.running:
-            raise EtcdError(f"etcd member {self.name} is not running")
-        assert self._proc is not None
-        self._proc.send_signal(sig)
-
-    async def _wait_exit(self, limit: float | None) -> int | None:
-        proc = self._proc
-        assert proc is not None
-        deadline = None if limit is None else time.monotonic() + limit
-        while proc.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(_POLL_INTERVAL)
-        return proc.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of etcd's log."""
-        try:
-            with open(self.log_path, "rb") as f:
-                tail = deque(f, maxlen=lines)
-        except OSError as e:
-            return f"(no log: {e})"
-        return b"".join(tail).decode(errors="replace")
-
-    async def __aenter__(self) -> EtcdProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"EtcdProcess(name={self.name!r}, client={self.client_url}, pid={self.pid}, {state})"

@@ -3,7 +3,8 @@ local cluster and of the S3 driver's tests.
 
 One process runs a master, a volume server, a filer and the S3 gateway, all on
 127.0.0.1.  The child logs to a file and never outlives its parent
-(``PR_SET_PDEATHSIG`` through the trampoline of :mod:`hareg.etcd_process`).  ``start()`` returns
+(``PR_SET_PDEATHSIG``: :mod:`hareg.child_process`, which also holds the
+stop, kill, pause and resume that etcd shares).  ``start()`` returns
 once a signed HeadBucket and PutObject on the bucket both succeed, which is the
 moment S3 clients can really work (the gateway listens a little earlier).
 
@@ -34,22 +35,17 @@ import hmac
 import importlib.metadata
 import os
 import shutil
-import signal
 import socket
 import stat
-import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
-from hareg.child_process import with_pdeathsig
+from hareg.child_process import ChildProcess
 from hareg.etcd_process import HOST
 
 __all__ = [
@@ -63,7 +59,6 @@ __all__ = [
 ]
 
 GRPC_PORT_OFFSET = 10000
-_POLL_INTERVAL = 0.05
 _READY_KEY = ".hareg-ready"
 _SOCKET_DIR = "/tmp"  # weed puts its unix sockets here, named after the ports
 
@@ -213,12 +208,18 @@ def _sign_request(
     return headers
 
 
-class SeaweedFSProcess:
+class SeaweedFSProcess(ChildProcess):
     """``weed mini`` run as a child process, with its S3 gateway on ``s3_url``.
 
     ``bucket`` is created at startup (weed's ``-bucket``); ``access_key`` and
     ``secret_key`` become the gateway's admin identity.
     """
+
+    error = SeaweedFSError
+    start_error = SeaweedFSStartError
+    startup_timeout = 60.0
+    stop_grace = 5.0
+    probe_timeout = 2.0  # a signed PUT into a volume that is still starting
 
     def __init__(
         self,
@@ -252,8 +253,11 @@ class SeaweedFSProcess:
         self.secret_key = secret_key
         self.region = region
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_file) if log_file is not None else self.data_dir / "weed.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            "SeaweedFS",
+            Path(log_file) if log_file is not None else self.data_dir / "weed.log",
+            cwd=self.data_dir,
+        )
 
     # -- addresses ---------------------------------------------------------
 
@@ -274,19 +278,6 @@ class SeaweedFSProcess:
         """Every TCP port the process listens on (HTTP and gRPC)."""
         http = [self.master_port, self.volume_port, self.filer_port, self.s3_port, self.admin_port]
         return http + [p + GRPC_PORT_OFFSET for p in http]
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """The child exists and has not exited (it may be paused)."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
 
     def command(self) -> list[str]:
         """The weed command line."""
@@ -312,6 +303,7 @@ class SeaweedFSProcess:
         ]
 
     def environment(self) -> dict[str, str]:
+        """This process's environment, with the gateway's credentials."""
         env = dict(os.environ)
         env.pop("S3_BUCKET", None)  # weed's fallback for -bucket
         env["AWS_ACCESS_KEY_ID"] = self.access_key
@@ -320,62 +312,14 @@ class SeaweedFSProcess:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self, startup_timeout: float = 60.0) -> None:
-        """Launch weed and wait until S3 HeadBucket and PutObject on the
-        bucket succeed.  Raises SeaweedFSStartError, with the tail of the log,
-        as soon as weed exits or when ``startup_timeout`` passes (weed is then
-        stopped)."""
-        if self.running:
-            raise SeaweedFSError(f"SeaweedFS is already running (pid {self.pid})")
-        self._spawn()
-        try:
-            await self.wait_ready(startup_timeout=startup_timeout)
-        except BaseException:
-            await self.kill()
-            raise
-
-    def _spawn(self) -> None:
+    def spawn(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- hareg: starting {' '.join(self.command())}\n".encode())
-            log.flush()
-            # No preexec_fn (it forces a fork that runs every library's atfork
-            # handlers): the trampoline sets PR_SET_PDEATHSIG, then execs weed.
-            self._proc = subprocess.Popen(
-                with_pdeathsig(self.command()),
-                cwd=self.data_dir,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=False,
-                close_fds=True,
-            )
+        return super().spawn()
 
-    async def wait_ready(self, *, startup_timeout: float = 60.0) -> None:
-        """Poll HeadBucket + PutObject until both succeed."""
-        deadline = time.monotonic() + startup_timeout
-        last = "no answer yet"
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else None
-                raise SeaweedFSStartError(
-                    f"SeaweedFS exited with code {code} while starting; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            ok, last = await asyncio.to_thread(
-                self._probe_once, min(2.0, max(0.1, deadline - time.monotonic()))
-            )
-            if ok:
-                return
-            if time.monotonic() >= deadline:
-                raise SeaweedFSStartError(
-                    f"SeaweedFS S3 not ready after {startup_timeout:.1f}s ({last}); "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            await asyncio.sleep(_POLL_INTERVAL)
+    async def probe(self, limit: float) -> tuple[bool, str]:
+        """S3 HeadBucket and PutObject on the bucket succeed: the moment S3
+        clients can really work (the gateway listens a little earlier)."""
+        return await asyncio.to_thread(self._probe_once, limit)
 
     def _request(self, method: str, path: str, body: bytes, timeout: float) -> int:
         url = f"{self.s3_url}{path}"
@@ -412,60 +356,7 @@ class SeaweedFSProcess:
             return False, str(e)
         return True, "ready"
 
-    async def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reap.  Returns
-        the exit code (None if it was never started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-                proc.send_signal(signal.SIGCONT)  # a paused weed cannot handle SIGTERM
-            if await self._wait_exit(grace) is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await self._wait_exit(None)
-        self._remove_sockets()
-        return proc.returncode
-
-    async def kill(self) -> int | None:
-        """SIGKILL (a crash) and reap.  Returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await self._wait_exit(None)
-        self._remove_sockets()
-        return proc.returncode
-
-    def pause(self) -> None:
-        """SIGSTOP: weed keeps its sockets but answers nothing (a hung store)."""
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after ``pause()``."""
-        self._signal(signal.SIGCONT)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if not self.running:
-            raise SeaweedFSError("SeaweedFS is not running")
-        assert self._proc is not None
-        self._proc.send_signal(sig)
-
-    async def _wait_exit(self, limit: float | None) -> int | None:
-        proc = self._proc
-        assert proc is not None
-        deadline = None if limit is None else time.monotonic() + limit
-        while proc.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(_POLL_INTERVAL)
-        return proc.returncode
-
-    def _remove_sockets(self) -> None:
+    def _after_exit(self) -> None:
         """weed leaves unix sockets named after its ports in /tmp (it does not
         remove them on SIGKILL); remove ours once the process is gone."""
         for port in self.ports:
@@ -473,28 +364,3 @@ class SeaweedFSProcess:
                 with contextlib.suppress(OSError):
                     if stat.S_ISSOCK(os.lstat(path).st_mode):
                         os.unlink(path)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of weed's log."""
-        try:
-            with open(self.log_path, "rb") as f:
-                tail = deque(f, maxlen=lines)
-        except OSError as e:
-            return f"(no log: {e})"
-        return b"".join(tail).decode(errors="replace")
-
-    async def __aenter__(self) -> SeaweedFSProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"SeaweedFSProcess(s3={self.s3_url}, dir={str(self.data_dir)!r}, pid={self.pid}, {state})"
