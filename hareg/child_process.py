@@ -1,5 +1,5 @@
 """Child processes that never outlive hareg: the launcher and the lifecycle
-that etcd and SeaweedFS share.
+that etcd, SeaweedFS, the cluster's replicas and haproxy share.
 
 ``with_pdeathsig(argv)`` wraps a command so the kernel SIGKILLs the child
 when its parent dies, even by SIGKILL: a fresh interpreter sets
@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-__all__ = ["ChildProcess", "Probe", "with_pdeathsig"]
+__all__ = ["ChildProcess", "Probe", "pid_alive", "with_pdeathsig"]
 
 _PDEATHSIG_TRAMPOLINE = """\
 import ctypes, os, signal, sys
@@ -79,6 +79,20 @@ def _proc_state(stat_path: str) -> bytes | None:
     return fields[0] if fields else None
 
 
+def pid_alive(pid: int | None) -> bool:
+    """``pid`` names a live process (not a zombie)."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = _proc_state(f"/proc/{pid}/stat")
+    return state not in (b"Z", b"X")  # None (no /proc): kill(0) said it exists
+
+
 def _all_threads_stopped(pid: int) -> bool:
     """Every thread of ``pid`` is in state T (stopped) or gone (Linux /proc;
     True where /proc is missing)."""
@@ -113,7 +127,7 @@ class ChildProcess:
     """The longest one ``probe()`` call may take, in seconds."""
 
     def __init__(self, label: str, log_path: Path, *, cwd: Path | None = None) -> None:
-        self.label = label  # names the child in errors: "etcd member m1", "SeaweedFS"
+        self.label = label  # names the child in errors: "etcd member m1", "haproxy"
         self.log_path = log_path
         self.cwd = cwd
         self.started_at = 0.0  # time.monotonic() of the last spawn

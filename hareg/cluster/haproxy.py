@@ -23,13 +23,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from hareg.cluster.process import ChildProcess
+from hareg.child_process import ChildProcess
 
 __all__ = [
     "HAPROXY_BINARY",
@@ -131,36 +130,35 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-class HaproxyProcess:
-    """haproxy (master-worker, foreground) on a configuration file it owns."""
+class HaproxyProcess(ChildProcess):
+    """haproxy (master-worker, foreground) on a configuration file it owns,
+    its frontend on ``listen_port``."""
+
+    start_error = HaproxyError
+    new_session = True  # a terminal's Ctrl-C reaches only the supervisor, which stops it in order
+    stop_grace = 5.0  # SIGTERM: the master stops its workers at once (a hard stop)
 
     def __init__(
         self,
         config_file: Path,
         *,
+        listen_port: int,
         log_file: Path,
         binary: str | os.PathLike[str] | None = None,
     ) -> None:
+        super().__init__("haproxy", log_file)
         self.binary = find_haproxy(binary)
         self.config_file = config_file
-        self._child = ChildProcess(
-            "haproxy", [self.binary, "-W", "-db", "-f", str(config_file)], log_file=log_file
-        )
+        self.listen_port = listen_port
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
+    def command(self) -> list[str]:
+        return [self.binary, "-W", "-db", "-f", str(self.config_file)]
 
-    @property
-    def running(self) -> bool:
-        return self._child.running
-
-    @property
-    def returncode(self) -> int | None:
-        return self._child.returncode
-
-    def log_tail(self, lines: int = 20) -> str:
-        return self._child.log_tail(lines)
+    async def probe(self, limit: float) -> tuple[bool, str]:
+        """The frontend accepts connections."""
+        if await asyncio.to_thread(_accepts, self.listen_port, limit):
+            return True, "listening"
+        return False, f"nothing accepts connections on port {self.listen_port}"
 
     async def write_config(self, text: str) -> None:
         """Check ``text`` with ``haproxy -c`` and, if valid, install it (atomically)."""
@@ -188,44 +186,14 @@ class HaproxyProcess:
             raise HaproxyError(f"haproxy rejected its configuration:\n{out.decode(errors='replace')}")
         os.replace(tmp, self.config_file)
 
-    def spawn(self) -> int:
-        return self._child.spawn()
-
-    async def start(self, listen_port: int, *, startup_timeout: float = 30.0) -> None:
-        """Start haproxy and wait until its frontend accepts connections."""
-        self.spawn()
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if not self._child.running:
-                raise HaproxyError(
-                    f"haproxy exited with code {self._child.returncode} while starting; "
-                    f"last lines of {self._child.log_file}:\n{self.log_tail()}"
-                )
-            if await asyncio.to_thread(_accepts, listen_port):
-                return
-            if time.monotonic() >= deadline:
-                await self.stop()
-                raise HaproxyError(
-                    f"haproxy not listening on port {listen_port} after {startup_timeout:.0f}s; "
-                    f"last lines of {self._child.log_file}:\n{self.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
-
     def reload(self) -> None:
         """Load the (already checked) configuration file again: SIGUSR2 to the master."""
-        self._child.send_signal(signal.SIGUSR2)
-
-    async def stop(self, grace: float = 5.0) -> int | None:
-        # SIGTERM: the master stops its workers at once (a hard stop).
-        return await self._child.stop(grace)
-
-    async def kill(self) -> int | None:
-        return await self._child.kill()
+        self.send_signal(signal.SIGUSR2)
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, timeout: float) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return True
     except OSError:
         return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from hareg.cluster.process import ChildProcess
+from hareg.child_process import ChildProcess
 from hareg.cluster.spec import ReplicaSlot
 
 __all__ = ["ReplicaError", "ReplicaProcess", "probe_ready", "replica_env"]
@@ -44,8 +43,14 @@ async def probe_ready(
         return False
 
 
-class ReplicaProcess:
-    """A replica slot (name, port) and the ``hareg serve`` child that fills it."""
+class ReplicaProcess(ChildProcess):
+    """A replica slot (name, port) and the ``hareg serve`` child that fills it.
+
+    The supervisor ``spawn()``s replicas and then waits for them with
+    ``wait_ready()``, which probes through its shared HTTP session."""
+
+    start_error = ReplicaError
+    new_session = True  # a terminal's Ctrl-C reaches only the supervisor, which stops it in order
 
     def __init__(
         self,
@@ -58,9 +63,10 @@ class ReplicaProcess:
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
     ) -> None:
+        super().__init__(f"replica {slot.name}", log_file)
         self.slot = slot
         self.data_dir = data_dir
-        command = [
+        self._command = [
             python,
             "-m",
             "hareg",
@@ -76,9 +82,7 @@ class ReplicaProcess:
             "--replica",
             slot.name,
         ]
-        self._child = ChildProcess(
-            slot.name, command, log_file=log_file, env=replica_env(os.environ if env is None else env)
-        )
+        self._env = replica_env(os.environ if env is None else env)
         self.restarts = 0
         self.quick_failures = 0  # deaths in a row soon after a start (crash-loop backoff)
 
@@ -91,54 +95,26 @@ class ReplicaProcess:
         return self.slot.url
 
     @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def running(self) -> bool:
-        return self._child.running
-
-    @property
-    def returncode(self) -> int | None:
-        return self._child.returncode
-
-    @property
     def uptime(self) -> float:
-        return time.monotonic() - self._child.started_at
+        return time.monotonic() - self.started_at
 
-    def log_tail(self, lines: int = 20) -> str:
-        return self._child.log_tail(lines)
+    def command(self) -> list[str]:
+        return list(self._command)
+
+    def environment(self) -> dict[str, str]:
+        return dict(self._env)
 
     def spawn(self) -> int:
         """Start ``hareg serve`` (from the event loop's thread); its pid."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return self._child.spawn()
+        return super().spawn()
 
     async def wait_ready(self, session: aiohttp.ClientSession, startup_timeout: float = 60.0) -> None:
         """Until ``/readyz`` answers 200; ReplicaError if the child exits or time runs out."""
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if not self._child.running:
-                raise ReplicaError(
-                    f"replica {self.name} exited with code {self._child.returncode} while starting; "
-                    f"last lines of {self._child.log_file}:\n{self.log_tail()}"
-                )
-            if await probe_ready(
-                session, self.url, probe_timeout=min(1.0, max(0.1, deadline - time.monotonic()))
-            ):
-                return
-            if time.monotonic() >= deadline:
-                raise ReplicaError(
-                    f"replica {self.name} not ready at {self.url}/readyz after {startup_timeout:.0f}s; "
-                    f"last lines of {self._child.log_file}:\n{self.log_tail()}"
-                )
-            await asyncio.sleep(0.1)
 
-    async def stop(self, grace: float = 10.0) -> int | None:
-        return await self._child.stop(grace)
+        async def readyz(limit: float) -> tuple[bool, str]:
+            if await probe_ready(session, self.url, probe_timeout=limit):
+                return True, "ready"
+            return False, f"{self.url}/readyz did not answer 200"
 
-    async def kill(self) -> int | None:
-        return await self._child.kill()
-
-    def __repr__(self) -> str:
-        return f"ReplicaProcess({self.name!r}, url={self.url}, pid={self.pid})"
+        await self.wait_until_ready(startup_timeout, readyz)

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from hareg.cluster.process import pid_alive
+from hareg.child_process import pid_alive
 from hareg.cluster.spec import ClusterError, ClusterPaths
 
 __all__ = [

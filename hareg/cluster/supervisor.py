@@ -81,8 +81,8 @@ class _Store(Protocol):
     def pid(self) -> int | None: ...
     @property
     def running(self) -> bool: ...
-    async def start(self, startup_timeout: float = 60.0) -> None: ...
-    async def stop(self, grace: float = 5.0) -> int | None: ...
+    async def start(self, startup_timeout: float | None = None) -> None: ...
+    async def stop(self, grace: float | None = None) -> int | None: ...
     def log_tail(self, lines: int = 30) -> str: ...
 
 
@@ -128,7 +128,10 @@ class Supervisor:
         ]
         self.storage: _Store | None = self._make_storage()
         self.lb = HaproxyProcess(
-            self.paths.haproxy_cfg, log_file=self.paths.log("haproxy"), binary=options.haproxy_binary
+            self.paths.haproxy_cfg,
+            listen_port=self.layout.lb_port,
+            log_file=self.paths.log("haproxy"),
+            binary=options.haproxy_binary,
         )
         self.replicas: dict[str, ReplicaProcess] = {}
         self._stop = asyncio.Event()
@@ -280,7 +283,7 @@ class Supervisor:
 
         await self.lb.write_config(self._haproxy_config())
         try:
-            await self.lb.start(self.layout.lb_port, startup_timeout=timeout)
+            await self.lb.start(startup_timeout=timeout)
         except HaproxyError as exc:
             raise ClusterError(str(exc)) from exc
         if started:
