@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from process_checks import assert_dies_with_parent, pid_alive
 
 from hareg.etcd_process import (
     EtcdNotFound,
@@ -33,23 +30,6 @@ try:
 except EtcdNotFound:
     HAVE_ETCD = False
 needs_etcd = pytest.mark.skipif(not HAVE_ETCD, reason="etcd binary not installed")
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-async def wait_dead(pid: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while pid_alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive"
-        await asyncio.sleep(0.05)
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
@@ -195,46 +175,6 @@ async def test_three_member_cluster(tmp_path: Path) -> None:
         await asyncio.gather(*(m.stop() for m in members))
 
 
-CHILD = textwrap.dedent(
-    """
-    import asyncio, sys
-    from hareg.etcd_process import EtcdProcess
-
-    async def main():
-        proc = EtcdProcess("orphan-test", sys.argv[1])
-        await proc.start()
-        print(proc.pid, flush=True)
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
-    """
-)
-
-
-def spawn_parent(data_dir: Path) -> subprocess.Popen[bytes]:
-    """A Python process that starts an EtcdProcess and prints etcd's pid."""
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(data_dir)],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-
-
 @needs_etcd
 async def test_no_orphan_when_parent_is_sigkilled(tmp_path: Path) -> None:
-    parent = spawn_parent(tmp_path / "data")
-    etcd_pid = 0
-    try:
-        assert parent.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 60)
-        etcd_pid = int(line)
-        assert pid_alive(etcd_pid)
-        parent.kill()
-        parent.wait(10)
-        await wait_dead(etcd_pid)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        if etcd_pid and pid_alive(etcd_pid):  # only if the test failed: never leave it behind
-            os.kill(etcd_pid, signal.SIGKILL)
+    await assert_dies_with_parent(EtcdProcess, "orphan-test", str(tmp_path / "data"))

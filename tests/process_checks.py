@@ -1,0 +1,95 @@
+"""Checks on the child processes of :mod:`hareg.child_process` (etcd, SeaweedFS):
+is a pid alive, and does the child die when its parent is SIGKILLed.
+
+Read from /proc here rather than through hareg's own helpers, so that a test
+does not trust the code it tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hareg.child_process import ChildProcess
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Starts a ChildProcess subclass (module, class name, constructor arguments on
+# the command line), prints the child's pid and ports (if it has any), and
+# waits to be killed.
+_PARENT = textwrap.dedent(
+    """
+    import asyncio, importlib, sys
+
+    async def main():
+        module, name, *args = sys.argv[1:]
+        proc = getattr(importlib.import_module(module), name)(*args)
+        await proc.start()
+        print(proc.pid, *getattr(proc, "ports", ()), flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def wait_dead(pid: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still alive"
+        await asyncio.sleep(0.05)
+
+
+def _spawn_parent(cls: type[ChildProcess], args: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _PARENT, cls.__module__, cls.__name__, *args],
+        stdout=subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
+
+
+async def assert_dies_with_parent(
+    cls: type[ChildProcess], *args: str, cleanup: Callable[[list[int]], None] | None = None
+) -> None:
+    """Start ``cls(*args)`` in a fresh Python process, SIGKILL that process
+    once the child is ready, and check that the child dies with it.
+
+    ``cleanup(ports)`` runs at the end whatever happened, with the ports the
+    child listened on (nobody is left to clean up after it)."""
+    parent = _spawn_parent(cls, args)
+    child_pid = 0
+    ports: list[int] = []
+    try:
+        assert parent.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 60)
+        child_pid, *ports = map(int, line.split())
+        assert pid_alive(child_pid)
+        parent.kill()
+        parent.wait(10)
+        await wait_dead(child_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if child_pid and pid_alive(child_pid):  # only if the test failed: never leave it behind
+            os.kill(child_pid, signal.SIGKILL)
+            await wait_dead(child_pid)
+        if cleanup is not None:
+            cleanup(ports)
