@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e.hareg_process import HAREG, PROJECT_ROOT, HaregServer, free_port, launch, wait_no_orphans
+from cli_process import PROJECT_ROOT
+from e2e.hareg_process import HAREG, HaregServer, free_port, launch, wait_no_orphans
 
 from hareg.cli import main
 from hareg.etcd_process import EtcdNotFound, find_etcd

@@ -14,26 +14,22 @@ import contextlib
 import functools
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+from cli_process import CommandRun, child_env, start_command
 
 from hareg.etcd_process import free_ports
 
 HAREG = Path(sys.executable).with_name("hareg")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-READY_PREFIX = "hareg registry listening on "
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 
 
 @functools.cache
@@ -73,20 +69,14 @@ def cluster_storage() -> str:
     return "seaweedfs"
 
 
-@dataclass
-class ClusterRun:
-    proc: subprocess.Popen[str]
+@dataclass(kw_only=True)
+class ClusterRun(CommandRun):
+    """One ``hareg cluster up`` child process."""
+
     dir: Path
     port: int
-    stderr_path: Path
     config_path: Path | None
-    url: str = ""
-    stdout_lines: list[str] = field(default_factory=list)
-    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    what: str = "hareg cluster up"
 
     @property
     def cluster_json(self) -> Path:
@@ -96,29 +86,20 @@ class ClusterRun:
         data: dict[str, Any] = json.loads(self.cluster_json.read_text())
         return data
 
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(no stderr: {exc})"
-
     def replica(self, name: str) -> dict[str, Any]:
         for r in self.info()["replicas"]:
             if r["name"] == name:
                 return dict(r)
         raise KeyError(name)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(
-                f"hareg cluster up ignored {sig.name} for {timeout}s; stderr:\n{self.stderr()[-4000:]}"
-            ) from None
+    def wait_until_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """The ready line, then ``cluster.json`` (written before it; bounded all the same)."""
+        deadline = time.monotonic() + timeout
+        super().wait_until_ready(timeout)
+        while not self.cluster_json.exists():
+            if time.monotonic() >= deadline:
+                raise RuntimeError("ready line printed but no cluster.json")
+            time.sleep(0.05)
 
 
 def recorded_pids(run: ClusterRun) -> set[int]:
@@ -160,13 +141,6 @@ def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
 def launch(
     directory: Path,
     *,
@@ -187,44 +161,17 @@ def launch(
         command += ["--config", str(config_path)]
     command += ["--storage", storage or cluster_storage(), *args]
     stderr_path = directory / f"cluster-up-{time.monotonic_ns()}.stderr"
-    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAREG_")}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
-    with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, env=env
-        )
-    run = ClusterRun(proc, directory / "cluster", port, stderr_path, config_path)
-    threading.Thread(target=_pump, args=(proc, run.lines), daemon=True).start()
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("HAREG_")})
+    run = ClusterRun(
+        proc=start_command(command, stderr_path, env),
+        stderr_path=stderr_path,
+        dir=directory / "cluster",
+        port=port,
+        config_path=config_path,
+    )
     if wait_ready:
-        wait_until_ready(run, timeout)
+        run.wait_until_ready(timeout)
     return run
-
-
-def wait_until_ready(run: ClusterRun, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = run.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-        except queue.Empty:
-            run.proc.kill()
-            run.proc.wait(timeout=10)
-            raise RuntimeError(
-                f"hareg cluster up not ready after {timeout}s; stderr:\n{run.stderr()[-6000:]}"
-            ) from None
-        if line is None:
-            code = run.proc.wait(timeout=30)
-            raise RuntimeError(
-                f"hareg cluster up exited with code {code} before it was ready; stderr:\n{run.stderr()[-6000:]}"
-            )
-        run.stdout_lines.append(line)
-        if line.startswith(READY_PREFIX):
-            run.url = line[len(READY_PREFIX) :].strip()
-            break
-    while not run.cluster_json.exists():  # written before the ready line; bounded all the same
-        if time.monotonic() >= deadline:
-            raise RuntimeError("ready line printed but no cluster.json")
-        time.sleep(0.05)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -244,12 +191,6 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
 
 
 def hareg_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [str(HAREG), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=pythonpath),
-        check=False,
+        [str(HAREG), *args], capture_output=True, text=True, timeout=timeout, env=child_env(), check=False
     )

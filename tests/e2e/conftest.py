@@ -21,7 +21,7 @@ import pytest
 
 from hareg.etcd_process import EtcdNotFound, find_etcd
 
-from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans, wait_until_ready
+from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans
 
 
 def _require_etcd() -> None:
@@ -65,7 +65,7 @@ def hareg_launcher() -> Iterator[Launcher]:
         server = launch(data_dir, listen=listen, extra_args=extra_args, wait_ready=False)
         started.append(server)
         if wait_ready:
-            wait_until_ready(server, timeout)
+            server.wait_until_ready(timeout)
         return server
 
     yield start
