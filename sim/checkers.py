@@ -379,6 +379,10 @@ class CommitMonitor:
             links = self._linked.get(name, 0)
             if links > 0 and self._blob_state.get(name) == repo:
                 self._violation("6", f"blob {_short(name)} {repo} while {links} link(s) name it")
+            if (bodies := self.bodies_of(name)) > 0 and self._blob_state.get(name) == repo:
+                self._violation(
+                    "2", f"blob {_short(name)} {repo} while {bodies} manifest(s) keep their body in it"
+                )
 
 
 class StorageMonitor:

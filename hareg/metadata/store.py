@@ -417,24 +417,49 @@ class MetadataStore:
         return MissingReferences(blobs, children) if blobs or children else None
 
     async def put_manifest(
-        self, repo: str, digest: str, record: ManifestRecord, tags: Sequence[str] = ()
+        self,
+        repo: str,
+        digest: str,
+        record: ManifestRecord,
+        tags: Sequence[str] = (),
+        *,
+        body_present: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[TagWrite]:
         """Commit a manifest, its referrer entry and its tags in one transaction,
-        guarded by the existence of everything it references."""
+        guarded by the existence of everything it references.
+
+        A manifest whose body is in the blob store (``record.body is None``)
+        also writes the blob record of its digest, with the guard ``add_blob``
+        uses against garbage collection: a record in state "deleting" is
+        refused (BlobCollected), and with no record ``body_present`` must
+        confirm that the bytes the caller stored are still there."""
         ref_compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
             Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
         ]
         manifest_key = self.keys.manifest(repo, digest)
+        stored_body = record.body is None
         for _ in range(self.max_retries):
             pre_keys = [self.keys.repo(repo)]
             for tag in tags:
                 pre_keys += [self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)]
-            pre = await self._read_many([*pre_keys, self.keys.immutability(repo)])
+            pre = await self._read_many(
+                [*pre_keys, self.keys.immutability(repo), *([self.keys.blob(digest)] if stored_body else [])]
+            )
+            blob_kv = pre.pop() if stored_body else None
             rule_kv = pre.pop()
             now = self.clock.now()
             write_id = self.ids.new_id()
             compares = list(ref_compares)
             ops: list[TxnOp] = [Put(manifest_key, encode(record))]
+            if stored_body:
+                if blob_kv is not None and decode(BlobRecord, blob_kv.value).state != "live":
+                    raise BlobCollected(digest)
+                if blob_kv is None and body_present is not None and not await body_present():
+                    raise BlobCollected(digest)
+                compares.append(
+                    Compare.mod_revision_is(self.keys.blob(digest), blob_kv.mod_revision if blob_kv else 0)
+                )
+                ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
             if pre[0] is None:
                 missing_repo, put_repo = self._ensure_repo(repo)
                 compares.append(missing_repo)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from hareg.clock import Clock
 from hareg.ids import IdSource
 from hareg.metadata.records import ManifestRecord
-from hareg.metadata.store import ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
+from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes
-from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.errors import ErrorCode, RegistryError, unavailable
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
@@ -92,6 +92,10 @@ class ManifestService:
             annotations=parsed.annotations,
             body=body if inline else None,
         )
+
+        async def body_present() -> bool:
+            return await self.store.stat(digest) is not None
+
         try:
             if not inline:
                 # Refuse a push with missing references before its bytes reach the store.
@@ -106,7 +110,11 @@ class ManifestService:
                 except BaseException:
                     await self.store.upload_abort(upload_id)
                     raise
-            await self.meta.put_manifest(repo, digest, record, tags)
+            await self.meta.put_manifest(repo, digest, record, tags, body_present=body_present)
+        except BlobCollected:
+            raise unavailable(
+                f"the stored body of manifest {digest} was being garbage collected; push it again"
+            ) from None
         except MissingReferences as exc:
             missing = exc.blobs + exc.manifests
             raise RegistryError(

@@ -19,7 +19,7 @@ from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
-from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
+from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo, UploadStatus
@@ -225,10 +225,8 @@ class UploadService:
         try:
             await self.meta.add_blob(repo, digest, size, upload_id, bytes_present=bytes_present)
         except BlobCollected:
-            raise RegistryError(
-                ErrorCode.UNAVAILABLE,
-                f"blob {digest} was being garbage collected while it was uploaded; upload it again",
-                headers={"Retry-After": "1"},
+            raise unavailable(
+                f"blob {digest} was being garbage collected while it was uploaded; upload it again"
             ) from None
 
     async def _discard(self, upload_id: str) -> None:

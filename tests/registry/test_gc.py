@@ -368,3 +368,75 @@ async def test_a_rollback_after_the_snapshot_saves_its_target(
         )
         assert (await reg.manifests.get("repo", "v")).digest == old
         await check_invariants(reg)
+
+
+def large_manifest(config: bytes, layers: list[bytes], note: str, size: int = 300 * 1024) -> bytes:
+    """A manifest above the inline limit: its body goes to the blob store."""
+    body = manifest(config, layers, note)
+    doc = json.loads(body)
+    doc["annotations"]["padding"] = "x" * (size - len(body))
+    return json.dumps(doc).encode()
+
+
+async def push_large(reg: Registry, repo: str, tag: str | None, note: str) -> tuple[str, bytes]:
+    config, layer = f"config {note}".encode(), f"layer {note}".encode()
+    for blob in (config, layer):
+        await push_blob(reg, repo, blob)
+    body = large_manifest(config, [layer], note)
+    assert len(body) > reg.meta.inline_limit
+    pushed = await reg.manifests.put(repo, tag or digest(body), body, OCI)
+    return pushed.digest, body
+
+
+async def test_the_stored_body_of_a_large_manifest_is_collected_once_no_manifest_needs_it(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        big, body = await push_large(reg, "repo", "v1", "big")
+        await push_large(reg, "other", "v1", "big")  # the same manifest in a second repository
+        assert await reg.store.stat(big) is not None
+        report = await reg.pruner.run_once()
+        assert big not in report.blobs  # tagged in both: kept
+        await reg.manifests.delete("repo", big)
+        report = await reg.pruner.run_once()
+        assert big not in report.blobs  # still the body of other@big
+        assert (await reg.manifests.get("other", big)).body == body
+        await reg.manifests.delete("other", big)
+        report = await reg.pruner.run_once()
+        assert big in report.blobs
+        assert await reg.store.stat(big) is None
+        assert big not in (await CollectionStore(reg.kv, reg.meta.keys).snapshot()).blobs
+        # Pushed again afterwards: stored and readable again.
+        again, body2 = await push_large(reg, "repo", "v2", "big")
+        assert again == big and (await reg.manifests.get("repo", "v2")).body == body2
+        await check_invariants(reg)
+
+
+@pytest.mark.parametrize("claimed_first", [False, True])
+async def test_a_push_racing_the_collection_of_a_large_manifests_body(
+    kv: EtcdKV, tmp_path: Path, prefix: str, claimed_first: bool
+) -> None:
+    """The body is unneeded at the snapshot; then the manifest is pushed again.
+    Push first: the stale claim fails.  Claim first: the push gets a 503 to retry."""
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        gc = reg.pruner.collector
+        big, body = await push_large(reg, "repo", None, "race")
+        await reg.manifests.delete("repo", big)
+        snap, plan = await gc.plan()
+        assert big in plan.blob_sizes  # nothing needs the body at the snapshot
+        record, mod = snap.blobs[big]
+        if not claimed_first:
+            await reg.manifests.put("repo", "v1", body, OCI)
+            assert not await gc.collection.mark_blob_deleting(big, record, mod, reg.leadership.fence())
+            assert (await reg.manifests.get("repo", "v1")).body == body
+            return
+        assert await gc.collection.mark_blob_deleting(big, record, mod, reg.leadership.fence())
+        with pytest.raises(RegistryError) as info:
+            await reg.manifests.put("repo", "v1", body, OCI)
+        assert info.value.status == 503 and info.value.code.name == "UNAVAILABLE"
+        assert await reg.meta.get_manifest("repo", big) is None
+        assert await reg.meta.get_tag("repo", "v1") is None
