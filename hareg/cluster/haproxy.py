@@ -2,8 +2,9 @@
 
 The configuration sends every request to any ready replica (no sticky
 sessions: any request may go to any replica), takes a replica out as soon as
-its ``/readyz`` fails, and retries a request whose connection failed, or that
-got no answer, on another replica.  ``timeout server`` is long because the
+its ``/readyz`` fails, and retries a request whose connection failed on
+another replica (and a GET or HEAD that got no answer: a PATCH or PUT that
+reached a replica is never sent twice).  ``timeout server`` is long because the
 answer to the last PUT of a big blob comes only once all of it is stored.
 
 ``deploy/haproxy.cfg`` (docker-compose) is rendered by the same function, so
@@ -119,6 +120,9 @@ def render_config(
         "",
         "backend replicas",
         "    balance roundrobin",
+        "    # Once a request has reached a replica, only a GET or HEAD is re-sent elsewhere:",
+        "    # a PATCH appending a chunk or a PUT closing an upload must not run twice.",
+        "    http-request disable-l7-retry unless METH_GET",
         "    option httpchk GET /readyz",
         "    http-check expect status 200",
     ]
