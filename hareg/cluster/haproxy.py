@@ -3,8 +3,8 @@
 The configuration sends every request to any ready replica (no sticky
 sessions: any request may go to any replica), takes a replica out as soon as
 its ``/readyz`` fails, and retries a request whose connection failed on
-another replica (and a GET or HEAD that got no answer: a PATCH or PUT that
-reached a replica is never sent twice).  ``timeout server`` is long because the
+another replica, and one that got no answer too unless running it twice could
+do harm (a PATCH, a PUT closing an upload, a DELETE).  ``timeout server`` is long because the
 answer to the last PUT of a big blob comes only once all of it is stored.
 
 ``deploy/haproxy.cfg`` (docker-compose) is rendered by the same function, so
@@ -120,9 +120,9 @@ def render_config(
         "",
         "backend replicas",
         "    balance roundrobin",
-        "    # Once a request has reached a replica, only a GET or HEAD is re-sent elsewhere:",
-        "    # a PATCH appending a chunk or a PUT closing an upload must not run twice.",
-        "    http-request disable-l7-retry unless METH_GET",
+        "    # A request that reached a replica is re-sent elsewhere only if running it twice",
+        "    # is harmless: not a PATCH (a chunk appended twice), a PUT closing an upload or a DELETE.",
+        "    http-request disable-l7-retry if { method PATCH } || METH_DELETE || METH_PUT { path_sub /blobs/uploads/ }",
         "    option httpchk GET /readyz",
         "    http-check expect status 200",
     ]

@@ -101,7 +101,7 @@ def test_haproxy_config_balances_checks_and_retries() -> None:
         "retries 3",
         "option redispatch 1",
         "retry-on conn-failure empty-response response-timeout",
-        "http-request disable-l7-retry unless METH_GET",
+        "http-request disable-l7-retry if { method PATCH } || METH_DELETE || METH_PUT { path_sub /blobs/uploads/ }",
         "timeout server 10m",
         "server replica-1 127.0.0.1:6001",
         "server replica-2 127.0.0.1:6002",
