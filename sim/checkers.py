@@ -624,10 +624,13 @@ def check_linearizability(history: History, findings: Findings, *, budget: int =
                 )
 
 
-def check_inflight_pushes(history: History, findings: Findings, *, grace: float, keep_younger: float) -> None:
-    """Invariant 6: a push relying on "layer exists" / a fresh upload (or a child
-    manifest just pushed) is not undercut by garbage collection within the
-    grace window (``keepYoungerThan`` for manifests)."""
+def check_inflight_pushes(
+    history: History, findings: Findings, *, grace: float, head_grace: float, keep_younger: float
+) -> None:
+    """Invariant 6: a push relying on a fresh upload (or a child manifest just
+    pushed, or "layer exists") is not undercut by garbage collection within
+    the grace window (``keepYoungerThan`` for manifests; for a HEAD, half the
+    grace window, which is what the registry promises: docs/gc.md, G2b)."""
     deletes: dict[tuple[str, str], list[int]] = defaultdict(list)
     for op in history.ops:
         if op.kind in (h.BLOB_DELETE, h.MANIFEST_DELETE) and op.digest and op.outcome is not Outcome.FAIL:
@@ -636,7 +639,11 @@ def check_inflight_pushes(history: History, findings: Findings, *, grace: float,
         missing = op.detail.get("missing", "")
         if op.kind not in (h.TAG_WRITE, h.MANIFEST_PUT) or not missing:
             continue
-        for field_name, window in (("confirmed", grace), ("confirmed_manifests", keep_younger)):
+        for field_name, window in (
+            ("confirmed", grace),
+            ("confirmed_head", head_grace),
+            ("confirmed_manifests", keep_younger),
+        ):
             if not op.detail.get(field_name):
                 continue
             confirmed = dict(item.split("=", 1) for item in op.detail[field_name].split(","))
@@ -787,12 +794,13 @@ def check_history(
     *,
     effects: dict[int, int],
     grace: float,
+    head_grace: float,
     keep_younger: float,
 ) -> None:
     check_acknowledged_writes(history, monitor, keys, findings)
     check_effects(history, effects, findings)
     check_digest_reads(history, monitor, keys, findings)
-    check_inflight_pushes(history, findings, grace=grace, keep_younger=keep_younger)
+    check_inflight_pushes(history, findings, grace=grace, head_grace=head_grace, keep_younger=keep_younger)
     check_immutable_refusals(history, monitor, keys, findings)
     check_read_only(history, monitor, findings)
     check_tag_lists(history, monitor, keys, findings)

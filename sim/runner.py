@@ -212,6 +212,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         findings,
         effects=cluster.effects,
         grace=options.upload_grace - SKEW_MARGIN,
+        head_grace=options.upload_grace / 2 - SKEW_MARGIN,  # docs/gc.md, G2b
         keep_younger=options.keep_younger_than - SKEW_MARGIN,
     )
     _check_final_state(cluster, objects, keys, findings, monitor, loop.time())

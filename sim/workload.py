@@ -51,6 +51,8 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
 
 Handler = Callable[[Registry], Awaitable[Any]]
+# What a push relied on: digest -> (when the registry confirmed it, "upload" | "head" | "manifest").
+Confirmed = dict[str, tuple[float, str]]
 Http = tuple[str, str]  # the request's method and path, as the HTTP layer would see them
 
 
@@ -413,8 +415,9 @@ class Client:
         self._complete(op, resp)
         return op, resp
 
-    async def _ensure_blob(self, repo: str, digest: str) -> tuple[bool, bool]:
-        """HEAD, then upload if missing: (available, confirmed by a linearizable read).
+    async def _ensure_blob(self, repo: str, digest: str) -> tuple[bool, str]:
+        """HEAD, then upload if missing: (available, how the registry confirmed it:
+        "head", "upload", or "" when not by a linearizable read).
 
         A HEAD answered from the cache while etcd is unreachable may be stale
         (documented in docs/consistency.md): the push relies on it, but the
@@ -431,9 +434,10 @@ class Client:
         stale = exists and bool(resp.value)
         self._complete(op, resp, found=_found(resp, ErrorCode.BLOB_UNKNOWN), stale=stale)
         if exists:
-            return True, not stale
+            return True, "" if stale else "head"
         _, up = await self._upload(repo, digest, self.u.blobs[digest])
-        return up.outcome is Outcome.OK, up.outcome is Outcome.OK
+        ok = up.outcome is Outcome.OK
+        return ok, "upload" if ok else ""
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -457,7 +461,7 @@ class Client:
 
     async def _build_image(
         self, repo: str, *, share: bool, platform: tuple[str, str] | None = None, pad: int = 0
-    ) -> tuple[Manifest, dict[str, float]] | None:
+    ) -> tuple[Manifest, Confirmed] | None:
         """Upload an image's blobs; returns its manifest (not pushed yet) and when
         the registry confirmed each blob (uploaded, or "exists" to a HEAD); None on failure."""
         pool = self.u.layers[repo]
@@ -471,16 +475,17 @@ class Client:
             json.dumps({"architecture": arch, "os": os_name, "nonce": self.rng.getrandbits(64)}).encode()
         )
         layers = shared + fresh
-        confirmed: dict[str, float] = {}
+        confirmed: Confirmed = {}
         for digest in [config, *layers]:
             if digest in shared:
-                ok, sure = await self._ensure_blob(repo, digest)
+                ok, how = await self._ensure_blob(repo, digest)
             else:
-                ok = sure = (await self._upload(repo, digest, self.u.blobs[digest]))[1].outcome is Outcome.OK
+                ok = (await self._upload(repo, digest, self.u.blobs[digest]))[1].outcome is Outcome.OK
+                how = "upload" if ok else ""
             if not ok:
                 return None
-            if sure:
-                confirmed[digest] = self.env.loop.time()
+            if how:
+                confirmed[digest] = (self.env.loop.time(), how)
         for d in fresh:
             pool.append(d)
         body = self._image_body(config, layers, platform, pad)
@@ -489,18 +494,21 @@ class Client:
         self.u.images[repo].append(m.digest)
         return m, confirmed
 
-    def _note_missing(self, op: Operation, resp: Response, confirmed: dict[str, float]) -> None:
+    def _note_missing(self, op: Operation, resp: Response, confirmed: Confirmed) -> None:
         """Keep what the push relied on, for the garbage-collection check (invariant 6)."""
         if resp.code == ErrorCode.MANIFEST_BLOB_UNKNOWN.name and isinstance(resp.detail, dict):
             missing = [*resp.detail.get("blobs", []), *resp.detail.get("manifests", [])]
             op.detail["missing"] = ",".join(missing)
-            # What the registry confirmed, and when: blobs (GC grace) and manifests (keepYoungerThan).
-            blobs = ",".join(f"{d}={t!r}" for d, t in confirmed.items() if d in self.u.blobs)
-            manifests = ",".join(f"{d}={t!r}" for d, t in confirmed.items() if d not in self.u.blobs)
-            op.detail["confirmed"] = blobs
-            op.detail["confirmed_manifests"] = manifests
+            # What the registry confirmed, and when: uploaded blobs (the GC grace window),
+            # blobs found by a HEAD (half of it: docs/gc.md, G2b) and manifests (keepYoungerThan).
+            for name, kind in (
+                ("confirmed", "upload"),
+                ("confirmed_head", "head"),
+                ("confirmed_manifests", "manifest"),
+            ):
+                op.detail[name] = ",".join(f"{d}={t!r}" for d, (t, how) in confirmed.items() if how == kind)
 
-    async def _put_tag(self, m: Manifest, tag: str, confirmed: dict[str, float]) -> None:
+    async def _put_tag(self, m: Manifest, tag: str, confirmed: Confirmed) -> None:
         op, resp = await self._request(
             h.TAG_WRITE,
             m.repo,
@@ -514,7 +522,7 @@ class Client:
         if resp.outcome is Outcome.OK:
             self.u.acked.setdefault((m.repo, m.digest), op.id)
 
-    async def _put_digest(self, m: Manifest, confirmed: dict[str, float]) -> bool:
+    async def _put_digest(self, m: Manifest, confirmed: Confirmed) -> bool:
         op, resp = await self._request(
             h.MANIFEST_PUT,
             m.repo,
@@ -594,14 +602,14 @@ class Client:
     async def push_index(self) -> None:
         repo = self._repo()
         children: list[Manifest] = []
-        confirmed: dict[str, float] = {}
+        confirmed: Confirmed = {}
         platforms = self.rng.sample(PLATFORMS, k=2)
         for platform in platforms:
             built = await self._build_image(repo, share=self.rng.random() < 0.5, platform=platform)
             if built is None or not await self._put_digest(built[0], built[1]):
                 return
             children.append(built[0])
-            confirmed[built[0].digest] = self.env.loop.time()
+            confirmed[built[0].digest] = (self.env.loop.time(), "manifest")
         doc = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,

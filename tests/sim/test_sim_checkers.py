@@ -22,6 +22,7 @@ from sim.checkers import (
     Findings,
     StorageMonitor,
     check_immutable_refusals,
+    check_inflight_pushes,
     check_linearizability,
     check_read_only,
     check_tag_lists,
@@ -294,3 +295,33 @@ def test_a_tag_list_names_the_tags_that_existed_throughout_and_no_absent_one() -
     assert "op 1:" in messages[0] and "lacks v1" in messages[0]
     assert "op 2:" in messages[1] and "names v2" in messages[1]
     assert "op 5:" in messages[2] and "names v1" in messages[2]
+
+
+# -- pushes in flight -----------------------------------------------------------------
+
+
+def refused_for_missing(history: History, confirmed: dict[str, str]) -> None:
+    op = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    op.detail["missing"] = B
+    for name, when in confirmed.items():
+        op.detail[name] = f"{B}={when}"
+    history.complete(op, Outcome.FAIL, error="400 MANIFEST_BLOB_UNKNOWN")
+
+
+def test_a_push_undercut_within_its_guarantee_is_invariant_6() -> None:
+    """An uploaded blob is guarded for the grace window, one found by a HEAD for
+    half of it (docs/gc.md, G2b), unless a client deleted it meanwhile."""
+    clock = [10.0]
+    history = History(lambda: clock[0], Trace(lambda: clock[0]))
+    findings = Findings()
+    refused_for_missing(history, {"confirmed": "2.0"})  # uploaded 8 s before: within 9
+    refused_for_missing(history, {"confirmed_head": "2.0"})  # HEAD 8 s before: past 4
+    refused_for_missing(history, {"confirmed_head": "7.0"})  # HEAD 3 s before: within 4
+    delete = history.invoke("c1", h.BLOB_DELETE, R, "r1", digest=B)
+    history.complete(delete, Outcome.OK, found=True)
+    refused_for_missing(history, {"confirmed": "9.0"})  # the client's own delete: fine
+    check_inflight_pushes(history, findings, grace=9.0, head_grace=4.0, keep_younger=9.0)
+    messages = [v.message for v in findings.violations]
+    assert kinds(findings) == ["6", "6"], messages
+    assert messages[0].startswith("op 0:") and "guarded for 9s" in messages[0]
+    assert messages[1].startswith("op 2:") and "guarded for 4s" in messages[1]
