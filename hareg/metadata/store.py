@@ -215,6 +215,15 @@ class MetadataStore:
             raise
         return result.succeeded
 
+    async def _wrote(self, put: Put) -> bool:
+        """Whether ``put``'s own value is in place: how an unknown outcome is verified.
+
+        Not "the key exists": a link that was there before, made by an earlier
+        upload, would pass for this one, and garbage collection would judge it
+        by its old ``touched`` (the simulator's seed 9576)."""
+        found = await self._get(put.key)
+        return found is not None and found.value == put.value
+
     async def _range_all(self, span: tuple[bytes, bytes], revision: int = 0) -> RangeResult:
         return await self.kv.range(span[0], span[1], revision=revision)
 
@@ -288,11 +297,9 @@ class MetadataStore:
             elif decode(BlobRecord, blob_kv.value).state != "live":
                 raise BlobCollected(digest)
             now = self.clock.now()
+            link = Put(link_key, encode(LinkRecord(size, now, now)))
             compares = [Compare.mod_revision_is(blob_key, blob_kv.mod_revision if blob_kv else 0)]
-            ops: list[TxnOp] = [
-                Put(blob_key, encode(BlobRecord(size, now))),
-                Put(link_key, encode(LinkRecord(size, now, now))),
-            ]
+            ops: list[TxnOp] = [Put(blob_key, encode(BlobRecord(size, now))), link]
             if upload_id is not None:
                 ops.append(Delete(self.keys.upload(upload_id)))
             if repo_kv is None:
@@ -300,8 +307,8 @@ class MetadataStore:
                 compares.append(missing_repo)
                 ops.append(put_repo)
 
-            async def verify() -> bool:
-                return await self._get(link_key) is not None
+            async def verify(link: Put = link) -> bool:
+                return await self._wrote(link)
 
             if await self._txn(compares, ops, verify):
                 return
@@ -329,8 +336,9 @@ class MetadataStore:
             size = decode(LinkRecord, src.value).size
             now = self.clock.now()
             compares = [Compare.exists(src_key), Compare.mod_revision_is(blob_key, blob.mod_revision)]
+            link = Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now)))
             ops: list[TxnOp] = [
-                Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now))),
+                link,
                 # Re-written so a collector that saw no link for it cannot commit.
                 Put(blob_key, encode(BlobRecord(record.size, record.created))),
             ]
@@ -339,8 +347,8 @@ class MetadataStore:
                 compares.append(missing_repo)
                 ops.append(put_repo)
 
-            async def verify() -> bool:
-                return await self._get(self.keys.link(repo, digest)) is not None
+            async def verify(link: Put = link) -> bool:
+                return await self._wrote(link)
 
             if await self._txn(compares, ops, verify):
                 return size
@@ -437,6 +445,7 @@ class MetadataStore:
             Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
         ]
         manifest_key = self.keys.manifest(repo, digest)
+        manifest_value = encode(record)
         stored_body = record.body is None
         for _ in range(self.max_retries):
             pre_keys = [self.keys.repo(repo)]
@@ -450,7 +459,7 @@ class MetadataStore:
             now = self.clock.now()
             write_id = self.ids.new_id()
             compares = list(ref_compares)
-            ops: list[TxnOp] = [Put(manifest_key, encode(record))]
+            ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
             if stored_body:
                 if blob_kv is not None and decode(BlobRecord, blob_kv.value).state != "live":
                     raise BlobCollected(digest)
@@ -509,7 +518,9 @@ class MetadataStore:
 
             async def verify(written: list[TagWrite] = writes, wid: str = write_id) -> bool:
                 found = await self._read_many([manifest_key] + [self.keys.tag(repo, w.tag) for w in written])
-                if found[0] is None:
+                # Our own record (its creation time), not one an earlier push left: the
+                # collector spares a manifest by its age (keepYoungerThanDuration).
+                if found[0] is None or found[0].value != manifest_value:
                     return False
                 return all(kv is not None and decode(TagRecord, kv.value).write_id == wid for kv in found[1:])
 

@@ -72,7 +72,12 @@ class BlobService:
             check_name(from_repo)
         except RegistryError:
             return None
-        if (existing := await self.meta.get_link(repo, digest)) is not None:
-            return BlobInfo(digest, existing.size)
+        try:
+            # Already linked here: answered like a HEAD, touching an old link so the
+            # push that follows has the same grace guarantee (docs/gc.md, G2b).
+            return await self.stat(repo, digest)
+        except RegistryError as exc:
+            if exc.code is not ErrorCode.BLOB_UNKNOWN:
+                raise
         size = await self.meta.mount_blob(repo, digest, from_repo)
         return BlobInfo(digest, size) if size is not None else None

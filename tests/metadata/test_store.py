@@ -4,9 +4,11 @@ history, and the race between manifest pushes and blob unlinks (invariant 2)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -384,3 +386,35 @@ async def test_lost_manifest_delete_reply_is_not_confirmed_by_someone_elses_dele
     meta = MetadataStore(LostAndRaced(kv, apply=False), keys, SystemClock(), RandomIds(), "r")
     with pytest.raises(KVUnknownOutcome):
         await meta.delete_manifest("repo", digest("m"))
+
+
+@pytest.mark.parametrize("what", ["upload", "mount", "manifest"])
+async def test_a_lost_reply_is_not_confirmed_by_what_an_earlier_write_left(
+    kv: EtcdKV, keys: Keys, what: str
+) -> None:
+    """Invariant 7 (and 6): the link (or manifest record) was already there from an
+    earlier push, and our re-write of it was lost.  Its presence must not count
+    as our success: the collector judges it by its old ``touched``/``created``
+    (found by the simulator, seed 9576)."""
+    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "setup")
+    await setup.add_blob("repo", digest("c"), 1)
+    await setup.add_blob("src", digest("c"), 1)
+    await setup.put_manifest("repo", digest("m"), image_record(digest("c")))
+    await setup.mount_blob("dst", digest("c"), "src")
+    for applied in (False, True):
+        meta = MetadataStore(UnknownOutcomeKV(kv, apply=applied), keys, SystemClock(), RandomIds(), "r")
+
+        async def write(meta: MetadataStore = meta) -> None:
+            if what == "upload":
+                await meta.add_blob("repo", digest("c"), 1)
+            elif what == "mount":
+                assert await meta.mount_blob("dst", digest("c"), "src") == 1
+            else:  # the same manifest pushed again: a record of its own creation time
+                record = dataclasses.replace(image_record(digest("c")), created=time.time())
+                await meta.put_manifest("repo", digest("m"), record)
+
+        if applied:
+            await write()  # our own value is found: verified
+        else:
+            with pytest.raises(KVUnknownOutcome):
+                await write()

@@ -440,3 +440,23 @@ async def test_a_push_racing_the_collection_of_a_large_manifests_body(
         assert info.value.status == 503 and info.value.code.name == "UNAVAILABLE"
         assert await reg.meta.get_manifest("repo", big) is None
         assert await reg.meta.get_tag("repo", "v1") is None
+
+
+async def test_a_mount_of_a_blob_already_linked_renews_its_grace_like_a_head(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    """The mount finds the link already there (from an old upload, unreferenced):
+    answered "mounted", it must give the push that follows the grace a HEAD gives."""
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=1.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        layer = b"an old layer, mounted again"
+        await push_blob(reg, "src", layer)
+        await push_blob(reg, "repo", layer)
+        await asyncio.sleep(1.2)  # both links now older than the grace window
+        mounted = await reg.blobs.mount("repo", digest(layer), "src")
+        assert mounted is not None
+        report = await reg.pruner.run_once()
+        assert f"repo@{digest(layer)}" not in report.links  # renewed by the mount
+        assert f"src@{digest(layer)}" in report.links  # the untouched one goes
+        assert (await reg.blobs.stat("repo", digest(layer))).size == len(layer)

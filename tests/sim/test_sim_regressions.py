@@ -22,6 +22,7 @@ from sim.runner import run
         (175, 20.0, "a manifest delete was acknowledged on someone else's delete"),
         # A bug of the simulator's network model, not of the registry (tests/sim/test_sim_network.py).
         (777, 20.0, "a watch message lost in flight was skipped, not the end of the stream"),
+        (9576, 20.0, "an upload acknowledged on the strength of an earlier upload's link"),
         # A checker that asked more than docs/gc.md promises after a HEAD (tests/sim/test_sim_checkers.py).
         (8032, 20.0, "a HEAD-confirmed layer guarded for the whole grace window instead of half"),
     ],
