@@ -72,7 +72,7 @@ from hareg.metadata.records import (
 from sim import history as h
 from sim import linearizability as lin
 from sim.etcd_model import MVCCStore
-from sim.history import History, Outcome
+from sim.history import History, Operation, Outcome
 
 INVARIANTS = (
     "1",
@@ -453,6 +453,71 @@ def _values_during(timeline: list[tuple[int, bytes | None]], start: int, end: in
     return out
 
 
+def _present(values: list[bytes | None]) -> bool:
+    return any(v is not None for v in values)
+
+
+def _absent(values: list[bytes | None]) -> bool:
+    return any(v is None for v in values)
+
+
+def _written(values: list[bytes | None]) -> bool:
+    # values[0] is what the key held when the request began; the rest were committed during it.
+    return _present(values[1:])
+
+
+def _acknowledged_effect(
+    op: Operation, keys: Keys
+) -> tuple[bytes, Callable[[list[bytes | None]], bool], str] | None:
+    """What an acknowledged write must have done: (key, test over the values the
+    key had during the request, what is wrong when the test fails)."""
+    digest = op.digest or ""
+    if op.kind == h.TAG_WRITE and op.tag and op.digest:
+
+        def names_it(values: list[bytes | None]) -> bool:
+            return any(v is not None and decode(TagRecord, v).digest == digest for v in values)
+
+        return (
+            keys.tag(op.repo, op.tag),
+            names_it,
+            f"{op.repo}:{op.tag} -> {_short(digest)} acknowledged ({op.detail.get('action', 'push')}) "
+            "but the tag never named it during the request",
+        )
+    if op.kind == h.MANIFEST_PUT and op.digest:
+        return (
+            keys.manifest(op.repo, digest),
+            _present,
+            f"manifest {op.repo}@{_short(digest)} acknowledged but never stored",
+        )
+    if op.kind == h.BLOB_UPLOAD and op.digest:
+        # Written during the request, not merely present: a link an earlier upload
+        # left is judged by the collector by its old age (seed 9576).
+        return (
+            keys.link(op.repo, digest),
+            _written,
+            f"blob {op.repo}@{_short(digest)} acknowledged but its link was not written during the request",
+        )
+    if op.kind == h.BLOB_MOUNT and op.digest and op.found:
+        return (
+            keys.link(op.repo, digest),
+            _present,
+            f"mount of {_short(digest)} into {op.repo} acknowledged but never linked",
+        )
+    if op.kind == h.TAG_DELETE and op.tag and op.found:
+        return (
+            keys.tag(op.repo, op.tag),
+            _absent,
+            f"delete of {op.repo}:{op.tag} acknowledged but the tag stayed",
+        )
+    if op.kind == h.MANIFEST_DELETE and op.digest and op.found:
+        return (
+            keys.manifest(op.repo, digest),
+            _absent,
+            f"delete of {op.repo}@{_short(digest)} acknowledged but it stayed",
+        )
+    return None
+
+
 def check_acknowledged_writes(
     history: History, monitor: CommitMonitor, keys: Keys, findings: Findings
 ) -> None:
@@ -460,65 +525,18 @@ def check_acknowledged_writes(
     for op in history.ops:
         if not op.ok or op.complete_seq is None or op.final:
             continue
-        window = (op.invoke_seq, op.complete_seq)
-        if op.kind == h.TAG_WRITE and op.tag and op.digest:
-            values = _values_during(monitor.timeline.get(keys.tag(op.repo, op.tag), []), *window)
-            if not any(v is not None and decode(TagRecord, v).digest == op.digest for v in values):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: {op.repo}:{op.tag} -> {_short(op.digest)} acknowledged ({op.detail.get('action', 'push')}) "
-                    "but the tag never named it during the request",
-                )
-        elif op.kind in (h.MANIFEST_PUT,) and op.digest:
-            values = _values_during(monitor.timeline.get(keys.manifest(op.repo, op.digest), []), *window)
-            if not any(v is not None for v in values):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: manifest {op.repo}@{_short(op.digest)} acknowledged but never stored",
-                )
-        elif op.kind == h.BLOB_UPLOAD and op.digest:
-            # Written during the request, not merely present: a link an earlier upload
-            # left is judged by the collector by its old age (seed 9576).
-            values = _values_during(monitor.timeline.get(keys.link(op.repo, op.digest), []), *window)
-            if not any(v is not None for v in values[1:]):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: blob {op.repo}@{_short(op.digest)} acknowledged but its link was not "
-                    "written during the request",
-                )
-        elif op.kind == h.BLOB_MOUNT and op.digest and op.found:
-            values = _values_during(monitor.timeline.get(keys.link(op.repo, op.digest), []), *window)
-            if not any(v is not None for v in values):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: mount of {_short(op.digest)} into {op.repo} acknowledged but never linked",
-                )
-        elif op.kind == h.TAG_DELETE and op.tag and op.found:
-            values = _values_during(monitor.timeline.get(keys.tag(op.repo, op.tag), []), *window)
-            if not any(v is None for v in values):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: delete of {op.repo}:{op.tag} acknowledged but the tag stayed",
-                )
-        elif op.kind == h.MANIFEST_DELETE and op.digest and op.found:
-            values = _values_during(monitor.timeline.get(keys.manifest(op.repo, op.digest), []), *window)
-            if not any(v is None for v in values):
-                findings.add(
-                    "7",
-                    op.complete_time or 0.0,
-                    f"op {op.id}: delete of {op.repo}@{_short(op.digest)} acknowledged but it stayed",
-                )
+        effect = _acknowledged_effect(op, keys)
+        if effect is None:
+            continue
+        key, holds, wrong = effect
+        if not holds(_values_during(monitor.timeline.get(key, []), op.invoke_seq, op.complete_seq)):
+            findings.add("7", op.complete_time or 0.0, f"op {op.id}: {wrong}")
 
 
 # Writes whose acknowledgement says "this request did it": a DELETE answered 202
 # rather than 404.  Pushes are idempotent (a tag that already names the digest,
-# a blob or manifest someone else stored): the state the client asked for holds,
-# and the timeline check above covers them.
+# a manifest someone else stored): the state the client asked for holds, and the
+# timeline check above covers them (an upload must also have written its link).
 _EFFECTFUL = (h.TAG_DELETE, h.MANIFEST_DELETE)
 
 
