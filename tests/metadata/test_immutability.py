@@ -6,7 +6,6 @@ the new one is in place."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -18,37 +17,10 @@ from hareg.ids import RandomIds
 from hareg.kv.base import Compare, TxnOp, TxnResult
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
-from hareg.metadata.records import ImmutabilityRecord, ManifestRecord, decode
+from hareg.metadata.records import ImmutabilityRecord, decode
 from hareg.metadata.store import ImmutableTag, MetadataStore, immutable_pattern
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-CONFIG = "sha256:" + hashlib.sha256(b"config").hexdigest()
-
-
-def digest(name: str) -> str:
-    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
-
-
-def record() -> ManifestRecord:
-    return ManifestRecord(media_type=OCI_MANIFEST, size=100, created=0.0, blobs=(CONFIG,), body=b"{}")
-
-
-@pytest.fixture
-def keys(key_prefix: bytes) -> Keys:
-    return Keys(key_prefix.decode())
-
-
-@pytest.fixture
-def meta(kv: EtcdKV, keys: Keys) -> MetadataStore:
-    return MetadataStore(kv, keys, SystemClock(), RandomIds(), "replica-a")
-
-
-async def manifests(meta: MetadataStore, repo: str, *names: str) -> list[str]:
-    await meta.add_blob(repo, CONFIG, 1)
-    out = [digest(n) for n in names]
-    for d in out:
-        await meta.put_manifest(repo, d, record())
-    return out
+from .support import REPLICA, manifests, record
 
 
 def test_patterns_match_like_fnmatch_case_sensitively() -> None:
@@ -64,7 +36,7 @@ def test_patterns_match_like_fnmatch_case_sensitively() -> None:
 async def test_rule_record_round_trip(meta: MetadataStore, kv: EtcdKV, keys: Keys) -> None:
     assert await meta.get_immutability("repo") is None
     rule = await meta.set_immutability("repo", ["v*", "stable"])
-    assert rule is not None and rule.patterns == ("v*", "stable") and rule.replica == "replica-a"
+    assert rule is not None and rule.patterns == ("v*", "stable") and rule.replica == REPLICA
     assert await meta.get_immutability("repo") == rule
     raw = await kv.get(keys.immutability("repo"))
     assert raw is not None and raw.key == keys.root + b"/i/repo"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import itertools
 import random
 import time
@@ -23,13 +22,9 @@ from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
 from hareg.metadata.store import MetadataStore, MissingReferences, ReferencedBy
 
 from .faulty_kv import UnknownOutcomeKV
+from .support import OCI_MANIFEST, digest
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def digest(name: str) -> str:
-    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def image_record(
@@ -49,16 +44,6 @@ def image_record(
 
 def index_record(*children: str) -> ManifestRecord:
     return ManifestRecord(media_type=OCI_INDEX, size=50, created=0.0, manifests=tuple(children), body=b"{}")
-
-
-@pytest.fixture
-def keys(key_prefix: bytes) -> Keys:
-    return Keys(key_prefix.decode())
-
-
-@pytest.fixture
-def meta(kv: EtcdKV, keys: Keys) -> MetadataStore:
-    return MetadataStore(kv, keys, SystemClock(), RandomIds(), "test-replica")
 
 
 async def all_keys(kv: EtcdKV, keys: Keys) -> dict[bytes, bytes]:

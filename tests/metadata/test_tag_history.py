@@ -6,7 +6,6 @@ reply is lost counts as done only if it applied (invariant 7)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import random
 from collections.abc import Sequence
@@ -18,40 +17,11 @@ from hareg.ids import RandomIds
 from hareg.kv.base import KVUnknownOutcome
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
-from hareg.metadata.records import HistoryEntry, ManifestRecord
+from hareg.metadata.records import HistoryEntry
 from hareg.metadata.store import MetadataStore, MissingReferences
 
 from .faulty_kv import UnknownOutcomeKV
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-CONFIG = "sha256:" + hashlib.sha256(b"config").hexdigest()
-
-
-def digest(name: str) -> str:
-    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
-
-
-def record() -> ManifestRecord:
-    return ManifestRecord(media_type=OCI_MANIFEST, size=100, created=0.0, blobs=(CONFIG,), body=b"{}")
-
-
-@pytest.fixture
-def keys(key_prefix: bytes) -> Keys:
-    return Keys(key_prefix.decode())
-
-
-@pytest.fixture
-def meta(kv: EtcdKV, keys: Keys) -> MetadataStore:
-    return MetadataStore(kv, keys, SystemClock(), RandomIds(), "replica-a")
-
-
-async def manifests(meta: MetadataStore, repo: str, *names: str) -> list[str]:
-    """Push untagged manifests ``names`` (and their config blob) into ``repo``."""
-    await meta.add_blob(repo, CONFIG, 1)
-    out = [digest(n) for n in names]
-    for d in out:
-        await meta.put_manifest(repo, d, record())
-    return out
+from .support import REPLICA, digest, manifests, record
 
 
 async def history_keys(kv: EtcdKV, keys: Keys, repo: str, tag: str) -> list[tuple[bytes, bytes, int, int]]:
@@ -110,7 +80,7 @@ async def test_history_is_forward_only_across_push_move_delete_recreate_rollback
         (7, b, None, "delete"),
         (8, None, a, "rollback"),
     ]
-    assert all(h.replica == "replica-a" for h in history)
+    assert all(h.replica == REPLICA for h in history)
     assert [h.time for h in history] == sorted(h.time for h in history)
     tag = await meta.get_tag("repo", "t")
     assert tag is not None and tag.digest == a and tag.seq == 8
