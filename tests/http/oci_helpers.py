@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
+from hareg.ids import RandomIds
 from hareg.kv.base import prefix_end
+from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -302,3 +307,24 @@ def blob_files(registry: Registry) -> set[str]:
     store = registry.store
     assert isinstance(store, FilesystemBlobStore)
     return {p.name for p in (store.root / "blobs").rglob("*") if p.is_file()}
+
+
+async def start_replicas(
+    stack: AsyncExitStack, etcd_url: str, blobs: Path, prefix: str, count: int
+) -> list[tuple[Registry, Client]]:
+    """``count`` replicas in this process, each with its own etcd connection and
+    cache, sharing one key prefix and one blob directory; stopped by ``stack``."""
+    out = []
+    for i in range(count):
+        kv = await EtcdKV.connect([etcd_url])
+        stack.push_async_callback(kv.close)
+        store = FilesystemBlobStore(blobs)
+        stack.push_async_callback(store.close)
+        reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=prefix, replica=f"r{i}")
+        await reg.start()
+        stack.push_async_callback(reg.stop)
+        client: Client = TestClient(TestServer(init_app(reg)))
+        await client.start_server()
+        stack.push_async_callback(client.close)
+        out.append((reg, client))
+    return out

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import (
     Client,
     config_blob,
@@ -24,15 +23,11 @@ from oci_helpers import (
     put_manifest,
     raw_request,
     snapshot,
+    start_replicas,
 )
 
-from hareg.clock import SystemClock
-from hareg.http.app import init_app
-from hareg.ids import RandomIds
-from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
 from hareg.registry.service import Registry
-from hareg.storage.filesystem import FilesystemBlobStore
 
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 V1 = "/hareg/v1/repositories"
@@ -169,19 +164,9 @@ async def test_rollback_errors(client: Client) -> None:
 async def test_rollback_on_one_replica_is_pulled_on_another(etcd_url: str, tmp_path: Path) -> None:
     prefix = f"/ext-{uuid.uuid4().hex[:10]}"
     async with AsyncExitStack() as stack:
-        clients: list[Client] = []
-        for i in range(2):
-            kv = await EtcdKV.connect([etcd_url])
-            stack.push_async_callback(kv.close)
-            store = FilesystemBlobStore(tmp_path / "blobs")
-            stack.push_async_callback(store.close)
-            reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=prefix, replica=f"r{i}")
-            await reg.start()
-            stack.push_async_callback(reg.stop)
-            client: Client = TestClient(TestServer(init_app(reg)))
-            await client.start_server()
-            stack.push_async_callback(client.close)
-            clients.append(client)
+        clients = [
+            client for _, client in await start_replicas(stack, etcd_url, tmp_path / "blobs", prefix, 2)
+        ]
         a = await push_image(clients[0], "repo", "t", seed="a")
         await push_image(clients[0], "repo", "t", seed="b")
         assert (await rollback(clients[1], "repo", "t", a.digest)).status == 201

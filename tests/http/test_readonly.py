@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import expect_error, push_image, sha256, start_upload
+from oci_helpers import expect_error, push_image, sha256, start_replicas, start_upload
 
 from hareg.cli import main as cli_main
 from hareg.clock import SystemClock
@@ -132,20 +132,7 @@ async def replicas(etcd_url: str, tmp_path: Path) -> AsyncIterator[list[tuple[Re
     """Two replicas, each with its own etcd connection, sharing a prefix and a blob store."""
     prefix = f"/ro-replicas-{uuid.uuid4().hex[:10]}"
     async with AsyncExitStack() as stack:
-        out = []
-        for i in range(2):
-            kv = await EtcdKV.connect([etcd_url])
-            stack.push_async_callback(kv.close)
-            store = FilesystemBlobStore(tmp_path / "shared-blobs")
-            stack.push_async_callback(store.close)
-            reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=prefix, replica=f"r{i}")
-            await reg.start()
-            stack.push_async_callback(reg.stop)
-            client: Client = TestClient(TestServer(init_app(reg)))
-            await client.start_server()
-            stack.push_async_callback(client.close)
-            out.append((reg, client))
-        yield out
+        yield await start_replicas(stack, etcd_url, tmp_path / "shared-blobs", prefix, 2)
 
 
 async def wait_read_only(registry: Registry, expected: bool, within: float = 1.0) -> float:

@@ -13,15 +13,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import config_blob, image_manifest, push_blob, sha256
-
-from hareg.clock import SystemClock
-from hareg.http.app import init_app
-from hareg.ids import RandomIds
-from hareg.kv.etcd import EtcdKV
-from hareg.registry.service import Registry
-from hareg.storage.filesystem import FilesystemBlobStore
+from aiohttp.test_utils import TestClient
+from oci_helpers import config_blob, image_manifest, push_blob, sha256, start_replicas
 
 Client = TestClient[web.Request, web.Application]
 
@@ -30,20 +23,10 @@ Client = TestClient[web.Request, web.Application]
 async def replicas(etcd_url: str, tmp_path: Path) -> AsyncIterator[list[Client]]:
     prefix = f"/replicas-{uuid.uuid4().hex[:10]}"
     async with AsyncExitStack() as stack:
-        clients = []
-        for i in range(3):
-            kv = await EtcdKV.connect([etcd_url])
-            stack.push_async_callback(kv.close)
-            store = FilesystemBlobStore(tmp_path / "shared-blobs")
-            stack.push_async_callback(store.close)
-            reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=prefix, replica=f"r{i}")
-            await reg.start()
-            stack.push_async_callback(reg.stop)
-            client: Client = TestClient(TestServer(init_app(reg)))
-            await client.start_server()
-            stack.push_async_callback(client.close)
-            clients.append(client)
-        yield clients
+        yield [
+            client
+            for _, client in await start_replicas(stack, etcd_url, tmp_path / "shared-blobs", prefix, 3)
+        ]
 
 
 async def test_one_upload_spread_over_three_replicas(replicas: list[Client]) -> None:
