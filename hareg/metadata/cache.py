@@ -133,8 +133,12 @@ class MetadataCache:
             data[key] = decode(_KINDS[kind], event.kv.value)
         self.events_applied += 1
 
-    def _index_tag(self, key: bytes, *, add: bool) -> None:
+    def _repo_and_tag(self, key: bytes) -> tuple[str, str]:
         repo, _, tag = self.keys.strip("t", key).rpartition("@")
+        return repo, tag
+
+    def _index_tag(self, key: bytes, *, add: bool) -> None:
+        repo, tag = self._repo_and_tag(key)
         names = self._tag_names.setdefault(repo, [])
         i = bisect.bisect_left(names, tag)
         if add:
@@ -162,7 +166,7 @@ class MetadataCache:
             fresh[kind] = records
         tag_names: dict[str, list[str]] = {}
         for key in fresh["t"]:  # listed in key order, so each repo's names come sorted
-            repo, _, tag = self.keys.strip("t", key).rpartition("@")
+            repo, tag = self._repo_and_tag(key)
             tag_names.setdefault(repo, []).append(tag)
         self._data, self._tag_names = fresh, tag_names
         self.relists += 1

@@ -291,14 +291,9 @@ class MetadataStore:
         blob_key, link_key = self.keys.blob(digest), self.keys.link(repo, digest)
         for _ in range(self.max_retries):
             blob_kv, repo_kv = await self._read_many([blob_key, self.keys.repo(repo)])
-            if blob_kv is None:
-                if bytes_present is not None and not await bytes_present():
-                    raise BlobCollected(digest)
-            elif decode(BlobRecord, blob_kv.value).state != "live":
-                raise BlobCollected(digest)
+            compares = [await self._blob_guard(digest, blob_kv, bytes_present)]
             now = self.clock.now()
             link = Put(link_key, encode(LinkRecord(size, now, now)))
-            compares = [Compare.mod_revision_is(blob_key, blob_kv.mod_revision if blob_kv else 0)]
             ops: list[TxnOp] = [Put(blob_key, encode(BlobRecord(size, now))), link]
             if upload_id is not None:
                 ops.append(Delete(self.keys.upload(upload_id)))
@@ -313,6 +308,23 @@ class MetadataStore:
             if await self._txn(compares, ops, verify):
                 return
         raise Contended(f"link of blob {digest} into {repo}")
+
+    async def _blob_guard(
+        self, digest: str, blob_kv: KeyValue | None, bytes_present: Callable[[], Awaitable[bool]] | None
+    ) -> Compare:
+        """The guard against garbage collection of ``digest`` for a write that makes
+        new use of its bytes (a link, or a manifest body stored there) and
+        re-writes its blob record: a record in state "deleting" is refused, and
+        with no record ``bytes_present`` must confirm the bytes are still there
+        (the collector deletes bytes before the record, so no record means no
+        collector is still deleting).  The compare on the record's mod_revision
+        makes a claim after this read fail, or this write."""
+        if blob_kv is None:
+            if bytes_present is not None and not await bytes_present():
+                raise BlobCollected(digest)
+        elif decode(BlobRecord, blob_kv.value).state != "live":
+            raise BlobCollected(digest)
+        return Compare.mod_revision_is(self.keys.blob(digest), blob_kv.mod_revision if blob_kv else 0)
 
     async def touch_link(self, repo: str, digest: str, link: LinkRecord) -> bool:
         """Mark a link as just used (a HEAD or GET found it), so garbage
@@ -461,13 +473,7 @@ class MetadataStore:
             compares = list(ref_compares)
             ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
             if stored_body:
-                if blob_kv is not None and decode(BlobRecord, blob_kv.value).state != "live":
-                    raise BlobCollected(digest)
-                if blob_kv is None and body_present is not None and not await body_present():
-                    raise BlobCollected(digest)
-                compares.append(
-                    Compare.mod_revision_is(self.keys.blob(digest), blob_kv.mod_revision if blob_kv else 0)
-                )
+                compares.append(await self._blob_guard(digest, blob_kv, body_present))
                 ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
             if pre[0] is None:
                 missing_repo, put_repo = self._ensure_repo(repo)
