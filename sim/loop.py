@@ -149,8 +149,7 @@ class SimLoop(asyncio.BaseEventLoop):
         *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
+        self._check_closed()  # type: ignore[attr-defined]
         timer = asyncio.TimerHandle(when, callback, args, self, context)
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, timer))
@@ -161,8 +160,7 @@ class SimLoop(asyncio.BaseEventLoop):
         self, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
         # BaseEventLoop's version adds debug-mode checks through two more calls.
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
+        self._check_closed()  # type: ignore[attr-defined]
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
