@@ -85,6 +85,7 @@ INVARIANTS = (
     "linearizability",
     "immutable",
     "read-only",
+    "hostile",
     "liveness",
     "internal",
 )

@@ -1,7 +1,7 @@
 """``python -m sim``: run seeds, replay one, list and hunt planted bugs, shrink a failure.
 
     python -m sim run --seeds 100 [--start 1] [--duration 60] [--faults crash,pause,...]
-                      [--plant NAME] [--check-determinism] [--json FILE] [--quiet] [--jobs N]
+                      [--plant NAME] [--no-hostile] [--check-determinism] [--json FILE] [--quiet] [--jobs N]
     python -m sim replay --seed S [--trace FILE] [--plant NAME] [--faults ...]
     python -m sim plants
     python -m sim hunt --plant NAME [--max-seeds 1000] [--start 1]
@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from hareg.plants import DESCRIPTIONS
 from sim import faults as faults_mod
+from sim import hostile as hostile_mod
 from sim.checkers import INVARIANTS
 from sim.runner import RunResult, run
 
@@ -82,11 +83,14 @@ class Summary:
         sim_time = sum(r.sim_time for r in results)
         ops: dict[str, int] = {}
         faults: dict[str, int] = {}
+        behaviours: dict[str, int] = {}
         for r in results:
             for k, v in r.ops.items():
                 ops[k] = ops.get(k, 0) + v
             for k, v in r.faults.items():
                 faults[k] = faults.get(k, 0) + v
+            for k, v in r.hostile.items():
+                behaviours[k] = behaviours.get(k, 0) + v
         seeds = [r.options.seed for r in results]
         total_ops = sum(ops.values())
         availability = sum(r.availability for r in results) / len(results) if results else 1.0
@@ -109,6 +113,10 @@ class Summary:
         )
         print(
             "faults:         " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"),
+            file=out,
+        )
+        print(
+            "hostile:        " + (", ".join(f"{k} {v}" for k, v in sorted(behaviours.items())) or "none"),
             file=out,
         )
         failing = self.failing()
@@ -182,6 +190,7 @@ def _run_many(
     duration: float,
     allowed: tuple[str, ...],
     plants: frozenset[str],
+    hostile: bool = True,
     determinism: bool,
     quiet: bool,
     out: TextIO,
@@ -189,7 +198,8 @@ def _run_many(
 ) -> Summary:
     summary = Summary()
     work = (
-        (faults_mod.choose(seed, duration, allowed=allowed, plants=plants), determinism) for seed in seeds
+        (faults_mod.choose(seed, duration, allowed=allowed, plants=plants, hostile=hostile), determinism)
+        for seed in seeds
     )
 
     def record(result: RunResult, cpu: float, same: bool) -> None:
@@ -224,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration=args.duration,
         allowed=args.faults,
         plants=args.plant,
+        hostile=args.hostile,
         determinism=args.check_determinism,
         quiet=args.quiet,
         out=out,
@@ -257,7 +268,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("replay needs --seed or --schedule", file=sys.stderr)
         return 2
     else:
-        options = faults_mod.choose(args.seed, args.duration, allowed=args.faults, plants=args.plant)
+        options = faults_mod.choose(
+            args.seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+        )
     result = run(options, keep_trace=True)
     _print_result(result, sys.stdout, verbose=True)
     if args.trace:
@@ -284,6 +297,7 @@ PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "upload-no-digest": frozenset({"3"}),
     "cache-keeps-deleted-tag": frozenset({"4", "linearizability"}),
     "gc-no-grace": frozenset({"6", "2"}),
+    "commit-unverified-bytes": frozenset({"3", "hostile"}),
 }
 
 
@@ -297,7 +311,9 @@ def plant_caught(result: RunResult, allowed: tuple[str, ...]) -> list[str]:
     if not planted:
         return []
     options = result.options
-    baseline = run(faults_mod.choose(options.seed, options.duration, allowed=allowed))
+    baseline = run(
+        faults_mod.choose(options.seed, options.duration, allowed=allowed, hostile=options.hostile)
+    )
     return sorted(planted - {v.invariant for v in baseline.violations})
 
 
@@ -308,7 +324,9 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     (plant,) = tuple(args.plant)
     started = time.perf_counter()
     for seed in range(args.start, args.start + args.max_seeds):
-        options = faults_mod.choose(seed, args.duration, allowed=args.faults, plants=args.plant)
+        options = faults_mod.choose(
+            seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+        )
         result = run(options)
         new = plant_caught(result, args.faults)
         if new:
@@ -329,7 +347,9 @@ def cmd_hunt(args: argparse.Namespace) -> int:
 def cmd_shrink(args: argparse.Namespace) -> int:
     from sim.shrink import shrink
 
-    options = faults_mod.choose(args.seed, args.duration, allowed=args.faults, plants=args.plant)
+    options = faults_mod.choose(
+        args.seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+    )
     outcome = shrink(options, max_examples=args.budget, log=print)
     if outcome is None:
         print(f"seed {args.seed} does not fail: nothing to shrink")
@@ -364,6 +384,12 @@ def parser() -> argparse.ArgumentParser:
             + ", ".join(faults_mod.FAULT_KINDS),
         )
         sp.add_argument("--plant", action="append", type=str, help="switch on a planted bug (repeatable)")
+        sp.add_argument(
+            "--no-hostile",
+            dest="hostile",
+            action="store_false",
+            help="without the hostile clients; their behaviours: " + ", ".join(hostile_mod.BEHAVIOURS),
+        )
 
     r = sub.add_parser("run", help="run many seeds and summarize")
     r.add_argument("--seeds", type=int, default=10)

@@ -92,6 +92,7 @@ class Options:
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     plants: frozenset[str] = frozenset()
     world_seed: int = 0  # randomness of the run itself (message delays, client choices)
+    hostile: bool = True  # hostile clients (sim/hostile.py) run beside the well-behaved ones
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -108,6 +109,8 @@ class Options:
         )
         if self.plants:
             head += f", plants {','.join(sorted(self.plants))}"
+        if not self.hostile:
+            head += ", no hostile clients"
         faults = "; ".join(f.describe() for f in self.faults) or "no faults"
         return f"{head}\n    faults: {faults}"
 
@@ -129,6 +132,8 @@ class Options:
             faults=tuple(Fault(**f) for f in fault_docs),
             plants=frozenset(doc.get("plants", ())),
             world_seed=int(doc.get("world_seed", 0)),
+            # Options written before hostile clients existed replay without them.
+            hostile=bool(doc.get("hostile", False)),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -145,6 +150,7 @@ class Options:
             "keep_younger_than": self.keep_younger_than,
             "keep_tag_revisions": self.keep_tag_revisions,
             "plants": sorted(self.plants),
+            "hostile": self.hostile,
             "faults": [f.to_json() for f in self.faults],
         }
 
@@ -239,6 +245,7 @@ def choose(
     plants: frozenset[str] = frozenset(),
     replicas: int = 3,
     clients: int = 20,
+    hostile: bool = True,
 ) -> Options:
     """The options seed ``seed`` chooses.  One ``random.Random(seed)`` decides
     everything: first the seed of the run's own randomness, then the knobs,
@@ -260,5 +267,6 @@ def choose(
         keep_tag_revisions=rng.randint(1, 4),
         plants=plants,
         world_seed=world_seed,
+        hostile=hostile,
     )
     return options.with_faults(tuple(_schedule(rng, duration, names, allowed)))

@@ -100,6 +100,7 @@ class Replica:
         *,
         upload_grace: float = 30.0,
         gc_policy: Policy | None = None,
+        upload_session_ttl: int | None = None,
     ) -> None:
         self.name = name
         self.loop = loop
@@ -111,6 +112,7 @@ class Replica:
         self.plants = plants
         self.upload_grace = upload_grace
         self.gc_policy = gc_policy
+        self.upload_session_ttl = upload_session_ttl
         self.clock = ReplicaClock(loop, net, name)
         self.incarnation = 0
         self.registry: Registry | None = None
@@ -155,6 +157,12 @@ class Replica:
             gc_policy=self.gc_policy,
             plants=self.plants,
         )
+        if self.upload_session_ttl is not None:
+            # Upload sessions that expire within a run (the server keeps them a day),
+            # so hostile clients can replay an expired upload's URL: an idle session
+            # lives between ttl and 1.5 x ttl (one lease per window of ttl / 2).
+            registry.meta.upload_ttl = self.upload_session_ttl
+            registry.meta.upload_lease_window = max(1, self.upload_session_ttl // 2)
         self._kv, self._store, self.registry = kv, store, registry
         self.trace.event("replica.start", r=self.name, inc=self.incarnation)
         # Started as the server starts it (its background tasks: cache, settings,

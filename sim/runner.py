@@ -25,7 +25,7 @@ from hareg.metadata.keys import Keys
 from hareg.metadata.records import TagRecord, decode
 from hareg.plants import Plants
 from hareg.registry.gc import Policy
-from sim import checkers, liveness
+from sim import checkers, hostile, liveness, readback
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.faults import Options
 from sim.history import History
@@ -53,6 +53,7 @@ class RunResult:
     ops: dict[str, int] = field(default_factory=dict)  # by outcome
     ops_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
+    hostile: dict[str, int] = field(default_factory=dict)  # hostile behaviours carried out
     violations: list[checkers.Violation] = field(default_factory=list)
     availability: float = 1.0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +73,7 @@ class RunResult:
             "ops": self.ops,
             "ops_by_kind": self.ops_by_kind,
             "faults": self.faults,
+            "hostile": self.hostile,
             "availability": round(self.availability, 4),
             "violations": [v.to_json() for v in self.violations],
             "stats": self.stats,
@@ -150,10 +152,13 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
             plants,
             upload_grace=options.upload_grace,
             gc_policy=policy,
+            upload_session_ttl=hostile.UPLOAD_SESSION_TTL if options.hostile else None,
         )
         for name in options.replica_names
     ]
     tenant_rng, client_rngs = child(), [child() for _ in range(options.clients + options.replicas)]
+    # Drawn last, and only with hostile clients: without them a seed runs as it always did.
+    hostile_rngs = [child() for _ in range(hostile.HOSTILE_CLIENTS)] if options.hostile else []
     trace.event("options", seed=options.seed, faults=len(options.faults), plants=sorted(options.plants))
 
     background = [loop.create_task(cluster.run(), name="etcd")]
@@ -173,6 +178,17 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
 
     stop = asyncio.Event()
     clients = [Client(f"c{i}", env, client_rngs[i], think=options.think) for i in range(options.clients)]
+    hostile_log = hostile.HostileLog()
+
+    def session_alive(upload_id: str) -> bool:
+        return cluster.store.get(keys.upload(upload_id)) is not None
+
+    clients += [
+        hostile.HostileClient(
+            f"h{i}", env, rng, think=options.think, log=hostile_log, session_alive=session_alive
+        )
+        for i, rng in enumerate(hostile_rngs)
+    ]
     tasks = [loop.create_task(c.run(stop), name=c.name) for c in clients]
     await asyncio.sleep(options.duration)
     stop.set()
@@ -200,6 +216,10 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     for message in report.late:
         findings.add("liveness", loop.time(), message)
     history.close_pending()
+    # Every stored object read back through every replica and re-hashed (3).
+    stores = [(r.name, r.registry.store) for r in replicas if r.registry is not None]
+    read_back = await readback.read_back(stores, findings, loop.time)
+    readback.check_sizes(cluster.store, keys, objects.blobs, findings, loop.time())
 
     for anomaly in env.anomalies:
         findings.add(anomaly.invariant, anomaly.time, f"op {anomaly.op}: {anomaly.message}")
@@ -236,8 +256,13 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
             by_kind[op.kind][op.outcome.value] += 1
     result.ops_by_kind = by_kind
     result.faults = dict(sorted(nemesis.applied.items()))
+    result.hostile = dict(sorted(hostile_log.counts.items()))
     during = history.ops[:workload_ops]
-    answered = [op for op in during if op.outcome is not None and op.kind != "bad_upload"]
+    answered = [
+        op
+        for op in during
+        if op.outcome is not None and op.kind != "bad_upload" and "hostile" not in op.detail
+    ]
     result.availability = sum(op.ok for op in answered) / len(answered) if answered else 1.0
     result.stats = {
         "etcd": dict(cluster.stats),
@@ -250,6 +275,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         "requests": env.requests,
         "loop_steps": loop.steps,
         "final_checks": report.checked,
+        "read_back": read_back,
         "settle_time": round(report.settle_time, 3),
         "linearizability": {
             "tags": findings.lin_checked,

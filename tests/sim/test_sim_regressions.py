@@ -28,6 +28,7 @@ from sim.runner import run
     ],
 )
 def test_seed_stays_clean(seed: int, duration: float, bug: str) -> None:
-    result = run(faults.choose(seed, duration))
+    # Without the hostile clients (which came later) a seed runs as it did when it failed.
+    result = run(faults.choose(seed, duration, hostile=False))
     assert not result.error, result.error
     assert [v.to_json() for v in result.violations] == [], bug

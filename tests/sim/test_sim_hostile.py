@@ -1,0 +1,99 @@
+"""Hostile clients: on by default, every behaviour carried out, deterministic,
+and their bodies stall, hold back and hang up as they claim to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from sim import faults
+from sim.cli import main
+from sim.hostile import BEHAVIOURS, Body
+from sim.loop import SimLoop, run
+from sim.runner import run as run_seed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_hostile_clients_are_on_by_default_and_off_on_request() -> None:
+    assert faults.choose(1, 5.0).hostile
+    assert not faults.choose(1, 5.0, hostile=False).hostile
+    options = faults.choose(1, 5.0, hostile=False)
+    assert faults.Options.from_json(options.to_json()) == options
+    assert "no hostile clients" in options.describe()
+    # Options written before hostile clients existed replay without them.
+    doc = faults.choose(1, 5.0).to_json()
+    del doc["hostile"]
+    assert not faults.Options.from_json(doc).hostile
+
+
+def test_every_behaviour_is_carried_out_and_its_requests_recorded() -> None:
+    seen: dict[str, int] = {}
+    kinds: set[str] = set()
+    for seed in (1, 2, 3, 4):
+        result = run_seed(faults.choose(seed, 20.0))
+        assert not result.error, result.error
+        assert set(result.hostile) <= set(BEHAVIOURS)
+        for name, count in result.hostile.items():
+            seen[name] = seen.get(name, 0) + count
+        kinds |= set(result.ops_by_kind)
+    assert set(seen) == set(BEHAVIOURS)
+    assert {"upload_start", "upload_patch", "upload_status", "upload_cancel", "blob_get"} <= kinds
+    assert run_seed(faults.choose(1, 5.0, hostile=False)).hostile == {}
+
+
+def test_a_hostile_run_replays_to_the_same_trace() -> None:
+    options = faults.choose(2, 15.0)
+    first, second = run_seed(options), run_seed(options)
+    assert first.hostile and first.hostile == second.hostile
+    assert first.trace_hash == second.trace_hash
+
+
+def test_the_run_summary_names_the_behaviours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "run.json"
+    main(["run", "--seeds", "2", "--duration", "10", "--quiet", "--json", str(report)])
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("hostile:"))
+    assert any(name in line for name in BEHAVIOURS)
+    assert all(seed["hostile"] for seed in json.loads(report.read_text())["seeds"])
+    main(["run", "--seeds", "1", "--duration", "5", "--no-hostile", "--quiet"])
+    assert "hostile:        none" in capsys.readouterr().out
+
+
+def test_a_body_that_hangs_up_raises_connection_reset_after_its_pieces() -> None:
+    async def go() -> None:
+        body = Body([b"ab", b"cd", b"ef"], hang_up_after=2)
+        got: list[bytes] = []
+        with pytest.raises(ConnectionResetError):
+            async for chunk in body.chunks():
+                got.append(chunk)
+        assert got == [b"ab", b"cd"] and body.disconnected and body.sent == 4
+
+    run(go())
+
+
+def test_a_held_body_sends_its_last_piece_after_the_release() -> None:
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, SimLoop)
+        body = Body([b"a", b"b", b"c"], gap=0.01, hold=True, after=0.03)
+        arrivals: list[tuple[bytes, float]] = []
+
+        async def server() -> None:
+            async for chunk in body.chunks():
+                arrivals.append((chunk, loop.time()))
+
+        reader = loop.create_task(server())
+        await body.started.wait()
+        await asyncio.sleep(1.0)
+        assert [chunk for chunk, _ in arrivals] == [b"a", b"b"]  # the last piece is held back
+        body.release()
+        released = loop.time()
+        await reader
+        assert arrivals[-1][0] == b"c"
+        assert arrivals[-1][1] == pytest.approx(released + 0.03)
+
+    run(go())
