@@ -33,6 +33,7 @@ from typing import Any
 
 from hareg.http.readonly import is_write, read_only_error
 from hareg.kv.base import KVError
+from hareg.metadata.barrier import Freshness
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT, MetadataError
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import OCI_INDEX, OCI_MANIFEST
@@ -240,10 +241,19 @@ def _found(resp: Response, missing: ErrorCode) -> bool | None:
     return False if resp.code == missing.name else None
 
 
-def _stale(reg: Registry) -> bool:
-    """Whether reads on this replica are being served from the cache because etcd
-    is unreachable (checked as the request finishes, with no await in between)."""
-    return reg.barrier is not None and not reg.barrier.store_available
+def _stale_reads(reg: Registry) -> int:
+    """How many reads this replica's barrier has let the cache serve stale so far."""
+    return reg.barrier.results[Freshness.STALE] if reg.barrier is not None else 0
+
+
+def _stale(reg: Registry, before: int | None = None) -> bool:
+    """Whether this request may have been served from the cache because etcd was
+    unreachable: reads are served stale now, or (``before``: ``_stale_reads`` as
+    the request began) some read was since.  A request that awaits more after its
+    barrier (a repository check, a stored body) may end after etcd is back."""
+    if reg.barrier is not None and not reg.barrier.store_available:
+        return True
+    return before is not None and _stale_reads(reg) > before
 
 
 class Client:
@@ -424,8 +434,9 @@ class Client:
         garbage-collection check does not count it as a confirmation."""
 
         async def head(reg: Registry) -> bool:
+            before = _stale_reads(reg)
             await reg.blobs.stat(repo, digest)
-            return _stale(reg)
+            return _stale(reg, before)
 
         op, resp = await self._request(
             h.BLOB_HEAD, repo, head, digest=digest, http=("HEAD", f"/v2/{repo}/blobs/{digest}")
@@ -641,13 +652,14 @@ class Client:
         tag = tag or self._tag()
 
         async def handler(reg: Registry) -> tuple[tuple[str, bytes] | None, bool]:
+            before = _stale_reads(reg)
             try:
                 content = await reg.manifests.get(repo, tag)
             except RegistryError as exc:
                 if exc.code is ErrorCode.MANIFEST_UNKNOWN:
-                    return None, _stale(reg)
+                    return None, _stale(reg, before)
                 raise
-            return (content.digest, content.body), _stale(reg)
+            return (content.digest, content.body), _stale(reg, before)
 
         op, resp = await self._request(
             h.TAG_READ,
@@ -683,13 +695,14 @@ class Client:
             digest = images[self.rng.randrange(len(images))]
 
         async def handler(reg: Registry) -> tuple[bytes | None, bool]:
+            before = _stale_reads(reg)
             try:
                 content = await reg.manifests.get(repo, digest)
             except RegistryError as exc:
                 if exc.code is ErrorCode.MANIFEST_UNKNOWN:
-                    return None, _stale(reg)
+                    return None, _stale(reg, before)
                 raise
-            return content.body, _stale(reg)
+            return content.body, _stale(reg, before)
 
         op, resp = await self._request(
             h.DIGEST_READ,
@@ -960,13 +973,14 @@ class Client:
         repo = self._repo()
 
         async def handler(reg: Registry) -> tuple[list[str], bool]:
+            before = _stale_reads(reg)
             try:
                 tags, _ = await reg.listing.tags(repo, None, None)
             except RegistryError as exc:
                 if exc.code is ErrorCode.NAME_UNKNOWN:
-                    return [], _stale(reg)
+                    return [], _stale(reg, before)
                 raise
-            return tags, _stale(reg)
+            return tags, _stale(reg, before)
 
         op, resp = await self._request(h.LIST_TAGS, repo, handler, http=("GET", f"/v2/{repo}/tags/list"))
         if resp.outcome is Outcome.OK:
