@@ -52,7 +52,7 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
 
 Handler = Callable[[Registry], Awaitable[Any]]
-# What a push relied on: digest -> (when the registry confirmed it, "upload" | "head" | "manifest").
+# What a push relied on: digest -> (when the request that confirmed it began, "upload" | "head" | "manifest").
 Confirmed = dict[str, tuple[float, str]]
 Http = tuple[str, str]  # the request's method and path, as the HTTP layer would see them
 
@@ -488,6 +488,9 @@ class Client:
         layers = shared + fresh
         confirmed: Confirmed = {}
         for digest in [config, *layers]:
+            # The registry's guard starts during the confirming request, which may be
+            # answered much later (a paused replica): count from when it began.
+            began = self.env.loop.time()
             if digest in shared:
                 ok, how = await self._ensure_blob(repo, digest)
             else:
@@ -496,7 +499,7 @@ class Client:
             if not ok:
                 return None
             if how:
-                confirmed[digest] = (self.env.loop.time(), how)
+                confirmed[digest] = (began, how)
         for d in fresh:
             pool.append(d)
         body = self._image_body(config, layers, platform, pad)
@@ -617,10 +620,13 @@ class Client:
         platforms = self.rng.sample(PLATFORMS, k=2)
         for platform in platforms:
             built = await self._build_image(repo, share=self.rng.random() < 0.5, platform=platform)
-            if built is None or not await self._put_digest(built[0], built[1]):
+            if built is None:
+                return
+            began = self.env.loop.time()  # keepYoungerThan counts from the record's creation, during the PUT
+            if not await self._put_digest(built[0], built[1]):
                 return
             children.append(built[0])
-            confirmed[built[0].digest] = (self.env.loop.time(), "manifest")
+            confirmed[built[0].digest] = (began, "manifest")
         doc = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
