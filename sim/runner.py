@@ -2,7 +2,8 @@
 heal, check liveness, then check every invariant.
 
 The world: 3 etcd members (``EtcdCluster``), an object store, N replicas
-running hareg's ``Registry``, 20 clients, another tenant writing to the same
+running hareg's ``Registry``, 20 clients (and 3 hostile ones unless
+``Options.hostile`` is off), another tenant writing to the same
 etcd outside the registry's prefix, and the nemesis.  Everything random comes
 from ``random.Random(options.world_seed)`` (itself drawn from the seed),
 split into one child generator per component in a fixed order.
