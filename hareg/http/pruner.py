@@ -1,4 +1,4 @@
-"""The pruner's API: /hareg/v1/prune and /hareg/v1/pruner.
+"""The pruner's API: /hareg/v1/prune and /hareg/v1/pruner (fsck.py: /hareg/v1/fsck).
 
 A real run must happen on the pruner leader (its deletions are fenced by its
 leadership); a request that lands on another replica is forwarded to the
@@ -18,7 +18,8 @@ from hareg.registry.pruner import NotLeader
 _FORWARDED = "X-Hareg-Forwarded"
 
 
-async def _forward(request: web.Request, leader: str | None) -> web.Response:
+async def forward_to_leader(request: web.Request, leader: str | None) -> web.Response:
+    """Send this POST (same path and query) to the pruner leader and relay its answer."""
     reg = registry(request)
     members = await reg.membership.members() if reg.membership is not None else []
     url = next((m.url for m in members if m.replica == leader), None)
@@ -31,7 +32,7 @@ async def _forward(request: web.Request, leader: str | None) -> web.Response:
     timeout = aiohttp.ClientTimeout(total=3600)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(f"{url}/hareg/v1/prune", params=request.query, headers={_FORWARDED: "1"}) as resp,
+        session.post(f"{url}{request.path}", params=request.query, headers={_FORWARDED: "1"}) as resp,
     ):
         return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
 
@@ -41,7 +42,7 @@ async def prune(request: web.Request) -> web.Response:
     try:
         report = await registry(request).pruner.run_once(dry_run=dry_run)
     except NotLeader as exc:
-        return await _forward(request, exc.leader)
+        return await forward_to_leader(request, exc.leader)
     return web.json_response(report.to_json())
 
 
@@ -49,6 +50,7 @@ async def pruner_status(request: web.Request) -> web.Response:
     reg = registry(request)
     pruner = reg.pruner
     last = pruner.last_report.to_json() if pruner.last_report else None
+    last_fsck = pruner.fsck.last_report if pruner.fsck is not None else None
     return web.json_response(
         {
             "replica": reg.replica,
@@ -58,5 +60,11 @@ async def pruner_status(request: web.Request) -> web.Response:
             "suspend": pruner.suspend,
             "runs": dict(pruner.stats.runs),
             "lastRun": last,
+            "fsck": {
+                "schedule": pruner.fsck_schedule_text,
+                "repair": pruner.fsck_repair,
+                "running": pruner.fsck is not None and pruner.fsck.running,
+                "lastRun": last_fsck.to_json() if last_fsck else None,
+            },
         }
     )
