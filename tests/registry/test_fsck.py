@@ -229,14 +229,22 @@ async def test_a_stale_claim_is_refused(reg: Registry) -> None:
 
 
 async def test_one_check_at_a_time(reg: Registry) -> None:
-    await push_image(reg, "app", "v1")
-    first = asyncio.create_task(reg.pruner.run_fsck())
-    await asyncio.sleep(0)
-    assert reg.pruner.fsck is not None and reg.pruner.fsck.running
-    with pytest.raises(FsckBusy):
-        await reg.pruner.run_fsck()
-    assert (await first).checked == 3
-    assert (await reg.pruner.run_fsck()).checked == 3  # free again
+    _, _, (config, _layer) = await push_image(reg, "app", "v1")
+    await damage(reg.store, digest(config), b"junk")
+    checker = reg.pruner.fsck
+    assert checker is not None
+    # The first check holds still at its quarantine, which waits for the pruner's lock.
+    async with reg.pruner._lock:
+        first = asyncio.create_task(reg.pruner.run_fsck(repair=True))
+        async with asyncio.timeout(30):
+            while not checker.running:
+                await asyncio.sleep(0.01)
+        with pytest.raises(FsckBusy):
+            await reg.pruner.run_fsck()
+    report = await first
+    assert report.checked == 3 and [f.digest for f in report.corrupt] == [digest(config)]
+    assert not checker.running
+    assert (await reg.pruner.run_fsck()).corrupt == []  # free again, and the damage is gone
 
 
 async def test_repair_needs_the_pruner_leadership(reg: Registry) -> None:
