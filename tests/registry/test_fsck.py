@@ -6,17 +6,19 @@ BLOB_UNKNOWN / MANIFEST_UNKNOWN) and restored by an honest re-push."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import obstore
 import pytest
 
 from hareg.clock import SystemClock
+from hareg.config import parse_cron
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.records import BlobRecord
@@ -255,3 +257,49 @@ async def test_repair_needs_the_pruner_leadership(reg: Registry) -> None:
     with pytest.raises(NotLeader):
         await reg.pruner.run_fsck(repair=True)
     assert (await reg.pruner.run_fsck()).corrupt == []  # a check only reads: it runs anywhere
+
+
+async def _run_schedule(reg: Registry, until: Callable[[int], bool]) -> None:
+    """Run the scheduled-check loop, its waits cut to 10 ms, until ``until(wake-ups)``."""
+    wakes = 0
+
+    def no_wait(schedule: object = None) -> float:
+        nonlocal wakes
+        wakes += 1
+        return 0.01
+
+    reg.pruner.fsck_schedule = parse_cron("0 4 * * SUN")
+    reg.pruner._seconds_to_next = no_wait  # type: ignore[method-assign]
+    task = asyncio.create_task(reg.pruner.run_fsck_scheduled())
+    try:
+        async with asyncio.timeout(30):
+            while not until(wakes):
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_scheduled_check_repairs_on_the_leader(reg: Registry) -> None:
+    _, _, (config, _layer) = await push_image(reg, "app", "v1")
+    await damage(reg.store, digest(config), b"junk")
+    reg.pruner.fsck_repair = True
+    checker = reg.pruner.fsck
+    assert checker is not None
+    await _run_schedule(reg, lambda _: checker.last_report is not None)
+    assert checker.last_report is not None
+    assert [(f.digest, f.quarantined) for f in checker.last_report.corrupt] == [(digest(config), True)]
+    assert await reg.store.stat(digest(config)) is None
+
+
+async def test_the_scheduled_check_runs_on_the_leader_only(reg: Registry) -> None:
+    await push_image(reg, "app", "v1")
+    await reg.leadership.resign()
+    for task in reg._tasks:
+        if task.get_name() == "pruner-leadership":
+            task.cancel()
+    checker = reg.pruner.fsck
+    assert checker is not None
+    await _run_schedule(reg, lambda wakes: wakes >= 5)  # several wake-ups ...
+    assert checker.last_report is None  # ... and no check
