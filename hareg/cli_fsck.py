@@ -16,13 +16,22 @@ CORRUPT = 3
 DEFAULT_TIMEOUT = 24 * 3600.0
 
 
+def _counts(report: dict[str, Any]) -> tuple[int, int]:
+    """(damaged, quarantined): the counts, which a long list may exceed."""
+    corrupt = report["corrupt"]
+    counts = report.get("counts") or {}
+    total = counts.get("corrupt", len(corrupt))
+    quarantined = counts.get("quarantined", sum(bool(c.get("quarantined")) for c in corrupt))
+    return int(total), int(quarantined)
+
+
 def _summary(report: dict[str, Any]) -> str:
-    corrupt = report.get("corrupt") or []
-    quarantined = sum(bool(c.get("quarantined")) for c in corrupt)
+    corrupt = report["corrupt"]
+    total, quarantined = _counts(report)
     head = f"fsck checked {report.get('checked', 0)} objects in the blob store: "
-    if not corrupt:
+    if not total:
         return head + "all match their digests"
-    head += f"{len(corrupt)} damaged"
+    head += f"{total} damaged"
     if report.get("repair"):
         head += f", {quarantined} quarantined (push them again to restore them)"
     else:
@@ -31,6 +40,8 @@ def _summary(report: dict[str, Any]) -> str:
     for c in corrupt:
         state = "quarantined" if c.get("quarantined") else (c.get("note") or "left in place")
         lines.append(f"  {c['digest']}  {c['reason']}  [{state}]")
+    if total > len(corrupt):
+        lines.append(f"  ... and {total - len(corrupt)} more (the registry's log names each one)")
     return "\n".join(lines)
 
 
@@ -49,8 +60,8 @@ def _fsck(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(_summary(report))
-    left = [c for c in report["corrupt"] if not c.get("quarantined")]
-    return CORRUPT if left else 0
+    total, quarantined = _counts(report)
+    return CORRUPT if total > quarantined else 0
 
 
 def register(sub: Any) -> None:

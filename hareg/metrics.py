@@ -273,9 +273,8 @@ class ServiceCollector(Collector):
             "Damaged objects the last integrity check on this replica found, by what it did with them.",
             labels=("state",),
         )
-        quarantined = sum(f.quarantined for f in report.corrupt)
-        corrupt.add_metric(("quarantined",), quarantined)
-        corrupt.add_metric(("left",), len(report.corrupt) - quarantined)
+        corrupt.add_metric(("quarantined",), report.quarantined_total)
+        corrupt.add_metric(("left",), report.unrepaired)
         yield corrupt
         yield GaugeMetricFamily(
             "hareg_fsck_last_run_timestamp_seconds",

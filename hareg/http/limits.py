@@ -17,7 +17,8 @@ limit on reads bounds the blob bytes being streamed at once.  Health,
 readiness, metrics, ``/hareg/v1/status`` and ``/hareg/v1/read-only`` are
 exempt: a saturated replica can still be probed, scraped and switched to
 read-only; so is ``/hareg/v1/fsck``, which runs for as long as reading the
-whole blob store takes and admits one check at a time on its own.  Everything else (the ``/hareg/v1/`` extensions too) is limited.
+whole blob store takes and admits one check at a time on its own.
+Everything else (the ``/hareg/v1/`` extensions too) is limited.
 
 Limits are per replica and can be changed while running (SIGHUP):
 ``configure`` applies new limits at once (waiters are admitted if slots

@@ -45,6 +45,11 @@ from hareg.storage.base import BlobNotFound, BlobStore
 
 log = logging.getLogger("hareg.fsck")
 
+# A report lists at most this many damaged objects (each one is also logged);
+# beyond it they are only counted, so a thoroughly damaged store cannot make a
+# report (or its JSON answer) grow without bound.
+MAX_LISTED = 10_000
+
 
 class FsckBusy(Exception):
     """A check is already running on this replica."""
@@ -79,16 +84,26 @@ class FsckReport:
     finished: float | None = None
     checked: int = 0
     bytes: int = 0
-    corrupt: list[Finding] = field(default_factory=list)
+    corrupt: list[Finding] = field(default_factory=list)  # the first MAX_LISTED
+    corrupt_total: int = 0
+    quarantined_total: int = 0
 
     @property
     def unrepaired(self) -> int:
-        return sum(not f.quarantined for f in self.corrupt)
+        return self.corrupt_total - self.quarantined_total
+
+    def add(self, finding: Finding) -> None:
+        self.corrupt_total += 1
+        self.quarantined_total += finding.quarantined
+        if len(self.corrupt) < MAX_LISTED:
+            self.corrupt.append(finding)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "checked": self.checked,
             "corrupt": [f.to_json() for f in self.corrupt],
+            "counts": {"corrupt": self.corrupt_total, "quarantined": self.quarantined_total},
+            "truncated": self.corrupt_total > len(self.corrupt),
             "repair": self.repair,
             "bytes": self.bytes,
             "started": self.started,
@@ -167,7 +182,7 @@ class IntegrityChecker:
                     async with exclusive or contextlib.nullcontext():
                         finding = await self._quarantine(digest, reason, fence)
                 if finding is not None:
-                    report.corrupt.append(finding)
+                    report.add(finding)
             report.finished = self.clock.now()
             self.last_report = report
             log.info(
@@ -175,7 +190,7 @@ class IntegrityChecker:
                 extra={
                     "fields": {
                         "checked": report.checked,
-                        "corrupt": len(report.corrupt),
+                        "corrupt": report.corrupt_total,
                         "unrepaired": report.unrepaired,
                         "repair": repair,
                     }

@@ -303,3 +303,16 @@ async def test_the_scheduled_check_runs_on_the_leader_only(reg: Registry) -> Non
     assert checker is not None
     await _run_schedule(reg, lambda wakes: wakes >= 5)  # several wake-ups ...
     assert checker.last_report is None  # ... and no check
+
+
+async def test_the_listed_findings_are_bounded(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hareg.registry import fsck
+
+    monkeypatch.setattr(fsck, "MAX_LISTED", 1)
+    _, _, (config, layer) = await push_image(reg, "app", "v1")
+    for blob in (config, layer):
+        await damage(reg.store, digest(blob), b"junk")
+    report = await reg.pruner.run_fsck()
+    assert len(report.corrupt) == 1 and report.corrupt_total == 2 and report.unrepaired == 2
+    doc = report.to_json()
+    assert doc["truncated"] is True and doc["counts"] == {"corrupt": 2, "quarantined": 0}
