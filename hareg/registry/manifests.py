@@ -11,6 +11,7 @@ from hareg.metadata.records import ManifestRecord
 from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes, new_hasher
 from hareg.registry.errors import ErrorCode, RegistryError, unavailable
+from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
@@ -26,11 +27,20 @@ def _unknown(repo: str, reference: str) -> RegistryError:
 
 
 class ManifestService:
-    def __init__(self, meta: MetadataStore, store: BlobStore, clock: Clock, ids: IdSource) -> None:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        store: BlobStore,
+        clock: Clock,
+        ids: IdSource,
+        *,
+        hashing: Hashing | None = None,  # where stored bodies are re-hashed on pull
+    ) -> None:
         self.meta = meta
         self.store = store
         self.clock = clock
         self.ids = ids
+        self.hashing: Hashing = hashing or InlineHashing()
 
     async def resolve(self, repo: str, reference: str) -> tuple[str, ManifestRecord]:
         """The digest and record a tag or digest names in a repository."""
@@ -72,7 +82,7 @@ class ManifestService:
                 total += len(chunk)
                 if total > MAX_MANIFEST_BYTES:
                     break  # no manifest is larger: damaged, and not worth reading on
-                hasher.update(chunk)
+                await feed(self.hashing, hasher, chunk)
                 parts.append(chunk)
         except BlobNotFound:
             raise RegistryError(

@@ -84,7 +84,7 @@ class Registry:
         )
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
-        self.manifests = ManifestService(self.meta, store, clock, ids)
+        self.manifests = ManifestService(self.meta, store, clock, ids, hashing=hashing)
         self.listing = ListingService(self.meta)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
