@@ -37,7 +37,8 @@ async def fsck(request: web.Request) -> web.Response:
     try:
         report = await registry(request).pruner.run_fsck(repair=repair)
     except NotLeader as exc:
-        return await forward_to_leader(request, exc.leader)
+        # No overall bound: a check reads the whole store; the caller's own timeout governs.
+        return await forward_to_leader(request, exc.leader, total_timeout=None)
     except FsckBusy as exc:
         raise RegistryError(
             ErrorCode.TOOMANYREQUESTS,

@@ -18,23 +18,32 @@ from hareg.registry.pruner import NotLeader
 _FORWARDED = "X-Hareg-Forwarded"
 
 
-async def forward_to_leader(request: web.Request, leader: str | None) -> web.Response:
+async def forward_to_leader(
+    request: web.Request, leader: str | None, *, total_timeout: float | None = 3600
+) -> web.Response:
     """Send this POST (same path and query) to the pruner leader and relay its answer."""
     reg = registry(request)
     members = await reg.membership.members() if reg.membership is not None else []
     url = next((m.url for m in members if m.replica == leader), None)
-    if url is None or request.headers.get(_FORWARDED):
-        raise RegistryError(
+
+    def unreachable(why: str) -> RegistryError:
+        return RegistryError(
             ErrorCode.UNAVAILABLE,
-            f"the pruner runs on its leader ({leader or 'none elected yet'}), which cannot be reached from here",
+            f"the pruner runs on its leader ({leader or 'none elected yet'}), which {why}",
             headers={"Retry-After": "5"},
         )
-    timeout = aiohttp.ClientTimeout(total=3600)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(f"{url}{request.path}", params=request.query, headers={_FORWARDED: "1"}) as resp,
-    ):
-        return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+    if url is None or request.headers.get(_FORWARDED):
+        raise unreachable("cannot be reached from here")
+    timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(f"{url}{request.path}", params=request.query, headers={_FORWARDED: "1"}) as resp,
+        ):
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise unreachable(f"did not answer from {url} ({type(exc).__name__})") from None
 
 
 async def prune(request: web.Request) -> web.Response:

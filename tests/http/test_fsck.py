@@ -185,7 +185,7 @@ async def test_a_repair_sent_to_another_replica_runs_on_the_leader(etcd_url: str
                 await asyncio.sleep(0.05)
             while len(await replicas[0][0].membership.members()) < 2:  # type: ignore[union-attr]
                 await asyncio.sleep(0.05)
-        (leader, _), (_, other) = sorted(replicas, key=lambda rc: not rc[0].leadership.is_leader)
+        (leader, leader_client), (_, other) = sorted(replicas, key=lambda rc: not rc[0].leadership.is_leader)
         image = await push(other)
         await damage(leader, sha256(image.config), b"junk")
         report = await fsck(other, repair="true")
@@ -194,3 +194,10 @@ async def test_a_repair_sent_to_another_replica_runs_on_the_leader(etcd_url: str
         assert corrupt[0]["quarantined"] is True
         assert leader.pruner.fsck is not None and leader.pruner.fsck.last_report is not None
         await expect_error(await other.get(f"/v2/team/app/blobs/{sha256(image.config)}"), 404, "BLOB_UNKNOWN")
+
+        # The leader stops answering (it still leads): a clear 503, not a 500.
+        await leader_client.close()
+        r = await other.post("/hareg/v1/fsck", params={"repair": "true"})
+        assert r.status == 503, await r.text()
+        [error] = (await r.json())["errors"]
+        assert error["code"] == "UNAVAILABLE" and "did not answer" in error["message"]
