@@ -25,6 +25,16 @@ def _counts(report: dict[str, Any]) -> tuple[int, int]:
     return int(total), int(quarantined)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a number of seconds > 0")
+    return value
+
+
 def _summary(report: dict[str, Any]) -> str:
     corrupt = report["corrupt"]
     total, quarantined = _counts(report)
@@ -79,7 +89,7 @@ def register(sub: Any) -> None:
     fsck.add_argument("--registry", help="registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)")
     fsck.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the check to finish (default {DEFAULT_TIMEOUT:.0f})",
     )

@@ -79,3 +79,8 @@ def test_fsck_with_no_registry_is_a_clear_error() -> None:
     result = _hareg("fsck", "--registry", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach the registry" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fsck_with_a_bad_timeout_is_a_usage_error() -> None:
+    result = _hareg("fsck", "--timeout", "0", "--registry", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "--timeout: '0' is not allowed" in result.stderr
