@@ -316,3 +316,27 @@ async def test_the_listed_findings_are_bounded(reg: Registry, monkeypatch: pytes
     assert len(report.corrupt) == 1 and report.corrupt_total == 2 and report.unrepaired == 2
     doc = report.to_json()
     assert doc["truncated"] is True and doc["counts"] == {"corrupt": 2, "quarantined": 0}
+
+
+async def test_an_honest_push_during_the_check_is_never_undone(reg: Registry) -> None:
+    """Found damaged; before the quarantine claims it, an honest push replaces
+    the bytes (a re-push replaces a stored blob that fails the driver's check)
+    and is acknowledged: the quarantine re-hashes under its claim and leaves it."""
+    _, _, (_config, layer) = await push_image(reg, "app", "v1")
+    ldigest = digest(layer)
+    await damage(reg.store, ldigest, b"shorter junk")  # another size: every driver's check fails it
+    checker = reg.pruner.fsck
+    assert checker is not None
+    async with reg.pruner._lock:  # the quarantine waits for the collection's lock ...
+        task = asyncio.create_task(reg.pruner.run_fsck(repair=True))
+        async with asyncio.timeout(30):
+            while not reg.pruner._lock._waiters:  # ... which it does once it found the damage
+                await asyncio.sleep(0.01)
+        await push_blob(reg, "app", layer)  # acknowledged
+        assert await read(reg.store, ldigest) == layer
+    report = await task
+    assert report.corrupt == [] and report.checked == 3
+    assert await read(reg.store, ldigest) == layer
+    assert (await reg.blobs.stat("app", ldigest)).size == len(layer)
+    record = await reg.meta.get_blob(ldigest)
+    assert record is not None and record.state == "live"
