@@ -41,7 +41,7 @@ def base_url(args: argparse.Namespace) -> str:
     return url.rstrip("/")
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(base: str, method: str, path: str, body: Any = None, *, timeout: float = TIMEOUT) -> tuple[int, Any]:
     """One JSON request; a registry error becomes a CliError with its message."""
     url = base + path
     data = json.dumps(body).encode() if body is not None else None
@@ -50,7 +50,7 @@ def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         raise CliError(error_message(exc.code, exc.read())) from None

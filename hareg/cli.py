@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hareg.cli_prune import register as register_prune
 
     register_prune(sub)
+    from hareg.cli_fsck import register as register_fsck
+
+    register_fsck(sub)
     from hareg.cli_ops import register as register_ops
 
     register_ops(sub)

@@ -175,6 +175,8 @@ class PrunerConfig:
     keep_tag_revisions: int = 3
     keep_younger_than: float = 3600.0
     upload_grace: float = 3600.0
+    fsck_schedule: str | None = None  # the scheduled integrity check; None: off
+    fsck_repair: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,10 @@ _SCALARS: Final = (
     _Scalar("pruner.keepTagRevisions", "int", "Tag history entries kept per tag."),
     _Scalar("pruner.keepYoungerThanDuration", "str", "Never prune what is younger than this."),
     _Scalar("pruner.uploadGracePeriod", "str", "Never delete a blob or upload younger than this."),
+    _Scalar(
+        "pruner.fsck.schedule", "optstr", "When the integrity check runs: cron, 5 fields, UTC; null: never."
+    ),
+    _Scalar("pruner.fsck.repair", "bool", "Quarantine the damaged objects a scheduled check finds."),
 )
 
 _SECTION_DOCS: Final = MappingProxyType(
@@ -298,6 +304,7 @@ _SECTION_DOCS: Final = MappingProxyType(
         "etcd": "Where metadata lives (OpenShift keeps this outside the registry's spec).",
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
         "pruner": "Online garbage collection, run by one replica at a time (the ImagePruner's spec).",
+        "pruner.fsck": "The integrity check (hareg fsck) on a schedule, on the pruner leader; off by default.",
     }
 )
 
@@ -1166,9 +1173,21 @@ def _etcd(top: _Map) -> EtcdConfig:
 def _pruner(top: _Map) -> PrunerConfig:
     pruner = top.mapping(
         "pruner",
-        ("schedule", "suspend", "keepTagRevisions", "keepYoungerThanDuration", "uploadGracePeriod"),
+        ("schedule", "suspend", "keepTagRevisions", "keepYoungerThanDuration", "uploadGracePeriod", "fsck"),
         _PRUNER_UNSUPPORTED,
     )
+    fsck = pruner.mapping("fsck", ("schedule", "repair"))
+    fsck_schedule = fsck.opt_string("schedule", 'a cron schedule of 5 fields like "0 3 * * SUN"')
+    if fsck_schedule is not None:
+        try:
+            parse_cron(fsck_schedule)
+        except ValueError as exc:
+            fsck.ctx.bad(
+                fsck.at("schedule"),
+                fsck_schedule,
+                f'a cron schedule of 5 fields like "0 3 * * SUN", or null for no scheduled check ({exc})',
+            )
+            fsck_schedule = None
     schedule = pruner.string("schedule", PrunerConfig.schedule)
     try:
         parse_cron(schedule)
@@ -1185,6 +1204,8 @@ def _pruner(top: _Map) -> PrunerConfig:
         keep_tag_revisions=pruner.integer("keepTagRevisions", PrunerConfig.keep_tag_revisions, 0),
         keep_younger_than=pruner.duration("keepYoungerThanDuration", PrunerConfig.keep_younger_than),
         upload_grace=pruner.duration("uploadGracePeriod", PrunerConfig.upload_grace, positive=True),
+        fsck_schedule=fsck_schedule,
+        fsck_repair=fsck.boolean("repair", False),
     )
 
 
@@ -1420,6 +1441,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "keepTagRevisions": pruner.keep_tag_revisions,
             "keepYoungerThanDuration": format_duration(pruner.keep_younger_than),
             "uploadGracePeriod": format_duration(pruner.upload_grace),
+            "fsck": {"schedule": pruner.fsck_schedule, "repair": pruner.fsck_repair},
         },
     }
 

@@ -153,6 +153,7 @@ class ServiceCollector(Collector):
         yield from self._cache(reg)
         yield from self._limits()
         yield from self._pruner(reg)
+        yield from self._fsck(reg)
         read_only = GaugeMetricFamily(
             "hareg_read_only",
             "1 while this replica refuses writes, by source (config file or cluster switch).",
@@ -255,3 +256,28 @@ class ServiceCollector(Collector):
                 "When the last pruner run on this replica finished.",
                 stats.last_run_finished,
             )
+
+    def _fsck(self, reg: Registry) -> Iterator[Metric]:
+        """The last integrity check on this replica (hareg fsck, manual or scheduled)."""
+        checker = reg.pruner.fsck
+        report = checker.last_report if checker is not None else None
+        if report is None or report.finished is None:
+            return
+        yield GaugeMetricFamily(
+            "hareg_fsck_checked_objects",
+            "Objects the last integrity check on this replica read.",
+            report.checked,
+        )
+        corrupt = GaugeMetricFamily(
+            "hareg_fsck_corrupt_objects",
+            "Damaged objects the last integrity check on this replica found, by what it did with them.",
+            labels=("state",),
+        )
+        corrupt.add_metric(("quarantined",), report.quarantined_total)
+        corrupt.add_metric(("left",), report.unrepaired)
+        yield corrupt
+        yield GaugeMetricFamily(
+            "hareg_fsck_last_run_timestamp_seconds",
+            "When the last integrity check on this replica finished.",
+            report.finished,
+        )

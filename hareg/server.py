@@ -202,6 +202,8 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             # Unmanaged: the registry serves, but nothing is pruned on a schedule.
             prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
             prune_suspend=config.pruner.suspend,
+            fsck_schedule=config.pruner.fsck_schedule if config.management_state == "Managed" else None,
+            fsck_repair=config.pruner.fsck_repair,
             read_only=config.read_only,
             hashing=ThreadedHashing(hash_pool),
         )

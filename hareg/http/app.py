@@ -9,6 +9,7 @@ from hareg.http import (
     blobs,
     catalog,
     extensions,
+    fsck,
     health,
     limits,
     manifests,
@@ -72,6 +73,7 @@ def init_app(
     extensions.register(r)  # /hareg/v1/...: tag history, rollback, immutable tags
     r.add_post("/hareg/v1/prune", pruner.prune)
     r.add_get("/hareg/v1/pruner", pruner.pruner_status)
+    fsck.register(r)  # /hareg/v1/fsck: the integrity check of the blob store
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", observe.metrics_endpoint)

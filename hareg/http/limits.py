@@ -16,7 +16,9 @@ A request holds its slot until its response is completely sent, so a
 limit on reads bounds the blob bytes being streamed at once.  Health,
 readiness, metrics, ``/hareg/v1/status`` and ``/hareg/v1/read-only`` are
 exempt: a saturated replica can still be probed, scraped and switched to
-read-only.  Everything else (the ``/hareg/v1/`` extensions too) is limited.
+read-only; so is ``/hareg/v1/fsck``, which runs for as long as reading the
+whole blob store takes and admits one check at a time on its own.
+Everything else (the ``/hareg/v1/`` extensions too) is limited.
 
 Limits are per replica and can be changed while running (SIGHUP):
 ``configure`` applies new limits at once (waiters are admitted if slots
@@ -53,7 +55,11 @@ log = logging.getLogger("hareg.limits")
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Probes, scrapes and the operator's switches: never queued, never refused.
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/hareg/v1/status", "/hareg/v1/read-only"})
+# /hareg/v1/fsck too: a check may run for hours, and would hold a write slot all
+# along; it bounds itself (one at a time per replica, 429 otherwise).
+EXEMPT_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/hareg/v1/status", "/hareg/v1/read-only", "/hareg/v1/fsck"}
+)
 RETRY_AFTER = "1"
 
 

@@ -1,4 +1,4 @@
-"""The pruner's API: /hareg/v1/prune and /hareg/v1/pruner.
+"""The pruner's API: /hareg/v1/prune and /hareg/v1/pruner (fsck.py: /hareg/v1/fsck).
 
 A real run must happen on the pruner leader (its deletions are fenced by its
 leadership); a request that lands on another replica is forwarded to the
@@ -18,22 +18,32 @@ from hareg.registry.pruner import NotLeader
 _FORWARDED = "X-Hareg-Forwarded"
 
 
-async def _forward(request: web.Request, leader: str | None) -> web.Response:
+async def forward_to_leader(
+    request: web.Request, leader: str | None, *, total_timeout: float | None = 3600
+) -> web.Response:
+    """Send this POST (same path and query) to the pruner leader and relay its answer."""
     reg = registry(request)
     members = await reg.membership.members() if reg.membership is not None else []
     url = next((m.url for m in members if m.replica == leader), None)
-    if url is None or request.headers.get(_FORWARDED):
-        raise RegistryError(
+
+    def unreachable(why: str) -> RegistryError:
+        return RegistryError(
             ErrorCode.UNAVAILABLE,
-            f"the pruner runs on its leader ({leader or 'none elected yet'}), which cannot be reached from here",
+            f"the pruner runs on its leader ({leader or 'none elected yet'}), which {why}",
             headers={"Retry-After": "5"},
         )
-    timeout = aiohttp.ClientTimeout(total=3600)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(f"{url}/hareg/v1/prune", params=request.query, headers={_FORWARDED: "1"}) as resp,
-    ):
-        return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+    if url is None or request.headers.get(_FORWARDED):
+        raise unreachable("cannot be reached from here")
+    timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(f"{url}{request.path}", params=request.query, headers={_FORWARDED: "1"}) as resp,
+        ):
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise unreachable(f"did not answer from {url} ({type(exc).__name__})") from None
 
 
 async def prune(request: web.Request) -> web.Response:
@@ -41,7 +51,7 @@ async def prune(request: web.Request) -> web.Response:
     try:
         report = await registry(request).pruner.run_once(dry_run=dry_run)
     except NotLeader as exc:
-        return await _forward(request, exc.leader)
+        return await forward_to_leader(request, exc.leader)
     return web.json_response(report.to_json())
 
 
@@ -49,6 +59,7 @@ async def pruner_status(request: web.Request) -> web.Response:
     reg = registry(request)
     pruner = reg.pruner
     last = pruner.last_report.to_json() if pruner.last_report else None
+    last_fsck = pruner.fsck.last_report if pruner.fsck is not None else None
     return web.json_response(
         {
             "replica": reg.replica,
@@ -58,5 +69,11 @@ async def pruner_status(request: web.Request) -> web.Response:
             "suspend": pruner.suspend,
             "runs": dict(pruner.stats.runs),
             "lastRun": last,
+            "fsck": {
+                "schedule": pruner.fsck_schedule_text,
+                "repair": pruner.fsck_repair,
+                "running": pruner.fsck is not None and pruner.fsck.running,
+                "lastRun": last_fsck.to_json() if last_fsck else None,
+            },
         }
     )

@@ -7,6 +7,10 @@ key still holds its token), so a collector that lost leadership — paused past
 its lease, partitioned — cannot delete anything.  Each deletion also
 re-checks, by compares, that nothing it depends on changed since the
 snapshot; a failed compare skips that batch until the next run.
+
+The integrity check's quarantine (``hareg/registry/fsck.py``) uses the same
+claim ("deleting") and fenced deletions, plus a release of a claim and the
+removal of every link to one digest.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hareg.kv.base import KV, Compare, Delete, Put, TxnOp, prefix_end
+from hareg.kv.base import KV, Compare, Delete, Op, Put, Target, TxnOp, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import (
     BlobRecord,
@@ -154,3 +158,44 @@ class CollectionStore:
         """Drop a "deleting" record once its bytes are gone."""
         result = await self.kv.txn(list(fence), [Delete(self.keys.blob(digest))])
         return result.succeeded
+
+    # ------------------------------------------------- quarantine (registry/fsck.py)
+
+    async def blob_record(self, digest: str) -> tuple[BlobRecord | None, int]:
+        """A blob's record and its mod_revision (0: no record)."""
+        kv = await self.kv.get(self.keys.blob(digest))
+        return (decode(BlobRecord, kv.value), kv.mod_revision) if kv else (None, 0)
+
+    async def release_blob(
+        self, digest: str, claimed: BlobRecord, original: BlobRecord | None, fence: Sequence[Compare]
+    ) -> bool:
+        """Undo a claim (``mark_blob_deleting``) that is still in place: put the
+        original record back (a fresh mod_revision, so writers that read the
+        claim retry), or remove the record the claim created."""
+        key = self.keys.blob(digest)
+        op: TxnOp = Put(key, encode(original)) if original is not None else Delete(key)
+        result = await self.kv.txn([*fence, Compare(key, Target.VALUE, Op.EQUAL, encode(claimed))], [op])
+        return result.succeeded
+
+    async def unlink_everywhere(self, digest: str, claimed: BlobRecord, fence: Sequence[Compare]) -> int:
+        """Delete every repository's link to a blob, while its record still holds
+        ``claimed`` (no link can appear under a claim).  Returns how many went."""
+        start = self.keys.kind_prefix("l")
+        end = prefix_end(start)
+        suffix = b"@" + digest.encode()
+        found: list[bytes] = []
+        while True:
+            page = await self.kv.range(start, end, limit=_PAGE, keys_only=True)
+            found += [kv.key for kv in page.kvs if kv.key.endswith(suffix)]
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\x00"
+        guards = [*fence, Compare(self.keys.blob(digest), Target.VALUE, Op.EQUAL, encode(claimed))]
+        done = 0
+        for i in range(0, len(found), BATCH):
+            batch = found[i : i + BATCH]
+            result = await self.kv.txn(guards, [Delete(k) for k in batch])
+            if not result.succeeded:
+                break
+            done += len(batch)
+        return done

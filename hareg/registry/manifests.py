@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
 from hareg.metadata.records import ManifestRecord
 from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
-from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes
+from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes, new_hasher
 from hareg.registry.errors import ErrorCode, RegistryError, unavailable
+from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
-from hareg.registry.streams import one_chunk, read_all
+from hareg.registry.streams import one_chunk
 from hareg.registry.tags import immutable_error
-from hareg.storage.base import BlobStore
+from hareg.storage.base import BlobNotFound, BlobStore
+
+log = logging.getLogger("hareg.manifests")
 
 
 def _unknown(repo: str, reference: str) -> RegistryError:
@@ -23,11 +27,20 @@ def _unknown(repo: str, reference: str) -> RegistryError:
 
 
 class ManifestService:
-    def __init__(self, meta: MetadataStore, store: BlobStore, clock: Clock, ids: IdSource) -> None:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        store: BlobStore,
+        clock: Clock,
+        ids: IdSource,
+        *,
+        hashing: Hashing | None = None,  # where stored bodies are re-hashed on pull
+    ) -> None:
         self.meta = meta
         self.store = store
         self.clock = clock
         self.ids = ids
+        self.hashing: Hashing = hashing or InlineHashing()
 
     async def resolve(self, repo: str, reference: str) -> tuple[str, ManifestRecord]:
         """The digest and record a tag or digest names in a repository."""
@@ -53,8 +66,41 @@ class ManifestService:
         digest, record = await self.resolve(repo, reference)
         body = record.body
         if body is None:
-            body = await read_all(self.store.read(digest), MAX_MANIFEST_BYTES)
+            body = await self._stored_body(repo, digest)
         return ManifestContent(digest, record.media_type, body)
+
+    async def _stored_body(self, repo: str, digest: str) -> bytes:
+        """A large manifest's body from the blob store, verified against its
+        digest: damaged bytes are never served (invariant 3).  Missing or
+        damaged, the manifest is unknown until it is pushed again (a push
+        stores the body anew once ``hareg fsck --repair`` removed the damaged one)."""
+        hasher = new_hasher(digest.split(":", 1)[0])
+        parts: list[bytes] = []
+        total = 0
+        try:
+            async for chunk in self.store.read(digest):
+                total += len(chunk)
+                if total > MAX_MANIFEST_BYTES:
+                    break  # no manifest is larger: damaged, and not worth reading on
+                await feed(self.hashing, hasher, chunk)
+                parts.append(chunk)
+        except BlobNotFound:
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN,
+                f"the stored body of manifest {digest} is not in the blob store (removed as damaged by "
+                "hareg fsck --repair, or lost); push the manifest again",
+            ) from None
+        if total <= MAX_MANIFEST_BYTES and f"{hasher.name}:{hasher.hexdigest()}" == digest:
+            return b"".join(parts)
+        log.error(
+            "stored manifest body does not match its digest; refused",
+            extra={"fields": {"repo": repo, "digest": digest, "size": total}},
+        )
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"the stored body of manifest {digest} is damaged (its bytes do not hash to its digest) and is "
+            "not served; run hareg fsck --repair, then push the manifest again",
+        )
 
     async def put(
         self,

@@ -4,6 +4,10 @@ Shaped like OpenShift's image pruner (``schedule``, ``suspend``,
 ``keepTagRevisions``, ``keepYoungerThanDuration``).  Every replica runs the
 schedule loop; only the current leader (leadership.py) collects, and each of
 its deletions is fenced by its leadership token.
+
+The integrity check (fsck.py) runs here too: on its own schedule (off by
+default), on the leader only; a repairing run needs leadership as a
+collection does, and each of its quarantines holds the collection's lock.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 from hareg.clock import Clock
 from hareg.config import CronSchedule, parse_cron
 from hareg.kv.base import KVError
+from hareg.registry.fsck import FsckBusy, FsckReport, IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Report
 from hareg.registry.leadership import Leadership
 from hareg.registry.stats import PrunerStats
@@ -41,6 +46,9 @@ class Pruner:
         suspend: bool = False,
         stats: PrunerStats | None = None,
         read_only: Callable[[], bool] = lambda: False,
+        fsck: IntegrityChecker | None = None,
+        fsck_schedule: str | None = None,
+        fsck_repair: bool = False,
     ) -> None:
         self.schedule_text = schedule
         self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
@@ -52,6 +60,10 @@ class Pruner:
         self.stats = stats or PrunerStats()
         # A read-only registry deletes nothing, on a schedule either.
         self.read_only = read_only
+        self.fsck = fsck
+        self.fsck_schedule_text = fsck_schedule
+        self.fsck_schedule: CronSchedule | None = parse_cron(fsck_schedule) if fsck_schedule else None
+        self.fsck_repair = fsck_repair
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
@@ -75,10 +87,12 @@ class Pruner:
                 self.last_report = report
             return report
 
-    def _seconds_to_next(self) -> float:
-        assert self.schedule is not None
+    def _seconds_to_next(self, schedule: CronSchedule | None = None) -> float:
+        """Seconds until ``schedule`` (default: the collection's) fires next."""
+        schedule = schedule or self.schedule
+        assert schedule is not None
         now = datetime.fromtimestamp(self.clock.now(), UTC)
-        return max((self.schedule.next_after(now) - now).total_seconds(), 0.0)
+        return max((schedule.next_after(now) - now).total_seconds(), 0.0)
 
     async def run_scheduled(self) -> None:
         if self.schedule is None:
@@ -91,3 +105,36 @@ class Pruner:
                 await self.run_once()
             except (KVError, StorageError, NotLeader) as exc:
                 log.warning("scheduled pruner run failed: %s", exc)
+
+    async def run_fsck(self, *, repair: bool = False) -> FsckReport:
+        """One integrity check (fsck.py).  A repairing run needs leadership: its
+        quarantines are fenced by it and never run beside a collection."""
+        if self.fsck is None:
+            raise RuntimeError("this pruner has no integrity checker")
+        if repair and not self.leadership.is_leader:
+            raise NotLeader(await self.leadership.leader())
+        if not repair:
+            return await self.fsck.run()
+        return await self.fsck.run(repair=True, fence=self.leadership.fence(), exclusive=self._lock)
+
+    async def run_fsck_scheduled(self) -> None:
+        if self.fsck_schedule is None or self.fsck is None:
+            return
+        while True:
+            await self.clock.sleep(self._seconds_to_next(self.fsck_schedule))
+            if self.suspend or not self.leadership.is_leader or self.fsck.running:
+                continue
+            # A read-only registry deletes nothing: it only checks.
+            repair = self.fsck_repair and not self.read_only()
+            try:
+                report = await self.run_fsck(repair=repair)
+            except (KVError, StorageError, NotLeader, FsckBusy) as exc:
+                log.warning("scheduled integrity check did not run to the end: %s", exc)
+                continue
+            if report.unrepaired:
+                log.error(
+                    "scheduled integrity check found damaged objects it did not quarantine",
+                    extra={
+                        "fields": {"digests": [f.digest for f in report.corrupt if not f.quarantined][:100]}
+                    },
+                )

@@ -22,6 +22,7 @@ from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
+from hareg.registry.fsck import IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
@@ -65,6 +66,8 @@ class Registry:
         gc_policy: Policy | None = None,
         prune_schedule: str | None = None,
         prune_suspend: bool = False,
+        fsck_schedule: str | None = None,
+        fsck_repair: bool = False,
         read_only: bool = False,
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
@@ -81,13 +84,14 @@ class Registry:
         )
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
-        self.manifests = ManifestService(self.meta, store, clock, ids)
+        self.manifests = ManifestService(self.meta, store, clock, ids, hashing=hashing)
         self.listing = ListingService(self.meta)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
+        collection = CollectionStore(kv, keys)
         collector = GarbageCollector(
-            CollectionStore(kv, keys),
+            collection,
             store,
             clock,
             self.janitor,
@@ -104,6 +108,10 @@ class Registry:
             suspend=prune_suspend,
             stats=self.pruner_stats,
             read_only=lambda: self.read_only,
+            # hareg fsck: re-hash what the blob store holds (docs/operations.md).
+            fsck=IntegrityChecker(collection, store, clock, hashing=hashing),
+            fsck_schedule=fsck_schedule,
+            fsck_repair=fsck_repair,
         )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
@@ -146,6 +154,8 @@ class Registry:
         self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))
         self._tasks.append(loop.create_task(self.leadership.run(), name="pruner-leadership"))
         self._tasks.append(loop.create_task(self.pruner.run_scheduled(), name="pruner"))
+        if self.pruner.fsck_schedule is not None:  # off by default
+            self._tasks.append(loop.create_task(self.pruner.run_fsck_scheduled(), name="pruner-fsck"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -23,6 +23,7 @@ from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
 from hareg.metrics import Metrics
 from hareg.registry.service import Registry
+from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore
 
 Client = TestClient[web.Request, web.Application]
@@ -198,6 +199,19 @@ async def test_pruner_and_read_only_metrics(metered: tuple[Registry, Client, Met
     assert s.get("hareg_pruner_last_run_timestamp_seconds") == 1_700_000_000.0
     assert s.get("hareg_read_only", source="config") == 1
     assert s.get("hareg_read_only", source="cluster") == 0
+
+
+async def test_fsck_metrics(metered: tuple[Registry, Client, Metrics]) -> None:
+    reg, client, _ = metered
+    assert "hareg_fsck_checked_objects" not in await (await client.get("/metrics")).text()  # no check yet
+    data = b"a blob to check"
+    await reg.uploads.monolithic("repo", sha256(data), one_chunk(data), length=len(data))
+    await reg.pruner.run_fsck()
+    s = await scrape(client)
+    assert s.get("hareg_fsck_checked_objects") == 1
+    assert s.get("hareg_fsck_corrupt_objects", state="left") == 0
+    assert s.get("hareg_fsck_corrupt_objects", state="quarantined") == 0
+    assert s.get("hareg_fsck_last_run_timestamp_seconds") > 0
 
 
 async def test_each_app_has_its_own_registry(registry: Registry) -> None:
