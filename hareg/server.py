@@ -203,6 +203,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
             prune_suspend=config.pruner.suspend,
             read_only=config.read_only,
+            max_list_page_size=config.max_list_page_size,
             hashing=ThreadedHashing(hash_pool),
         )
         await registry.start()

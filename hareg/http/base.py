@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -122,20 +123,20 @@ def has_body(request: web.Request) -> bool:
     return request.body_exists and request.content_length != 0
 
 
-def query_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
+def query_page_size(request: web.Request, maximum: int) -> int:
+    """The ``n`` of a listing, clamped to ``maximum`` (an absent ``n`` is the
+    maximum): the spec lets a registry return fewer entries with a ``Link``."""
+    raw = request.query.get("n")
     if raw is None:
-        return None
-    # ASCII digits only: str.isdigit() also accepts '²' (int() then raises) and '٣'.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
-        raise RegistryError(ErrorCode.UNSUPPORTED, f"{name} must be a non-negative integer", status=400)
-    return int(raw)
+        return maximum
+    if not (raw.isascii() and raw.isdigit()):
+        raise RegistryError(ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400)
+    # Longer than the maximum's digits is above it: never int() a 5000-digit string.
+    return maximum if len(raw) > len(str(maximum)) else min(int(raw), maximum)
 
 
-def next_link(path: str, n: int | None, last: str) -> str:
-    from urllib.parse import urlencode
-
-    params = {"last": last} if n is None else {"n": str(n), "last": last}
+def next_link(path: str, params: dict[str, str]) -> str:
+    """The spec's ``Link`` to the next page (RFC 5988, ``rel="next"``)."""
     return f'<{path}?{urlencode(params)}>; rel="next"'
 
 
