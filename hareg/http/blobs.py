@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
-from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
+from hareg.http.ranges import select_range
+from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.storage.base import BlobNotFound
 
 
@@ -30,39 +33,34 @@ async def head_blob(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers)
 
 
-def _parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
-    """(offset, length) of a single-range request, None for the whole blob."""
-    if "Range" not in request.headers:
-        return None
-    try:
-        rng = request.http_range
-    except ValueError:
-        rng = None
-    unsatisfiable = RangeNotSatisfiable(
-        f"cannot satisfy range {request.headers['Range'][:100]!r} of a {size}-byte blob",
-        headers={"Content-Range": f"bytes */{size}"},
-    )
-    if rng is None:
-        raise unsatisfiable
-    start, stop = rng.start, rng.stop
-    if start is None and stop is None:
-        return None
-    if start is not None and start < 0:  # suffix range: the last -start bytes
-        start, stop = max(size + start, 0), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or stop <= start:
-        raise unsatisfiable
-    return start, stop - start
+class _BlobFile(web.FileResponse):
+    """A blob sent with sendfile, its range already chosen by ``select_range``:
+    aiohttp's own Range handling (which refuses several ranges with 416 and
+    reads ``bytes=-0`` as the whole file) only ever sees that one range, or none."""
+
+    def __init__(self, path: str, rng: tuple[int, int] | None, headers: dict[str, str]) -> None:
+        super().__init__(path, chunk_size=1 << 20, headers=headers)
+        self._range = rng
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        headers = CIMultiDict(request.headers)
+        headers.popall("Range", None)
+        headers.popall("If-Range", None)
+        if self._range is not None:
+            offset, length = self._range
+            headers["Range"] = f"bytes={offset}-{offset + length - 1}"
+        return await super().prepare(request.clone(headers=headers))
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
     info = await reg.blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
-    # Checked first on every path, so an unsatisfiable range gets the spec's JSON
-    # error (aiohttp's FileResponse would answer a bare 416).
-    rng = _parse_range(request, info.size)
+    # Decided first, the same way for every path, so an unsatisfiable range gets
+    # the spec's JSON error (aiohttp's FileResponse would answer a bare 416).
+    rng = select_range(
+        request.headers.get("Range"), request.headers.get("If-Range"), info.size, headers["ETag"]
+    )
     settings = request.app[SETTINGS]
     if not settings.disable_redirect:
         url = await reg.store.presign(info.digest, settings.redirect_expiry)
@@ -71,8 +69,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": info.digest})
     path = reg.store.local_path(info.digest)
     if path is not None:
-        # sendfile, with Range and conditional requests handled by aiohttp.
-        return web.FileResponse(path, headers=headers, chunk_size=1 << 20)
+        # sendfile; aiohttp sends the chosen range and answers conditional requests.
+        return _BlobFile(path, rng, headers)
     offset, length = rng if rng else (0, info.size)
     chunks = reg.store.read(info.digest, offset, length)
     try:
