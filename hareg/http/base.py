@@ -44,7 +44,11 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     if exc.status == 404:
         return RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint in the registry API", status=404)
     if exc.status == 405:
-        return RegistryError(ErrorCode.UNSUPPORTED, "method not allowed on this endpoint", status=405)
+        # aiohttp's HTTPMethodNotAllowed carries the Allow header RFC 9110 requires.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return RegistryError(
+            ErrorCode.UNSUPPORTED, "method not allowed on this endpoint", status=405, headers=allow
+        )
     if exc.status == 413:
         return RegistryError(ErrorCode.SIZE_INVALID, "request body too large", status=413)
     code = ErrorCode.UNSUPPORTED if exc.status < 500 else ErrorCode.UNAVAILABLE
@@ -57,6 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except RegistryError as exc:
+        if exc.status == 405 and "Allow" not in exc.headers:
+            # Every 405 names the methods the resource supports (RFC 9110 §15.5.6).
+            exc.headers["Allow"] = ", ".join(sorted(await allowed_methods(request)))
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -97,6 +104,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             status=500,
         )
     return response
+
+
+async def allowed_methods(request: web.Request) -> set[str]:
+    """Every method some route serves at this request's path."""
+    methods: set[str] = set()
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        methods |= allowed
+    return methods
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

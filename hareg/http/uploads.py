@@ -94,20 +94,32 @@ async def upload_status(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=_upload_headers(request, status))
 
 
+async def _declared_range(request: web.Request, upload_id: str) -> tuple[int | None, int | None]:
+    """_chunk_range, but an upload that is gone (cancelled, finished, expired) is
+    BLOB_UPLOAD_UNKNOWN whatever the headers say: asked only when they are wrong."""
+    try:
+        return _chunk_range(request)
+    except RegistryError:
+        await registry(request).uploads.status(repo_name(request), upload_id)
+        raise
+
+
 async def patch_upload(request: web.Request) -> web.Response:
-    start, length = _chunk_range(request)
+    upload_id = _upload_id(request)
+    start, length = await _declared_range(request, upload_id)
     status = await registry(request).uploads.write(
-        repo_name(request), _upload_id(request), request_chunks(request), start=start, length=length
+        repo_name(request), upload_id, request_chunks(request), start=start, length=length
     )
     return web.Response(status=202, headers=_upload_headers(request, status))
 
 
 async def finish_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
-    start, length = _chunk_range(request)
+    upload_id = _upload_id(request)
+    start, length = await _declared_range(request, upload_id)
     chunks = request_chunks(request) if has_body(request) else None
     info = await registry(request).uploads.finish(
-        repo, _upload_id(request), request.query.get("digest"), chunks, start=start, length=length
+        repo, upload_id, request.query.get("digest"), chunks, start=start, length=length
     )
     return _created(repo, info)
 
