@@ -405,8 +405,8 @@ def content_cases(w: World) -> list[Case]:
             codes=DIGEST_ERR,
         ),
         # Deletes refused while something references the target.
-        Case("DELETE", f"/v2/repo/blobs/{w.blob}", statuses=(409,), codes=frozenset({"DENIED"})),
-        Case("DELETE", f"/v2/repo/manifests/{w.index_child}", statuses=(409,), codes=frozenset({"DENIED"})),
+        Case("DELETE", f"/v2/repo/blobs/{w.blob}", statuses=(400,), codes=frozenset({"DENIED"})),
+        Case("DELETE", f"/v2/repo/manifests/{w.index_child}", statuses=(400,), codes=frozenset({"DENIED"})),
         # Unknown things.
         Case("DELETE", f"/v2/repo/blobs/{VALID_DIGEST}", statuses=(404,), codes=frozenset({"BLOB_UNKNOWN"})),
         Case(
