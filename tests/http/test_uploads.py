@@ -329,7 +329,7 @@ async def test_head_of_an_upload_is_its_status_without_a_body(client: Client) ->
         {"Content-Type": "text/plain", "Content-Range": "0-0"},
     ],
 )
-async def test_patch_or_put_after_cancel_is_upload_unknown_whatever_the_headers(
+async def test_patch_or_put_after_cancel_is_upload_unknown_whatever_the_request_says(
     client: Client, headers: dict[str, str]
 ) -> None:
     location = await start_upload(client, "repo")
@@ -338,6 +338,11 @@ async def test_patch_or_put_after_cancel_is_upload_unknown_whatever_the_headers(
     r = await client.patch(location, data=BLOB[10:20], headers=headers)
     await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
     r = await client.put(location, params={"digest": DIGEST}, data=BLOB[10:20], headers=headers)
+    await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    for digest in ("", "sha256:nothex", "md5:" + "0" * 32):
+        r = await client.put(location, params={"digest": digest}, data=BLOB[10:20], headers=headers)
+        await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    r = await client.put(location, data=BLOB[10:20], headers=headers)
     await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
 
 
