@@ -147,8 +147,9 @@ def query_page_size(request: web.Request, maximum: int) -> int:
         return maximum
     if not (raw.isascii() and raw.isdigit()):
         raise RegistryError(ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400)
-    # Longer than the maximum's digits is above it: never int() a 5000-digit string.
-    return maximum if len(raw) > len(str(maximum)) else min(int(raw), maximum)
+    digits = raw.lstrip("0") or "0"
+    # More digits than the maximum has is above it: never int() a 5000-digit string.
+    return maximum if len(digits) > len(str(maximum)) else min(int(digits), maximum)
 
 
 def next_link(path: str, params: dict[str, str]) -> str:

@@ -196,6 +196,7 @@ async def test_1200_tags_are_listed_in_pages_of_at_most_1000(client: Client) -> 
         assert len((await r.json())["tags"]) == 1000
         assert r.headers["Link"] == '</v2/big/tags/list?n=1000&last=t0999>; rel="next"'
     assert await collect(client, "/v2/big/tags/list?n=500") == (tags, [500, 500, 200])
+    assert await collect(client, "/v2/big/tags/list?n=" + "0" * 40 + "700") == (tags, [700, 500])
     assert await collect(client, "/v2/big/tags/list?last=t0100") == (tags[101:], [1000, 99])
 
 
