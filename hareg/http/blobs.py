@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import ETag
 from multidict import CIMultiDict
 
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
-from hareg.http.ranges import select_range
+from hareg.http.ranges import not_modified, select_range
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.storage.base import BlobNotFound
 
@@ -24,28 +25,56 @@ def _headers(digest: str) -> dict[str, str]:
     }
 
 
+def _not_modified(request: web.Request, headers: dict[str, str]) -> web.Response | None:
+    """304 when the client's copy is current (If-None-Match); 412 on a failed If-Match."""
+    if not not_modified(
+        request.headers.get("If-Match"), request.headers.get("If-None-Match"), headers["ETag"]
+    ):
+        return None
+    kept = ("Docker-Content-Digest", "ETag", "Cache-Control")
+    return web.Response(status=304, headers={k: headers[k] for k in kept})
+
+
 async def head_blob(request: web.Request) -> web.Response:
     # Answered here, never redirected: a HEAD has no body to offload, and a
     # presigned URL is signed for GET.
     info = await registry(request).blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
+    if (unchanged := _not_modified(request, headers)) is not None:
+        return unchanged
     headers["Content-Length"] = str(info.size)
     return web.Response(status=200, headers=headers)
 
 
 class _BlobFile(web.FileResponse):
-    """A blob sent with sendfile, its range already chosen by ``select_range``:
+    """A blob sent with sendfile, its conditions and range already decided (ranges.py):
     aiohttp's own Range handling (which refuses several ranges with 416 and
-    reads ``bytes=-0`` as the whole file) only ever sees that one range, or none."""
+    reads ``bytes=-0`` as the whole file) only ever sees the chosen range, or
+    none, and the ETag stays the digest (aiohttp would send one of the file's
+    mtime and size, which HEAD and the other drivers' paths do not know)."""
 
     def __init__(self, path: str, rng: tuple[int, int] | None, headers: dict[str, str]) -> None:
         super().__init__(path, chunk_size=1 << 20, headers=headers)
         self._range = rng
 
+    @property
+    def etag(self) -> ETag | None:
+        return super().etag
+
+    @etag.setter
+    def etag(self, value: ETag | str | None) -> None:
+        pass  # the digest ETag given in the headers stays
+
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = CIMultiDict(request.headers)
-        headers.popall("Range", None)
-        headers.popall("If-Range", None)
+        # Decided already, against the digest ETag; the date conditions are left to
+        # aiohttp, except where an entity-tag condition makes RFC 9110 ignore them.
+        for name in ("Range", "If-Range", "If-Match", "If-None-Match"):
+            headers.popall(name, None)
+        if "If-Match" in request.headers:
+            headers.popall("If-Unmodified-Since", None)
+        if "If-None-Match" in request.headers:
+            headers.popall("If-Modified-Since", None)
         if self._range is not None:
             offset, length = self._range
             headers["Range"] = f"bytes={offset}-{offset + length - 1}"
@@ -56,6 +85,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
     info = await reg.blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
+    if (unchanged := _not_modified(request, headers)) is not None:
+        return unchanged
     # Decided first, the same way for every path, so an unsatisfiable range gets
     # the spec's JSON error (aiohttp's FileResponse would answer a bare 416).
     rng = select_range(

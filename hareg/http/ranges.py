@@ -1,4 +1,10 @@
-"""Which bytes of a blob a GET asks for: the Range and If-Range rules of RFC 9110.
+"""What a blob GET sends: the conditional (RFC 9110 §13) and range (§14)
+rules, decided before any byte is sent, the same on every path.
+
+A blob's ETag is ``"<digest>"`` on every path (sendfile included): the bytes
+under a blob URL never change, so that validator is exact.  ``not_modified``
+evaluates If-Match (412 when no entity-tag matches strongly) and
+If-None-Match (304 when one matches weakly, or ``*``).
 
 ``select_range`` decides, before any byte is sent and whichever path serves
 the bytes (sendfile, a stream from the blob store, a redirect), between the
@@ -23,13 +29,34 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from hareg.registry.errors import RangeNotSatisfiable
+from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
 
 # ASCII digits; more than 19 of them is past any blob's size, and int() is never
 # given a 5000-digit string.
 _INT_RANGE: Final = re.compile(r"([0-9]+)-([0-9]*)")
 _SUFFIX_RANGE: Final = re.compile(r"-([0-9]+)")
 _HUGE: Final = 1 << 64
+
+
+_ENTITY_TAG: Final = re.compile(r'(W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+
+
+def _entity_tags(header: str) -> list[tuple[bool, str]]:
+    """(weak, opaque-tag) of each entity-tag in an If-Match / If-None-Match list."""
+    return [(bool(m[1]), m[2]) for m in _ENTITY_TAG.finditer(header)]
+
+
+def not_modified(if_match: str | None, if_none_match: str | None, etag: str) -> bool:
+    """True when If-None-Match names the blob (answer 304); raises 412 when an
+    If-Match names no current representation of it."""
+    strong = [tag for weak, tag in _entity_tags(if_match or "") if not weak]
+    if if_match is not None and if_match.strip() != "*" and etag not in strong:
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, f"If-Match does not name this blob's ETag {etag}", status=412
+        )
+    if if_none_match is None:
+        return False
+    return if_none_match.strip() == "*" or any(tag == etag for _, tag in _entity_tags(if_none_match))
 
 
 def _number(text: str) -> int:

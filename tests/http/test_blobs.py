@@ -100,6 +100,38 @@ async def check_ranges(client: Client, repo: str, digest: str) -> None:
     for other in ('"something else"', f'W/"{digest}"', "Wed, 21 Oct 2015 07:28:00 GMT"):
         r = await client.get(url, headers={"Range": "bytes=0-9", "If-Range": other})
         assert r.status == 200 and await r.read() == BLOB, other
+    await check_conditions(client, url, digest)
+
+
+async def check_conditions(client: Client, url: str, digest: str) -> None:
+    """The ETag is the digest on every path, and If-Match / If-None-Match use it."""
+    etag = f'"{digest}"'
+    r = await client.get(url)
+    assert r.headers["ETag"] == etag
+    # A resumable download: the ETag of the first answer keeps the range of the next.
+    r = await client.get(url, headers={"Range": "bytes=1000-", "If-Range": r.headers["ETag"]})
+    assert r.status == 206 and await r.read() == BLOB[1000:]
+    assert (await client.head(url)).headers["ETag"] == etag
+    for method in ("GET", "HEAD"):
+        for header in (etag, f"W/{etag}", f'"x", {etag}', "*"):
+            r = await client.request(method, url, headers={"If-None-Match": header})
+            assert r.status == 304, (method, header)
+            assert r.headers["ETag"] == etag and await r.read() == b""
+        r = await client.request(method, url, headers={"If-None-Match": '"other"'})
+        assert r.status == 200
+        for header in (etag, f'"x", {etag}', "*"):
+            r = await client.request(method, url, headers={"If-Match": header})
+            assert r.status == 200, (method, header)
+        for header in ('"other"', f"W/{etag}"):
+            r = await client.request(method, url, headers={"If-Match": header})
+            assert r.status == 412, (method, header)
+    r = await client.get(url, headers={"If-Match": etag, "Range": "bytes=0-9"})
+    assert r.status == 206 and await r.read() == BLOB[:10]
+    # If-None-Match that does not match outweighs If-Modified-Since (RFC 9110 §13.1.3).
+    r = await client.get(
+        url, headers={"If-None-Match": '"other"', "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
+    )
+    assert r.status == 200 and await r.read() == BLOB
 
 
 async def test_range_requests(client: Client) -> None:

@@ -1,12 +1,12 @@
-"""select_range: the RFC 9110 Range and If-Range decision of a blob GET (the
-HTTP behaviour on every driver's path is in test_blobs.py)."""
+"""select_range and not_modified: the RFC 9110 range and conditional decisions
+of a blob GET (the HTTP behaviour on every driver's path is in test_blobs.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hareg.http.ranges import select_range
-from hareg.registry.errors import RangeNotSatisfiable
+from hareg.http.ranges import not_modified, select_range
+from hareg.registry.errors import RangeNotSatisfiable, RegistryError
 
 ETAG = '"sha256:' + "0" * 64 + '"'
 
@@ -63,3 +63,20 @@ def test_if_range() -> None:
     # a failed If-Range is not evaluated (the whole blob is sent).
     assert select_range(None, ETAG, 100, ETAG) is None
     assert select_range("bytes=500-", '"other"', 100, ETAG) is None
+
+
+def test_not_modified() -> None:
+    other = '"sha256:' + "1" * 64 + '"'
+    assert not_modified(None, None, ETAG) is False
+    assert not_modified(None, ETAG, ETAG) is True
+    assert not_modified(None, f"W/{ETAG}", ETAG) is True  # weak comparison
+    assert not_modified(None, f"{other}, {ETAG}", ETAG) is True
+    assert not_modified(None, " * ", ETAG) is True
+    assert not_modified(None, other, ETAG) is False
+    assert not_modified(None, "garbage", ETAG) is False
+    assert not_modified(ETAG, None, ETAG) is False
+    assert not_modified("*", other, ETAG) is False
+    for bad in (other, f"W/{ETAG}", "garbage", ""):  # If-Match compares strongly
+        with pytest.raises(RegistryError) as info:
+            not_modified(bad, None, ETAG)
+        assert info.value.status == 412
