@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import Client, expect_error, push_blob, push_image, sha256, sha512
+from seaweedfs_fixtures import S3StoreFactory
 
 from hareg.clock import SystemClock
 from hareg.http.app import init_app
@@ -17,8 +16,6 @@ from hareg.http.keys import HttpSettings
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
-from hareg.seaweedfs_process import SeaweedFSNotFound, SeaweedFSProcess, find_weed
-from hareg.storage.s3 import S3BlobStore
 
 BLOB = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable
 MISSING = sha256(b"never pushed")
@@ -140,37 +137,13 @@ async def test_range_requests(client: Client) -> None:
     await check_ranges(client, "repo", digest)
 
 
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFSProcess]:
-    try:
-        find_weed()
-    except SeaweedFSNotFound as e:
-        pytest.skip(str(e))
-    proc = SeaweedFSProcess(tmp_path_factory.mktemp("seaweedfs") / "data")
-    # A private loop: a module fixture must not touch the loop each test gets.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(proc.start(startup_timeout=60))
-        yield proc
-    finally:
-        loop.run_until_complete(proc.kill())
-        loop.close()
-
-
 @pytest.mark.parametrize("redirect", [False, True])
 async def test_range_requests_on_an_object_store(
-    kv: EtcdKV, seaweedfs: SeaweedFSProcess, redirect: bool
+    kv: EtcdKV, s3_store: S3StoreFactory, redirect: bool
 ) -> None:
     """The S3 driver's paths: bytes streamed through the registry, or a redirect
     (the range decided first, so a 416 is the registry's; the store serves the rest)."""
-    store = S3BlobStore(
-        bucket=seaweedfs.bucket,
-        region_endpoint=seaweedfs.s3_url,
-        access_key=seaweedfs.access_key,
-        secret_key=seaweedfs.secret_key,
-        key_prefix=f"test/{uuid.uuid4().hex}/",
-        timeout=10.0,
-    )
+    store = s3_store()
     reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
     await reg.start()
     try:
