@@ -187,6 +187,7 @@ class Config:
     listen: str = "127.0.0.1:5000"
     read_only: bool = False
     disable_redirect: bool = False
+    max_list_page_size: int = 1000
     replicas: int = 1
     default_route: bool = False
     routes: tuple[Route, ...] = ()
@@ -235,6 +236,12 @@ _SCALARS: Final = (
     _Scalar("listen", "str", "host:port of the registry's HTTP listener (empty host: all interfaces)."),
     _Scalar("readOnly", "bool", "Reject pushes and deletes (405); pulls are unaffected. SIGHUP reloads it."),
     _Scalar("disableRedirect", "bool", "Stream blob bytes through the registry instead of redirecting."),
+    _Scalar(
+        "maxListPageSize",
+        "int",
+        "Most entries in one page of a tag list or the catalog; a larger or absent n gets this many "
+        "and a Link to the next page.",
+    ),
     _Scalar("replicas", "int", "Number of registry replicas (the local cluster starts this many)."),
     _Scalar("defaultRoute", "bool", "Accepted for OpenShift compatibility; hareg creates no routes."),
     _Scalar("proxy.http", "optstr", "Proxy URL for outgoing HTTP requests."),
@@ -1284,6 +1291,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
             "listen",
             "readOnly",
             "disableRedirect",
+            "maxListPageSize",
             "replicas",
             "defaultRoute",
             "routes",
@@ -1319,6 +1327,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
         listen=listen,
         read_only=top.boolean("readOnly", False),
         disable_redirect=top.boolean("disableRedirect", False),
+        max_list_page_size=top.integer("maxListPageSize", Config.max_list_page_size, 1),
         replicas=replicas,
         default_route=top.boolean("defaultRoute", False),
         routes=_routes(top, listen),
@@ -1409,6 +1418,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         "listen": config.listen,
         "readOnly": config.read_only,
         "disableRedirect": config.disable_redirect,
+        "maxListPageSize": config.max_list_page_size,
         "replicas": config.replicas,
         "defaultRoute": config.default_route,
         "routes": [

@@ -205,6 +205,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             fsck_schedule=config.pruner.fsck_schedule if config.management_state == "Managed" else None,
             fsck_repair=config.pruner.fsck_repair,
             read_only=config.read_only,
+            max_list_page_size=config.max_list_page_size,
             hashing=ThreadedHashing(hash_pool),
         )
         await registry.start()

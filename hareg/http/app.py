@@ -63,7 +63,8 @@ def init_app(
     r.add_delete(f"/v2/{_NAME}/manifests/{{reference}}", manifests.delete_manifest)
     r.add_post(f"/v2/{_NAME}/blobs/uploads/", uploads.start_upload)
     r.add_post(f"/v2/{_NAME}/blobs/uploads", uploads.start_upload)
-    r.add_get(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status, allow_head=False)
+    # HEAD on an upload URL is its GET without a body (the upload's status).
+    r.add_get(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.upload_status)
     r.add_patch(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.patch_upload)
     r.add_put(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.finish_upload)
     r.add_delete(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -43,7 +44,11 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     if exc.status == 404:
         return RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint in the registry API", status=404)
     if exc.status == 405:
-        return RegistryError(ErrorCode.UNSUPPORTED, "method not allowed on this endpoint", status=405)
+        # aiohttp's HTTPMethodNotAllowed carries the Allow header RFC 9110 requires.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return RegistryError(
+            ErrorCode.UNSUPPORTED, "method not allowed on this endpoint", status=405, headers=allow
+        )
     if exc.status == 413:
         return RegistryError(ErrorCode.SIZE_INVALID, "request body too large", status=413)
     code = ErrorCode.UNSUPPORTED if exc.status < 500 else ErrorCode.UNAVAILABLE
@@ -56,6 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except RegistryError as exc:
+        if exc.status == 405 and "Allow" not in exc.headers:
+            # Every 405 names the methods the resource supports (RFC 9110 §15.5.6).
+            exc.headers["Allow"] = ", ".join(sorted(await allowed_methods(request)))
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -98,6 +106,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+async def allowed_methods(request: web.Request) -> set[str]:
+    """Every method some route serves at this request's path."""
+    methods: set[str] = set()
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        methods |= allowed
+    return methods
+
+
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(API_VERSION_HEADER)
 
@@ -122,20 +139,21 @@ def has_body(request: web.Request) -> bool:
     return request.body_exists and request.content_length != 0
 
 
-def query_int(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
+def query_page_size(request: web.Request, maximum: int) -> int:
+    """The ``n`` of a listing, clamped to ``maximum`` (an absent ``n`` is the
+    maximum): the spec lets a registry return fewer entries with a ``Link``."""
+    raw = request.query.get("n")
     if raw is None:
-        return None
-    # ASCII digits only: str.isdigit() also accepts '²' (int() then raises) and '٣'.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
-        raise RegistryError(ErrorCode.UNSUPPORTED, f"{name} must be a non-negative integer", status=400)
-    return int(raw)
+        return maximum
+    if not (raw.isascii() and raw.isdigit()):
+        raise RegistryError(ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400)
+    digits = raw.lstrip("0") or "0"
+    # More digits than the maximum has is above it: never int() a 5000-digit string.
+    return maximum if len(digits) > len(str(maximum)) else min(int(digits), maximum)
 
 
-def next_link(path: str, n: int | None, last: str) -> str:
-    from urllib.parse import urlencode
-
-    params = {"last": last} if n is None else {"n": str(n), "last": last}
+def next_link(path: str, params: dict[str, str]) -> str:
+    """The spec's ``Link`` to the next page (RFC 5988, ``rel="next"``)."""
     return f'<{path}?{urlencode(params)}>; rel="next"'
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import ETag
+from multidict import CIMultiDict
 
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
-from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
+from hareg.http.ranges import not_modified, select_range
+from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.storage.base import BlobNotFound
 
 
@@ -21,48 +25,73 @@ def _headers(digest: str) -> dict[str, str]:
     }
 
 
+def _not_modified(request: web.Request, headers: dict[str, str]) -> web.Response | None:
+    """304 when the client's copy is current (If-None-Match); 412 on a failed If-Match."""
+    if not not_modified(
+        request.headers.get("If-Match"), request.headers.get("If-None-Match"), headers["ETag"]
+    ):
+        return None
+    kept = ("Docker-Content-Digest", "ETag", "Cache-Control")
+    return web.Response(status=304, headers={k: headers[k] for k in kept})
+
+
 async def head_blob(request: web.Request) -> web.Response:
     # Answered here, never redirected: a HEAD has no body to offload, and a
     # presigned URL is signed for GET.
     info = await registry(request).blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
+    if (unchanged := _not_modified(request, headers)) is not None:
+        return unchanged
     headers["Content-Length"] = str(info.size)
     return web.Response(status=200, headers=headers)
 
 
-def _parse_range(request: web.Request, size: int) -> tuple[int, int] | None:
-    """(offset, length) of a single-range request, None for the whole blob."""
-    if "Range" not in request.headers:
-        return None
-    try:
-        rng = request.http_range
-    except ValueError:
-        rng = None
-    unsatisfiable = RangeNotSatisfiable(
-        f"cannot satisfy range {request.headers['Range'][:100]!r} of a {size}-byte blob",
-        headers={"Content-Range": f"bytes */{size}"},
-    )
-    if rng is None:
-        raise unsatisfiable
-    start, stop = rng.start, rng.stop
-    if start is None and stop is None:
-        return None
-    if start is not None and start < 0:  # suffix range: the last -start bytes
-        start, stop = max(size + start, 0), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or stop <= start:
-        raise unsatisfiable
-    return start, stop - start
+class _BlobFile(web.FileResponse):
+    """A blob sent with sendfile, its conditions and range already decided (ranges.py):
+    aiohttp's own Range handling (which refuses several ranges with 416 and
+    reads ``bytes=-0`` as the whole file) only ever sees the chosen range, or
+    none, and the ETag stays the digest (aiohttp would send one of the file's
+    mtime and size, which HEAD and the other drivers' paths do not know)."""
+
+    def __init__(self, path: str, rng: tuple[int, int] | None, headers: dict[str, str]) -> None:
+        super().__init__(path, chunk_size=1 << 20, headers=headers)
+        self._range = rng
+
+    @property
+    def etag(self) -> ETag | None:
+        return super().etag
+
+    @etag.setter
+    def etag(self, value: ETag | str | None) -> None:
+        pass  # the digest ETag given in the headers stays
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        headers = CIMultiDict(request.headers)
+        # Decided already, against the digest ETag; the date conditions are left to
+        # aiohttp, except where an entity-tag condition makes RFC 9110 ignore them.
+        for name in ("Range", "If-Range", "If-Match", "If-None-Match"):
+            headers.popall(name, None)
+        if "If-Match" in request.headers:
+            headers.popall("If-Unmodified-Since", None)
+        if "If-None-Match" in request.headers:
+            headers.popall("If-Modified-Since", None)
+        if self._range is not None:
+            offset, length = self._range
+            headers["Range"] = f"bytes={offset}-{offset + length - 1}"
+        return await super().prepare(request.clone(headers=headers))
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
     info = await reg.blobs.stat(repo_name(request), request.match_info["digest"])
     headers = _headers(info.digest)
-    # Checked first on every path, so an unsatisfiable range gets the spec's JSON
-    # error (aiohttp's FileResponse would answer a bare 416).
-    rng = _parse_range(request, info.size)
+    if (unchanged := _not_modified(request, headers)) is not None:
+        return unchanged
+    # Decided first, the same way for every path, so an unsatisfiable range gets
+    # the spec's JSON error (aiohttp's FileResponse would answer a bare 416).
+    rng = select_range(
+        request.headers.get("Range"), request.headers.get("If-Range"), info.size, headers["ETag"]
+    )
     settings = request.app[SETTINGS]
     if not settings.disable_redirect:
         url = await reg.store.presign(info.digest, settings.redirect_expiry)
@@ -71,8 +100,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": info.digest})
     path = reg.store.local_path(info.digest)
     if path is not None:
-        # sendfile, with Range and conditional requests handled by aiohttp.
-        return web.FileResponse(path, headers=headers, chunk_size=1 << 20)
+        # sendfile; aiohttp sends the chosen range and answers conditional requests.
+        return _BlobFile(path, rng, headers)
     offset, length = rng if rng else (0, info.size)
     chunks = reg.store.read(info.digest, offset, length)
     try:

@@ -20,7 +20,7 @@ import logging
 
 from aiohttp import web
 
-from hareg.http.base import Handler, registry
+from hareg.http.base import Handler, allowed_methods, registry
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = ["READ_ONLY_PATH", "get_read_only", "is_write", "put_read_only", "read_only_middleware"]
@@ -41,20 +41,25 @@ def is_write(method: str, path: str) -> bool:
     return path.startswith(_GUARDED_PREFIXES)
 
 
-def read_only_error() -> RegistryError:
+def read_only_error(allow: str = "GET, HEAD") -> RegistryError:
+    """405 with the methods still served at the path (RFC 9110 requires ``Allow``)."""
     return RegistryError(
         ErrorCode.UNSUPPORTED,
         "the registry is read-only: pushes, uploads, mounts, deletes and tag changes are refused; "
         "pulls are served",
         detail={"readOnly": True},
         status=405,
+        headers={"Allow": allow},
     )
 
 
 @web.middleware
 async def read_only_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_write(request.method, request.path) and registry(request).read_only:
-        raise read_only_error()
+    # A path no route serves gets its own 404/405 from the handler.
+    routed = request.match_info.http_exception is None
+    if routed and is_write(request.method, request.path) and registry(request).read_only:
+        allowed = await allowed_methods(request)
+        raise read_only_error(", ".join(sorted(allowed & _SAFE_METHODS)))
     return await handler(request)
 
 

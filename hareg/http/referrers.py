@@ -1,4 +1,5 @@
-"""The referrers API: /v2/<name>/referrers/<digest>[?artifactType=...]."""
+"""The referrers API: /v2/<name>/referrers/<digest>[?artifactType=...], paged
+with a Link header when the index would exceed the page bound (listing.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import json
 
 from aiohttp import web
 
-from hareg.http.base import registry, repo_name
+from hareg.http.base import next_link, registry, repo_name
 from hareg.registry.manifest_format import OCI_INDEX
 
 
 async def list_referrers(request: web.Request) -> web.Response:
     artifact_type = request.query.get("artifactType")
-    index = await registry(request).listing.referrers(
-        repo_name(request), request.match_info["digest"], artifact_type
+    page = await registry(request).listing.referrers(
+        repo_name(request), request.match_info["digest"], artifact_type, request.query.get("last")
     )
-    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else None
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
+    if page.next_last is not None:
+        params = {"artifactType": artifact_type} if artifact_type is not None else {}
+        headers["Link"] = next_link(request.path, {**params, "last": page.next_last})
     # Bytes, not text: aiohttp would append "; charset=utf-8" to a text response's type.
-    return web.Response(body=json.dumps(index).encode(), headers=headers, content_type=OCI_INDEX)
+    return web.Response(body=json.dumps(page.index).encode(), headers=headers, content_type=OCI_INDEX)

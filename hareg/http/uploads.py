@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import NoReturn
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from hareg.http.base import has_body, registry, repo_name, request_chunks
+from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo, UploadStatus
@@ -94,21 +96,39 @@ async def upload_status(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=_upload_headers(request, status))
 
 
+async def _unless_gone(request: web.Request, upload_id: str, exc: RegistryError) -> NoReturn:
+    """Raise ``exc`` (a refusal of what the request says), or BLOB_UPLOAD_UNKNOWN
+    if the upload is gone (cancelled, finished, expired): that answer does not
+    depend on the headers.  The session is looked up only on this error path."""
+    await registry(request).uploads.status(repo_name(request), upload_id)
+    raise exc
+
+
 async def patch_upload(request: web.Request) -> web.Response:
-    start, length = _chunk_range(request)
+    upload_id = _upload_id(request)
+    try:
+        start, length = _chunk_range(request)
+    except RegistryError as exc:
+        await _unless_gone(request, upload_id, exc)
     status = await registry(request).uploads.write(
-        repo_name(request), _upload_id(request), request_chunks(request), start=start, length=length
+        repo_name(request), upload_id, request_chunks(request), start=start, length=length
     )
     return web.Response(status=202, headers=_upload_headers(request, status))
 
 
 async def finish_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
-    start, length = _chunk_range(request)
+    upload_id = _upload_id(request)
+    digest = request.query.get("digest")
+    try:
+        start, length = _chunk_range(request)
+        if not digest:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
+        parse_digest(digest)
+    except RegistryError as exc:
+        await _unless_gone(request, upload_id, exc)
     chunks = request_chunks(request) if has_body(request) else None
-    info = await registry(request).uploads.finish(
-        repo, _upload_id(request), request.query.get("digest"), chunks, start=start, length=length
-    )
+    info = await registry(request).uploads.finish(repo, upload_id, digest, chunks, start=start, length=length)
     return _created(repo, info)
 
 

@@ -6,7 +6,7 @@ from hareg.clock import Clock
 from hareg.kv.base import KVError
 from hareg.metadata.store import MetadataStore, ReferencedBy
 from hareg.registry.digests import parse_digest
-from hareg.registry.errors import ErrorCode, RegistryError, unavailable
+from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo
 from hareg.storage.base import BlobStore
@@ -54,12 +54,7 @@ class BlobService:
         try:
             removed = await self.meta.remove_link(repo, digest)
         except ReferencedBy as exc:
-            raise RegistryError(
-                ErrorCode.DENIED,
-                f"blob {digest} is referenced by manifests in {repo}; delete them first",
-                detail={"manifests": exc.digests[:20]},
-                status=409,
-            ) from None
+            raise still_referenced(f"blob {digest}", repo, exc.digests, "manifest(s)", "manifests") from None
         if not removed:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
 

@@ -67,6 +67,19 @@ class RangeNotSatisfiable(RegistryError):
         super().__init__(ErrorCode.BLOB_UPLOAD_INVALID, message, status=416, headers=headers, detail=detail)
 
 
+def still_referenced(target: str, repo: str, users: list[str], kind: str, detail_key: str) -> RegistryError:
+    """A delete refused because manifests of ``repo`` still reference ``target``
+    (invariant 2).  400 DENIED: 400 is a status the spec lists for deletes (end-9,
+    end-10), and the message names what refers to it so the client can act."""
+    shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+    return RegistryError(
+        ErrorCode.DENIED,
+        f"{target} is still referenced by {len(users)} {kind} in {repo}: {shown}; delete those first",
+        detail={detail_key: users[:100]},
+        status=400,
+    )
+
+
 def unavailable(what: str) -> RegistryError:
     """503 for a dependency that is down; the request changed nothing and may be retried."""
     return RegistryError(ErrorCode.UNAVAILABLE, what, headers={"Retry-After": "1"})

@@ -10,7 +10,7 @@ from hareg.ids import IdSource
 from hareg.metadata.records import ManifestRecord
 from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes, new_hasher
-from hareg.registry.errors import ErrorCode, RegistryError, unavailable
+from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
@@ -185,11 +185,6 @@ class ManifestService:
         except ImmutableTag as exc:
             raise immutable_error(exc) from None
         except ReferencedBy as exc:
-            raise RegistryError(
-                ErrorCode.DENIED,
-                f"manifest {ref} is referenced by index(es) in {repo}: {', '.join(exc.digests[:5])}; delete those first",
-                detail={"indexes": exc.digests[:100]},
-                status=409,
-            ) from None
+            raise still_referenced(f"manifest {ref}", repo, exc.digests, "index(es)", "indexes") from None
         if not deleted:
             raise _unknown(repo, reference)

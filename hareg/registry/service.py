@@ -27,7 +27,7 @@ from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.leadership import Leadership
-from hareg.registry.listing import ListingService
+from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
 from hareg.registry.manifests import ManifestService
 from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
@@ -69,6 +69,7 @@ class Registry:
         fsck_schedule: str | None = None,
         fsck_repair: bool = False,
         read_only: bool = False,
+        max_list_page_size: int = DEFAULT_MAX_PAGE_SIZE,  # config maxListPageSize
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
@@ -85,7 +86,7 @@ class Registry:
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
         self.manifests = ManifestService(self.meta, store, clock, ids, hashing=hashing)
-        self.listing = ListingService(self.meta)
+        self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)

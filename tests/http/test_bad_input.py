@@ -405,8 +405,8 @@ def content_cases(w: World) -> list[Case]:
             codes=DIGEST_ERR,
         ),
         # Deletes refused while something references the target.
-        Case("DELETE", f"/v2/repo/blobs/{w.blob}", statuses=(409,), codes=frozenset({"DENIED"})),
-        Case("DELETE", f"/v2/repo/manifests/{w.index_child}", statuses=(409,), codes=frozenset({"DENIED"})),
+        Case("DELETE", f"/v2/repo/blobs/{w.blob}", statuses=(400,), codes=frozenset({"DENIED"})),
+        Case("DELETE", f"/v2/repo/manifests/{w.index_child}", statuses=(400,), codes=frozenset({"DENIED"})),
         # Unknown things.
         Case("DELETE", f"/v2/repo/blobs/{VALID_DIGEST}", statuses=(404,), codes=frozenset({"BLOB_UNKNOWN"})),
         Case(
@@ -434,7 +434,7 @@ def content_cases(w: World) -> list[Case]:
         Case("GET", f"/v2/repo/blobs/{w.blob}", {"Range": "bytes=abc"}, statuses=(416,)),
     ]
     # Pagination parameters.
-    for n in ("-1", "abc", "%C2%B2", "%D9%A3", "1e3", "0x1", "99999999999", "+1"):
+    for n in ("-1", "abc", "%C2%B2", "%D9%A3", "1e3", "0x1", "+1"):
         cases += [
             Case("GET", f"/v2/repo/tags/list?n={n}", statuses=(400,)),
             Case("GET", f"/v2/_catalog?n={n}", statuses=(400,)),
@@ -479,6 +479,8 @@ def check(case: Case, r: RawResponse) -> str | None:
         return f"status {r.status}"
     if r.status not in case.statuses:
         return f"status {r.status}, expected {case.statuses}"
+    if r.status == 405 and "Allow" not in r.headers:
+        return "405 without an Allow header"
     if case.method == "HEAD":
         return None
     if r.headers.get("Content-Type", "").split(";")[0] != "application/json":

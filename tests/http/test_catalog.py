@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -72,10 +73,39 @@ async def test_last(client: Client) -> None:
     assert "Link" not in r.headers
 
 
-@pytest.mark.parametrize("n", ["x", "-3", "%C2%B2", "12345678901"])
+@pytest.mark.parametrize("n", ["x", "-3", "%C2%B2", "", "1e3"])
 async def test_invalid_n_is_400(client: Client, n: str) -> None:
     await expect_error(await client.get(f"/v2/_catalog?n={n}"), 400, "UNSUPPORTED")
 
 
 async def test_catalog_method_not_allowed(client: Client) -> None:
     await expect_error(await client.delete("/v2/_catalog"), 405, "UNSUPPORTED")
+
+
+async def test_1200_repositories_are_listed_in_pages_of_at_most_1000(client: Client) -> None:
+    names = [f"repo{i:04d}" for i in range(1200)]
+    gate = asyncio.Semaphore(16)
+
+    async def create(name: str) -> None:
+        async with gate:
+            await push_blob(client, name, f"blob of {name}".encode())
+
+    await asyncio.gather(*(create(name) for name in names))
+    r = await client.get("/v2/_catalog")
+    assert r.status == 200
+    assert (await r.json())["repositories"] == names[:1000]
+    assert r.headers["Link"] == '</v2/_catalog?n=1000&last=repo0999>; rel="next"'
+    m = LINK_RE.match(r.headers["Link"])
+    assert m
+    r = await client.get(m["url"])
+    assert (await r.json())["repositories"] == names[1000:]
+    assert "Link" not in r.headers
+    # n above the maximum is clamped to it, not refused.
+    for n in ("1001", "99999999999999999999"):
+        r = await client.get(f"/v2/_catalog?n={n}")
+        assert r.status == 200
+        assert (await r.json())["repositories"] == names[:1000]
+        assert r.headers["Link"] == '</v2/_catalog?n=1000&last=repo0999>; rel="next"'
+    r = await client.get("/v2/_catalog?n=700&last=repo0999")
+    assert (await r.json())["repositories"] == names[1000:]
+    assert "Link" not in r.headers

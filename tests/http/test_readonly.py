@@ -32,6 +32,9 @@ async def expect_read_only(resp: object) -> None:
     entry = await expect_error(resp, 405, "UNSUPPORTED")  # type: ignore[arg-type]
     assert READ_ONLY_MESSAGE in entry["message"], entry
     assert entry["detail"] == {"readOnly": True}
+    # RFC 9110: a 405 names the methods the resource still supports (only reads, here).
+    allow = resp.headers["Allow"]  # type: ignore[attr-defined]
+    assert set(filter(None, allow.split(", "))) <= {"GET", "HEAD"}, allow
 
 
 async def test_every_kind_of_write_is_refused_and_pulls_are_served(
@@ -53,6 +56,10 @@ async def test_every_kind_of_write_is_refused_and_pulls_are_served(
     await expect_read_only(await client.patch(location, data=blob, headers={"Content-Range": "0-8"}))
     await expect_read_only(await client.put(location + f"&digest={sha256(blob)}", data=blob))
     await expect_read_only(await client.delete(location))
+    r = await client.delete(location)
+    assert r.headers["Allow"] == "GET, HEAD"
+    r = await client.post("/v2/ro/app/blobs/uploads/")
+    assert r.headers["Allow"] == ""  # the upload-starting URL serves no method while read-only
     await expect_read_only(
         await client.put(
             "/v2/ro/app/manifests/v2",

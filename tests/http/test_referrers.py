@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from oci_helpers import (
     put_manifest,
     sha256,
 )
+
+from hareg.registry.service import Registry
 
 SBOM = "application/vnd.example.sbom.v1"
 SIG = "application/vnd.example.signature.v1"
@@ -225,3 +228,51 @@ async def test_deleting_the_subject_keeps_referrers_listed(client: Client) -> No
     assert (await client.delete(f"/v2/repo/manifests/{subject.digest}")).status == 202
     index, _ = await referrers(client, "repo", subject.digest)
     assert [d["digest"] for d in index["manifests"]] == [sha256(body)]
+
+
+async def test_a_large_referrers_index_is_paged_with_link(client: Client, registry: Registry) -> None:
+    """Over the page bound (4 MiB of JSON; lowered here) the index comes in pages
+    linked by Link headers, the artifactType filter carried along."""
+    registry.listing.referrers_page_bytes = 2500
+    subject = await push_image(client, "repo", "v1")
+    pushed: dict[str, str] = {}
+    for i in range(12):
+        kind = SBOM if i % 3 else SIG
+        body = await push_artifact(
+            client,
+            "repo",
+            subject.body,
+            artifact_type=kind,
+            payload=f"artifact {i}".encode(),
+            annotations={"org.example.note": "x" * 300},
+        )
+        pushed[sha256(body)] = kind
+
+    async def follow(url: str) -> tuple[list[str], int]:
+        digests: list[str] = []
+        pages = 0
+        next_url: str | None = url
+        while next_url is not None:
+            pages += 1
+            assert pages <= 20, "pagination does not end"
+            r = await client.get(next_url)
+            assert r.status == 200
+            assert r.headers["Content-Type"] == OCI_INDEX
+            body = await r.read()
+            assert len(body) <= 2500
+            digests += [d["digest"] for d in json.loads(body)["manifests"]]
+            link = r.headers.get("Link")
+            m = re.fullmatch(r'<(/v2/repo/referrers/[^>]+)>; rel="next"', link) if link else None
+            assert link is None or m, link
+            next_url = m[1] if m else None
+        return digests, pages
+
+    everything, pages = await follow(f"/v2/repo/referrers/{subject.digest}")
+    assert everything == sorted(pushed) and pages > 1
+    sboms, sbom_pages = await follow(f"/v2/repo/referrers/{subject.digest}?artifactType={SBOM}")
+    assert sboms == sorted(d for d, kind in pushed.items() if kind == SBOM) and sbom_pages > 1
+    # Small enough for one page: no Link.
+    registry.listing.referrers_page_bytes = 1 << 22
+    r = await client.get(f"/v2/repo/referrers/{subject.digest}")
+    assert "Link" not in r.headers
+    assert len(json.loads(await r.read())["manifests"]) == 12

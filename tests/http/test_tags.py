@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import re
+import uuid
+from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import Client, expect_error, push_image, put_manifest
+
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.service import Registry
+from hareg.storage.filesystem import FilesystemBlobStore
 
 TAGS = sorted(["A", "B1", "Z", "_u", "a", "a-1", "a.2", "a_3", "latest", "v1.0", "v1.1", "v10"])
 LINK_RE = re.compile(r'^<(?P<url>/v2/[^>]+/tags/list\?[^>]+)>; rel="next"$')
@@ -114,9 +124,12 @@ async def test_conformance_style_n_and_last(client: Client) -> None:
     assert (await r.json())["tags"] == ["test2", "test3"]
 
 
-async def test_unknown_repository_is_404_name_unknown(client: Client) -> None:
-    await expect_error(await client.get("/v2/nosuch/tags/list"), 404, "NAME_UNKNOWN")
-    await expect_error(await client.get("/v2/nosuch/tags/list?n=5"), 404, "NAME_UNKNOWN")
+@pytest.mark.parametrize(
+    "query", ["", "?n=5", "?n=0", "?last=a", "?n=2&last=a", "?n=0&last=zzz", "?n=99999999999"]
+)
+async def test_unknown_repository_is_404_name_unknown(client: Client, query: str) -> None:
+    await tag_all(client, "other", ["a"])
+    await expect_error(await client.get(f"/v2/nosuch/tags/list{query}"), 404, "NAME_UNKNOWN")
 
 
 async def test_repository_without_tags_is_an_empty_list(client: Client) -> None:
@@ -132,7 +145,7 @@ async def test_deleting_tags_shows_in_the_list(client: Client) -> None:
     assert (await (await client.get("/v2/repo/tags/list")).json())["tags"] == ["a", "c"]
 
 
-@pytest.mark.parametrize("n", ["abc", "-1", "1.5", "%C2%B2", "%D9%A3", "9999999999999", "", "0x10", " 1"])
+@pytest.mark.parametrize("n", ["abc", "-1", "1.5", "%C2%B2", "%D9%A3", "", "0x10", " 1"])
 async def test_invalid_n_is_400(client: Client, n: str) -> None:
     await tag_all(client, "repo", ["a"])
     r = await client.get(f"/v2/repo/tags/list?n={n}")
@@ -142,3 +155,65 @@ async def test_invalid_n_is_400(client: Client, n: str) -> None:
 
 async def test_invalid_repository_name_is_400(client: Client) -> None:
     await expect_error(await client.get("/v2/Repo/tags/list"), 400, "NAME_INVALID")
+
+
+async def collect(client: Client, url: str) -> tuple[list[str], list[int]]:
+    """Follow the Link headers from ``url``: every tag, and the size of each page."""
+    collected: list[str] = []
+    sizes: list[int] = []
+    next_url: str | None = url
+    while next_url is not None:
+        assert len(sizes) < 100, "pagination does not end"
+        r = await client.get(next_url)
+        assert r.status == 200, await r.text()
+        page = (await r.json())["tags"]
+        collected += page
+        sizes.append(len(page))
+        link = r.headers.get("Link")
+        m = LINK_RE.match(link) if link else None
+        assert link is None or m, link
+        next_url = m["url"] if m else None
+    return collected, sizes
+
+
+async def test_1200_tags_are_listed_in_pages_of_at_most_1000(client: Client) -> None:
+    image = await push_image(client, "big")
+    tags = [f"t{i:04d}" for i in range(1200)]
+    for i in range(0, len(tags), 100):  # 100 tags a PUT keeps each transaction small
+        r = await put_manifest(
+            client, "big", image.digest, image.body, params=[("tag", t) for t in tags[i : i + 100]]
+        )
+        assert r.status == 201, await r.text()
+    r = await client.get("/v2/big/tags/list")
+    assert r.status == 200
+    assert (await r.json())["tags"] == tags[:1000]
+    assert r.headers["Link"] == '</v2/big/tags/list?n=1000&last=t0999>; rel="next"'
+    assert await collect(client, "/v2/big/tags/list") == (tags, [1000, 200])
+    # n above the maximum is clamped to it, not refused; huge values too.
+    for n in ("1001", "5000", "99999999999999999999999999"):
+        r = await client.get(f"/v2/big/tags/list?n={n}")
+        assert r.status == 200
+        assert len((await r.json())["tags"]) == 1000
+        assert r.headers["Link"] == '</v2/big/tags/list?n=1000&last=t0999>; rel="next"'
+    assert await collect(client, "/v2/big/tags/list?n=500") == (tags, [500, 500, 200])
+    assert await collect(client, "/v2/big/tags/list?n=" + "0" * 40 + "700") == (tags, [700, 500])
+    assert await collect(client, "/v2/big/tags/list?last=t0100") == (tags[101:], [1000, 99])
+
+
+async def test_the_page_size_is_the_configured_maximum(kv: EtcdKV, tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    reg = Registry(
+        kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", max_list_page_size=5
+    )
+    await reg.start()
+    try:
+        async with TestClient(TestServer(init_app(reg))) as c:
+            await tag_all(c, "repo", TAGS)
+            r = await c.get("/v2/repo/tags/list?n=50")
+            assert (await r.json())["tags"] == TAGS[:5]
+            assert r.headers["Link"] == f'</v2/repo/tags/list?n=5&last={TAGS[4]}>; rel="next"'
+            assert await collect(c, "/v2/repo/tags/list") == (TAGS, [5, 5, 2])
+            assert await collect(c, "/v2/repo/tags/list?n=3") == (TAGS, [3, 3, 3, 3])
+    finally:
+        await reg.stop()
+        await store.close()

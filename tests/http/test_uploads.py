@@ -302,6 +302,50 @@ async def test_status_is_204_with_location_and_range(client: Client) -> None:
     assert await r.read() == b""
 
 
+async def test_head_of_an_upload_is_its_status_without_a_body(client: Client) -> None:
+    location = await start_upload(client, "repo")
+    _, location, _ = await patch(client, location, BLOB[:10], start=0)
+    r = await client.head(location)
+    assert r.status == 204
+    assert r.headers["Range"] == "0-9"
+    assert URL(r.headers["Location"]).path == URL(location).path
+    assert r.headers["Docker-Upload-UUID"] == upload_id(location)
+    assert await r.read() == b""
+    assert (await client.delete(location)).status == 204
+    r = await client.head(location)
+    assert r.status == 404
+    assert await r.read() == b""
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Content-Range": "garbage"},
+        {"Content-Range": "5-2"},
+        {"Content-Range": "0-99"},  # does not match Content-Length
+        {"Content-Range": "10-19"},  # where the upload ended
+        {"Content-Range": "99999999999999999999999-1"},
+        {"Content-Type": "text/plain", "Content-Range": "0-0"},
+    ],
+)
+async def test_patch_or_put_after_cancel_is_upload_unknown_whatever_the_request_says(
+    client: Client, headers: dict[str, str]
+) -> None:
+    location = await start_upload(client, "repo")
+    _, location, _ = await patch(client, location, BLOB[:10], start=0)
+    assert (await client.delete(location)).status == 204
+    r = await client.patch(location, data=BLOB[10:20], headers=headers)
+    await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    r = await client.put(location, params={"digest": DIGEST}, data=BLOB[10:20], headers=headers)
+    await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    for digest in ("", "sha256:nothex", "md5:" + "0" * 32):
+        r = await client.put(location, params={"digest": digest}, data=BLOB[10:20], headers=headers)
+        await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    r = await client.put(location, data=BLOB[10:20], headers=headers)
+    await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+
+
 async def test_cancel_is_204_then_404(client: Client, registry: Registry) -> None:
     before = await snapshot(registry)
     location = await start_upload(client, "repo")
