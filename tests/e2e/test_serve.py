@@ -276,6 +276,18 @@ def test_a_half_sent_request_line_is_disconnected_at_the_configured_header_timeo
         assert sock.recv(4096) == b""  # closed by the registry (the 30 s socket timeout would raise)
         elapsed = time.monotonic() - start
     assert 0.9 <= elapsed < 30, elapsed  # the header timeout, not the idle one
+    # A request whose body streams in for longer than the header timeout is served.
+    body = os.urandom(5000)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v2/slow/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for i in range(0, len(body), 1000):  # about 2.5 s in all, never stalling
+            sock.sendall(body[i : i + 1000])
+            time.sleep(0.5)  # pacing the sender, not waiting for an event
+        assert sock.recv(4096).startswith(b"HTTP/1.1 201")
     assert server.stop(signal.SIGTERM) == 0
 
 
