@@ -55,6 +55,18 @@ async def one_write_slot(registry: Registry) -> AsyncIterator[TestClient[web.Req
         yield c
 
 
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One response (head and Content-Length body), without waiting for the
+    connection to close (aiohttp first drains what the client still sends)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await asyncio.wait_for(reader.readexactly(length), WAIT)
+
+
 async def stalled_patch(
     client: TestClient[web.Request, web.Application], registry: Registry, repo: str, sent: bytes
 ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
@@ -81,9 +93,10 @@ async def test_a_stalled_patch_is_dropped_and_frees_its_write_slot(
         await asyncio.sleep(0.01)
     await expect_error(await client.post("/v2/stall/blobs/uploads/"), 429, "TOOMANYREQUESTS")
     start = time.monotonic()
-    answer = await asyncio.wait_for(reader.read(), WAIT)  # ...until the stall: 408, then closed
+    answer = await read_answer(reader)  # ...until the stall: 408
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"Connection: close" in answer
     assert b"BLOB_UPLOAD_INVALID" in answer and b"limits.bodyStallTimeout" in answer
     assert time.monotonic() - start < WAIT and limiter.running == 0
     r = await client.post("/v2/stall/blobs/uploads/")
@@ -99,7 +112,24 @@ async def test_the_bytes_of_a_stalled_patch_are_not_kept(
     client = one_write_slot
     # More than one BODY_CHUNK, so that some bytes reach the blob store before the stall.
     upload_id, reader, writer = await stalled_patch(client, registry, "stall", b"x" * (BODY_CHUNK + 4096))
-    answer = await asyncio.wait_for(reader.read(), WAIT)
+    answer = await read_answer(reader)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert await registry.store.upload_size(upload_id) == 0
+
+
+async def test_a_stalled_manifest_body_is_a_408_manifest_invalid(
+    one_write_slot: TestClient[web.Request, web.Application], registry: Registry
+) -> None:
+    client = one_write_slot
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"PUT /v2/repo/manifests/t HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\r\n" + b'{"schemaVersion": 2, '
+    )
+    await writer.drain()
+    answer = await read_answer(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"MANIFEST_INVALID" in answer and b"limits.bodyStallTimeout" in answer
+    assert await registry.meta.get_tag("repo", "t") is None
