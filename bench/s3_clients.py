@@ -393,7 +393,7 @@ async def bench_driver(url: str, prefix: str, small_n: int, presign_n: int) -> l
         await store.upload_start(uid)
         await store.upload_write(uid, 0, body())
         digests[total] = f"sha256:{h.hexdigest()}"
-        await store.upload_commit(uid, digests[total])
+        await store.upload_commit(uid, digests[total], total)
 
     async def pull(total: int) -> None:
         async for _ in store.read(digests[total]):
@@ -429,7 +429,7 @@ async def bench_driver(url: str, prefix: str, small_n: int, presign_n: int) -> l
 
         await store.upload_start(f"s{i}")
         await store.upload_write(f"s{i}", 0, body())
-        await store.upload_commit(f"s{i}", f"sha256:{hashlib.sha256(data).hexdigest()}")
+        await store.upload_commit(f"s{i}", f"sha256:{hashlib.sha256(data).hexdigest()}", len(data))
 
     n = max(1, small_n // 10)
     out.append(

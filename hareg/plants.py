@@ -21,6 +21,9 @@ DESCRIPTIONS = MappingProxyType(
         "(metadata/store.py _txn) (invariants 7, 1, 4)",
         "upload-no-digest": "an upload is finished without checking its digest "
         "(registry/uploads.py finish) (invariant 3)",
+        "commit-unverified-bytes": "a closing PUT measures the staged upload without sealing it and commits "
+        "whatever it holds by the time of the commit (registry/uploads.py finish): a chunk that lands "
+        "after the verification is stored under the digest of the bytes before it (invariant 3)",
         "cache-keeps-deleted-tag": "the watch-fed cache ignores tag deletions "
         "(metadata/cache.py _apply): deleted tags stay readable (invariant 4, linearizability)",
         "gc-no-grace": "garbage collection without the in-flight guard: no grace window for blobs "

@@ -57,6 +57,7 @@ def _check_upload_id(upload_id: str) -> None:
 class _Staged:
     data: bytearray
     modified: float
+    sealed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class ObjectStore:
 
     def op_upload_write(self, upload_id: str, offset: int, data: bytes) -> int:
         staged = self.uploads.get(upload_id)
-        if staged is None:
+        if staged is None or staged.sealed:
             raise UploadNotFound(upload_id)
         if len(staged.data) != offset:
             raise UploadOffsetMismatch(len(staged.data), offset)
@@ -155,21 +156,33 @@ class ObjectStore:
         staged = self.uploads.get(upload_id)
         return None if staged is None else staged.modified
 
-    def op_upload_read(self, upload_id: str) -> bytes:
+    def op_upload_read(self, upload_id: str, length: int | None) -> bytes:
         staged = self.uploads.get(upload_id)
         if staged is None:
             raise UploadNotFound(upload_id)
-        return bytes(staged.data)
+        return bytes(staged.data if length is None else staged.data[:length])
 
-    def op_upload_commit(self, upload_id: str, digest: str) -> int:
-        staged = self.uploads.pop(upload_id, None)
+    def op_upload_seal(self, upload_id: str) -> int:
+        staged = self.uploads.get(upload_id)
         if staged is None:
             raise UploadNotFound(upload_id)
-        if digest not in self.blobs:
+        staged.sealed = True
+        return len(staged.data)
+
+    def op_upload_commit(self, upload_id: str, digest: str, size: int) -> int:
+        staged = self.uploads.get(upload_id)
+        if staged is None:
+            raise UploadNotFound(upload_id)
+        if len(staged.data) != size:
+            raise UploadOffsetMismatch(len(staged.data), size)
+        del self.uploads[upload_id]
+        stored = self.blobs.get(digest)
+        # Like the S3 driver: a stored blob of the same size is kept, any other replaced.
+        if stored is None or len(stored) != size:
             self.blobs[digest] = bytes(staged.data)
             for observer in self.on_commit:
                 observer(digest, self.blobs[digest])
-        return len(self.blobs[digest])
+        return size
 
     def op_upload_abort(self, upload_id: str) -> None:
         self.uploads.pop(upload_id, None)
@@ -270,16 +283,23 @@ class SimBlobStore:
         _check_upload_id(upload_id)
         return await self._call("HEAD upload", lambda s: s.op_upload_modified(upload_id))
 
-    async def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
+    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
         _check_upload_id(upload_id)
-        data = await self._call("GET upload", lambda s: s.op_upload_read(upload_id))
+        return self._upload_read(upload_id, length)
+
+    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
+        data = await self._call("GET upload", lambda s: s.op_upload_read(upload_id, length))
         for i in range(0, len(data), _READ_PIECE):
             yield data[i : i + _READ_PIECE]
 
-    async def upload_commit(self, upload_id: str, digest: str) -> int:
+    async def upload_seal(self, upload_id: str) -> int:
+        _check_upload_id(upload_id)
+        return await self._call("SEAL upload", lambda s: s.op_upload_seal(upload_id))
+
+    async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
         _check_upload_id(upload_id)
         _check_digest(digest)
-        return await self._call("COMMIT upload", lambda s: s.op_upload_commit(upload_id, digest))
+        return await self._call("COMMIT upload", lambda s: s.op_upload_commit(upload_id, digest, size))
 
     async def upload_abort(self, upload_id: str) -> None:
         _check_upload_id(upload_id)

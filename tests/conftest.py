@@ -20,6 +20,9 @@ import pytest
 from hareg.etcd_process import EtcdNotFound, EtcdProcess, find_etcd
 from hareg.kv.etcd import EtcdKV
 
+# The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) for every directory.
+pytest_plugins = ["seaweedfs_fixtures"]
+
 # Fast progress notifications so watch tests see them within a second.
 PROGRESS_NOTIFY_INTERVAL = "100ms"
 

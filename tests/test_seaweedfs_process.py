@@ -53,7 +53,7 @@ async def put_blob(store: S3BlobStore, upload_id: str, data: bytes) -> str:
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     await store.upload_start(upload_id)
     await store.upload_write(upload_id, 0, one())
-    await store.upload_commit(upload_id, digest)
+    await store.upload_commit(upload_id, digest, len(data))
     return digest
 
 

@@ -130,6 +130,9 @@ class UploadRecord:
     algorithm: str
     created: float
     updated: float
+    # The digest a closing PUT is verifying and committing ("" while chunks
+    # may still be appended): once set, no chunk is acknowledged any more.
+    sealed: str = ""
 
 
 @dataclass(frozen=True, slots=True)

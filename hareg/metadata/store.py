@@ -763,13 +763,16 @@ class MetadataStore:
                 self._upload_lease = (window, lease)
             return self._upload_lease[1]
 
-    async def _put_upload(self, upload_id: str, record: UploadRecord) -> None:
+    async def _put_upload(self, upload_id: str, record: UploadRecord, revision: int | None = None) -> bool:
+        """Write the upload record on the current window's lease; with
+        ``revision``, only if the record is still at that mod_revision."""
         key = self.keys.upload(upload_id)
+        compares = [] if revision is None else [Compare.mod_revision_is(key, revision)]
         for attempt in range(2):
             lease = await self._lease_for_uploads()
             try:
-                await self.kv.txn([], [Put(key, encode(record), lease=lease)])
-                return
+                result = await self.kv.txn(compares, [Put(key, encode(record), lease=lease)])
+                return result.succeeded
             except (KVUnavailable, KVUnknownOutcome):
                 raise
             except KVError:
@@ -777,6 +780,7 @@ class MetadataStore:
                 self._upload_lease = None
                 if attempt:
                     raise
+        raise AssertionError("unreachable")
 
     async def create_upload(self, upload_id: str, repo: str, algorithm: str) -> UploadRecord:
         now = self.clock.now()
@@ -788,13 +792,61 @@ class MetadataStore:
         kv = await self._get(self.keys.upload(upload_id))
         return decode(UploadRecord, kv.value) if kv else None
 
-    async def touch_upload(self, upload_id: str, record: UploadRecord) -> None:
-        """Move an active upload to the current lease window so it does not expire."""
+    async def confirm_upload(self, upload_id: str, repo: str) -> bool:
+        """After a chunk was written: whether the upload is still open (not
+        closed, cancelled or sealed by a closing PUT since), so the chunk may
+        be acknowledged.  Also moves an open upload to the current lease
+        window so it does not expire; that write is conditional, so it can
+        neither re-open a sealed upload nor bring back a deleted one."""
+        kv = await self._get(self.keys.upload(upload_id))
+        if kv is None:
+            return False
+        record = decode(UploadRecord, kv.value)
+        if record.repo != repo or record.sealed:
+            return False
         window = int(self.clock.now() // self.upload_lease_window)
-        if int(record.updated // self.upload_lease_window) == window:
-            return
-        updated = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now())
-        await self._put_upload(upload_id, updated)
+        if int(record.updated // self.upload_lease_window) != window:
+            touched = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now())
+            # A lost race here means a seal or another touch came after this
+            # chunk was written: the chunk is in either way.
+            await self._put_upload(upload_id, touched, kv.mod_revision)
+        return True
+
+    async def seal_upload(self, upload_id: str, repo: str, digest: str) -> UploadRecord | None:
+        """Mark the upload as being closed with ``digest``; from then on no
+        chunk is acknowledged.  Returns the sealed record, or None if the
+        upload is gone, belongs to another repository, or was sealed for
+        another digest (a repeated close with the same digest may go on)."""
+        key = self.keys.upload(upload_id)
+        for _ in range(self.max_retries):
+            kv = await self._get(key)
+            if kv is None:
+                return None
+            record = decode(UploadRecord, kv.value)
+            if record.repo != repo:
+                return None
+            if record.sealed:
+                return record if record.sealed == digest else None
+            sealed = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now(), digest)
+            if await self._put_upload(upload_id, sealed, kv.mod_revision):
+                return sealed
+        raise Contended(f"seal of upload {upload_id}")
+
+    async def cancel_upload(self, upload_id: str, repo: str) -> bool:
+        """Delete an open upload's record; False if it is gone, belongs to
+        another repository, or a closing PUT has sealed it (the close wins)."""
+        key = self.keys.upload(upload_id)
+        for _ in range(self.max_retries):
+            kv = await self._get(key)
+            if kv is None:
+                return False
+            record = decode(UploadRecord, kv.value)
+            if record.repo != repo or record.sealed:
+                return False
+            result = await self.kv.txn([Compare.mod_revision_is(key, kv.mod_revision)], [Delete(key)])
+            if result.succeeded:
+                return True
+        raise Contended(f"cancel of upload {upload_id}")
 
     async def delete_upload(self, upload_id: str) -> bool:
         result = await self.kv.txn([], [Delete(self.keys.upload(upload_id))])

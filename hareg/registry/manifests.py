@@ -148,7 +148,7 @@ class ManifestService:
                 await self.store.upload_start(upload_id)
                 try:
                     await self.store.upload_write(upload_id, 0, one_chunk(body))
-                    await self.store.upload_commit(upload_id, digest)
+                    await self.store.upload_commit(upload_id, digest, len(body))
                 except BaseException:
                     await self.store.upload_abort(upload_id)
                     raise

@@ -5,6 +5,15 @@ hash of uploads it has seen in a bounded cache; when another replica wrote
 the last chunk (or the cache lost it) the staged bytes are hashed again from
 the store, so the digest is always verified before the blob becomes visible
 (invariant 3).
+
+Closing an upload verifies and commits one exact byte range, whatever races
+it: the closing PUT first seals the upload's etcd record (after which no
+chunk is acknowledged: a PATCH re-reads the record once its bytes are
+written), then seals the staging in the store (which returns the final size;
+a chunk still being written either completes before it or is cut off), and
+verifies and commits exactly that many bytes.  A cancel and a close race on
+the record: whichever changes it first wins, the other gets
+BLOB_UPLOAD_UNKNOWN.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo, UploadStatus
 from hareg.registry.streams import Metered
 from hareg.storage.base import BlobStore, UploadNotFound, UploadOffsetMismatch
+
+_SEALED = "the upload is being completed by another request"
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -87,16 +98,17 @@ class UploadService:
 
     # ---------------------------------------------------------------- session
 
-    async def _session(self, repo: str, upload_id: str) -> UploadRecord:
+    async def _session(self, repo: str, upload_id: str, *, open_only: bool = True) -> UploadRecord:
+        """The upload's record; BLOB_UPLOAD_UNKNOWN if there is none in
+        ``repo`` or (``open_only``) a closing PUT has sealed it."""
         check_name(repo)
-        unknown = RegistryError(
-            ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:64]!r} is not in progress"
-        )
         if not _UPLOAD_ID_RE.match(upload_id):
-            raise unknown
+            raise _unknown(upload_id)
         record = await self.meta.get_upload(upload_id)
         if record is None or record.repo != repo:
-            raise unknown
+            raise _unknown(upload_id)
+        if open_only and record.sealed:
+            raise _unknown(upload_id, _SEALED)
         return record
 
     async def _size(self, upload_id: str) -> int:
@@ -149,7 +161,7 @@ class UploadService:
         return UploadStatus(repo, upload_id, 0)
 
     async def status(self, repo: str, upload_id: str) -> UploadStatus:
-        await self._session(repo, upload_id)
+        await self._session(repo, upload_id, open_only=False)
         return UploadStatus(repo, upload_id, await self._size(upload_id))
 
     async def _append(
@@ -205,7 +217,11 @@ class UploadService:
         current size (416 otherwise); ``length`` is the declared chunk length."""
         record = await self._session(repo, upload_id)
         new_size = await self._append(record, upload_id, chunks, start, length)
-        await self.meta.touch_upload(upload_id, record)
+        # Acknowledge only if no closing PUT sealed the upload meanwhile: then
+        # its size was measured after these bytes were written, so they are in.
+        if not await self.meta.confirm_upload(upload_id, repo):
+            self._hashers.pop(upload_id, None)
+            raise _unknown(upload_id, "the upload was completed or cancelled while this chunk was sent")
         return UploadStatus(repo, upload_id, new_size)
 
     async def finish(
@@ -222,24 +238,45 @@ class UploadService:
         if not digest_text:
             raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
         digest = parse_digest(digest_text)
-        record = await self._session(repo, upload_id)
+        # A repeated close (a retry after a lost answer) may find the upload
+        # sealed for this digest already, and then only verifies again.
+        record = await self._session(repo, upload_id, open_only=chunks is not None)
+        if record.sealed and record.sealed != str(digest):
+            raise _unknown(upload_id, _SEALED)
         if chunks is not None:
             await self._append(record, upload_id, chunks, start, length)
-        size = await self._size(upload_id)
-        hasher = self._cached_hasher(upload_id, size, digest.algorithm)
-        if hasher is None:
-            hasher = new_hasher(digest.algorithm)
-            async for chunk in self.store.upload_read(upload_id):
-                await feed(self.hashing, hasher, chunk)
-        # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
-        if hasher.hexdigest() != digest.hex and "upload-no-digest" not in self.plants:
-            await self._discard(upload_id)
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"uploaded content does not match digest {digest}",
-                detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
-            )
-        await self.store.upload_commit(upload_id, str(digest))
+        if await self.meta.seal_upload(upload_id, repo, str(digest)) is None:
+            raise _unknown(upload_id, "the upload was completed or cancelled by another request")
+        unverified = "commit-unverified-bytes" in self.plants
+        try:
+            # PLANTED BUG "commit-unverified-bytes" (simulator only): the old
+            # code measured the staging without sealing it and committed
+            # whatever it held by then.
+            size = await (self._size(upload_id) if unverified else self.store.upload_seal(upload_id))
+            hasher = self._cached_hasher(upload_id, size, digest.algorithm)
+            if hasher is None:
+                hasher = new_hasher(digest.algorithm)
+                read = 0
+                async for chunk in self.store.upload_read(upload_id, size):
+                    read += len(chunk)
+                    await feed(self.hashing, hasher, chunk)
+                if read != size:
+                    raise unavailable(f"upload {upload_id} changed while it was verified; try again")
+            # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
+            if hasher.hexdigest() != digest.hex and "upload-no-digest" not in self.plants:
+                await self._discard(upload_id)
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    f"uploaded content does not match digest {digest}",
+                    detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+                )
+            if unverified:
+                size = await self._size(upload_id)
+            await self.store.upload_commit(upload_id, str(digest), size)
+        except UploadNotFound:
+            raise _unknown(upload_id, "the upload was completed or cancelled by another request") from None
+        except UploadOffsetMismatch:
+            raise unavailable(f"upload {upload_id} changed while it was committed; try again") from None
         self._hashers.pop(upload_id, None)
         await self._link(repo, str(digest), size, upload_id)
         return BlobInfo(str(digest), size)
@@ -266,7 +303,7 @@ class UploadService:
                 raise RegistryError(
                     ErrorCode.DIGEST_INVALID, f"uploaded content does not match digest {digest}"
                 )
-            await self.store.upload_commit(upload_id, str(digest))
+            await self.store.upload_commit(upload_id, str(digest), size)
         except BaseException:
             await self.store.upload_abort(upload_id)
             raise
@@ -291,4 +328,12 @@ class UploadService:
 
     async def cancel(self, repo: str, upload_id: str) -> None:
         await self._session(repo, upload_id)
-        await self._discard(upload_id)
+        if not await self.meta.cancel_upload(upload_id, repo):
+            raise _unknown(upload_id, "the upload was completed or cancelled by another request")
+        self._hashers.pop(upload_id, None)
+        await self.store.upload_abort(upload_id)
+
+
+def _unknown(upload_id: str, why: str = "") -> RegistryError:
+    message = f"upload {upload_id[:64]!r} is not in progress"
+    return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"{message}: {why}" if why else message)

@@ -2,9 +2,13 @@
 
 Blobs are content-addressed and immutable: a blob becomes visible under its
 digest only once all of its bytes are durably stored (never partially).
-Uploads are staged under an upload id, appended to at explicit offsets, then
-committed under a digest that the *caller* has already verified; drivers do
-not interpret digests beyond using them as names.
+Uploads are staged under an upload id, appended to at explicit offsets, sealed
+(no more writes), then committed under a digest that the *caller* has already
+verified over an exact byte range: ``upload_read(id, size)`` and
+``upload_commit(id, digest, size)`` both cover the first ``size`` bytes and
+nothing else, so a write racing the verification can never slip unverified
+bytes into a blob (invariant 3).  Drivers do not interpret digests beyond
+using them as names.
 
 Drivers know nothing about repositories or metadata: which repository may
 see which blob is the metadata layer's business.
@@ -79,9 +83,21 @@ class BlobStore(Protocol):
 
         Returns the new size.  Raises UploadOffsetMismatch (writing nothing)
         if the upload does not end at ``offset``, UploadNotFound if there is
-        no such upload.  If the chunk stream raises, the upload is left at a
-        consistent size (the bytes written so far, or ``offset``), never torn.
+        no such upload or it is sealed.  If the chunk stream raises, the
+        upload is left at a consistent size (``offset`` where the driver can
+        take the bytes back, else a prefix of what arrived), never torn.
         """
+        ...
+
+    async def upload_seal(self, upload_id: str) -> int:
+        """Stop the upload from growing and return its size.
+
+        Waits for a write in progress (or fails with StorageUnavailable if
+        another process is writing).  Once sealed, ``upload_write`` raises
+        UploadNotFound where the driver can lock writers out; where it cannot
+        (S3), later writes only add bytes past the returned size, and
+        the first ``size`` bytes never change.  Sealing again returns the
+        size again; UploadNotFound if there is no such upload."""
         ...
 
     async def upload_size(self, upload_id: str) -> int | None:
@@ -94,14 +110,21 @@ class BlobStore(Protocol):
         remove the staging of uploads whose session expired."""
         ...
 
-    def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
-        """Stream the staged bytes (to re-hash an upload another process wrote)."""
+    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the first ``length`` staged bytes (all if None), to re-hash
+        an upload another process wrote."""
         ...
 
-    async def upload_commit(self, upload_id: str, digest: str) -> int:
-        """Make the staged bytes visible as blob ``digest`` atomically and drop
-        the staging; returns the blob size.  If the blob already exists the
-        staging is simply dropped (content addressing makes them equal)."""
+    async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
+        """Make exactly the first ``size`` staged bytes visible as blob
+        ``digest`` atomically and drop the staging; returns ``size``.
+
+        UploadOffsetMismatch if the staging does not hold exactly those bytes
+        as one committable range (a write landed after the caller measured
+        it), UploadNotFound if there is no such upload.  If a blob is already
+        stored under the digest it is kept only if it passes the driver's
+        check (at least its size); otherwise the verified bytes replace it, so
+        an honest re-push repairs a damaged blob."""
         ...
 
     async def upload_abort(self, upload_id: str) -> None:

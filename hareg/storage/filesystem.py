@@ -4,26 +4,36 @@ Layout under ``root`` (both trees on one filesystem, so a commit is an atomic
 rename)::
 
     blobs/<algorithm>/<first 2 hex>/<hex>   committed blobs
-    uploads/<upload_id>                     staged uploads
+    uploads/<upload_id>                     staged uploads (writable)
+    sealed/<upload_id>                      sealed uploads (being committed)
 
 Choices this driver makes where ``BlobStore`` leaves room:
 
 * Names are validated before any path is built: a digest must be
   ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>`` and an upload
   id must match ``[A-Za-z0-9_-]{1,128}``; anything else is a ValueError.
-* ``upload_write`` keeps what it received: if the chunk stream raises (or the
-  call is cancelled), every chunk that arrived before is written out first, so
-  the upload ends at ``offset`` plus the bytes received, and the stream's
-  exception propagates.  A failed write (ENOSPC, EIO) is truncated back to the
-  end of the last complete write, so a staged upload is never torn.
+* ``upload_write`` is all or nothing: if the chunk stream raises (a client
+  stopped mid-body or stalled past the server's bound) or the call is
+  cancelled, the bytes of this call are truncated away, the upload ends at
+  ``offset`` again, and the exception propagates.  A failed disk write
+  (ENOSPC, EIO) is truncated back the same way, so a staged upload is never
+  torn and never holds half a request.
+* ``upload_seal`` renames ``uploads/<id>`` to ``sealed/<id>`` under both locks
+  below: a writer that opened the file before cannot write after (it checks
+  that the path still names its file once it holds the lock), so the sealed
+  size and bytes are final.  ``upload_commit`` renames exactly that file into
+  place after checking its size, replacing a stored blob of the same digest
+  (cheaper than proving the old bytes sound, and it repairs a damaged one).
+* Files are created ``0600`` and directories ``0750``: blob bytes are not
+  readable by other users of the machine.
 * Small chunks are coalesced up to ``write_batch`` bytes per thread-pool hop;
   every hop into the pool completes before the calling coroutine returns, even
   when it is cancelled, so no file operation outlives the call.
 * Writers to one upload are serialised by an asyncio lock per upload id
   (dropped when unused) and, against other processes sharing the directory, by
   a non-blocking ``flock`` on the staging file: a writer that finds it taken
-  gets UploadOffsetMismatch, like one that arrives late.  A commit that finds
-  it taken raises StorageUnavailable.
+  gets UploadOffsetMismatch, like one that arrives late.  A seal or commit
+  that finds it taken raises StorageUnavailable.
 * Staged bytes are not fsynced as they are written (a crash may lose the tail
   of an upload, leaving a shorter but consistent prefix); ``upload_commit``
   fsyncs the file, renames it into place and fsyncs the directory (and any
@@ -68,6 +78,8 @@ _DIGEST_HEX_RE: Final = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
 _ALGORITHMS: Final = ("sha256", "sha512")
 
 _MiB: Final = 1024 * 1024
+_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o750
 
 
 def _check_digest(digest: str) -> tuple[str, str]:
@@ -106,7 +118,7 @@ def _ensure_dir(path: str, base: str) -> None:
         p = os.path.dirname(p)
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            os.mkdir(d)
+            os.mkdir(d, _DIR_MODE)
         # Even if another thread won the mkdir it may not have fsynced yet.
         _fsync_dir(os.path.dirname(d))
 
@@ -132,10 +144,14 @@ def _still_staged(fd: int, path: str) -> bool:
 
 def _create_upload(path: str, upload_id: str) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     except FileExistsError:
         raise StorageError(f"upload {upload_id} already exists") from None
     os.close(fd)
+
+
+def _truncate(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
 
 
 def _open_for_write(path: str, upload_id: str, offset: int) -> int:
@@ -209,25 +225,60 @@ def _unlink(path: str) -> bool:
     return True
 
 
-def _commit(staged: str, upload_id: str, blob: str, fanout: str, blobs_root: str) -> int:
+def _open_locked(path: str, upload_id: str) -> int | None:
+    """``path`` opened and flocked, or None if it does not exist; raises
+    StorageUnavailable if another process holds the lock."""
     try:
-        fd = os.open(staged, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UploadNotFound(upload_id) from None
+        return None
     try:
         if not _try_flock(fd):
             raise StorageUnavailable(f"upload {upload_id} is being written by another process")
-        if not _still_staged(fd, staged):
+        if not _still_staged(fd, path):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _seal(staged: str, sealed: str, upload_id: str) -> int:
+    fd = _open_locked(staged, upload_id)
+    if fd is None:
+        size = _stat_size(sealed)  # sealed before: the same size again
+        if size is None:
             raise UploadNotFound(upload_id)
-        existing = _stat_size(blob)
-        if existing is not None:
-            _unlink(staged)
-            return existing
-        size = os.fstat(fd).st_size
+        return size
+    try:
+        os.rename(staged, sealed)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _commit(
+    staged: str, sealed: str, upload_id: str, size: int, blob: str, fanout: str, blobs_root: str
+) -> int:
+    # A sealed upload (the chunked path), else a staged one only this caller
+    # knows (a monolithic push, a large manifest body).
+    path = sealed
+    fd = _open_locked(sealed, upload_id)
+    if fd is None:
+        path = staged
+        fd = _open_locked(staged, upload_id)
+        if fd is None:
+            raise UploadNotFound(upload_id)
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            raise UploadOffsetMismatch(actual, size)
         os.fsync(fd)
         _ensure_dir(fanout, blobs_root)
         try:
-            os.replace(staged, blob)
+            # Over a blob already stored: the verified bytes replace it.
+            os.replace(path, blob)
         except FileNotFoundError:
             if os.path.isdir(fanout):
                 raise UploadNotFound(upload_id) from None  # aborted meanwhile
@@ -288,8 +339,9 @@ class FilesystemBlobStore:
         self._root = Path(root).resolve()
         self._blobs = self._root / "blobs"
         self._uploads = self._root / "uploads"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._uploads.mkdir(parents=True, exist_ok=True)
+        self._sealed = self._root / "sealed"
+        for directory in (self._blobs, self._uploads, self._sealed):
+            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._owns_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="hareg-fs"
@@ -312,6 +364,10 @@ class FilesystemBlobStore:
     def _upload_path(self, upload_id: str) -> Path:
         _check_upload_id(upload_id)
         return self._uploads / upload_id
+
+    def _sealed_path(self, upload_id: str) -> Path:
+        _check_upload_id(upload_id)
+        return self._sealed / upload_id
 
     # ------------------------------------------------------------ machinery
 
@@ -413,57 +469,87 @@ class FilesystemBlobStore:
             finally:
                 await self._run(os.close, fd)
 
-    async def _append(self, fd: int, pos: int, chunks: AsyncIterable[bytes]) -> int:
+    async def _append(self, fd: int, start: int, chunks: AsyncIterable[bytes]) -> int:
         pending: list[bytes] = []
         pending_len = 0
-        iterator = aiter(chunks)
-        while True:
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                break
-            except BaseException:
-                # Keep what arrived intact before the stream failed.
-                if pending:
-                    await self._run(_pwrite_all, fd, pos, pending)
-                raise
-            if not chunk:
-                continue
-            if type(chunk) is not bytes:  # never hold on to a buffer the producer may reuse
-                chunk = bytes(chunk)
-            pending.append(chunk)
-            pending_len += len(chunk)
-            if pending_len >= self._write_batch:
+        pos = start
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if type(chunk) is not bytes:  # never hold on to a buffer the producer may reuse
+                    chunk = bytes(chunk)
+                pending.append(chunk)
+                pending_len += len(chunk)
+                if pending_len >= self._write_batch:
+                    pos = await self._run(_pwrite_all, fd, pos, pending)
+                    pending = []
+                    pending_len = 0
+            if pending:
                 pos = await self._run(_pwrite_all, fd, pos, pending)
-                pending = []
-                pending_len = 0
-        if pending:
-            pos = await self._run(_pwrite_all, fd, pos, pending)
+        except BaseException:
+            # All or nothing: half a request is never part of an upload.  The
+            # lock is still held, so no seal can have measured these bytes.
+            if pos != start:
+                await self._run(_truncate, fd, start)
+            raise
         return pos
 
+    async def _either(self, fn: Callable[[str], _T | None], upload_id: str) -> _T | None:
+        """``fn`` of the staged file, else of the sealed one."""
+        found = await self._run(fn, str(self._upload_path(upload_id)))
+        if found is None:
+            found = await self._run(fn, str(self._sealed_path(upload_id)))
+        return found
+
     async def upload_size(self, upload_id: str) -> int | None:
-        return await self._run(_stat_size, str(self._upload_path(upload_id)))
+        return await self._either(_stat_size, upload_id)
 
     async def upload_modified(self, upload_id: str) -> float | None:
-        return await self._run(_stat_mtime, str(self._upload_path(upload_id)))
+        return await self._either(_stat_mtime, upload_id)
 
-    def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
-        path = self._upload_path(upload_id)
-        return self._stream(path, 0, None, UploadNotFound(upload_id))
+    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
+        _check_upload_id(upload_id)
+        if length is not None and length < 0:
+            raise ValueError("length must not be negative")
+        return self._upload_read(upload_id, length)
 
-    async def upload_commit(self, upload_id: str, digest: str) -> int:
-        staged = self._upload_path(upload_id)
+    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
+        sealed = self._sealed_path(upload_id)
+        path = sealed if await self._run(os.path.exists, str(sealed)) else self._upload_path(upload_id)
+        async for chunk in self._stream(path, 0, length, UploadNotFound(upload_id)):
+            yield chunk
+
+    async def upload_seal(self, upload_id: str) -> int:
+        staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)
+        async with self._upload_lock(upload_id):
+            return await self._run(_seal, str(staged), str(sealed), upload_id)
+
+    async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
+        staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)
         blob = self._blob_path(digest)
+        if not isinstance(size, int) or size < 0:
+            raise ValueError("size must be a non-negative integer")
         async with self._upload_lock(upload_id):
             return await self._run(
-                _commit, str(staged), upload_id, str(blob), str(blob.parent), str(self._blobs)
+                _commit,
+                str(staged),
+                str(sealed),
+                upload_id,
+                size,
+                str(blob),
+                str(blob.parent),
+                str(self._blobs),
             )
 
     async def upload_abort(self, upload_id: str) -> None:
         await self._run(_unlink, str(self._upload_path(upload_id)))
+        await self._run(_unlink, str(self._sealed_path(upload_id)))
 
     async def list_uploads(self) -> AsyncIterator[str]:
-        for name in await self._run(_list_names, str(self._uploads), False, _UPLOAD_ID_RE):
+        staged = await self._run(_list_names, str(self._uploads), False, _UPLOAD_ID_RE)
+        sealed = await self._run(_list_names, str(self._sealed), False, _UPLOAD_ID_RE)
+        for name in sorted({*staged, *sealed}):
             yield name
 
     async def close(self) -> None:

@@ -29,19 +29,25 @@ be appended to on any other and committed on a third.  How:
 * If a conditional create finds the part already there with exactly our bytes
   (its ETag is their MD5: the retry of a request whose answer was lost), the
   part counts as written.
-* If the chunk stream raises, the bytes received so far are written as a last
-  part before the exception propagates (the filesystem driver keeps them
-  too).  If the call is cancelled, the part in flight is let land (or fail)
-  before the call returns, so no part appears afterwards.  Either way the
-  upload is a consistent prefix.
+* If the chunk stream raises, the bytes not yet sent as a whole part are
+  dropped; parts already created stay (S3 has no lock that would make taking
+  them back safe against a concurrent seal).  If the call is cancelled, the
+  part in flight is let land (or fail) before the call returns, so no part
+  appears afterwards.  Either way the upload is a consistent prefix.
+* Parts are never deleted while the marker exists, so any contiguous prefix
+  of them is final: ``upload_seal`` returns the size of that prefix (it cannot
+  lock writers out; later parts lie past it), and ``upload_read(id, size)``
+  and ``upload_commit(id, digest, size)`` cover exactly the parts that end at
+  ``size`` (UploadOffsetMismatch if no part ends there).
 * ``upload_commit`` makes the blob visible in one step: a server-side copy of
   a single part, one PUT of the concatenated parts up to 5 MiB, or otherwise a
   streaming multipart upload of the parts' bytes (obstore exposes no
-  UploadPartCopy), which S3 only shows once it is complete.  If the blob is
-  already stored the staging is just dropped.  Then the parts, the marker and
-  any part a racing writer added meanwhile are deleted, in that order (a
-  crash part-way leaves the marker, so the upload stays listed for the
-  pruner).
+  UploadPartCopy), which S3 only shows once it is complete.  If a blob of the
+  same size is already stored the staging is just dropped (a hash check would
+  cost a full read: ``hareg fsck`` covers that); one of another size is
+  replaced.  Then the parts, the marker and any part a racing writer added
+  meanwhile are deleted, in that order (a crash part-way leaves the marker, so
+  the upload stays listed for the pruner).
 
 Choices where ``BlobStore`` leaves room, and caveats:
 
@@ -505,17 +511,32 @@ class S3BlobStore:
         if not await self._create(self._part_key(upload_id, offset), data):
             raise _PartTaken
 
-    def upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
-        _check_upload_id(upload_id)
-        return self._upload_read(upload_id)
+    async def upload_seal(self, upload_id: str) -> int:
+        self._marker_key(upload_id)  # validate before any I/O
+        return await self._size(upload_id)
 
-    async def _upload_read(self, upload_id: str) -> AsyncIterator[bytes]:
+    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
+        _check_upload_id(upload_id)
+        if length is not None and length < 0:
+            raise ValueError("length must not be negative")
+        return self._upload_read(upload_id, length)
+
+    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
         parts = await self._parts(upload_id)
         if parts is None:
             raise UploadNotFound(upload_id)
+        left = parts[-1].end if parts else 0
+        if length is not None:
+            left = min(left, length)
         for part in parts:
+            if left <= 0:
+                break
             async for chunk in self._read_part(upload_id, part):
+                chunk = chunk[:left]
+                left -= len(chunk)
                 yield chunk
+                if left <= 0:
+                    break
 
     async def _read_part(self, upload_id: str, part: _Part) -> AsyncIterator[bytes]:
         if part.size == 0:
@@ -527,40 +548,32 @@ class S3BlobStore:
         async for chunk in self._stream(result, part.key):
             yield chunk
 
-    async def upload_commit(self, upload_id: str, digest: str) -> int:
+    async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
         blob = self._blob_key(digest)
         self._marker_key(upload_id)  # validate before any I/O
+        if not isinstance(size, int) or size < 0:
+            raise ValueError("size must be a non-negative integer")
         existing, staged = await asyncio.gather(
             self._head(blob), self._parts(upload_id), return_exceptions=True
         )
         if isinstance(existing, BaseException):
             raise existing
-        known: list[str] | None = None  # the part keys, if the listing was whole
-        if isinstance(staged, BaseException):
-            # A hole is tolerable only if the blob is there: another replica's
-            # commit of this upload is deleting the parts.
-            if isinstance(staged, StorageUnavailable) or not isinstance(staged, StorageError):
-                raise staged
-            if existing is None:
-                raise staged
-        elif staged is None:
+        if staged is None:
             raise UploadNotFound(upload_id)
-        else:
-            known = [p.key for p in staged]
-        if existing is not None:
-            size = existing["size"]
-        else:
-            assert isinstance(staged, list)
+        known = [p.key for p in staged] if isinstance(staged, list) else None  # if the listing was whole
+        if existing is None or existing["size"] != size:
             try:
-                size = await self._assemble(upload_id, staged, blob)
+                if isinstance(staged, BaseException):
+                    raise staged
+                await self._assemble(upload_id, _prefix(upload_id, staged, size), blob)
             except StorageUnavailable:
                 raise
             except StorageError:
-                # A part vanished: committed by another replica meanwhile?
+                # A hole, or a part vanished: another replica's commit of this
+                # upload is deleting the parts once its blob is in place.
                 existing = await self._head(blob)
-                if existing is None:
+                if existing is None or existing["size"] != size:
                     raise
-                size = existing["size"]
         await self._drop(upload_id, known)
         return size
 
@@ -656,6 +669,20 @@ class S3BlobStore:
         await asyncio.sleep(_CLOSE_SETTLE)
 
 
+def _prefix(upload_id: str, parts: list[_Part], size: int) -> list[_Part]:
+    """The parts that make up exactly the first ``size`` bytes."""
+    taken: list[_Part] = []
+    end = 0
+    for part in parts:
+        if end == size:
+            break
+        taken.append(part)
+        end = part.end
+    if end != size:
+        raise UploadOffsetMismatch(end, size)
+    return taken
+
+
 class _PartWriter:
     """One ``upload_write``: cuts the stream into parts and creates them in
     order, sending part k while part k+1 is being received."""
@@ -681,12 +708,9 @@ class _PartWriter:
                 except StopAsyncIteration:
                     break
                 except Exception:
-                    # Keep what arrived intact before the stream failed.
+                    # Half a part is dropped; the part in flight lands first.
                     with contextlib.suppress(Exception):
                         await self._finish_pending()
-                        if buf_len and self.written == self.next:
-                            await self._send(b"".join(buf))
-                            await self._finish_pending()
                     raise
                 if not chunk:
                     continue

@@ -59,7 +59,7 @@ def test_errors_and_partitions_are_storage_unavailable() -> None:
         net.uncut("s3", "r0")
         assert await store.upload_size("u1") == 4
         digest = digest_of(b"data")
-        assert await store.upload_commit("u1", digest) == 4
+        assert await store.upload_commit("u1", digest, 4) == 4
         assert await collect(store.read(digest)) == b"data"
         assert await store.presign(digest, 60) is None and store.local_path(digest) is None
 

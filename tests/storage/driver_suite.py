@@ -19,6 +19,7 @@ be repeated) belong in the driver's own tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -57,7 +58,7 @@ async def put(store: BlobStore, upload_id: str, data: bytes, algorithm: str = "s
     digest = digest_of(data, algorithm)
     await store.upload_start(upload_id)
     assert await store.upload_write(upload_id, 0, chunks_of(data)) == len(data)
-    assert await store.upload_commit(upload_id, digest) == len(data)
+    assert await store.upload_commit(upload_id, digest, len(data)) == len(data)
     return digest
 
 
@@ -116,7 +117,7 @@ class BlobStoreSuite:
         with pytest.raises(UploadNotFound):
             await anext(stream)
         with pytest.raises(UploadNotFound):
-            await store.upload_commit("nope", digest_of(b""))
+            await store.upload_commit("nope", digest_of(b""), len(b""))
         await store.upload_abort("nope")  # no error
         assert [u async for u in store.list_uploads()] == []
         assert [d async for d in store.list_blobs()] == []
@@ -147,7 +148,7 @@ class BlobStoreSuite:
         assert await store.upload_size("up-1") == len(data)
         assert await collect(store.upload_read("up-1")) == data
         assert await store.stat(digest) is None
-        assert await store.upload_commit("up-1", digest) == len(data)
+        assert await store.upload_commit("up-1", digest, len(data)) == len(data)
         assert await store.upload_size("up-1") is None
         assert [u async for u in store.list_uploads()] == []
         assert await store.stat(digest) == len(data)
@@ -164,7 +165,7 @@ class BlobStoreSuite:
         await store.upload_start("empty")
         assert await store.upload_write("empty", 0, chunks_of()) == 0
         assert await store.upload_write("empty", 0, chunks_of(b"", b"")) == 0
-        assert await store.upload_commit("empty", digest) == 0
+        assert await store.upload_commit("empty", digest, 0) == 0
         assert await store.stat(digest) == 0
         assert await collect(store.read(digest)) == b""
 
@@ -182,7 +183,7 @@ class BlobStoreSuite:
             offset = new_size
         assert await collect(store.upload_read("multi")) == expected
         digest = digest_of(expected)
-        assert await store.upload_commit("multi", digest) == len(expected)
+        assert await store.upload_commit("multi", digest, len(expected)) == len(expected)
         assert await collect(store.read(digest)) == expected
 
     @pytest.mark.parametrize("delta", [1, 1000, -1, -5])
@@ -227,7 +228,7 @@ class BlobStoreSuite:
         # Resumable from wherever it stands.
         assert await store.upload_write("broken", size, chunks_of(b"tail")) == size + 4
         final = received[:size] + b"tail"
-        assert await store.upload_commit("broken", digest_of(final)) == len(final)
+        assert await store.upload_commit("broken", digest_of(final), len(final)) == len(final)
         assert await collect(store.read(digest_of(final))) == final
 
     async def test_commit_existing_digest(self, store: BlobStore) -> None:
@@ -235,12 +236,51 @@ class BlobStoreSuite:
         digest = await put(store, "first", data)
         await store.upload_start("second")
         await store.upload_write("second", 0, chunks_of(data))
-        assert await store.upload_commit("second", digest) == len(data)
+        assert await store.upload_commit("second", digest, len(data)) == len(data)
         assert await store.upload_size("second") is None
         assert [u async for u in store.list_uploads()] == []
         assert await store.stat(digest) == len(data)
         assert await collect(store.read(digest)) == data
         assert [d async for d in store.list_blobs()] == [digest]
+
+    async def test_commit_stores_exactly_the_sealed_bytes(self, store: BlobStore) -> None:
+        await store.upload_start("seal")
+        await store.upload_write("seal", 0, chunks_of(b"verified-"))
+        assert await store.upload_seal("seal") == 9
+        assert await store.upload_seal("seal") == 9  # sealing again: the same size
+        with contextlib.suppress(UploadNotFound):  # locked out, or (S3) stored past the sealed size
+            await store.upload_write("seal", 9, chunks_of(b"late"))
+        assert await collect(store.upload_read("seal", 9)) == b"verified-"
+        assert await store.upload_commit("seal", digest_of(b"verified-"), 9) == 9
+        assert await collect(store.read(digest_of(b"verified-"))) == b"verified-"
+        assert [u async for u in store.list_uploads()] == []
+        with pytest.raises(UploadNotFound):
+            await store.upload_seal("seal")
+
+    async def test_commit_of_another_size_is_refused(self, store: BlobStore) -> None:
+        await store.upload_start("sized")
+        await store.upload_write("sized", 0, chunks_of(b"0123456789"))
+        for wrong in (5, 12):
+            with pytest.raises(UploadOffsetMismatch):
+                await store.upload_commit("sized", digest_of(b"0123456789"[:wrong]), wrong)
+        assert [d async for d in store.list_blobs()] == []
+        assert await store.upload_size("sized") == 10
+        assert await collect(store.upload_read("sized", 4)) == b"0123"
+        with pytest.raises(UploadNotFound):
+            await store.upload_seal("never-started")
+
+    async def test_commit_replaces_a_stored_blob_of_the_wrong_size(self, store: BlobStore) -> None:
+        good = b"the honest bytes"
+        digest = digest_of(good)
+        # Drivers trust their caller: damage is made by committing other bytes under the digest.
+        await store.upload_start("damaged")
+        await store.upload_write("damaged", 0, chunks_of(b"short"))
+        await store.upload_commit("damaged", digest, 5)
+        assert await store.stat(digest) == 5
+        await store.upload_start("repair")
+        await store.upload_write("repair", 0, chunks_of(good))
+        assert await store.upload_commit("repair", digest, len(good)) == len(good)
+        assert await collect(store.read(digest)) == good
 
     async def test_sha256_and_sha512_coexist(self, store: BlobStore) -> None:
         data = b"same bytes, two names"
@@ -332,7 +372,7 @@ class BlobStoreSuite:
         with pytest.raises(UploadNotFound):
             await store.upload_write("gone", 10, chunks_of(b"more"))
         with pytest.raises(UploadNotFound):
-            await store.upload_commit("gone", digest_of(b"some bytes"))
+            await store.upload_commit("gone", digest_of(b"some bytes"), len(b"some bytes"))
         await store.upload_abort("gone")  # idempotent
         assert await store.stat(digest_of(b"some bytes")) is None
 
@@ -379,7 +419,7 @@ class BlobStoreSuite:
             half = len(data) // 2
             await store.upload_write(f"par-{i}", 0, chunks_of(data[:half], pause=True))
             await store.upload_write(f"par-{i}", half, chunks_of(data[half:], pause=True))
-            await store.upload_commit(f"par-{i}", digest_of(data))
+            await store.upload_commit(f"par-{i}", digest_of(data), len(data))
             return digest_of(data)
 
         digests = await asyncio.gather(*(one(i, b) for i, b in enumerate(blobs)))
@@ -391,7 +431,8 @@ class BlobStoreSuite:
             await store.upload_start(u)
             await store.upload_write(u, 0, chunks_of(data))
         sizes = await asyncio.gather(
-            store.upload_commit("dup-1", digest_of(data)), store.upload_commit("dup-2", digest_of(data))
+            store.upload_commit("dup-1", digest_of(data), len(data)),
+            store.upload_commit("dup-2", digest_of(data), len(data)),
         )
         assert list(sizes) == [len(data), len(data)]
         assert [u async for u in store.list_uploads()] == []
@@ -425,7 +466,7 @@ class BlobStoreSuite:
             rehash.update(chunk)
         assert rehash.hexdigest() == sent.hexdigest()
 
-        assert await store.upload_commit("large", digest) == size
+        assert await store.upload_commit("large", digest, size) == size
         assert await store.stat(digest) == size
         got = hashlib.sha256()
         biggest = 0
@@ -453,7 +494,7 @@ class BlobStoreSuite:
         with pytest.raises(ValueError):
             await store.presign(bad, 60)
         with pytest.raises(ValueError):
-            await store.upload_commit("ok", bad)
+            await store.upload_commit("ok", bad, 0)
         assert await store.upload_size("ok") == 0  # untouched
         assert [d async for d in store.list_blobs()] == []
 
@@ -468,7 +509,7 @@ class BlobStoreSuite:
         with pytest.raises(ValueError):
             await collect(store.upload_read(bad))
         with pytest.raises(ValueError):
-            await store.upload_commit(bad, digest_of(b"x"))
+            await store.upload_commit(bad, digest_of(b"x"), len(b"x"))
         with pytest.raises(ValueError):
             await store.upload_abort(bad)
         assert [u async for u in store.list_uploads()] == []

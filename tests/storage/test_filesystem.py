@@ -74,14 +74,14 @@ async def test_is_a_blob_store(fs_store: FilesystemBlobStore) -> None:
 
 async def test_layout(fs_store: FilesystemBlobStore) -> None:
     root = fs_store.root
-    assert tree(root) == ["blobs", "uploads"]
+    assert tree(root) == ["blobs", "sealed", "uploads"]
     await fs_store.upload_start("u1")
     assert (root / "uploads" / "u1").is_file()
     data = b"layout"
     await fs_store.upload_write("u1", 0, chunks_of(data))
     assert (root / "uploads" / "u1").read_bytes() == data
     digest = digest_of(data)
-    await fs_store.upload_commit("u1", digest)
+    await fs_store.upload_commit("u1", digest, len(data))
     hexdigest = digest.split(":")[1]
     path = root / "blobs" / "sha256" / hexdigest[:2] / hexdigest
     assert path.read_bytes() == data
@@ -91,9 +91,16 @@ async def test_layout(fs_store: FilesystemBlobStore) -> None:
     d512 = await put(fs_store, "u2", data, "sha512")
     hex512 = d512.split(":")[1]
     assert (root / "blobs" / "sha512" / hex512[:2] / hex512).read_bytes() == data
+    await fs_store.upload_start("u3")
+    await fs_store.upload_write("u3", 0, chunks_of(b"sealed bytes"))
+    assert await fs_store.upload_seal("u3") == 12
+    assert (root / "sealed" / "u3").read_bytes() == b"sealed bytes"
+    assert not (root / "uploads" / "u3").exists()
+    await fs_store.upload_abort("u3")
     assert tree(root) == sorted(
         [
             "blobs",
+            "sealed",
             "uploads",
             "blobs/sha256",
             f"blobs/sha256/{hexdigest[:2]}",
@@ -103,6 +110,52 @@ async def test_layout(fs_store: FilesystemBlobStore) -> None:
             f"blobs/sha512/{hex512[:2]}/{hex512}",
         ]
     )
+
+
+async def test_blobs_are_not_readable_by_other_users(fs_store: FilesystemBlobStore) -> None:
+    digest = await put(fs_store, "private", b"not for everyone")
+    path = fs_store.local_path(digest) or ""
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    root = fs_store.root
+    for directory in (os.path.dirname(path), root / "blobs" / "sha256", root / "uploads", root / "sealed"):
+        assert os.stat(directory).st_mode & 0o007 == 0, directory
+
+
+async def test_commit_replaces_a_damaged_blob_of_the_same_size(fs_store: FilesystemBlobStore) -> None:
+    good = b"base layer bytes"
+    digest = await put(fs_store, "first", good)
+    await asyncio.to_thread(
+        Path(fs_store.local_path(digest) or "").write_bytes, b"BASE LAYER BYTES"
+    )  # bit rot
+    await fs_store.upload_start("again")
+    await fs_store.upload_write("again", 0, chunks_of(good))
+    assert await fs_store.upload_commit("again", digest, len(good)) == len(good)
+    assert await collect(fs_store.read(digest)) == good
+
+
+async def test_writer_that_opened_before_the_seal_cannot_write_after(
+    fs_store: FilesystemBlobStore,
+) -> None:
+    await fs_store.upload_start("s")
+    await fs_store.upload_write("s", 0, chunks_of(b"abc"))
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"def"
+        started.set()
+        await release.wait()
+        yield b"ghi"
+
+    writer = asyncio.create_task(fs_store.upload_write("s", 3, slow()))
+    await started.wait()
+    seal = asyncio.create_task(fs_store.upload_seal("s"))
+    release.set()
+    assert await writer == 9  # the write in progress completes before the seal
+    assert await seal == 9
+    with pytest.raises(UploadNotFound):
+        await fs_store.upload_write("s", 9, chunks_of(b"late"))
+    assert await collect(fs_store.upload_read("s")) == b"abcdefghi"
 
 
 async def test_reopen_existing_root(tmp_path: Path) -> None:
@@ -132,7 +185,7 @@ async def test_blob_invisible_until_commit(fs_store: FilesystemBlobStore) -> Non
     assert fs_store.local_path(digest) is None
     assert [d async for d in fs_store.list_blobs()] == []
     assert not any(p.is_file() for p in (fs_store.root / "blobs").rglob("*"))
-    await fs_store.upload_commit("atomic", digest)
+    await fs_store.upload_commit("atomic", digest, len(data))
     assert await fs_store.stat(digest) == len(data)
 
 
@@ -157,7 +210,7 @@ async def test_commit_fsyncs_file_then_renames_then_fsyncs_dir(
     await fs_store.upload_write("d", 0, chunks_of(data))
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    await fs_store.upload_commit("d", digest)
+    await fs_store.upload_commit("d", digest, len(data))
     root = fs_store.root
     staged = str(root / "uploads" / "d")
     fanout = root / "blobs" / "sha256" / hexdigest[:2]
@@ -177,7 +230,7 @@ async def test_commit_fsyncs_file_then_renames_then_fsyncs_dir(
     events.clear()
     await fs_store.upload_start("e")
     await fs_store.upload_write("e", 0, chunks_of(other))
-    await fs_store.upload_commit("e", digest_of(other))
+    await fs_store.upload_commit("e", digest_of(other), len(other))
     assert events == [
         ("fsync", str(root / "uploads" / "e")),
         ("replace", str(root / "uploads" / "e")),
@@ -200,10 +253,10 @@ async def test_failed_commit_leaves_upload_staged(
     with monkeypatch.context() as m:
         m.setattr(os, failing, broken)
         with pytest.raises(StorageUnavailable):
-            await fs_store.upload_commit("f", digest)
+            await fs_store.upload_commit("f", digest, len(data))
     assert await fs_store.stat(digest) is None
     assert await fs_store.upload_size("f") == len(data)
-    assert await fs_store.upload_commit("f", digest) == len(data)  # retry works
+    assert await fs_store.upload_commit("f", digest, len(data)) == len(data)  # retry works
     assert await collect(fs_store.read(digest)) == data
 
 
@@ -274,9 +327,9 @@ async def test_path_tricks_never_touch_the_filesystem(tmp_path: Path) -> None:
             with pytest.raises(ValueError):
                 await store.upload_write(bad, 0, chunks_of(b"evil"))
             with pytest.raises(ValueError):
-                await store.upload_commit(bad, digest_of(b""))
+                await store.upload_commit(bad, digest_of(b""), len(b""))
         with pytest.raises(ValueError):
-            await store.upload_commit("good", "sha256:../../../victim")
+            await store.upload_commit("good", "sha256:../../../victim", 0)
         with pytest.raises(ValueError):
             await store.upload_start(None)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
@@ -307,23 +360,25 @@ async def test_upload_start_twice_is_an_error(fs_store: FilesystemBlobStore) -> 
 
 
 @pytest.mark.parametrize("write_batch", [1, MiB])
-async def test_stream_failure_keeps_received_bytes(tmp_path: Path, write_batch: int) -> None:
+async def test_stream_failure_discards_the_whole_write(tmp_path: Path, write_batch: int) -> None:
     store = FilesystemBlobStore(tmp_path / "r", write_batch=write_batch)
     try:
         await store.upload_start("u")
+        await store.upload_write("u", 0, chunks_of(b"kept-"))
         sent = [b"a" * 10, b"b" * 70_000, b"c" * 3]
         with pytest.raises(StreamBroke):
-            await store.upload_write("u", 0, failing_after(sent))
-        # Documented choice: every chunk received before the failure is kept.
-        assert await store.upload_size("u") == sum(map(len, sent))
-        assert await collect(store.upload_read("u")) == b"".join(sent)
+            await store.upload_write("u", 5, failing_after(sent))
+        # Documented choice: half a request is never part of an upload.
+        assert await store.upload_size("u") == 5
+        assert await collect(store.upload_read("u")) == b"kept-"
         assert store._locks == {}
     finally:
         await store.close()
 
 
-async def test_cancelled_write_keeps_received_bytes(fs_store: FilesystemBlobStore) -> None:
+async def test_cancelled_write_is_discarded(fs_store: FilesystemBlobStore) -> None:
     await fs_store.upload_start("c")
+    await fs_store.upload_write("c", 0, chunks_of(b"zero-"))
     got_two = asyncio.Event()
 
     async def slow() -> AsyncIterator[bytes]:
@@ -333,14 +388,14 @@ async def test_cancelled_write_keeps_received_bytes(fs_store: FilesystemBlobStor
         await asyncio.sleep(3600)
         yield b"never"
 
-    task = asyncio.create_task(fs_store.upload_write("c", 0, slow()))
+    task = asyncio.create_task(fs_store.upload_write("c", 5, slow()))
     await got_two.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await fs_store.upload_size("c") == 8
-    assert await fs_store.upload_write("c", 8, chunks_of(b"three")) == 13
-    assert await collect(fs_store.upload_read("c")) == b"one-two-three"
+    assert await fs_store.upload_size("c") == 5
+    assert await fs_store.upload_write("c", 5, chunks_of(b"three")) == 10
+    assert await collect(fs_store.upload_read("c")) == b"zero-three"
     assert fs_store._locks == {}
 
 
@@ -379,7 +434,7 @@ async def test_lock_table_does_not_grow(fs_store: FilesystemBlobStore) -> None:
         with pytest.raises(UploadNotFound):
             await fs_store.upload_write(f"missing{i}", 0, chunks_of(b"z"))
         data = await collect(fs_store.upload_read(uid))
-        await fs_store.upload_commit(uid, digest_of(data))
+        await fs_store.upload_commit(uid, digest_of(data), len(data))
     assert fs_store._locks == {}
 
 
@@ -403,13 +458,13 @@ async def test_two_processes_sharing_a_root(tmp_path: Path) -> None:
         with pytest.raises(UploadOffsetMismatch):
             await b.upload_write("shared", 0, chunks_of(b"from-b"))
         with pytest.raises(StorageUnavailable):
-            await b.upload_commit("shared", digest_of(b"whatever"))
+            await b.upload_commit("shared", digest_of(b"whatever"), len(b"whatever"))
         release.set()
         assert await writer == 11
         assert await b.upload_write("shared", 11, chunks_of(b"+b")) == 13
         data = await collect(a.upload_read("shared"))
         assert data == b"from-a-done+b"
-        assert await b.upload_commit("shared", digest_of(data)) == 13
+        assert await b.upload_commit("shared", digest_of(data), len(data)) == 13
         assert await collect(a.read(digest_of(data))) == data
     finally:
         await a.close()
