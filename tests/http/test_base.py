@@ -103,9 +103,6 @@ async def test_a_stalled_patch_is_dropped_and_frees_its_write_slot(
     assert r.status == 202
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a failed write discarding its partial bytes is the storage drivers' part (issue 11)"
-)
 async def test_the_bytes_of_a_stalled_patch_are_not_kept(
     one_write_slot: TestClient[web.Request, web.Application], registry: Registry
 ) -> None:
