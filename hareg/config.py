@@ -323,7 +323,7 @@ _SCALARS: Final = (
     _Scalar(
         "limits.bodyStallTimeout",
         "str",
-        "A request body that sends nothing for this long is dropped, its bytes discarded.",
+        "A request body that sends nothing for this long is dropped (408), its bytes never committed.",
     ),
     _Scalar(
         "limits.maxUploadSessions", "int", "Upload sessions in progress in the whole registry (0: unlimited)."

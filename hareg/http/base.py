@@ -136,7 +136,7 @@ def body_stalled(seconds: float, code: ErrorCode) -> RegistryError:
     return RegistryError(
         code,
         f"the request body sent nothing for {seconds:g}s (limits.bodyStallTimeout); "
-        "the request was dropped and its bytes discarded",
+        "the request was dropped and none of its bytes committed",
         detail={"limit": "limits.bodyStallTimeout"},
         status=408,
         headers={"Connection": "close"},

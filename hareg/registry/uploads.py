@@ -143,7 +143,7 @@ class UploadService:
         over = RegistryError(
             ErrorCode.SIZE_INVALID,
             f"the blob would be larger than limits.maxBlobSize ({self.max_blob_size} bytes); "
-            "the chunk was discarded",
+            "the chunk was refused",
             detail={"limit": "limits.maxBlobSize", "maxBlobSize": self.max_blob_size},
             status=413,
         )
