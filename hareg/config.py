@@ -61,6 +61,7 @@ __all__ = [
     "CronSchedule",
     "EtcdConfig",
     "FilesystemStorage",
+    "LimitsConfig",
     "ProxyConfig",
     "PrunerConfig",
     "PvcStorage",
@@ -69,6 +70,7 @@ __all__ = [
     "Route",
     "S3Storage",
     "StorageConfig",
+    "advertised_url",
     "config_to_dict",
     "defaults_yaml",
     "env_var_name",
@@ -179,12 +181,40 @@ class PrunerConfig:
     fsck_repair: bool = False
 
 
+# The manifest PUT's etcd transaction holds one compare per reference (each
+# layer, config and index child must exist), plus up to 3 more (the blob-record
+# guard, the repository, the immutability rule) and 2 per tag.  etcd refuses a
+# transaction with more than --max-txn-ops compares (128 by default since etcd
+# 3.3); 100 references leave room for 12 tags in one push.
+DEFAULT_MAX_MANIFEST_REFERENCES: Final = 100
+# A manifest's annotations are stored twice in its transaction (the manifest
+# record and, with a subject, the referrer entry), beside an inline body of at
+# most 256 KiB; 256 KiB keeps the whole under etcd's --max-request-bytes
+# (1.5 MiB by default) with room for the references.
+DEFAULT_MAX_MANIFEST_ANNOTATION_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one client can hold: timeouts (seconds, > 0) and caps (0: no cap)."""
+
+    request_header_timeout: float = 60.0
+    idle_connection_timeout: float = 75.0
+    body_stall_timeout: float = 60.0
+    max_upload_sessions: int = 10_000
+    max_upload_sessions_per_repository: int = 1_000
+    max_blob_size: int = 0
+    max_manifest_references: int = DEFAULT_MAX_MANIFEST_REFERENCES
+    max_manifest_annotation_bytes: int = DEFAULT_MAX_MANIFEST_ANNOTATION_BYTES
+
+
 @dataclass(frozen=True)
 class Config:
     management_state: str = "Managed"
     log_level: str = "Normal"
     http_secret: str | None = field(default=None, repr=False)
     listen: str = "127.0.0.1:5000"
+    advertise_url: str | None = None  # None: derived from listen (see advertised_url)
     read_only: bool = False
     disable_redirect: bool = False
     max_list_page_size: int = 1000
@@ -196,6 +226,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 class ConfigError(Exception):
@@ -234,6 +265,12 @@ _SCALARS: Final = (
         "null: generated.",
     ),
     _Scalar("listen", "str", "host:port of the registry's HTTP listener (empty host: all interfaces)."),
+    _Scalar(
+        "advertiseURL",
+        "optstr",
+        "URL other replicas reach this one at; null: http://<listen>, or http://<host name>:<port> "
+        "when listen is a wildcard (0.0.0.0, [::] or an empty host).",
+    ),
     _Scalar("readOnly", "bool", "Reject pushes and deletes (405); pulls are unaffected. SIGHUP reloads it."),
     _Scalar("disableRedirect", "bool", "Stream blob bytes through the registry instead of redirecting."),
     _Scalar(
@@ -286,6 +323,40 @@ _SCALARS: Final = (
         "pruner.fsck.schedule", "optstr", "When the integrity check runs: cron, 5 fields, UTC; null: never."
     ),
     _Scalar("pruner.fsck.repair", "bool", "Quarantine the damaged objects a scheduled check finds."),
+    _Scalar(
+        "limits.requestHeaderTimeout",
+        "str",
+        "A request's line and headers must arrive within this.",
+    ),
+    _Scalar(
+        "limits.idleConnectionTimeout",
+        "str",
+        "A keep-alive connection idle this long is closed.",
+    ),
+    _Scalar(
+        "limits.bodyStallTimeout",
+        "str",
+        "A request body that sends nothing for this long is dropped (408), its bytes never committed.",
+    ),
+    _Scalar(
+        "limits.maxUploadSessions", "int", "Upload sessions in progress in the whole registry (0: unlimited)."
+    ),
+    _Scalar(
+        "limits.maxUploadSessionsPerRepository",
+        "int",
+        "Upload sessions in progress per repository (0: unlimited).",
+    ),
+    _Scalar("limits.maxBlobSize", "int", "Largest blob a push may upload, in bytes (0: unlimited)."),
+    _Scalar(
+        "limits.maxManifestReferences",
+        "int",
+        "Layers, config and index children one manifest may reference (0: unlimited; see docs).",
+    ),
+    _Scalar(
+        "limits.maxManifestAnnotationBytes",
+        "int",
+        "Total bytes of a manifest's annotations, keys and values (0: unlimited; see docs).",
+    ),
 )
 
 _SECTION_DOCS: Final = MappingProxyType(
@@ -312,6 +383,7 @@ _SECTION_DOCS: Final = MappingProxyType(
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
         "pruner": "Online garbage collection, run by one replica at a time (the ImagePruner's spec).",
         "pruner.fsck": "The integrity check (hareg fsck) on a schedule, on the pruner leader; off by default.",
+        "limits": "Bounds on what any one client can hold: connection timeouts and push caps.",
     }
 )
 
@@ -1216,6 +1288,52 @@ def _pruner(top: _Map) -> PrunerConfig:
     )
 
 
+def _limits(top: _Map) -> LimitsConfig:
+    limits = top.mapping(
+        "limits",
+        (
+            "requestHeaderTimeout",
+            "idleConnectionTimeout",
+            "bodyStallTimeout",
+            "maxUploadSessions",
+            "maxUploadSessionsPerRepository",
+            "maxBlobSize",
+            "maxManifestReferences",
+            "maxManifestAnnotationBytes",
+        ),
+    )
+    d = LimitsConfig()
+    return LimitsConfig(
+        request_header_timeout=limits.duration(
+            "requestHeaderTimeout", d.request_header_timeout, positive=True
+        ),
+        idle_connection_timeout=limits.duration(
+            "idleConnectionTimeout", d.idle_connection_timeout, positive=True
+        ),
+        body_stall_timeout=limits.duration("bodyStallTimeout", d.body_stall_timeout, positive=True),
+        max_upload_sessions=limits.integer("maxUploadSessions", d.max_upload_sessions, 0),
+        max_upload_sessions_per_repository=limits.integer(
+            "maxUploadSessionsPerRepository", d.max_upload_sessions_per_repository, 0
+        ),
+        max_blob_size=limits.integer("maxBlobSize", d.max_blob_size, 0),
+        max_manifest_references=limits.integer("maxManifestReferences", d.max_manifest_references, 0),
+        max_manifest_annotation_bytes=limits.integer(
+            "maxManifestAnnotationBytes", d.max_manifest_annotation_bytes, 0
+        ),
+    )
+
+
+def advertised_url(configured: str | None, host: str, port: int, host_name: str) -> str:
+    """The URL other replicas reach this one at: ``advertiseURL`` if set, else
+    ``http://host:port`` of the listener, with ``host_name`` in place of a
+    wildcard host (0.0.0.0, ::, empty), which no other machine can reach."""
+    if configured:
+        return configured.rstrip("/")
+    if _wildcard(host):
+        host = host_name
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")
 
@@ -1289,6 +1407,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
             "logLevel",
             "httpSecret",
             "listen",
+            "advertiseURL",
             "readOnly",
             "disableRedirect",
             "maxListPageSize",
@@ -1300,6 +1419,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
             "storage",
             "etcd",
             "pruner",
+            "limits",
         ),
         _TOP_UNSUPPORTED,
     )
@@ -1325,6 +1445,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
         log_level=top.choice("logLevel", "Normal", LOG_LEVELS),
         http_secret=http_secret,
         listen=listen,
+        advertise_url=_url(top, "advertiseURL", ("http", "https"), "http://registry-0.example.com:5000"),
         read_only=top.boolean("readOnly", False),
         disable_redirect=top.boolean("disableRedirect", False),
         max_list_page_size=top.integer("maxListPageSize", Config.max_list_page_size, 1),
@@ -1336,6 +1457,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
         storage=_storage(top, replicas),
         etcd=_etcd(top),
         pruner=_pruner(top),
+        limits=_limits(top),
     )
 
 
@@ -1410,12 +1532,13 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "maxWaitInQueue": format_duration(limit.max_wait_in_queue),
         }
 
-    etcd, pruner = config.etcd, config.pruner
+    etcd, pruner, caps = config.etcd, config.pruner, config.limits
     return {
         "managementState": config.management_state,
         "logLevel": config.log_level,
         "httpSecret": REDACTED if config.http_secret is not None else None,
         "listen": config.listen,
+        "advertiseURL": config.advertise_url,
         "readOnly": config.read_only,
         "disableRedirect": config.disable_redirect,
         "maxListPageSize": config.max_list_page_size,
@@ -1452,6 +1575,16 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "keepYoungerThanDuration": format_duration(pruner.keep_younger_than),
             "uploadGracePeriod": format_duration(pruner.upload_grace),
             "fsck": {"schedule": pruner.fsck_schedule, "repair": pruner.fsck_repair},
+        },
+        "limits": {
+            "requestHeaderTimeout": format_duration(caps.request_header_timeout),
+            "idleConnectionTimeout": format_duration(caps.idle_connection_timeout),
+            "bodyStallTimeout": format_duration(caps.body_stall_timeout),
+            "maxUploadSessions": caps.max_upload_sessions,
+            "maxUploadSessionsPerRepository": caps.max_upload_sessions_per_repository,
+            "maxBlobSize": caps.max_blob_size,
+            "maxManifestReferences": caps.max_manifest_references,
+            "maxManifestAnnotationBytes": caps.max_manifest_annotation_bytes,
         },
     }
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from aiohttp import web
 
 from hareg.clock import SystemClock
-from hareg.config import Config
+from hareg.config import Config, advertised_url
 from hareg.etcd_process import EtcdProcess, free_ports
 from hareg.http.app import init_app
+from hareg.http.connections import ConnectionGuard, start_listener
 from hareg.http.keys import HttpSettings
 from hareg.http.limits import LIMITS
 from hareg.ids import RandomIds
@@ -129,6 +130,11 @@ def make_store(config: Config, data_dir: Path) -> BlobStore:
     raise StartupError(f"storage kind {storage.kind!r} is not available in this build")
 
 
+def _close_all(listeners: list[asyncio.Server]) -> None:
+    for listener in listeners:
+        listener.close()
+
+
 async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly; SIGHUP reloads
     logLevel, readOnly and requests from the configuration file."""
@@ -139,7 +145,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
     except TLSError as exc:
         raise StartupError(str(exc)) from None
     for secret in (config.http_secret, config.storage.s3.secret_key):
-        add_log_secret(secret)
+        add_log_secret(secret)  # a generated httpSecret is added when the registry loads it
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,6 +186,17 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             raise _unusable_dir(exc) from None
         stack.push_async_callback(store.close)
         replica = options.replica or f"{socket.gethostname()}:{port}"
+        # Where other replicas reach this one (the pruner's forwarding); with an
+        # ephemeral port (0) nobody could, so it does not register.
+        advertise: str | None = advertised_url(config.advertise_url, host, port, socket.gethostname())
+        if not port and not config.advertise_url:
+            advertise = None
+        if advertise and host in ("0.0.0.0", "::") and not config.advertise_url:
+            log.info(
+                "listening on a wildcard address: advertising the host name to other replicas "
+                "(set advertiseURL to choose)",
+                extra={"fields": {"advertiseURL": advertise}},
+            )
         # Digests of pushed bytes are computed beside the event loop (hashlib
         # releases the GIL), so a large push does not stall other requests.
         hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="hareg-hash")
@@ -192,7 +209,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             prefix=config.etcd.prefix,
             replica=replica,
             http_secret=config.http_secret,
-            url=f"http://{host}:{port}" if port else None,
+            url=advertise,
             upload_grace=config.pruner.upload_grace,
             gc_policy=Policy(
                 keep_tag_revisions=config.pruner.keep_tag_revisions,
@@ -207,6 +224,8 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             read_only=config.read_only,
             max_list_page_size=config.max_list_page_size,
             hashing=ThreadedHashing(hash_pool),
+            limits=config.limits,
+            on_secret=add_log_secret,
         )
         await registry.start()
         stack.push_async_callback(registry.stop)
@@ -216,24 +235,34 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 disable_redirect=config.disable_redirect,
                 requests=config.requests,
                 management_state=config.management_state,
+                body_stall_timeout=config.limits.body_stall_timeout,
             ),
             metrics=metrics,
+            connections=ConnectionGuard(config.limits.request_header_timeout),
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            keepalive_timeout=config.limits.idle_connection_timeout,
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        listeners: list[asyncio.Server] = []
+        # Stop listening before runner.cleanup closes the connections (the stack unwinds in reverse).
+        stack.callback(_close_all, listeners)
         try:
-            await site.start()
+            listeners.append(await start_listener(runner, host, port))
         except OSError as exc:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        bound = port
-        if port == 0 and site._server is not None:  # an ephemeral port was asked for: report the real one
-            sockets = getattr(site._server, "sockets", None) or []
-            bound = sockets[0].getsockname()[1] if sockets else port
+        sockets = listeners[0].sockets
+        bound = (
+            sockets[0].getsockname()[1] if port == 0 and sockets else port
+        )  # an ephemeral port: the real one
         url = f"http://{host}:{bound}"
         try:
-            tls_urls = await start_route_sites(runner, route_listeners)
+            tls_urls = await start_route_sites(runner, route_listeners, listeners)
         except TLSError as exc:
             raise StartupError(str(exc)) from None
 

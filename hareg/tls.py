@@ -8,6 +8,7 @@ application as the plain one.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from hareg.config import Route, split_host_port
+from hareg.http.connections import start_listener
 
 __all__ = ["RouteListener", "TLSError", "load_route_contexts", "route_context", "start_route_sites"]
 
@@ -90,23 +92,20 @@ def load_route_contexts(routes: Sequence[Route]) -> list[RouteListener]:
     return listeners
 
 
-async def start_route_sites(runner: web.AppRunner, listeners: Sequence[RouteListener]) -> list[str]:
-    """Start an HTTPS site per route on the runner; returns their URLs."""
+async def start_route_sites(
+    runner: web.AppRunner, listeners: Sequence[RouteListener], started: list[asyncio.Server]
+) -> list[str]:
+    """Start an HTTPS listener per route on the runner (with the connection
+    timeouts of hareg.http.connections); returns their URLs.  Each listener is
+    appended to ``started`` as soon as it runs, for the caller to close."""
     urls = []
     for listener in listeners:
-        site = web.TCPSite(
-            runner,
-            listener.host or None,
-            listener.port,
-            ssl_context=listener.context,
-            backlog=1024,
-            reuse_address=True,
-        )
         try:
-            await site.start()
+            server = await start_listener(runner, listener.host or None, listener.port, ssl=listener.context)
         except OSError as exc:
             raise TLSError(
                 f"route {listener.route.name!r}: cannot listen on {listener.route.listen}: {exc.strerror or exc}"
             ) from None
+        started.append(server)
         urls.append(listener.url)
     return urls

@@ -142,6 +142,9 @@ def test_three_replicas_share_secret_and_every_etcd_member(compose: dict[str, An
         assert deps["seaweedfs"]["condition"] == "service_healthy"
         assert "/readyz" in " ".join(svc["healthcheck"]["test"])
         assert "ports" not in svc, f"{name}: replicas are reached through haproxy only"
+        # Listening on 0.0.0.0, a replica advertises http://<host name>:5000 to the others
+        # (advertiseURL's default): the host name must be its service name, which resolves.
+        assert svc["hostname"] == name
     assert len(secrets) == 1 and next(iter(secrets)), "one shared, non-empty HAREG_HTTP_SECRET"
     assert len(names) == 3
     assert all(e == envs[0] for e in envs), "identical configuration"

@@ -21,6 +21,7 @@ from hareg.config import (
     RequestLimits,
     Route,
     S3Storage,
+    advertised_url,
     config_to_dict,
     defaults_yaml,
     env_var_name,
@@ -333,6 +334,16 @@ def test_config_is_frozen_and_hides_secrets_in_repr(tmp_path: Path) -> None:
         ({"pruner": {"fsck": {"schedule": "0 4 * * SUN"}}}, "pruner.fsck_schedule", "0 4 * * SUN"),
         ({"pruner": {"fsck": {"schedule": None, "repair": True}}}, "pruner.fsck_schedule", None),
         ({"pruner": {"fsck": {"repair": True}}}, "pruner.fsck_repair", True),
+        ({"advertiseURL": "http://registry-0.example.com:5000/"}, "advertise_url",
+         "http://registry-0.example.com:5000/"),
+        ({"limits": {"requestHeaderTimeout": "5s"}}, "limits.request_header_timeout", 5.0),
+        ({"limits": {"idleConnectionTimeout": "2m"}}, "limits.idle_connection_timeout", 120.0),
+        ({"limits": {"bodyStallTimeout": "500ms"}}, "limits.body_stall_timeout", 0.5),
+        ({"limits": {"maxUploadSessions": 0}}, "limits.max_upload_sessions", 0),
+        ({"limits": {"maxUploadSessionsPerRepository": 5}}, "limits.max_upload_sessions_per_repository", 5),
+        ({"limits": {"maxBlobSize": 1 << 40}}, "limits.max_blob_size", 1 << 40),
+        ({"limits": {"maxManifestReferences": 1000}}, "limits.max_manifest_references", 1000),
+        ({"limits": {"maxManifestAnnotationBytes": 0}}, "limits.max_manifest_annotation_bytes", 0),
         (
             {"routes": [{"name": "public", "hostname": "registry.example.com"}]},
             "routes",
@@ -499,6 +510,13 @@ def test_yaml_scalars_as_written(tmp_path: Path) -> None:
          'routes[0].listen: "0.0.0.0:5000" is not allowed; expected an address not already used by listen'),
         ({"routes": [{"name": "a", "hostname": "a.example.com", "secretName": "tls"}]},
          "routes[0].secretName: hareg reads certificates from files; use certificateFile and keyFile"),
+        ({"advertiseURL": "registry:5000"}, 'advertiseURL: "registry:5000" is not allowed; expected a URL like'),
+        ({"advertiseURL": "ftp://r.example.com"}, "the scheme must be http:// or https://"),
+        ({"limits": {"requestHeaderTimeout": "0s"}}, "limits.requestHeaderTimeout: \"0s\" is not allowed; expected a duration > 0"),
+        ({"limits": {"bodyStallTimeout": 60}}, "limits.bodyStallTimeout: 60 is not allowed; expected a duration"),
+        ({"limits": {"maxBlobSize": -1}}, "limits.maxBlobSize: -1 is not allowed; expected an integer >= 0"),
+        ({"limits": {"maxUploadSessions": "many"}}, "limits.maxUploadSessions: \"many\" is not allowed"),
+        ({"limits": {"maxReferences": 5}}, "limits.maxReferences: unknown field; did you mean 'maxManifestReferences'?"),
         ({"logLvl": "Debug"}, "logLvl: unknown field; did you mean 'logLevel'?"),
         ({"log_level": "Debug"}, "log_level: unknown field; did you mean 'logLevel'?"),
         ({"readonly": True}, "readonly: unknown field; did you mean 'readOnly'?"),
@@ -888,6 +906,33 @@ def test_config_error_lists_one_problem_a_line() -> None:
 
 
 # --------------------------------------------------------------------------- documentation
+
+
+@pytest.mark.parametrize(
+    ("configured", "host", "port", "expected"),
+    [
+        (None, "127.0.0.1", 5000, "http://127.0.0.1:5000"),
+        (None, "registry.example.com", 5000, "http://registry.example.com:5000"),
+        (None, "::1", 5000, "http://[::1]:5000"),
+        # A wildcard address reaches nothing from another machine: the host name instead.
+        (None, "0.0.0.0", 5000, "http://node-7:5000"),
+        (None, "::", 5001, "http://node-7:5001"),
+        (None, "", 5000, "http://node-7:5000"),
+        ("https://r0.example.com:5443/", "0.0.0.0", 5000, "https://r0.example.com:5443"),
+    ],
+)
+def test_advertised_url(configured: str | None, host: str, port: int, expected: str) -> None:
+    assert advertised_url(configured, host, port, "node-7") == expected
+
+
+def test_limits_defaults_fit_etcds_default_limits() -> None:
+    """The manifest caps keep a push's transaction within etcd's defaults
+    (--max-txn-ops 128, --max-request-bytes 1.5 MiB), as docs/configuration.md explains."""
+    limits = Config().limits
+    fixed_compares, compares_per_tag, tags = 3, 2, 12
+    assert limits.max_manifest_references + fixed_compares + compares_per_tag * tags <= 128
+    inline_body = 256 * 1024
+    assert inline_body + 2 * limits.max_manifest_annotation_bytes < 1.5 * 1024 * 1024 * 0.75
 
 
 def test_docs_describe_every_field_and_variable() -> None:

@@ -111,6 +111,7 @@ def render_replica_config(config: Config, layout: ClusterLayout) -> dict[str, An
     data["etcd"]["endpoints"] = layout.etcd_endpoints
     data["etcd"]["tls"] = {"caFile": None, "certFile": None, "keyFile": None}  # the members speak plain HTTP
     data["routes"] = []  # every replica shares 127.0.0.1: a route's own listener would clash
+    data["advertiseURL"] = None  # one URL for all would send each replica's peers to one of them
     return data
 
 

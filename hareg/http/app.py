@@ -21,6 +21,8 @@ from hareg.http import (
     tags,
     uploads,
 )
+from hareg.http import connections as connections_module
+from hareg.http.connections import ConnectionGuard
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
 from hareg.metrics import Metrics
 from hareg.registry.service import Registry
@@ -30,12 +32,20 @@ _NAME = "{name:.+}"
 
 
 def init_app(
-    registry: Registry, settings: HttpSettings | None = None, *, metrics: Metrics | None = None
+    registry: Registry,
+    settings: HttpSettings | None = None,
+    *,
+    metrics: Metrics | None = None,
+    connections: ConnectionGuard | None = None,
 ) -> web.Application:
-    # Outermost first: observe (request id, access log, metrics) sees every answer,
-    # errors included; refusals (removed, read-only, 429) never take a request slot.
+    """``connections``: the header timeout of listeners started with
+    ``hareg.http.connections.start_listener`` (``hareg serve`` has one)."""
+    # Outermost first: phase (a request's headers are in: its header timer stops),
+    # observe (request id, access log, metrics) sees every answer, errors
+    # included; refusals (removed, read-only, 429) never take a request slot.
     app = web.Application(
         middlewares=[
+            connections_module.phase_middleware,
             observe.observe_middleware,
             base.error_middleware,
             status.removed_middleware,
@@ -48,6 +58,8 @@ def init_app(
     app[observe.METRICS] = metrics = metrics or Metrics()
     app[limits.LIMITS] = limiters = limits.RequestLimiters(settings.requests)
     app[status.STATUS] = status.StatusTracker()
+    if connections is not None:
+        app[connections_module.CONNECTIONS] = connections
     metrics.attach(registry, lambda: limiters)
     app.on_response_prepare.append(base.on_prepare)
     app.on_response_prepare.append(observe.on_prepare)

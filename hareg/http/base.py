@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -10,8 +11,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from hareg.http.keys import REGISTRY
-from hareg.kv.base import KVError, KVUnknownOutcome
+from hareg.http.keys import REGISTRY, SETTINGS
+from hareg.kv.base import KVError, KVRejected, KVUnknownOutcome
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.service import Registry
 from hareg.storage.base import StorageError
@@ -37,7 +38,10 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(err: RegistryError) -> web.Response:
     headers = dict(err.headers)
-    return web.json_response(err.to_json(), status=err.status, headers=headers)
+    response = web.json_response(err.to_json(), status=err.status, headers=headers)
+    if headers.get("Connection") == "close":
+        response.force_close()  # aiohttp closes the connection once this is sent
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> RegistryError:
@@ -53,6 +57,26 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
         return RegistryError(ErrorCode.SIZE_INVALID, "request body too large", status=413)
     code = ErrorCode.UNSUPPORTED if exc.status < 500 else ErrorCode.UNAVAILABLE
     return RegistryError(code, exc.reason or "request failed", status=exc.status)
+
+
+def kv_rejected(exc: KVRejected) -> RegistryError:
+    """What the client is told when etcd refuses a write as it is: 413 when the
+    request's content made it too big for etcd, 500 otherwise; never a 503 or a
+    Retry-After, since sending it again fails alike."""
+    if exc.too_big:
+        return RegistryError(
+            ErrorCode.SIZE_INVALID,
+            f"the request's metadata is larger than the metadata store (etcd) accepts in one write "
+            f"({exc}); retrying will not help: make it smaller, or raise etcd's --max-txn-ops or "
+            "--max-request-bytes",
+            status=413,
+        )
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        f"the metadata store (etcd) refused the request ({exc}); retrying will not help, "
+        "see the registry log",
+        status=500,
+    )
 
 
 @web.middleware
@@ -79,6 +103,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": "1"},
             )
         )
+    except KVRejected as exc:
+        # Not a 503: a retry would be refused alike.
+        log.warning("etcd refused %s %s: %s", request.method, request.path, exc)
+        return error_response(kv_rejected(exc))
     except KVError as exc:
         log.warning("etcd unavailable for %s %s: %s", request.method, request.path, exc)
         return error_response(
@@ -119,12 +147,39 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     response.headers.update(API_VERSION_HEADER)
 
 
-async def request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+def body_stalled(seconds: float, code: ErrorCode) -> RegistryError:
+    """408 for a body that sent nothing for limits.bodyStallTimeout; the
+    connection is closed (what the client sends next cannot be trusted)."""
+    return RegistryError(
+        code,
+        f"the request body sent nothing for {seconds:g}s (limits.bodyStallTimeout); "
+        "the request was dropped and none of its bytes committed",
+        detail={"limit": "limits.bodyStallTimeout"},
+        status=408,
+        headers={"Connection": "close"},
+    )
+
+
+async def request_chunks(
+    request: web.Request, *, stalled: ErrorCode = ErrorCode.BLOB_UPLOAD_INVALID
+) -> AsyncIterator[bytes]:
     """The request body as a stream of about BODY_CHUNK-sized pieces (what the
-    socket delivers is joined once, not copied into a buffer and out again)."""
+    socket delivers is joined once, not copied into a buffer and out again).
+
+    A body that sends nothing for limits.bodyStallTimeout raises
+    ``body_stalled`` (with the code ``stalled``) at once, so the request
+    fails, its bytes are discarded and its request slot is freed."""
+    stall = request.app[SETTINGS].body_stall_timeout
     parts: list[bytes] = []
     size = 0
-    async for data in request.content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(stall):
+                data = await request.content.readany()
+        except TimeoutError:
+            raise body_stalled(stall, stalled) from None
+        if not data:
+            break
         parts.append(data)
         size += len(data)
         if size >= BODY_CHUNK:
@@ -133,6 +188,33 @@ async def request_chunks(request: web.Request) -> AsyncIterator[bytes]:
             size = 0
     if parts:
         yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def read_body(request: web.Request, limit: int, *, stalled: ErrorCode = ErrorCode.UNSUPPORTED) -> bytes:
+    """A small request body, read whole (whatever TCP segments it came in),
+    refusing more than ``limit`` bytes with 413."""
+    too_large = RegistryError(ErrorCode.SIZE_INVALID, f"request body is over {limit} bytes", status=413)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request_chunks(request, stalled=stalled):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_json_body(raw: bytes, expected: str) -> Any:
+    """A JSON document, or 400 saying it should look like ``expected``: nesting
+    too deep for the parser (RecursionError) is a bad body like any other."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, f"request body must be JSON like {expected}", status=400
+        ) from None
 
 
 def has_body(request: web.Request) -> bool:

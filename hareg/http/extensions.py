@@ -10,13 +10,12 @@ immutable tags.  Errors use the distribution spec's JSON error format.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from hareg.http.base import json_response, registry, repo_name
+from hareg.http.base import json_response, parse_json_body, read_body, registry, repo_name
 from hareg.metadata.records import HistoryEntry, ImmutabilityRecord
 from hareg.registry.errors import ErrorCode, RegistryError
 
@@ -24,8 +23,8 @@ PREFIX = "/hareg/v1"
 # Repository names contain '/': they match greedily up to the resource part,
 # whose last segments ("/tags/<tag>/history", "/immutability") cannot clash.
 _REPO = PREFIX + "/repositories/{name:.+}"
-# Request bodies here are small JSON documents.
-MAX_BODY = 64 * 1024
+# Request bodies here are small JSON documents, read whole before parsing.
+MAX_BODY = 1024 * 1024
 
 
 def iso_time(t: float) -> str:
@@ -57,15 +56,7 @@ def _bad_body(message: str) -> RegistryError:
 
 async def json_body(request: web.Request, field: str, kind: type) -> Any:
     """The ``field`` of the request's JSON object body, which must be a ``kind``."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise RegistryError(ErrorCode.SIZE_INVALID, f"request body is over {MAX_BODY} bytes", status=413)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise RegistryError(ErrorCode.SIZE_INVALID, f"request body is over {MAX_BODY} bytes", status=413)
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise _bad_body(f'request body must be a JSON object like {{"{field}": ...}}') from None
+    doc = parse_json_body(await read_body(request, MAX_BODY), f'{{"{field}": ...}}')
     if not isinstance(doc, dict) or not isinstance(doc.get(field), kind):
         raise _bad_body(f"request body must be a JSON object with a {kind.__name__} field {field!r}")
     return doc[field]

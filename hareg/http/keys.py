@@ -20,6 +20,8 @@ class HttpSettings:
     requests: RequestsConfig = field(default_factory=RequestsConfig)
     # Managed, Unmanaged or Removed (Removed: the registry API answers 503).
     management_state: str = "Managed"
+    # limits.bodyStallTimeout: a request body that sends nothing this long is dropped.
+    body_stall_timeout: float = 60.0
 
 
 REGISTRY = web.AppKey("registry", Registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http.base import registry, repo_name, request_chunks
+from hareg.kv.base import KVRejected
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES
 from hareg.registry.streams import read_all
@@ -41,14 +42,26 @@ async def put_manifest(request: web.Request) -> web.Response:
     repo = repo_name(request)
     if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
         raise _too_large(request.content_length)
-    body = await read_all(request_chunks(request), MAX_MANIFEST_BYTES)
-    pushed = await registry(request).manifests.put(
-        repo,
-        request.match_info["reference"],
-        body,
-        request.headers.get("Content-Type"),
-        request.query.getall("tag", []),
-    )
+    body = await read_all(request_chunks(request, stalled=ErrorCode.MANIFEST_INVALID), MAX_MANIFEST_BYTES)
+    try:
+        pushed = await registry(request).manifests.put(
+            repo,
+            request.match_info["reference"],
+            body,
+            request.headers.get("Content-Type"),
+            request.query.getall("tag", []),
+        )
+    except KVRejected as exc:
+        if not exc.too_big:
+            raise
+        # Only if the limits were raised past what etcd accepts (docs/configuration.md).
+        raise RegistryError(
+            ErrorCode.MANIFEST_INVALID,
+            f"the manifest's metadata (its references, annotations and tags) is larger than etcd "
+            f"accepts in one transaction ({exc}); lower limits.maxManifestReferences or "
+            "limits.maxManifestAnnotationBytes, or raise etcd's --max-txn-ops or --max-request-bytes",
+            detail={"limit": "etcd"},
+        ) from None
     headers = {
         "Location": f"/v2/{repo}/manifests/{pushed.digest}",
         "Docker-Content-Digest": pushed.digest,

@@ -15,12 +15,12 @@ every replica within a watch delivery.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 
-from hareg.http.base import Handler, allowed_methods, registry
+from hareg.http.base import Handler, allowed_methods, parse_json_body, read_body, registry
+from hareg.http.extensions import MAX_BODY
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = ["READ_ONLY_PATH", "get_read_only", "is_write", "put_read_only", "read_only_middleware"]
@@ -68,10 +68,7 @@ async def get_read_only(request: web.Request) -> web.Response:
 
 
 async def put_read_only(request: web.Request) -> web.Response:
-    try:
-        body = json.loads(await request.read() or b"null")
-    except ValueError:
-        body = None
+    body = parse_json_body(await read_body(request, MAX_BODY) or b"null", '{"readOnly": true}')
     if not isinstance(body, dict) or not isinstance(body.get("readOnly"), bool):
         raise RegistryError(
             ErrorCode.UNSUPPORTED,

@@ -11,6 +11,9 @@ Error contract (invariant 7 depends on it):
 * ``KVUnknownOutcome``: the operation may or may not have been applied (a
   timeout or a lost reply after the request was sent).  The caller must verify
   before reporting success, and must never report it as success unverified.
+* ``KVRejected``: etcd looked at the request and refused it as it is (too
+  large, too many operations in one transaction, a key given twice, ...).
+  Nothing was applied, and sending it again will not help: not a retry.
 * ``KVCompacted``: a watch or a read at an old revision asked for history that
   was compacted away; the caller re-lists from the current revision.
 """
@@ -33,6 +36,17 @@ class KVUnavailable(KVError):
 
 class KVUnknownOutcome(KVError):
     """The operation may or may not have been applied."""
+
+
+class KVRejected(KVError):
+    """etcd refused the request itself; nothing was applied and a retry fails alike.
+
+    ``too_big``: the refusal is about the request's size (bytes, operations,
+    a duplicate key), which the request's content decides."""
+
+    def __init__(self, message: str, *, too_big: bool = False) -> None:
+        super().__init__(message)
+        self.too_big = too_big
 
 
 class KVCompacted(KVError):

@@ -67,6 +67,7 @@ from hareg.kv.base import (
     KeyValue,
     KVCompacted,
     KVError,
+    KVRejected,
     KVUnavailable,
     KVUnknownOutcome,
     Op,
@@ -121,6 +122,15 @@ _NOT_SENT_MARKERS = (
     "network is unreachable",
 )
 _COMPACTED_MARKER = "required revision has been compacted"
+# Refusals of a request too big for etcd: its --max-request-bytes ("request is
+# too large", or gRPC's own "larger than max" message-size check, which comes
+# as RESOURCE_EXHAUSTED), its --max-txn-ops, a key given twice in one txn.
+_TOO_BIG_MARKERS = (
+    "request is too large",
+    "larger than max",
+    "too many operations in txn request",
+    "duplicate key given in txn request",
+)
 _TOO_MANY_REQUESTS = "too many requests"
 
 # etcd's interceptor cancels a watch stream with "no leader" when the member
@@ -160,6 +170,11 @@ def _ip_version(host: str) -> int | None:
         return ipaddress.ip_address(host).version
     except ValueError:
         return None
+
+
+def _too_big(details: str) -> bool:
+    low = details.lower()
+    return any(marker in low for marker in _TOO_BIG_MARKERS)
 
 
 def _rpc_error(exc: BaseException) -> Any | None:
@@ -421,7 +436,13 @@ class EtcdKV:
                 details = err.details() or ""
                 if _COMPACTED_MARKER in details:
                     raise KVCompacted(await self._compact_revision(revision)) from e
-                raise KVError(f"{what}: etcd refused: {err.code().name}: {details}") from e
+                raise KVRejected(
+                    f"{what}: etcd refused: {err.code().name}: {details}", too_big=_too_big(details)
+                ) from e
+            if err is not None and _too_big(err.details() or ""):
+                raise KVRejected(
+                    f"{what}: etcd refused: {err.code().name}: {err.details()}", too_big=True
+                ) from e
             raise KVUnavailable(f"{what}: {_describe(e)}") from e
 
     async def _write(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -441,8 +462,8 @@ class EtcdKV:
         code = err.code()
         details = err.details() or ""
         low = details.lower()
-        if code in _REJECTED:
-            return KVError(f"{what}: etcd refused: {code.name}: {details}")
+        if code in _REJECTED or _too_big(details):
+            return KVRejected(f"{what}: etcd refused: {code.name}: {details}", too_big=_too_big(details))
         if _TOO_MANY_REQUESTS in low:
             return KVUnavailable(f"{what}: {code.name}: {details}")
         if code == grpc.StatusCode.UNAVAILABLE and any(m in low for m in _NOT_SENT_MARKERS):

@@ -853,6 +853,17 @@ class MetadataStore:
         deleted = result.responses[0] if result.responses else 0
         return isinstance(deleted, int) and deleted > 0
 
+    async def count_uploads(self) -> int:
+        """Upload sessions in progress in the whole registry (one cheap count read)."""
+        result = await self.kv.range(*self.keys.uploads(), limit=1, keys_only=True)
+        return result.count
+
+    async def count_repo_uploads(self, repo: str) -> int:
+        """Upload sessions in progress in ``repo``: reads every session record
+        (their keys do not name the repository), so call it only when needed."""
+        result = await self.kv.range(*self.keys.uploads())
+        return sum(1 for kv in result.kvs if decode(UploadRecord, kv.value).repo == repo)
+
     async def list_upload_ids(self) -> list[str]:
         result = await self.kv.range(*self.keys.uploads(), keys_only=True)
         return [self.keys.strip("u", kv.key) for kv in result.kvs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
@@ -12,7 +13,7 @@ from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, Mis
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes, new_hasher
 from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
-from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
+from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, ParsedManifest, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk
@@ -26,6 +27,38 @@ def _unknown(repo: str, reference: str) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in repository {repo}")
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestLimits:
+    """limits.maxManifestReferences and limits.maxManifestAnnotationBytes (0: unlimited)."""
+
+    max_references: int = 0
+    max_annotation_bytes: int = 0
+
+
+def check_manifest_limits(parsed: ParsedManifest, limits: ManifestLimits) -> None:
+    """Refuse (400 MANIFEST_INVALID, naming the field) a manifest whose metadata
+    would make its etcd transaction larger than etcd accepts: each reference is
+    one compare in it, and the annotations are stored in it (twice with a
+    subject).  Descriptors' own annotations live only in the body, which
+    MAX_MANIFEST_BYTES bounds."""
+    references = len(parsed.blobs) + len(parsed.manifests)
+    if limits.max_references and references > limits.max_references:
+        raise RegistryError(
+            ErrorCode.MANIFEST_INVALID,
+            f"manifest references {references} blobs and manifests; limits.maxManifestReferences "
+            f"is {limits.max_references}",
+            detail={"limit": "limits.maxManifestReferences", "references": references},
+        )
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in parsed.annotations.items())
+    if limits.max_annotation_bytes and size > limits.max_annotation_bytes:
+        raise RegistryError(
+            ErrorCode.MANIFEST_INVALID,
+            f"manifest annotations total {size} bytes; limits.maxManifestAnnotationBytes "
+            f"is {limits.max_annotation_bytes}",
+            detail={"limit": "limits.maxManifestAnnotationBytes", "annotationBytes": size},
+        )
+
+
 class ManifestService:
     def __init__(
         self,
@@ -33,6 +66,7 @@ class ManifestService:
         store: BlobStore,
         clock: Clock,
         ids: IdSource,
+        limits: ManifestLimits | None = None,
         *,
         hashing: Hashing | None = None,  # where stored bodies are re-hashed on pull
     ) -> None:
@@ -41,6 +75,7 @@ class ManifestService:
         self.clock = clock
         self.ids = ids
         self.hashing: Hashing = hashing or InlineHashing()
+        self.limits = limits or ManifestLimits()
 
     async def resolve(self, repo: str, reference: str) -> tuple[str, ManifestRecord]:
         """The digest and record a tag or digest names in a repository."""
@@ -113,6 +148,7 @@ class ManifestService:
         check_name(repo)
         ref = parse_reference(reference)
         parsed = parse_manifest(body, content_type)
+        check_manifest_limits(parsed, self.limits)
         tags: list[str] = []
         if isinstance(ref, Digest):
             digest = digest_bytes(body, ref.algorithm)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hareg.clock import Clock
+from hareg.config import LimitsConfig
 from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
@@ -28,7 +30,7 @@ from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.leadership import Leadership
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
-from hareg.registry.manifests import ManifestService
+from hareg.registry.manifests import ManifestLimits, ManifestService
 from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
 from hareg.registry.settings import ClusterSettings
@@ -39,6 +41,15 @@ from hareg.registry.uploads import UploadService
 from hareg.storage.base import BlobStore, StorageError
 
 _PROBE_DIGEST = "sha256:" + "0" * 64
+# A registry built without a configuration (tests, the simulator) has no caps;
+# `hareg serve` passes the configuration's, whose defaults are bounded.
+NO_CAPS = LimitsConfig(
+    max_upload_sessions=0,
+    max_upload_sessions_per_repository=0,
+    max_blob_size=0,
+    max_manifest_references=0,
+    max_manifest_annotation_bytes=0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,10 @@ class Registry:
         read_only: bool = False,
         max_list_page_size: int = DEFAULT_MAX_PAGE_SIZE,  # config maxListPageSize
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
+        limits: LimitsConfig = NO_CAPS,  # the caps of the configuration's ``limits``
+        # Told the httpSecret in use (configured or generated) before it signs
+        # anything, so the log redaction list holds it too.
+        on_secret: Callable[[bytes], None] | None = None,
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
         self.kv = kv
@@ -84,8 +99,24 @@ class Registry:
             kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
         )
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
-        self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
-        self.manifests = ManifestService(self.meta, store, clock, ids, hashing=hashing)
+        self.uploads = UploadService(
+            self.meta,
+            store,
+            ids,
+            hashing=hashing,
+            plants=plants,
+            max_sessions=limits.max_upload_sessions,
+            max_sessions_per_repository=limits.max_upload_sessions_per_repository,
+            max_blob_size=limits.max_blob_size,
+        )
+        self.manifests = ManifestService(
+            self.meta,
+            store,
+            clock,
+            ids,
+            ManifestLimits(limits.max_manifest_references, limits.max_manifest_annotation_bytes),
+            hashing=hashing,
+        )
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
@@ -120,6 +151,7 @@ class Registry:
         # Replicas that know their own URL register themselves (the local cluster's do).
         self.membership = Membership(kv, keys, clock, replica, url) if url else None
         self._http_secret = http_secret
+        self._on_secret = on_secret
         self._signer: UploadStateSigner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -144,7 +176,12 @@ class Registry:
         )
 
     async def start(self) -> None:
-        self._signer = UploadStateSigner(await self._load_secret())
+        secret = await self._load_secret()
+        if self._on_secret is not None:
+            self._on_secret(secret)
+        self._signer = UploadStateSigner(
+            secret, self.clock, self.meta.upload_ttl + self.meta.upload_lease_window
+        )
         await self.settings.prime()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.settings.run(), name="cluster-settings"))

@@ -24,9 +24,15 @@ class Metered:
         limit: int | None = None,
         *,
         hashing: Hashing | None = None,
+        cap: int | None = None,
+        over_cap: RegistryError | None = None,
     ) -> None:
         self.hasher = hasher
         self.limit = limit
+        # A configured bound (a maximum blob size) beyond the declared length:
+        # passing it raises ``over_cap`` at once, before the bytes are stored.
+        self.cap = cap
+        self.over_cap = over_cap
         self.hashing: Hashing = hashing or InlineHashing()
         self.count = 0
         self._pending: Awaitable[None] | None = None
@@ -43,6 +49,8 @@ class Metered:
                 raise RegistryError(
                     ErrorCode.SIZE_INVALID, f"body is longer than the declared {self.limit} bytes"
                 )
+            if self.cap is not None and self.count > self.cap:
+                raise self.over_cap or RegistryError(ErrorCode.SIZE_INVALID, f"body is over {self.cap} bytes")
             if self.hasher is not None:
                 await self.settled()
                 self._pending = self.hashing.start(self.hasher, chunk)

@@ -4,6 +4,12 @@ Like distribution's ``_state`` parameter: the Location a client gets back names
 the repository and upload id under an HMAC, so any replica (they all share the
 secret) can check that the URL is one the registry issued for that repository,
 and a tampered or forged URL is refused before any storage is touched.
+
+The state also carries an expiry: a session's record lives under a lease of
+the session TTL (renewed by its writes), and every Location the registry
+returns is valid as long as a session last written then can live.  A URL
+past it names no session (BLOB_UPLOAD_UNKNOWN), even if the session was kept
+alive by later requests (their Locations are the valid ones).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import hmac
 import json
 
+from hareg.clock import Clock
 from hareg.registry.errors import ErrorCode, RegistryError
 
 STATE_PARAM = "_state"
@@ -27,16 +34,19 @@ def _unb64(text: str) -> bytes:
 
 
 class UploadStateSigner:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, clock: Clock, ttl: float) -> None:
         if len(secret) < 16:
             raise ValueError("httpSecret must be at least 16 bytes")
         self._secret = secret
+        self._clock = clock
+        self._ttl = ttl  # how long a Location stays valid: the session's lease TTL
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
     def sign(self, repo: str, upload_id: str) -> str:
-        payload = json.dumps({"n": repo, "u": upload_id}, separators=(",", ":")).encode()
+        expires = int(self._clock.now() + self._ttl) + 1
+        payload = json.dumps({"n": repo, "u": upload_id, "e": expires}, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def verify(self, token: str | None, repo: str, upload_id: str) -> None:
@@ -61,3 +71,10 @@ class UploadStateSigner:
             raise invalid from None
         if not isinstance(state, dict) or state.get("n") != repo or state.get("u") != upload_id:
             raise invalid
+        expires = state.get("e")
+        # A URL issued before URLs expired carries none: it is refused like an expired one.
+        if not isinstance(expires, int) or isinstance(expires, bool) or self._clock.now() > expires:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN,
+                "the upload URL has expired with its session; start the upload again",
+            )

@@ -45,6 +45,14 @@ def range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
+def _too_many_sessions(why: str, field: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS,
+        f"{why}, the most {field} allows; finish or cancel some, or raise {field}",
+        detail={"limit": field},
+    )
+
+
 class UploadService:
     def __init__(
         self,
@@ -55,7 +63,15 @@ class UploadService:
         hasher_cache_size: int = 1024,
         hashing: Hashing | None = None,
         plants: Plants = NO_PLANTS,
+        max_sessions: int = 0,
+        max_sessions_per_repository: int = 0,
+        max_blob_size: int = 0,
     ) -> None:
+        # limits.maxUploadSessions, limits.maxUploadSessionsPerRepository and
+        # limits.maxBlobSize (0: unlimited).
+        self.max_sessions = max_sessions
+        self.max_sessions_per_repository = max_sessions_per_repository
+        self.max_blob_size = max_blob_size
         self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.hashing: Hashing = hashing or InlineHashing()
         self.meta = meta
@@ -101,9 +117,44 @@ class UploadService:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} has no staged data")
         return size
 
+    # -------------------------------------------------------------- limits
+
+    async def _check_session_caps(self, repo: str) -> None:
+        """Refuse a new session while the configured number are in progress.
+        The count is read, not reserved: POSTs racing each other may overshoot
+        the cap by as many as race, never without bound."""
+        if not (self.max_sessions or self.max_sessions_per_repository):
+            return
+        total = await self.meta.count_uploads()
+        if self.max_sessions and total >= self.max_sessions:
+            raise _too_many_sessions(f"{total} uploads are in progress", "limits.maxUploadSessions")
+        cap = self.max_sessions_per_repository
+        # A repository cannot hold more sessions than there are: skip reading them all.
+        if cap and total >= cap and await self.meta.count_repo_uploads(repo) >= cap:
+            raise _too_many_sessions(
+                f"{cap} or more uploads are in progress in {repo}", "limits.maxUploadSessionsPerRepository"
+            )
+
+    def _size_cap(self, size: int, length: int | None) -> tuple[int | None, RegistryError | None]:
+        """The most bytes a chunk appended at ``size`` may carry under
+        limits.maxBlobSize, and the error for one that carries more."""
+        if not self.max_blob_size:
+            return None, None
+        over = RegistryError(
+            ErrorCode.SIZE_INVALID,
+            f"the blob would be larger than limits.maxBlobSize ({self.max_blob_size} bytes); "
+            "the chunk was refused",
+            detail={"limit": "limits.maxBlobSize", "maxBlobSize": self.max_blob_size},
+            status=413,
+        )
+        if length is not None and size + length > self.max_blob_size:
+            raise over  # declared too long: refused before a byte is read
+        return self.max_blob_size - size, over
+
     async def start(self, repo: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         check_name(repo)
         check_algorithm(algorithm)
+        await self._check_session_caps(repo)
         upload_id = self.ids.new_id()
         await self.store.upload_start(upload_id)
         await self.meta.create_upload(upload_id, repo, algorithm)
@@ -128,7 +179,8 @@ class UploadService:
                 headers={"Range": range_header(size)},
             )
         hasher = self._cached_hasher(upload_id, size, record.algorithm)
-        meter = Metered(hasher, limit=length, hashing=self.hashing)
+        cap, over_cap = self._size_cap(size, length)
+        meter = Metered(hasher, limit=length, hashing=self.hashing, cap=cap, over_cap=over_cap)
         try:
             new_size = await self.store.upload_write(upload_id, size, meter.wrap(chunks))
             await meter.settled()  # a driver may stop reading before the stream's end
@@ -236,7 +288,10 @@ class UploadService:
         check_name(repo)
         digest = parse_digest(digest_text)
         upload_id = self.ids.new_id()
-        meter = Metered(new_hasher(digest.algorithm), limit=length, hashing=self.hashing)
+        cap, over_cap = self._size_cap(0, length)
+        meter = Metered(
+            new_hasher(digest.algorithm), limit=length, hashing=self.hashing, cap=cap, over_cap=over_cap
+        )
         await self.store.upload_start(upload_id)
         try:
             size = await self.store.upload_write(upload_id, 0, meter.wrap(chunks))

@@ -170,6 +170,9 @@ def test_replica_config_uses_the_cluster_storage_etcd_and_secret(tmp_path: Path)
 
     own = load_config(None, {"HAREG_HTTP_SECRET": "s" * 40})
     assert render_replica_config(own, layout)["httpSecret"] == "s" * 40, "the file's secret wins"
+    # Each replica advertises its own 127.0.0.1 port, never one URL shared by all.
+    shared = load_config(None, {"HAREG_ADVERTISE_URL": "http://registry.example.com:5000"})
+    assert render_replica_config(shared, layout)["advertiseURL"] is None
 
 
 def test_filesystem_cluster_shares_one_directory(tmp_path: Path) -> None:

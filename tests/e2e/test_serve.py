@@ -20,6 +20,10 @@ import aiohttp
 import psutil
 import pytest
 
+from hareg.kv.etcd import EtcdKV
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import MemberRecord, decode
+
 from .hareg_process import Launcher, data_dir_processes, free_port, wait_no_orphans
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -243,3 +247,84 @@ def test_sigkill_does_not_orphan_etcd(hareg_launcher: Launcher, tmp_path: Path) 
     else:
         pytest.fail(f"etcd (pid {etcd[0].pid}) still running 10 s after hareg was SIGKILLed")
     wait_no_orphans(server.data_dir, timeout=1)
+
+
+# ------------------------------------------------------------------ limits, secrets, membership
+
+
+def _config(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "hareg.yaml"
+    path.write_text(text)
+    return ["--config", str(path)]
+
+
+async def _embedded_kv(data_dir: Path) -> EtcdKV:
+    """A client of the embedded etcd hareg started under ``data_dir``."""
+    ports = json.loads((data_dir / "etcd" / "ports.json").read_text())
+    return await EtcdKV.connect([f"http://127.0.0.1:{ports['client']}"], timeout=5.0)
+
+
+def test_a_half_sent_request_line_is_disconnected_at_the_configured_header_timeout(
+    hareg_launcher: Launcher, tmp_path: Path
+) -> None:
+    args = _config(tmp_path, "limits:\n  requestHeaderTimeout: 1s\n  idleConnectionTimeout: 30s\n")
+    server = hareg_launcher(tmp_path / "data", extra_args=args)
+    host, port = server.host_port.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /v2/ HT")
+        start = time.monotonic()
+        assert sock.recv(4096) == b""  # closed by the registry (the 30 s socket timeout would raise)
+        elapsed = time.monotonic() - start
+    assert 0.9 <= elapsed < 30, elapsed  # the header timeout, not the idle one
+    # A request whose body streams in for longer than the header timeout is served.
+    body = os.urandom(5000)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v2/slow/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for i in range(0, len(body), 1000):  # about 2.5 s in all, never stalling
+            sock.sendall(body[i : i + 1000])
+            time.sleep(0.5)  # pacing the sender, not waiting for an event
+        assert sock.recv(4096).startswith(b"HTTP/1.1 201")
+    assert server.stop(signal.SIGTERM) == 0
+
+
+async def test_a_generated_http_secret_never_reaches_the_log(
+    hareg_launcher: Launcher, tmp_path: Path
+) -> None:
+    server = hareg_launcher(tmp_path / "data")  # no httpSecret configured: one is generated
+    kv = await _embedded_kv(server.data_dir)
+    try:
+        found = await kv.get(Keys("/hareg").setting("http-secret"))
+    finally:
+        await kv.close()
+    assert found is not None
+    secret = found.value.decode()
+    # The access log names the request's path: a secret in it must come out redacted.
+    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/v2/{secret}/tags/list") as r:
+        assert r.status == 404
+    assert server.stop(signal.SIGTERM) == 0
+    log = server.stderr()
+    assert "/v2/<redacted>/tags/list" in log
+    assert secret not in log
+
+
+@pytest.mark.parametrize("advertise", [None, "http://registry-7.example.test:5000"])
+async def test_replicas_register_their_advertised_url(
+    hareg_launcher: Launcher, tmp_path: Path, advertise: str | None
+) -> None:
+    args = _config(tmp_path, f"advertiseURL: {advertise}\n" if advertise else "{}\n")
+    server = hareg_launcher(tmp_path / "data", extra_args=args)
+    kv = await _embedded_kv(server.data_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while not (members := (await kv.range(*Keys("/hareg").members())).kvs):
+            assert time.monotonic() < deadline, "the replica never registered"
+            await asyncio.sleep(0.05)
+    finally:
+        await kv.close()
+    [member] = [decode(MemberRecord, m.value) for m in members]
+    assert member.url == (advertise or server.url)
+    assert server.stop(signal.SIGTERM) == 0

@@ -1,9 +1,22 @@
-"""/v2/, unknown endpoints and the error format."""
+"""/v2/, unknown endpoints, the error format, and request bodies that stall."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from oci_helpers import expect_error
+
+from hareg.config import RequestLimits, RequestsConfig
+from hareg.http.app import init_app
+from hareg.http.base import BODY_CHUNK
+from hareg.http.keys import HttpSettings
+from hareg.http.limits import LIMITS
+from hareg.registry.service import Registry
 
 
 async def test_api_base_answers_200_with_version_header(client: TestClient[object, object]) -> None:
@@ -46,3 +59,96 @@ async def test_every_405_names_the_allowed_methods(
     assert r.status == 405
     assert (await r.json())["errors"][0]["code"] == "UNSUPPORTED"
     assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed
+
+
+# ------------------------------------------------------------------ a stalled request body
+
+STALL = 1.0
+WAIT = 30.0  # the generous bound for any event on a busy machine
+
+
+@pytest.fixture
+async def one_write_slot(registry: Registry) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """One write slot, no queue, and a short limits.bodyStallTimeout."""
+    settings = HttpSettings(
+        requests=RequestsConfig(write=RequestLimits(max_running=1)), body_stall_timeout=STALL
+    )
+    async with TestClient(TestServer(init_app(registry, settings))) as c:
+        yield c
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One response (head and Content-Length body), without waiting for the
+    connection to close (aiohttp first drains what the client still sends)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await asyncio.wait_for(reader.readexactly(length), WAIT)
+
+
+async def stalled_patch(
+    client: TestClient[web.Request, web.Application], registry: Registry, repo: str, sent: bytes
+) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open an upload and send a PATCH that declares more bytes than ``sent``, then stops."""
+    status = await registry.uploads.start(repo)
+    token = registry.upload_signer.sign(repo, status.upload_id)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"PATCH /v2/{repo}/blobs/uploads/{status.upload_id}?_state={token} HTTP/1.1\r\nHost: a\r\n"
+        f"Content-Length: {len(sent) + 1000}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + sent
+    )
+    await writer.drain()
+    return status.upload_id, reader, writer
+
+
+async def test_a_stalled_patch_is_dropped_and_frees_its_write_slot(
+    one_write_slot: TestClient[web.Request, web.Application], registry: Registry
+) -> None:
+    client = one_write_slot
+    _, reader, writer = await stalled_patch(client, registry, "stall", b"x" * 400)
+    limiter = client.app[LIMITS].write
+    while limiter.running == 0:  # the PATCH holds the one write slot...
+        await asyncio.sleep(0.01)
+    await expect_error(await client.post("/v2/stall/blobs/uploads/"), 429, "TOOMANYREQUESTS")
+    start = time.monotonic()
+    answer = await read_answer(reader)  # ...until the stall: 408
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"Connection: close" in answer
+    assert b"BLOB_UPLOAD_INVALID" in answer and b"limits.bodyStallTimeout" in answer
+    assert time.monotonic() - start < WAIT and limiter.running == 0
+    r = await client.post("/v2/stall/blobs/uploads/")
+    assert r.status == 202
+
+
+async def test_the_bytes_of_a_stalled_patch_are_not_kept(
+    one_write_slot: TestClient[web.Request, web.Application], registry: Registry
+) -> None:
+    client = one_write_slot
+    # More than one BODY_CHUNK, so that some bytes reach the blob store before the stall.
+    upload_id, reader, writer = await stalled_patch(client, registry, "stall", b"x" * (BODY_CHUNK + 4096))
+    answer = await read_answer(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert await registry.store.upload_size(upload_id) == 0
+
+
+async def test_a_stalled_manifest_body_is_a_408_manifest_invalid(
+    one_write_slot: TestClient[web.Request, web.Application], registry: Registry
+) -> None:
+    client = one_write_slot
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"PUT /v2/repo/manifests/t HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\r\n" + b'{"schemaVersion": 2, '
+    )
+    await writer.drain()
+    answer = await read_answer(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"MANIFEST_INVALID" in answer and b"limits.bodyStallTimeout" in answer
+    assert await registry.meta.get_tag("repo", "t") is None

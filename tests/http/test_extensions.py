@@ -3,6 +3,7 @@ tags, their enforcement on the OCI API, and their error paths (spec JSON)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -140,6 +141,26 @@ async def test_rollback_recreates_a_deleted_tag(client: Client) -> None:
     assert await pulled_digest(client, "repo", "t") == a.digest
 
 
+async def test_a_body_split_across_tcp_segments_is_read_whole(client: Client) -> None:
+    """The body is read to its end before it is parsed, however TCP cuts it."""
+    a = await push_image(client, "repo", "t")
+    await push_image(client, "repo", "t", seed="b")
+    body = json.dumps({"digest": a.digest}).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"POST /hareg/v1/repositories/repo/tags/t/rollback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:12]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # pacing: the rest comes in a later segment
+    writer.write(body[12:])
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+
+
 async def test_rollback_errors(client: Client) -> None:
     a = await push_image(client, "repo", "t")
     other = await push_image(client, "other", "t", seed="other")
@@ -152,10 +173,11 @@ async def test_rollback_errors(client: Client) -> None:
     await expect_error(await rollback(client, "Repo", "t", a.digest), 400, "NAME_INVALID")
     await expect_error(await rollback(client, "repo", ".t", a.digest), 400, "MANIFEST_INVALID")
     url = f"{V1}/repo/tags/t/rollback"
-    for body in (b"", b"not json", b"[]", b'{"digest": 5}', b'{"other": "x"}', b"[" * 50_000):
+    deep = b"[" * 100_000 + b"]" * 100_000  # too deep for the parser: 400, not 500
+    for body in (b"", b"not json", b"[]", b'{"digest": 5}', b'{"other": "x"}', b"[" * 50_000, deep):
         entry = await expect_error(await client.post(url, data=body), 400, "UNSUPPORTED")
         assert "digest" in entry["message"]
-    big = json.dumps({"digest": a.digest, "pad": "x" * 70_000}).encode()
+    big = json.dumps({"digest": a.digest, "pad": "x" * (1 << 20)}).encode()
     await expect_error(await client.post(url, data=big), 413, "SIZE_INVALID")
     # Nothing of that changed the tag.
     assert [e["seq"] for e in await history(client, "repo", "t")] == [1]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_LIST,
@@ -32,9 +36,16 @@ from oci_helpers import (
     snapshot,
 )
 
+from hareg.clock import SystemClock
+from hareg.config import LimitsConfig
+from hareg.etcd_process import EtcdProcess
+from hareg.http.app import init_app
+from hareg.ids import RandomIds
+from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES
 from hareg.registry.service import Registry
+from hareg.storage.filesystem import FilesystemBlobStore
 
 MISSING = sha256(b"not pushed")
 
@@ -663,3 +674,75 @@ async def test_docker_types_cannot_carry_a_subject(client: Client) -> None:
         subject=descriptor(DOCKER_MANIFEST, image.body),
     )
     await expect_error(await put_manifest(client, "repo", "v2", body, DOCKER_LIST), 400, "MANIFEST_INVALID")
+
+
+# ------------------------------------------------------------------ limits: etcd-sized manifests
+
+
+@asynccontextmanager
+async def registry_on(
+    kv: EtcdKV, tmp_path: Path, limits: LimitsConfig
+) -> AsyncIterator[tuple[Registry, Client]]:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    reg = Registry(
+        kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", limits=limits
+    )
+    await reg.start()
+    try:
+        async with TestClient(TestServer(init_app(reg))) as client:
+            yield reg, client
+    finally:
+        await reg.stop()
+        await store.close()
+
+
+async def test_references_and_annotations_are_capped(kv: EtcdKV, tmp_path: Path) -> None:
+    limits = LimitsConfig(max_manifest_references=3, max_manifest_annotation_bytes=20)
+    async with registry_on(kv, tmp_path, limits) as (reg, client):
+        before = await snapshot(reg)
+        config = config_blob()
+        too_many = image_manifest(config, [b"l1", b"l2", b"l3"])  # config + 3 layers
+        entry = await expect_error(await put_manifest(client, "repo", "t", too_many), 400, "MANIFEST_INVALID")
+        assert "limits.maxManifestReferences" in entry["message"]
+        children = [(OCI_MANIFEST, image_manifest(config, [bytes([i])])) for i in range(4)]
+        index = index_manifest(children)
+        entry = await expect_error(
+            await put_manifest(client, "repo", "i", index, OCI_INDEX), 400, "MANIFEST_INVALID"
+        )
+        assert entry["detail"] == {"limit": "limits.maxManifestReferences", "references": 4}
+        noted = image_manifest(config, [b"l1"], annotations={"note": "é" * 10})  # 4 + 20 bytes
+        entry = await expect_error(await put_manifest(client, "repo", "n", noted), 400, "MANIFEST_INVALID")
+        assert "limits.maxManifestAnnotationBytes" in entry["message"]
+        assert (await snapshot(reg)).keys == before.keys
+        # Within both caps: pushed.
+        image = await push_image(client, "repo", "ok", layer_count=2, annotations={"a": "b"})
+        assert image.digest
+
+
+@pytest.fixture
+async def strict_etcd_kv(tmp_path: Path) -> AsyncIterator[EtcdKV]:
+    """An etcd with the default --max-txn-ops of etcd itself (128), as an
+    external etcd has (hareg's own etcd processes allow more)."""
+    proc = EtcdProcess("strict", tmp_path / "etcd", max_txn_ops=128)
+    await proc.start(startup_timeout=60)
+    try:
+        kv = await EtcdKV.connect([proc.client_url], timeout=5.0)
+        try:
+            yield kv
+        finally:
+            await kv.close()
+    finally:
+        await proc.stop()
+
+
+async def test_a_manifest_larger_than_etcd_accepts_is_refused_not_retried(
+    strict_etcd_kv: EtcdKV, tmp_path: Path
+) -> None:
+    """With the reference cap switched off, etcd refuses the transaction: a
+    400 that says so, never a 503 with Retry-After that invites endless retries."""
+    async with registry_on(strict_etcd_kv, tmp_path, LimitsConfig(max_manifest_references=0)) as (_, client):
+        body = image_manifest(config_blob(), [i.to_bytes(2, "big") for i in range(130)])
+        r = await put_manifest(client, "repo", "big", body)
+        assert "Retry-After" not in r.headers
+        entry = await expect_error(r, 400, "MANIFEST_INVALID")
+        assert "etcd" in entry["message"] and "limits.maxManifestReferences" in entry["message"]

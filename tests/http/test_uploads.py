@@ -7,6 +7,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from oci_helpers import (
 from yarl import URL
 
 from hareg.clock import SystemClock
+from hareg.config import LimitsConfig
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
@@ -642,3 +644,102 @@ async def test_uploads_with_digests_computed_beside_the_loop(kv: EtcdKV, tmp_pat
         finally:
             await reg.stop()
             await store.close()
+
+
+# ---------------------------------------------------------- limits: caps and expiry
+
+
+class ShiftedClock(SystemClock):
+    """The real clock, with wall-clock time moved forward on demand."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+
+@asynccontextmanager
+async def registry_with(
+    kv: EtcdKV, tmp_path: Path, limits: LimitsConfig, clock: SystemClock | None = None
+) -> AsyncIterator[tuple[Registry, Client]]:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    reg = Registry(
+        kv, store, clock or SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", limits=limits
+    )
+    await reg.start()
+    try:
+        async with TestClient(TestServer(init_app(reg))) as client:
+            yield reg, client
+    finally:
+        await reg.stop()
+        await store.close()
+
+
+async def test_upload_sessions_are_capped_per_repository_and_in_all(kv: EtcdKV, tmp_path: Path) -> None:
+    limits = LimitsConfig(max_upload_sessions=3, max_upload_sessions_per_repository=2)
+    async with registry_with(kv, tmp_path, limits) as (_, client):
+        first = await start_upload(client, "a")
+        await start_upload(client, "a")
+        r = await client.post("/v2/a/blobs/uploads/")
+        entry = await expect_error(r, 429, "TOOMANYREQUESTS")
+        assert "limits.maxUploadSessionsPerRepository" in entry["message"]
+        assert entry["detail"] == {"limit": "limits.maxUploadSessionsPerRepository"}
+        await start_upload(client, "b")  # another repository has room, and the registry one more
+        r = await client.post("/v2/c/blobs/uploads/")
+        entry = await expect_error(r, 429, "TOOMANYREQUESTS")
+        assert "limits.maxUploadSessions" in entry["message"] and "PerRepository" not in entry["message"]
+        # A session that ends (cancelled here; finished alike) makes room again.
+        assert (await client.delete(first)).status == 204
+        await start_upload(client, "a")
+
+
+async def test_blob_size_is_capped_while_streaming(kv: EtcdKV, tmp_path: Path) -> None:
+    async with registry_with(kv, tmp_path, LimitsConfig(max_blob_size=1000)) as (reg, client):
+        before = await snapshot(reg)
+        # Monolithic, over the cap: refused, nothing stored.
+        big = b"m" * 1001
+        r = await client.post("/v2/repo/blobs/uploads/", params={"digest": sha256(big)}, data=big)
+        entry = await expect_error(r, 413, "SIZE_INVALID")
+        assert "limits.maxBlobSize" in entry["message"]
+        assert (await snapshot(reg)).files == before.files
+        # Chunked: a chunk that declares too many bytes is refused before it is read...
+        data = bytes(range(250)) * 4
+        location = await start_upload(client, "repo")
+        code, location, _ = await patch(client, location, data[:600], start=0)
+        assert code == 202
+        r = await client.patch(location, data=b"z" * 401, headers={"Content-Range": "600-1000"})
+        await expect_error(r, 413, "SIZE_INVALID")
+
+        # ...and one without a length as soon as its bytes pass the cap.
+        async def stream() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"z" * 100
+
+        r = await client.patch(location, data=stream())
+        entry = await expect_error(r, 413, "SIZE_INVALID")
+        assert entry["detail"]["limit"] == "limits.maxBlobSize"
+        r = await client.get(location)
+        assert r.status == 204 and r.headers["Range"] == "0-599"
+        # A blob of exactly the cap is accepted.
+        r = await client.put(location, params={"digest": sha256(data)}, data=data[600:])
+        assert r.status == 201, await r.text()
+        assert await get_blob(client, "repo", sha256(data)) == data
+
+
+async def test_upload_urls_expire_with_their_session(kv: EtcdKV, tmp_path: Path) -> None:
+    clock = ShiftedClock()
+    async with registry_with(kv, tmp_path, LimitsConfig(), clock) as (reg, client):
+        location = await start_upload(client, "repo")
+        code, location, _ = await patch(client, location, b"abc", start=0)
+        assert code == 202 and (await client.get(location)).status == 204
+        # Past the session's lifetime (its lease TTL after its last write), the URL names no upload.
+        clock.offset = reg.meta.upload_ttl + reg.meta.upload_lease_window + 5
+        for r in (
+            await client.get(location),
+            await client.patch(location, data=b"d", headers={"Content-Range": "3-3"}),
+            await client.put(location, params={"digest": sha256(b"abc")}),
+            await client.delete(location),
+        ):
+            entry = await expect_error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+            assert "expired" in entry["message"]

@@ -17,6 +17,7 @@ from etcd3aio import Etcd3Client
 from hareg.etcd_process import EtcdProcess
 from hareg.kv import (
     Compare,
+    KVRejected,
     KVUnavailable,
     KVUnknownOutcome,
     Put,
@@ -86,6 +87,22 @@ async def test_large_values_over_grpc_default_limit(kv: EtcdKV, key_prefix: byte
     await put(kv, key_prefix + b"b", big)
     res = await kv.range(key_prefix, prefix_end(key_prefix))
     assert [x.value == big for x in res.kvs] == [True, True]
+
+
+async def test_requests_etcd_refuses_as_they_are_are_rejected_not_retryable(
+    kv: EtcdKV, key_prefix: bytes, etcd_process: EtcdProcess
+) -> None:
+    """Too many operations, too many bytes, a key twice: etcd refused them and
+    would refuse them again, so they are KVRejected (too_big), neither
+    KVUnavailable (retry) nor KVUnknownOutcome (verify), and nothing applied."""
+    too_many = [Compare.missing(key_prefix + b"%d" % i) for i in range(etcd_process.max_txn_ops + 1)]
+    twice = [Put(key_prefix + b"k", b"1"), Put(key_prefix + b"k", b"2")]
+    huge = [Put(key_prefix + b"big", b"x" * (etcd_process.max_request_bytes + 1024))]
+    for compares, ops in ((too_many, [Put(key_prefix + b"k", b"v")]), ([], twice), ([], huge)):
+        with pytest.raises(KVRejected) as exc:
+            await kv.txn(compares, ops)
+        assert exc.value.too_big, exc.value
+    assert (await kv.range(key_prefix, prefix_end(key_prefix))).kvs == []
 
 
 # -- watch -------------------------------------------------------------------------

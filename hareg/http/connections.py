@@ -1,0 +1,150 @@
+"""Connection timeouts: the bounds aiohttp's server does not have itself.
+
+aiohttp closes a keep-alive connection that waits for its next request longer
+than ``keepalive_timeout`` (``limits.idleConnectionTimeout``), but it waits
+without bound for a request line and headers that arrive a byte at a time
+once they have started, and a connection's first request waits as long as
+its idle timeout.  ``ConnectionGuard`` adds ``limits.requestHeaderTimeout``:
+a connection is closed unless a request's headers are complete within the
+bound, counted from the connection's opening, and on a keep-alive connection
+from the first byte of each next request.
+
+It wraps the protocol aiohttp makes for each connection: the wrapper sees
+every byte before aiohttp does, and ``phase_middleware`` tells it when a
+request's handler starts (its headers were parsed) and ends.  Bytes that
+arrive while a handler runs are its body, which ``request_chunks``
+(hareg.http.base) bounds by ``limits.bodyStallTimeout`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from ssl import SSLContext
+
+from aiohttp import web
+
+from hareg.http.base import Handler
+
+__all__ = ["CONNECTIONS", "ConnectionGuard", "phase_middleware", "start_listener"]
+
+log = logging.getLogger("hareg.http")
+
+
+class _Guarded(asyncio.Protocol):
+    """One connection: aiohttp's protocol behind a header-timeout timer."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = 0  # request handlers running (pipelined requests run one at a time)
+
+    def _arm(self) -> None:
+        if self._timer is None and self._busy == 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._guard.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._transport is not None and self._busy == 0:
+            log.info(
+                "closed a connection whose request headers did not arrive in time",
+                extra={
+                    "fields": {"limit": "limits.requestHeaderTimeout", "seconds": self._guard.header_timeout}
+                },
+            )
+            self._transport.close()
+
+    def started(self) -> None:
+        self._busy += 1
+        self._disarm()
+
+    def finished(self) -> None:
+        # The next request's clock starts with its first byte (data_received).
+        self._busy -= 1
+
+    # asyncio.Protocol, passed through to aiohttp's protocol.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._guard.connections[transport] = self
+        self._inner.connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if data:
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._guard.connections.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class ConnectionGuard:
+    """The header timeout of every connection of one application's listeners."""
+
+    def __init__(self, header_timeout: float) -> None:
+        self.header_timeout = header_timeout
+        self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Guarded(self, factory())
+
+
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
+
+
+@web.middleware
+async def phase_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the connection's guard that a request's headers have arrived, and
+    when its handler is done (an app served without a guard is unaffected)."""
+    guard = request.app.get(CONNECTIONS)
+    conn = guard.connections.get(request.transport) if guard and request.transport else None
+    if conn is None:
+        return await handler(request)
+    conn.started()
+    try:
+        return await handler(request)
+    finally:
+        conn.finished()
+
+
+async def start_listener(
+    runner: web.AppRunner,
+    host: str | None,
+    port: int,
+    *,
+    ssl: SSLContext | None = None,
+    backlog: int = 1024,
+) -> asyncio.Server:
+    """Listen on ``host:port`` (None: every interface) for ``runner``'s application through its
+    ConnectionGuard (the app must hold one under CONNECTIONS).  The caller
+    closes the returned server before ``runner.cleanup()``, which then closes
+    the connections gracefully as it does a site's."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("AppRunner.setup() has not run")
+    guard = runner.app[CONNECTIONS]
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        guard.wrap(server), host, port, ssl=ssl, backlog=backlog, reuse_address=True
+    )

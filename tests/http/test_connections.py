@@ -1,0 +1,135 @@
+"""Connection timeouts over real sockets: a request's headers must arrive within
+limits.requestHeaderTimeout, an idle keep-alive connection is closed after
+limits.idleConnectionTimeout, and a request whose handler runs (or whose body
+streams in) longer than the header timeout is not cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+from aiohttp import web
+from oci_helpers import sha256
+
+from hareg.http.app import init_app
+from hareg.http.connections import ConnectionGuard, start_listener
+from hareg.http.keys import HttpSettings
+from hareg.registry.service import Registry
+
+HEADER_TIMEOUT = 1.0
+# Far longer than the header timeout, so that a close at the header timeout
+# cannot be aiohttp's own idle close (which also ends a connection waiting
+# for headers); the margin absorbs a busy machine.
+IDLE_TIMEOUT = 8.0
+WAIT = 30.0  # the generous bound for any event
+
+Serve = Callable[..., Awaitable[tuple[str, int]]]
+
+
+@pytest.fixture
+async def serve(registry: Registry) -> AsyncIterator[Serve]:
+    """Start the registry behind a guarded listener on 127.0.0.1, as ``hareg serve`` does."""
+    async with AsyncExitStack() as stack:
+
+        async def start(settings: HttpSettings | None = None) -> tuple[str, int]:
+            app = init_app(registry, settings, connections=ConnectionGuard(HEADER_TIMEOUT))
+            runner = web.AppRunner(app, keepalive_timeout=IDLE_TIMEOUT, shutdown_timeout=1.0)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            server = await start_listener(runner, "127.0.0.1", 0)
+            stack.callback(server.close)
+            port: int = server.sockets[0].getsockname()[1]
+            return "127.0.0.1", port
+
+        yield start
+
+
+async def closed_after(reader: asyncio.StreamReader) -> tuple[float, bytes]:
+    """Seconds until the server closes the connection, and what it sent before."""
+    start = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), WAIT)
+    return time.monotonic() - start, data
+
+
+async def test_half_a_request_line_is_disconnected_within_the_header_timeout(serve: Serve) -> None:
+    host, port = await serve()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /v2/ HT")
+    await writer.drain()
+    elapsed, data = await closed_after(reader)
+    writer.close()
+    assert data == b"" and HEADER_TIMEOUT * 0.9 <= elapsed < IDLE_TIMEOUT
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(serve: Serve) -> None:
+    host, port = await serve()
+    reader, writer = await asyncio.open_connection(host, port)
+    elapsed, data = await closed_after(reader)
+    writer.close()
+    # The header timeout counts from the opening, before the (longer) idle timeout.
+    assert data == b"" and HEADER_TIMEOUT * 0.9 <= elapsed < IDLE_TIMEOUT
+
+
+async def test_headers_trickling_in_are_cut_off_at_the_header_timeout(serve: Serve) -> None:
+    host, port = await serve()
+    reader, writer = await asyncio.open_connection(host, port)
+    start = time.monotonic()
+
+    async def trickle() -> None:
+        for byte in b"GET /v2/ HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"x" * 1000:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        data = await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        sender.cancel()
+        writer.close()
+    assert data == b"" and HEADER_TIMEOUT * 0.9 <= time.monotonic() - start < IDLE_TIMEOUT
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(serve: Serve) -> None:
+    host, port = await serve()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))[15:]
+    )
+    await reader.readexactly(length)
+    elapsed, data = await closed_after(reader)
+    writer.close()
+    # Waiting for a next request is governed by the idle timeout, not the header one.
+    assert data == b"" and IDLE_TIMEOUT * 0.9 <= elapsed < WAIT
+
+
+async def test_a_body_streaming_longer_than_the_header_timeout_is_served(
+    serve: Serve, registry: Registry
+) -> None:
+    host, port = await serve(HttpSettings(body_stall_timeout=HEADER_TIMEOUT * 2))
+    status = await registry.uploads.start("slow")
+    location = registry.upload_signer.sign("slow", status.upload_id)
+    data = b"0123456789" * 5
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"PATCH /v2/slow/blobs/uploads/{status.upload_id}?_state={location} HTTP/1.1\r\n"
+        f"Host: a\r\nContent-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    start = time.monotonic()
+    for i in range(0, len(data), 10):  # about 2.5 x the header timeout in all, never stalling
+        writer.write(data[i : i + 10])
+        await writer.drain()
+        await asyncio.sleep(HEADER_TIMEOUT / 2)  # a paced sender, not a wait for an event
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    writer.close()
+    assert time.monotonic() - start > HEADER_TIMEOUT
+    assert head.startswith(b"HTTP/1.1 202"), head
+    info = await registry.uploads.finish("slow", status.upload_id, sha256(data), None)
+    assert info.size == len(data)
