@@ -103,25 +103,39 @@ class CollectionStore:
 
     async def delete_manifests(
         self, repo: str, manifests: Sequence[tuple[str, str | None]], revision: int, fence: Sequence[Compare]
-    ) -> bool:
-        """Delete unreachable manifests (digest, subject) of one repository, if no
-        tag, manifest or history entry of the repository changed since
-        ``revision`` (a new tag, index, referrer or rollback could reach them)."""
+    ) -> list[str]:
+        """Delete unreachable manifests (digest, subject) of one repository, in
+        the order given, if no tag, manifest or history entry of the repository
+        changed since ``revision`` (a new tag, index, referrer or rollback could
+        reach them).  Returns the digests deleted: a batch whose guard fails
+        stops the rest, and those before it stay deleted.
+
+        A manifest and its referrer entry go in the same transaction, never
+        split across two: a later batch failing must not leave an entry in the
+        referrers index for a manifest that is gone."""
         guards = [
             *fence,
             Compare.range_unchanged_since(*self.keys.tags(repo), revision),
             Compare.range_unchanged_since(*self.keys.manifests(repo), revision),
         ]
-        ops: list[TxnOp] = []
+        batches: list[tuple[list[str], list[TxnOp]]] = [([], [])]
         for digest, subject in manifests:
-            ops.append(Delete(self.keys.manifest(repo, digest)))
+            ops: list[TxnOp] = [Delete(self.keys.manifest(repo, digest))]
             if subject is not None:
                 ops.append(Delete(self.keys.referrer(repo, subject, digest)))
-        for i in range(0, len(ops), BATCH):
-            result = await self.kv.txn(guards, ops[i : i + BATCH])
+            if len(batches[-1][1]) + len(ops) > BATCH:
+                batches.append(([], []))
+            batches[-1][0].append(digest)
+            batches[-1][1].extend(ops)
+        deleted: list[str] = []
+        for digests, ops in batches:
+            if not ops:
+                continue
+            result = await self.kv.txn(guards, ops)
             if not result.succeeded:
-                return False
-        return True
+                break
+            deleted += digests
+        return deleted
 
     async def delete_links(
         self, repo: str, links: Sequence[tuple[str, int]], revision: int, fence: Sequence[Compare]
