@@ -178,6 +178,21 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True)
+class ManifestUrls:
+    """Which ``urls`` a pushed manifest's descriptors may carry: regular
+    expressions searched in each URL (as distribution does); a URL must match
+    one of ``allow`` and none of ``deny``.  No ``allow``: no URL is accepted."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    manifest_urls: ManifestUrls = field(default_factory=ManifestUrls)
+
+
+@dataclass(frozen=True)
 class Config:
     management_state: str = "Managed"
     log_level: str = "Normal"
@@ -193,6 +208,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 class ConfigError(Exception):
@@ -273,6 +289,12 @@ _SCALARS: Final = (
     _Scalar("pruner.keepTagRevisions", "int", "Tag history entries kept per tag."),
     _Scalar("pruner.keepYoungerThanDuration", "str", "Never prune what is younger than this."),
     _Scalar("pruner.uploadGracePeriod", "str", "Never delete a blob or upload younger than this."),
+    _Scalar(
+        "validation.manifests.urls.allow",
+        "list",
+        "Regular expressions; a descriptor URL must match one ([]: manifests with urls are refused).",
+    ),
+    _Scalar("validation.manifests.urls.deny", "list", "Regular expressions; a URL matching one is refused."),
 )
 
 _SECTION_DOCS: Final = MappingProxyType(
@@ -298,6 +320,7 @@ _SECTION_DOCS: Final = MappingProxyType(
         "etcd": "Where metadata lives (OpenShift keeps this outside the registry's spec).",
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
         "pruner": "Online garbage collection, run by one replica at a time (the ImagePruner's spec).",
+        "validation": "What a pushed manifest may contain (distribution's validation section).",
     }
 )
 
@@ -1188,6 +1211,38 @@ def _pruner(top: _Map) -> PrunerConfig:
     )
 
 
+def _patterns(m: _Map, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each compiled once here so that a bad one
+    is a configuration error, not a refused push."""
+    raw = m.get(key)
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [item.strip() for item in raw.split(",") if item.strip()]
+    if not isinstance(raw, list):
+        m.ctx.bad(m.at(key), raw, 'a list of regular expressions like ["^https://example\\.com/"]')
+        return ()
+    out: list[str] = []
+    for index, item in enumerate(raw):
+        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+        if not isinstance(item, str) or not item:
+            m.ctx.bad(at, item, "a non-empty regular expression (a string)")
+            continue
+        try:
+            re.compile(item)
+        except re.error as exc:
+            m.ctx.bad(at, item, f"a valid regular expression ({exc})")
+            continue
+        out.append(item)
+    return tuple(out)
+
+
+def _validation(top: _Map) -> ValidationConfig:
+    manifests = top.mapping("validation", ("manifests",)).mapping("manifests", ("urls",))
+    urls = manifests.mapping("urls", ("allow", "deny"))
+    return ValidationConfig(ManifestUrls(allow=_patterns(urls, "allow"), deny=_patterns(urls, "deny")))
+
+
 def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")
 
@@ -1271,6 +1326,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
             "storage",
             "etcd",
             "pruner",
+            "validation",
         ),
         _TOP_UNSUPPORTED,
     )
@@ -1306,6 +1362,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
         storage=_storage(top, replicas),
         etcd=_etcd(top),
         pruner=_pruner(top),
+        validation=_validation(top),
     )
 
 
@@ -1420,6 +1477,14 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "keepTagRevisions": pruner.keep_tag_revisions,
             "keepYoungerThanDuration": format_duration(pruner.keep_younger_than),
             "uploadGracePeriod": format_duration(pruner.upload_grace),
+        },
+        "validation": {
+            "manifests": {
+                "urls": {
+                    "allow": list(config.validation.manifest_urls.allow),
+                    "deny": list(config.validation.manifest_urls.deny),
+                }
+            }
         },
     }
 

@@ -36,6 +36,7 @@ from hareg.logs import add_log_secret
 from hareg.metrics import Metrics
 from hareg.registry.gc import Policy
 from hareg.registry.hashing import ThreadedHashing
+from hareg.registry.manifest_format import UrlPolicy
 from hareg.registry.service import Registry
 from hareg.reload import Reloader
 from hareg.storage.base import BlobStore
@@ -203,6 +204,9 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
             prune_suspend=config.pruner.suspend,
             read_only=config.read_only,
+            manifest_urls=UrlPolicy.compile(
+                config.validation.manifest_urls.allow, config.validation.manifest_urls.deny
+            ),
             hashing=ThreadedHashing(hash_pool),
         )
         await registry.start()

@@ -34,6 +34,7 @@ from typing import Any
 from hareg.http.readonly import is_write, read_only_error
 from hareg.kv.base import KVError
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT, MetadataError
+from hareg.metadata.switch import WritesFrozen
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import OCI_INDEX, OCI_MANIFEST
 from hareg.registry.pruner import NotLeader
@@ -161,7 +162,10 @@ class Env:
                 op.detail["ro"] = f"{reg.settings.revision}:{int(reg.read_only)}:{history.seq}"
             if write and reg.read_only:
                 raise read_only_error()
-            return await handler(reg)
+            try:
+                return await handler(reg)
+            except WritesFrozen:  # the store's compare on the switch refused it
+                raise read_only_error() from None
 
         return run
 

@@ -10,7 +10,8 @@ writes at all).  Pulls, HEADs, listings and the upload status GET are served.
 
 ``GET /hareg/v1/read-only`` tells the state; ``PUT /hareg/v1/read-only`` with
 ``{"readOnly": true|false}`` sets the cluster-wide switch in etcd, seen by
-every replica within a watch delivery.
+every replica within a watch delivery; no write commits after that PUT
+returned, on any replica (each write transaction compares the switch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 from aiohttp import web
 
 from hareg.http.base import Handler, registry
+from hareg.metadata.switch import WritesFrozen
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = ["READ_ONLY_PATH", "get_read_only", "is_write", "put_read_only", "read_only_middleware"]
@@ -53,9 +55,15 @@ def read_only_error() -> RegistryError:
 
 @web.middleware
 async def read_only_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # This replica's view refuses most writes early; a write that passed it
+    # while the switch was turning on elsewhere is refused by its transaction's
+    # compare on the switch (hareg/metadata/switch.py), answered the same way.
     if is_write(request.method, request.path) and registry(request).read_only:
         raise read_only_error()
-    return await handler(request)
+    try:
+        return await handler(request)
+    except WritesFrozen:
+        raise read_only_error() from None
 
 
 async def get_read_only(request: web.Request) -> web.Response:

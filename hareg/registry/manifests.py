@@ -10,7 +10,7 @@ from hareg.metadata.records import ManifestRecord
 from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, MissingReferences, ReferencedBy
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes
 from hareg.registry.errors import ErrorCode, RegistryError, unavailable
-from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, parse_manifest
+from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, NO_URLS, UrlPolicy, parse_manifest
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk, read_all
@@ -23,8 +23,17 @@ def _unknown(repo: str, reference: str) -> RegistryError:
 
 
 class ManifestService:
-    def __init__(self, meta: MetadataStore, store: BlobStore, clock: Clock, ids: IdSource) -> None:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        store: BlobStore,
+        clock: Clock,
+        ids: IdSource,
+        *,
+        urls: UrlPolicy = NO_URLS,
+    ) -> None:
         self.meta = meta
+        self.urls = urls  # which descriptor ``urls`` a pushed manifest may carry
         self.store = store
         self.clock = clock
         self.ids = ids
@@ -66,7 +75,7 @@ class ManifestService:
     ) -> ManifestPushed:
         check_name(repo)
         ref = parse_reference(reference)
-        parsed = parse_manifest(body, content_type)
+        parsed = parse_manifest(body, content_type, self.urls)
         tags: list[str] = []
         if isinstance(ref, Digest):
             digest = digest_bytes(body, ref.algorithm)
@@ -79,7 +88,10 @@ class ManifestService:
         else:
             digest = digest_bytes(body, DEFAULT_ALGORITHM)
             tags.append(ref)
-        tags += [check_tag(t) for t in extra_tags if t not in tags]
+        for extra in extra_tags:
+            # ``?tag=a&tag=a`` names one tag: duplicates are dropped, first order kept.
+            if check_tag(extra) not in tags:
+                tags.append(extra)
         inline = len(body) <= self.meta.inline_limit
         record = ManifestRecord(
             media_type=parsed.media_type,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from hareg.clock import Clock
 from hareg.config import CronSchedule, parse_cron
 from hareg.kv.base import KVError
+from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.registry.gc import GarbageCollector, Report
 from hareg.registry.leadership import Leadership
 from hareg.registry.stats import PrunerStats
@@ -41,6 +42,7 @@ class Pruner:
         suspend: bool = False,
         stats: PrunerStats | None = None,
         read_only: Callable[[], bool] = lambda: False,
+        switch: ReadOnlyGuard | None = None,
     ) -> None:
         self.schedule_text = schedule
         self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
@@ -52,6 +54,9 @@ class Pruner:
         self.stats = stats or PrunerStats()
         # A read-only registry deletes nothing, on a schedule either.
         self.read_only = read_only
+        # ... and its deletions compare the cluster switch, so none commits after
+        # the switch is turned on (a run already going then stops deleting).
+        self.switch = switch
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
@@ -61,7 +66,10 @@ class Pruner:
             raise NotLeader(await self.leadership.leader())
         async with self._lock:
             try:
-                report = await self.collector.run(self.leadership.fence(), dry_run=dry_run)
+                fence = list(self.leadership.fence())
+                if not dry_run and self.switch is not None:
+                    fence.append(await self.switch.compare())  # WritesFrozen while read-only
+                report = await self.collector.run(fence, dry_run=dry_run)
             except (KVError, StorageError):
                 self.stats.run_finished("failure", self.clock.now())
                 raise
@@ -89,5 +97,5 @@ class Pruner:
                 continue
             try:
                 await self.run_once()
-            except (KVError, StorageError, NotLeader) as exc:
+            except (KVError, StorageError, NotLeader, WritesFrozen) as exc:
                 log.warning("scheduled pruner run failed: %s", exc)

@@ -27,6 +27,7 @@ from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.leadership import Leadership
 from hareg.registry.listing import ListingService
+from hareg.registry.manifest_format import NO_URLS, UrlPolicy
 from hareg.registry.manifests import ManifestService
 from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
@@ -66,6 +67,7 @@ class Registry:
         prune_schedule: str | None = None,
         prune_suspend: bool = False,
         read_only: bool = False,
+        manifest_urls: UrlPolicy = NO_URLS,  # descriptor urls a pushed manifest may carry
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
@@ -81,7 +83,7 @@ class Registry:
         )
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(self.meta, store, ids, hashing=hashing, plants=plants)
-        self.manifests = ManifestService(self.meta, store, clock, ids)
+        self.manifests = ManifestService(self.meta, store, clock, ids, urls=manifest_urls)
         self.listing = ListingService(self.meta)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
@@ -104,6 +106,7 @@ class Registry:
             suspend=prune_suspend,
             stats=self.pruner_stats,
             read_only=lambda: self.read_only,
+            switch=self.meta.read_only_guard,
         )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
