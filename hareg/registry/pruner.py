@@ -68,7 +68,8 @@ class Pruner:
             try:
                 fence = list(self.leadership.fence())
                 if not dry_run and self.switch is not None:
-                    fence.append(await self.switch.compare())  # WritesFrozen while read-only
+                    await self.switch.refresh()  # WritesFrozen if read-only now
+                    fence.append(await self.switch.compare())
                 report = await self.collector.run(fence, dry_run=dry_run)
             except (KVError, StorageError):
                 self.stats.run_finished("failure", self.clock.now())
