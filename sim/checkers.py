@@ -175,6 +175,9 @@ class CommitMonitor:
         self._listed: dict[tuple[str, str], int] = defaultdict(int)  # indexes listing a manifest
         self._used: dict[tuple[str, str], int] = defaultdict(int)  # manifests using a blob link
         self._linked: dict[str, int] = defaultdict(int)  # links to a blob, all repositories
+        # Entries of the referrers index (f/<repo>@<subject>@<digest>) naming a manifest.
+        self._referrer_keys: set[bytes] = set()
+        self._referred: dict[tuple[str, str], int] = defaultdict(int)
         # Manifests whose body is a blob in the object store: digest -> live records.
         self._bodies: dict[str, int] = defaultdict(int)
         # Immutability patterns in force, by repository.
@@ -272,6 +275,16 @@ class CommitMonitor:
                     del self._links[(repo, digest)]
                     self._linked[digest] -= 1
                 checks.append(("link+" if put else "link-", repo, digest))
+            elif kind == "f":
+                repo, _subject, digest = rest.split("@", 2)
+                if put and ev.kv.key not in self._referrer_keys:
+                    self._referrer_keys.add(ev.kv.key)
+                    self._referred[(repo, digest)] += 1
+                elif not put and ev.kv.key in self._referrer_keys:
+                    self._referrer_keys.discard(ev.kv.key)
+                    self._referred[(repo, digest)] -= 1
+                if put:
+                    checks.append(("referrer", repo, digest))
             elif kind == "b":
                 state = decode(BlobRecord, ev.kv.value).state if put else "gone"
                 self._blob_state[rest] = state
@@ -371,6 +384,13 @@ class CommitMonitor:
                     self._violation("2", f"manifest {repo}@{_short(name)} deleted while a tag names it")
                 if self._listed.get((repo, name), 0) > 0:
                     self._violation("2", f"manifest {repo}@{_short(name)} deleted while an index lists it")
+                if self._referred.get((repo, name), 0) > 0:
+                    self._violation(
+                        "2", f"manifest {repo}@{_short(name)} deleted while the referrers index names it"
+                    )
+        elif what == "referrer":
+            if (repo, name) not in self._manifests and self._referred.get((repo, name), 0) > 0:
+                self._violation("2", f"a referrers entry of {repo} names missing manifest {_short(name)}")
         elif what == "link-":
             if (repo, name) not in self._links and self._used.get((repo, name), 0) > 0:
                 self._violation("2", f"link {repo}@{_short(name)} deleted while a manifest uses it")

@@ -50,6 +50,7 @@ from sim.trace import Trace
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 NONDISTRIBUTABLE_TYPE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
 PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
 
 Handler = Callable[[Registry], Awaitable[Any]]
@@ -278,6 +279,7 @@ class Client:
         ("push_repeated_tag", 1),
         ("media_type_flip", 1),
         ("push_with_urls", 0.5),
+        ("push_referrer", 2),
     )
 
     def __init__(self, name: str, env: Env, rng: random.Random, *, think: float = 0.3) -> None:
@@ -1120,3 +1122,45 @@ class Client:
             self.env.anomaly(
                 "2", op, f"manifest {digest[:19]} accepted with a never-pushed layer that lists urls"
             )
+
+    async def push_referrer(self) -> None:
+        """An artifact (a signature) whose ``subject`` is an image of the
+        repository or, half the time, a digest never pushed: untagged, it is
+        garbage once its subject is, and the collector must delete it with its
+        referrers entry in one transaction (the commit checker: no referrers
+        entry names a missing manifest after any revision)."""
+        repo = self._repo()
+        images = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if images and self.rng.random() < 0.5:
+            subject = self.u.manifests[(repo, images[self.rng.randrange(len(images))])]
+            subject_doc = {
+                "mediaType": subject.media_type,
+                "digest": subject.digest,
+                "size": len(subject.body),
+            }
+        else:
+            subject_doc = {
+                "mediaType": OCI_MANIFEST,
+                "digest": sha256(self._random_bytes(8, 32)),
+                "size": 100,
+            }
+        config = self._new_blob(b"{}")
+        payload = self._new_blob(self._random_bytes(16, 256))
+        confirmed: Confirmed = {}
+        for digest in (config, payload):
+            if (await self._upload(repo, digest, self.u.blobs[digest]))[1].outcome is not Outcome.OK:
+                return
+            confirmed[digest] = (self.env.loop.time(), "upload")
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.signature.v1",
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": config, "size": 2},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": payload, "size": len(self.u.blobs[payload])}],
+            "subject": subject_doc,
+        }
+        body = json.dumps(doc, sort_keys=True).encode()
+        m = Manifest(repo, sha256(body), body, OCI_MANIFEST, blobs=(config, payload))
+        self.u.manifests[(repo, m.digest)] = m
+        self.u.images[repo].append(m.digest)
+        await self._put_digest(m, confirmed)

@@ -52,9 +52,12 @@ def _split(rest: str) -> tuple[str, str]:
 
 
 class CollectionStore:
-    def __init__(self, kv: KV, keys: Keys) -> None:
+    def __init__(self, kv: KV, keys: Keys, *, batch: int = BATCH) -> None:
         self.kv = kv
         self.keys = keys
+        # Deletions per transaction (the simulator uses a small one, so that
+        # runs cross batch boundaries).
+        self.batch = batch
 
     async def _pages(self, kind: str, revision: int) -> tuple[int, list[tuple[bytes, bytes, int]]]:
         start = self.keys.kind_prefix(kind)
@@ -95,8 +98,8 @@ class CollectionStore:
     async def delete_history(self, keys: Sequence[bytes], fence: Sequence[Compare]) -> int:
         """Trim history entries (appends only ever add newer ones: no compare needed)."""
         done = 0
-        for i in range(0, len(keys), BATCH):
-            batch = keys[i : i + BATCH]
+        for i in range(0, len(keys), self.batch):
+            batch = keys[i : i + self.batch]
             result = await self.kv.txn(list(fence), [Delete(k) for k in batch])
             done += len(batch) if result.succeeded else 0
         return done
@@ -123,7 +126,7 @@ class CollectionStore:
             ops: list[TxnOp] = [Delete(self.keys.manifest(repo, digest))]
             if subject is not None:
                 ops.append(Delete(self.keys.referrer(repo, subject, digest)))
-            if len(batches[-1][1]) + len(ops) > BATCH:
+            if len(batches[-1][1]) + len(ops) > self.batch:
                 batches.append(([], []))
             batches[-1][0].append(digest)
             batches[-1][1].extend(ops)
@@ -144,8 +147,9 @@ class CollectionStore:
         untouched since the snapshot and no manifest appeared there since."""
         deleted: list[str] = []
         manifests_unchanged = Compare.range_unchanged_since(*self.keys.manifests(repo), revision)
-        for i in range(0, len(links), BATCH // 2):
-            batch = links[i : i + BATCH // 2]
+        step = max(self.batch // 2, 1)
+        for i in range(0, len(links), step):
+            batch = links[i : i + step]
             guards = [*fence, manifests_unchanged] + [
                 Compare.mod_revision_is(self.keys.link(repo, d), mod) for d, mod in batch
             ]

@@ -17,6 +17,7 @@ from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
+from hareg.metadata.collection import BATCH as GC_BATCH
 from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
@@ -68,6 +69,7 @@ class Registry:
         prune_suspend: bool = False,
         read_only: bool = False,
         manifest_urls: UrlPolicy = NO_URLS,  # descriptor urls a pushed manifest may carry
+        gc_batch: int = GC_BATCH,  # deletions per garbage-collection transaction
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
@@ -89,7 +91,7 @@ class Registry:
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
         collector = GarbageCollector(
-            CollectionStore(kv, keys),
+            CollectionStore(kv, keys, batch=gc_batch),
             store,
             clock,
             self.janitor,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import pytest
 from kv_hooks import HookedKV
 from oci_helpers import (
     EMPTY_JSON,
@@ -20,7 +19,6 @@ from oci_helpers import (
 )
 
 from hareg.kv.base import Compare, Delete, TxnOp
-from hareg.metadata import collection
 from hareg.registry.gc import Policy
 from hareg.registry.service import Registry
 
@@ -77,7 +75,7 @@ async def test_a_real_run_on_a_replica_without_a_reachable_leader_is_refused(
 
 
 async def test_a_prune_racing_a_push_leaves_no_referrer_entry_without_its_manifest(
-    hooked: tuple[Registry, HookedKV, Client], monkeypatch: pytest.MonkeyPatch
+    hooked: tuple[Registry, HookedKV, Client],
 ) -> None:
     """Three untagged referrers (of a subject never pushed) are garbage; the
     collector deletes them in batches of 3 operations, and a push into the
@@ -85,7 +83,7 @@ async def test_a_prune_racing_a_push_leaves_no_referrer_entry_without_its_manife
     guard fails.  A referrer's manifest and its referrers entry must go in the
     same batch, and the report must name what was deleted."""
     registry, kv, client = hooked
-    monkeypatch.setattr(collection, "BATCH", 3)
+    registry.pruner.collector.collection.batch = 3
     await _lead(registry)
     registry.pruner.collector.policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
     subject = {"mediaType": OCI_MANIFEST, "digest": sha256(b"never pushed"), "size": 12}

@@ -201,6 +201,25 @@ def test_refused_writes_are_not_applied_for_linearizability() -> None:
     assert kinds(findings) == ["linearizability"]
 
 
+def test_a_referrers_entry_must_not_outlive_its_manifest() -> None:
+    store = MVCCStore()
+    findings = Findings()
+    CommitMonitor(store, K, lambda: 0.0, lambda: 0, findings)
+    blob(store)
+    manifest(store)
+    subject = "sha256:" + "s" * 64
+    store.txn([], [Put(K.referrer(R, subject, M), b"r")], [])
+    assert findings.violations == []
+    store.txn([], [Delete(K.manifest(R, M))], [])  # a batch without the referrers entry
+    store.txn([], [Delete(K.referrer(R, subject, M))], [])
+    store.txn([], [Put(K.referrer(R, subject, N), b"r")], [])  # an entry naming a missing manifest
+    assert kinds(findings) == ["2", "2"]
+    assert "referrers index names it" in findings.violations[0].message
+    manifest(store)
+    store.txn([], [Delete(K.manifest(R, M)), Delete(K.referrer(R, subject, N))], [])  # together: fine
+    assert len(findings.violations) == 2
+
+
 # -- tag pushes ---------------------------------------------------------------------------
 
 
