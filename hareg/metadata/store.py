@@ -8,7 +8,11 @@ This is where the invariants are enforced at commit time:
   references it, checked by a range compare that fails if any manifest was
   written since the check (no push can slip in between);
 * a tag moves only by a compare on its mod_revision, and every move appends
-  a history entry numbered by a per-tag sequence (invariant 5);
+  a history entry numbered by a per-tag sequence (invariant 5); a push also
+  compares a tag it finds already in place, so it cannot be acknowledged
+  while a concurrent delete removes that tag;
+* every write transaction compares the cluster read-only switch
+  (switch.py), so no write commits once the switch is on;
 * a transaction whose outcome is unknown is verified by a read before it is
   reported as done, else it is reported as unavailable (invariant 7).
 """
