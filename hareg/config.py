@@ -209,6 +209,21 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ManifestUrls:
+    """Which ``urls`` a pushed manifest's descriptors may carry: regular
+    expressions searched in each URL (as distribution does); a URL must match
+    one of ``allow`` and none of ``deny``.  No ``allow``: no URL is accepted."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    manifest_urls: ManifestUrls = field(default_factory=ManifestUrls)
+
+
+@dataclass(frozen=True)
 class Config:
     management_state: str = "Managed"
     log_level: str = "Normal"
@@ -227,6 +242,7 @@ class Config:
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 class ConfigError(Exception):
@@ -357,6 +373,12 @@ _SCALARS: Final = (
         "int",
         "Total bytes of a manifest's annotations, keys and values (0: unlimited; see docs).",
     ),
+    _Scalar(
+        "validation.manifests.urls.allow",
+        "list",
+        "Regular expressions; a descriptor URL must match one ([]: manifests with urls are refused).",
+    ),
+    _Scalar("validation.manifests.urls.deny", "list", "Regular expressions; a URL matching one is refused."),
 )
 
 _SECTION_DOCS: Final = MappingProxyType(
@@ -384,6 +406,7 @@ _SECTION_DOCS: Final = MappingProxyType(
         "pruner": "Online garbage collection, run by one replica at a time (the ImagePruner's spec).",
         "pruner.fsck": "The integrity check (hareg fsck) on a schedule, on the pruner leader; off by default.",
         "limits": "Bounds on what any one client can hold: connection timeouts and push caps.",
+        "validation": "What a pushed manifest may contain (distribution's validation section).",
     }
 )
 
@@ -1334,6 +1357,38 @@ def advertised_url(configured: str | None, host: str, port: int, host_name: str)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _patterns(m: _Map, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each compiled once here so that a bad one
+    is a configuration error, not a refused push."""
+    raw = m.get(key)
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [item.strip() for item in raw.split(",") if item.strip()]
+    if not isinstance(raw, list):
+        m.ctx.bad(m.at(key), raw, 'a list of regular expressions like ["^https://example\\.com/"]')
+        return ()
+    out: list[str] = []
+    for index, item in enumerate(raw):
+        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+        if not isinstance(item, str) or not item:
+            m.ctx.bad(at, item, "a non-empty regular expression (a string)")
+            continue
+        try:
+            re.compile(item)
+        except re.error as exc:
+            m.ctx.bad(at, item, f"a valid regular expression ({exc})")
+            continue
+        out.append(item)
+    return tuple(out)
+
+
+def _validation(top: _Map) -> ValidationConfig:
+    manifests = top.mapping("validation", ("manifests",)).mapping("manifests", ("urls",))
+    urls = manifests.mapping("urls", ("allow", "deny"))
+    return ValidationConfig(ManifestUrls(allow=_patterns(urls, "allow"), deny=_patterns(urls, "deny")))
+
+
 def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")
 
@@ -1420,6 +1475,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
             "etcd",
             "pruner",
             "limits",
+            "validation",
         ),
         _TOP_UNSUPPORTED,
     )
@@ -1458,6 +1514,7 @@ def _build(raw: Mapping[str, object], ctx: _Ctx) -> Config:
         etcd=_etcd(top),
         pruner=_pruner(top),
         limits=_limits(top),
+        validation=_validation(top),
     )
 
 
@@ -1585,6 +1642,14 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "maxBlobSize": caps.max_blob_size,
             "maxManifestReferences": caps.max_manifest_references,
             "maxManifestAnnotationBytes": caps.max_manifest_annotation_bytes,
+        },
+        "validation": {
+            "manifests": {
+                "urls": {
+                    "allow": list(config.validation.manifest_urls.allow),
+                    "deny": list(config.validation.manifest_urls.deny),
+                }
+            }
         },
     }
 

@@ -37,6 +37,7 @@ from hareg.logs import add_log_secret
 from hareg.metrics import Metrics
 from hareg.registry.gc import Policy
 from hareg.registry.hashing import ThreadedHashing
+from hareg.registry.manifest_format import UrlPolicy
 from hareg.registry.service import Registry
 from hareg.reload import Reloader
 from hareg.storage.base import BlobStore
@@ -223,6 +224,9 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             fsck_repair=config.pruner.fsck_repair,
             read_only=config.read_only,
             max_list_page_size=config.max_list_page_size,
+            manifest_urls=UrlPolicy.compile(
+                config.validation.manifest_urls.allow, config.validation.manifest_urls.deny
+            ),
             hashing=ThreadedHashing(hash_pool),
             limits=config.limits,
             on_secret=add_log_secret,

@@ -25,6 +25,8 @@ Two kinds of checks:
     the read-only switch, numbered in the history's order, for the checks
     below.
 * **From the recorded history, after the run.**
+  - (7) the transaction that made an acknowledged tag push left the tag
+    naming the pushed digest (``check_tag_pushes``);
   - (7) every acknowledged write took effect during its request (the
     timeline shows the tag/manifest/link in the acknowledged state at some
     point between invoke and completion): an unknown etcd outcome was never
@@ -41,8 +43,9 @@ Two kinds of checks:
     the pattern) while no rule covering the tag was in force, or the tag did
     not exist with another digest, at any point of the request;
   - (read-only) a write acknowledged although the switch was on for its whole
-    duration, unless the replica it entered had not yet seen the switch (its
-    settings mirror was behind the revision that turned it on); a replica
+    duration, even on a replica that had not yet seen the switch (its
+    settings mirror was behind the revision that turned it on): every write
+    transaction compares the switch, so the switch is linearizable; a replica
     whose view of the switch matches no value etcd had at or after the
     revision its mirror claims; a read refused for read-only.
 """
@@ -163,6 +166,8 @@ class CommitMonitor:
         self._tag_value: dict[tuple[str, str], str | None] = {}
         # key -> [(history seq, value or None)] for tag, manifest and link keys
         self.timeline: dict[bytes, list[tuple[int, bytes | None]]] = defaultdict(list)
+        # tag key -> [(etcd revision, digest or None)]: a tag's value after a given commit
+        self.tag_revisions: dict[bytes, list[tuple[int, str | None]]] = defaultdict(list)
         # The mirror: (repo, digest) -> record / count.
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
         self._links: dict[tuple[str, str], None] = {}
@@ -171,6 +176,9 @@ class CommitMonitor:
         self._listed: dict[tuple[str, str], int] = defaultdict(int)  # indexes listing a manifest
         self._used: dict[tuple[str, str], int] = defaultdict(int)  # manifests using a blob link
         self._linked: dict[str, int] = defaultdict(int)  # links to a blob, all repositories
+        # Entries of the referrers index (f/<repo>@<subject>@<digest>) naming a manifest.
+        self._referrer_keys: set[bytes] = set()
+        self._referred: dict[tuple[str, str], int] = defaultdict(int)
         # Manifests whose body is a blob in the object store: digest -> live records.
         self._bodies: dict[str, int] = defaultdict(int)
         # Immutability patterns in force, by repository.
@@ -237,6 +245,7 @@ class CommitMonitor:
                 repo, tag = rest.rsplit("@", 1)
                 record = decode(TagRecord, ev.kv.value) if put else None
                 moves[(repo, tag)]["t"] = record
+                self.tag_revisions[ev.kv.key].append((rev, record.digest if record else None))
                 before = self._tag_value.get((repo, tag))
                 if before is not None:
                     self._tagged[(repo, before)] -= 1
@@ -267,6 +276,16 @@ class CommitMonitor:
                     del self._links[(repo, digest)]
                     self._linked[digest] -= 1
                 checks.append(("link+" if put else "link-", repo, digest))
+            elif kind == "f":
+                repo, _subject, digest = rest.split("@", 2)
+                if put and ev.kv.key not in self._referrer_keys:
+                    self._referrer_keys.add(ev.kv.key)
+                    self._referred[(repo, digest)] += 1
+                elif not put and ev.kv.key in self._referrer_keys:
+                    self._referrer_keys.discard(ev.kv.key)
+                    self._referred[(repo, digest)] -= 1
+                if put:
+                    checks.append(("referrer", repo, digest))
             elif kind == "b":
                 state = decode(BlobRecord, ev.kv.value).state if put else "gone"
                 self._blob_state[rest] = state
@@ -366,6 +385,13 @@ class CommitMonitor:
                     self._violation("2", f"manifest {repo}@{_short(name)} deleted while a tag names it")
                 if self._listed.get((repo, name), 0) > 0:
                     self._violation("2", f"manifest {repo}@{_short(name)} deleted while an index lists it")
+                if self._referred.get((repo, name), 0) > 0:
+                    self._violation(
+                        "2", f"manifest {repo}@{_short(name)} deleted while the referrers index names it"
+                    )
+        elif what == "referrer":
+            if (repo, name) not in self._manifests and self._referred.get((repo, name), 0) > 0:
+                self._violation("2", f"a referrers entry of {repo} names missing manifest {_short(name)}")
         elif what == "link-":
             if (repo, name) not in self._links and self._used.get((repo, name), 0) > 0:
                 self._violation("2", f"link {repo}@{_short(name)} deleted while a manifest uses it")
@@ -559,6 +585,33 @@ def check_effects(history: History, effects: dict[int, int], findings: Findings)
                 op.complete_time or 0.0,
                 f"op {op.id} {op.kind} {op.repo}{':' + op.tag if op.tag else ''} on {op.replica} acknowledged "
                 f"({op.detail.get('action', 'ok')}), but none of its etcd transactions applied",
+            )
+
+
+def check_tag_pushes(
+    history: History, monitor: CommitMonitor, keys: Keys, write_revisions: dict[int, int], findings: Findings
+) -> None:
+    """Invariant 7 for tag pushes: the transaction that made an acknowledged
+    push of ``tag -> digest`` (its last applied write) left the tag naming the
+    digest.  A re-push of the tag's current manifest that commits without a
+    compare on the tag, after a DELETE of the manifest took the tag, re-creates
+    the manifest but not the tag: both requests acknowledged, in a state no
+    serial order gives (the manifest exists, the tag is gone)."""
+    for op in history.ops:
+        if op.kind != h.TAG_WRITE or not op.ok or op.final or not op.tag or not op.digest:
+            continue
+        revision = write_revisions.get(op.id)
+        if revision is None:
+            continue  # wrote nothing (a rollback to the current digest)
+        changes = monitor.tag_revisions.get(keys.tag(op.repo, op.tag), [])
+        i = bisect.bisect_right(changes, revision, key=lambda e: e[0])
+        after = changes[i - 1][1] if i else None
+        if after != op.digest:
+            findings.add(
+                "7",
+                op.complete_time or 0.0,
+                f"op {op.id} push of {op.repo}:{op.tag} -> {_short(op.digest)} on {op.replica} acknowledged, "
+                f"but its transaction (rev {revision}) left the tag naming {_short(after)}",
             )
 
 
@@ -776,8 +829,9 @@ def check_tag_lists(history: History, monitor: CommitMonitor, keys: Keys, findin
 
 def check_read_only(history: History, monitor: CommitMonitor, findings: Findings) -> None:
     """The cluster read-only switch: no write acknowledged while it was on for the
-    whole request, except on a replica that had not seen it turn on yet; a
-    replica's view always one etcd really had; reads never refused for it."""
+    whole request, whatever the replica had seen of it (the switch is a compare
+    in every write transaction); a replica's view always one etcd really had;
+    reads never refused for it."""
     switch = monitor.switch
     for op in history.ops:
         if op.kind in READS and op.detail.get("read_only") == "refused":
@@ -799,14 +853,16 @@ def check_read_only(history: History, monitor: CommitMonitor, findings: Findings
                 )
         if op.kind not in READ_ONLY_WRITES or not op.ok or op.final or op.complete_seq is None:
             continue
+        if op.found is False:
+            continue  # a delete or mount that found nothing (404) wrote nothing
         i = bisect.bisect_left(switch, op.invoke_seq, key=lambda e: e[1])
         in_force = switch[i - 1] if i else None  # the last change before the request
         if in_force is None or not in_force[2]:
             continue
         if any(not on for _, s, on in switch[i:] if s < op.complete_seq):
             continue  # turned off during the request
-        if view is not None and int(view.split(":")[0]) < in_force[0]:
-            continue  # the replica had not seen the switch yet (its watch lags)
+        # No exemption for a replica that had not seen the switch yet: every write
+        # transaction compares the switch (hareg/metadata/switch.py).
         findings.add(
             "read-only",
             op.complete_time or 0.0,
@@ -823,12 +879,14 @@ def check_history(
     findings: Findings,
     *,
     effects: dict[int, int],
+    write_revisions: dict[int, int] | None = None,
     grace: float,
     head_grace: float,
     keep_younger: float,
 ) -> None:
     check_acknowledged_writes(history, monitor, keys, findings)
     check_effects(history, effects, findings)
+    check_tag_pushes(history, monitor, keys, write_revisions or {}, findings)
     check_digest_reads(history, monitor, keys, findings)
     check_inflight_pushes(history, findings, grace=grace, head_grace=head_grace, keep_younger=keep_younger)
     check_immutable_refusals(history, monitor, keys, findings)

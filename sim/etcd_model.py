@@ -493,6 +493,8 @@ class EtcdCluster:
         # client operation -> how many of its writes applied with their compares
         # holding (for invariant 7: nothing is acknowledged that did not apply)
         self.effects: dict[int, int] = {}
+        # op id -> the revision of its last applied write transaction
+        self.write_revisions: dict[int, int] = {}
         self.stats: dict[str, int] = {
             "commits": 0,
             "elections": 0,
@@ -728,6 +730,7 @@ class EtcdCluster:
             result = exc
         if req.write and isinstance(result, TxnResult) and result.succeeded:
             self.effects[req.op] = self.effects.get(req.op, 0) + 1
+            self.write_revisions[req.op] = self.store.revision
         if req.write and self._lose_replies and self.rng.random() < max(self._lose_replies):
             self.stats["lost_replies"] += 1
             self.trace.event("etcd.reply_lost", client=req.client, what=req.what)

@@ -39,6 +39,11 @@ EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the simulated wall clock's orig
 HTTP_SECRET = "simulated-http-secret-0123456789"
 PREFIX = "/hareg"
 
+# Deletions per garbage-collection transaction: far below the registry's own
+# (64), so that collections in short runs span several transactions and the
+# checkers see every state between two of them.
+GC_BATCH = 5
+
 
 class ReplicaClock:
     """One host's clock: virtual time seen through an offset and a rate."""
@@ -155,6 +160,7 @@ class Replica:
             url=f"http://{self.name}:5000",
             upload_grace=self.upload_grace,
             gc_policy=self.gc_policy,
+            gc_batch=GC_BATCH,
             plants=self.plants,
         )
         if self.upload_session_ttl is not None:

@@ -29,7 +29,7 @@ from hareg.registry.gc import Policy
 from sim import checkers, hostile, liveness, readback
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.faults import Options
-from sim.history import History
+from sim.history import CURRENT_OP, History
 from sim.loop import SimLoop
 from sim.loop import run as run_loop
 from sim.nemesis import Nemesis
@@ -118,6 +118,9 @@ def _durable(universe: Universe, monitor: checkers.CommitMonitor, keys: Keys) ->
 async def _world(options: Options, keep_trace: bool) -> RunResult:
     loop = asyncio.get_running_loop()
     assert isinstance(loop, SimLoop)
+    # Background work (etcd, leadership, collectors) serves no client operation,
+    # whatever the caller's context held (a test that invoked operations itself).
+    CURRENT_OP.set(-1)
     result = RunResult(options)
     trace = Trace(loop.time, keep=keep_trace)
     world_rng = random.Random(options.world_seed)
@@ -232,6 +235,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         keys,
         findings,
         effects=cluster.effects,
+        write_revisions=cluster.write_revisions,
         grace=options.upload_grace - SKEW_MARGIN,
         head_grace=options.upload_grace / 2 - SKEW_MARGIN,  # docs/gc.md, G2b
         keep_younger=options.keep_younger_than - SKEW_MARGIN,

@@ -35,8 +35,9 @@ from hareg.http.readonly import is_write, read_only_error
 from hareg.kv.base import KVError
 from hareg.metadata.barrier import Freshness
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT, MetadataError
+from hareg.metadata.switch import WritesFrozen
 from hareg.registry.errors import ErrorCode, RegistryError
-from hareg.registry.manifest_format import OCI_INDEX, OCI_MANIFEST
+from hareg.registry.manifest_format import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from hareg.registry.pruner import NotLeader
 from hareg.registry.service import Registry
 from hareg.storage.base import StorageError
@@ -49,6 +50,8 @@ from sim.trace import Trace
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+NONDISTRIBUTABLE_TYPE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
 PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64le", "linux"))
 
 Handler = Callable[[Registry], Awaitable[Any]]
@@ -162,7 +165,10 @@ class Env:
                 op.detail["ro"] = f"{reg.settings.revision}:{int(reg.read_only)}:{history.seq}"
             if write and reg.read_only:
                 raise read_only_error()
-            return await handler(reg)
+            try:
+                return await handler(reg)
+            except WritesFrozen:  # the store's compare on the switch refused it
+                raise read_only_error() from None
 
         return run
 
@@ -279,6 +285,11 @@ class Client:
         ("push_large", 1),
         ("immutability", 1),
         ("read_only", 0.5),
+        ("repush_delete_race", 2),
+        ("push_repeated_tag", 1),
+        ("media_type_flip", 1),
+        ("push_with_urls", 0.5),
+        ("push_referrer", 2),
     )
 
     def __init__(self, name: str, env: Env, rng: random.Random, *, think: float = 0.3) -> None:
@@ -994,3 +1005,182 @@ class Client:
             self._complete(op, resp, stale=resp.value[1])
         else:
             self._complete(op, resp)
+
+    # -- races and re-pushes that once lost or changed acknowledged state (issue 11) -----------
+
+    async def repush_delete_race(self) -> None:
+        """A re-push of a tag's current manifest racing a DELETE of that manifest
+        by digest: if both are acknowledged, the push came last, so the tag must
+        name the manifest (the push's transaction compares the tag even when it
+        finds it already there; ``check_tag_pushes``)."""
+        repo, tag = self._repo(), self._tag()
+        read = await self.pull_tag(repo=repo, tag=tag)
+        m = self.u.manifests.get((repo, read.value)) if read.ok and read.value else None
+        if m is None:
+            return
+        await asyncio.gather(
+            self._put_tag(m, tag, {}),
+            self._delete(
+                h.MANIFEST_DELETE,
+                repo,
+                lambda reg: reg.manifests.delete(repo, m.digest),
+                ErrorCode.MANIFEST_UNKNOWN,
+                f"/v2/{repo}/manifests/{m.digest}",
+                digest=m.digest,
+            ),
+        )
+
+    async def push_repeated_tag(self) -> None:
+        """``PUT /v2/<repo>/manifests/<digest>?tag=t&tag=t``: one tag named twice
+        is one tag write, never a transaction with the same key twice (which
+        etcd refuses, a 5xx no retry can cure)."""
+        repo, tag = self._repo(), self._tag()
+        acked = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if not acked:
+            return
+        m = self.u.manifests[(repo, acked[self.rng.randrange(len(acked))])]
+
+        async def handler(reg: Registry) -> str:
+            try:
+                await reg.manifests.put(repo, m.digest, m.body, m.media_type, extra_tags=[tag, tag])
+            except KVError as exc:
+                if "duplicate key" in str(exc):
+                    return "duplicate key"
+                raise
+            return "ok"
+
+        op, resp = await self._request(
+            h.TAG_WRITE,
+            repo,
+            handler,
+            tag=tag,
+            digest=m.digest,
+            http=("PUT", f"/v2/{repo}/manifests/{m.digest}?tag={tag}&tag={tag}"),
+        )
+        op.detail["tags"] = "repeated"
+        if resp.outcome is Outcome.OK and resp.value == "duplicate key":
+            self.env.anomaly("internal", op, f"?tag={tag}&tag={tag} put one key twice in a transaction")
+            resp = Response(Outcome.FAIL, error="500 duplicate key", replica=resp.replica)
+        self._complete(op, resp)
+
+    async def media_type_flip(self) -> None:
+        """A manifest body without ``mediaType`` pushed under one Content-Type,
+        then again under another: its digest must keep the first type.  It gets
+        a tag of its own, so no other client moves, deletes or collects it."""
+        repo = self._repo()
+        built = await self._build_image(repo, share=self.rng.random() < 0.5)
+        if built is None:
+            return
+        doc = json.loads(built[0].body)
+        del doc["mediaType"]
+        body = json.dumps(doc, sort_keys=True).encode()
+        first, second = self.rng.sample([OCI_MANIFEST, DOCKER_MANIFEST], k=2)
+        m = Manifest(repo, sha256(body), body, first, blobs=built[0].blobs)
+        self.u.manifests[(repo, m.digest)] = m
+        tag = f"flip-{self.name}"
+        await self._put_tag(m, tag, built[1])
+        if (repo, m.digest) not in self.u.acked:
+            return
+        await self._put_tag(Manifest(repo, m.digest, body, second, blobs=m.blobs), tag, {})
+
+        async def handler(reg: Registry) -> tuple[str | None, bool]:
+            try:
+                return (await reg.manifests.get(repo, m.digest)).media_type, _stale(reg)
+            except RegistryError as exc:
+                if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                    return None, _stale(reg)
+                raise
+
+        op, resp = await self._request(
+            h.DIGEST_READ, repo, handler, digest=m.digest, http=("GET", f"/v2/{repo}/manifests/{m.digest}")
+        )
+        if resp.outcome is not Outcome.OK:
+            self._complete(op, resp)
+            return
+        served, stale = resp.value
+        self._complete(op, resp, value=m.digest if served else None, found=served is not None, stale=stale)
+        if served is not None and served != first:
+            self.env.anomaly(
+                "1", op, f"manifest {m.digest[:19]} pushed as {first} is served as {served} after a re-push"
+            )
+
+    async def push_with_urls(self) -> None:
+        """A manifest whose layer lists ``urls`` and was never pushed: refused
+        (no URL is allowed by default, and only a non-distributable layer may be
+        absent), never stored referencing a blob the registry does not have."""
+        repo = self._repo()
+        config = self._new_blob(json.dumps({"nonce": self.rng.getrandbits(64)}).encode())
+        ok = (await self._upload(repo, config, self.u.blobs[config]))[1].outcome is Outcome.OK
+        if not ok:
+            return
+        absent = sha256(self._random_bytes(16, 64))
+        foreign = self.rng.random() < 0.5
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": config, "size": len(self.u.blobs[config])},
+            "layers": [
+                {
+                    "mediaType": NONDISTRIBUTABLE_TYPE if foreign else LAYER_TYPE,
+                    "digest": absent,
+                    "size": 32,
+                    "urls": [f"https://example.com/{absent[7:19]}"],
+                }
+            ],
+        }
+        body = json.dumps(doc, sort_keys=True).encode()
+        digest = sha256(body)
+        op, resp = await self._request(
+            h.MANIFEST_PUT,
+            repo,
+            lambda reg: reg.manifests.put(repo, digest, body, OCI_MANIFEST),
+            digest=digest,
+            http=("PUT", f"/v2/{repo}/manifests/{digest}"),
+        )
+        self._complete(op, resp)
+        if resp.outcome is Outcome.OK:
+            self.env.anomaly(
+                "2", op, f"manifest {digest[:19]} accepted with a never-pushed layer that lists urls"
+            )
+
+    async def push_referrer(self) -> None:
+        """An artifact (a signature) whose ``subject`` is an image of the
+        repository or, half the time, a digest never pushed: untagged, it is
+        garbage once its subject is, and the collector must delete it with its
+        referrers entry in one transaction (the commit checker: no referrers
+        entry names a missing manifest after any revision)."""
+        repo = self._repo()
+        images = [d for d in self.u.images[repo] if (repo, d) in self.u.acked]
+        if images and self.rng.random() < 0.5:
+            subject = self.u.manifests[(repo, images[self.rng.randrange(len(images))])]
+            subject_doc = {
+                "mediaType": subject.media_type,
+                "digest": subject.digest,
+                "size": len(subject.body),
+            }
+        else:
+            subject_doc = {
+                "mediaType": OCI_MANIFEST,
+                "digest": sha256(self._random_bytes(8, 32)),
+                "size": 100,
+            }
+        config = self._new_blob(b"{}")
+        payload = self._new_blob(self._random_bytes(16, 256))
+        confirmed: Confirmed = {}
+        for digest in (config, payload):
+            if (await self._upload(repo, digest, self.u.blobs[digest]))[1].outcome is not Outcome.OK:
+                return
+            confirmed[digest] = (self.env.loop.time(), "upload")
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.signature.v1",
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": config, "size": 2},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": payload, "size": len(self.u.blobs[payload])}],
+            "subject": subject_doc,
+        }
+        body = json.dumps(doc, sort_keys=True).encode()
+        m = Manifest(repo, sha256(body), body, OCI_MANIFEST, blobs=(config, payload))
+        self.u.manifests[(repo, m.digest)] = m
+        self.u.images[repo].append(m.digest)
+        await self._put_digest(m, confirmed)

@@ -948,3 +948,36 @@ def test_docs_full_example_is_valid(tmp_path: Path) -> None:
     assert example is not None
     config = load(tmp_path, example.group(1))
     assert config.storage.kind == "s3"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_manifest_urls_default_to_none_allowed(tmp_path: Path) -> None:
+    config = load(tmp_path, {})
+    assert config.validation.manifest_urls.allow == ()
+    assert config.validation.manifest_urls.deny == ()
+
+
+def test_manifest_urls_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    config = load(tmp_path, nested("validation.manifests.urls", {"allow": ["^https://a/"], "deny": ["b"]}))
+    assert config.validation.manifest_urls.allow == ("^https://a/",)
+    assert config.validation.manifest_urls.deny == ("b",)
+    config = load(tmp_path, {}, {"HAREG_VALIDATION_MANIFESTS_URLS_ALLOW": "^https://a/, ^https://c/"})
+    assert config.validation.manifest_urls.allow == ("^https://a/", "^https://c/")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            ["ok", "(unclosed"],
+            'validation.manifests.urls.deny[1]: "(unclosed" is not allowed; expected a valid',
+        ),
+        ({"a": 1}, "validation.manifests.urls.deny: "),
+        ([""], "validation.manifests.urls.deny[0]: "),
+    ],
+)
+def test_a_bad_url_expression_names_the_field(tmp_path: Path, value: object, message: str) -> None:
+    found = errors_of(tmp_path, nested("validation.manifests.urls.deny", value))
+    assert any(e.startswith(message) for e in found), found

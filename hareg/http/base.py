@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hareg.http.keys import REGISTRY, SETTINGS
 from hareg.kv.base import KVError, KVRejected, KVUnknownOutcome
+from hareg.metadata.store import Contended
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.service import Registry
 from hareg.storage.base import StorageError
@@ -93,6 +94,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(_from_http_exception(exc))
+    except Contended as exc:
+        # Other writers kept changing the same keys: nothing was written, and a
+        # retry after they settle succeeds.
+        log.warning("contended %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            RegistryError(
+                ErrorCode.UNAVAILABLE,
+                f"too many concurrent changes to the same keys ({exc}); nothing was written, retry the request",
+                headers={"Retry-After": "1"},
+            )
+        )
     except KVUnknownOutcome:
         log.warning("etcd outcome unknown for %s %s", request.method, request.path)
         return error_response(

@@ -10,7 +10,8 @@ writes at all).  Pulls, HEADs, listings and the upload status GET are served.
 
 ``GET /hareg/v1/read-only`` tells the state; ``PUT /hareg/v1/read-only`` with
 ``{"readOnly": true|false}`` sets the cluster-wide switch in etcd, seen by
-every replica within a watch delivery.
+every replica within a watch delivery; no write commits after that PUT
+returned, on any replica (each write transaction compares the switch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from hareg.http.base import Handler, allowed_methods, parse_json_body, read_body, registry
 from hareg.http.extensions import MAX_BODY
+from hareg.metadata.switch import WritesFrozen
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = ["READ_ONLY_PATH", "get_read_only", "is_write", "put_read_only", "read_only_middleware"]
@@ -55,12 +57,21 @@ def read_only_error(allow: str = "GET, HEAD") -> RegistryError:
 
 @web.middleware
 async def read_only_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # A path no route serves gets its own 404/405 from the handler.
+    # A path no route serves gets its own 404/405 from the handler.  This
+    # replica's view refuses most writes early; a write that passed it while
+    # the switch was turning on elsewhere is refused by its transaction's
+    # compare on the switch (hareg/metadata/switch.py), answered the same way.
     routed = request.match_info.http_exception is None
     if routed and is_write(request.method, request.path) and registry(request).read_only:
-        allowed = await allowed_methods(request)
-        raise read_only_error(", ".join(sorted(allowed & _SAFE_METHODS)))
-    return await handler(request)
+        raise read_only_error(await _reads_allowed(request))
+    try:
+        return await handler(request)
+    except WritesFrozen:
+        raise read_only_error(await _reads_allowed(request)) from None
+
+
+async def _reads_allowed(request: web.Request) -> str:
+    return ", ".join(sorted(await allowed_methods(request) & _SAFE_METHODS))
 
 
 async def get_read_only(request: web.Request) -> web.Response:

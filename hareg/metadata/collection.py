@@ -56,9 +56,12 @@ def _split(rest: str) -> tuple[str, str]:
 
 
 class CollectionStore:
-    def __init__(self, kv: KV, keys: Keys) -> None:
+    def __init__(self, kv: KV, keys: Keys, *, batch: int = BATCH) -> None:
         self.kv = kv
         self.keys = keys
+        # Deletions per transaction (the simulator uses a small one, so that
+        # runs cross batch boundaries).
+        self.batch = batch
 
     async def _pages(self, kind: str, revision: int) -> tuple[int, list[tuple[bytes, bytes, int]]]:
         start = self.keys.kind_prefix(kind)
@@ -99,33 +102,47 @@ class CollectionStore:
     async def delete_history(self, keys: Sequence[bytes], fence: Sequence[Compare]) -> int:
         """Trim history entries (appends only ever add newer ones: no compare needed)."""
         done = 0
-        for i in range(0, len(keys), BATCH):
-            batch = keys[i : i + BATCH]
+        for i in range(0, len(keys), self.batch):
+            batch = keys[i : i + self.batch]
             result = await self.kv.txn(list(fence), [Delete(k) for k in batch])
             done += len(batch) if result.succeeded else 0
         return done
 
     async def delete_manifests(
         self, repo: str, manifests: Sequence[tuple[str, str | None]], revision: int, fence: Sequence[Compare]
-    ) -> bool:
-        """Delete unreachable manifests (digest, subject) of one repository, if no
-        tag, manifest or history entry of the repository changed since
-        ``revision`` (a new tag, index, referrer or rollback could reach them)."""
+    ) -> list[str]:
+        """Delete unreachable manifests (digest, subject) of one repository, in
+        the order given, if no tag, manifest or history entry of the repository
+        changed since ``revision`` (a new tag, index, referrer or rollback could
+        reach them).  Returns the digests deleted: a batch whose guard fails
+        stops the rest, and those before it stay deleted.
+
+        A manifest and its referrer entry go in the same transaction, never
+        split across two: a later batch failing must not leave an entry in the
+        referrers index for a manifest that is gone."""
         guards = [
             *fence,
             Compare.range_unchanged_since(*self.keys.tags(repo), revision),
             Compare.range_unchanged_since(*self.keys.manifests(repo), revision),
         ]
-        ops: list[TxnOp] = []
+        batches: list[tuple[list[str], list[TxnOp]]] = [([], [])]
         for digest, subject in manifests:
-            ops.append(Delete(self.keys.manifest(repo, digest)))
+            ops: list[TxnOp] = [Delete(self.keys.manifest(repo, digest))]
             if subject is not None:
                 ops.append(Delete(self.keys.referrer(repo, subject, digest)))
-        for i in range(0, len(ops), BATCH):
-            result = await self.kv.txn(guards, ops[i : i + BATCH])
+            if len(batches[-1][1]) + len(ops) > self.batch:
+                batches.append(([], []))
+            batches[-1][0].append(digest)
+            batches[-1][1].extend(ops)
+        deleted: list[str] = []
+        for digests, ops in batches:
+            if not ops:
+                continue
+            result = await self.kv.txn(guards, ops)
             if not result.succeeded:
-                return False
-        return True
+                break
+            deleted += digests
+        return deleted
 
     async def delete_links(
         self, repo: str, links: Sequence[tuple[str, int]], revision: int, fence: Sequence[Compare]
@@ -134,8 +151,9 @@ class CollectionStore:
         untouched since the snapshot and no manifest appeared there since."""
         deleted: list[str] = []
         manifests_unchanged = Compare.range_unchanged_since(*self.keys.manifests(repo), revision)
-        for i in range(0, len(links), BATCH // 2):
-            batch = links[i : i + BATCH // 2]
+        step = max(self.batch // 2, 1)
+        for i in range(0, len(links), step):
+            batch = links[i : i + step]
             guards = [*fence, manifests_unchanged] + [
                 Compare.mod_revision_is(self.keys.link(repo, d), mod) for d, mod in batch
             ]

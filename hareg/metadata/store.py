@@ -8,7 +8,11 @@ This is where the invariants are enforced at commit time:
   references it, checked by a range compare that fails if any manifest was
   written since the check (no push can slip in between);
 * a tag moves only by a compare on its mod_revision, and every move appends
-  a history entry numbered by a per-tag sequence (invariant 5);
+  a history entry numbered by a per-tag sequence (invariant 5); a push also
+  compares a tag it finds already in place, so it cannot be acknowledged
+  while a concurrent delete removes that tag;
+* every write transaction compares the cluster read-only switch
+  (switch.py), so no write commits once the switch is on;
 * a transaction whose outcome is unknown is verified by a read before it is
   reported as done, else it is reported as unavailable (invariant 7).
 """
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import fnmatch
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
@@ -54,6 +58,7 @@ from hareg.metadata.records import (
     decode,
     encode,
 )
+from hareg.metadata.switch import ReadOnlyGuard
 from hareg.plants import NO_PLANTS, Plants
 
 
@@ -121,6 +126,22 @@ DEFAULT_MAX_RETRIES = 32
 _READ_BATCH = 100
 
 
+def _as_stored(pushed: ManifestRecord, stored: ManifestRecord) -> ManifestRecord:
+    """A re-push of a stored digest: the same bytes, so everything parsed from
+    them stays as first stored (the Content-Type of a body without
+    ``mediaType`` decided its type once); only the creation time is new, which
+    spares it from the collector's age limit as a first push would."""
+    return replace(
+        pushed,
+        media_type=stored.media_type,
+        blobs=stored.blobs,
+        manifests=stored.manifests,
+        subject=stored.subject,
+        artifact_type=stored.artifact_type,
+        annotations=stored.annotations,
+    )
+
+
 class MetadataStore:
     def __init__(
         self,
@@ -152,6 +173,8 @@ class MetadataStore:
         self.cache = cache
         self.barrier = barrier
         self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
+        # Every write transaction compares the cluster read-only switch.
+        self.read_only_guard = ReadOnlyGuard(kv, keys)
         # Uploads share one lease per time window (lease TTL = ttl + window), so a
         # POST does not cost a lease grant; each PATCH moves the record to the
         # current window's lease, which keeps an active upload alive.
@@ -174,6 +197,12 @@ class MetadataStore:
     def etcd_known_down(self) -> bool:
         """etcd was just seen unreachable (no quorum): reads are served stale."""
         return self.barrier is not None and self.barrier.writes_blocked()
+
+    async def check_writes_allowed(self) -> None:
+        """Raise WritesFrozen if the cluster read-only switch is on now: for a
+        write request that turns out to change nothing (a mount of a blob
+        already linked), so that it is refused exactly as a real write."""
+        await self.read_only_guard.refresh()
 
     def _check_writable(self) -> None:
         if self.barrier is not None and self.barrier.writes_blocked():
@@ -205,14 +234,18 @@ class MetadataStore:
         was tried and reverted: the simulator's seed 6 found it violates tag
         linearizability.)"""
         self._check_writable()
+        guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
         try:
-            result: TxnResult = await self.kv.txn(compares, success)
+            result: TxnResult = await self.kv.txn([*compares, guard], success)
         except KVUnknownOutcome:
             if "ambiguous-ack" in self.plants:  # PLANTED BUG (simulator only): success, unverified
                 return True
             if await verify():
                 return True
             raise
+        if not result.succeeded:
+            # Perhaps the switch changed: refused if it is on now, else the caller retries.
+            await self.read_only_guard.refresh()
         return result.succeeded
 
     async def _wrote(self, put: Put) -> bool:
@@ -452,15 +485,21 @@ class MetadataStore:
         also writes the blob record of its digest, with the guard ``add_blob``
         uses against garbage collection: a record in state "deleting" is
         refused (BlobCollected), and with no record ``body_present`` must
-        confirm that the bytes the caller stored are still there."""
-        ref_compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
-            Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
-        ]
+        confirm that the bytes the caller stored are still there.
+
+        A re-push of a digest already in the repository keeps what was stored
+        for it (media type, references, subject: a body without ``mediaType``
+        parsed under another Content-Type must not change what the digest is)
+        and only refreshes its creation time.  Every named tag is compared,
+        also one that already points at the digest: a delete committed in
+        between must make this write retry (and re-create the tag), never
+        leave an acknowledged tag push without its tag."""
+        tags = list(dict.fromkeys(tags))  # one key may appear once in an etcd transaction
         manifest_key = self.keys.manifest(repo, digest)
-        manifest_value = encode(record)
         stored_body = record.body is None
+        pushed = record
         for _ in range(self.max_retries):
-            pre_keys = [self.keys.repo(repo)]
+            pre_keys = [self.keys.repo(repo), manifest_key]
             for tag in tags:
                 pre_keys += [self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)]
             pre = await self._read_many(
@@ -468,35 +507,46 @@ class MetadataStore:
             )
             blob_kv = pre.pop() if stored_body else None
             rule_kv = pre.pop()
+            repo_kv, existing_kv, tag_kvs = pre[0], pre[1], pre[2:]
+            record = pushed
+            if existing_kv is not None:
+                record = _as_stored(pushed, decode(ManifestRecord, existing_kv.value))
+            manifest_value = encode(record)
             now = self.clock.now()
             write_id = self.ids.new_id()
-            compares = list(ref_compares)
+            compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
+                Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
+            ]
+            compares.append(
+                Compare.mod_revision_is(manifest_key, existing_kv.mod_revision if existing_kv else 0)
+            )
             ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
             if stored_body:
                 compares.append(await self._blob_guard(digest, blob_kv, body_present))
                 ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
-            if pre[0] is None:
+            if repo_kv is None:
                 missing_repo, put_repo = self._ensure_repo(repo)
                 compares.append(missing_repo)
                 ops.append(put_repo)
             writes: list[TagWrite] = []
             for i, tag in enumerate(tags):
-                tag_kv, seq_kv = pre[1 + 2 * i], pre[2 + 2 * i]
+                tag_kv, seq_kv = tag_kvs[2 * i], tag_kvs[2 * i + 1]
                 current = decode(TagRecord, tag_kv.value) if tag_kv else None
-                if current is not None and current.digest == digest:
-                    continue
-                if current is not None and (pattern := immutable_pattern(_patterns(rule_kv), tag)):
-                    raise ImmutableTag(repo, tag, pattern)
-                seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
-                old = current.digest if current else None
-                compares += [
+                tag_guard = [
                     Compare.mod_revision_is(self.keys.tag(repo, tag), tag_kv.mod_revision if tag_kv else 0),
                     Compare.mod_revision_is(
                         self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
                     ),
                 ]
-                if "tag-no-compare" in self.plants:  # PLANTED BUG (simulator only): the tag is unguarded
-                    del compares[-2:]
+                if current is not None and current.digest == digest:
+                    compares += tag_guard  # unchanged, but only while nothing deletes it
+                    continue
+                if current is not None and (pattern := immutable_pattern(_patterns(rule_kv), tag)):
+                    raise ImmutableTag(repo, tag, pattern)
+                seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+                old = current.digest if current else None
+                if "tag-no-compare" not in self.plants:  # PLANTED BUG (simulator only): the tag is unguarded
+                    compares += tag_guard
                 ops += [
                     Put(
                         self.keys.tag(repo, tag), encode(TagRecord(digest, seq, now, self.replica, write_id))
@@ -522,7 +572,9 @@ class MetadataStore:
                     )
                 )
 
-            async def verify(written: list[TagWrite] = writes, wid: str = write_id) -> bool:
+            async def verify(
+                written: list[TagWrite] = writes, wid: str = write_id, manifest_value: bytes = manifest_value
+            ) -> bool:
                 found = await self._read_many([manifest_key] + [self.keys.tag(repo, w.tag) for w in written])
                 # Our own record (its creation time), not one an earlier push left: the
                 # collector spares a manifest by its age (keepYoungerThanDuration).
@@ -683,6 +735,7 @@ class MetadataStore:
                 raise MissingReferences([], [digest])
             current = decode(TagRecord, tag_kv.value) if tag_kv else None
             if current is not None and current.digest == digest:
+                await self.check_writes_allowed()  # a no-op, but refused as any write while read-only
                 return None
             if current is not None and (pattern := immutable_pattern(_patterns(rule_kv), tag)):
                 raise ImmutableTag(repo, tag, pattern)
@@ -728,16 +781,20 @@ class MetadataStore:
             async def removed() -> bool:
                 return await self._get(key) is None
 
-            await self._txn([], [Delete(key)], removed)
-            return None
+            for _ in range(self.max_retries):
+                if await self._txn([], [Delete(key)], removed):
+                    return None
+            raise Contended(f"immutability rule of {repo}")
         record = ImmutabilityRecord(tuple(patterns), self.clock.now(), self.replica, self.ids.new_id())
 
         async def written() -> bool:
             kv = await self._get(key)
             return kv is not None and decode(ImmutabilityRecord, kv.value).write_id == record.write_id
 
-        await self._txn([], [Put(key, encode(record))], written)
-        return record
+        for _ in range(self.max_retries):
+            if await self._txn([], [Put(key, encode(record))], written):
+                return record
+        raise Contended(f"immutability rule of {repo}")
 
     async def check_tag_moves(self, repo: str, digest: str, tags: Sequence[str]) -> None:
         """Raise ImmutableTag if pointing ``tags`` at ``digest`` would move an

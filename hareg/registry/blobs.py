@@ -70,9 +70,13 @@ class BlobService:
         try:
             # Already linked here: answered like a HEAD, touching an old link so the
             # push that follows has the same grace guarantee (docs/gc.md, G2b).
-            return await self.stat(repo, digest)
+            info = await self.stat(repo, digest)
         except RegistryError as exc:
             if exc.code is not ErrorCode.BLOB_UNKNOWN:
                 raise
+        else:
+            # Still a write request: refused while the cluster is read-only, as any write.
+            await self.meta.check_writes_allowed()
+            return info
         size = await self.meta.mount_blob(repo, digest, from_repo)
         return BlobInfo(digest, size) if size is not None else None

@@ -237,9 +237,10 @@ class GarbageCollector:
             doomed = plan.manifests.get(repo, [])
             links = plan.links.get(repo, [])
             if doomed:
-                if await self.collection.delete_manifests(repo, doomed, plan.revision, fence):
-                    report.manifests += [f"{repo}@{d}" for d, _ in doomed]
-                else:
+                gone = await self.collection.delete_manifests(repo, doomed, plan.revision, fence)
+                # Reported as done even when a later batch was refused: those stay deleted.
+                report.manifests += [f"{repo}@{d}" for d in gone]
+                if len(gone) < len(doomed):
                     report.skipped += 1
                     links = plan.links_if_manifests_kept.get(repo, [])
             if links:

@@ -8,6 +8,8 @@ Pure functions: bytes in, a ParsedManifest or a RegistryError out.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,17 @@ DOCKER_SCHEMA1 = (
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
+
+# Layers that clients fetch from their ``urls`` (non-distributable, "foreign"):
+# the only descriptors whose blob may be absent from the repository.
+FOREIGN_LAYER_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
 
 # The spec asks registries to accept at least 4 MB; more is refused with 413.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -47,6 +60,38 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = self.annotations
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class UrlPolicy:
+    """Which descriptor ``urls`` a pushed manifest may carry (the configuration's
+    ``validation.manifests.urls``): http(s) URLs without a fragment that some
+    ``allow`` expression finds and no ``deny`` expression finds.  The default
+    allows none, so a manifest can never point clients at hosts the operator
+    did not choose."""
+
+    allow: tuple[re.Pattern[str], ...] = ()
+    deny: tuple[re.Pattern[str], ...] = ()
+
+    @staticmethod
+    def compile(allow: Sequence[str], deny: Sequence[str]) -> UrlPolicy:
+        return UrlPolicy(tuple(re.compile(p) for p in allow), tuple(re.compile(p) for p in deny))
+
+    def problem(self, url: str) -> str | None:
+        """Why ``url`` is refused, naming the setting that refuses it; None if accepted."""
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest or "#" in url:
+            return "only http:// and https:// URLs without a fragment are accepted"
+        if not self.allow:
+            return "no URL is allowed (validation.manifests.urls.allow is empty)"
+        if not any(p.search(url) for p in self.allow):
+            return "it matches no expression of validation.manifests.urls.allow"
+        if any(p.search(url) for p in self.deny):
+            return "it matches an expression of validation.manifests.urls.deny"
+        return None
+
+
+NO_URLS = UrlPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +200,17 @@ def _resolve_media_type(doc: dict[str, Any], content_type: str | None) -> str:
     return media_type
 
 
-def parse_manifest(body: bytes, content_type_header: str | None) -> ParsedManifest:
-    """Validate a manifest body and extract what it references."""
+def _check_urls(descriptors: Sequence[tuple[Descriptor, str]], urls: UrlPolicy) -> None:
+    for descriptor, where in descriptors:
+        for url in descriptor.urls:
+            if (problem := urls.problem(url)) is not None:
+                raise _invalid(f"{where}: URL {url[:200]!r} is refused: {problem}")
+
+
+def parse_manifest(body: bytes, content_type_header: str | None, urls: UrlPolicy = NO_URLS) -> ParsedManifest:
+    """Validate a manifest body and extract what it references.  Descriptor
+    ``urls`` must pass ``urls``; a foreign layer with URLs may be absent from
+    the registry, every other descriptor's blob must be there."""
     if len(body) > MAX_MANIFEST_BYTES:
         raise RegistryError(
             ErrorCode.MANIFEST_INVALID,
@@ -182,6 +236,7 @@ def parse_manifest(body: bytes, content_type_header: str | None) -> ParsedManife
         if not isinstance(children, list):
             raise _invalid("an index must have a 'manifests' list")
         descriptors = [_descriptor(c, f"manifests[{i}]") for i, c in enumerate(children)]
+        _check_urls([(d, f"manifests[{i}]") for i, d in enumerate(descriptors)], urls)
         if media_type == DOCKER_MANIFEST_LIST and subject is not None:
             raise _invalid("a Docker manifest list cannot have a subject")
         return ParsedManifest(
@@ -202,8 +257,12 @@ def parse_manifest(body: bytes, content_type_header: str | None) -> ParsedManife
     layers = [_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers_raw)]
     if media_type == DOCKER_MANIFEST and (subject is not None or artifact_type is not None):
         raise _invalid("a Docker schema 2 manifest cannot have a subject or an artifactType")
-    # Foreign (non-distributable) layers live at their URLs, not in this registry.
-    blobs = [config.digest] + [layer.digest for layer in layers if not layer.urls]
+    _check_urls([(config, "config"), *((d, f"layers[{i}]") for i, d in enumerate(layers))], urls)
+    # Foreign (non-distributable) layers live at their URLs, not in this registry;
+    # any other layer must be here, whatever ``urls`` it lists (distribution does so).
+    blobs = [config.digest] + [
+        layer.digest for layer in layers if not (layer.urls and layer.media_type in FOREIGN_LAYER_TYPES)
+    ]
     return ParsedManifest(
         media_type=media_type,
         blobs=tuple(dict.fromkeys(blobs)),

@@ -13,7 +13,13 @@ from hareg.metadata.store import BlobCollected, ImmutableTag, MetadataStore, Mis
 from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, digest_bytes, new_hasher
 from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
-from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, ParsedManifest, parse_manifest
+from hareg.registry.manifest_format import (
+    MAX_MANIFEST_BYTES,
+    NO_URLS,
+    ParsedManifest,
+    UrlPolicy,
+    parse_manifest,
+)
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk
@@ -69,8 +75,10 @@ class ManifestService:
         limits: ManifestLimits | None = None,
         *,
         hashing: Hashing | None = None,  # where stored bodies are re-hashed on pull
+        urls: UrlPolicy = NO_URLS,
     ) -> None:
         self.meta = meta
+        self.urls = urls  # which descriptor ``urls`` a pushed manifest may carry
         self.store = store
         self.clock = clock
         self.ids = ids
@@ -147,7 +155,7 @@ class ManifestService:
     ) -> ManifestPushed:
         check_name(repo)
         ref = parse_reference(reference)
-        parsed = parse_manifest(body, content_type)
+        parsed = parse_manifest(body, content_type, self.urls)
         check_manifest_limits(parsed, self.limits)
         tags: list[str] = []
         if isinstance(ref, Digest):
@@ -161,7 +169,10 @@ class ManifestService:
         else:
             digest = digest_bytes(body, DEFAULT_ALGORITHM)
             tags.append(ref)
-        tags += [check_tag(t) for t in extra_tags if t not in tags]
+        for extra in extra_tags:
+            # ``?tag=a&tag=a`` names one tag: duplicates are dropped, first order kept.
+            if check_tag(extra) not in tags:
+                tags.append(extra)
         inline = len(body) <= self.meta.inline_limit
         record = ManifestRecord(
             media_type=parsed.media_type,

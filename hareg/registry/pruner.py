@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from hareg.clock import Clock
 from hareg.config import CronSchedule, parse_cron
 from hareg.kv.base import KVError
+from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.registry.fsck import FsckBusy, FsckReport, IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Report
 from hareg.registry.leadership import Leadership
@@ -49,6 +50,7 @@ class Pruner:
         fsck: IntegrityChecker | None = None,
         fsck_schedule: str | None = None,
         fsck_repair: bool = False,
+        switch: ReadOnlyGuard | None = None,
     ) -> None:
         self.schedule_text = schedule
         self.schedule: CronSchedule | None = parse_cron(schedule) if schedule else None
@@ -64,6 +66,9 @@ class Pruner:
         self.fsck_schedule_text = fsck_schedule
         self.fsck_schedule: CronSchedule | None = parse_cron(fsck_schedule) if fsck_schedule else None
         self.fsck_repair = fsck_repair
+        # ... and its deletions compare the cluster switch, so none commits after
+        # the switch is turned on (a run already going then stops deleting).
+        self.switch = switch
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
@@ -73,7 +78,11 @@ class Pruner:
             raise NotLeader(await self.leadership.leader())
         async with self._lock:
             try:
-                report = await self.collector.run(self.leadership.fence(), dry_run=dry_run)
+                fence = list(self.leadership.fence())
+                if not dry_run and self.switch is not None:
+                    await self.switch.refresh()  # WritesFrozen if read-only now
+                    fence.append(await self.switch.compare())
+                report = await self.collector.run(fence, dry_run=dry_run)
             except (KVError, StorageError):
                 self.stats.run_finished("failure", self.clock.now())
                 raise
@@ -103,7 +112,7 @@ class Pruner:
                 continue
             try:
                 await self.run_once()
-            except (KVError, StorageError, NotLeader) as exc:
+            except (KVError, StorageError, NotLeader, WritesFrozen) as exc:
                 log.warning("scheduled pruner run failed: %s", exc)
 
     async def run_fsck(self, *, repair: bool = False) -> FsckReport:

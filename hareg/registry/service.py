@@ -19,6 +19,7 @@ from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
+from hareg.metadata.collection import BATCH as GC_BATCH
 from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
@@ -30,6 +31,7 @@ from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.leadership import Leadership
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
+from hareg.registry.manifest_format import NO_URLS, UrlPolicy
 from hareg.registry.manifests import ManifestLimits, ManifestService
 from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
@@ -81,6 +83,8 @@ class Registry:
         fsck_repair: bool = False,
         read_only: bool = False,
         max_list_page_size: int = DEFAULT_MAX_PAGE_SIZE,  # config maxListPageSize
+        manifest_urls: UrlPolicy = NO_URLS,  # descriptor urls a pushed manifest may carry
+        gc_batch: int = GC_BATCH,  # deletions per garbage-collection transaction
         hashing: Hashing | None = None,  # where digests are computed (default: on the loop)
         limits: LimitsConfig = NO_CAPS,  # the caps of the configuration's ``limits``
         # Told the httpSecret in use (configured or generated) before it signs
@@ -116,12 +120,13 @@ class Registry:
             ids,
             ManifestLimits(limits.max_manifest_references, limits.max_manifest_annotation_bytes),
             hashing=hashing,
+            urls=manifest_urls,
         )
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
-        collection = CollectionStore(kv, keys)
+        collection = CollectionStore(kv, keys, batch=gc_batch)
         collector = GarbageCollector(
             collection,
             store,
@@ -144,6 +149,7 @@ class Registry:
             fsck=IntegrityChecker(collection, store, clock, hashing=hashing),
             fsck_schedule=fsck_schedule,
             fsck_repair=fsck_repair,
+            switch=self.meta.read_only_guard,
         )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.

@@ -12,55 +12,32 @@ reloaded on SIGHUP) **or** the cluster switch is on: the switch can put a
 whole cluster into read-only mode, and turning it off never unlocks a
 replica whose own file asks for read-only.
 
-The HTTP layer enforces it (a middleware refuses writes); the service layer
-only exposes the state (``Registry.read_only``) for callers that drive it
-directly, such as the simulator.
+The HTTP layer refuses writes early by this view (a middleware); what makes
+the switch linearizable is the metadata store: every write transaction
+compares the switch key (hareg/metadata/switch.py), so no write commits after
+``set_read_only(True)`` returned, whichever replica it reached and however
+late that replica's watch is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hareg.clock import Clock
 from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, KVUnknownOutcome, Put, prefix_end
 from hareg.metadata.keys import Keys
+from hareg.metadata.switch import READ_ONLY, Switch
+
+__all__ = ["READ_ONLY", "ClusterSettings", "Switch", "rfc3339"]
 
 log = logging.getLogger("hareg.settings")
-
-READ_ONLY = "read-only"
 
 
 def rfc3339(timestamp: float) -> str:
     """A wall-clock time as Kubernetes writes it (``2024-05-01T12:00:00Z``)."""
     return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True, slots=True)
-class Switch:
-    """A cluster switch's value and when (and through which replica) it was last set."""
-
-    on: bool
-    changed_at: str
-    replica: str
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {"readOnly": self.on, "changedAt": self.changed_at, "replica": self.replica}
-        ).encode()
-
-    @staticmethod
-    def decode(raw: bytes) -> Switch | None:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict) or not isinstance(doc.get("readOnly"), bool):
-            return None
-        return Switch(doc["readOnly"], str(doc.get("changedAt", "")), str(doc.get("replica", "")))
 
 
 class ClusterSettings:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from kv_hooks import HookedKV
 
 from hareg.clock import SystemClock
 from hareg.http.app import init_app
@@ -35,3 +36,20 @@ async def registry(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Registry]:
 async def client(registry: Registry) -> AsyncIterator[TestClient[object, object]]:
     async with TestClient(TestServer(init_app(registry))) as c:
         yield c
+
+
+@pytest.fixture
+async def hooked(
+    kv: EtcdKV, tmp_path: Path
+) -> AsyncIterator[tuple[Registry, HookedKV, TestClient[object, object]]]:
+    """A registry whose etcd connection lets a test order a race exactly (kv_hooks.py)."""
+    hooked_kv = HookedKV(kv)
+    store = FilesystemBlobStore(tmp_path / "hooked-blobs")
+    reg = Registry(hooked_kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
+    await reg.start()
+    try:
+        async with TestClient(TestServer(init_app(reg))) as c:
+            yield reg, hooked_kv, c
+    finally:
+        await reg.stop()
+        await store.close()

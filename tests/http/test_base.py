@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import expect_error
+from kv_hooks import HookedKV
+from oci_helpers import config_blob, expect_error, image_manifest, push_blob, push_image, put_manifest, sha256
 
 from hareg.config import RequestLimits, RequestsConfig
 from hareg.http.app import init_app
 from hareg.http.base import BODY_CHUNK
 from hareg.http.keys import HttpSettings
 from hareg.http.limits import LIMITS
+from hareg.kv.base import Compare, Put, TxnOp
 from hareg.registry.service import Registry
 
 
@@ -152,3 +154,40 @@ async def test_a_stalled_manifest_body_is_a_408_manifest_invalid(
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"MANIFEST_INVALID" in answer and b"limits.bodyStallTimeout" in answer
     assert await registry.meta.get_tag("repo", "t") is None
+
+
+async def test_a_write_that_keeps_losing_its_compares_is_a_503_not_a_500(
+    hooked: tuple[Registry, HookedKV, TestClient[object, object]],
+) -> None:
+    """Another writer moves the tag before every attempt of this push, until the
+    store gives up: the client is told to retry (503), nothing is written."""
+    registry, kv, client = hooked
+    image = await push_image(client, "repo", "v1", seed="one")
+    other = await push_image(client, "repo", "v2", seed="two")
+    tag_key = registry.meta.keys.tag("repo", "v1")
+    flips = 0
+    moving = False
+
+    async def move_the_tag_first(compares: Sequence[Compare], ops: Sequence[TxnOp]) -> None:
+        nonlocal flips, moving
+        if moving or flips >= 100 or not any(isinstance(op, Put) and op.key == tag_key for op in ops):
+            return
+        flips += 1
+        moving = True
+        try:
+            target = other.digest if flips % 2 else image.digest
+            await registry.meta.move_tag("repo", "v1", target, "rollback")
+        finally:
+            moving = False
+
+    kv.before_txn = move_the_tag_first
+    body = image_manifest(config_blob("three"), [])
+    await push_blob(client, "repo", config_blob("three"))
+    r = await put_manifest(client, "repo", "v1", body)
+    kv.before_txn = None
+    assert r.status == 503
+    entry = (await r.json())["errors"][0]
+    assert entry["code"] == "UNAVAILABLE" and "concurrent" in entry["message"], entry
+    assert r.headers.get("Retry-After") == "1", dict(r.headers)
+    r = await client.get(f"/v2/repo/manifests/{sha256(body)}")
+    assert r.status == 404

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from kv_hooks import HookedKV
 from oci_helpers import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_LIST,
@@ -41,9 +43,10 @@ from hareg.config import LimitsConfig
 from hareg.etcd_process import EtcdProcess
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
+from hareg.kv.base import Compare, Put, TxnOp
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
-from hareg.registry.manifest_format import MAX_MANIFEST_BYTES
+from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, UrlPolicy
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -207,17 +210,6 @@ async def test_docker_schema2_manifest_and_manifest_list(client: Client) -> None
     body = index_manifest([(DOCKER_MANIFEST, image.body)], media_type=DOCKER_LIST)
     assert (await put_manifest(client, "repo", "list", body, DOCKER_LIST)).status == 201
     assert await get_manifest(client, "repo", "list", DOCKER_LIST) == body
-
-
-async def test_docker_foreign_layer_need_not_be_pushed(client: Client) -> None:
-    config = config_blob()
-    await push_blob(client, "repo", config)
-    foreign = descriptor(DOCKER_FOREIGN_LAYER, b"windows base", urls=["https://example.com/layer"])
-    doc = json.loads(image_manifest(config, [], media_type=DOCKER_MANIFEST))
-    doc["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json"
-    doc["layers"] = [foreign]
-    body = dumps(doc)
-    assert (await put_manifest(client, "repo", "win", body, DOCKER_MANIFEST)).status == 201
 
 
 async def test_artifact_with_artifact_type_and_empty_config(client: Client) -> None:
@@ -696,6 +688,127 @@ async def registry_on(
         await store.close()
 
 
+# --------------------------------------------------------------- races and re-pushes
+
+
+async def test_a_repush_of_a_tags_manifest_racing_its_delete_keeps_the_acknowledged_tag(
+    hooked: tuple[Registry, HookedKV, Client],
+) -> None:
+    """The re-push reads the tag (already at this digest), then the DELETE by
+    digest commits (manifest and tag gone), then the re-push commits: both are
+    acknowledged, so the only serial order is delete-then-push, which leaves
+    the manifest, the tag and a "push" entry in the tag's history."""
+    registry, kv, client = hooked
+    image = await push_image(client, "repo", "v1")
+    manifest_key = registry.meta.keys.manifest("repo", image.digest)
+    delete_done = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold_the_push(compares: Sequence[Compare], ops: Sequence[TxnOp]) -> None:
+        if not delete_done.is_set() and any(isinstance(op, Put) and op.key == manifest_key for op in ops):
+            held.set()
+            await delete_done.wait()
+
+    kv.before_txn = hold_the_push
+    push = asyncio.create_task(put_manifest(client, "repo", "v1", image.body))
+    async with asyncio.timeout(30):
+        await held.wait()
+    deleted = await client.delete(f"/v2/repo/manifests/{image.digest}")
+    assert deleted.status == 202
+    delete_done.set()
+    async with asyncio.timeout(30):
+        pushed = await push
+    assert pushed.status == 201, await pushed.text()
+    assert pushed.headers.getall("OCI-Tag", []) in ([], ["v1"])
+    assert await get_manifest(client, "repo", "v1", OCI_MANIFEST) == image.body
+    r = await client.get("/hareg/v1/repositories/repo/tags/v1/history")
+    actions = [(e["action"], e["new"]) for e in await r.json()]
+    assert actions == [("push", image.digest), ("delete", None), ("push", image.digest)]
+
+
+async def test_a_repeated_tag_param_is_one_tag(client: Client) -> None:
+    image = await push_image(client, "repo")
+    r = await put_manifest(
+        client, "repo", image.digest, image.body, params=[("tag", "a"), ("tag", "b"), ("tag", "a")]
+    )
+    assert r.status == 201, await r.text()
+    assert [t.strip() for h in r.headers.getall("OCI-Tag") for t in h.split(",")] == ["a", "b"]
+    assert await tags_of(client, "repo") == ["a", "b"]
+    # By tag, with the same tag again as a parameter.
+    r = await put_manifest(client, "repo", "c", image.body, params=[("tag", "c"), ("tag", "c")])
+    assert r.status == 201, await r.text()
+    r = await client.get("/hareg/v1/repositories/repo/tags/c/history")
+    assert len(await r.json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "body_of"),
+    [
+        (OCI_MANIFEST, DOCKER_MANIFEST, "image"),
+        (DOCKER_MANIFEST, OCI_MANIFEST, "image"),
+        (OCI_INDEX, DOCKER_LIST, "index"),
+    ],
+)
+async def test_a_digest_keeps_its_first_media_type(
+    client: Client, first: str, second: str, body_of: str
+) -> None:
+    """A body without ``mediaType`` takes its type from the Content-Type of its
+    first push; a re-push under another type is accepted (same bytes) but the
+    digest is served as first stored, as distribution does."""
+    config, layer = config_blob(), b"layer"
+    for blob in (config, layer):
+        await push_blob(client, "repo", blob)
+    child = image_manifest(config, [layer], media_type=None)
+    if body_of == "image":
+        body = child
+    else:
+        assert (await put_manifest(client, "repo", sha256(child), child, OCI_MANIFEST)).status == 201
+        doc = json.loads(index_manifest([(OCI_MANIFEST, child)]))
+        del doc["mediaType"]
+        body = dumps(doc)
+    digest = sha256(body)
+    assert (await put_manifest(client, "repo", "t", body, first)).status == 201
+    r = await put_manifest(client, "repo", "t", body, second)
+    assert r.status == 201, await r.text()
+    assert r.headers["Docker-Content-Digest"] == digest
+    for reference in ("t", digest):
+        assert await get_manifest(client, "repo", reference, first) == body
+        r = await client.head(f"/v2/repo/manifests/{reference}")
+        assert r.headers["Content-Type"] == first
+
+
+NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+
+
+async def test_urls_are_refused_unless_configured(client: Client, registry: Registry) -> None:
+    config = config_blob()
+    await push_blob(client, "repo", config)
+    foreign = descriptor(NONDISTRIBUTABLE, b"windows base", urls=["https://example.com/layer"])
+    doc = json.loads(image_manifest(config, []))
+    doc["layers"] = [foreign]
+    before = await snapshot(registry)
+    entry = await expect_error(await put_manifest(client, "repo", "win", dumps(doc)), 400, "MANIFEST_INVALID")
+    assert "layers[0]" in entry["message"] and "validation.manifests.urls.allow" in entry["message"]
+    assert await snapshot(registry) == before
+
+
+@pytest.fixture
+async def urls_client(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Client]:
+    """A registry whose configuration allows URLs under https://example.com/."""
+    store = FilesystemBlobStore(tmp_path / "url-blobs")
+    urls = UrlPolicy.compile([r"^https://example\.com/"], [r"/denied/"])
+    reg = Registry(
+        kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", manifest_urls=urls
+    )
+    await reg.start()
+    try:
+        async with TestClient(TestServer(init_app(reg))) as c:
+            yield c
+    finally:
+        await reg.stop()
+        await store.close()
+
+
 async def test_references_and_annotations_are_capped(kv: EtcdKV, tmp_path: Path) -> None:
     limits = LimitsConfig(max_manifest_references=3, max_manifest_annotation_bytes=20)
     async with registry_on(kv, tmp_path, limits) as (reg, client):
@@ -746,3 +859,36 @@ async def test_a_manifest_larger_than_etcd_accepts_is_refused_not_retried(
         assert "Retry-After" not in r.headers
         entry = await expect_error(r, 400, "MANIFEST_INVALID")
         assert "etcd" in entry["message"] and "limits.maxManifestReferences" in entry["message"]
+
+
+async def test_docker_foreign_layer_need_not_be_pushed(urls_client: Client) -> None:
+    client = urls_client
+    config = config_blob()
+    await push_blob(client, "repo", config)
+    foreign = descriptor(DOCKER_FOREIGN_LAYER, b"windows base", urls=["https://example.com/layer"])
+    doc = json.loads(image_manifest(config, [], media_type=DOCKER_MANIFEST))
+    doc["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json"
+    doc["layers"] = [foreign]
+    body = dumps(doc)
+    assert (await put_manifest(client, "repo", "win", body, DOCKER_MANIFEST)).status == 201
+    # A denied URL is refused even though allow matches it.
+    foreign["urls"] = ["https://example.com/denied/layer"]
+    entry = await expect_error(
+        await put_manifest(client, "repo", "win2", dumps(doc), DOCKER_MANIFEST), 400, "MANIFEST_INVALID"
+    )
+    assert "validation.manifests.urls.deny" in entry["message"]
+
+
+async def test_an_ordinary_layer_with_urls_must_have_been_pushed(urls_client: Client) -> None:
+    client = urls_client
+    config, missing = config_blob(), b"never pushed"
+    await push_blob(client, "repo", config)
+    doc = json.loads(image_manifest(config, [missing]))
+    doc["layers"][0]["urls"] = ["https://example.com/layer"]
+    entry = await expect_error(
+        await put_manifest(client, "repo", "v1", dumps(doc)), 400, "MANIFEST_BLOB_UNKNOWN"
+    )
+    assert sha256(missing) in entry["message"]
+    await expect_error(await client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    await push_blob(client, "repo", missing)
+    assert (await put_manifest(client, "repo", "v1", dumps(doc))).status == 201

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import expect_error, push_image, sha256, start_replicas, start_upload
+from kv_hooks import HookedKV
+from oci_helpers import expect_error, push_image, sha256, snapshot, start_replicas, start_upload
 
 from hareg.cli import main as cli_main
 from hareg.clock import SystemClock
@@ -281,3 +282,67 @@ async def test_cli_read_only_on_off(
     assert code == 0
     assert "switch: off; this replica is read-write" in capsys.readouterr().out
     assert not registry.read_only
+
+
+async def test_no_write_commits_after_the_switch_on_a_replica_that_has_not_seen_it(
+    etcd_url: str, tmp_path: Path
+) -> None:
+    """Replica b's watch of the settings never delivers, so its own view says
+    writable for good; still, once ``PUT /hareg/v1/read-only`` returned on
+    replica a, every kind of write sent to b is refused and nothing changes
+    in etcd: the switch is a compare in every write transaction."""
+    prefix = f"/ro-lag-{uuid.uuid4().hex[:10]}"
+    blobs = tmp_path / "shared-blobs"
+    async with AsyncExitStack() as stack:
+        [(reg_a, a)] = await start_replicas(stack, etcd_url, blobs, prefix, 1)
+        inner = await EtcdKV.connect([etcd_url])
+        stack.push_async_callback(inner.close)
+        lagging = HookedKV(inner)
+        store = FilesystemBlobStore(blobs)
+        stack.push_async_callback(store.close)
+        reg_b = Registry(lagging, store, SystemClock(), RandomIds(), prefix=prefix, replica="lagging")
+        lagging.frozen_watch_prefixes.append(reg_b.meta.keys.kind_prefix("c"))
+        await reg_b.start()
+        stack.push_async_callback(reg_b.stop)
+        b: Client = TestClient(TestServer(init_app(reg_b)))
+        await b.start_server()
+        stack.push_async_callback(b.close)
+
+        old = await push_image(b, "lag/app", "old", seed="old")
+        image = await push_image(b, "lag/app", "v1")
+        await push_image(b, "lag/other", "v1", seed="other")
+        loose = b"a blob no manifest uses"
+        await b.post("/v2/lag/app/blobs/uploads/", params={"digest": sha256(loose)}, data=loose)
+        location = await start_upload(b, "lag/app")
+        chunk = b"chunked"
+        assert (await b.patch(location, data=chunk, headers={"Content-Range": "0-6"})).status == 202
+
+        r = await a.put("/hareg/v1/read-only", json={"readOnly": True})
+        assert r.status == 200
+        assert not reg_b.read_only  # b has not seen it, and never will
+        before = (await snapshot(reg_a)).keys
+
+        manifest = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+        new_blob = b"new layer"
+        for resp in [
+            await b.post("/v2/lag/app/blobs/uploads/", params={"digest": sha256(new_blob)}, data=new_blob),
+            await b.put(location, params={"digest": sha256(chunk)}),
+            await b.put("/v2/lag/app/manifests/v2", data=image.body, headers=manifest),
+            await b.put("/v2/lag/app/manifests/v1", data=image.body, headers=manifest),  # a re-push
+            await b.put(f"/v2/lag/app/manifests/{image.digest}", data=image.body, headers=manifest),
+            await b.delete("/v2/lag/app/manifests/v1"),
+            await b.delete(f"/v2/lag/app/manifests/{old.digest}"),
+            await b.delete(f"/v2/lag/app/blobs/{sha256(loose)}"),
+            await b.post("/v2/lag/new/blobs/uploads/", params={"mount": image.blobs[0], "from": "lag/app"}),
+            await b.post("/v2/lag/app/blobs/uploads/", params={"mount": image.blobs[0], "from": "lag/app"}),
+            await b.post("/hareg/v1/repositories/lag/app/tags/v1/rollback", json={"digest": old.digest}),
+            await b.post("/hareg/v1/repositories/lag/app/tags/v1/rollback", json={"digest": image.digest}),
+            await b.put("/hareg/v1/repositories/lag/app/immutability", json={"patterns": ["v*"]}),
+        ]:
+            await expect_read_only(resp)
+        assert (await snapshot(reg_a)).keys == before
+
+        # Off again (b still has not seen anything): b's writes commit.
+        assert (await a.put("/hareg/v1/read-only", json={"readOnly": False})).status == 200
+        r = await b.put("/v2/lag/app/manifests/v2", data=image.body, headers=manifest)
+        assert r.status == 201, await r.text()

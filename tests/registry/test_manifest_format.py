@@ -15,10 +15,12 @@ from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    FOREIGN_LAYER_TYPES,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    UrlPolicy,
     parse_manifest,
     strip_content_type,
 )
@@ -142,10 +144,56 @@ def test_docker_schema2() -> None:
     assert parsed.blobs[0] == digest("c")
 
 
+ALLOW_X = UrlPolicy.compile([r"^https://x/"], [])
+
+
 def test_docker_foreign_layers_are_not_required() -> None:
     foreign = desc("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "win", urls=["https://x/y"])
-    parsed = parse(image(mediaType=DOCKER_MANIFEST, layers=[foreign, desc(OCI_LAYER, "l1")]), DOCKER_MANIFEST)
+    doc = image(mediaType=DOCKER_MANIFEST, layers=[foreign, desc(OCI_LAYER, "l1")])
+    parsed = parse_manifest(json.dumps(doc).encode(), DOCKER_MANIFEST, ALLOW_X)
     assert parsed.blobs == (digest("config"), digest("l1"))
+
+
+@pytest.mark.parametrize("layer_type", sorted(FOREIGN_LAYER_TYPES))
+def test_a_foreign_layer_without_urls_must_be_in_the_registry(layer_type: str) -> None:
+    parsed = parse(image(layers=[desc(layer_type, "f")]))
+    assert digest("f") in parsed.blobs
+
+
+def test_an_ordinary_layer_with_urls_must_still_be_in_the_registry() -> None:
+    # Its urls do not excuse its absence: only a non-distributable layer lives elsewhere.
+    doc = image(layers=[desc(OCI_LAYER, "l1", urls=["https://x/l1"])])
+    parsed = parse_manifest(json.dumps(doc).encode(), None, ALLOW_X)
+    assert parsed.blobs == (digest("config"), digest("l1"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "url", "names"),
+    [
+        (UrlPolicy(), "https://x/y", "validation.manifests.urls.allow is empty"),
+        (ALLOW_X, "https://elsewhere/y", "validation.manifests.urls.allow"),
+        (
+            UrlPolicy.compile([r"^https://"], [r"evil"]),
+            "https://evil.example/y",
+            "validation.manifests.urls.deny",
+        ),
+        (ALLOW_X, "ftp://x/y", "http:// and https://"),
+        (ALLOW_X, "https://x/y#frag", "without a fragment"),
+    ],
+)
+def test_descriptor_urls_are_checked_against_the_configured_lists(
+    policy: UrlPolicy, url: str, names: str
+) -> None:
+    foreign = desc("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "f", urls=[url])
+    with pytest.raises(RegistryError) as info:
+        parse_manifest(json.dumps(image(layers=[foreign])).encode(), None, policy)
+    assert info.value.code is ErrorCode.MANIFEST_INVALID
+    assert "layers[0]" in info.value.message and names in info.value.message
+
+
+def test_index_children_urls_are_checked_too() -> None:
+    with pytest.raises(RegistryError, match="manifests\\[1\\]"):
+        parse(index(manifests=[desc(OCI_MANIFEST, "m1"), desc(OCI_MANIFEST, "m2", urls=["https://x/m2"])]))
 
 
 def test_docker_manifest_list() -> None:

@@ -26,6 +26,7 @@ from sim.checkers import (
     check_linearizability,
     check_read_only,
     check_tag_lists,
+    check_tag_pushes,
     register_ops,
 )
 from sim.etcd_model import MVCCStore
@@ -200,6 +201,47 @@ def test_refused_writes_are_not_applied_for_linearizability() -> None:
     assert kinds(findings) == ["linearizability"]
 
 
+def test_a_referrers_entry_must_not_outlive_its_manifest() -> None:
+    store = MVCCStore()
+    findings = Findings()
+    CommitMonitor(store, K, lambda: 0.0, lambda: 0, findings)
+    blob(store)
+    manifest(store)
+    subject = "sha256:" + "s" * 64
+    store.txn([], [Put(K.referrer(R, subject, M), b"r")], [])
+    assert findings.violations == []
+    store.txn([], [Delete(K.manifest(R, M))], [])  # a batch without the referrers entry
+    store.txn([], [Delete(K.referrer(R, subject, M))], [])
+    store.txn([], [Put(K.referrer(R, subject, N), b"r")], [])  # an entry naming a missing manifest
+    assert kinds(findings) == ["2", "2"]
+    assert "referrers index names it" in findings.violations[0].message
+    manifest(store)
+    store.txn([], [Delete(K.manifest(R, M)), Delete(K.referrer(R, subject, N))], [])  # together: fine
+    assert len(findings.violations) == 2
+
+
+# -- tag pushes ---------------------------------------------------------------------------
+
+
+def test_a_tag_push_whose_transaction_left_the_tag_elsewhere_is_caught() -> None:
+    """A re-push of the tag's current manifest committed (re-writing the manifest)
+    after a DELETE took the tag: acknowledged, yet its transaction left no tag."""
+    store, findings, monitor, history = world_with_history()
+    blob(store)
+    manifest(store)
+    move(store, "v1", 1, None, M)
+    kept = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    kept_rev = store.revision  # a re-push whose transaction found the tag in place
+    history.complete(kept, Outcome.OK)
+    lost = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    move(store, "v1", 2, M, None)  # the DELETE by digest took the tag
+    manifest(store)  # the re-push's transaction, without the tag
+    history.complete(lost, Outcome.OK)
+    check_tag_pushes(history, monitor, K, {kept.id: kept_rev, lost.id: store.revision}, findings)
+    assert kinds(findings) == ["7"]
+    assert f"op {lost.id} " in findings.violations[0].message
+
+
 # -- the read-only switch -----------------------------------------------------------------
 
 
@@ -215,14 +257,17 @@ def write_op(history: History, view: str | None, kind: str = h.TAG_WRITE) -> Non
     history.complete(op, Outcome.OK)
 
 
-def test_a_write_acknowledged_while_read_only_is_caught_unless_the_replica_lagged() -> None:
+def test_a_write_acknowledged_while_read_only_is_caught_even_if_the_replica_lagged() -> None:
     store, findings, monitor, history = world_with_history()
     before = store.revision
     write_op(history, f"{before}:0:{history.seq}")  # writable: fine
     on = switch(store, True)
-    write_op(history, f"{before}:0:{history.seq}")  # the replica had not seen it: exempt
+    # The replica had not seen it: still caught, the switch is a compare in every write.
+    write_op(history, f"{before}:0:{history.seq}")
     write_op(history, f"{on}:0:{history.seq}", h.MANIFEST_DELETE)  # it had (and its view is wrong)
     write_op(history, None, h.BLOB_UPLOAD)  # never passed the test
+    missed = history.invoke("c0", h.TAG_DELETE, R, "r0", tag="v9")
+    history.complete(missed, Outcome.OK, found=False)  # a 404 wrote nothing: fine
     read = history.invoke("c1", h.TAG_READ, R, "r0", tag="v1")
     read.detail["read_only"] = "refused"
     history.complete(read, Outcome.FAIL, error="405 UNSUPPORTED")
@@ -230,9 +275,10 @@ def test_a_write_acknowledged_while_read_only_is_caught_unless_the_replica_lagge
     write_op(history, f"{store.revision}:0:{history.seq}")  # writable again: fine
     check_read_only(history, monitor, findings)
     messages = [v.message for v in findings.violations]
-    assert kinds(findings) == ["read-only"] * 4, messages
-    assert "saw read-only off" in messages[0]
-    assert "op 2 " in messages[1] and "op 3 " in messages[2] and "refused as read-only" in messages[3]
+    assert kinds(findings) == ["read-only"] * 5, messages
+    assert "op 1 " in messages[0] and "acknowledged while the registry was read-only" in messages[0]
+    assert "op 2 " in messages[1] and "saw read-only off" in messages[1]
+    assert "op 2 " in messages[2] and "op 3 " in messages[3] and "refused as read-only" in messages[4]
 
 
 def test_a_write_that_began_before_the_switch_may_be_acknowledged() -> None:

@@ -126,7 +126,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--jobs", "0"])
     assert "expected a whole number of processes" in capsys.readouterr().err
-    assert main(["hunt", "--plant", "upload-no-digest", "--max-seeds", "3", "--duration", "10"]) == 0
+    assert main(["hunt", "--plant", "upload-no-digest", "--max-seeds", "10", "--duration", "10"]) == 0
     assert "caught upload-no-digest at seed" in capsys.readouterr().out
     failing = str(_first_failing_seed("upload-no-digest", 10.0))
     assert (

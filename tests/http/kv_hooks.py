@@ -1,0 +1,46 @@
+"""A real etcd connection with hooks that order a race exactly: a test can
+hold a transaction until another request has committed, run a request right
+after a transaction committed, or keep a replica's watch from delivering (a
+replica whose view lags).  Everything still goes to the real etcd; only the
+timing is the test's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from hareg.kv.base import KV, Compare, TxnOp, TxnResult, WatchBatch
+from hareg.kv.instrumented import InstrumentedKV
+
+TxnHook = Callable[[Sequence[Compare], Sequence[TxnOp]], Awaitable[None]]
+
+
+def _ignore(_op: str, _elapsed: float, _error: str | None) -> None:
+    return None
+
+
+class HookedKV(InstrumentedKV):
+    def __init__(self, inner: KV) -> None:
+        super().__init__(inner, _ignore)
+        self.before_txn: TxnHook | None = None  # awaited before a txn is sent
+        self.after_txn: TxnHook | None = None  # awaited after a txn committed (succeeded)
+        self.frozen_watch_prefixes: list[bytes] = []  # watches there deliver nothing
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        if self.before_txn is not None:
+            await self.before_txn(compares, success)
+        result = await super().txn(compares, success, failure)
+        if result.succeeded and self.after_txn is not None:
+            await self.after_txn(compares, success)
+        return result
+
+    async def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        if any(start.startswith(p) for p in self.frozen_watch_prefixes):
+            await asyncio.Event().wait()  # never delivers: this replica's view lags for good
+        async for batch in super().watch(start, end, start_revision):
+            yield batch
