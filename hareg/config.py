@@ -201,6 +201,7 @@ class LimitsConfig:
     request_header_timeout: float = 60.0
     idle_connection_timeout: float = 75.0
     body_stall_timeout: float = 60.0
+    max_connections: int = 4096
     max_upload_sessions: int = 10_000
     max_upload_sessions_per_repository: int = 1_000
     max_blob_size: int = 0
@@ -353,6 +354,11 @@ _SCALARS: Final = (
         "limits.bodyStallTimeout",
         "str",
         "A request body that sends nothing for this long is dropped (408), its bytes never committed.",
+    ),
+    _Scalar(
+        "limits.maxConnections",
+        "int",
+        "Connections open at once on one replica; more are closed when accepted (0: unlimited).",
     ),
     _Scalar(
         "limits.maxUploadSessions", "int", "Upload sessions in progress in the whole registry (0: unlimited)."
@@ -1318,6 +1324,7 @@ def _limits(top: _Map) -> LimitsConfig:
             "requestHeaderTimeout",
             "idleConnectionTimeout",
             "bodyStallTimeout",
+            "maxConnections",
             "maxUploadSessions",
             "maxUploadSessionsPerRepository",
             "maxBlobSize",
@@ -1334,6 +1341,7 @@ def _limits(top: _Map) -> LimitsConfig:
             "idleConnectionTimeout", d.idle_connection_timeout, positive=True
         ),
         body_stall_timeout=limits.duration("bodyStallTimeout", d.body_stall_timeout, positive=True),
+        max_connections=limits.integer("maxConnections", d.max_connections, 0),
         max_upload_sessions=limits.integer("maxUploadSessions", d.max_upload_sessions, 0),
         max_upload_sessions_per_repository=limits.integer(
             "maxUploadSessionsPerRepository", d.max_upload_sessions_per_repository, 0
@@ -1637,6 +1645,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "requestHeaderTimeout": format_duration(caps.request_header_timeout),
             "idleConnectionTimeout": format_duration(caps.idle_connection_timeout),
             "bodyStallTimeout": format_duration(caps.body_stall_timeout),
+            "maxConnections": caps.max_connections,
             "maxUploadSessions": caps.max_upload_sessions,
             "maxUploadSessionsPerRepository": caps.max_upload_sessions_per_repository,
             "maxBlobSize": caps.max_blob_size,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -131,6 +132,29 @@ def make_store(config: Config, data_dir: Path) -> BlobStore:
     raise StartupError(f"storage kind {storage.kind!r} is not available in this build")
 
 
+# File descriptors a replica needs beside its client connections: etcd and
+# object-store connections, blob files being read or written, logs.
+_SPARE_FILES = 1024
+
+
+def raise_open_file_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime
+    does for distribution: the default soft limit (often 1024) is below
+    ``limits.maxConnections``, and running out of descriptors fails far more
+    than the one connection too many.  Warns if even the hard limit is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    wanted = max_connections + _SPARE_FILES if max_connections else 0
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        log.warning(
+            "the open-file limit is below what limits.maxConnections needs",
+            extra={"fields": {"limit": "limits.maxConnections", "open_files": soft, "needed": wanted}},
+        )
+
+
 def _close_all(listeners: list[asyncio.Server]) -> None:
     for listener in listeners:
         listener.close()
@@ -231,6 +255,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             limits=config.limits,
             on_secret=add_log_secret,
         )
+        raise_open_file_limit(config.limits.max_connections)
         await registry.start()
         stack.push_async_callback(registry.stop)
         app = init_app(
@@ -242,7 +267,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 body_stall_timeout=config.limits.body_stall_timeout,
             ),
             metrics=metrics,
-            connections=ConnectionGuard(config.limits.request_header_timeout),
+            connections=ConnectionGuard(config.limits.request_header_timeout, config.limits.max_connections),
         )
         runner = web.AppRunner(
             app,

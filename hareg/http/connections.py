@@ -9,6 +9,11 @@ a connection is closed unless a request's headers are complete within the
 bound, counted from the connection's opening, and on a keep-alive connection
 from the first byte of each next request.
 
+It also bounds the connections open at once (``limits.maxConnections``): one
+more is closed as soon as it is accepted, before aiohttp sees it, so a client
+that opens connections without end cannot exhaust the replica's file
+descriptors.
+
 It wraps the protocol aiohttp makes for each connection: the wrapper sees
 every byte before aiohttp does, and ``phase_middleware`` tells it when a
 request's handler starts (its headers were parsed) and ends.  Bytes that
@@ -41,6 +46,7 @@ class _Guarded(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0  # request handlers running (pipelined requests run one at a time)
+        self._refused = False  # closed at once: over limits.maxConnections, aiohttp never saw it
 
     def _arm(self) -> None:
         if self._timer is None and self._busy == 0:
@@ -73,38 +79,78 @@ class _Guarded(asyncio.Protocol):
 
     # asyncio.Protocol, passed through to aiohttp's protocol.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._guard.admit():
+            self._refused = True
+            transport.close()
+            return
         self._transport = transport
         self._guard.connections[transport] = self
         self._inner.connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if data:
             self._arm()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return None if self._refused else self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
         self._disarm()
         if self._transport is not None:
             self._guard.connections.pop(self._transport, None)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if not self._refused:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if not self._refused:
+            self._inner.resume_writing()
+
+
+# A client refused for limits.maxConnections is logged at most this often, so
+# a flood of connections cannot flood the log as well.
+_REFUSAL_LOG_INTERVAL = 10.0
 
 
 class ConnectionGuard:
-    """The header timeout of every connection of one application's listeners."""
+    """The header timeout and the connection cap of one application's listeners."""
 
-    def __init__(self, header_timeout: float) -> None:
+    def __init__(self, header_timeout: float, max_connections: int = 0) -> None:
         self.header_timeout = header_timeout
+        self.max_connections = max_connections  # 0: no cap
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
+        self.refused = 0  # connections closed for the cap, since start
+        self._refusals_logged = 0
+        self._last_refusal_log: float | None = None
+
+    def admit(self) -> bool:
+        """Whether one more connection may open now."""
+        if not self.max_connections or len(self.connections) < self.max_connections:
+            return True
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if self._last_refusal_log is None or now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "closed new connections: too many open",
+                extra={
+                    "fields": {
+                        "limit": "limits.maxConnections",
+                        "open": len(self.connections),
+                        "refused": self.refused - self._refusals_logged,
+                    }
+                },
+            )
+            self._last_refusal_log = now
+            self._refusals_logged = self.refused
+        return False
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Guarded(self, factory())

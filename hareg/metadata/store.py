@@ -822,22 +822,31 @@ class MetadataStore:
 
     async def _put_upload(self, upload_id: str, record: UploadRecord, revision: int | None = None) -> bool:
         """Write the upload record on the current window's lease; with
-        ``revision``, only if the record is still at that mod_revision."""
+        ``revision``, only if the record is still at that mod_revision.  Like
+        every write, it compares the read-only switch: WritesFrozen once it is on."""
         key = self.keys.upload(upload_id)
         compares = [] if revision is None else [Compare.mod_revision_is(key, revision)]
-        for attempt in range(2):
+        renewed = False
+        for _ in range(self.max_retries + 1):
             lease = await self._lease_for_uploads()
+            guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
             try:
-                result = await self.kv.txn(compares, [Put(key, encode(record), lease=lease)])
-                return result.succeeded
+                result = await self.kv.txn([*compares, guard], [Put(key, encode(record), lease=lease)])
             except (KVUnavailable, KVUnknownOutcome):
                 raise
             except KVError:
                 # Most likely the lease is gone (revoked, or etcd restored): take a new one.
                 self._upload_lease = None
-                if attempt:
+                if renewed:
                     raise
-        raise AssertionError("unreachable")
+                renewed = True
+                continue
+            if result.succeeded:
+                return True
+            await self.read_only_guard.refresh()  # WritesFrozen if the switch is on now
+            if await self.read_only_guard.compare() == guard:
+                return False  # the switch is as it was: the record's compare failed
+        raise Contended(f"write of upload {upload_id}")
 
     async def create_upload(self, upload_id: str, repo: str, algorithm: str) -> UploadRecord:
         now = self.clock.now()
@@ -854,8 +863,12 @@ class MetadataStore:
         closed, cancelled or sealed by a closing PUT since), so the chunk may
         be acknowledged.  Also moves an open upload to the current lease
         window so it does not expire; that write is conditional, so it can
-        neither re-open a sealed upload nor bring back a deleted one."""
-        kv = await self._get(self.keys.upload(upload_id))
+        neither re-open a sealed upload nor bring back a deleted one.  Raises
+        WritesFrozen if the read-only switch is on: read with the record, so a
+        chunk is never acknowledged after the switch was."""
+        result = await self.kv.txn([], [Get(self.keys.upload(upload_id)), Get(self.read_only_guard.key)])
+        kv, switch = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in result.responses)
+        self.read_only_guard.observe(switch)
         if kv is None:
             return False
         record = decode(UploadRecord, kv.value)
@@ -900,9 +913,11 @@ class MetadataStore:
             record = decode(UploadRecord, kv.value)
             if record.repo != repo or record.sealed:
                 return False
-            result = await self.kv.txn([Compare.mod_revision_is(key, kv.mod_revision)], [Delete(key)])
+            guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
+            result = await self.kv.txn([Compare.mod_revision_is(key, kv.mod_revision), guard], [Delete(key)])
             if result.succeeded:
                 return True
+            await self.read_only_guard.refresh()
         raise Contended(f"cancel of upload {upload_id}")
 
     async def delete_upload(self, upload_id: str) -> bool:

@@ -1,7 +1,8 @@
 """Connection timeouts over real sockets: a request's headers must arrive within
 limits.requestHeaderTimeout, an idle keep-alive connection is closed after
-limits.idleConnectionTimeout, and a request whose handler runs (or whose body
-streams in) longer than the header timeout is not cut off."""
+limits.idleConnectionTimeout, a request whose handler runs (or whose body
+streams in) longer than the header timeout is not cut off, and connections
+beyond limits.maxConnections are closed when accepted."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ async def serve(registry: Registry) -> AsyncIterator[Serve]:
     """Start the registry behind a guarded listener on 127.0.0.1, as ``hareg serve`` does."""
     async with AsyncExitStack() as stack:
 
-        async def start(settings: HttpSettings | None = None) -> tuple[str, int]:
-            app = init_app(registry, settings, connections=ConnectionGuard(HEADER_TIMEOUT))
+        async def start(
+            settings: HttpSettings | None = None, guard: ConnectionGuard | None = None
+        ) -> tuple[str, int]:
+            app = init_app(registry, settings, connections=guard or ConnectionGuard(HEADER_TIMEOUT))
             runner = web.AppRunner(app, keepalive_timeout=IDLE_TIMEOUT, shutdown_timeout=1.0)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -133,3 +136,34 @@ async def test_a_body_streaming_longer_than_the_header_timeout_is_served(
     assert head.startswith(b"HTTP/1.1 202"), head
     info = await registry.uploads.finish("slow", status.upload_id, sha256(data), None)
     assert info.size == len(data)
+
+
+async def get_v2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    return await asyncio.wait_for(reader.readuntil(b"{}"), WAIT)
+
+
+async def test_connections_beyond_the_cap_are_closed_when_accepted(serve: Serve) -> None:
+    # A header timeout far beyond the test, so only the cap can close a connection.
+    guard = ConnectionGuard(WAIT * 4, max_connections=2)
+    host, port = await serve(guard=guard)
+    first = await asyncio.open_connection(host, port)
+    second = await asyncio.open_connection(host, port)
+    for conn in (first, second):
+        assert (await get_v2(*conn)).startswith(b"HTTP/1.1 200")
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, nothing answered
+    writer.close()
+    assert guard.refused == 1
+    # The two admitted connections keep being served; once one closes, a new one is admitted.
+    assert (await get_v2(*first)).startswith(b"HTTP/1.1 200")
+    first[1].close()
+    async with asyncio.timeout(WAIT):
+        while len(guard.connections) > 1:
+            await asyncio.sleep(0.01)
+    third = await asyncio.open_connection(host, port)
+    assert (await get_v2(*third)).startswith(b"HTTP/1.1 200")
+    for _, w in (second, third):
+        w.close()

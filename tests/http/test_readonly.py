@@ -316,6 +316,8 @@ async def test_no_write_commits_after_the_switch_on_a_replica_that_has_not_seen_
         location = await start_upload(b, "lag/app")
         chunk = b"chunked"
         assert (await b.patch(location, data=chunk, headers={"Content-Range": "0-6"})).status == 202
+        open_upload = await start_upload(b, "lag/app")
+        to_cancel = await start_upload(b, "lag/app")
 
         r = await a.put("/hareg/v1/read-only", json={"readOnly": True})
         assert r.status == 200
@@ -327,6 +329,9 @@ async def test_no_write_commits_after_the_switch_on_a_replica_that_has_not_seen_
         for resp in [
             await b.post("/v2/lag/app/blobs/uploads/", params={"digest": sha256(new_blob)}, data=new_blob),
             await b.put(location, params={"digest": sha256(chunk)}),
+            await b.post("/v2/lag/app/blobs/uploads/"),  # a session: its record is a write too
+            await b.patch(open_upload, data=chunk, headers={"Content-Range": "0-6"}),
+            await b.delete(to_cancel),
             await b.put("/v2/lag/app/manifests/v2", data=image.body, headers=manifest),
             await b.put("/v2/lag/app/manifests/v1", data=image.body, headers=manifest),  # a re-push
             await b.put(f"/v2/lag/app/manifests/{image.digest}", data=image.body, headers=manifest),
