@@ -281,7 +281,7 @@ class Client:
         ("janitor", 1),
         ("list_tags", 2),
         ("rollback", 4),
-        ("prune", 2),
+        ("prune", 4),
         ("push_large", 1),
         ("immutability", 1),
         ("read_only", 0.5),
