@@ -864,10 +864,14 @@ class MetadataStore:
         be acknowledged.  Also moves an open upload to the current lease
         window so it does not expire; that write is conditional, so it can
         neither re-open a sealed upload nor bring back a deleted one.  Raises
-        WritesFrozen if the read-only switch is on: read with the record, so a
+        WritesFrozen if the read-only switch is on: read beside the record, so a
         chunk is never acknowledged after the switch was."""
-        result = await self.kv.txn([], [Get(self.keys.upload(upload_id)), Get(self.read_only_guard.key)])
-        kv, switch = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in result.responses)
+        # Two reads, not one read-only transaction: a read is retried after a
+        # timeout, a transaction never is, and an unknown answer here would
+        # refuse a chunk whose bytes are already staged.
+        kv, switch = await asyncio.gather(
+            self._get(self.keys.upload(upload_id)), self._get(self.read_only_guard.key)
+        )
         self.read_only_guard.observe(switch)
         if kv is None:
             return False
