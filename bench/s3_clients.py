@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from hareg.seaweedfs_process import SeaweedFSProcess
+from hareg.processes.seaweedfs import SeaweedFSProcess
 
 MiB = 1024 * 1024
 PART = 8 * MiB

@@ -1,5 +1,5 @@
 import sys
 
-from hareg.cli import main
+from hareg.cli.main import main
 
 sys.exit(main())

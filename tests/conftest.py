@@ -4,7 +4,7 @@
 whole session.  ``kv``: a connected :class:`hareg.kv.etcd.EtcdKV` on it,
 closed after each test.  Tests that share the session etcd keep to their own
 key prefix (see ``key_prefix``) and must not stop or pause it; tests that
-break etcd start their own :class:`hareg.etcd_process.EtcdProcess`.
+break etcd start their own :class:`hareg.processes.etcd.EtcdProcess`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from hareg.etcd_process import EtcdNotFound, EtcdProcess, find_etcd
 from hareg.kv.etcd import EtcdKV
+from hareg.processes.etcd import EtcdNotFound, EtcdProcess, find_etcd
 
 # The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) for every directory.
 pytest_plugins = ["seaweedfs_fixtures"]

@@ -1,4 +1,4 @@
-"""Checks on the child processes of :mod:`hareg.child_process` (etcd, SeaweedFS):
+"""Checks on the child processes of :mod:`hareg.processes.child` (etcd, SeaweedFS):
 is a pid alive, and does the child die when its parent is SIGKILLed.
 
 Read from /proc here rather than through hareg's own helpers, so that a test
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hareg.child_process import ChildProcess
+from hareg.processes.child import ChildProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

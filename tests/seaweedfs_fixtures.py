@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hareg.seaweedfs_process import SeaweedFSNotFound, SeaweedFSProcess, find_weed
+from hareg.processes.seaweedfs import SeaweedFSNotFound, SeaweedFSProcess, find_weed
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> None:

@@ -21,8 +21,8 @@ import pytest
 from cli_process import PROJECT_ROOT
 from e2e.hareg_process import HAREG, HaregServer, free_port, launch, wait_no_orphans
 
-from hareg.cli import main
-from hareg.etcd_process import EtcdNotFound, find_etcd
+from hareg.cli.main import main
+from hareg.processes.etcd import EtcdNotFound, find_etcd
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -236,7 +236,7 @@ def test_default_registry_from_the_environment(
     assert main(["immutable", "app"]) == 1
     assert f"cannot reach the registry at {url}" in capsys.readouterr().err
     monkeypatch.delenv("HAREG_REGISTRY")
-    from hareg.api_client import DEFAULT_REGISTRY
+    from hareg.cli.client import DEFAULT_REGISTRY
 
     assert DEFAULT_REGISTRY == "http://127.0.0.1:5000"
 

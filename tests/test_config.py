@@ -1,4 +1,4 @@
-"""hareg.config and hareg.durations: parsing, validation, environment overrides, output."""
+"""hareg.config and hareg.config.durations: parsing, validation, environment overrides, output."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from hareg.config import (
     parse_cron,
     split_host_port,
 )
-from hareg.durations import format_duration, parse_duration
+from hareg.config.durations import format_duration, parse_duration
 
 SECRET = "0123456789abcdef0123456789abcdef"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from process_checks import assert_dies_with_parent, pid_alive
 
-from hareg.etcd_process import (
+from hareg.kv import KVError, KVUnavailable, KVUnknownOutcome, Put
+from hareg.kv.etcd import EtcdKV
+from hareg.processes.etcd import (
     EtcdNotFound,
     EtcdProcess,
     EtcdStartError,
@@ -19,8 +21,6 @@ from hareg.etcd_process import (
     free_port,
     free_ports,
 )
-from hareg.kv import KVError, KVUnavailable, KVUnknownOutcome, Put
-from hareg.kv.etcd import EtcdKV
 
 pytestmark = [pytest.mark.timeout(120)]
 

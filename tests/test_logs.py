@@ -24,7 +24,7 @@ from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
-from hareg.logs import (
+from hareg.observability.logs import (
     REDACTED,
     RedactingFilter,
     add_log_secret,
@@ -33,7 +33,7 @@ from hareg.logs import (
     set_log_level,
     setup_logging,
 )
-from hareg.metrics import Metrics
+from hareg.observability.metrics import Metrics
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 

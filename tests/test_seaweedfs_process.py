@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from process_checks import assert_dies_with_parent, pid_alive
 
-from hareg.seaweedfs_process import (
+from hareg.processes.seaweedfs import (
     GRPC_PORT_OFFSET,
     SeaweedFSNotFound,
     SeaweedFSProcess,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from hareg.child_process import ChildProcess
+from hareg.processes.child import ChildProcess
 
 __all__ = [
     "HAPROXY_BINARY",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
-from hareg.child_process import ChildProcess
 from hareg.cluster.spec import ReplicaSlot
+from hareg.processes.child import ChildProcess
 
 __all__ = ["ReplicaError", "ReplicaProcess", "probe_ready", "replica_env"]
 

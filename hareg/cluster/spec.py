@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from hareg.etcd_process import free_ports
+from hareg.processes.ports import free_ports
 
 __all__ = [
     "DEFAULT_ETCD_MEMBERS",
@@ -62,7 +62,7 @@ DEFAULT_REPLICAS: Final = 3
 DEFAULT_ETCD_MEMBERS: Final = 3
 STORAGE_KINDS: Final = ("seaweedfs", "filesystem")
 LAYOUT_VERSION: Final = 1
-# SeaweedFS listens on each HTTP port + 10000 for gRPC (hareg.seaweedfs_process.GRPC_PORT_OFFSET).
+# SeaweedFS listens on each HTTP port + 10000 for gRPC (hareg.processes.seaweedfs.GRPC_PORT_OFFSET).
 _GRPC_OFFSET: Final = 10000
 _PORT_ATTEMPTS: Final = 200
 

@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from hareg.child_process import pid_alive
 from hareg.cluster.spec import ClusterError, ClusterPaths
+from hareg.processes.child import pid_alive
 
 __all__ = [
     "ClusterObservation",

@@ -60,7 +60,7 @@ from hareg.cluster.haproxy import Backend, HaproxyError, HaproxyProcess, render_
 from hareg.cluster.replica import ReplicaError, ReplicaProcess, probe_ready
 from hareg.cluster.spec import HOST, ClusterError, ClusterLayout, write_json_atomic
 from hareg.config import ConfigError
-from hareg.etcd_process import EtcdProcess
+from hareg.processes.etcd import EtcdProcess
 
 __all__ = ["Supervisor", "SupervisorOptions"]
 
@@ -157,7 +157,7 @@ class Supervisor:
         store = self.layout.storage
         if store.kind != "seaweedfs":
             return None
-        from hareg.seaweedfs_process import SeaweedFSProcess
+        from hareg.processes.seaweedfs import SeaweedFSProcess
 
         return SeaweedFSProcess(
             self.paths.storage_dir,

@@ -24,7 +24,7 @@ from hareg.http import (
 from hareg.http import connections as connections_module
 from hareg.http.connections import ConnectionGuard
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
-from hareg.metrics import Metrics
+from hareg.observability.metrics import Metrics
 from hareg.registry.service import Registry
 
 # Repository names contain '/', so they match greedily up to the resource part.

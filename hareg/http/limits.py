@@ -38,7 +38,7 @@ from aiohttp import web
 from hareg.config import RequestLimits, RequestsConfig
 from hareg.http.base import Handler
 from hareg.http.observe import send_now
-from hareg.logs import TRACE
+from hareg.observability.logs import TRACE
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = [

@@ -28,8 +28,8 @@ from aiohttp import web
 
 from hareg.http.base import Handler, registry
 from hareg.kv.base import KVError
-from hareg.logs import REQUEST_ID
-from hareg.metrics import CONTENT_TYPE, Metrics
+from hareg.observability.logs import REQUEST_ID
+from hareg.observability.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
     "METRICS",

@@ -29,7 +29,7 @@ from hareg.kv.base import (
     TxnResult,
     WatchBatch,
 )
-from hareg.logs import TRACE
+from hareg.observability.logs import TRACE
 
 __all__ = ["InstrumentedKV", "Observer", "error_kind"]
 

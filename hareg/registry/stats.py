@@ -2,7 +2,7 @@
 
 They are ordinary integers on an object the Registry owns (no Prometheus
 client in the service layer, no module-level state), so the simulator runs
-the same code and can look at them too; ``hareg.metrics`` exports them at
+the same code and can look at them too; ``hareg.observability.metrics`` exports them at
 scrape time.
 """
 

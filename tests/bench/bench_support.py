@@ -13,7 +13,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.targets import distribution_available  # noqa: E402
-from hareg.etcd_process import EtcdNotFound, find_etcd  # noqa: E402
+from hareg.processes.etcd import EtcdNotFound, find_etcd  # noqa: E402
 
 
 def require_hareg() -> None:

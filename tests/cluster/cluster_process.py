@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 from cli_process import CommandRun, child_env, start_command
 
-from hareg.etcd_process import free_ports
+from hareg.processes.ports import free_ports
 
 HAREG = Path(sys.executable).with_name("hareg")
 START_TIMEOUT = 60.0
@@ -37,10 +37,10 @@ def cluster_storage() -> str:
     """``seaweedfs`` when this build can use it (``weed`` installed and an S3
     driver in ``hareg serve``), else ``filesystem`` (one shared directory)."""
     from hareg.config import Config, S3Storage, StorageConfig
-    from hareg.server import StartupError, make_store
+    from hareg.server.serve import StartupError, make_store
 
     try:
-        from hareg.seaweedfs_process import find_weed
+        from hareg.processes.seaweedfs import find_weed
 
         find_weed()
     except (ImportError, RuntimeError):

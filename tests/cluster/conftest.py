@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from hareg.cluster.haproxy import HaproxyError, find_haproxy
-from hareg.etcd_process import EtcdNotFound, find_etcd
+from hareg.processes.etcd import EtcdNotFound, find_etcd
 
 from .cluster_process import ClusterRun, launch, recorded_pids, wait_gone
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from hareg.cluster.haproxy import Backend, HaproxyError, HaproxyProcess, find_haproxy, render_config
-from hareg.etcd_process import free_ports
+from hareg.processes.ports import free_ports
 
 READY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hareg.etcd_process import EtcdNotFound, find_etcd
+from hareg.processes.etcd import EtcdNotFound, find_etcd
 
 from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans
 

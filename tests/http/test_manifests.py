@@ -40,12 +40,12 @@ from oci_helpers import (
 
 from hareg.clock import SystemClock
 from hareg.config import LimitsConfig
-from hareg.etcd_process import EtcdProcess
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.base import Compare, Put, TxnOp
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
+from hareg.processes.etcd import EtcdProcess
 from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, UrlPolicy
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore

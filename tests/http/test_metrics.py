@@ -21,7 +21,7 @@ from hareg.ids import RandomIds
 from hareg.kv.base import KVUnavailable, KVUnknownOutcome
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
-from hareg.metrics import Metrics
+from hareg.observability.metrics import Metrics
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
 from oci_helpers import expect_error, push_image, sha256, snapshot, start_replicas, start_upload
 
-from hareg.cli import main as cli_main
+from hareg.cli.main import main as cli_main
 from hareg.clock import SystemClock
 from hareg.http.app import init_app
 from hareg.http.readonly import is_write

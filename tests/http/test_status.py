@@ -16,14 +16,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import push_image
 
-from hareg.cli import main as cli_main
+from hareg.cli.main import main as cli_main
 from hareg.clock import SystemClock
-from hareg.etcd_process import EtcdProcess
 from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
 from hareg.http.status import Condition, StatusTracker, compute_conditions
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
+from hareg.processes.etcd import EtcdProcess
 from hareg.registry.service import Readiness, Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from etcd3aio import Etcd3Client
 
-from hareg.etcd_process import EtcdProcess
 from hareg.kv import (
     Compare,
     KVRejected,
@@ -25,6 +24,7 @@ from hareg.kv import (
     prefix_end,
 )
 from hareg.kv.etcd import EtcdKV, parse_endpoints
+from hareg.processes.etcd import EtcdProcess
 
 from .kv_contract import CASES, Case, KVHarness, aclose, collect_events, put
 
@@ -218,7 +218,7 @@ async def test_localhost_endpoint(etcd_process: EtcdProcess) -> None:
 
 
 async def test_connect_check_fails_fast_when_nothing_listens() -> None:
-    from hareg.etcd_process import free_port
+    from hareg.processes.ports import free_port
 
     with pytest.raises(KVUnavailable):
         await EtcdKV.connect([f"127.0.0.1:{free_port()}"], timeout=1.0, check=True)

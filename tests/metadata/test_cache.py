@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from hareg.clock import SystemClock
-from hareg.etcd_process import EtcdProcess
 from hareg.ids import RandomIds
 from hareg.kv.base import Delete, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV, progress_requests_safe
@@ -21,6 +20,7 @@ from hareg.metadata.cache import MetadataCache
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, TagRecord, encode
 from hareg.metadata.store import MetadataStore
+from hareg.processes.etcd import EtcdProcess
 
 
 def _tag(digest: str, seq: int = 1) -> bytes:

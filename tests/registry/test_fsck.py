@@ -22,12 +22,12 @@ from hareg.config import parse_cron
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.records import BlobRecord
+from hareg.processes.seaweedfs import SeaweedFSProcess
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.fsck import FsckBusy
 from hareg.registry.pruner import NotLeader
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
-from hareg.seaweedfs_process import SeaweedFSProcess
 from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
 from hareg.storage.s3 import S3BlobStore

@@ -15,7 +15,7 @@ import aiohttp
 import obstore
 import pytest
 
-from hareg.seaweedfs_process import SeaweedFSProcess
+from hareg.processes.seaweedfs import SeaweedFSProcess
 from hareg.storage import BlobStore, StorageError, StorageUnavailable, UploadNotFound, UploadOffsetMismatch
 from hareg.storage.s3 import S3BlobStore
 
@@ -354,7 +354,7 @@ async def test_wrong_credentials_are_a_storage_error(s3_store: S3StoreFactory) -
 
 
 async def test_unreachable_store_is_unavailable() -> None:
-    from hareg.etcd_process import free_port
+    from hareg.processes.ports import free_port
 
     s = S3BlobStore(
         bucket="hareg",

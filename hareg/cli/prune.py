@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.api_client import CliError, base_url, call
+from hareg.cli.client import CliError, base_url, call
 
 
 def _human(n: int) -> str:

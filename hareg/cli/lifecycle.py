@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from hareg.api_client import DEFAULT_REGISTRY, CliError, base_url, call
+from hareg.cli.client import DEFAULT_REGISTRY, CliError, base_url, call
 
 __all__ = ["register"]
 

@@ -13,10 +13,10 @@ from hareg import __version__
 
 def _serve(args: argparse.Namespace) -> int:
     from hareg.config import ConfigError, load_config
-    from hareg.etcd_process import EtcdError
     from hareg.kv.base import KVError
-    from hareg.logs import setup_logging
-    from hareg.server import ServeOptions, StartupError, serve
+    from hareg.observability.logs import setup_logging
+    from hareg.processes.etcd import EtcdError
+    from hareg.server.serve import ServeOptions, StartupError, serve
 
     try:
         config = load_config(args.config, os.environ)
@@ -110,16 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cluster(sub)
 
-    from hareg.cli_lifecycle import register as register_lifecycle
+    from hareg.cli.lifecycle import register as register_lifecycle
 
     register_lifecycle(sub)
-    from hareg.cli_prune import register as register_prune
+    from hareg.cli.prune import register as register_prune
 
     register_prune(sub)
-    from hareg.cli_fsck import register as register_fsck
+    from hareg.cli.fsck import register as register_fsck
 
     register_fsck(sub)
-    from hareg.cli_ops import register as register_ops
+    from hareg.cli.ops import register as register_ops
 
     register_ops(sub)
     return parser

@@ -6,7 +6,7 @@ parent: ``PR_SET_PDEATHSIG`` makes the kernel SIGKILL it when the thread that
 started it dies, even if the parent itself is SIGKILLed.  Call ``start()``
 from a thread that lives as long as etcd should (the event loop's thread, not
 a short-lived worker thread).  Stop, kill, pause and resume come from
-:class:`hareg.child_process.ChildProcess`.
+:class:`hareg.processes.child.ChildProcess`.
 
 Several members form one cluster when each is given the same
 ``initial_cluster`` mapping and they are started concurrently (a member only
@@ -28,13 +28,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hareg.child_process import ChildProcess
+from hareg.processes.child import ChildProcess
+from hareg.processes.ports import HOST, free_ports
 
 __all__ = [
     "EtcdError",
@@ -42,11 +42,7 @@ __all__ = [
     "EtcdProcess",
     "EtcdStartError",
     "find_etcd",
-    "free_port",
-    "free_ports",
 ]
-
-HOST = "127.0.0.1"
 
 
 class EtcdError(RuntimeError):
@@ -81,29 +77,6 @@ def find_etcd(binary: str | os.PathLike[str] | None = None) -> str:
     if found is None:
         raise EtcdNotFound(name)
     return found
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that are free on 127.0.0.1 right now.
-
-    All sockets are held open until every port is chosen, so the ports are
-    distinct; another process may still take one before it is used."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    """One TCP port that is free on 127.0.0.1 right now."""
-    return free_ports(1)[0]
 
 
 class EtcdProcess(ChildProcess):

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import SafeConstructor
 
-from hareg.durations import format_duration, parse_duration
+from hareg.config.durations import format_duration, parse_duration
 
 __all__ = [
     "ENV_PREFIX",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from hareg.config import Config, ConfigError, config_to_dict, load_config
-from hareg.logs import set_log_level
+from hareg.observability.logs import set_log_level
 
 __all__ = ["RELOADABLE", "Reloader"]
 

@@ -3,7 +3,7 @@ local cluster and of the S3 driver's tests.
 
 One process runs a master, a volume server, a filer and the S3 gateway, all on
 127.0.0.1.  The child logs to a file and never outlives its parent
-(``PR_SET_PDEATHSIG``: :mod:`hareg.child_process`, which also holds the
+(``PR_SET_PDEATHSIG``: :mod:`hareg.processes.child`, which also holds the
 stop, kill, pause and resume that etcd shares).  ``start()`` returns
 once a signed HeadBucket and PutObject on the bucket both succeed, which is the
 moment S3 clients can really work (the gateway listens a little earlier).
@@ -45,8 +45,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from hareg.child_process import ChildProcess
-from hareg.etcd_process import HOST
+from hareg.processes.child import ChildProcess
+from hareg.processes.ports import HOST
 
 __all__ = [
     "GRPC_PORT_OFFSET",

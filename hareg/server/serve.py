@@ -26,7 +26,6 @@ from aiohttp import web
 
 from hareg.clock import SystemClock
 from hareg.config import Config, advertised_url
-from hareg.etcd_process import EtcdProcess, free_ports
 from hareg.http.app import init_app
 from hareg.http.connections import ConnectionGuard, start_listener
 from hareg.http.keys import HttpSettings
@@ -34,16 +33,18 @@ from hareg.http.limits import LIMITS
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
-from hareg.logs import add_log_secret
-from hareg.metrics import Metrics
+from hareg.observability.logs import add_log_secret
+from hareg.observability.metrics import Metrics
+from hareg.processes.etcd import EtcdProcess
+from hareg.processes.ports import free_ports
 from hareg.registry.gc import Policy
 from hareg.registry.hashing import ThreadedHashing
 from hareg.registry.manifest_format import UrlPolicy
 from hareg.registry.service import Registry
-from hareg.reload import Reloader
+from hareg.server.reload import Reloader
+from hareg.server.tls import TLSError, load_route_contexts, start_route_sites
 from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
-from hareg.tls import TLSError, load_route_contexts, start_route_sites
 
 log = logging.getLogger("hareg.server")
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.api_client import CliError, base_url, call
+from hareg.cli.client import CliError, base_url, call
 
 # Exit code when damaged objects were found and are still in place.
 CORRUPT = 3

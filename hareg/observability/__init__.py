@@ -1,0 +1,2 @@
+"""What a replica tells its operators: structured, redacted logs and
+Prometheus metrics."""
