@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from hareg.cluster.haproxy import Backend, render_config
-from hareg.config import load_config
+from hareg.config.reader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

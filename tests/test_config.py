@@ -13,24 +13,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hareg.config import (
-    Config,
-    ConfigError,
-    EtcdConfig,
-    PrunerConfig,
-    RequestLimits,
-    Route,
-    S3Storage,
-    advertised_url,
-    config_to_dict,
-    defaults_yaml,
-    env_var_name,
-    environment_variables,
-    load_config,
-    parse_cron,
-    split_host_port,
-)
+from hareg.config.addresses import advertised_url, split_host_port
+from hareg.config.cron import parse_cron
 from hareg.config.durations import format_duration, parse_duration
+from hareg.config.fields import env_var_name, environment_variables
+from hareg.config.model import Config, ConfigError, EtcdConfig, PrunerConfig, RequestLimits, Route, S3Storage
+from hareg.config.reader import load_config
+from hareg.config.render import config_to_dict, defaults_yaml
 
 SECRET = "0123456789abcdef0123456789abcdef"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

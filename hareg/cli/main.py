@@ -12,7 +12,8 @@ from hareg import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hareg.config import ConfigError, load_config
+    from hareg.config.model import ConfigError
+    from hareg.config.reader import load_config
     from hareg.kv.base import KVError
     from hareg.observability.logs import setup_logging
     from hareg.processes.etcd import EtcdError
@@ -57,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_validate(args: argparse.Namespace) -> int:
-    from hareg.config import ConfigError, load_config
+    from hareg.config.model import ConfigError
+    from hareg.config.reader import load_config
 
     try:
         load_config(args.file, os.environ)
@@ -69,7 +71,7 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _config_defaults(args: argparse.Namespace) -> int:
-    from hareg.config import defaults_yaml
+    from hareg.config.render import defaults_yaml
 
     print(defaults_yaml(), end="")
     return 0

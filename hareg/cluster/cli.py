@@ -31,7 +31,7 @@ def _setup_logging() -> None:
 def _up(args: argparse.Namespace) -> int:
     from hareg.cluster.spec import load_or_create_layout, running_supervisor
     from hareg.cluster.supervisor import Supervisor, SupervisorOptions
-    from hareg.config import ConfigError
+    from hareg.config.model import ConfigError
 
     _setup_logging()
     config_file = Path(args.config).resolve() if args.config else None

@@ -27,7 +27,10 @@ from typing import Any
 import yaml
 
 from hareg.cluster.spec import DEFAULT_REPLICAS, ClusterLayout
-from hareg.config import Config, ConfigError, config_to_dict, env_var_name, load_config
+from hareg.config.fields import env_var_name
+from hareg.config.model import Config, ConfigError
+from hareg.config.reader import load_config
+from hareg.config.render import config_to_dict
 
 __all__ = ["DesiredState", "load_desired", "render_replica_config", "write_replica_config"]
 

@@ -59,7 +59,7 @@ from hareg.cluster.desired import DesiredState, load_desired, write_replica_conf
 from hareg.cluster.haproxy import Backend, HaproxyError, HaproxyProcess, render_config
 from hareg.cluster.replica import ReplicaError, ReplicaProcess, probe_ready
 from hareg.cluster.spec import HOST, ClusterError, ClusterLayout, write_json_atomic
-from hareg.config import ConfigError
+from hareg.config.model import ConfigError
 from hareg.processes.etcd import EtcdProcess
 
 __all__ = ["Supervisor", "SupervisorOptions"]

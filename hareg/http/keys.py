@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from hareg.config import RequestsConfig
+from hareg.config.model import RequestsConfig
 from hareg.registry.service import Registry
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from hareg.config import RequestLimits, RequestsConfig
+from hareg.config.model import RequestLimits, RequestsConfig
 from hareg.http.base import Handler
 from hareg.http.observe import send_now
 from hareg.observability.logs import TRACE

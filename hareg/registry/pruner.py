@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hareg.clock import Clock
-from hareg.config import CronSchedule, parse_cron
+from hareg.config.cron import CronSchedule, parse_cron
 from hareg.kv.base import KVError
 from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.registry.fsck import FsckBusy, FsckReport, IntegrityChecker

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hareg.clock import Clock
-from hareg.config import LimitsConfig
+from hareg.config.model import LimitsConfig
 from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier

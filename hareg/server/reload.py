@@ -16,7 +16,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from hareg.config import Config, ConfigError, config_to_dict, load_config
+from hareg.config.model import Config, ConfigError
+from hareg.config.reader import load_config
+from hareg.config.render import config_to_dict
 from hareg.observability.logs import set_log_level
 
 __all__ = ["RELOADABLE", "Reloader"]

@@ -25,7 +25,8 @@ from pathlib import Path
 from aiohttp import web
 
 from hareg.clock import SystemClock
-from hareg.config import Config, advertised_url
+from hareg.config.addresses import advertised_url
+from hareg.config.model import Config
 from hareg.http.app import init_app
 from hareg.http.connections import ConnectionGuard, start_listener
 from hareg.http.keys import HttpSettings

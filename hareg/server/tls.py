@@ -16,7 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from hareg.config import Route, split_host_port
+from hareg.config.addresses import split_host_port
+from hareg.config.model import Route
 from hareg.http.connections import start_listener
 
 __all__ = ["RouteListener", "TLSError", "load_route_contexts", "route_context", "start_route_sites"]

@@ -103,7 +103,7 @@ if TYPE_CHECKING:
     from obstore import ObjectMeta
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
-    from hareg.config import S3Storage
+    from hareg.config.model import S3Storage
     from hareg.storage.base import BlobStore
 
 __all__ = ["S3BlobStore"]

@@ -36,7 +36,7 @@ START_TIMEOUT = 60.0
 def cluster_storage() -> str:
     """``seaweedfs`` when this build can use it (``weed`` installed and an S3
     driver in ``hareg serve``), else ``filesystem`` (one shared directory)."""
-    from hareg.config import Config, S3Storage, StorageConfig
+    from hareg.config.model import Config, S3Storage, StorageConfig
     from hareg.server.serve import StartupError, make_store
 
     try:

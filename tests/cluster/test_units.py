@@ -15,7 +15,8 @@ from hareg.cluster.desired import load_desired, render_replica_config, write_rep
 from hareg.cluster.haproxy import Backend, HaproxyError, find_haproxy, render_config
 from hareg.cluster.spec import ClusterError, load_or_create_layout, port_free, write_json_atomic
 from hareg.cluster.status import ClusterObservation, ComponentState, compute_conditions
-from hareg.config import ConfigError, load_config
+from hareg.config.model import ConfigError
+from hareg.config.reader import load_config
 
 # -- layout ------------------------------------------------------------------
 

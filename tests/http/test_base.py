@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
 from oci_helpers import config_blob, expect_error, image_manifest, push_blob, push_image, put_manifest, sha256
 
-from hareg.config import RequestLimits, RequestsConfig
+from hareg.config.model import RequestLimits, RequestsConfig
 from hareg.http.app import init_app
 from hareg.http.base import BODY_CHUNK
 from hareg.http.keys import HttpSettings

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import expect_error, push_blob, push_image, sha256, start_upload
 
-from hareg.config import RequestLimits, RequestsConfig
+from hareg.config.model import RequestLimits, RequestsConfig
 from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
 from hareg.http.limits import LIMITS, Limiter, Rejected, RequestLimiters

@@ -39,7 +39,7 @@ from oci_helpers import (
 )
 
 from hareg.clock import SystemClock
-from hareg.config import LimitsConfig
+from hareg.config.model import LimitsConfig
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.base import Compare, Put, TxnOp

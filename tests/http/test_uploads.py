@@ -26,7 +26,7 @@ from oci_helpers import (
 from yarl import URL
 
 from hareg.clock import SystemClock
-from hareg.config import LimitsConfig
+from hareg.config.model import LimitsConfig
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV

@@ -18,7 +18,7 @@ import obstore
 import pytest
 
 from hareg.clock import SystemClock
-from hareg.config import parse_cron
+from hareg.config.cron import parse_cron
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.records import BlobRecord

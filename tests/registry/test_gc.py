@@ -288,7 +288,7 @@ async def test_suspend_and_schedule(kv: EtcdKV, tmp_path: Path, prefix: str) -> 
     policy = Policy()
     async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
         reg.pruner.schedule_text = None
-        from hareg.config import parse_cron
+        from hareg.config.cron import parse_cron
 
         reg.pruner.schedule = parse_cron("*/5 * * * *")
         seconds = reg.pruner._seconds_to_next()
