@@ -58,7 +58,7 @@ def _repository(text: str) -> str:
 
 def _patterns(patterns: list[str]) -> tuple[str, ...]:
     from hareg.registry.errors import RegistryError
-    from hareg.registry.tags import check_patterns
+    from hareg.registry.tag_lifecycle import check_patterns
 
     try:
         return check_patterns(patterns)

@@ -18,7 +18,7 @@ from hareg.http import (
     readonly,
     referrers,
     status,
-    tags,
+    tag_list,
     uploads,
 )
 from hareg.http import connections as connections_module
@@ -67,7 +67,7 @@ def init_app(
     r.add_get("/v2/", base.api_base)
     r.add_get("/v2", base.api_base)
     r.add_get("/v2/_catalog", catalog.catalog)
-    r.add_get(f"/v2/{_NAME}/tags/list", tags.list_tags)
+    r.add_get(f"/v2/{_NAME}/tags/list", tag_list.list_tags)
     r.add_get(f"/v2/{_NAME}/referrers/{{digest}}", referrers.list_referrers)
     r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)
     r.add_get(f"/v2/{_NAME}/manifests/{{reference}}", manifests.get_manifest, allow_head=False)

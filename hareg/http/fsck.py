@@ -4,8 +4,8 @@ Answers when the check is done, with the report (registry/fsck.py):
 ``{"checked": N, "corrupt": [{"digest", "reason", "quarantined"}], ...}``.
 A check only reads and runs on the replica it lands on; a repairing run must
 happen on the pruner leader (its quarantines are fenced by its leadership and
-never run beside a collection), so elsewhere it is forwarded there, as a
-prune is.  One check at a time per replica: another one meanwhile is
+never run beside a garbage collection), so elsewhere it is forwarded there, as
+a pruner run is.  One check at a time per replica: another one meanwhile is
 refused with 429 TOOMANYREQUESTS.
 """
 

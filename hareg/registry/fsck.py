@@ -37,7 +37,7 @@ from typing import Any
 
 from hareg.clock import Clock
 from hareg.kv.base import Compare
-from hareg.metadata.collection import CollectionStore
+from hareg.metadata.gc import GcStore
 from hareg.metadata.records import BlobRecord
 from hareg.registry.digests import new_hasher
 from hareg.registry.hashing import Hashing, InlineHashing, feed
@@ -120,13 +120,13 @@ class _Hashed:
 class IntegrityChecker:
     def __init__(
         self,
-        collection: CollectionStore,
+        gc_store: GcStore,
         store: BlobStore,
         clock: Clock,
         *,
         hashing: Hashing | None = None,
     ) -> None:
-        self.collection = collection
+        self.gc_store = gc_store
         self.store = store
         self.clock = clock
         self.hashing: Hashing = hashing or InlineHashing()
@@ -157,7 +157,7 @@ class IntegrityChecker:
         exclusive: contextlib.AbstractAsyncContextManager[Any] | None = None,
     ) -> FsckReport:
         """Check every stored object; with ``repair`` quarantine the damaged ones,
-        each under ``exclusive`` (the pruner's lock: never beside a collection)
+        each under ``exclusive`` (the pruner's lock: never beside a garbage collection)
         and with ``fence`` in every etcd write.  Raises FsckBusy if a check is
         already running here; StorageError and KVError end the run."""
         if self._current is not None:
@@ -202,14 +202,14 @@ class IntegrityChecker:
 
     async def _quarantine(self, digest: str, reason: str, fence: Sequence[Compare]) -> Finding | None:
         """Quarantine one damaged object; None if a push repaired it meanwhile."""
-        record, mod = await self.collection.blob_record(digest)
+        record, mod = await self.gc_store.blob_record(digest)
         if record is not None and record.state != "live":
             return Finding(digest, reason, note="being garbage collected; left to the collector")
         if record is None:
             claimed = BlobRecord(await self.store.stat(digest) or 0, self.clock.now(), state="deleting")
         else:
             claimed = BlobRecord(record.size, record.created, state="deleting")
-        if not await self.collection.mark_blob_deleting(digest, claimed, mod, fence):
+        if not await self.gc_store.mark_blob_deleting(digest, claimed, mod, fence):
             return Finding(
                 digest,
                 reason,
@@ -220,14 +220,14 @@ class IntegrityChecker:
         # replaced the bytes before the claim: hash them again before removing.
         again = await self._hash(digest)
         if again.actual == digest:
-            await self.collection.release_blob(digest, claimed, record, fence)
+            await self.gc_store.release_blob(digest, claimed, record, fence)
             log.info(
                 "integrity check: a push repaired the object meanwhile", extra={"fields": {"digest": digest}}
             )
             return None
-        links = await self.collection.unlink_everywhere(digest, claimed, fence)
+        links = await self.gc_store.unlink_everywhere(digest, claimed, fence)
         await self.store.delete(digest)
-        removed = await self.collection.remove_blob_record(digest, fence)
+        removed = await self.gc_store.remove_blob_record(digest, fence)
         log.warning(
             "integrity check: quarantined a damaged object",
             extra={"fields": {"digest": digest, "links": links, "record_removed": removed}},

@@ -34,7 +34,7 @@ from typing import Any
 
 from hareg.clock import Clock
 from hareg.kv.base import Compare
-from hareg.metadata.collection import CollectionStore, Snapshot
+from hareg.metadata.gc import GcStore, Snapshot
 from hareg.metadata.records import HistoryEntry, ManifestRecord
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.janitor import UploadJanitor
@@ -199,7 +199,7 @@ def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
 class GarbageCollector:
     def __init__(
         self,
-        collection: CollectionStore,
+        gc_store: GcStore,
         store: BlobStore,
         clock: Clock,
         janitor: UploadJanitor,
@@ -208,14 +208,14 @@ class GarbageCollector:
         plants: Plants = NO_PLANTS,
     ) -> None:
         self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
-        self.collection = collection
+        self.gc_store = gc_store
         self.store = store
         self.clock = clock
         self.janitor = janitor
         self.policy = policy
 
     async def plan(self) -> tuple[Snapshot, Plan]:
-        snap = await self.collection.snapshot()
+        snap = await self.gc_store.snapshot()
         # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
         policy = replace(self.policy, grace=0.0) if "gc-no-grace" in self.plants else self.policy
         return snap, make_plan(snap, policy, self.clock.now())
@@ -231,20 +231,20 @@ class GarbageCollector:
             report.bytes = sum(plan.blob_sizes.values())
             report.uploads = await self.janitor.sweep(dry_run=True)
             return report
-        report.history_entries = await self.collection.delete_history(plan.history, fence)
+        report.history_entries = await self.gc_store.delete_history(plan.history, fence)
         deleted_links: dict[str, set[str]] = defaultdict(set)
         for repo in sorted(set(plan.manifests) | set(plan.links)):
             doomed = plan.manifests.get(repo, [])
             links = plan.links.get(repo, [])
             if doomed:
-                gone = await self.collection.delete_manifests(repo, doomed, plan.revision, fence)
+                gone = await self.gc_store.delete_manifests(repo, doomed, plan.revision, fence)
                 # Reported as done even when a later batch was refused: those stay deleted.
                 report.manifests += [f"{repo}@{d}" for d in gone]
                 if len(gone) < len(doomed):
                     report.skipped += 1
                     links = plan.links_if_manifests_kept.get(repo, [])
             if links:
-                done = await self.collection.delete_links(repo, links, plan.revision, fence)
+                done = await self.gc_store.delete_links(repo, links, plan.revision, fence)
                 report.skipped += len(links) > len(done)
                 deleted_links[repo] = set(done)
                 report.links += [f"{repo}@{d}" for d in done]
@@ -256,12 +256,12 @@ class GarbageCollector:
                 if digest in still_linked:
                     continue
                 record, mod = snap.blobs[digest]
-                if not await self.collection.mark_blob_deleting(digest, record, mod, fence):
+                if not await self.gc_store.mark_blob_deleting(digest, record, mod, fence):
                     report.skipped += 1
                     continue
             # Claimed: nothing can link it any more, so the bytes can go first.
             await self.store.delete(digest)
-            if await self.collection.remove_blob_record(digest, fence):
+            if await self.gc_store.remove_blob_record(digest, fence):
                 report.blobs.append(digest)
                 report.bytes += size
         report.uploads = await self.janitor.sweep()

@@ -23,7 +23,7 @@ from hareg.registry.manifest_format import (
 from hareg.registry.names import check_name, check_tag, is_tag, parse_reference
 from hareg.registry.results import ManifestContent, ManifestPushed
 from hareg.registry.streams import one_chunk
-from hareg.registry.tags import immutable_error
+from hareg.registry.tag_lifecycle import immutable_error
 from hareg.storage.base import BlobNotFound, BlobStore
 
 log = logging.getLogger("hareg.manifests")

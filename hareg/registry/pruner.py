@@ -7,7 +7,7 @@ its deletions is fenced by its leadership token.
 
 The integrity check (fsck.py) runs here too: on its own schedule (off by
 default), on the leader only; a repairing run needs leadership as a
-collection does, and each of its quarantines holds the collection's lock.
+garbage collection does, and each of its quarantines holds the pruner's lock.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Pruner:
         self._lock = asyncio.Lock()
 
     async def run_once(self, *, dry_run: bool = False) -> Report:
-        """One collection.  A real run needs leadership; a dry run does not
+        """One garbage collection.  A real run needs leadership; a dry run does not
         (it only reads)."""
         if not dry_run and not self.leadership.is_leader:
             raise NotLeader(await self.leadership.leader())
@@ -97,7 +97,7 @@ class Pruner:
             return report
 
     def _seconds_to_next(self, schedule: CronSchedule | None = None) -> float:
-        """Seconds until ``schedule`` (default: the collection's) fires next."""
+        """Seconds until ``schedule`` (default: the garbage collection's) fires next."""
         schedule = schedule or self.schedule
         assert schedule is not None
         now = datetime.fromtimestamp(self.clock.now(), UTC)
@@ -117,7 +117,7 @@ class Pruner:
 
     async def run_fsck(self, *, repair: bool = False) -> FsckReport:
         """One integrity check (fsck.py).  A repairing run needs leadership: its
-        quarantines are fenced by it and never run beside a collection."""
+        quarantines are fenced by it and never run beside a garbage collection."""
         if self.fsck is None:
             raise RuntimeError("this pruner has no integrity checker")
         if repair and not self.leadership.is_leader:

@@ -19,8 +19,8 @@ from hareg.ids import IdSource
 from hareg.kv.base import KV, KVError
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
-from hareg.metadata.collection import BATCH as GC_BATCH
-from hareg.metadata.collection import CollectionStore
+from hareg.metadata.gc import BATCH as GC_BATCH
+from hareg.metadata.gc import GcStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
 from hareg.plants import NO_PLANTS, Plants
@@ -37,7 +37,7 @@ from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
 from hareg.registry.settings import ClusterSettings
 from hareg.registry.stats import PrunerStats
-from hareg.registry.tags import TagService
+from hareg.registry.tag_lifecycle import TagService
 from hareg.registry.upload_state import UploadStateSigner
 from hareg.registry.uploads import UploadService
 from hareg.storage.base import BlobStore, StorageError
@@ -77,8 +77,8 @@ class Registry:
         url: str | None = None,
         upload_grace: float = 3600.0,
         gc_policy: Policy | None = None,
-        prune_schedule: str | None = None,
-        prune_suspend: bool = False,
+        pruner_schedule: str | None = None,
+        pruner_suspend: bool = False,
         fsck_schedule: str | None = None,
         fsck_repair: bool = False,
         read_only: bool = False,
@@ -126,9 +126,9 @@ class Registry:
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
-        collection = CollectionStore(kv, keys, batch=gc_batch)
+        gc_store = GcStore(kv, keys, batch=gc_batch)
         collector = GarbageCollector(
-            collection,
+            gc_store,
             store,
             clock,
             self.janitor,
@@ -141,12 +141,12 @@ class Registry:
             collector,
             self.leadership,
             clock,
-            schedule=prune_schedule,
-            suspend=prune_suspend,
+            schedule=pruner_schedule,
+            suspend=pruner_suspend,
             stats=self.pruner_stats,
             read_only=lambda: self.read_only,
             # hareg fsck: re-hash what the blob store holds (docs/operations.md).
-            fsck=IntegrityChecker(collection, store, clock, hashing=hashing),
+            fsck=IntegrityChecker(gc_store, store, clock, hashing=hashing),
             fsck_schedule=fsck_schedule,
             fsck_repair=fsck_repair,
             switch=self.meta.read_only_guard,

@@ -244,8 +244,8 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 grace=config.pruner.upload_grace,
             ),
             # Unmanaged: the registry serves, but nothing is pruned on a schedule.
-            prune_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
-            prune_suspend=config.pruner.suspend,
+            pruner_schedule=config.pruner.schedule if config.management_state == "Managed" else None,
+            pruner_suspend=config.pruner.suspend,
             fsck_schedule=config.pruner.fsck_schedule if config.management_state == "Managed" else None,
             fsck_repair=config.pruner.fsck_repair,
             read_only=config.read_only,

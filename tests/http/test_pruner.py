@@ -83,7 +83,7 @@ async def test_a_prune_racing_a_push_leaves_no_referrer_entry_without_its_manife
     guard fails.  A referrer's manifest and its referrers entry must go in the
     same batch, and the report must name what was deleted."""
     registry, kv, client = hooked
-    registry.pruner.collector.collection.batch = 3
+    registry.pruner.collector.gc_store.batch = 3
     await _lead(registry)
     registry.pruner.collector.policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
     subject = {"mediaType": OCI_MANIFEST, "digest": sha256(b"never pushed"), "size": 12}

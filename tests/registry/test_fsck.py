@@ -190,7 +190,7 @@ async def test_repair_quarantines_and_a_push_restores(reg: Registry) -> None:
 async def test_repair_leaves_an_object_a_push_fixed_meanwhile(reg: Registry) -> None:
     _, _, (_config, layer) = await push_image(reg, "app", "v1")
     ldigest = digest(layer)
-    before, _ = await reg.pruner.fsck.collection.blob_record(ldigest)  # type: ignore[union-attr]
+    before, _ = await reg.pruner.fsck.gc_store.blob_record(ldigest)  # type: ignore[union-attr]
     # Found damaged, then correct bytes are back before the quarantine claims it.
     await damage(reg.store, ldigest, b"junk")
     await damage(reg.store, ldigest, layer)
@@ -206,10 +206,10 @@ async def test_repair_leaves_an_object_a_push_fixed_meanwhile(reg: Registry) -> 
 async def test_repair_leaves_a_blob_the_collector_claimed(reg: Registry) -> None:
     _, _, (_config, layer) = await push_image(reg, "app", "v1")
     ldigest = digest(layer)
-    collection = reg.pruner.collector.collection
-    record, mod = await collection.blob_record(ldigest)
+    gc_store = reg.pruner.collector.gc_store
+    record, mod = await gc_store.blob_record(ldigest)
     assert record is not None
-    assert await collection.mark_blob_deleting(ldigest, record, mod, reg.leadership.fence())
+    assert await gc_store.mark_blob_deleting(ldigest, record, mod, reg.leadership.fence())
     await damage(reg.store, ldigest, b"junk")
     report = await reg.pruner.run_fsck(repair=True)
     assert [(f.digest, f.quarantined) for f in report.corrupt] == [(ldigest, False)]
@@ -222,12 +222,12 @@ async def test_a_stale_claim_is_refused(reg: Registry) -> None:
     links the blob after the record was read makes it fail."""
     _, _, (_config, layer) = await push_image(reg, "app", "v1")
     ldigest = digest(layer)
-    collection = reg.pruner.collector.collection
-    record, mod = await collection.blob_record(ldigest)
+    gc_store = reg.pruner.collector.gc_store
+    record, mod = await gc_store.blob_record(ldigest)
     assert record is not None
     await push_blob(reg, "late", layer)  # re-writes the record
     claimed = BlobRecord(record.size, record.created, state="deleting")
-    assert not await collection.mark_blob_deleting(ldigest, claimed, mod, reg.leadership.fence())
+    assert not await gc_store.mark_blob_deleting(ldigest, claimed, mod, reg.leadership.fence())
 
 
 async def test_one_check_at_a_time(reg: Registry) -> None:
@@ -327,7 +327,7 @@ async def test_an_honest_push_during_the_check_is_never_undone(reg: Registry) ->
     await damage(reg.store, ldigest, b"shorter junk")  # another size: every driver's check fails it
     checker = reg.pruner.fsck
     assert checker is not None
-    async with reg.pruner._lock:  # the quarantine waits for the collection's lock ...
+    async with reg.pruner._lock:  # the quarantine waits for the pruner's lock ...
         task = asyncio.create_task(reg.pruner.run_fsck(repair=True))
         async with asyncio.timeout(30):
             while not reg.pruner._lock._waiters:  # ... which it does once it found the damage

@@ -17,7 +17,7 @@ import pytest
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
-from hareg.metadata.collection import CollectionStore
+from hareg.metadata.gc import GcStore
 from hareg.registry.errors import RegistryError
 from hareg.registry.gc import Policy
 from hareg.registry.pruner import NotLeader
@@ -95,7 +95,7 @@ async def lead(reg: Registry) -> None:
 async def check_invariants(reg: Registry) -> None:
     """Invariant 2: no manifest references a missing blob (link, live record, bytes)
     or a missing child manifest."""
-    snap = await CollectionStore(reg.kv, reg.meta.keys).snapshot()
+    snap = await GcStore(reg.kv, reg.meta.keys).snapshot()
     for repo, manifests in snap.manifests.items():
         for d, rec in manifests.items():
             for b in rec.blobs:
@@ -161,7 +161,7 @@ async def test_collection_racing_pushes_that_reuse_layers(kv: EtcdKV, tmp_path: 
         await asyncio.sleep(policy.grace + 0.1)
         await reg.pruner.run_once()
         await reg.pruner.run_once()
-        snap = await CollectionStore(reg.kv, reg.meta.keys).snapshot()
+        snap = await GcStore(reg.kv, reg.meta.keys).snapshot()
         referenced = {b for ms in snap.manifests.values() for rec in ms.values() for b in rec.blobs}
         stored = {d async for d in reg.store.list_blobs()}
         assert stored == referenced, "unreferenced blobs left, or referenced ones missing"
@@ -271,11 +271,11 @@ async def test_a_paused_leader_that_wakes_up_deletes_nothing(
                 # The old one wakes up still believing it leads.
                 old.leadership._renewed = old.clock.monotonic()
                 assert old.leadership.is_leader
-                before = await CollectionStore(kv, old.meta.keys).snapshot()
+                before = await GcStore(kv, old.meta.keys).snapshot()
                 report = await old.pruner.run_once()
                 assert not report.manifests and not report.links and not report.blobs
                 assert report.history_entries == 0
-                after = await CollectionStore(kv, old.meta.keys).snapshot()
+                after = await GcStore(kv, old.meta.keys).snapshot()
                 assert after.manifests == before.manifests and after.blobs.keys() == before.blobs.keys()
                 assert {d async for d in old.store.list_blobs()} >= set(before.blobs)
                 # The real leader collects.
@@ -338,12 +338,12 @@ async def test_a_stale_plan_cannot_delete_what_became_referenced(
         await reg.blobs.mount("elsewhere", mounted, "blobs")
         # The stale plan is refused at every step.
         links = plan.links["links"]
-        assert await gc.collection.delete_links("links", links, plan.revision, fence) == []
-        assert not await gc.collection.delete_manifests(
+        assert await gc.gc_store.delete_links("links", links, plan.revision, fence) == []
+        assert not await gc.gc_store.delete_manifests(
             "manifests", plan.manifests["manifests"], plan.revision, fence
         )
         record, mod = snap.blobs[mounted]
-        assert not await gc.collection.mark_blob_deleting(mounted, record, mod, fence)
+        assert not await gc.gc_store.mark_blob_deleting(mounted, record, mod, fence)
         await check_invariants(reg)
         assert (await reg.manifests.get("links", "v1")).body == body
         assert (await reg.blobs.stat("elsewhere", mounted)).size > 0
@@ -363,7 +363,7 @@ async def test_a_rollback_after_the_snapshot_saves_its_target(
         assert (old, None) in plan.manifests["repo"]
         await reg.tags.rollback("repo", "v", old)
         fence = reg.leadership.fence()
-        assert not await reg.pruner.collector.collection.delete_manifests(
+        assert not await reg.pruner.collector.gc_store.delete_manifests(
             "repo", plan.manifests["repo"], plan.revision, fence
         )
         assert (await reg.manifests.get("repo", "v")).digest == old
@@ -407,7 +407,7 @@ async def test_the_stored_body_of_a_large_manifest_is_collected_once_no_manifest
         report = await reg.pruner.run_once()
         assert big in report.blobs
         assert await reg.store.stat(big) is None
-        assert big not in (await CollectionStore(reg.kv, reg.meta.keys).snapshot()).blobs
+        assert big not in (await GcStore(reg.kv, reg.meta.keys).snapshot()).blobs
         # Pushed again afterwards: stored and readable again.
         again, body2 = await push_large(reg, "repo", "v2", "big")
         assert again == big and (await reg.manifests.get("repo", "v2")).body == body2
@@ -431,10 +431,10 @@ async def test_a_push_racing_the_collection_of_a_large_manifests_body(
         record, mod = snap.blobs[big]
         if not claimed_first:
             await reg.manifests.put("repo", "v1", body, OCI)
-            assert not await gc.collection.mark_blob_deleting(big, record, mod, reg.leadership.fence())
+            assert not await gc.gc_store.mark_blob_deleting(big, record, mod, reg.leadership.fence())
             assert (await reg.manifests.get("repo", "v1")).body == body
             return
-        assert await gc.collection.mark_blob_deleting(big, record, mod, reg.leadership.fence())
+        assert await gc.gc_store.mark_blob_deleting(big, record, mod, reg.leadership.fence())
         with pytest.raises(RegistryError) as info:
             await reg.manifests.put("repo", "v1", body, OCI)
         assert info.value.status == 503 and info.value.code.name == "UNAVAILABLE"

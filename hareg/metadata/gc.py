@@ -55,7 +55,7 @@ def _split(rest: str) -> tuple[str, str]:
     return repo, last
 
 
-class CollectionStore:
+class GcStore:
     def __init__(self, kv: KV, keys: Keys, *, batch: int = BATCH) -> None:
         self.kv = kv
         self.keys = keys
