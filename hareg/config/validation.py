@@ -304,6 +304,16 @@ def _etcd(top: Section) -> EtcdConfig:
     )
 
 
+def _is_cron(m: Section, key: str, value: str, examples: str) -> bool:
+    """True if ``value`` parses as a cron schedule; else records why not."""
+    try:
+        parse_cron(value)
+    except ValueError as exc:
+        m.ctx.bad(m.at(key), value, f"a cron schedule of 5 fields {examples} ({exc})")
+        return False
+    return True
+
+
 def _pruner(top: Section) -> PrunerConfig:
     pruner = top.mapping(
         "pruner",
@@ -312,25 +322,12 @@ def _pruner(top: Section) -> PrunerConfig:
     )
     fsck = pruner.mapping("fsck", ("schedule", "repair"))
     fsck_schedule = fsck.opt_string("schedule", 'a cron schedule of 5 fields like "0 3 * * SUN"')
-    if fsck_schedule is not None:
-        try:
-            parse_cron(fsck_schedule)
-        except ValueError as exc:
-            fsck.ctx.bad(
-                fsck.at("schedule"),
-                fsck_schedule,
-                f'a cron schedule of 5 fields like "0 3 * * SUN", or null for no scheduled check ({exc})',
-            )
-            fsck_schedule = None
+    if fsck_schedule is not None and not _is_cron(
+        fsck, "schedule", fsck_schedule, 'like "0 3 * * SUN", or null for no scheduled check'
+    ):
+        fsck_schedule = None
     schedule = pruner.string("schedule", PrunerConfig.schedule)
-    try:
-        parse_cron(schedule)
-    except ValueError as exc:
-        pruner.ctx.bad(
-            pruner.at("schedule"),
-            schedule,
-            f'a cron schedule of 5 fields like "0 0 * * *" or "*/30 2-4 * * MON-FRI" ({exc})',
-        )
+    if not _is_cron(pruner, "schedule", schedule, 'like "0 0 * * *" or "*/30 2-4 * * MON-FRI"'):
         schedule = PrunerConfig.schedule
     return PrunerConfig(
         schedule=schedule,
