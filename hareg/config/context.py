@@ -62,7 +62,10 @@ class ErrorContext:
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+            if parent == path:  # a top-level key the file does not have
+                break
+            path = parent
         return 0
 
     def error(self, path: str, message: str) -> None:

@@ -207,6 +207,30 @@ def test_env_storage_kind_conflicting_with_the_file_is_an_error(tmp_path: Path) 
     ]
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # A problem with a field no variable set, in a section the file does
+        # not have, names no line (this once looped forever looking for one).
+        ({"HAREG_STORAGE_S3_REGION": "eu-west-1"},
+         "storage.s3.bucket: is required with s3 storage; expected a bucket name like hareg"),
+        ({"HAREG_STORAGE_S3_BUCKET": "hareg", "HAREG_STORAGE_PVC_CLAIM": "/mnt"},
+         "storage: pvc (from HAREG_STORAGE_PVC_CLAIM) and s3 (from HAREG_STORAGE_S3_BUCKET) are both set; "
+         "expected exactly one of filesystem, pvc, emptyDir, s3"),
+        ({"HAREG_ETCD_TLS_CA_FILE": "/etc/ca.pem"},
+         "etcd.tls: is set but etcd.endpoints is empty; the private etcd hareg starts speaks plain HTTP "
+         "on 127.0.0.1 (list https:// endpoints, or remove tls)"),
+    ],
+)  # fmt: skip
+def test_env_problem_outside_the_file_names_no_line(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    assert errors_of(tmp_path, "logLevel: Normal\n", env) == [message]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env)
+    assert info.value.errors == [message]
+
+
 def test_env_cannot_override_through_a_malformed_section(tmp_path: Path) -> None:
     errors = errors_of(tmp_path, {"requests": 5}, {"HAREG_REQUESTS_READ_MAX_RUNNING": "3"})
     assert errors == ["requests: 5 is not allowed; expected a mapping with the fields read, write (line 1)"]
