@@ -596,7 +596,7 @@ class Client:
         op, resp = await self._request(
             h.IMMUTABILITY,
             repo,
-            lambda reg: reg.tags.set_immutability(repo, patterns),
+            lambda reg: reg.tag_lifecycle.set_immutability(repo, patterns),
             http=("PUT", f"/hareg/v1/repositories/{repo}/immutability"),
         )
         op.detail["patterns"] = ",".join(patterns)
@@ -952,7 +952,7 @@ class Client:
         op, resp = await self._request(
             h.TAG_WRITE,
             repo,
-            lambda reg: reg.tags.rollback(repo, tag, digest),
+            lambda reg: reg.tag_lifecycle.rollback(repo, tag, digest),
             tag=tag,
             digest=digest,
             http=("POST", f"/hareg/v1/repositories/{repo}/tags/{tag}/rollback"),

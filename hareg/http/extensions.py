@@ -63,26 +63,28 @@ async def json_body(request: web.Request, field: str, kind: type) -> Any:
 
 
 async def tag_history(request: web.Request) -> web.Response:
-    entries = await registry(request).tags.history(repo_name(request), request.match_info["tag"])
+    entries = await registry(request).tag_lifecycle.history(repo_name(request), request.match_info["tag"])
     return json_response([entry_json(e) for e in entries])
 
 
 async def rollback(request: web.Request) -> web.Response:
     digest = await json_body(request, "digest", str)
-    move = await registry(request).tags.rollback(repo_name(request), request.match_info["tag"], digest)
+    move = await registry(request).tag_lifecycle.rollback(
+        repo_name(request), request.match_info["tag"], digest
+    )
     body = entry_json(move.entry) if move.entry else None
     return json_response(body, status=201 if move.moved else 200)
 
 
 async def get_immutability(request: web.Request) -> web.Response:
     repo = repo_name(request)
-    return json_response(immutability_json(repo, await registry(request).tags.immutability(repo)))
+    return json_response(immutability_json(repo, await registry(request).tag_lifecycle.immutability(repo)))
 
 
 async def put_immutability(request: web.Request) -> web.Response:
     repo = repo_name(request)
     patterns = await json_body(request, "patterns", list)
-    record = await registry(request).tags.set_immutability(repo, patterns)
+    record = await registry(request).tag_lifecycle.set_immutability(repo, patterns)
     return json_response(immutability_json(repo, record))
 
 

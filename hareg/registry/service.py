@@ -37,7 +37,7 @@ from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
 from hareg.registry.settings import ClusterSettings
 from hareg.registry.stats import PrunerStats
-from hareg.registry.tag_lifecycle import TagService
+from hareg.registry.tag_lifecycle import TagLifecycle
 from hareg.registry.upload_state import UploadStateSigner
 from hareg.registry.uploads import UploadService
 from hareg.storage.base import BlobStore, StorageError
@@ -123,7 +123,7 @@ class Registry:
             urls=manifest_urls,
         )
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
-        self.tags = TagService(self.meta)
+        self.tag_lifecycle = TagLifecycle(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
         self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
         gc_store = GcStore(kv, keys, batch=gc_batch)

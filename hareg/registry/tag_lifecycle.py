@@ -76,7 +76,7 @@ def check_patterns(patterns: Sequence[object]) -> tuple[str, ...]:
     return tuple(out)
 
 
-class TagService:
+class TagLifecycle:
     def __init__(self, meta: MetadataStore) -> None:
         self.meta = meta
 

@@ -361,7 +361,7 @@ async def test_a_rollback_after_the_snapshot_saves_its_target(
         await push_image(reg, "repo", "v", [b"second"], "2")
         _, plan = await reg.pruner.collector.plan()
         assert (old, None) in plan.manifests["repo"]
-        await reg.tags.rollback("repo", "v", old)
+        await reg.tag_lifecycle.rollback("repo", "v", old)
         fence = reg.leadership.fence()
         assert not await reg.pruner.collector.gc_store.delete_manifests(
             "repo", plan.manifests["repo"], plan.revision, fence
