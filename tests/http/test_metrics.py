@@ -171,8 +171,8 @@ async def test_uploads_in_progress(metered: tuple[Registry, Client, Metrics]) ->
         yield b"b" * 100
 
     patch = asyncio.create_task(client.patch(location, data=body()))
-    await asyncio.wait_for(started.wait(), 5)
-    async with asyncio.timeout(5):
+    await asyncio.wait_for(started.wait(), 30)
+    async with asyncio.timeout(30):
         while (during := await scrape(client)).get("hareg_uploads_in_progress") != 1:
             await asyncio.sleep(0.01)
     assert during.get("hareg_uploads_in_progress") == 1

@@ -84,7 +84,7 @@ async def reg(kv: EtcdKV, store: BlobStore) -> AsyncIterator[Registry]:
     r.meta.inline_limit = 1024
     await r.start()
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(60):  # a campaign: generous, the machine may be busy
             while not r.leadership.is_leader:
                 await asyncio.sleep(0.05)
         yield r

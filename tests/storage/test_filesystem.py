@@ -605,12 +605,12 @@ async def test_cancel_waits_for_the_thread(
 
     def slow_pwrite(fd: int, data: Any, pos: int) -> int:
         in_write.set()
-        proceed.wait(10)
+        proceed.wait(60)
         return real_pwrite(fd, data, pos)
 
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
     task = asyncio.create_task(fs_store.upload_write("t", 0, chunks_of(b"payload")))
-    assert await asyncio.to_thread(in_write.wait, 10)
+    assert await asyncio.to_thread(in_write.wait, 60)
     task.cancel()
     await asyncio.sleep(0.05)
     assert not task.done()
