@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-# What each plant breaks, and which invariant of the brief should catch it.
+# What each plant breaks, and which invariant (docs/invariants.md) should catch it.
 DESCRIPTIONS = MappingProxyType(
     {
         "tag-no-compare": "a tag write commits without its mod_revision compares "

@@ -5,7 +5,7 @@ looping over the behaviours in ``BEHAVIOURS``.  They call the same service
 methods the HTTP handlers call, through the same load balancer, and every
 request is an operation in the history (marked ``detail["hostile"]``), so the
 commit-time checkers see what they cause like anything else (a blob committed
-with bytes that do not hash to its digest is invariant 3 at the commit).
+with bytes that do not hash to its digest is invariant 3 of docs/invariants.md at the commit).
 
 Each answer is judged as it arrives:
 

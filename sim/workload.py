@@ -520,7 +520,7 @@ class Client:
         return m, confirmed
 
     def _note_missing(self, op: Operation, resp: Response, confirmed: Confirmed) -> None:
-        """Keep what the push relied on, for the garbage-collection check (invariant 6)."""
+        """Keep what the push relied on, for the check of invariant 6 (docs/invariants.md)."""
         if resp.code == ErrorCode.MANIFEST_BLOB_UNKNOWN.name and isinstance(resp.detail, dict):
             missing = [*resp.detail.get("blobs", []), *resp.detail.get("manifests", [])]
             op.detail["missing"] = ",".join(missing)
@@ -743,7 +743,7 @@ class Client:
 
     async def _check_content(self, op: Operation, repo: str, digest: str, body: bytes, *, deep: bool) -> None:
         """The body is the one pushed under this digest; with ``deep``, what it
-        references is there too (invariants 1, 2, 3)."""
+        references is there too (invariants 1, 2, 3 of docs/invariants.md)."""
         if sha256(body) != digest:
             self.env.anomaly("3", op, f"manifest body of {repo}@{digest[:19]} hashes to {sha256(body)[:19]}")
             return
@@ -906,7 +906,7 @@ class Client:
         )
 
     async def bad_upload(self) -> None:
-        """An upload whose digest is not its content's: must be refused (invariant 3)."""
+        """An upload whose digest is not its content's must be refused (invariant 3 of docs/invariants.md)."""
         repo = self._repo()
         data = self._random_bytes(8, 512)
         wrong = sha256(data + b"!")

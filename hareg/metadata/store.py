@@ -1,20 +1,20 @@
 """Registry metadata operations, each one a KV transaction guarded by compares.
 
-This is where the invariants are enforced at commit time:
+This is where the invariants (docs/invariants.md) are enforced at commit time:
 
 * a manifest commits only if every blob and child manifest it references is
-  linked in its repository *in the same transaction* (invariant 2);
+  linked in its repository *in the same transaction* (invariant 2 of docs/invariants.md);
 * a blob link or manifest is removed only if no manifest in the repository
   references it, checked by a range compare that fails if any manifest was
   written since the check (no push can slip in between);
 * a tag moves only by a compare on its mod_revision, and every move appends
-  a history entry numbered by a per-tag sequence (invariant 5); a push also
+  a history entry numbered by a per-tag sequence (invariant 5 of docs/invariants.md); a push also
   compares a tag it finds already in place, so it cannot be acknowledged
   while a concurrent delete removes that tag;
 * every write transaction compares the cluster read-only switch
   (switch.py), so no write commits once the switch is on;
 * a transaction whose outcome is unknown is verified by a read before it is
-  reported as done, else it is reported as unavailable (invariant 7).
+  reported as done, else it is reported as unavailable (invariant 7 of docs/invariants.md).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class MetadataStore:
         verify: Callable[[], Awaitable[bool]],
     ) -> bool:
         """Run a write txn; on an unknown outcome, report success only if ``verify``
-        shows it applied (invariant 7), else re-raise the unknown outcome.
+        shows it applied (invariant 7 of docs/invariants.md), else re-raise the unknown outcome.
 
         (Re-sending the transaction once after an unverified unknown outcome
         was tried and reverted: the simulator's seed 6 found it violates tag
@@ -745,7 +745,7 @@ class MetadataStore:
             compares = [
                 Compare.mod_revision_is(tag_key, tag_kv.mod_revision if tag_kv else 0),
                 Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
-                # The target is still there, unchanged, when the tag moves (invariant 2).
+                # The target is still there, unchanged, as the tag moves (invariant 2 of docs/invariants.md).
                 Compare.mod_revision_is(manifest_key, manifest_kv.mod_revision),
                 self._rule_unchanged(repo, rule_kv),
             ]

@@ -47,7 +47,7 @@ class BlobService:
 
     async def delete(self, repo: str, digest_text: str) -> None:
         """Unlink a blob from a repository.  Refused while a manifest there
-        references it, so no reachable manifest loses a blob (invariant 2).
+        references it, so no reachable manifest loses a blob (invariant 2 of docs/invariants.md).
         The bytes are reclaimed by garbage collection once no repository links them."""
         check_name(repo)
         digest = str(parse_digest(digest_text))

@@ -135,7 +135,7 @@ def _reachable(roots: set[str], manifests: dict[str, ManifestRecord]) -> set[str
 def _parents_first(doomed: set[str], manifests: dict[str, ManifestRecord]) -> list[str]:
     """Doomed manifests ordered so that an index comes before the children it
     lists: deletions go in several transactions, and no index may be left
-    pointing at an already deleted child in between (invariant 2)."""
+    pointing at an already deleted child in between (invariant 2 of docs/invariants.md)."""
     children = {d: [c for c in manifests[d].manifests if c in doomed] for d in doomed}
     parents_left = dict.fromkeys(doomed, 0)
     for d in doomed:

@@ -4,7 +4,7 @@ Bytes are hashed on their way to the blob store.  A replica keeps the running
 hash of uploads it has seen in a bounded cache; when another replica wrote
 the last chunk (or the cache lost it) the staged bytes are hashed again from
 the store, so the digest is always verified before the blob becomes visible
-(invariant 3).
+(invariant 3 of docs/invariants.md).
 
 Closing an upload verifies and commits one exact byte range, whatever races
 it: the closing PUT first seals the upload's etcd record (after which no

@@ -7,7 +7,7 @@ Uploads are staged under an upload id, appended to at explicit offsets, sealed
 verified over an exact byte range: ``upload_read(id, size)`` and
 ``upload_commit(id, digest, size)`` both cover the first ``size`` bytes and
 nothing else, so a write racing the verification can never slip unverified
-bytes into a blob (invariant 3).  Drivers do not interpret digests beyond
+bytes into a blob (invariant 3 of docs/invariants.md).  Drivers do not interpret digests beyond
 using them as names.
 
 Drivers know nothing about repositories or metadata: which repository may

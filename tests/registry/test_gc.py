@@ -95,7 +95,7 @@ async def lead(reg: Registry) -> None:
 
 
 async def check_invariants(reg: Registry) -> None:
-    """Invariant 2: no manifest references a missing blob (link, live record, bytes)
+    """Invariant 2 of docs/invariants.md: no manifest references a missing blob (link, live record, bytes)
     or a missing child manifest."""
     snap = await CollectionStore(reg.kv, reg.meta.keys).snapshot()
     for repo, manifests in snap.manifests.items():
@@ -249,7 +249,7 @@ async def test_only_the_leader_collects_and_a_killed_leader_is_replaced(
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             await lead(follower)
-            # The lease runs out within its TTL; the follower campaigns every TTL/3 (slack for a busy machine).
+            # The lease runs out within its TTL, the follower campaigns every TTL/3; slack for a busy machine.
             ttl = follower.leadership.ttl
             assert loop.time() - t0 < ttl + ttl / 3 + 3
             assert await follower.leadership.leader() == follower.replica
