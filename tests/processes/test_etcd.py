@@ -18,9 +18,8 @@ from hareg.processes.etcd import (
     EtcdProcess,
     EtcdStartError,
     find_etcd,
-    free_port,
-    free_ports,
 )
+from hareg.processes.ports import free_port, free_ports
 
 pytestmark = [pytest.mark.timeout(120)]
 
