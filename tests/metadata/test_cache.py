@@ -225,7 +225,7 @@ async def test_tag_lists_from_the_cache_match_etcd_page_for_page(kv: EtcdKV, key
 async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Path) -> None:
     etcd = EtcdProcess("stale", tmp_path / "etcd")
     await etcd.start()
-    kv = await EtcdKV.connect([etcd.client_url], timeout=2.0)
+    kv = await EtcdKV.connect([etcd.client_url], timeout=5.0)
     keys = Keys("/stale")
     try:
         await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:before"))])

@@ -75,7 +75,7 @@ async def test_start_stop(tmp_path: Path) -> None:
     await proc.start()
     pid = proc.pid
     assert pid is not None and proc.running and pid_alive(pid)
-    async with EtcdKV([proc.endpoint], timeout=2) as kv:
+    async with EtcdKV([proc.endpoint], timeout=5) as kv:
         assert await kv.current_revision() >= 1
     assert (tmp_path / "data" / "etcd.log").stat().st_size > 0
     await proc.stop()
@@ -86,7 +86,8 @@ async def test_start_stop(tmp_path: Path) -> None:
 
 @needs_etcd
 async def test_kill_pause_resume_restart_keeps_data(tmp_path: Path) -> None:
-    async with EtcdProcess("solo", tmp_path / "data") as proc, EtcdKV([proc.client_url], timeout=1) as kv:
+    # 3 s: a healthy etcd's fsync may take more than 1 s on a busy machine.
+    async with EtcdProcess("solo", tmp_path / "data") as proc, EtcdKV([proc.client_url], timeout=3) as kv:
         await kv.txn([], [Put(b"k", b"v")])
         proc.pause()
         with pytest.raises(KVError):  # and it must not hang
