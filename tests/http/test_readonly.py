@@ -351,3 +351,6 @@ async def test_no_write_commits_after_the_switch_on_a_replica_that_has_not_seen_
         assert (await a.put("/hareg/v1/read-only", json={"readOnly": False})).status == 200
         r = await b.put("/v2/lag/app/manifests/v2", data=image.body, headers=manifest)
         assert r.status == 201, await r.text()
+        # The refused chunk staged nothing: the upload goes on from byte 0.
+        r = await b.patch(open_upload, data=chunk, headers={"Content-Range": "0-6"})
+        assert r.status == 202, await r.text()
