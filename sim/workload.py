@@ -35,6 +35,7 @@ from hareg.kv.base import KVError
 from hareg.metadata.barrier import Freshness
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
 from hareg.registry import policy
+from hareg.registry.blobs import BlobStream
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from hareg.registry.pruner import NotLeader
@@ -238,6 +239,17 @@ class Env:
 
 
 REFUSED = "refused"
+
+
+async def get_blob(reg: Registry, repo: str, digest: str) -> tuple[bytes, int]:
+    """What ``GET /v2/<repo>/blobs/<digest>`` does: the link, then the bytes as
+    the service says to serve them (the simulated store has neither presigned
+    URLs nor local files, so they are streamed); the bytes and the link's size."""
+    info = await reg.blobs.stat(repo, digest)
+    source = await reg.blobs.open(info)
+    if not isinstance(source, BlobStream):
+        raise AssertionError(f"the simulated store cannot serve a blob as {type(source).__name__}")
+    return b"".join([chunk async for chunk in source.chunks]), info.size
 
 
 def _found(resp: Response, missing: ErrorCode) -> bool | None:
@@ -766,9 +778,7 @@ class Client:
         for ref in m.blobs:
 
             async def read_blob(reg: Registry, ref: str = ref) -> tuple[bytes, int]:
-                # What GET /v2/<repo>/blobs/<digest> does: the link, then the bytes.
-                info = await reg.blobs.stat(m.repo, ref)
-                return b"".join([chunk async for chunk in reg.store.read(info.digest)]), info.size
+                return await get_blob(reg, m.repo, ref)
 
             op, resp = await self._request(
                 h.REF_CHECK,
