@@ -58,7 +58,7 @@ from hareg.metadata.records import (
     decode,
     encode,
 )
-from hareg.metadata.switch import ReadOnlyGuard
+from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.plants import NO_PLANTS, Plants
 
 
@@ -201,7 +201,8 @@ class MetadataStore:
     async def check_writes_allowed(self) -> None:
         """Raise WritesFrozen if the cluster read-only switch is on now: for a
         write request that turns out to change nothing (a mount of a blob
-        already linked), so that it is refused exactly as a real write."""
+        already linked), so that it is refused exactly as a real write, and
+        for an upload's chunk before its bytes are staged."""
         await self.read_only_guard.refresh()
 
     def _check_writable(self) -> None:
@@ -863,16 +864,8 @@ class MetadataStore:
         closed, cancelled or sealed by a closing PUT since), so the chunk may
         be acknowledged.  Also moves an open upload to the current lease
         window so it does not expire; that write is conditional, so it can
-        neither re-open a sealed upload nor bring back a deleted one.  Raises
-        WritesFrozen if the read-only switch is on: read beside the record, so a
-        chunk is never acknowledged after the switch was."""
-        # Two reads, not one read-only transaction: a read is retried after a
-        # timeout, a transaction never is, and an unknown answer here would
-        # refuse a chunk whose bytes are already staged.
-        kv, switch = await asyncio.gather(
-            self._get(self.keys.upload(upload_id)), self._get(self.read_only_guard.key)
-        )
-        self.read_only_guard.observe(switch)
+        neither re-open a sealed upload nor bring back a deleted one."""
+        kv = await self._get(self.keys.upload(upload_id))
         if kv is None:
             return False
         record = decode(UploadRecord, kv.value)
@@ -882,8 +875,10 @@ class MetadataStore:
         if int(record.updated // self.upload_lease_window) != window:
             touched = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now())
             # A lost race here means a seal or another touch came after this
-            # chunk was written: the chunk is in either way.
-            await self._put_upload(upload_id, touched, kv.mod_revision)
+            # chunk was written, or the read-only switch was turned on after
+            # the chunk's check: the chunk is in either way.
+            with contextlib.suppress(WritesFrozen):
+                await self._put_upload(upload_id, touched, kv.mod_revision)
         return True
 
     async def seal_upload(self, upload_id: str, repo: str, digest: str) -> UploadRecord | None:

@@ -215,6 +215,10 @@ class UploadService:
     ) -> UploadStatus:
         """Append a chunk (PATCH).  ``start`` from Content-Range must equal the
         current size (416 otherwise); ``length`` is the declared chunk length."""
+        # The read-only switch is read before any byte is staged, so a chunk
+        # refused for it leaves nothing behind (a lagging replica's own view
+        # may not know yet; docs/operations.md).
+        await self.meta.check_writes_allowed()
         record = await self._session(repo, upload_id)
         new_size = await self._append(record, upload_id, chunks, start, length)
         # Acknowledge only if no closing PUT sealed the upload meanwhile: then
@@ -244,6 +248,7 @@ class UploadService:
         if record.sealed and record.sealed != str(digest):
             raise _unknown(upload_id, _SEALED)
         if chunks is not None:
+            await self.meta.check_writes_allowed()  # as for a PATCH: before any byte is staged
             await self._append(record, upload_id, chunks, start, length)
         if await self.meta.seal_upload(upload_id, repo, str(digest)) is None:
             raise _unknown(upload_id, "the upload was completed or cancelled by another request")

@@ -11,7 +11,10 @@ bytes into a blob (invariant 3 of docs/invariants.md).  Drivers do not interpret
 using them as names.
 
 Drivers know nothing about repositories or metadata: which repository may
-see which blob is the metadata layer's business.
+see which blob is the metadata layer's business.  Nor do they check their
+arguments: every driver is used through ``hareg.storage.checked``'s
+``CheckedBlobStore``, which rejects a malformed digest, upload id, offset or
+size (ValueError) before the driver sees it, and observes every call.
 """
 
 from __future__ import annotations

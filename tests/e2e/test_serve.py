@@ -328,3 +328,20 @@ async def test_replicas_register_their_advertised_url(
     [member] = [decode(MemberRecord, m.value) for m in members]
     assert member.url == (advertise or server.url)
     assert server.stop(signal.SIGTERM) == 0
+
+
+async def test_metrics_count_every_storage_call(hareg_launcher: Launcher, tmp_path: Path) -> None:
+    """``hareg serve`` builds its store through the shared wrapper, with the
+    replica's metrics as its observer."""
+    server = hareg_launcher(tmp_path / "data")
+    blob = os.urandom(50_000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.post(f"/v2/st/app/blobs/uploads/?digest={digest}", data=blob) as r:
+            assert r.status == 201, await r.text()
+        async with http.get("/metrics") as r:
+            text = await r.text()
+    assert 'hareg_storage_requests_total{op="upload_commit",outcome="ok"} 1.0' in text
+    assert f'hareg_storage_bytes_total{{op="upload_write"}} {float(len(blob))}' in text
+    assert 'hareg_storage_request_duration_seconds_count{op="upload_write"} 1.0' in text
+    assert server.stop(signal.SIGTERM) == 0

@@ -105,7 +105,7 @@ async def damage(store: BlobStore, name: str, data: bytes) -> None:
         await asyncio.to_thread(_overwrite, path, data)
     else:
         assert isinstance(store, S3BlobStore)
-        await obstore.put_async(store._store, store._blob_key(name), data)
+        await obstore.put_async(store.inner._store, store.inner._blob_key(name), data)
 
 
 async def push_blob(reg: Registry, repo: str, data: bytes) -> str:
