@@ -59,7 +59,7 @@ from hareg.metadata.records import (
     encode,
 )
 from hareg.metadata.switch import ReadOnlyGuard
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 
 
 class MetadataError(Exception):
@@ -157,7 +157,6 @@ class MetadataStore:
         upload_lease_window: int = 3600,
         cache: MetadataCache | None = None,
         barrier: ReadBarrier | None = None,
-        plants: Plants = NO_PLANTS,
     ) -> None:
         self.kv = kv
         self.keys = keys
@@ -172,7 +171,6 @@ class MetadataStore:
         # the barrier (linearizable), or stale while etcd is unreachable.
         self.cache = cache
         self.barrier = barrier
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         # Every write transaction compares the cluster read-only switch.
         self.read_only_guard = ReadOnlyGuard(kv, keys)
         # Uploads share one lease per time window (lease TTL = ttl + window), so a
@@ -238,7 +236,7 @@ class MetadataStore:
         try:
             result: TxnResult = await self.kv.txn([*compares, guard], success)
         except KVUnknownOutcome:
-            if "ambiguous-ack" in self.plants:  # PLANTED BUG (simulator only): success, unverified
+            if planted("ambiguous-ack"):  # PLANTED BUG (simulator only): success, unverified
                 return True
             if await verify():
                 return True
@@ -545,7 +543,7 @@ class MetadataStore:
                     raise ImmutableTag(repo, tag, pattern)
                 seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
                 old = current.digest if current else None
-                if "tag-no-compare" not in self.plants:  # PLANTED BUG (simulator only): the tag is unguarded
+                if not planted("tag-no-compare"):  # PLANTED BUG (simulator only): the tag is unguarded
                     compares += tag_guard
                 ops += [
                     Put(
