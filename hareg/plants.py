@@ -21,9 +21,9 @@ from types import MappingProxyType
 DESCRIPTIONS = MappingProxyType(
     {
         "tag-no-compare": "a tag write commits without its mod_revision compares "
-        "(metadata/store.py put_manifest): concurrent pushes to one tag lose history (invariant 5)",
+        "(metadata/manifests.py put_manifest): concurrent pushes to one tag lose history (invariant 5)",
         "ambiguous-ack": "an etcd write whose outcome is unknown is acknowledged without verifying it "
-        "(metadata/store.py _txn) (invariants 7, 1, 4)",
+        "(metadata/writes.py _txn) (invariants 7, 1, 4)",
         "upload-no-digest": "an upload is finished without checking its digest "
         "(registry/uploads.py finish) (invariant 3)",
         "commit-unverified-bytes": "a closing PUT measures the staged upload without sealing it and commits "
