@@ -21,7 +21,7 @@ from hareg.clock import Clock
 from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 
 log = logging.getLogger("hareg.cache")
 
@@ -31,14 +31,11 @@ _KINDS: dict[str, type[Any]] = {"t": TagRecord, "m": ManifestRecord, "l": LinkRe
 
 
 class MetadataCache:
-    def __init__(
-        self, kv: KV, keys: Keys, clock: Clock, *, retry_delay: float = 0.5, plants: Plants = NO_PLANTS
-    ) -> None:
+    def __init__(self, kv: KV, keys: Keys, clock: Clock, *, retry_delay: float = 0.5) -> None:
         self.kv = kv
         self.keys = keys
         self.clock = clock
         self.retry_delay = retry_delay
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.revision = 0  # every write up to this revision is reflected
         self.ready = False  # a full listing has been loaded
         self.connected = False  # the watch stream is live
@@ -123,7 +120,7 @@ class MetadataCache:
             return
         key, data = event.kv.key, self._data[kind]
         if event.type is EventType.DELETE:
-            if kind == "t" and "cache-keeps-deleted-tag" in self.plants:  # PLANTED BUG (simulator only)
+            if kind == "t" and planted("cache-keeps-deleted-tag"):  # PLANTED BUG (simulator only)
                 return
             if data.pop(key, None) is not None and kind == "t":
                 self._index_tag(key, add=False)

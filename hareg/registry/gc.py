@@ -36,7 +36,7 @@ from hareg.clock import Clock
 from hareg.kv.base import Compare
 from hareg.metadata.collection import CollectionStore, Snapshot
 from hareg.metadata.records import HistoryEntry, ManifestRecord
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 from hareg.registry.janitor import UploadJanitor
 from hareg.storage.base import BlobStore
 
@@ -204,10 +204,7 @@ class GarbageCollector:
         clock: Clock,
         janitor: UploadJanitor,
         policy: Policy,
-        *,
-        plants: Plants = NO_PLANTS,
     ) -> None:
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.collection = collection
         self.store = store
         self.clock = clock
@@ -217,7 +214,7 @@ class GarbageCollector:
     async def plan(self) -> tuple[Snapshot, Plan]:
         snap = await self.collection.snapshot()
         # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
-        policy = replace(self.policy, grace=0.0) if "gc-no-grace" in self.plants else self.policy
+        policy = replace(self.policy, grace=0.0) if planted("gc-no-grace") else self.policy
         return snap, make_plan(snap, policy, self.clock.now())
 
     async def run(self, fence: Sequence[Compare], *, dry_run: bool = False) -> Report:

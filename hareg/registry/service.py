@@ -23,7 +23,6 @@ from hareg.metadata.collection import BATCH as GC_BATCH
 from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
-from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
 from hareg.registry.fsck import IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Policy
@@ -90,25 +89,21 @@ class Registry:
         # Told the httpSecret in use (configured or generated) before it signs
         # anything, so the log redaction list holds it too.
         on_secret: Callable[[bytes], None] | None = None,
-        plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
         self.kv = kv
         self.store = store
         self.clock = clock
         self.replica = replica
         keys = Keys(prefix)
-        self.cache = MetadataCache(kv, keys, clock, plants=plants) if cache else None
+        self.cache = MetadataCache(kv, keys, clock) if cache else None
         self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
-        self.meta = MetadataStore(
-            kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
-        )
+        self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(
             self.meta,
             store,
             ids,
             hashing=hashing,
-            plants=plants,
             max_sessions=limits.max_upload_sessions,
             max_sessions_per_repository=limits.max_upload_sessions_per_repository,
             max_blob_size=limits.max_blob_size,
@@ -133,7 +128,6 @@ class Registry:
             clock,
             self.janitor,
             gc_policy or Policy(grace=upload_grace),
-            plants=plants,
         )
         # What the pruner did, exported as hareg_pruner_* metrics.
         self.pruner_stats = PrunerStats()

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterable
 from hareg.ids import IdSource
 from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
@@ -62,7 +62,6 @@ class UploadService:
         *,
         hasher_cache_size: int = 1024,
         hashing: Hashing | None = None,
-        plants: Plants = NO_PLANTS,
         max_sessions: int = 0,
         max_sessions_per_repository: int = 0,
         max_blob_size: int = 0,
@@ -72,7 +71,6 @@ class UploadService:
         self.max_sessions = max_sessions
         self.max_sessions_per_repository = max_sessions_per_repository
         self.max_blob_size = max_blob_size
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.hashing: Hashing = hashing or InlineHashing()
         self.meta = meta
         self.store = store
@@ -252,7 +250,7 @@ class UploadService:
             await self._append(record, upload_id, chunks, start, length)
         if await self.meta.seal_upload(upload_id, repo, str(digest)) is None:
             raise _unknown(upload_id, "the upload was completed or cancelled by another request")
-        unverified = "commit-unverified-bytes" in self.plants
+        unverified = planted("commit-unverified-bytes")
         try:
             # PLANTED BUG "commit-unverified-bytes" (simulator only): the old
             # code measured the staging without sealing it and committed
@@ -268,7 +266,7 @@ class UploadService:
                 if read != size:
                     raise unavailable(f"upload {upload_id} changed while it was verified; try again")
             # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
-            if hasher.hexdigest() != digest.hex and "upload-no-digest" not in self.plants:
+            if hasher.hexdigest() != digest.hex and not planted("upload-no-digest"):
                 await self._discard(upload_id)
                 raise RegistryError(
                     ErrorCode.DIGEST_INVALID,

@@ -39,7 +39,9 @@ def seen() -> Seen:
 
 @pytest.fixture
 async def store(tmp_path: Path, seen: Seen) -> AsyncIterator[FilesystemBlobStore]:
-    s = FilesystemBlobStore(tmp_path / "root", observe=lambda op, _s, outcome, n: seen.append((op, outcome, n)))
+    s = FilesystemBlobStore(
+        tmp_path / "root", observe=lambda op, _s, outcome, n: seen.append((op, outcome, n))
+    )
     yield s
     await s.close()
 
@@ -241,4 +243,3 @@ def outcomes() -> Iterator[tuple[BaseException | None, str]]:
 @pytest.mark.parametrize(("exc", "outcome"), list(outcomes()))
 def test_outcome_names(exc: BaseException | None, outcome: str) -> None:
     assert outcome_of(exc) == outcome
-
