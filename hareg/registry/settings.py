@@ -23,21 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 
-from hareg.clock import Clock
+from hareg.clock import Clock, rfc3339
 from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, KVUnknownOutcome, Put, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.switch import READ_ONLY, Switch
 
-__all__ = ["READ_ONLY", "ClusterSettings", "Switch", "rfc3339"]
+__all__ = ["READ_ONLY", "ClusterSettings", "Switch"]
 
 log = logging.getLogger("hareg.settings")
-
-
-def rfc3339(timestamp: float) -> str:
-    """A wall-clock time as Kubernetes writes it (``2024-05-01T12:00:00Z``)."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ClusterSettings:
