@@ -2,8 +2,8 @@
 
 Built from injected dependencies only (KV, blob store, clock, ids), so the
 HTTP application and the simulator construct it the same way.  ``start()``
-runs its background work (the watch that feeds the metadata cache) and
-``stop()`` ends it.
+runs its background work (the watch that feeds the metadata cache and the
+cluster settings) and ``stop()`` ends it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hareg.metadata.cache import MetadataCache
 from hareg.metadata.collection import BATCH as GC_BATCH
 from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
+from hareg.metadata.reflector import Reflector
 from hareg.metadata.store import MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
@@ -97,7 +98,9 @@ class Registry:
         self.clock = clock
         self.replica = replica
         keys = Keys(prefix)
-        self.cache = MetadataCache(kv, keys, clock, plants=plants) if cache else None
+        # One list-and-watch loop feeds the replica's mirrors of etcd: the cache and the settings.
+        self.reflector = Reflector(kv, clock)
+        self.cache = MetadataCache(self.reflector, keys, plants=plants) if cache else None
         self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
         self.meta = MetadataStore(
             kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
@@ -153,7 +156,7 @@ class Registry:
         )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
-        self.settings = ClusterSettings(kv, keys, clock, replica=replica, read_only=read_only)
+        self.settings = ClusterSettings(kv, self.reflector, keys, clock, replica=replica, read_only=read_only)
         # Replicas that know their own URL register themselves (the local cluster's do).
         self.membership = Membership(kv, keys, clock, replica, url) if url else None
         self._http_secret = http_secret
@@ -190,9 +193,7 @@ class Registry:
         )
         await self.settings.prime()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.settings.run(), name="cluster-settings"))
-        if self.cache is not None:
-            self._tasks.append(loop.create_task(self.cache.run(), name="metadata-cache"))
+        self._tasks.append(loop.create_task(self.reflector.run(), name="metadata-reflector"))
         if self.membership is not None:
             self._tasks.append(loop.create_task(self.membership.run(), name="membership"))
         self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))

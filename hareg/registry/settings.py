@@ -2,10 +2,10 @@
 
 Today one: the read-only switch, ``<p>/c/read-only``, a small JSON document
 ``{"readOnly": true, "changedAt": "...", "replica": "..."}``.  Every replica
-mirrors the ``<p>/c/`` keys with one watch of its own (listed at a revision,
-then watched from the next one; a compacted watch re-lists, a broken one
-resumes), so a switch made through any replica is seen by all of them in
-the time a watch event takes to arrive.
+mirrors the ``<p>/c/`` keys, fed by the replica's one reflector
+(hareg/metadata/reflector.py, which feeds the metadata cache too: listed at a
+revision, then watched from the next one), so a switch made through any
+replica is seen by all of them in the time a watch event takes to arrive.
 
 A replica is read-only when its configuration file says so (``readOnly``,
 reloaded on SIGHUP) **or** the cluster switch is on: the switch can put a
@@ -25,8 +25,9 @@ import asyncio
 import logging
 
 from hareg.clock import Clock, rfc3339
-from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, KVUnknownOutcome, Put, prefix_end
+from hareg.kv.base import KV, Event, EventType, KeyValue, KVError, KVUnknownOutcome, Put
 from hareg.metadata.keys import Keys
+from hareg.metadata.reflector import Reflector
 from hareg.metadata.switch import READ_ONLY, Switch
 
 __all__ = ["READ_ONLY", "ClusterSettings", "Switch"]
@@ -38,25 +39,26 @@ class ClusterSettings:
     def __init__(
         self,
         kv: KV,
+        reflector: Reflector,
         keys: Keys,
         clock: Clock,
         *,
         replica: str = "replica",
         read_only: bool = False,
-        retry_delay: float = 0.5,
     ) -> None:
         self.kv = kv
+        self.reflector = reflector
         self.keys = keys
         self.clock = clock
         self.replica = replica
-        self.retry_delay = retry_delay
         # From the configuration file; the server updates it on SIGHUP.
         self.config_read_only = read_only
         self.loaded = False  # the etcd settings have been read once
-        self.revision = 0
+        self.revision = 0  # the mirror holds every change up to this revision
         self._values: dict[bytes, bytes] = {}
-        self._prefix = keys.kind_prefix("c")
+        self.prefixes = (keys.kind_prefix("c"),)
         self._read_only_key = keys.setting(READ_ONLY)
+        reflector.subscribe(self)
 
     # ------------------------------------------------------------------ reads
 
@@ -106,53 +108,39 @@ class ClusterSettings:
             "cluster read-only switch %s", "on" if on else "off", extra={"fields": {"replica": self.replica}}
         )
 
-    # ---------------------------------------------------------------- feeding
+    # --------------------------------------------- fed by the reflector
 
-    def _apply(self, event: Event) -> None:
-        if event.type is EventType.DELETE:
-            self._values.pop(event.kv.key, None)
-        else:
-            self._values[event.kv.key] = event.kv.value
+    def reset(self, kvs: list[KeyValue], revision: int) -> None:
+        before = self.read_only
+        self._values = {kv.key: kv.value for kv in kvs}
+        self.revision = revision
+        self.loaded = True
+        self._log_change(before)
 
-    async def _list(self) -> int:
-        page = await self.kv.range(self._prefix, prefix_end(self._prefix))
-        self._values = {kv.key: kv.value for kv in page.kvs}
-        return page.revision
+    def apply(self, events: list[Event], revision: int) -> None:
+        before = self.read_only
+        for event in events:
+            if event.kv.mod_revision <= self.revision:
+                continue  # already in the read that primed the mirror
+            if event.type is EventType.DELETE:
+                self._values.pop(event.kv.key, None)
+            else:
+                self._values[event.kv.key] = event.kv.value
+        self.revision = max(self.revision, revision)
+        self._log_change(before)
+
+    def lost(self) -> None:
+        """Nothing to do: the values stay as last seen until the listing that follows."""
 
     async def prime(self, limit: float = 2.0) -> None:
-        """Read the settings once before serving (bounded; ``run`` retries if etcd is down)."""
+        """Read the settings once before serving (bounded; the reflector lists them again)."""
         if self.loaded:
             return
         try:
             async with asyncio.timeout(limit):
-                self.revision = await self._list()
-            self.loaded = True
+                await self.reflector.read([self])
         except (KVError, TimeoutError) as exc:
             log.warning("cluster settings not loaded yet: %s", exc or type(exc).__name__)
-
-    async def run(self) -> None:
-        """List, then follow the watch, forever (cancel the task to stop)."""
-        resume = self.revision + 1 if self.loaded else 0
-        while True:
-            before = self.read_only
-            try:
-                if resume == 0:
-                    self.revision = await self._list()
-                    self.loaded = True
-                    resume = self.revision + 1
-                    self._log_change(before)
-                async for batch in self.kv.watch(self._prefix, prefix_end(self._prefix), resume):
-                    before = self.read_only
-                    for event in batch.events:
-                        self._apply(event)
-                    self.revision = max(self.revision, batch.revision)
-                    resume = self.revision + 1
-                    self._log_change(before)
-            except KVCompacted:
-                resume = 0
-            except KVError as exc:
-                log.warning("settings watch interrupted: %s", exc)
-            await self.clock.sleep(self.retry_delay)
 
     def _log_change(self, before: bool) -> None:
         if self.read_only != before:
