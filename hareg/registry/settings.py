@@ -56,6 +56,9 @@ class ClusterSettings:
         self.loaded = False  # the etcd settings have been read once
         self.revision = 0  # the mirror holds every change up to this revision
         self._values: dict[bytes, bytes] = {}
+        # Switches made here, by revision, until the mirror has caught up with
+        # them: a listing at an older revision must not undo them meanwhile.
+        self._own: dict[bytes, tuple[int, bytes]] = {}
         self.prefixes = (keys.kind_prefix("c"),)
         self._read_only_key = keys.setting(READ_ONLY)
         reflector.subscribe(self)
@@ -104,6 +107,7 @@ class ClusterSettings:
             revision = current.mod_revision
         if revision > self.revision:
             self._values[self._read_only_key] = encoded
+            self._own[self._read_only_key] = (revision, encoded)
         log.warning(
             "cluster read-only switch %s", "on" if on else "off", extra={"fields": {"replica": self.replica}}
         )
@@ -114,6 +118,7 @@ class ClusterSettings:
         before = self.read_only
         self._values = {kv.key: kv.value for kv in kvs}
         self.revision = revision
+        self._keep_own()
         self.loaded = True
         self._log_change(before)
 
@@ -127,7 +132,15 @@ class ClusterSettings:
             else:
                 self._values[event.kv.key] = event.kv.value
         self.revision = max(self.revision, revision)
+        self._keep_own()
         self._log_change(before)
+
+    def _keep_own(self) -> None:
+        for key, (written, value) in list(self._own.items()):
+            if written <= self.revision:
+                del self._own[key]  # the mirror has it (or what came after it)
+            else:
+                self._values[key] = value
 
     def lost(self) -> None:
         """Nothing to do: the values stay as last seen until the listing that follows."""
