@@ -23,6 +23,7 @@ from hareg.metadata.collection import BATCH as GC_BATCH
 from hareg.metadata.collection import CollectionStore
 from hareg.metadata.keys import Keys
 from hareg.metadata.reflector import Reflector
+from hareg.metadata.roles import Leadership, Membership
 from hareg.metadata.store import MetadataStore
 from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
@@ -30,11 +31,9 @@ from hareg.registry.fsck import IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
-from hareg.registry.leadership import Leadership
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
 from hareg.registry.manifest_format import NO_URLS, UrlPolicy
 from hareg.registry.manifests import ManifestLimits, ManifestService
-from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
 from hareg.registry.settings import ClusterSettings
 from hareg.registry.stats import PrunerStats
@@ -128,7 +127,9 @@ class Registry:
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tags = TagService(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
-        self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
+        self.leadership = Leadership(
+            kv, keys.setting("pruner-leader"), replica, clock, ids, name="pruner leadership"
+        )
         collection = CollectionStore(kv, keys, batch=gc_batch)
         collector = GarbageCollector(
             collection,
