@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from background import background
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
@@ -33,18 +33,9 @@ def mirror(kv: EtcdKV, keys: Keys, *, retry_delay: float = 0.5) -> MetadataCache
     return MetadataCache(Reflector(kv, SystemClock(), retry_delay=retry_delay), keys)
 
 
-@contextlib.asynccontextmanager
-async def running(cache: MetadataCache) -> AsyncIterator[MetadataCache]:
-    task = asyncio.create_task(cache.reflector.run())
-    try:
-        async with asyncio.timeout(10):
-            while not cache.ready:
-                await asyncio.sleep(0.01)
-        yield cache
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(cache: MetadataCache) -> contextlib.AbstractAsyncContextManager[None]:
+    """The cache's reflector at work, once the cache is loaded."""
+    return background(cache.reflector.run(), lambda: cache.ready)
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from background import background
 from etcd3aio import Etcd3Client
 
 from hareg.clock import SystemClock
@@ -49,18 +49,8 @@ class Recorder:
         self.losses += 1
 
 
-@contextlib.asynccontextmanager
-async def running(reflector: Reflector) -> AsyncIterator[Reflector]:
-    task = asyncio.create_task(reflector.run())
-    try:
-        async with asyncio.timeout(30):
-            while not reflector.listed:
-                await asyncio.sleep(0.01)
-        yield reflector
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(reflector: Reflector) -> contextlib.AbstractAsyncContextManager[None]:
+    return background(reflector.run(), lambda: reflector.listed)
 
 
 async def caught_up(reflector: Reflector, revision: int) -> None:

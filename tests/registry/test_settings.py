@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from background import background
+
 from hareg.clock import SystemClock
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
@@ -20,13 +22,8 @@ async def replica(kv: EtcdKV, keys: Keys, name: str) -> AsyncIterator[ClusterSet
     settings = ClusterSettings(kv, reflector, keys, SystemClock(), replica=name)
     await settings.prime()
     assert settings.loaded
-    task = asyncio.create_task(reflector.run())
-    try:
+    async with background(reflector.run(), lambda: True):
         yield settings
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_switch_made_on_one_replica_reaches_the_others(kv: EtcdKV, key_prefix: bytes) -> None:
