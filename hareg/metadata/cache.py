@@ -147,12 +147,11 @@ class MetadataCache:
 
     # --------------------------------------------- fed by the reflector
 
-    def reset(self, kvs: list[KeyValue], revision: int) -> None:
-        data: dict[str, dict[bytes, Any]] = {kind: {} for kind in _KINDS}
-        for kv in kvs:
-            kind = self._kind(kv.key)
-            if kind is not None:
-                data[kind][kv.key] = decode(_KINDS[kind], kv.value)
+    def listing(self) -> _Listing:
+        return _Listing(self)
+
+    def reset(self, data: dict[str, dict[bytes, Any]], revision: int) -> None:
+        """Serve ``data`` (records by kind and key), a listing as of ``revision``."""
         tag_names: dict[str, list[str]] = {}
         for key in data["t"]:  # listed in key order, so each repo's names come sorted
             repo, tag = self._repo_and_tag(key)
@@ -172,3 +171,20 @@ class MetadataCache:
 
     def lost(self) -> None:
         self.ready = False
+
+
+class _Listing:
+    """A listing for the cache, decoded page by page and served once complete."""
+
+    def __init__(self, cache: MetadataCache) -> None:
+        self.cache = cache
+        self.data: dict[str, dict[bytes, Any]] = {kind: {} for kind in _KINDS}
+
+    def add(self, kvs: list[KeyValue]) -> None:
+        for kv in kvs:
+            kind = self.cache._kind(kv.key)
+            if kind is not None:
+                self.data[kind][kv.key] = decode(_KINDS[kind], kv.value)
+
+    def done(self, revision: int) -> None:
+        self.cache.reset(self.data, revision)

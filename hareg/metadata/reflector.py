@@ -32,17 +32,30 @@ log = logging.getLogger("hareg.reflector")
 _PAGE = 1000  # keys per range read of a listing
 
 
+class Listing(Protocol):
+    """A listing being taken for one subscriber, kept apart from what it serves
+    until ``done`` (a listing that fails midway is dropped)."""
+
+    def add(self, kvs: list[KeyValue]) -> None:
+        """The next page of keys under the subscriber's prefixes, in key order."""
+        ...
+
+    def done(self, revision: int) -> None:
+        """Every key is in, as of ``revision``: replace what the subscriber holds."""
+        ...
+
+
 class Subscriber(Protocol):
     """A mirror fed by the reflector.  Its methods run on the loop, between
-    awaits: a subscriber sees each listing and each batch whole."""
+    awaits: a subscriber sees each batch whole and a listing only once done."""
 
     @property
     def prefixes(self) -> tuple[bytes, ...]:
         """The key prefixes it mirrors (fixed for its lifetime)."""
         ...
 
-    def reset(self, kvs: list[KeyValue], revision: int) -> None:
-        """Every key under its prefixes at ``revision`` (in key order): replaces what it holds."""
+    def listing(self) -> Listing:
+        """Start taking a new listing of its prefixes."""
         ...
 
     def apply(self, events: list[Event], revision: int) -> None:
@@ -91,23 +104,22 @@ class Reflector:
         before a replica serves)."""
         subscribers = self._subscribers if subscribers is None else subscribers
         revision = 0
-        listings: list[list[KeyValue]] = []
-        for subscriber in subscribers:
-            kvs: list[KeyValue] = []
+        # Pages go to the subscribers as they come (a cache decodes them, the
+        # raw pages do not pile up); what they serve changes only once every
+        # listing is complete, so none is left half-replaced by a failure.
+        listings = [subscriber.listing() for subscriber in subscribers]
+        for subscriber, listing in zip(subscribers, listings, strict=True):
             for prefix in subscriber.prefixes:
                 start, end = prefix, prefix_end(prefix)
                 while True:
                     page = await self.kv.range(start, end, limit=_PAGE, revision=revision)
                     revision = revision or page.revision
-                    kvs.extend(page.kvs)
+                    listing.add(page.kvs)
                     if not page.more or not page.kvs:
                         break
                     start = page.kvs[-1].key + b"\x00"
-            listings.append(kvs)
-        # Handed over only once all is read, so that no subscriber is left
-        # half-replaced by a listing that failed midway.
-        for subscriber, kvs in zip(subscribers, listings, strict=True):
-            subscriber.reset(kvs, revision)
+        for listing in listings:
+            listing.done(revision)
         return revision
 
     async def run(self) -> None:

@@ -114,9 +114,13 @@ class ClusterSettings:
 
     # --------------------------------------------- fed by the reflector
 
-    def reset(self, kvs: list[KeyValue], revision: int) -> None:
+    def listing(self) -> _Listing:
+        return _Listing(self)
+
+    def reset(self, values: dict[bytes, bytes], revision: int) -> None:
+        """Serve ``values`` (by key), a listing as of ``revision``."""
         before = self.read_only
-        self._values = {kv.key: kv.value for kv in kvs}
+        self._values = values
         self.revision = revision
         self._keep_own()
         self.loaded = True
@@ -162,3 +166,17 @@ class ClusterSettings:
                 "read-only" if self.read_only else "writable",
                 extra={"fields": self.describe()},
             )
+
+
+class _Listing:
+    """A listing for the settings, served once complete."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.values: dict[bytes, bytes] = {}
+
+    def add(self, kvs: list[KeyValue]) -> None:
+        self.values.update((kv.key, kv.value) for kv in kvs)
+
+    def done(self, revision: int) -> None:
+        self.settings.reset(self.values, revision)

@@ -29,10 +29,22 @@ class Recorder:
         self.losses = 0
         self.events: list[tuple[EventType, bytes]] = []
 
-    def reset(self, kvs: list[KeyValue], revision: int) -> None:
-        self.values = {kv.key: kv.value for kv in kvs}
-        self.revision = revision
-        self.resets += 1
+    def listing(self) -> Recorder.Listing:
+        return Recorder.Listing(self)
+
+    class Listing:
+        def __init__(self, recorder: Recorder) -> None:
+            self.recorder = recorder
+            self.kvs: list[KeyValue] = []
+
+        def add(self, kvs: list[KeyValue]) -> None:
+            assert all(kv.key.startswith(self.recorder.prefixes) for kv in kvs)
+            self.kvs.extend(kvs)
+
+        def done(self, revision: int) -> None:
+            self.recorder.values = {kv.key: kv.value for kv in self.kvs}
+            self.recorder.revision = revision
+            self.recorder.resets += 1
 
     def apply(self, events: list[Event], revision: int) -> None:
         for event in events:

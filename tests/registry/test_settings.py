@@ -55,10 +55,10 @@ async def test_a_listing_older_than_a_switch_made_here_does_not_undo_it(
     settings = ClusterSettings(kv, Reflector(kv, SystemClock()), keys, SystemClock())
     listed = await settings.reflector.read()
     await settings.set_read_only(True)
-    settings.reset([], listed)  # the listing read before the switch arrives late
+    settings.reset({}, listed)  # the listing read before the switch arrives late
     assert settings.read_only
     written = await kv.get(keys.setting("read-only"))
     assert written is not None
     settings.apply([], written.mod_revision)  # the mirror reaches the switch's revision
-    settings.reset([], written.mod_revision)  # from now on a listing is the truth
+    settings.reset({}, written.mod_revision)  # from now on a listing is the truth
     assert not settings.read_only
