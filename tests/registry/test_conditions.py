@@ -3,74 +3,78 @@ their transition times (the endpoint itself: tests/http/test_status.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from hareg.registry.conditions import Condition, StatusTracker, replica_conditions
 from hareg.registry.service import Readiness
 
-
-def summary(conditions: list[Condition]) -> list[tuple[str, str, str]]:
-    return [(c.type, c.status, c.reason) for c in conditions]
-
-
 OK = {"etcd": "ok", "storage": "ok", "cache": "ok"}
+ETCD_DOWN = {**OK, "etcd": "unavailable: KVUnavailable"}
 WRITABLE = {"readOnly": False, "config": False, "cluster": False}
+SWITCHED = {"readOnly": True, "config": False, "cluster": True}
+READY = Readiness(True, False, "Ready", OK)
+
+# situation -> (readiness, read-only state, managementState, cache loaded),
+# then (Available, Progressing, Degraded) as (status, reason) and a phrase
+# one of their messages holds.
+SITUATIONS: dict[str, tuple[tuple[Readiness, dict[str, bool], str, bool], list[tuple[str, str]], str]] = {
+    "ready": (
+        (READY, WRITABLE, "Managed", True),
+        [("True", "Ready"), ("False", "Ready"), ("False", "AsExpected")],
+        "ready",
+    ),
+    "switched": (
+        (READY, SWITCHED, "Managed", True),
+        [("True", "ReadOnly"), ("False", "Ready"), ("False", "AsExpected")],
+        "cluster-wide read-only switch",
+    ),
+    "etcd down": (
+        (Readiness(True, True, "EtcdUnavailable", ETCD_DOWN), SWITCHED, "Managed", True),
+        [("True", "EtcdUnavailable"), ("False", "Ready"), ("True", "EtcdUnavailable")],
+        "pulls are served",
+    ),
+    "never loaded": (
+        (
+            Readiness(False, False, "EtcdUnavailable", {**ETCD_DOWN, "cache": "not loaded"}),
+            WRITABLE,
+            "Managed",
+            False,
+        ),
+        [("False", "EtcdUnavailable"), ("False", "Ready"), ("True", "EtcdUnavailable")],
+        "never loaded",
+    ),
+    "storage down": (
+        (
+            Readiness(False, False, "StorageUnavailable", {**OK, "storage": "unavailable: OSError"}),
+            WRITABLE,
+            "Managed",
+            True,
+        ),
+        [("False", "StorageUnavailable"), ("False", "Ready"), ("True", "StorageUnavailable")],
+        "OSError",
+    ),
+    "loading": (
+        (Readiness(True, False, "Ready", {**OK, "cache": "not loaded"}), WRITABLE, "Managed", False),
+        [("True", "Ready"), ("True", "Starting"), ("False", "AsExpected")],
+        "Loading the metadata cache",
+    ),
+    "removed": (
+        (READY, WRITABLE, "Removed", True),
+        [("True", "Removed"), ("False", "Removed"), ("False", "Removed")],
+        "managementState: Removed",
+    ),
+}
 
 
-def test_conditions_of_each_situation() -> None:
-    ready = Readiness(True, False, "Ready", OK)
-    assert summary(
-        replica_conditions(ready, read_only=WRITABLE, management_state="Managed", cache_ready=True)
-    ) == [
-        ("Available", "True", "Ready"),
-        ("Progressing", "False", "Ready"),
-        ("Degraded", "False", "AsExpected"),
-    ]
-    read_only = {"readOnly": True, "config": False, "cluster": True}
-    conditions = replica_conditions(ready, read_only=read_only, management_state="Managed", cache_ready=True)
-    assert summary(conditions)[0] == ("Available", "True", "ReadOnly")
-    assert "cluster-wide read-only switch" in conditions[0].message
-
-    etcd_down = {**OK, "etcd": "unavailable: KVUnavailable"}
-    degraded = Readiness(True, True, "EtcdUnavailable", etcd_down)
+@pytest.mark.parametrize("situation", SITUATIONS)
+def test_conditions_of_each_situation(situation: str) -> None:
+    (readiness, read_only, state, cache_ready), expected, phrase = SITUATIONS[situation]
     conditions = replica_conditions(
-        degraded, read_only=read_only, management_state="Managed", cache_ready=True
+        readiness, read_only=read_only, management_state=state, cache_ready=cache_ready
     )
-    assert summary(conditions) == [
-        ("Available", "True", "EtcdUnavailable"),
-        ("Progressing", "False", "Ready"),
-        ("Degraded", "True", "EtcdUnavailable"),
-    ]
-    assert "pulls are served" in conditions[2].message
-
-    never_loaded = Readiness(False, False, "EtcdUnavailable", {**etcd_down, "cache": "not loaded"})
-    assert summary(
-        replica_conditions(never_loaded, read_only=WRITABLE, management_state="Managed", cache_ready=False)
-    ) == [
-        ("Available", "False", "EtcdUnavailable"),
-        ("Progressing", "False", "Ready"),
-        ("Degraded", "True", "EtcdUnavailable"),
-    ]
-
-    storage_down = Readiness(False, False, "StorageUnavailable", {**OK, "storage": "unavailable: OSError"})
-    assert summary(
-        replica_conditions(storage_down, read_only=WRITABLE, management_state="Managed", cache_ready=True)
-    ) == [
-        ("Available", "False", "StorageUnavailable"),
-        ("Progressing", "False", "Ready"),
-        ("Degraded", "True", "StorageUnavailable"),
-    ]
-
-    loading = Readiness(True, False, "Ready", {**OK, "cache": "not loaded"})
-    assert summary(
-        replica_conditions(loading, read_only=WRITABLE, management_state="Managed", cache_ready=False)
-    )[1] == ("Progressing", "True", "Starting")
-
-    assert summary(
-        replica_conditions(ready, read_only=WRITABLE, management_state="Removed", cache_ready=True)
-    ) == [
-        ("Available", "True", "Removed"),
-        ("Progressing", "False", "Removed"),
-        ("Degraded", "False", "Removed"),
-    ]
+    assert [c.type for c in conditions] == ["Available", "Progressing", "Degraded"]
+    assert [(c.status, c.reason) for c in conditions] == expected
+    assert any(phrase in c.message for c in conditions)
 
 
 def test_transition_times_move_only_when_the_status_does() -> None:
