@@ -277,8 +277,8 @@ async def test_cli_read_only_on_off(
 async def test_no_write_commits_after_the_switch_on_a_replica_that_has_not_seen_it(
     etcd_url: str, tmp_path: Path
 ) -> None:
-    """Replica b's watch of the settings never delivers, so its own view says
-    writable for good; still, once ``PUT /hareg/v1/read-only`` returned on
+    """Replica b's watch never delivers the settings' events, so its own view
+    says writable for good; still, once ``PUT /hareg/v1/read-only`` returned on
     replica a, every kind of write sent to b is refused and nothing changes
     in etcd: the switch is a compare in every write transaction."""
     prefix = f"/ro-lag-{uuid.uuid4().hex[:10]}"
