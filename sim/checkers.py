@@ -116,12 +116,6 @@ class Findings:
         if sum(1 for v in self.violations if v.invariant == invariant) < 20:  # keep reports readable
             self.violations.append(Violation(invariant, time, message))
 
-    def by_invariant(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for v in self.violations:
-            out[v.invariant] = out.get(v.invariant, 0) + 1
-        return out
-
 
 def _short(digest: str | None) -> str:
     return digest[7:19] if digest else "-"

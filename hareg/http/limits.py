@@ -153,9 +153,6 @@ class RequestLimiters:
         self.read.configure(config.read)
         self.write.configure(config.write)
 
-    def for_method(self, method: str) -> Limiter:
-        return self.read if method in policy.READ_METHODS else self.write
-
     def for_class(self, kind: RequestClass) -> Limiter | None:
         """The limiter a request of this class waits for; None: it is exempt."""
         if kind is RequestClass.EXEMPT:

@@ -14,8 +14,6 @@ returned, on any replica (each write transaction compares the switch).
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
 from hareg.http.base import Handler, parse_json_body, read_body, registry
@@ -24,8 +22,6 @@ from hareg.registry import policy
 from hareg.registry.errors import ErrorCode, RegistryError
 
 __all__ = ["READ_ONLY_PATH", "get_read_only", "put_read_only", "read_only_middleware"]
-
-log = logging.getLogger("hareg.http")
 
 READ_ONLY_PATH = policy.READ_ONLY_PATH
 

@@ -124,10 +124,6 @@ class Membership(LeasedRole):
         self.replica = replica
         self.url = url
 
-    @property
-    def registered(self) -> bool:
-        return self.lease is not None
-
     def _value(self) -> bytes:
         return encode(MemberRecord(self.replica, self.url, self.clock.now(), __version__))
 

@@ -15,6 +15,7 @@ from hareg.config import RequestLimits, RequestsConfig
 from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
 from hareg.http.limits import LIMITS, Limiter, Rejected, RequestLimiters
+from hareg.registry.policy import RequestClass
 from hareg.registry.service import Registry
 
 Client = TestClient[web.Request, web.Application]
@@ -98,8 +99,8 @@ async def test_a_client_leaving_the_queue_frees_its_place() -> None:
 
 async def test_reconfiguring_admits_waiters_when_slots_open() -> None:
     limiters = RequestLimiters(RequestsConfig(write=RequestLimits(max_running=1, max_in_queue=5)))
-    limiter = limiters.for_method("PUT")
-    assert limiter is limiters.write and limiters.for_method("HEAD") is limiters.read
+    limiter = limiters.for_class(RequestClass.WRITE)
+    assert limiter is limiters.write and limiters.for_class(RequestClass.READ) is limiters.read
     await limiter.acquire()
     waiting = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
     await asyncio.sleep(0.01)
