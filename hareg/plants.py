@@ -1,24 +1,29 @@
 """Planted bugs: switches the simulator uses to prove its checkers catch real mistakes.
 
-A ``Plants`` value is passed to ``Registry(..., plants=...)`` and from there to
-the few places that test for one.  The default is empty, and with it every
-check below is a no-op: production code never turns a plant on.  Each check
-in the registry code is one commented line naming the plant, so
-``grep -rn "plants" hareg`` shows every one.
+The hooks stay in production code, one commented line each (as FoundationDB's
+BUGGIFY does), so a checker is shown to catch the very mistake it guards
+against; ``grep -rn "planted(" hareg`` shows every one.  They read one context
+variable, not a constructor argument: production code never sets it, so with
+its default (no plants) every hook is a no-op, and no constructor carries an
+argument that only the simulator passes.  The simulator sets it for a run with
+``planting``; asyncio copies the context into every task when it is created,
+so each task of a run's event loop sees that run's plants, and nothing else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from types import MappingProxyType
 
-# What each plant breaks, and which invariant of the brief should catch it.
+# What each plant breaks, and which invariant (docs/invariants.md) should catch it.
 DESCRIPTIONS = MappingProxyType(
     {
         "tag-no-compare": "a tag write commits without its mod_revision compares "
-        "(metadata/store.py put_manifest): concurrent pushes to one tag lose history (invariant 5)",
+        "(metadata/manifests.py put_manifest): concurrent pushes to one tag lose history (invariant 5)",
         "ambiguous-ack": "an etcd write whose outcome is unknown is acknowledged without verifying it "
-        "(metadata/store.py _txn) (invariants 7, 1, 4)",
+        "(metadata/writes.py _txn) (invariants 7, 1, 4)",
         "upload-no-digest": "an upload is finished without checking its digest "
         "(registry/uploads.py finish) (invariant 3)",
         "commit-unverified-bytes": "a closing PUT measures the staged upload without sealing it and commits "
@@ -31,18 +36,32 @@ DESCRIPTIONS = MappingProxyType(
     }
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Plants:
-    names: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        unknown = sorted(self.names - DESCRIPTIONS.keys())
-        if unknown:
-            raise ValueError(f"unknown plant(s) {unknown}; known: {sorted(DESCRIPTIONS)}")
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names
+# The plants switched on in this context (immutable: a run replaces it whole).
+_ACTIVE: ContextVar[frozenset[str]] = ContextVar("hareg_plants", default=frozenset())
 
 
-NO_PLANTS = Plants()
+def _known(names: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(names)
+    unknown = sorted(chosen - DESCRIPTIONS.keys())
+    if unknown:
+        raise ValueError(f"unknown plant(s) {unknown}; known: {sorted(DESCRIPTIONS)}")
+    return chosen
+
+
+def planted(name: str) -> bool:
+    """Whether the planted bug ``name`` is switched on here (never, outside the simulator).
+    An unknown name raises ValueError: a misspelt hook would otherwise never fire."""
+    if name not in DESCRIPTIONS:
+        raise ValueError(f"unknown plant {name!r}; known: {sorted(DESCRIPTIONS)}")
+    return name in _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def planting(names: Iterable[str]) -> Iterator[frozenset[str]]:
+    """Switch on the planted bugs ``names`` for the code run inside the block,
+    and for every task created there (tasks copy the context they start in)."""
+    token = _ACTIVE.set(_known(names))
+    try:
+        yield _ACTIVE.get()
+    finally:
+        _ACTIVE.reset(token)

@@ -1,4 +1,4 @@
-"""The invariants of the brief, checked during and after a run.
+"""The invariants of docs/invariants.md, checked during and after a run.
 
 Two kinds of checks:
 
@@ -116,12 +116,6 @@ class Findings:
         if sum(1 for v in self.violations if v.invariant == invariant) < 20:  # keep reports readable
             self.violations.append(Violation(invariant, time, message))
 
-    def by_invariant(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for v in self.violations:
-            out[v.invariant] = out.get(v.invariant, 0) + 1
-        return out
-
 
 def _short(digest: str | None) -> str:
     return digest[7:19] if digest else "-"
@@ -142,7 +136,7 @@ def switch_on(raw: bytes) -> bool:
 
 
 class CommitMonitor:
-    """Checks invariants 2, 5 and 6 on every etcd revision and keeps a timeline.
+    """Checks invariants 2, 5 and 6 of docs/invariants.md on every etcd revision and keeps a timeline.
 
     It mirrors what it needs of the registry's state (tags, manifests with
     what they reference, links, blob states) with reverse counts, so every
@@ -315,7 +309,7 @@ class CommitMonitor:
             )
 
     def _check_move(self, repo: str, tag: str, move: dict[str, Any]) -> None:
-        """Invariant 5: a tag moves only forward, one new history entry per move."""
+        """Invariant 5 of docs/invariants.md: a tag moves only forward, one new history entry per move."""
         key = (repo, tag)
         prev_seq = self._tag_seq.get(key, 0)
         prev_value = self._tag_value.get(key)
@@ -357,7 +351,7 @@ class CommitMonitor:
             self._violation("5", f"{name}: a history entry was written but the tag did not move")
 
     def _check_reachability(self, what: str, repo: str, name: str) -> None:
-        """Invariants 2 and 6 on the state after the revision."""
+        """Invariants 2 and 6 of docs/invariants.md on the state after the revision."""
         if what == "tag":
             if (repo, name) not in self._manifests:
                 self._violation("2", f"a tag of {repo} names missing manifest {_short(name)}")
@@ -413,7 +407,7 @@ class CommitMonitor:
 
 
 class StorageMonitor:
-    """Invariants 3 and 6 at the object store."""
+    """Invariants 3 and 6 of docs/invariants.md at the object store."""
 
     def __init__(
         self,
@@ -548,7 +542,7 @@ def _acknowledged_effect(
 def check_acknowledged_writes(
     history: History, monitor: CommitMonitor, keys: Keys, findings: Findings
 ) -> None:
-    """Invariant 7: what the registry acknowledged was in etcd during the request."""
+    """Invariant 7 of docs/invariants.md: what the registry acknowledged was in etcd during the request."""
     for op in history.ops:
         if not op.ok or op.complete_seq is None or op.final:
             continue
@@ -568,7 +562,7 @@ _EFFECTFUL = (h.TAG_DELETE, h.MANIFEST_DELETE)
 
 
 def check_effects(history: History, effects: dict[int, int], findings: Findings) -> None:
-    """Invariant 7, exactly: an acknowledged delete had one of its own etcd
+    """Invariant 7 of docs/invariants.md, exactly: an acknowledged delete had one of its own etcd
     transactions applied (with its compares holding).  A delete whose outcome
     was unknown and whose verification was fooled by someone else's change
     (the tag is gone — but another request deleted it) is caught here."""
@@ -591,7 +585,7 @@ def check_effects(history: History, effects: dict[int, int], findings: Findings)
 def check_tag_pushes(
     history: History, monitor: CommitMonitor, keys: Keys, write_revisions: dict[int, int], findings: Findings
 ) -> None:
-    """Invariant 7 for tag pushes: the transaction that made an acknowledged
+    """Invariant 7 of docs/invariants.md for tag pushes: the transaction that made an acknowledged
     push of ``tag -> digest`` (its last applied write) left the tag naming the
     digest.  A re-push of the tag's current manifest that commits without a
     compare on the tag, after a DELETE of the manifest took the tag, re-creates
@@ -616,7 +610,7 @@ def check_tag_pushes(
 
 
 def check_digest_reads(history: History, monitor: CommitMonitor, keys: Keys, findings: Findings) -> None:
-    """Invariant 4 for pulls by digest: a linearizable read cannot miss a manifest
+    """Invariant 4 of docs/invariants.md for pulls by digest: a linearizable read cannot miss a manifest
     that existed during the whole request."""
     for op in history.ops:
         if (
@@ -710,7 +704,7 @@ def check_linearizability(history: History, findings: Findings, *, budget: int =
 def check_inflight_pushes(
     history: History, findings: Findings, *, grace: float, head_grace: float, keep_younger: float
 ) -> None:
-    """Invariant 6: a push relying on a fresh upload (or a child manifest just
+    """Invariant 6 of docs/invariants.md: a push relying on a fresh upload (or a child manifest just
     pushed, or "layer exists") is not undercut by garbage collection within
     the grace window (``keepYoungerThan`` for manifests; for a HEAD, half the
     grace window, which is what the registry promises: docs/gc.md, G2b)."""

@@ -491,7 +491,7 @@ class EtcdCluster:
         self._catching_up: dict[str, float] = {}
         self._held: dict[str, list[_Request]] = {}  # requests reaching a member that is catching up
         # client operation -> how many of its writes applied with their compares
-        # holding (for invariant 7: nothing is acknowledged that did not apply)
+        # holding (for invariant 7 of docs/invariants.md: nothing is acknowledged that did not apply)
         self.effects: dict[int, int] = {}
         # op id -> the revision of its last applied write transaction
         self.write_revisions: dict[int, int] = {}

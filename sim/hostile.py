@@ -5,7 +5,7 @@ looping over the behaviours in ``BEHAVIOURS``.  They call the same service
 methods the HTTP handlers call, through the same load balancer, and every
 request is an operation in the history (marked ``detail["hostile"]``), so the
 commit-time checkers see what they cause like anything else (a blob committed
-with bytes that do not hash to its digest is invariant 3 at the commit).
+with bytes that do not hash to its digest is invariant 3 of docs/invariants.md at the commit).
 
 Each answer is judged as it arrives:
 
@@ -38,7 +38,7 @@ from hareg.registry.errors import ErrorCode
 from hareg.registry.service import Registry
 from sim import history as h
 from sim.history import Operation, Outcome
-from sim.workload import Client, Env, Http, Response, sha256
+from sim.workload import Client, Env, Http, Response, get_blob, sha256
 
 # behaviour -> what the client does (the CLI and the run summary use these names)
 BEHAVIOURS: dict[str, str] = {
@@ -392,8 +392,7 @@ class HostileClient(Client):
         """GET the blob an acknowledged request stored: its bytes hash to its digest (3)."""
 
         async def read(reg: Registry) -> tuple[bytes, int]:
-            info = await reg.blobs.stat(repo, digest)
-            return b"".join([chunk async for chunk in reg.store.read(info.digest)]), info.size
+            return await get_blob(reg, repo, digest)
 
         op, resp = await self._send(
             BLOB_GET, repo, read, ("GET", f"/v2/{repo}/blobs/{digest}"), allowed=READ_REFUSALS, digest=digest
@@ -545,7 +544,11 @@ class HostileClient(Client):
         up = await self._open(first=0.7)
         if up is None:
             return
-        _, resp = await self._cancel(up, allowed=LIMITS)
+        # Gone is a fair answer only if the session expired while the cancel
+        # was on its way (a paused replica can hold it past the lease).
+        op, resp = await self._cancel(up, allowed=LIMITS | GONE)
+        if resp.code in GONE and self.session_alive(up.id):
+            self._flag(op, "a cancel of a live upload session was answered BLOB_UPLOAD_UNKNOWN")
         if resp.outcome is Outcome.OK:
             await self._replay(up, "cancelled")
 

@@ -1,5 +1,5 @@
 """The final phase: once every fault is healed, everything acknowledged must be
-readable from every replica within a bounded simulated time (invariant 1).
+readable from every replica within a bounded simulated time (invariant 1 of docs/invariants.md).
 
 For every replica, concurrently:
 
@@ -13,7 +13,7 @@ For every replica, concurrently:
 
 A request answered with a 5xx, a stale read or a timeout is retried until the
 deadline; whatever is still not readable then is a liveness violation.  A
-definite "not found" for something that must exist is an invariant 1
+definite "not found" for something that must exist is an invariant 1 of docs/invariants.md
 violation at once.
 """
 
@@ -32,7 +32,7 @@ from sim.workload import Client, Env, Manifest
 @dataclass(slots=True)
 class FinalReport:
     checked: int = 0
-    missing: list[str] = field(default_factory=list)  # invariant 1
+    missing: list[str] = field(default_factory=list)  # invariant 1 of docs/invariants.md
     late: list[str] = field(default_factory=list)  # liveness
     settle_time: float = 0.0  # how long after healing the last read succeeded
 

@@ -1,4 +1,4 @@
-"""After the run: every stored object read back and re-hashed (invariant 3).
+"""After the run: every stored object read back and re-hashed (invariant 3 of docs/invariants.md).
 
 The commit-time check hashes what reaches the object store as it is
 committed; this one reads every object back afterwards the way the registry

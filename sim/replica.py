@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hareg.clock import Clock
 from hareg.ids import SeededIds
-from hareg.plants import Plants
 from hareg.registry.gc import Policy
 from hareg.registry.service import Registry
 from sim.etcd_model import EtcdCluster, SimKV
@@ -101,7 +100,6 @@ class Replica:
         objects: ObjectStore,
         rng: random.Random,
         trace: Trace,
-        plants: Plants,
         *,
         upload_grace: float = 30.0,
         gc_policy: Policy | None = None,
@@ -114,7 +112,6 @@ class Replica:
         self.objects = objects
         self.rng = rng
         self.trace = trace
-        self.plants = plants
         self.upload_grace = upload_grace
         self.gc_policy = gc_policy
         self.upload_session_ttl = upload_session_ttl
@@ -161,7 +158,6 @@ class Replica:
             upload_grace=self.upload_grace,
             gc_policy=self.gc_policy,
             gc_batch=GC_BATCH,
-            plants=self.plants,
         )
         if self.upload_session_ttl is not None:
             # Upload sessions that expire within a run (the server keeps them a day),

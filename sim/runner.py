@@ -24,7 +24,7 @@ from typing import Any
 from hareg.kv.base import KVError, Put, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import TagRecord, decode
-from hareg.plants import Plants
+from hareg.plants import planting
 from hareg.registry.gc import Policy
 from sim import checkers, hostile, liveness, readback
 from sim.etcd_model import EtcdCluster, SimKV
@@ -138,7 +138,6 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     storage_monitor = checkers.StorageMonitor(cluster.store, keys, loop.time, findings, monitor)
     objects.on_commit.append(storage_monitor.on_blob_commit)
     objects.on_delete.append(storage_monitor.on_blob_delete)
-    plants = Plants(options.plants)
     policy = Policy(
         keep_tag_revisions=options.keep_tag_revisions,
         keep_younger_than=options.keep_younger_than,
@@ -153,7 +152,6 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
             objects,
             child(),
             trace,
-            plants,
             upload_grace=options.upload_grace,
             gc_policy=policy,
             upload_session_ttl=hostile.UPLOAD_SESSION_TTL if options.hostile else None,
@@ -322,7 +320,10 @@ def run(options: Options, *, keep_trace: bool = False) -> RunResult:
     started = time.perf_counter()
     with _quiet():
         try:
-            result, _loop = run_loop(_world(options, keep_trace))
+            # The run's planted bugs: its event loop's first task copies them from
+            # this context, and every task of the run inherits them from that one.
+            with planting(options.plants):
+                result, _loop = run_loop(_world(options, keep_trace))
         except Exception as exc:  # the simulator itself broke: report it as a failure of the seed
             result = RunResult(options, error=f"{type(exc).__name__}: {exc}")
     gc.collect()

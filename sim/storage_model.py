@@ -7,17 +7,18 @@ latency (plus transfer time), and inside fault windows a request fails with
 reply is lost or late (network faults) times out on the client, possibly
 after it was applied.  Deletions are logged for the garbage-collection check.
 
-``SimBlobStore`` implements :class:`hareg.storage.base.BlobStore` over the
+``SimStoreClient`` implements :class:`hareg.storage.base.BlobStore` over the
 simulated network; every failure the client sees is ``StorageUnavailable``
 (or the Protocol's ``BlobNotFound``, ``UploadNotFound``,
 ``UploadOffsetMismatch``).  It cannot presign URLs and has no local path.
+``SimBlobStore`` is that client inside ``hareg.storage.checked``'s wrapper,
+as every real driver is: the replicas check names exactly as the server does.
 """
 
 from __future__ import annotations
 
 import functools
 import random
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -30,6 +31,7 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.checked import CheckedBlobStore
 from sim.loop import SimLoop
 from sim.network import Network, Pending
 from sim.trace import Trace
@@ -38,19 +40,6 @@ T = TypeVar("T")
 
 STORAGE_NODE = "s3"
 _READ_PIECE = 64 * 1024
-# The names every driver accepts (as hareg/storage/filesystem.py checks them).
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
-_UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def _check_digest(digest: str) -> None:
-    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
-        raise ValueError(f"invalid digest: {digest!r}")
-
-
-def _check_upload_id(upload_id: str) -> None:
-    if not isinstance(upload_id, str) or _UPLOAD_ID_RE.fullmatch(upload_id) is None:
-        raise ValueError(f"invalid upload id: {upload_id!r}")
 
 
 @dataclass(slots=True)
@@ -188,8 +177,9 @@ class ObjectStore:
         self.uploads.pop(upload_id, None)
 
 
-class SimBlobStore:
-    """The BlobStore interface over the simulated network (one per replica process)."""
+class SimStoreClient:
+    """The BlobStore interface over the simulated network (one per replica
+    process), trusting the names it is given (``SimBlobStore`` checks them)."""
 
     def __init__(self, server: ObjectStore, net: Network, node: str, *, timeout: float = 5.0) -> None:
         self.server = server
@@ -233,27 +223,20 @@ class SimBlobStore:
     # -- BlobStore ------------------------------------------------------------------------
 
     async def stat(self, digest: str) -> int | None:
-        _check_digest(digest)
         return await self._call("HEAD blob", lambda s: s.op_stat(digest))
 
     async def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        _check_digest(digest)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
         data = await self._call("GET blob", lambda s: s.op_read(digest, offset, length))
         for i in range(0, len(data), _READ_PIECE):
             yield data[i : i + _READ_PIECE]
 
     def local_path(self, digest: str) -> str | None:
-        _check_digest(digest)
         return None
 
     async def presign(self, digest: str, expires_seconds: int) -> str | None:
-        _check_digest(digest)
         return None
 
     async def delete(self, digest: str) -> bool:
-        _check_digest(digest)
         node = self.node
         return await self._call("DELETE blob", lambda s: s.op_delete(digest, node))
 
@@ -263,11 +246,9 @@ class SimBlobStore:
             yield d
 
     async def upload_start(self, upload_id: str) -> None:
-        _check_upload_id(upload_id)
         await self._call("PUT upload", lambda s: s.op_upload_start(upload_id))
 
     async def upload_write(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        _check_upload_id(upload_id)
         # The body is read before it is sent: if the chunk stream fails, nothing is written.
         parts = [chunk async for chunk in chunks]
         data = b"".join(parts)
@@ -276,33 +257,23 @@ class SimBlobStore:
         )
 
     async def upload_size(self, upload_id: str) -> int | None:
-        _check_upload_id(upload_id)
         return await self._call("HEAD upload", lambda s: s.op_upload_size(upload_id))
 
     async def upload_modified(self, upload_id: str) -> float | None:
-        _check_upload_id(upload_id)
         return await self._call("HEAD upload", lambda s: s.op_upload_modified(upload_id))
 
-    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
-        _check_upload_id(upload_id)
-        return self._upload_read(upload_id, length)
-
-    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
+    async def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
         data = await self._call("GET upload", lambda s: s.op_upload_read(upload_id, length))
         for i in range(0, len(data), _READ_PIECE):
             yield data[i : i + _READ_PIECE]
 
     async def upload_seal(self, upload_id: str) -> int:
-        _check_upload_id(upload_id)
         return await self._call("SEAL upload", lambda s: s.op_upload_seal(upload_id))
 
     async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
-        _check_upload_id(upload_id)
-        _check_digest(digest)
         return await self._call("COMMIT upload", lambda s: s.op_upload_commit(upload_id, digest, size))
 
     async def upload_abort(self, upload_id: str) -> None:
-        _check_upload_id(upload_id)
         await self._call("DELETE upload", lambda s: s.op_upload_abort(upload_id))
 
     async def list_uploads(self) -> AsyncIterator[str]:
@@ -317,7 +288,17 @@ class SimBlobStore:
         self._closed = True
 
 
+class SimBlobStore(CheckedBlobStore[SimStoreClient]):
+    """What a replica uses: the client behind the checks every driver has."""
+
+    def __init__(self, server: ObjectStore, net: Network, node: str, *, timeout: float = 5.0) -> None:
+        super().__init__(SimStoreClient(server, net, node, timeout=timeout), clock=server.loop.time)
+
+    def kill(self) -> None:
+        self.inner.kill()
+
+
 if TYPE_CHECKING:
 
-    def _conforms(store: SimBlobStore) -> BlobStore:  # mypy checks SimBlobStore against the protocol
-        return store
+    def _conforms(client: SimStoreClient, store: SimBlobStore) -> tuple[BlobStore, BlobStore]:
+        return client, store  # mypy checks both against the protocol

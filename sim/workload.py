@@ -31,16 +31,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hareg.http.readonly import is_write, read_only_error
 from hareg.kv.base import KVError
 from hareg.metadata.barrier import Freshness
-from hareg.metadata.store import DEFAULT_INLINE_LIMIT, MetadataError
-from hareg.metadata.switch import WritesFrozen
+from hareg.metadata.store import DEFAULT_INLINE_LIMIT
+from hareg.registry import policy
+from hareg.registry.blobs import BlobStream
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from hareg.registry.pruner import NotLeader
 from hareg.registry.service import Registry
-from hareg.storage.base import StorageError
 from sim import history as h
 from sim.history import History, Operation, Outcome
 from sim.loop import SimLoop
@@ -151,24 +150,21 @@ class Env:
 
     def guarded(self, handler: Handler, http: Http | None, op: Operation | None) -> Handler:
         """What the HTTP layer runs around the handler: the read-only middleware's
-        test, with the registry's own classification of the request and its own
-        refusal (``hareg.http.readonly``).  The replica's view of the switch as
-        the request enters is noted on the operation for the read-only checker:
+        admission (``hareg.registry.policy.admit``, the registry's own rule and
+        refusal).  The replica's view of the switch as the request enters is
+        noted on the operation for the read-only checker:
         ``<settings revision>:<read-only 0/1>:<history point>``."""
         if http is None:
             return handler  # not an HTTP request (a background task's work)
-        write = is_write(*http)
+        method, path = http
+        write = policy.is_write(method, path)
         history = self.history
 
         async def run(reg: Registry) -> Any:
             if op is not None and write:
                 op.detail["ro"] = f"{reg.settings.revision}:{int(reg.read_only)}:{history.seq}"
-            if write and reg.read_only:
-                raise read_only_error()
-            try:
-                return await handler(reg)
-            except WritesFrozen:  # the store's compare on the switch refused it
-                raise read_only_error() from None
+            policy.admit(method, path, read_only=reg.read_only)
+            return await handler(reg)
 
         return run
 
@@ -222,23 +218,38 @@ class Env:
         if reply.status == DONE:
             return Response(Outcome.OK, value=reply.value, replica=name)
         exc = reply.value
-        if isinstance(exc, RegistryError):
-            outcome = Outcome.FAIL if exc.status < 500 else Outcome.UNKNOWN
+        # What the HTTP error middleware answers: the registry's error, or the
+        # one the policy maps a dependency failure to, or a 500.
+        err = exc if isinstance(exc, RegistryError) else policy.dependency_error(exc)
+        if err is not None and err.status >= 500 and err is not exc:
+            # The failure's own name, for the checkers (a storage answer passed on as a 503).
+            return Response(Outcome.UNKNOWN, error=f"5xx {type(exc).__name__}", replica=name)
+        if err is not None:
+            outcome = Outcome.FAIL if err.status < 500 else Outcome.UNKNOWN
             return Response(
                 outcome,
-                error=f"{exc.status} {exc.code.name}",
-                code=exc.code.name,
-                detail=exc.detail,
+                error=f"{err.status} {err.code.name}",
+                code=err.code.name,
+                detail=err.detail,
                 replica=name,
             )
-        if isinstance(exc, KVError | StorageError | MetadataError):
-            return Response(Outcome.UNKNOWN, error=f"5xx {type(exc).__name__}", replica=name)
         self.unexpected.append(f"{type(exc).__name__}: {exc}")
         self.trace.event("unexpected", r=name, exc=type(exc).__name__, msg=str(exc)[:100])
         return Response(Outcome.UNKNOWN, error=f"500 {type(exc).__name__}", replica=name)
 
 
 REFUSED = "refused"
+
+
+async def get_blob(reg: Registry, repo: str, digest: str) -> tuple[bytes, int]:
+    """What ``GET /v2/<repo>/blobs/<digest>`` does: the link, then the bytes as
+    the service says to serve them (the simulated store has neither presigned
+    URLs nor local files, so they are streamed); the bytes and the link's size."""
+    info = await reg.blobs.stat(repo, digest)
+    source = await reg.blobs.open(info)
+    if not isinstance(source, BlobStream):
+        raise AssertionError(f"the simulated store cannot serve a blob as {type(source).__name__}")
+    return b"".join([chunk async for chunk in source.chunks]), info.size
 
 
 def _found(resp: Response, missing: ErrorCode) -> bool | None:
@@ -520,7 +531,7 @@ class Client:
         return m, confirmed
 
     def _note_missing(self, op: Operation, resp: Response, confirmed: Confirmed) -> None:
-        """Keep what the push relied on, for the garbage-collection check (invariant 6)."""
+        """Keep what the push relied on, for the check of invariant 6 (docs/invariants.md)."""
         if resp.code == ErrorCode.MANIFEST_BLOB_UNKNOWN.name and isinstance(resp.detail, dict):
             missing = [*resp.detail.get("blobs", []), *resp.detail.get("manifests", [])]
             op.detail["missing"] = ",".join(missing)
@@ -743,7 +754,7 @@ class Client:
 
     async def _check_content(self, op: Operation, repo: str, digest: str, body: bytes, *, deep: bool) -> None:
         """The body is the one pushed under this digest; with ``deep``, what it
-        references is there too (invariants 1, 2, 3)."""
+        references is there too (invariants 1, 2, 3 of docs/invariants.md)."""
         if sha256(body) != digest:
             self.env.anomaly("3", op, f"manifest body of {repo}@{digest[:19]} hashes to {sha256(body)[:19]}")
             return
@@ -767,9 +778,7 @@ class Client:
         for ref in m.blobs:
 
             async def read_blob(reg: Registry, ref: str = ref) -> tuple[bytes, int]:
-                # What GET /v2/<repo>/blobs/<digest> does: the link, then the bytes.
-                info = await reg.blobs.stat(m.repo, ref)
-                return b"".join([chunk async for chunk in reg.store.read(info.digest)]), info.size
+                return await get_blob(reg, m.repo, ref)
 
             op, resp = await self._request(
                 h.REF_CHECK,
@@ -906,7 +915,7 @@ class Client:
         )
 
     async def bad_upload(self) -> None:
-        """An upload whose digest is not its content's: must be refused (invariant 3)."""
+        """An upload whose digest is not its content's must be refused (invariant 3 of docs/invariants.md)."""
         repo = self._repo()
         data = self._random_bytes(8, 512)
         wrong = sha256(data + b"!")

@@ -75,7 +75,7 @@ class CommandRun:
 
     def stdout(self) -> str:
         """What the child printed on stdout so far; once it has exited, all of it."""
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 30.0  # the reader thread reaches end of file
         while not self.stdout_closed:
             exited = self.proc.poll() is not None
             try:
@@ -99,7 +99,7 @@ class CommandRun:
                 line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
             except queue.Empty:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=30)
                 raise RuntimeError(
                     f"{self.what} not ready after {timeout}s; stdout {self.stdout_lines}; "
                     f"stderr:\n{self.stderr()[-6000:]}"
@@ -131,7 +131,7 @@ class CommandRun:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
             raise AssertionError(
                 f"{self.what} (pid {self.pid}) {failure} for {timeout}s; stderr:\n{self.stderr()[-4000:]}"
             ) from None

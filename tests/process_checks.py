@@ -50,7 +50,7 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-async def wait_dead(pid: int, within: float = 10.0) -> None:
+async def wait_dead(pid: int, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while pid_alive(pid):
         assert time.monotonic() < deadline, f"process {pid} still alive"

@@ -83,7 +83,6 @@ class ReplicaProcess(ChildProcess):
             slot.name,
         ]
         self._env = replica_env(os.environ if env is None else env)
-        self.restarts = 0
         self.quick_failures = 0  # deaths in a row soon after a start (crash-loop backoff)
 
     @property

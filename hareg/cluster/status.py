@@ -19,8 +19,8 @@ message:
 It is computed from ``DIR/cluster.json`` and ``DIR/supervisor.json`` and from
 probing every process (is the pid alive), every replica's ``/readyz``, every
 etcd member's ``/health``, the object store and the registry URL itself.
-``observe()`` does the probing, ``compute_conditions()`` is a pure function of
-what it saw.
+``observe()`` does the probing, ``cluster_conditions()`` is a pure function
+of what it saw (the condition model: hareg/registry/conditions.py).
 """
 
 from __future__ import annotations
@@ -37,26 +37,18 @@ import aiohttp
 
 from hareg.cluster.spec import ClusterError, ClusterPaths
 from hareg.processes.child import pid_alive
+from hareg.registry.conditions import Condition
 
 __all__ = [
     "ClusterObservation",
     "ComponentState",
-    "Condition",
-    "compute_conditions",
+    "cluster_conditions",
     "format_status",
     "observe",
     "status_document",
 ]
 
 _PROBE_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: str  # "True" or "False", as in Kubernetes
-    reason: str
-    message: str
 
 
 @dataclass
@@ -217,7 +209,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def compute_conditions(obs: ClusterObservation) -> list[Condition]:
+def cluster_conditions(obs: ClusterObservation) -> list[Condition]:
     """Available, Progressing and Degraded from what ``observe`` saw."""
     state = obs.management_state
     desired = obs.desired_replicas
@@ -343,7 +335,7 @@ def status_document(root: str | os.PathLike[str], obs: ClusterObservation) -> di
         "registry": obs.registry,
         "managementState": obs.management_state,
         "replicas": {"desired": obs.desired_replicas, "ready": sum(r.ready for r in obs.replicas)},
-        "conditions": [asdict(c) for c in compute_conditions(obs)],
+        "conditions": [c.document() for c in cluster_conditions(obs)],
         "supervisor": {"pid": obs.supervisor_pid, "alive": obs.supervisor_alive, "phase": obs.phase},
         "components": {
             "replicas": [asdict(r) for r in obs.replicas],

@@ -387,7 +387,6 @@ class Supervisor:
 
     def _start_replica(self, replica: ReplicaProcess) -> None:
         pid = replica.spawn()
-        replica.restarts += 1
         self._seen_pids[replica.name] = pid
         log.info("started replica %s (pid %s) at %s", replica.name, pid, replica.url)
 

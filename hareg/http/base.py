@@ -12,11 +12,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from hareg.http.keys import REGISTRY, SETTINGS
-from hareg.kv.base import KVError, KVRejected, KVUnknownOutcome
-from hareg.metadata.store import Contended
+from hareg.registry import policy
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.service import Registry
-from hareg.storage.base import StorageError
 
 log = logging.getLogger("hareg.http")
 
@@ -60,90 +58,42 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     return RegistryError(code, exc.reason or "request failed", status=exc.status)
 
 
-def kv_rejected(exc: KVRejected) -> RegistryError:
-    """What the client is told when etcd refuses a write as it is: 413 when the
-    request's content made it too big for etcd, 500 otherwise; never a 503 or a
-    Retry-After, since sending it again fails alike."""
-    if exc.too_big:
-        return RegistryError(
-            ErrorCode.SIZE_INVALID,
-            f"the request's metadata is larger than the metadata store (etcd) accepts in one write "
-            f"({exc}); retrying will not help: make it smaller, or raise etcd's --max-txn-ops or "
-            "--max-request-bytes",
-            status=413,
-        )
-    return RegistryError(
-        ErrorCode.UNAVAILABLE,
-        f"the metadata store (etcd) refused the request ({exc}); retrying will not help, "
-        "see the registry log",
-        status=500,
-    )
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes the spec's JSON error; nothing leaks a traceback."""
     try:
         response = await handler(request)
     except RegistryError as exc:
-        if exc.status == 405 and "Allow" not in exc.headers:
-            # Every 405 names the methods the resource supports (RFC 9110 §15.5.6).
-            exc.headers["Allow"] = ", ".join(sorted(await allowed_methods(request)))
-        return error_response(exc)
+        return await _error_with_allow(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return error_response(_from_http_exception(exc))
-    except Contended as exc:
-        # Other writers kept changing the same keys: nothing was written, and a
-        # retry after they settle succeeds.
-        log.warning("contended %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            RegistryError(
-                ErrorCode.UNAVAILABLE,
-                f"too many concurrent changes to the same keys ({exc}); nothing was written, retry the request",
-                headers={"Retry-After": "1"},
-            )
-        )
-    except KVUnknownOutcome:
-        log.warning("etcd outcome unknown for %s %s", request.method, request.path)
-        return error_response(
-            RegistryError(
-                ErrorCode.UNAVAILABLE,
-                "the metadata store did not confirm the write in time; it may or may not have "
-                "applied, retry the request",
-                headers={"Retry-After": "1"},
-            )
-        )
-    except KVRejected as exc:
-        # Not a 503: a retry would be refused alike.
-        log.warning("etcd refused %s %s: %s", request.method, request.path, exc)
-        return error_response(kv_rejected(exc))
-    except KVError as exc:
-        log.warning("etcd unavailable for %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            RegistryError(
-                ErrorCode.UNAVAILABLE,
-                "the metadata store (etcd) is unavailable",
-                headers={"Retry-After": "1"},
-            )
-        )
-    except StorageError as exc:
-        log.warning("blob storage error for %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            RegistryError(
-                ErrorCode.UNAVAILABLE, "the blob store is unavailable", headers={"Retry-After": "1"}
-            )
-        )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception as exc:
+        err = policy.dependency_error(exc)
+        if err is not None:
+            if not policy.is_read_only_refusal(err):
+                log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.path, exc)
+            return await _error_with_allow(request, err)
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response(
             {"errors": [{"code": "UNKNOWN", "message": "internal server error; see the registry log"}]},
             status=500,
         )
     return response
+
+
+async def _error_with_allow(request: web.Request, err: RegistryError) -> web.Response:
+    if err.status == 405 and "Allow" not in err.headers:
+        # Every 405 names the methods the resource supports (RFC 9110 §15.5.6);
+        # on a read-only registry, the read methods still served there.
+        methods = await allowed_methods(request)
+        if policy.is_read_only_refusal(err):
+            methods &= policy.READ_METHODS
+        err.headers["Allow"] = ", ".join(sorted(methods))
+    return error_response(err)
 
 
 async def allowed_methods(request: web.Request) -> set[str]:

@@ -10,8 +10,7 @@ from multidict import CIMultiDict
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
 from hareg.http.ranges import not_modified, select_range
-from hareg.registry.errors import ErrorCode, RegistryError
-from hareg.storage.base import BlobNotFound
+from hareg.registry.blobs import BlobFile, BlobRedirect
 
 
 def _headers(digest: str) -> dict[str, str]:
@@ -93,29 +92,28 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         request.headers.get("Range"), request.headers.get("If-Range"), info.size, headers["ETag"]
     )
     settings = request.app[SETTINGS]
-    if not settings.disable_redirect:
-        url = await reg.store.presign(info.digest, settings.redirect_expiry)
-        if url is not None:
-            # The object store serves the bytes; the client re-sends its Range there.
-            return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": info.digest})
-    path = reg.store.local_path(info.digest)
-    if path is not None:
+    source = await reg.blobs.open(
+        info,
+        byte_range=rng,
+        disable_redirect=settings.disable_redirect,
+        redirect_expiry=settings.redirect_expiry,
+    )
+    if isinstance(source, BlobRedirect):
+        # The object store serves the bytes; the client re-sends its Range there.
+        return web.Response(
+            status=307, headers={"Location": source.url, "Docker-Content-Digest": info.digest}
+        )
+    if isinstance(source, BlobFile):
         # sendfile; aiohttp sends the chosen range and answers conditional requests.
-        return _BlobFile(path, rng, headers)
-    offset, length = rng if rng else (0, info.size)
-    chunks = reg.store.read(info.digest, offset, length)
-    try:
-        first = await anext(chunks, b"")
-    except BlobNotFound:
-        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {info.digest} is missing from storage") from None
+        return _BlobFile(source.path, rng, headers)
     response = web.StreamResponse(status=206 if rng else 200, headers=headers)
-    response.content_length = length
+    response.content_length = source.length
     if rng:
-        response.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
+        response.headers["Content-Range"] = (
+            f"bytes {source.offset}-{source.offset + source.length - 1}/{info.size}"
+        )
     await response.prepare(request)
-    if first:
-        await response.write(first)
-    async for chunk in chunks:
+    async for chunk in source.chunks:
         await response.write(chunk)
     await response.write_eof()
     return response

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from hareg.config.model import RequestsConfig
+from hareg.registry.blobs import DEFAULT_REDIRECT_EXPIRY
 from hareg.registry.service import Registry
 
 
@@ -15,7 +16,7 @@ class HttpSettings:
     # Serve blob GETs by streaming instead of redirecting to a presigned URL.
     disable_redirect: bool = False
     # How long a presigned blob URL stays valid.
-    redirect_expiry: int = 20 * 60
+    redirect_expiry: int = DEFAULT_REDIRECT_EXPIRY
     # requests.read/write at start-up (the limiters themselves are reconfigured on SIGHUP).
     requests: RequestsConfig = field(default_factory=RequestsConfig)
     # Managed, Unmanaged or Removed (Removed: the registry API answers 503).

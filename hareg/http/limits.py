@@ -39,32 +39,23 @@ from hareg.config.model import RequestLimits, RequestsConfig
 from hareg.http.base import Handler
 from hareg.http.observe import send_now
 from hareg.observability.logs import TRACE
+from hareg.registry import policy
 from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.policy import RequestClass
 
 __all__ = [
-    "EXEMPT_PATHS",
     "LIMITS",
     "Limiter",
     "Rejected",
     "RequestLimiters",
-    "is_exempt",
     "limits_middleware",
 ]
 
 log = logging.getLogger("hareg.limits")
 
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Probes, scrapes and the operator's switches: never queued, never refused.
-# /hareg/v1/fsck too: a check may run for hours, and would hold a write slot all
-# along; it bounds itself (one at a time per replica, 429 otherwise).
-EXEMPT_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/hareg/v1/status", "/hareg/v1/read-only", "/hareg/v1/fsck"}
-)
+# Which requests are reads, writes or exempt is the service layer's rule
+# (hareg/registry/policy.py: request_class); this module holds the limiters.
 RETRY_AFTER = "1"
-
-
-def is_exempt(path: str) -> bool:
-    return path in EXEMPT_PATHS
 
 
 class Rejected(Exception):
@@ -162,8 +153,11 @@ class RequestLimiters:
         self.read.configure(config.read)
         self.write.configure(config.write)
 
-    def for_method(self, method: str) -> Limiter:
-        return self.read if method in READ_METHODS else self.write
+    def for_class(self, kind: RequestClass) -> Limiter | None:
+        """The limiter a request of this class waits for; None: it is exempt."""
+        if kind is RequestClass.EXEMPT:
+            return None
+        return self.read if kind is RequestClass.READ else self.write
 
     def __iter__(self) -> Iterator[Limiter]:
         return iter((self.read, self.write))
@@ -190,9 +184,9 @@ def _too_many(limiter: Limiter, reason: str) -> RegistryError:
 
 @web.middleware
 async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_exempt(request.path):
+    limiter = request.app[LIMITS].for_class(policy.request_class(request.method, request.path))
+    if limiter is None:
         return await handler(request)
-    limiter = request.app[LIMITS].for_method(request.method)
     try:
         await limiter.acquire()
     except Rejected as exc:

@@ -1,12 +1,10 @@
 """Read-only mode: the middleware that refuses writes, and the switch's API.
 
-A write is any method but GET, HEAD and OPTIONS on ``/v2/`` (pushes, uploads,
-mounts, manifest and tag changes, deletes) or on ``/hareg/v1/`` (the
-extensions: tag rollback and the like), except the administration endpoints
-that must work on a read-only registry (``/hareg/v1/read-only`` itself).
-It is answered ``405 UNSUPPORTED`` with a message saying the registry is
-read-only, as CNCF distribution's read-only mode answers (it does not route
-writes at all).  Pulls, HEADs, listings and the upload status GET are served.
+The rule (which requests are writes, the ``405 UNSUPPORTED`` refusal) is the
+service layer's (``hareg/registry/policy.py``); this middleware applies it to
+each routed request with this replica's view of the switch.  The ``Allow``
+header of the refusal (the read methods still served at the path) is added
+by the error middleware (``hareg/http/base.py``).
 
 ``GET /hareg/v1/read-only`` tells the state; ``PUT /hareg/v1/read-only`` with
 ``{"readOnly": true|false}`` sets the cluster-wide switch in etcd, seen by
@@ -16,43 +14,16 @@ returned, on any replica (each write transaction compares the switch).
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
-from hareg.http.base import Handler, allowed_methods, parse_json_body, read_body, registry
+from hareg.http.base import Handler, parse_json_body, read_body, registry
 from hareg.http.extensions import MAX_BODY
-from hareg.metadata.switch import WritesFrozen
+from hareg.registry import policy
 from hareg.registry.errors import ErrorCode, RegistryError
 
-__all__ = ["READ_ONLY_PATH", "get_read_only", "is_write", "put_read_only", "read_only_middleware"]
+__all__ = ["READ_ONLY_PATH", "get_read_only", "put_read_only", "read_only_middleware"]
 
-log = logging.getLogger("hareg.http")
-
-READ_ONLY_PATH = "/hareg/v1/read-only"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_GUARDED_PREFIXES = ("/v2/", "/hareg/v1/")
-# Administration endpoints that stay writable on a read-only registry.
-_ALWAYS_WRITABLE = frozenset({READ_ONLY_PATH})
-
-
-def is_write(method: str, path: str) -> bool:
-    """Would this request change the registry's content?"""
-    if method in _SAFE_METHODS or path in _ALWAYS_WRITABLE:
-        return False
-    return path.startswith(_GUARDED_PREFIXES)
-
-
-def read_only_error(allow: str = "GET, HEAD") -> RegistryError:
-    """405 with the methods still served at the path (RFC 9110 requires ``Allow``)."""
-    return RegistryError(
-        ErrorCode.UNSUPPORTED,
-        "the registry is read-only: pushes, uploads, mounts, deletes and tag changes are refused; "
-        "pulls are served",
-        detail={"readOnly": True},
-        status=405,
-        headers={"Allow": allow},
-    )
+READ_ONLY_PATH = policy.READ_ONLY_PATH
 
 
 @web.middleware
@@ -60,18 +31,11 @@ async def read_only_middleware(request: web.Request, handler: Handler) -> web.St
     # A path no route serves gets its own 404/405 from the handler.  This
     # replica's view refuses most writes early; a write that passed it while
     # the switch was turning on elsewhere is refused by its transaction's
-    # compare on the switch (hareg/metadata/switch.py), answered the same way.
-    routed = request.match_info.http_exception is None
-    if routed and is_write(request.method, request.path) and registry(request).read_only:
-        raise read_only_error(await _reads_allowed(request))
-    try:
-        return await handler(request)
-    except WritesFrozen:
-        raise read_only_error(await _reads_allowed(request)) from None
-
-
-async def _reads_allowed(request: web.Request) -> str:
-    return ", ".join(sorted(await allowed_methods(request) & _SAFE_METHODS))
+    # compare on the switch (hareg/metadata/switch.py: WritesFrozen), which the
+    # error middleware answers the same way (policy.dependency_error).
+    if request.match_info.http_exception is None:
+        policy.admit(request.method, request.path, read_only=registry(request).read_only)
+    return await handler(request)
 
 
 async def get_read_only(request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ It is the subset of etcd's API hareg needs (MVCC revisions, range reads,
 transactions with compares, leases, watches), so that the same metadata code
 runs on the real etcd adapter and on the simulator's etcd model.
 
-Error contract (invariant 7 depends on it):
+Error contract (invariant 7 of docs/invariants.md depends on it):
 
 * ``KVUnavailable``: the operation was certainly *not* applied (the request
   never reached a leader, or was rejected before apply).  Safe to retry.

@@ -1,2 +1,2 @@
 """Registry metadata in a KV store (etcd): key layout, records, and the
-transactions that keep the invariants."""
+transactions that keep the invariants (docs/invariants.md)."""

@@ -1,9 +1,9 @@
-"""An in-memory mirror of tags, manifests and blob links, fed by one etcd watch.
+"""An in-memory mirror of tags, manifests and blob links, fed by the reflector.
 
-The mirror is a snapshot of the store at ``revision``: it is built by paging
-through the key ranges at one revision R, then kept current by a watch over
-the whole prefix from R+1.  A watch that falls behind compaction re-lists; a
-watch that disconnects resumes from the last applied revision (no gap).
+The mirror is a snapshot of the store at ``revision``: the reflector
+(reflector.py) lists the key ranges at one revision R, then follows the watch
+from R+1; it re-lists after compaction (the mirror is not ``ready`` until the
+listing is in) and resumes a broken watch from the last applied revision.
 
 The cache alone gives reads that may lag the store by a watch delivery.  The
 ReadBarrier (barrier.py) turns that into linearizable reads: it learns the
@@ -14,42 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import logging
 from typing import Any
 
-from hareg.clock import Clock
-from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, prefix_end
+from hareg.kv.base import Event, EventType, KeyValue
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
-from hareg.plants import NO_PLANTS, Plants
+from hareg.metadata.reflector import Reflector
+from hareg.plants import planted
 
-log = logging.getLogger("hareg.cache")
-
-_PAGE = 1000
 # The record type mirrored for each key kind; other kinds are not cached.
 _KINDS: dict[str, type[Any]] = {"t": TagRecord, "m": ManifestRecord, "l": LinkRecord}
 
 
 class MetadataCache:
-    def __init__(
-        self, kv: KV, keys: Keys, clock: Clock, *, retry_delay: float = 0.5, plants: Plants = NO_PLANTS
-    ) -> None:
-        self.kv = kv
+    def __init__(self, reflector: Reflector, keys: Keys) -> None:
+        self.reflector = reflector
         self.keys = keys
-        self.clock = clock
-        self.retry_delay = retry_delay
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.revision = 0  # every write up to this revision is reflected
         self.ready = False  # a full listing has been loaded
-        self.connected = False  # the watch stream is live
         self._data: dict[str, dict[bytes, Any]] = {kind: {} for kind in _KINDS}
         self._prefixes = {kind: keys.kind_prefix(kind) for kind in _KINDS}
+        self.prefixes = tuple(self._prefixes.values())
         # repo -> its tag names in byte order (etcd's range order), for tag lists
         # without an etcd range that decodes every key.
         self._tag_names: dict[str, list[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.relists = 0
         self.events_applied = 0
+        reflector.subscribe(self)
 
     # ------------------------------------------------------------------ reads
 
@@ -72,9 +64,13 @@ class MetadataCache:
         end = start + limit if limit else len(names)
         return names[start:end], end < len(names)
 
+    @property
+    def connected(self) -> bool:
+        """The watch that feeds the cache is live."""
+        return self.reflector.connected
+
     def request_progress(self) -> None:
-        if self.connected:
-            self.kv.request_watch_progress()
+        self.reflector.request_progress()
 
     def size(self) -> dict[str, int]:
         return {kind: len(d) for kind, d in self._data.items()}
@@ -123,7 +119,7 @@ class MetadataCache:
             return
         key, data = event.kv.key, self._data[kind]
         if event.type is EventType.DELETE:
-            if kind == "t" and "cache-keeps-deleted-tag" in self.plants:  # PLANTED BUG (simulator only)
+            if kind == "t" and planted("cache-keeps-deleted-tag"):  # PLANTED BUG (simulator only)
                 return
             if data.pop(key, None) is not None and kind == "t":
                 self._index_tag(key, add=False)
@@ -148,61 +144,46 @@ class MetadataCache:
             if not names:
                 del self._tag_names[repo]
 
-    async def _list(self) -> int:
-        """Load every cached range at one revision; returns that revision."""
-        revision = 0
-        fresh: dict[str, dict[bytes, Any]] = {}
-        for kind, prefix in self._prefixes.items():
-            records: dict[bytes, Any] = {}
-            start, end = prefix, prefix_end(prefix)
-            while True:
-                page = await self.kv.range(start, end, limit=_PAGE, revision=revision)
-                revision = revision or page.revision
-                for kv in page.kvs:
-                    records[kv.key] = decode(_KINDS[kind], kv.value)
-                if not page.more or not page.kvs:
-                    break
-                start = page.kvs[-1].key + b"\x00"
-            fresh[kind] = records
+    # --------------------------------------------- fed by the reflector
+
+    def listing(self) -> _Listing:
+        return _Listing(self)
+
+    def reset(self, data: dict[str, dict[bytes, Any]], revision: int) -> None:
+        """Serve ``data`` (records by kind and key), a listing as of ``revision``."""
         tag_names: dict[str, list[str]] = {}
-        for key in fresh["t"]:  # listed in key order, so each repo's names come sorted
+        for key in data["t"]:  # listed in key order, so each repo's names come sorted
             repo, tag = self._repo_and_tag(key)
             tag_names.setdefault(repo, []).append(tag)
-        self._data, self._tag_names = fresh, tag_names
+        self._data, self._tag_names = data, tag_names
         self.relists += 1
-        return revision
+        # Set, not advanced: a listing is behind the mirror only if etcd was
+        # restored from an older snapshot, and then the listing is the truth.
+        self.revision = 0
+        self._advance(revision)
+        self.ready = True
 
-    async def run(self) -> None:
-        """List, then follow the watch, forever (cancel the task to stop)."""
-        root = self.keys.root + b"/"
-        # A restarted task keeps its snapshot and resumes after it (re-listing only
-        # if that history has been compacted away).
-        resume = self.revision + 1 if self.ready else 0
-        while True:
-            try:
-                if resume == 0:
-                    listed = await self._list()
-                    # A relist may move revision backwards only if etcd was restored from
-                    # an older snapshot; then start over from what it says now.
-                    self.revision = listed
-                    self._advance(listed)
-                    self.ready = True
-                    resume = listed + 1
-                watch = self.kv.watch(root, prefix_end(root), resume)
-                self.connected = True
-                async for batch in watch:
-                    for event in batch.events:
-                        self._apply(event)
-                    self._advance(batch.revision)
-                    resume = self.revision + 1
-            except KVCompacted as exc:
-                self.ready = False
-                log.warning(
-                    "watch fell behind compaction; re-listing", extra={"fields": {"at": exc.compact_revision}}
-                )
-                resume = 0
-            except KVError as exc:
-                log.warning("metadata watch interrupted: %s", exc)
-            finally:
-                self.connected = False
-            await self.clock.sleep(self.retry_delay)
+    def apply(self, events: list[Event], revision: int) -> None:
+        for event in events:
+            self._apply(event)
+        self._advance(revision)
+
+    def lost(self) -> None:
+        self.ready = False
+
+
+class _Listing:
+    """A listing for the cache, decoded page by page and served once complete."""
+
+    def __init__(self, cache: MetadataCache) -> None:
+        self.cache = cache
+        self.data: dict[str, dict[bytes, Any]] = {kind: {} for kind in _KINDS}
+
+    def add(self, kvs: list[KeyValue]) -> None:
+        for kv in kvs:
+            kind = self.cache._kind(kv.key)
+            if kind is not None:
+                self.data[kind][kv.key] = decode(_KINDS[kind], kv.value)
+
+    def done(self, revision: int) -> None:
+        self.cache.reset(self.data, revision)

@@ -89,10 +89,6 @@ class Keys:
     def immutability(self, repo: str) -> bytes:
         return self._k("i", repo)
 
-    def immutabilities(self) -> tuple[bytes, bytes]:
-        p = self.kind_prefix("i")
-        return p, prefix_end(p)
-
     def upload(self, upload_id: str) -> bytes:
         return self._k("u", upload_id)
 

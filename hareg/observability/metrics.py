@@ -1,8 +1,8 @@
 """Prometheus metrics of one replica, on a CollectorRegistry of its own.
 
 ``Metrics`` owns a ``prometheus_client.CollectorRegistry`` (never the
-library's global ``REGISTRY``) and the metric objects the HTTP layer and the
-etcd decorator update as things happen.  What the service layer counts in
+library's global ``REGISTRY``) and the metric objects the HTTP layer, the
+etcd decorator and the blob-storage wrapper update as things happen.  What the service layer counts in
 plain integers (cache hits, pruner runs, the request limiters' queues) is read
 at scrape time by ``ServiceCollector``, so that layer needs no Prometheus
 client and the simulator runs it unchanged.
@@ -32,6 +32,10 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # etcd calls: sub-millisecond to the request timeout.
 _ETCD_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Storage calls: a local stat to a streamed multi-GiB blob.
+_STORAGE_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
+)  # fmt: skip
 
 
 class LimiterState(Protocol):
@@ -103,6 +107,25 @@ class Metrics:
             ("op", "error"),
             registry=r,
         )
+        self.storage_requests = Counter(
+            "hareg_storage_requests",
+            "Blob storage calls, by operation and outcome.",
+            ("op", "outcome"),
+            registry=r,
+        )
+        self.storage_duration = Histogram(
+            "hareg_storage_request_duration_seconds",
+            "Latency of blob storage calls (for streams, to the end of the stream), by operation.",
+            ("op",),
+            buckets=_STORAGE_BUCKETS,
+            registry=r,
+        )
+        self.storage_bytes = Counter(
+            "hareg_storage_bytes",
+            "Bytes streamed out of (read, upload_read) or appended to (upload_write) blob storage.",
+            ("op",),
+            registry=r,
+        )
         self.cache_revision_lag = Gauge(
             "hareg_cache_revision_lag",
             "etcd's revision minus the revision the watch-fed cache has applied (measured at scrape).",
@@ -117,6 +140,13 @@ class Metrics:
         self.etcd_duration.labels(op).observe(seconds)
         if error is not None:
             self.etcd_errors.labels(op, error).inc()
+
+    def observe_storage(self, op: str, seconds: float, outcome: str, nbytes: int) -> None:
+        """The CheckedBlobStore observer."""
+        self.storage_requests.labels(op, outcome).inc()
+        self.storage_duration.labels(op).observe(seconds)
+        if nbytes:
+            self.storage_bytes.labels(op).inc(nbytes)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, received: int, sent: int

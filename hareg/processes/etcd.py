@@ -145,11 +145,6 @@ class EtcdProcess(ChildProcess):
     def peer_url(self) -> str:
         return f"http://{HOST}:{self.peer_port}"
 
-    @property
-    def endpoint(self) -> str:
-        """``host:port`` of the client listener (the gRPC target)."""
-        return f"{HOST}:{self.client_port}"
-
     def command(self) -> list[str]:
         """The etcd command line."""
         cluster = ",".join(f"{n}={url}" for n, url in self.initial_cluster.items())

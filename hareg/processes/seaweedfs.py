@@ -266,14 +266,6 @@ class SeaweedFSProcess(ChildProcess):
         return f"http://{HOST}:{self.s3_port}"
 
     @property
-    def filer_url(self) -> str:
-        return f"http://{HOST}:{self.filer_port}"
-
-    @property
-    def master_url(self) -> str:
-        return f"http://{HOST}:{self.master_port}"
-
-    @property
     def ports(self) -> list[int]:
         """Every TCP port the process listens on (HTTP and gRPC)."""
         http = [self.master_port, self.volume_port, self.filer_port, self.s3_port, self.admin_port]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
 from hareg.clock import Clock
 from hareg.kv.base import KVError
 from hareg.metadata.store import MetadataStore, ReferencedBy
@@ -9,7 +12,40 @@ from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
 from hareg.registry.names import check_name
 from hareg.registry.results import BlobInfo
-from hareg.storage.base import BlobStore
+from hareg.storage.base import BlobNotFound, BlobStore
+
+# How long a presigned blob URL stays valid unless the caller says otherwise.
+DEFAULT_REDIRECT_EXPIRY = 20 * 60
+
+
+# How a blob GET is served (BlobService.open): one of these three.
+@dataclass(frozen=True, slots=True)
+class BlobRedirect:
+    """Redirect the client to ``url`` (a presigned URL of the object store),
+    which serves the bytes and the client's Range itself."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)  # three ints: named at every call
+class BlobStream:
+    """Send ``length`` bytes of the blob from ``offset``, read from the store."""
+
+    chunks: AsyncIterator[bytes]
+    offset: int
+    length: int
+    size: int  # of the whole blob
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobFile:
+    """Send the local file ``path`` (sendfile)."""
+
+    path: str
+    size: int
+
+
+BlobSource = BlobRedirect | BlobStream | BlobFile
 
 
 class BlobService:
@@ -45,9 +81,44 @@ class BlobService:
                 # collection can run without etcd either.
         return BlobInfo(digest, link.size)
 
+    async def open(
+        self,
+        info: BlobInfo,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        disable_redirect: bool = False,
+        redirect_expiry: int = DEFAULT_REDIRECT_EXPIRY,
+    ) -> BlobSource:
+        """How to serve a GET of the blob ``stat`` returned: a redirect to a
+        presigned URL (unless ``disable_redirect``, or the store cannot sign
+        one), else the local file (sendfile), else a stream of the bytes.
+
+        ``byte_range`` is the (offset, length) the caller chose from the
+        client's Range (the stream reads only those bytes; the file and the
+        redirect serve the range themselves).  A HEAD needs none of this: it
+        is answered from ``stat`` (never redirected: a presigned URL is
+        signed for GET).  Bytes the metadata links but the store no longer
+        has are BLOB_UNKNOWN, told before any of the response is sent."""
+        if not disable_redirect:
+            url = await self.store.presign(info.digest, redirect_expiry)
+            if url is not None:
+                return BlobRedirect(url)
+        path = self.store.local_path(info.digest)
+        if path is not None:
+            return BlobFile(path=path, size=info.size)
+        offset, length = byte_range if byte_range else (0, info.size)
+        chunks = self.store.read(info.digest, offset, length)
+        try:
+            first = await anext(chunks, b"")
+        except BlobNotFound:
+            raise RegistryError(
+                ErrorCode.BLOB_UNKNOWN, f"blob {info.digest} is missing from storage"
+            ) from None
+        return BlobStream(chunks=_prepend(first, chunks), offset=offset, length=length, size=info.size)
+
     async def delete(self, repo: str, digest_text: str) -> None:
         """Unlink a blob from a repository.  Refused while a manifest there
-        references it, so no reachable manifest loses a blob (invariant 2).
+        references it, so no reachable manifest loses a blob (invariant 2 of docs/invariants.md).
         The bytes are reclaimed by garbage collection once no repository links them."""
         check_name(repo)
         digest = str(parse_digest(digest_text))
@@ -80,3 +151,10 @@ class BlobService:
             return info
         size = await self.meta.mount_blob(repo, digest, from_repo)
         return BlobInfo(digest, size) if size is not None else None
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk

@@ -69,7 +69,7 @@ class RangeNotSatisfiable(RegistryError):
 
 def still_referenced(target: str, repo: str, users: list[str], kind: str, detail_key: str) -> RegistryError:
     """A delete refused because manifests of ``repo`` still reference ``target``
-    (invariant 2).  400 DENIED: 400 is a status the spec lists for deletes (end-9,
+    (invariant 2 of docs/invariants.md).  400 DENIED: 400 is a status the spec lists for deletes (end-9,
     end-10), and the message names what refers to it so the client can act."""
     shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
     return RegistryError(

@@ -3,7 +3,7 @@
 Reads every object stored in the blob store — blobs, and the bodies of
 manifests too large to keep inline — one at a time and streamed, re-hashes
 it and reports each one whose bytes do not hash to the digest it is stored
-under (invariant 3).
+under (invariant 3 of docs/invariants.md).
 
 With ``repair`` a damaged object is quarantined, so that pulls fail loudly
 (BLOB_UNKNOWN, MANIFEST_UNKNOWN) instead of serving wrong bytes, and the

@@ -36,7 +36,7 @@ from hareg.clock import Clock
 from hareg.kv.base import Compare
 from hareg.metadata.gc import GcStore, Snapshot
 from hareg.metadata.records import HistoryEntry, ManifestRecord
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 from hareg.registry.janitor import UploadJanitor
 from hareg.storage.base import BlobStore
 
@@ -135,7 +135,7 @@ def _reachable(roots: set[str], manifests: dict[str, ManifestRecord]) -> set[str
 def _parents_first(doomed: set[str], manifests: dict[str, ManifestRecord]) -> list[str]:
     """Doomed manifests ordered so that an index comes before the children it
     lists: deletions go in several transactions, and no index may be left
-    pointing at an already deleted child in between (invariant 2)."""
+    pointing at an already deleted child in between (invariant 2 of docs/invariants.md)."""
     children = {d: [c for c in manifests[d].manifests if c in doomed] for d in doomed}
     parents_left = dict.fromkeys(doomed, 0)
     for d in doomed:
@@ -204,10 +204,7 @@ class GarbageCollector:
         clock: Clock,
         janitor: UploadJanitor,
         policy: Policy,
-        *,
-        plants: Plants = NO_PLANTS,
     ) -> None:
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.gc_store = gc_store
         self.store = store
         self.clock = clock
@@ -217,7 +214,7 @@ class GarbageCollector:
     async def plan(self) -> tuple[Snapshot, Plan]:
         snap = await self.gc_store.snapshot()
         # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
-        policy = replace(self.policy, grace=0.0) if "gc-no-grace" in self.plants else self.policy
+        policy = replace(self.policy, grace=0.0) if planted("gc-no-grace") else self.policy
         return snap, make_plan(snap, policy, self.clock.now())
 
     async def run(self, fence: Sequence[Compare], *, dry_run: bool = False) -> Report:

@@ -114,7 +114,7 @@ class ManifestService:
 
     async def _stored_body(self, repo: str, digest: str) -> bytes:
         """A large manifest's body from the blob store, verified against its
-        digest: damaged bytes are never served (invariant 3).  Missing or
+        digest: damaged bytes are never served (invariant 3 of docs/invariants.md).  Missing or
         damaged, the manifest is unknown until it is pushed again (a push
         stores the body anew once ``hareg fsck --repair`` removed the damaged one)."""
         hasher = new_hasher(digest.split(":", 1)[0])

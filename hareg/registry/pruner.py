@@ -2,8 +2,8 @@
 
 Shaped like OpenShift's image pruner (``schedule``, ``suspend``,
 ``keepTagRevisions``, ``keepYoungerThanDuration``).  Every replica runs the
-schedule loop; only the current leader (leadership.py) collects, and each of
-its deletions is fenced by its leadership token.
+schedule loop; only the current leader (hareg/metadata/roles.py) collects,
+and each of its deletions is fenced by its leadership token.
 
 The integrity check (fsck.py) runs here too: on its own schedule (off by
 default), on the leader only; a repairing run needs leadership as a
@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from hareg.clock import Clock
 from hareg.config.cron import CronSchedule, parse_cron
 from hareg.kv.base import KVError
+from hareg.metadata.roles import Leadership
 from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.registry.fsck import FsckBusy, FsckReport, IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Report
-from hareg.registry.leadership import Leadership
 from hareg.registry.stats import PrunerStats
 from hareg.storage.base import StorageError
 

@@ -2,8 +2,8 @@
 
 Built from injected dependencies only (KV, blob store, clock, ids), so the
 HTTP application and the simulator construct it the same way.  ``start()``
-runs its background work (the watch that feeds the metadata cache) and
-``stop()`` ends it.
+runs its background work (the watch that feeds the metadata cache and the
+cluster settings) and ``stop()`` ends it.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ from hareg.metadata.cache import MetadataCache
 from hareg.metadata.gc import BATCH as GC_BATCH
 from hareg.metadata.gc import GcStore
 from hareg.metadata.keys import Keys
+from hareg.metadata.reflector import Reflector
+from hareg.metadata.roles import Leadership, Membership
 from hareg.metadata.store import MetadataStore
-from hareg.plants import NO_PLANTS, Plants
 from hareg.registry.blobs import BlobService
 from hareg.registry.fsck import IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
-from hareg.registry.leadership import Leadership
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
 from hareg.registry.manifest_format import NO_URLS, UrlPolicy
 from hareg.registry.manifests import ManifestLimits, ManifestService
-from hareg.registry.membership import Membership
 from hareg.registry.pruner import Pruner
 from hareg.registry.settings import ClusterSettings
 from hareg.registry.stats import PrunerStats
@@ -90,25 +89,23 @@ class Registry:
         # Told the httpSecret in use (configured or generated) before it signs
         # anything, so the log redaction list holds it too.
         on_secret: Callable[[bytes], None] | None = None,
-        plants: Plants = NO_PLANTS,  # planted bugs, for the simulator only (hareg/plants.py)
     ) -> None:
         self.kv = kv
         self.store = store
         self.clock = clock
         self.replica = replica
         keys = Keys(prefix)
-        self.cache = MetadataCache(kv, keys, clock, plants=plants) if cache else None
+        # One list-and-watch loop feeds the replica's mirrors of etcd: the cache and the settings.
+        self.reflector = Reflector(kv, clock)
+        self.cache = MetadataCache(self.reflector, keys) if cache else None
         self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
-        self.meta = MetadataStore(
-            kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier, plants=plants
-        )
+        self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(
             self.meta,
             store,
             ids,
             hashing=hashing,
-            plants=plants,
             max_sessions=limits.max_upload_sessions,
             max_sessions_per_repository=limits.max_upload_sessions_per_repository,
             max_blob_size=limits.max_blob_size,
@@ -125,7 +122,9 @@ class Registry:
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tag_lifecycle = TagLifecycle(self.meta)
         self.janitor = UploadJanitor(self.meta, store, clock, grace=upload_grace)
-        self.leadership = Leadership(kv, keys.setting("pruner-leader"), replica, clock, ids)
+        self.leadership = Leadership(
+            kv, keys.setting("pruner-leader"), replica, clock, ids, name="pruner leadership"
+        )
         gc_store = GcStore(kv, keys, batch=gc_batch)
         collector = GarbageCollector(
             gc_store,
@@ -133,7 +132,6 @@ class Registry:
             clock,
             self.janitor,
             gc_policy or Policy(grace=upload_grace),
-            plants=plants,
         )
         # What the pruner did, exported as hareg_pruner_* metrics.
         self.pruner_stats = PrunerStats()
@@ -153,7 +151,7 @@ class Registry:
         )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
-        self.settings = ClusterSettings(kv, keys, clock, replica=replica, read_only=read_only)
+        self.settings = ClusterSettings(kv, self.reflector, keys, clock, replica=replica, read_only=read_only)
         # Replicas that know their own URL register themselves (the local cluster's do).
         self.membership = Membership(kv, keys, clock, replica, url) if url else None
         self._http_secret = http_secret
@@ -190,9 +188,7 @@ class Registry:
         )
         await self.settings.prime()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.settings.run(), name="cluster-settings"))
-        if self.cache is not None:
-            self._tasks.append(loop.create_task(self.cache.run(), name="metadata-cache"))
+        self._tasks.append(loop.create_task(self.reflector.run(), name="metadata-reflector"))
         if self.membership is not None:
             self._tasks.append(loop.create_task(self.membership.run(), name="membership"))
         self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))

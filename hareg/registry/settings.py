@@ -2,10 +2,10 @@
 
 Today one: the read-only switch, ``<p>/c/read-only``, a small JSON document
 ``{"readOnly": true, "changedAt": "...", "replica": "..."}``.  Every replica
-mirrors the ``<p>/c/`` keys with one watch of its own (listed at a revision,
-then watched from the next one; a compacted watch re-lists, a broken one
-resumes), so a switch made through any replica is seen by all of them in
-the time a watch event takes to arrive.
+mirrors the ``<p>/c/`` keys, fed by the replica's one reflector
+(hareg/metadata/reflector.py, which feeds the metadata cache too: listed at a
+revision, then watched from the next one), so a switch made through any
+replica is seen by all of them in the time a watch event takes to arrive.
 
 A replica is read-only when its configuration file says so (``readOnly``,
 reloaded on SIGHUP) **or** the cluster switch is on: the switch can put a
@@ -23,46 +23,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 
-from hareg.clock import Clock
-from hareg.kv.base import KV, Event, EventType, KVCompacted, KVError, KVUnknownOutcome, Put, prefix_end
+from hareg.clock import Clock, rfc3339
+from hareg.kv.base import KV, Event, EventType, KeyValue, KVError, KVUnknownOutcome, Put
 from hareg.metadata.keys import Keys
+from hareg.metadata.reflector import Reflector
 from hareg.metadata.switch import READ_ONLY, Switch
 
-__all__ = ["READ_ONLY", "ClusterSettings", "Switch", "rfc3339"]
+__all__ = ["READ_ONLY", "ClusterSettings", "Switch"]
 
 log = logging.getLogger("hareg.settings")
-
-
-def rfc3339(timestamp: float) -> str:
-    """A wall-clock time as Kubernetes writes it (``2024-05-01T12:00:00Z``)."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ClusterSettings:
     def __init__(
         self,
         kv: KV,
+        reflector: Reflector,
         keys: Keys,
         clock: Clock,
         *,
         replica: str = "replica",
         read_only: bool = False,
-        retry_delay: float = 0.5,
     ) -> None:
         self.kv = kv
+        self.reflector = reflector
         self.keys = keys
         self.clock = clock
         self.replica = replica
-        self.retry_delay = retry_delay
         # From the configuration file; the server updates it on SIGHUP.
         self.config_read_only = read_only
         self.loaded = False  # the etcd settings have been read once
-        self.revision = 0
+        self.revision = 0  # the mirror holds every change up to this revision
         self._values: dict[bytes, bytes] = {}
-        self._prefix = keys.kind_prefix("c")
+        # Switches made here, by revision, until the mirror has caught up with
+        # them: a listing at an older revision must not undo them meanwhile.
+        self._own: dict[bytes, tuple[int, bytes]] = {}
+        self.prefixes = (keys.kind_prefix("c"),)
         self._read_only_key = keys.setting(READ_ONLY)
+        reflector.subscribe(self)
 
     # ------------------------------------------------------------------ reads
 
@@ -108,57 +107,57 @@ class ClusterSettings:
             revision = current.mod_revision
         if revision > self.revision:
             self._values[self._read_only_key] = encoded
+            self._own[self._read_only_key] = (revision, encoded)
         log.warning(
             "cluster read-only switch %s", "on" if on else "off", extra={"fields": {"replica": self.replica}}
         )
 
-    # ---------------------------------------------------------------- feeding
+    # --------------------------------------------- fed by the reflector
 
-    def _apply(self, event: Event) -> None:
-        if event.type is EventType.DELETE:
-            self._values.pop(event.kv.key, None)
-        else:
-            self._values[event.kv.key] = event.kv.value
+    def listing(self) -> _Listing:
+        return _Listing(self)
 
-    async def _list(self) -> int:
-        page = await self.kv.range(self._prefix, prefix_end(self._prefix))
-        self._values = {kv.key: kv.value for kv in page.kvs}
-        return page.revision
+    def reset(self, values: dict[bytes, bytes], revision: int) -> None:
+        """Serve ``values`` (by key), a listing as of ``revision``."""
+        before = self.read_only
+        self._values = values
+        self.revision = revision
+        self._keep_own()
+        self.loaded = True
+        self._log_change(before)
+
+    def apply(self, events: list[Event], revision: int) -> None:
+        before = self.read_only
+        for event in events:
+            if event.kv.mod_revision <= self.revision:
+                continue  # already in the read that primed the mirror
+            if event.type is EventType.DELETE:
+                self._values.pop(event.kv.key, None)
+            else:
+                self._values[event.kv.key] = event.kv.value
+        self.revision = max(self.revision, revision)
+        self._keep_own()
+        self._log_change(before)
+
+    def _keep_own(self) -> None:
+        for key, (written, value) in list(self._own.items()):
+            if written <= self.revision:
+                del self._own[key]  # the mirror has it (or what came after it)
+            else:
+                self._values[key] = value
+
+    def lost(self) -> None:
+        """Nothing to do: the values stay as last seen until the listing that follows."""
 
     async def prime(self, limit: float = 2.0) -> None:
-        """Read the settings once before serving (bounded; ``run`` retries if etcd is down)."""
+        """Read the settings once before serving (bounded; the reflector lists them again)."""
         if self.loaded:
             return
         try:
             async with asyncio.timeout(limit):
-                self.revision = await self._list()
-            self.loaded = True
+                await self.reflector.read([self])
         except (KVError, TimeoutError) as exc:
             log.warning("cluster settings not loaded yet: %s", exc or type(exc).__name__)
-
-    async def run(self) -> None:
-        """List, then follow the watch, forever (cancel the task to stop)."""
-        resume = self.revision + 1 if self.loaded else 0
-        while True:
-            before = self.read_only
-            try:
-                if resume == 0:
-                    self.revision = await self._list()
-                    self.loaded = True
-                    resume = self.revision + 1
-                    self._log_change(before)
-                async for batch in self.kv.watch(self._prefix, prefix_end(self._prefix), resume):
-                    before = self.read_only
-                    for event in batch.events:
-                        self._apply(event)
-                    self.revision = max(self.revision, batch.revision)
-                    resume = self.revision + 1
-                    self._log_change(before)
-            except KVCompacted:
-                resume = 0
-            except KVError as exc:
-                log.warning("settings watch interrupted: %s", exc)
-            await self.clock.sleep(self.retry_delay)
 
     def _log_change(self, before: bool) -> None:
         if self.read_only != before:
@@ -167,3 +166,17 @@ class ClusterSettings:
                 "read-only" if self.read_only else "writable",
                 extra={"fields": self.describe()},
             )
+
+
+class _Listing:
+    """A listing for the settings, served once complete."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.values: dict[bytes, bytes] = {}
+
+    def add(self, kvs: list[KeyValue]) -> None:
+        self.values.update((kv.key, kv.value) for kv in kvs)
+
+    def done(self, revision: int) -> None:
+        self.settings.reset(self.values, revision)

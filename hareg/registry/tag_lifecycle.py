@@ -1,7 +1,7 @@
 """Tag lifecycle: history, rollback and immutable tags.
 
 History is written by every tag move (push, delete, rollback) in the same
-transaction as the move; it only moves forward (invariant 5): a rollback is a
+transaction as the move; it only moves forward (invariant 5 of docs/invariants.md): a rollback is a
 new entry that points the tag back at an earlier digest, never a rewrite.
 
 Immutability rules are per repository: fnmatch-style patterns (``v*``, ``*``

@@ -4,7 +4,7 @@ Bytes are hashed on their way to the blob store.  A replica keeps the running
 hash of uploads it has seen in a bounded cache; when another replica wrote
 the last chunk (or the cache lost it) the staged bytes are hashed again from
 the store, so the digest is always verified before the blob becomes visible
-(invariant 3).
+(invariant 3 of docs/invariants.md).
 
 Closing an upload verifies and commits one exact byte range, whatever races
 it: the closing PUT first seals the upload's etcd record (after which no
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterable
 from hareg.ids import IdSource
 from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
-from hareg.plants import NO_PLANTS, Plants
+from hareg.plants import planted
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
@@ -62,7 +62,6 @@ class UploadService:
         *,
         hasher_cache_size: int = 1024,
         hashing: Hashing | None = None,
-        plants: Plants = NO_PLANTS,
         max_sessions: int = 0,
         max_sessions_per_repository: int = 0,
         max_blob_size: int = 0,
@@ -72,7 +71,6 @@ class UploadService:
         self.max_sessions = max_sessions
         self.max_sessions_per_repository = max_sessions_per_repository
         self.max_blob_size = max_blob_size
-        self.plants = plants  # planted bugs: empty except in the simulator (hareg/plants.py)
         self.hashing: Hashing = hashing or InlineHashing()
         self.meta = meta
         self.store = store
@@ -215,6 +213,10 @@ class UploadService:
     ) -> UploadStatus:
         """Append a chunk (PATCH).  ``start`` from Content-Range must equal the
         current size (416 otherwise); ``length`` is the declared chunk length."""
+        # The read-only switch is read before any byte is staged, so a chunk
+        # refused for it leaves nothing behind (a lagging replica's own view
+        # may not know yet; docs/operations.md).
+        await self.meta.check_writes_allowed()
         record = await self._session(repo, upload_id)
         new_size = await self._append(record, upload_id, chunks, start, length)
         # Acknowledge only if no closing PUT sealed the upload meanwhile: then
@@ -244,10 +246,11 @@ class UploadService:
         if record.sealed and record.sealed != str(digest):
             raise _unknown(upload_id, _SEALED)
         if chunks is not None:
+            await self.meta.check_writes_allowed()  # as for a PATCH: before any byte is staged
             await self._append(record, upload_id, chunks, start, length)
         if await self.meta.seal_upload(upload_id, repo, str(digest)) is None:
             raise _unknown(upload_id, "the upload was completed or cancelled by another request")
-        unverified = "commit-unverified-bytes" in self.plants
+        unverified = planted("commit-unverified-bytes")
         try:
             # PLANTED BUG "commit-unverified-bytes" (simulator only): the old
             # code measured the staging without sealing it and committed
@@ -263,7 +266,7 @@ class UploadService:
                 if read != size:
                     raise unavailable(f"upload {upload_id} changed while it was verified; try again")
             # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
-            if hasher.hexdigest() != digest.hex and "upload-no-digest" not in self.plants:
+            if hasher.hexdigest() != digest.hex and not planted("upload-no-digest"):
                 await self._discard(upload_id)
                 raise RegistryError(
                     ErrorCode.DIGEST_INVALID,

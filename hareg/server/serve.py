@@ -45,6 +45,7 @@ from hareg.registry.service import Registry
 from hareg.server.reload import Reloader
 from hareg.server.tls import TLSError, load_route_contexts, start_route_sites
 from hareg.storage.base import BlobStore
+from hareg.storage.checked import StorageObserver
 from hareg.storage.filesystem import FilesystemBlobStore
 
 log = logging.getLogger("hareg.server")
@@ -116,19 +117,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def make_store(config: Config, data_dir: Path) -> BlobStore:
+def make_store(config: Config, data_dir: Path, observe: StorageObserver | None = None) -> BlobStore:
+    """The configured driver, behind the checks and metrics every driver shares
+    (``observe`` gets every storage call: ``Metrics.observe_storage``)."""
     storage = config.storage
     if storage.kind == "filesystem":
-        return FilesystemBlobStore(storage.filesystem.root_directory or data_dir / "blobs")
+        return FilesystemBlobStore(storage.filesystem.root_directory or data_dir / "blobs", observe=observe)
     if storage.kind == "pvc":
-        return FilesystemBlobStore(storage.pvc.claim or data_dir / "blobs")
+        return FilesystemBlobStore(storage.pvc.claim or data_dir / "blobs", observe=observe)
     if storage.kind == "emptyDir":
-        return FilesystemBlobStore(data_dir / "emptydir-blobs")
+        return FilesystemBlobStore(data_dir / "emptydir-blobs", observe=observe)
     if storage.kind == "s3":
         from hareg.storage.s3 import S3BlobStore  # obstore is only loaded when used
 
         try:
-            return S3BlobStore.from_config(storage.s3)
+            return S3BlobStore.from_config(storage.s3, observe=observe)
         except ValueError as exc:
             raise StartupError(f"storage.s3: {exc}") from None
     raise StartupError(f"storage kind {storage.kind!r} is not available in this build")
@@ -208,7 +211,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         )
         stack.push_async_callback(kv.close)
         try:
-            store = make_store(config, options.data_dir)
+            store = make_store(config, options.data_dir, metrics.observe_storage)
         except OSError as exc:
             raise _unusable_dir(exc) from None
         stack.push_async_callback(store.close)

@@ -1,4 +1,5 @@
-"""Blob storage: the driver interface and its errors.
+"""Blob storage: the driver interface, its errors, and the wrapper every
+driver is served through (argument checks and per-call metrics).
 
 Drivers live in submodules (``hareg.storage.filesystem``, ...) and are imported
 explicitly, so that importing this package never pulls in optional dependencies.
@@ -12,11 +13,14 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.checked import CheckedBlobStore, StorageObserver
 
 __all__ = [
     "BlobNotFound",
     "BlobStore",
+    "CheckedBlobStore",
     "StorageError",
+    "StorageObserver",
     "StorageUnavailable",
     "UploadNotFound",
     "UploadOffsetMismatch",

@@ -7,11 +7,14 @@ Uploads are staged under an upload id, appended to at explicit offsets, sealed
 verified over an exact byte range: ``upload_read(id, size)`` and
 ``upload_commit(id, digest, size)`` both cover the first ``size`` bytes and
 nothing else, so a write racing the verification can never slip unverified
-bytes into a blob (invariant 3).  Drivers do not interpret digests beyond
+bytes into a blob (invariant 3 of docs/invariants.md).  Drivers do not interpret digests beyond
 using them as names.
 
 Drivers know nothing about repositories or metadata: which repository may
-see which blob is the metadata layer's business.
+see which blob is the metadata layer's business.  Nor do they check their
+arguments: every driver is used through ``hareg.storage.checked``'s
+``CheckedBlobStore``, which rejects a malformed digest, upload id, offset or
+size (ValueError) before the driver sees it, and observes every call.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ rename)::
 
 Choices this driver makes where ``BlobStore`` leaves room:
 
-* Names are validated before any path is built: a digest must be
-  ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>`` and an upload
-  id must match ``[A-Za-z0-9_-]{1,128}``; anything else is a ValueError.
+* ``FilesystemBlobStore`` is ``FilesystemDriver`` inside the checks of
+  ``hareg/storage/checked.py``: names reach the driver already validated (a
+  digest is ``<algorithm>:<hex>``, an upload id one path segment), so paths
+  are built from them as given.  Use the driver bare only in tests.
 * ``upload_write`` is all or nothing: if the chunk stream raises (a client
   stopped mid-body or stalled past the server's bound) or the call is
   cancelled, the bytes of this call are truncated away, the upload ends at
@@ -49,11 +50,10 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Final, TypedDict, TypeVar, TypeVarTuple, Unpack
 
 from hareg.storage.base import (
     BlobNotFound,
@@ -62,36 +62,21 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.checked import CheckedBlobStore, StorageObserver
 
 if TYPE_CHECKING:
     from hareg.storage.base import BlobStore
 
-__all__ = ["FilesystemBlobStore"]
+__all__ = ["FilesystemBlobStore", "FilesystemDriver"]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
-_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
-_UPLOAD_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_PREFIX_RE: Final = re.compile(r"[0-9a-f]{2}")
-_DIGEST_HEX_RE: Final = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
 _ALGORITHMS: Final = ("sha256", "sha512")
 
 _MiB: Final = 1024 * 1024
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o750
-
-
-def _check_digest(digest: str) -> tuple[str, str]:
-    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
-        raise ValueError(f"invalid digest: {digest!r}")
-    algorithm, _, hexdigest = digest.partition(":")
-    return algorithm, hexdigest
-
-
-def _check_upload_id(upload_id: str) -> None:
-    if not isinstance(upload_id, str) or _UPLOAD_ID_RE.fullmatch(upload_id) is None:
-        raise ValueError(f"invalid upload id: {upload_id!r}")
 
 
 # --------------------------------------------------------------------------
@@ -289,14 +274,15 @@ def _commit(
         os.close(fd)
 
 
-def _list_names(path: str, dirs: bool, pattern: re.Pattern[str]) -> list[str]:
+def _list_names(path: str, dirs: bool) -> list[str]:
+    """The directories (or regular files) in ``path``, sorted; which of the
+    names are valid is the checking wrapper's business."""
     try:
         with os.scandir(path) as it:
             names = [
                 e.name
                 for e in it
-                if pattern.fullmatch(e.name)
-                and (e.is_dir(follow_symlinks=False) if dirs else e.is_file(follow_symlinks=False))
+                if (e.is_dir(follow_symlinks=False) if dirs else e.is_file(follow_symlinks=False))
             ]
     except FileNotFoundError:
         return []
@@ -315,8 +301,9 @@ class _LockEntry:
         self.users = 0
 
 
-class FilesystemBlobStore:
-    """Blobs and staged uploads as files under ``root``.
+class FilesystemDriver:
+    """Blobs and staged uploads as files under ``root``, trusting the names it
+    is given (``FilesystemBlobStore`` checks them first).
 
     ``executor`` runs the blocking file I/O (by default a private thread pool
     of ``max_workers`` threads, shut down by ``close``).  ``read_chunk_size``
@@ -358,15 +345,13 @@ class FilesystemBlobStore:
     # ---------------------------------------------------------------- paths
 
     def _blob_path(self, digest: str) -> Path:
-        algorithm, hexdigest = _check_digest(digest)
+        algorithm, _, hexdigest = digest.partition(":")
         return self._blobs / algorithm / hexdigest[:2] / hexdigest
 
     def _upload_path(self, upload_id: str) -> Path:
-        _check_upload_id(upload_id)
         return self._uploads / upload_id
 
     def _sealed_path(self, upload_id: str) -> Path:
-        _check_upload_id(upload_id)
         return self._sealed / upload_id
 
     # ------------------------------------------------------------ machinery
@@ -428,10 +413,7 @@ class FilesystemBlobStore:
         return await self._run(_stat_size, str(self._blob_path(digest)))
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        path = self._blob_path(digest)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
-        return self._stream(path, offset, length, BlobNotFound(digest))
+        return self._stream(self._blob_path(digest), offset, length, BlobNotFound(digest))
 
     def local_path(self, digest: str) -> str | None:
         # One stat() on the event loop: the protocol makes this synchronous.
@@ -439,7 +421,6 @@ class FilesystemBlobStore:
         return str(path) if path.is_file() else None
 
     async def presign(self, digest: str, expires_seconds: int) -> str | None:
-        _check_digest(digest)
         return None
 
     async def delete(self, digest: str) -> bool:
@@ -448,12 +429,10 @@ class FilesystemBlobStore:
     async def list_blobs(self) -> AsyncIterator[str]:
         for algorithm in _ALGORITHMS:
             alg_dir = self._blobs / algorithm
-            for prefix in await self._run(_list_names, str(alg_dir), True, _PREFIX_RE):
-                names = await self._run(_list_names, str(alg_dir / prefix), False, _DIGEST_HEX_RE)
-                for name in names:
-                    digest = f"{algorithm}:{name}"
-                    if name.startswith(prefix) and _DIGEST_RE.fullmatch(digest):
-                        yield digest
+            for prefix in await self._run(_list_names, str(alg_dir), True):
+                for name in await self._run(_list_names, str(alg_dir / prefix), False):
+                    if len(prefix) == 2 and name.startswith(prefix):
+                        yield f"{algorithm}:{name}"
 
     # --------------------------------------------------------------- uploads
 
@@ -508,13 +487,7 @@ class FilesystemBlobStore:
     async def upload_modified(self, upload_id: str) -> float | None:
         return await self._either(_stat_mtime, upload_id)
 
-    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
-        _check_upload_id(upload_id)
-        if length is not None and length < 0:
-            raise ValueError("length must not be negative")
-        return self._upload_read(upload_id, length)
-
-    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
+    async def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
         sealed = self._sealed_path(upload_id)
         path = sealed if await self._run(os.path.exists, str(sealed)) else self._upload_path(upload_id)
         async for chunk in self._stream(path, 0, length, UploadNotFound(upload_id)):
@@ -528,8 +501,6 @@ class FilesystemBlobStore:
     async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
         staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)
         blob = self._blob_path(digest)
-        if not isinstance(size, int) or size < 0:
-            raise ValueError("size must be a non-negative integer")
         async with self._upload_lock(upload_id):
             return await self._run(
                 _commit,
@@ -547,8 +518,8 @@ class FilesystemBlobStore:
         await self._run(_unlink, str(self._sealed_path(upload_id)))
 
     async def list_uploads(self) -> AsyncIterator[str]:
-        staged = await self._run(_list_names, str(self._uploads), False, _UPLOAD_ID_RE)
-        sealed = await self._run(_list_names, str(self._sealed), False, _UPLOAD_ID_RE)
+        staged = await self._run(_list_names, str(self._uploads), False)
+        sealed = await self._run(_list_names, str(self._sealed), False)
         for name in sorted({*staged, *sealed}):
             yield name
 
@@ -560,7 +531,35 @@ class FilesystemBlobStore:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
 
 
+class FilesystemOptions(TypedDict, total=False):
+    """``FilesystemDriver``'s keyword arguments."""
+
+    executor: Executor | None
+    max_workers: int
+    read_chunk_size: int
+    write_batch: int
+
+
+class FilesystemBlobStore(CheckedBlobStore[FilesystemDriver]):
+    """The filesystem driver behind the shared checks and metrics (what the
+    registry uses).  Arguments as for ``FilesystemDriver``, plus ``observe``
+    (``hareg.storage.checked``); the driver is ``inner``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        observe: StorageObserver | None = None,
+        **options: Unpack[FilesystemOptions],
+    ) -> None:
+        super().__init__(FilesystemDriver(root, **options), observe=observe)
+
+    @property
+    def root(self) -> Path:
+        return self.inner.root
+
+
 if TYPE_CHECKING:
 
-    def _is_a_blob_store(store: FilesystemBlobStore) -> BlobStore:
-        return store
+    def _is_a_blob_store(driver: FilesystemDriver, store: FilesystemBlobStore) -> tuple[BlobStore, BlobStore]:
+        return driver, store

@@ -51,7 +51,10 @@ be appended to on any other and committed on a third.  How:
 
 Choices where ``BlobStore`` leaves room, and caveats:
 
-* Names are validated exactly as in the filesystem driver (ValueError).
+* ``S3BlobStore`` is ``S3Driver`` inside the checks of
+  ``hareg/storage/checked.py`` (the names, offsets and sizes every driver
+  gets checked the same way, ValueError); keys are built from the names as
+  given.  Use the driver bare only in tests.
 * ``upload_start`` on an upload that already has bytes raises StorageError; on
   an empty one it is a no-op (so a retried request is harmless).
 * Another writer appending *inside* an in-flight write (at an offset it could
@@ -79,7 +82,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Required, TypedDict, TypeVar, Unpack
 
 import obstore
 from obstore.exceptions import (
@@ -98,6 +101,7 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.checked import CheckedBlobStore, StorageObserver
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -106,13 +110,10 @@ if TYPE_CHECKING:
     from hareg.config.model import S3Storage
     from hareg.storage.base import BlobStore
 
-__all__ = ["S3BlobStore"]
+__all__ = ["S3BlobStore", "S3Driver"]
 
 _T = TypeVar("_T")
 
-_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
-_UPLOAD_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_BLOB_TAIL_RE: Final = re.compile(r"(sha256|sha512)/([0-9a-f]{2})/([0-9a-f]{64}|[0-9a-f]{128})")
 _PART_RE: Final = re.compile(r"[0-9]{20}")
 _KEY_PREFIX_RE: Final = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/)*(?:[A-Za-z0-9_-][A-Za-z0-9._-]*)?")
 
@@ -124,18 +125,6 @@ _STREAM_TOTAL_TIMEOUT: Final = timedelta(days=1)  # streams are bounded by the r
 _LIST_PAGE: Final = 1000
 _CLOSE_SETTLE: Final = 0.01
 _DELETE_BATCH: Final = 1000
-
-
-def _check_digest(digest: str) -> tuple[str, str]:
-    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
-        raise ValueError(f"invalid digest: {digest!r}")
-    algorithm, _, hexdigest = digest.partition(":")
-    return algorithm, hexdigest
-
-
-def _check_upload_id(upload_id: str) -> None:
-    if not isinstance(upload_id, str) or _UPLOAD_ID_RE.fullmatch(upload_id) is None:
-        raise ValueError(f"invalid upload id: {upload_id!r}")
 
 
 def _translate(exc: BaseException, what: str) -> StorageError:
@@ -169,8 +158,9 @@ class _PartTaken(Exception):
     """A conditional create found another writer's part at the offset."""
 
 
-class S3BlobStore:
-    """Blobs and staged uploads as objects in one S3 bucket.
+class S3Driver:
+    """Blobs and staged uploads as objects in one S3 bucket, trusting the
+    names it is given (``S3BlobStore`` checks them first).
 
     ``region_endpoint`` is the store's URL (None: AWS's endpoint for
     ``region``); without ``access_key``/``secret_key`` the usual AWS
@@ -251,22 +241,6 @@ class S3BlobStore:
         self._streams = S3Store(bucket, config=config, client_options=streams, retry_config=retry)
         self._closed = False
 
-    @classmethod
-    def from_config(cls, cfg: S3Storage, **options: Any) -> S3BlobStore:
-        """Build from the ``storage.s3`` section of hareg's configuration;
-        ``options`` are passed on (``timeout``, ``part_size``, ...)."""
-        return cls(
-            bucket=cfg.bucket,
-            region=cfg.region,
-            region_endpoint=cfg.region_endpoint,
-            access_key=cfg.access_key,
-            secret_key=cfg.secret_key,
-            virtual_hosted_style=cfg.virtual_hosted_style,
-            encrypt=cfg.encrypt,
-            key_prefix=cfg.key_prefix,
-            **options,
-        )
-
     @property
     def bucket(self) -> str:
         return self._bucket
@@ -277,20 +251,18 @@ class S3BlobStore:
 
     def __repr__(self) -> str:
         where = self._endpoint or "aws"
-        return f"S3BlobStore(bucket={self._bucket!r}, endpoint={where!r}, key_prefix={self._prefix!r})"
+        return f"S3Driver(bucket={self._bucket!r}, endpoint={where!r}, key_prefix={self._prefix!r})"
 
     # ------------------------------------------------------------------ keys
 
     def _blob_key(self, digest: str) -> str:
-        algorithm, hexdigest = _check_digest(digest)
+        algorithm, _, hexdigest = digest.partition(":")
         return f"{self._prefix}blobs/{algorithm}/{hexdigest[:2]}/{hexdigest}"
 
     def _marker_key(self, upload_id: str) -> str:
-        _check_upload_id(upload_id)
         return f"{self._prefix}upload-markers/{upload_id}"
 
     def _parts_dir(self, upload_id: str) -> str:
-        _check_upload_id(upload_id)
         return f"{self._prefix}uploads/{upload_id}"
 
     def _part_key(self, upload_id: str, offset: int) -> str:
@@ -367,10 +339,7 @@ class S3BlobStore:
         return None if meta is None else meta["size"]
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        key = self._blob_key(digest)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
-        return self._read(key, offset, length, digest)
+        return self._read(self._blob_key(digest), offset, length, digest)
 
     async def _read(self, key: str, offset: int, length: int | None, digest: str) -> AsyncIterator[bytes]:
         if length == 0:
@@ -406,13 +375,12 @@ class S3BlobStore:
             yield chunk
 
     def local_path(self, digest: str) -> str | None:
-        _check_digest(digest)
         return None
 
     async def presign(self, digest: str, expires_seconds: int) -> str | None:
         key = self._blob_key(digest)
-        if not 0 < expires_seconds <= _MAX_PRESIGN_SECONDS:
-            raise ValueError(f"expires_seconds must be within 1..{_MAX_PRESIGN_SECONDS}")
+        if expires_seconds > _MAX_PRESIGN_SECONDS:  # positive: checked by the wrapper
+            raise ValueError(f"expires_seconds must be within 1..{_MAX_PRESIGN_SECONDS} (SigV4's limit)")
         expires = timedelta(seconds=expires_seconds)
         if self._static_credentials:
             # Pure computation with fixed keys: the synchronous call costs a
@@ -437,11 +405,11 @@ class S3BlobStore:
         root = f"{self._prefix}blobs"
         start = len(root) + 1
         async for meta in self._iter_list(root):
-            m = _BLOB_TAIL_RE.fullmatch(meta["path"][start:])
-            if m is not None and m.group(3).startswith(m.group(2)):
-                digest = f"{m.group(1)}:{m.group(3)}"
-                if _DIGEST_RE.fullmatch(digest):
-                    yield digest
+            # <algorithm>/<first 2 hex>/<hex>; which names are valid digests
+            # is the checking wrapper's business.
+            algorithm, prefix, hexdigest = [*meta["path"][start:].split("/", 2), "", ""][:3]
+            if len(prefix) == 2 and hexdigest.startswith(prefix):
+                yield f"{algorithm}:{hexdigest}"
 
     # --------------------------------------------------------------- uploads
 
@@ -499,9 +467,6 @@ class S3BlobStore:
         return parts[-1].end if parts else 0
 
     async def upload_write(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        self._marker_key(upload_id)  # validate before any I/O
-        if not isinstance(offset, int) or offset < 0:
-            raise ValueError("offset must be a non-negative integer")
         end = await self._size(upload_id)
         if end != offset:
             raise UploadOffsetMismatch(end, offset)
@@ -512,16 +477,9 @@ class S3BlobStore:
             raise _PartTaken
 
     async def upload_seal(self, upload_id: str) -> int:
-        self._marker_key(upload_id)  # validate before any I/O
         return await self._size(upload_id)
 
-    def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
-        _check_upload_id(upload_id)
-        if length is not None and length < 0:
-            raise ValueError("length must not be negative")
-        return self._upload_read(upload_id, length)
-
-    async def _upload_read(self, upload_id: str, length: int | None) -> AsyncIterator[bytes]:
+    async def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
         parts = await self._parts(upload_id)
         if parts is None:
             raise UploadNotFound(upload_id)
@@ -550,9 +508,6 @@ class S3BlobStore:
 
     async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
         blob = self._blob_key(digest)
-        self._marker_key(upload_id)  # validate before any I/O
-        if not isinstance(size, int) or size < 0:
-            raise ValueError("size must be a non-negative integer")
         existing, staged = await asyncio.gather(
             self._head(blob), self._parts(upload_id), return_exceptions=True
         )
@@ -647,16 +602,13 @@ class S3BlobStore:
             await self._delete_keys(late)
 
     async def upload_abort(self, upload_id: str) -> None:
-        self._marker_key(upload_id)
         await self._drop(upload_id)
 
     async def list_uploads(self) -> AsyncIterator[str]:
         root = f"{self._prefix}upload-markers"
         start = len(root) + 1
         async for meta in self._iter_list(root):
-            name = meta["path"][start:]
-            if _UPLOAD_ID_RE.fullmatch(name):
-                yield name
+            yield meta["path"][start:]  # the checking wrapper drops what is not an upload id
 
     async def close(self) -> None:
         if self._closed:
@@ -687,7 +639,7 @@ class _PartWriter:
     """One ``upload_write``: cuts the stream into parts and creates them in
     order, sending part k while part k+1 is being received."""
 
-    def __init__(self, store: S3BlobStore, upload_id: str, offset: int) -> None:
+    def __init__(self, store: S3Driver, upload_id: str, offset: int) -> None:
         self.store = store
         self.upload_id = upload_id
         self.start = offset
@@ -777,7 +729,62 @@ class _PartWriter:
             raise UploadNotFound(self.upload_id)
 
 
+class S3Options(TypedDict, total=False):
+    """``S3Driver``'s keyword arguments (all but ``bucket`` have defaults)."""
+
+    bucket: Required[str]
+    region: str
+    region_endpoint: str | None
+    access_key: str | None
+    secret_key: str | None
+    virtual_hosted_style: bool
+    encrypt: bool
+    key_prefix: str
+    part_size: int
+    read_chunk_size: int
+    commit_concurrency: int
+    timeout: float
+    connect_timeout: float
+    max_retries: int
+
+
+class S3BlobStore(CheckedBlobStore[S3Driver]):
+    """The S3 driver behind the shared checks and metrics (what the registry
+    uses).  Arguments as for ``S3Driver``, plus ``observe``
+    (``hareg.storage.checked``); the driver is ``inner``."""
+
+    def __init__(self, *, observe: StorageObserver | None = None, **options: Unpack[S3Options]) -> None:
+        super().__init__(S3Driver(**options), observe=observe)
+
+    @property
+    def bucket(self) -> str:
+        return self.inner.bucket
+
+    @property
+    def key_prefix(self) -> str:
+        return self.inner.key_prefix
+
+    @classmethod
+    def from_config(
+        cls, cfg: S3Storage, *, observe: StorageObserver | None = None, **options: Any
+    ) -> S3BlobStore:
+        """Build from the ``storage.s3`` section of hareg's configuration;
+        ``options`` are passed on (``timeout``, ``part_size``, ...)."""
+        return cls(
+            bucket=cfg.bucket,
+            region=cfg.region,
+            region_endpoint=cfg.region_endpoint,
+            access_key=cfg.access_key,
+            secret_key=cfg.secret_key,
+            virtual_hosted_style=cfg.virtual_hosted_style,
+            encrypt=cfg.encrypt,
+            key_prefix=cfg.key_prefix,
+            observe=observe,
+            **options,
+        )
+
+
 if TYPE_CHECKING:
 
-    def _is_a_blob_store(store: S3BlobStore) -> BlobStore:
-        return store
+    def _is_a_blob_store(driver: S3Driver, store: S3BlobStore) -> tuple[BlobStore, BlobStore]:
+        return driver, store

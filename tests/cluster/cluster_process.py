@@ -30,6 +30,10 @@ from hareg.processes.ports import free_ports
 
 HAREG = Path(sys.executable).with_name("hareg")
 START_TIMEOUT = 60.0
+# The bound for anything the supervisor or a child must do (notice a death,
+# restart, become ready, report a condition): generous, as the machine may be
+# busy; a test that promises a time asserts it separately.
+EVENT_TIMEOUT = 60.0
 
 
 @functools.cache
@@ -130,7 +134,7 @@ def alive(pids: set[int]) -> list[str]:
     return found
 
 
-def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+def wait_gone(pids: set[int], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         left = alive(pids)

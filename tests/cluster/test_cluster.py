@@ -17,11 +17,11 @@ import aiohttp
 import psutil
 import pytest
 
-from .cluster_process import ClusterRun, alive, hareg_cli, recorded_pids, wait_for, wait_gone
+from .cluster_process import EVENT_TIMEOUT, ClusterRun, alive, hareg_cli, recorded_pids, wait_for, wait_gone
 from .conftest import CLUSTER_CONFIG
 from .oci import pull_image, push_image
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(300)
 
 
 def readyz(url: str) -> bool:
@@ -29,7 +29,7 @@ def readyz(url: str) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError):
         return False
@@ -96,7 +96,9 @@ async def test_push_through_haproxy_pull_from_every_replica(cluster: ClusterRun)
 
 
 def test_status_reports_conditions(cluster: ClusterRun) -> None:
-    doc = wait_for(lambda: status_where(cluster, "Available", "AllReplicasReady"), 15, "all replicas ready")
+    doc = wait_for(
+        lambda: status_where(cluster, "Available", "AllReplicasReady"), EVENT_TIMEOUT, "all replicas ready"
+    )
     assert conditions(doc) == {
         "Available": ("True", "AllReplicasReady"),
         "Progressing": ("False", "AllReplicasReady"),
@@ -120,18 +122,23 @@ def test_second_up_on_a_running_dir_is_refused(cluster: ClusterRun) -> None:
 def test_killed_replica_is_restarted(cluster: ClusterRun) -> None:
     victim = cluster.replica("replica-2")
     os.kill(victim["pid"], signal.SIGKILL)
-    killed_at = time.monotonic()
 
     def restarted() -> dict[str, Any] | None:
         r = cluster.replica("replica-2")
         return r if r["pid"] not in (None, victim["pid"]) else None
 
-    new = wait_for(restarted, 5, "a new pid for replica-2 in cluster.json")
-    assert time.monotonic() - killed_at < 2.5, "restarted within 2 s (plus polling)"
+    new = wait_for(restarted, EVENT_TIMEOUT, "a new pid for replica-2 in cluster.json")
+    # At once, not after a backoff: the supervisor says which (a wall-clock bound
+    # would fail on a busy machine and could not tell the two apart).
+    assert (
+        f"replica replica-2 (pid {victim['pid']}) exited with code -9; starting it again;" in cluster.stderr()
+    )
     assert psutil.pid_exists(new["pid"]) and not psutil.pid_exists(victim["pid"])
     assert new["url"] == victim["url"]
-    wait_for(lambda: readyz(new["url"]), 20, "the restarted replica's /readyz")
-    doc = wait_for(lambda: status_where(cluster, "Degraded", "AsExpected"), 15, "Degraded False again")
+    wait_for(lambda: readyz(new["url"]), EVENT_TIMEOUT, "the restarted replica's /readyz")
+    doc = wait_for(
+        lambda: status_where(cluster, "Degraded", "AsExpected"), EVENT_TIMEOUT, "Degraded False again"
+    )
     assert conditions(doc)["Available"] == ("True", "AllReplicasReady")
 
 
@@ -146,7 +153,7 @@ async def test_push_still_works_after_restart(cluster: ClusterRun) -> None:
 def test_scale_down_and_up_with_sighup(cluster: ClusterRun) -> None:
     third = cluster.replica("replica-3")
     sighup_with(cluster, "managementState: Managed\nreplicas: 2\n")
-    wait_for(lambda: len(cluster.info()["replicas"]) == 2, 15, "2 replicas in cluster.json")
+    wait_for(lambda: len(cluster.info()["replicas"]) == 2, EVENT_TIMEOUT, "2 replicas in cluster.json")
     wait_gone({third["pid"]})
     assert "replica-3" not in (cluster.dir / "haproxy.cfg").read_text()
     sighup_with(cluster, CLUSTER_CONFIG)
@@ -155,9 +162,9 @@ def test_scale_down_and_up_with_sighup(cluster: ClusterRun) -> None:
         replicas = cluster.info()["replicas"]
         return replicas[2] if len(replicas) == 3 and replicas[2]["pid"] else None
 
-    back = wait_for(third_back, 15, "replica-3 back")
+    back = wait_for(third_back, EVENT_TIMEOUT, "replica-3 back")
     assert back["url"] == third["url"], "a replica comes back at its URL"
-    wait_for(lambda: readyz(back["url"]), 20, "replica-3 ready")
+    wait_for(lambda: readyz(back["url"]), EVENT_TIMEOUT, "replica-3 ready")
     assert "server replica-3" in (cluster.dir / "haproxy.cfg").read_text()
 
 
@@ -170,7 +177,7 @@ def test_removed_stops_replicas_and_managed_brings_them_back(cluster: ClusterRun
         info = cluster.info()
         return info if all(r["pid"] is None for r in info["replicas"]) else None
 
-    info = wait_for(all_stopped, 20, "every replica pid null")
+    info = wait_for(all_stopped, EVENT_TIMEOUT, "every replica pid null")
     wait_gone(old)
     # etcd, the object store and haproxy stay.
     assert (
@@ -189,55 +196,65 @@ def test_removed_stops_replicas_and_managed_brings_them_back(cluster: ClusterRun
         info = cluster.info()
         return info if all(r["pid"] for r in info["replicas"]) else None
 
-    info = wait_for(all_started, 10, "replicas started again")
+    info = wait_for(all_started, EVENT_TIMEOUT, "replicas started again")
     for r in info["replicas"]:
-        wait_for(lambda url=r["url"]: readyz(url), 20, f"{r['name']} ready")
+        wait_for(lambda url=r["url"]: readyz(url), EVENT_TIMEOUT, f"{r['name']} ready")
 
 
 def test_unmanaged_leaves_a_dead_replica_alone(cluster: ClusterRun) -> None:
     sighup_with(cluster, "managementState: Unmanaged\nreplicas: 3\n")
-    wait_for(lambda: status_json(cluster)["managementState"] == "Unmanaged", 5, "Unmanaged")
+    wait_for(lambda: status_json(cluster)["managementState"] == "Unmanaged", EVENT_TIMEOUT, "Unmanaged")
     victim = cluster.replica("replica-1")
     os.kill(victim["pid"], signal.SIGKILL)
-    wait_for(lambda: cluster.replica("replica-1")["pid"] is None, 5, "replica-1 pid null")
-    time.sleep(2.5)  # longer than a Managed restart takes
+    wait_for(lambda: cluster.replica("replica-1")["pid"] is None, EVENT_TIMEOUT, "replica-1 pid null")
+    # Managed restarts in the very monitor pass that records the death (a null
+    # pid is never published); many more passes (0.1 s apart) leave it alone too.
+    time.sleep(2.5)
     assert cluster.replica("replica-1")["pid"] is None
     doc = status_json(cluster)
     assert conditions(doc)["Degraded"] == ("True", "ReplicaDown")
     assert conditions(doc)["Progressing"] == ("False", "Unmanaged")
     assert conditions(doc)["Available"][0] == "True"
     sighup_with(cluster, CLUSTER_CONFIG)
-    new = wait_for(lambda: cluster.replica("replica-1")["pid"], 5, "replica-1 restarted once Managed")
+    new = wait_for(
+        lambda: cluster.replica("replica-1")["pid"], EVENT_TIMEOUT, "replica-1 restarted once Managed"
+    )
     assert new != victim["pid"]
 
 
 def test_dead_etcd_member_is_reported_and_healed_on_sighup(cluster: ClusterRun) -> None:
     member = cluster.info()["etcd"][2]
     os.kill(member["pid"], signal.SIGKILL)
-    wait_for(lambda: cluster.info()["etcd"][2]["pid"] is None, 5, "the member's pid null")
-    doc = wait_for(lambda: status_where(cluster, "Degraded", "EtcdMemberDown"), 10, "EtcdMemberDown")
+    wait_for(lambda: cluster.info()["etcd"][2]["pid"] is None, EVENT_TIMEOUT, "the member's pid null")
+    doc = wait_for(
+        lambda: status_where(cluster, "Degraded", "EtcdMemberDown"), EVENT_TIMEOUT, "EtcdMemberDown"
+    )
     assert member["name"] in conditions_messages(doc)["Degraded"]
     assert conditions(doc)["Available"][0] == "True", "2 of 3 members keep the quorum"
-    time.sleep(1.0)
+    time.sleep(1.0)  # ten monitor passes
     assert cluster.info()["etcd"][2]["pid"] is None, "etcd members are restarted on SIGHUP only"
     sighup_with(cluster, CLUSTER_CONFIG)
-    new = wait_for(lambda: cluster.info()["etcd"][2]["pid"], 30, "the member restarted")
+    new = wait_for(lambda: cluster.info()["etcd"][2]["pid"], EVENT_TIMEOUT, "the member restarted")
     assert new != member["pid"]
-    wait_for(lambda: status_where(cluster, "Degraded", "AsExpected"), 30, "Degraded False again")
+    wait_for(lambda: status_where(cluster, "Degraded", "AsExpected"), EVENT_TIMEOUT, "Degraded False again")
 
 
 def test_config_change_rolls_replicas_without_downtime(cluster: ClusterRun) -> None:
     import urllib.request
 
-    wait_for(lambda: all(readyz(r["url"]) for r in cluster.info()["replicas"]), 20, "every replica ready")
+    wait_for(
+        lambda: all(readyz(r["url"]) for r in cluster.info()["replicas"]),
+        EVENT_TIMEOUT,
+        "every replica ready",
+    )
     before = {r["name"]: r["pid"] for r in cluster.info()["replicas"]}
     sighup_with(cluster, CLUSTER_CONFIG + "logLevel: Debug\n")
     failures, requests = [], 0
-    deadline = time.monotonic() + 45
+    deadline = time.monotonic() + 3 * EVENT_TIMEOUT  # three replicas, one after another
     while time.monotonic() < deadline:
         requests += 1
         try:
-            with urllib.request.urlopen(f"{cluster.url}/v2/", timeout=5) as resp:
+            with urllib.request.urlopen(f"{cluster.url}/v2/", timeout=30) as resp:
                 if resp.status != 200:
                     failures.append(resp.status)
         except OSError as exc:

@@ -34,7 +34,8 @@ async def _read_request(reader: asyncio.StreamReader) -> str:
 @contextlib.asynccontextmanager
 async def backend(port: int, seen: Counter[str], *, drop: bool) -> AsyncIterator[None]:
     """Answers /readyz; any other request is answered 200, or (``drop``) read and
-    then the connection is closed without an answer."""
+    then the connection is closed without an answer.  ``seen`` counts the
+    requests, a health check once it is answered."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -45,6 +46,8 @@ async def backend(port: int, seen: Counter[str], *, drop: bool) -> AsyncIterator
             if path == "/readyz" or not drop:
                 writer.write(READY)
                 await writer.drain()
+            if path == "/readyz":
+                seen["/readyz"] += 1
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
@@ -76,6 +79,7 @@ async def test_only_requests_safe_to_run_twice_are_resent(
         pytest.skip(str(exc))
     listen, dropping, answering = free_ports(3)
     seen: Counter[str] = Counter()
+    answering_seen: Counter[str] = Counter()
     config = tmp_path / "haproxy.cfg"
     config.write_text(
         render_config(
@@ -86,8 +90,10 @@ async def test_only_requests_safe_to_run_twice_are_resent(
         )
     )
     proxy = HaproxyProcess(config, listen_port=listen, log_file=tmp_path / "haproxy.log")
-    async with backend(dropping, seen, drop=True), backend(answering, Counter(), drop=False), proxy:
-        await asyncio.sleep(1.0)  # both servers pass their first health check
+    async with backend(dropping, seen, drop=True), backend(answering, answering_seen, drop=False), proxy:
+        async with asyncio.timeout(60):  # both servers pass their first health check
+            while not (seen["/readyz"] and answering_seen["/readyz"]):
+                await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as session:
             async with asyncio.timeout(20):
                 r = await session.request(method, f"http://127.0.0.1:{listen}{path}", data=b"x" * 10)

@@ -14,7 +14,7 @@ import yaml
 from hareg.cluster.desired import load_desired, render_replica_config, write_replica_config
 from hareg.cluster.haproxy import Backend, HaproxyError, find_haproxy, render_config
 from hareg.cluster.spec import ClusterError, load_or_create_layout, port_free, write_json_atomic
-from hareg.cluster.status import ClusterObservation, ComponentState, compute_conditions
+from hareg.cluster.status import ClusterObservation, ComponentState, cluster_conditions
 from hareg.config.model import ConfigError
 from hareg.config.reader import load_config
 
@@ -217,7 +217,7 @@ def _obs(
 
 
 def _reasons(obs: ClusterObservation) -> dict[str, tuple[str, str]]:
-    return {c.type: (c.status, c.reason) for c in compute_conditions(obs)}
+    return {c.type: (c.status, c.reason) for c in cluster_conditions(obs)}
 
 
 @pytest.mark.parametrize(
@@ -284,11 +284,11 @@ def _reasons(obs: ClusterObservation) -> dict[str, tuple[str, str]]:
 def test_conditions(obs: ClusterObservation, expected: dict[str, tuple[str, str]]) -> None:
     got = _reasons(obs)
     assert {k: got[k] for k in expected} == expected
-    assert [c.type for c in compute_conditions(obs)] == ["Available", "Progressing", "Degraded"]
-    assert all(c.message for c in compute_conditions(obs))
+    assert [c.type for c in cluster_conditions(obs)] == ["Available", "Progressing", "Degraded"]
+    assert all(c.message for c in cluster_conditions(obs))
 
 
 def test_degraded_message_lists_every_problem() -> None:
-    degraded = compute_conditions(_obs(ready=2, etcd_ok=2, storage_ok=False))[2]
+    degraded = cluster_conditions(_obs(ready=2, etcd_ok=2, storage_ok=False))[2]
     assert degraded.reason == "EtcdMemberDown"
     assert "m3" in degraded.message and "object store" in degraded.message and "replica-3" in degraded.message

@@ -25,7 +25,7 @@ from cli_process import CommandRun, child_env, start_command
 _SCRIPT = Path(sys.executable).with_name("hareg")
 HAREG = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hareg"]
 START_TIMEOUT = 60.0
-ORPHAN_TIMEOUT = 10.0
+ORPHAN_TIMEOUT = 30.0
 
 
 def free_port() -> int:

@@ -29,9 +29,9 @@ def _request(method: str, url: str, data: bytes | None = None) -> int:
 
 
 def _wait_for_leadership(server: HaregServer) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a campaign: generous, the machine may be busy
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{server.url}/hareg/v1/pruner", timeout=10) as r:
+        with urllib.request.urlopen(f"{server.url}/hareg/v1/pruner", timeout=30) as r:
             if json.loads(r.read())["isLeader"]:
                 return
         time.sleep(0.1)

@@ -1,12 +1,11 @@
 """A real etcd connection with hooks that order a race exactly: a test can
 hold a transaction until another request has committed, run a request right
-after a transaction committed, or keep a replica's watch from delivering (a
-replica whose view lags).  Everything still goes to the real etcd; only the
+after a transaction committed, or keep a replica's watch from delivering the
+events of some keys (a replica whose view of them lags).  Everything still goes to the real etcd; only the
 timing is the test's."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from hareg.kv.base import KV, Compare, TxnOp, TxnResult, WatchBatch
@@ -24,7 +23,7 @@ class HookedKV(InstrumentedKV):
         super().__init__(inner, _ignore)
         self.before_txn: TxnHook | None = None  # awaited before a txn is sent
         self.after_txn: TxnHook | None = None  # awaited after a txn committed (succeeded)
-        self.frozen_watch_prefixes: list[bytes] = []  # watches there deliver nothing
+        self.frozen_watch_prefixes: list[bytes] = []  # events of keys there are never delivered
 
     async def txn(
         self,
@@ -40,7 +39,10 @@ class HookedKV(InstrumentedKV):
         return result
 
     async def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
-        if any(start.startswith(p) for p in self.frozen_watch_prefixes):
-            await asyncio.Event().wait()  # never delivers: this replica's view lags for good
+        frozen = tuple(self.frozen_watch_prefixes)
         async for batch in super().watch(start, end, start_revision):
+            if frozen:  # this replica's view of those keys lags for good
+                batch = WatchBatch(
+                    [e for e in batch.events if not e.kv.key.startswith(frozen)], batch.revision
+                )
             yield batch

@@ -242,7 +242,7 @@ async def raw_request(
     *,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
-    wait: float = 10.0,
+    wait: float = 30.0,
 ) -> RawResponse:
     """Send exactly ``target`` as the request target (no client-side
     normalisation of dot segments or percent-encoding) and read the answer."""

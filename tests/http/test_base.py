@@ -113,8 +113,9 @@ async def test_a_stalled_patch_is_dropped_and_frees_its_write_slot(
     client = one_write_slot
     _, reader, writer = await stalled_patch(client, registry, "stall", b"x" * 400)
     limiter = client.app[LIMITS].write
-    while limiter.running == 0:  # the PATCH holds the one write slot...
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(WAIT):
+        while limiter.running == 0:  # the PATCH holds the one write slot...
+            await asyncio.sleep(0.01)
     await expect_error(await client.post("/v2/stall/blobs/uploads/"), 429, "TOOMANYREQUESTS")
     start = time.monotonic()
     answer = await read_answer(reader)  # ...until the stall: 408

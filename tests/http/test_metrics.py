@@ -59,9 +59,9 @@ async def scrape(client: Client) -> Scrape:
 
 @pytest.fixture
 async def metered(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[tuple[Registry, Client, Metrics]]:
-    """A registry whose etcd calls are instrumented, as ``hareg serve`` builds it."""
+    """A registry whose etcd and storage calls are instrumented, as ``hareg serve`` builds it."""
     metrics = Metrics()
-    store = FilesystemBlobStore(tmp_path / "blobs")
+    store = FilesystemBlobStore(tmp_path / "blobs", observe=metrics.observe_storage)
     reg = Registry(
         InstrumentedKV(kv, metrics.observe_etcd),
         store,
@@ -135,6 +135,32 @@ async def test_etcd_and_cache_metrics_move(metered: tuple[Registry, Client, Metr
     assert after.total("hareg_cache_entries") >= 2
 
 
+async def test_storage_metrics_move(metered: tuple[Registry, Client, Metrics]) -> None:
+    reg, client, _ = metered
+    before = await scrape(client)
+    image = await push_image(client, "st/app", "v1", layer_count=1)
+    r = await client.get(f"/v2/st/app/blobs/{image.blobs[1]}")  # served by sendfile
+    assert r.status == 200
+    layer = await r.read()
+    await reg.pruner.run_fsck()  # reads every stored blob back through the store
+    after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return after.get(name, **labels) - before.get(name, **labels)
+
+    pushed = len(image.config) + len(layer)
+    assert moved("hareg_storage_requests_total", op="upload_commit", outcome="ok") == 2
+    assert moved("hareg_storage_request_duration_seconds_count", op="upload_commit") == 2
+    assert moved("hareg_storage_bytes_total", op="upload_write") == pushed
+    assert moved("hareg_storage_requests_total", op="local_path", outcome="ok") >= 1
+    assert moved("hareg_storage_bytes_total", op="read") == pushed  # fsck's reads; sendfile is not a read
+    assert moved("hareg_storage_requests_total", op="read", outcome="ok") == 2
+    assert moved("hareg_storage_request_duration_seconds_sum", op="read") > 0
+    assert not any(
+        dict(labels).get("outcome") not in (None, "ok") for name, labels in after.samples if "storage" in name
+    )
+
+
 class BrokenKV:
     """Every call fails as etcd would without quorum."""
 
@@ -171,8 +197,8 @@ async def test_uploads_in_progress(metered: tuple[Registry, Client, Metrics]) ->
         yield b"b" * 100
 
     patch = asyncio.create_task(client.patch(location, data=body()))
-    await asyncio.wait_for(started.wait(), 5)
-    async with asyncio.timeout(5):
+    await asyncio.wait_for(started.wait(), 30)
+    async with asyncio.timeout(30):
         while (during := await scrape(client)).get("hareg_uploads_in_progress") != 1:
             await asyncio.sleep(0.01)
     assert during.get("hareg_uploads_in_progress") == 1

@@ -24,7 +24,7 @@ from hareg.registry.service import Registry
 
 
 async def _lead(registry: Registry) -> None:
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(60):  # a campaign: generous, the machine may be busy
         while not registry.leadership.is_leader:
             await asyncio.sleep(0.05)
 

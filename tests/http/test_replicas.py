@@ -76,7 +76,7 @@ async def test_wrong_digest_is_refused_even_when_rehashing_elsewhere(replicas: l
 
 
 async def test_a_push_on_one_replica_is_visible_on_every_other_at_once(replicas: list[Client]) -> None:
-    """Read-your-writes across replicas (invariant 4): no retry, no sleep."""
+    """Read-your-writes across replicas (invariant 4 of docs/invariants.md): no retry, no sleep."""
     a = replicas[0]
     config = config_blob("ryw")
     layer = b"layer bytes" * 100

@@ -1,7 +1,7 @@
 """Hostile clients racing one upload, over real HTTP, on both drivers.
 
 Whatever the interleaving, a blob stored under a digest holds bytes that hash
-to it (invariant 3), a chunk is acknowledged only if it is part of the
+to it (invariant 3 of docs/invariants.md), a chunk is acknowledged only if it is part of the
 verified bytes, and of a cancel and a close (or two closes) exactly one wins.
 Each case runs several rounds: the outcome of each round may differ, the
 rules may not.
@@ -77,7 +77,7 @@ async def status_of(response: Awaitable[ClientResponse]) -> tuple[int, str | Non
 
 
 async def stored_bytes_are_sound(registry: Registry, digest: str) -> None:
-    """Invariant 3 on the blob store itself, not only through the API."""
+    """Invariant 3 of docs/invariants.md on the blob store itself, not only through the API."""
     if await registry.store.stat(digest) is None:
         return
     algorithm, _, hexdigest = digest.partition(":")

@@ -1,4 +1,5 @@
-"""A KV wrapper that loses write replies, for the unknown-outcome tests (invariant 7)."""
+"""A KV wrapper that loses write replies, for the unknown-outcome tests
+(invariant 7 of docs/invariants.md)."""
 
 from __future__ import annotations
 

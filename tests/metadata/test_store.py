@@ -1,5 +1,5 @@
 """MetadataStore against the real etcd: atomic manifest pushes, forward-only tag
-history, and the race between manifest pushes and blob unlinks (invariant 2)."""
+history, and the race between manifest pushes and blob unlinks (invariant 2 of docs/invariants.md)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ async def test_references_are_per_repository(meta: MetadataStore) -> None:
 
 @pytest.mark.parametrize("applied", [True, False])
 async def test_unknown_outcome_is_verified_before_success(kv: EtcdKV, keys: Keys, applied: bool) -> None:
-    """Invariant 7: a commit whose reply was lost counts as done only if it applied."""
+    """Invariant 7 of docs/invariants.md: a commit whose reply was lost counts as done only if it applied."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     await setup.add_blob("repo", digest("c"), 1)
     flaky = UnknownOutcomeKV(kv, apply=applied)
@@ -191,7 +191,7 @@ async def test_concurrent_tag_moves_get_distinct_history_numbers(kv: EtcdKV, key
 
 
 async def assert_no_dangling_references(kv: EtcdKV, keys: Keys, repo: str) -> int:
-    """Invariant 2 read straight from etcd: every blob and child a manifest
+    """Invariant 2 of docs/invariants.md read straight from etcd: every blob and child a manifest
     references is there.  Returns how many manifests were checked."""
     m_start, m_end = keys.manifests(repo)
     result = await kv.range(m_start, m_end)
@@ -329,7 +329,7 @@ async def test_remove_link_refused_while_referenced(meta: MetadataStore) -> None
 
 
 async def test_lost_delete_reply_is_not_confirmed_by_someone_elses_delete(kv: EtcdKV, keys: Keys) -> None:
-    """Invariant 7: our delete did not apply, another replica's did; "the tag is
+    """Invariant 7 of docs/invariants.md: our delete did not apply, another replica's did; "the tag is
     gone" must not count as our success (found by the simulator)."""
     other = MetadataStore(kv, keys, SystemClock(), RandomIds(), "other")
     await other.add_blob("repo", digest("c"), 1)
@@ -377,7 +377,7 @@ async def test_lost_manifest_delete_reply_is_not_confirmed_by_someone_elses_dele
 async def test_a_lost_reply_is_not_confirmed_by_what_an_earlier_write_left(
     kv: EtcdKV, keys: Keys, what: str
 ) -> None:
-    """Invariant 7 (and 6): the link (or manifest record) was already there from an
+    """Invariant 7 of docs/invariants.md (and 6): the link (or manifest record) was already there from an
     earlier push, and our re-write of it was lost.  Its presence must not count
     as our success: the collector judges it by its old ``touched``/``created``
     (found by the simulator, seed 9576)."""

@@ -1,7 +1,7 @@
 """Tag history and rollback against the real etcd: history only moves forward
-(invariant 5), a rollback is a new forward entry, concurrent rollbacks and
+(invariant 5 of docs/invariants.md), a rollback is a new forward entry, concurrent rollbacks and
 pushes on one tag leave one gap-free linear history, and a rollback whose
-reply is lost counts as done only if it applied (invariant 7)."""
+reply is lost counts as done only if it applied (invariant 7 of docs/invariants.md)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ async def test_rollback_needs_the_manifest_in_the_repository(meta: MetadataStore
 async def test_rollback_racing_the_deletion_of_its_target(kv: EtcdKV, keys: Keys) -> None:
     """Either the rollback commits and the manifest delete then removes the tag
     with it, or the delete wins and the rollback is refused: never a tag
-    pointing at a deleted manifest (invariant 2)."""
+    pointing at a deleted manifest (invariant 2 of docs/invariants.md)."""
     stores = [MetadataStore(kv, keys, SystemClock(), RandomIds(), f"r{i}") for i in range(2)]
     for round_ in range(20):
         repo = f"repo{round_}"

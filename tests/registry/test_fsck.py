@@ -84,7 +84,7 @@ async def reg(kv: EtcdKV, store: BlobStore) -> AsyncIterator[Registry]:
     r.meta.inline_limit = 1024
     await r.start()
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(60):  # a campaign: generous, the machine may be busy
             while not r.leadership.is_leader:
                 await asyncio.sleep(0.05)
         yield r
@@ -105,7 +105,7 @@ async def damage(store: BlobStore, name: str, data: bytes) -> None:
         await asyncio.to_thread(_overwrite, path, data)
     else:
         assert isinstance(store, S3BlobStore)
-        await obstore.put_async(store._store, store._blob_key(name), data)
+        await obstore.put_async(store.inner._store, store.inner._blob_key(name), data)
 
 
 async def push_blob(reg: Registry, repo: str, data: bytes) -> str:

@@ -87,13 +87,15 @@ async def registry(
 
 
 async def lead(reg: Registry) -> None:
-    async with asyncio.timeout(10):
+    """Until ``reg`` leads; the bound is generous (a busy machine), tests that
+    promise a takeover time assert it themselves."""
+    async with asyncio.timeout(60):
         while not reg.leadership.is_leader:
             await asyncio.sleep(0.05)
 
 
 async def check_invariants(reg: Registry) -> None:
-    """Invariant 2: no manifest references a missing blob (link, live record, bytes)
+    """Invariant 2 of docs/invariants.md: no manifest references a missing blob (link, live record, bytes)
     or a missing child manifest."""
     snap = await GcStore(reg.kv, reg.meta.keys).snapshot()
     for repo, manifests in snap.manifests.items():
@@ -235,7 +237,7 @@ async def test_only_the_leader_collects_and_a_killed_leader_is_replaced(
             registry(kv, tmp_path / "blobs", prefix, policy, "a") as a,
             registry(kv_b, tmp_path / "blobs", prefix, policy, "b") as b,
         ):
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(60):
                 while not (a.leadership.is_leader or b.leadership.is_leader):
                     await asyncio.sleep(0.05)
             leader, follower = (a, b) if a.leadership.is_leader else (b, a)
@@ -247,7 +249,9 @@ async def test_only_the_leader_collects_and_a_killed_leader_is_replaced(
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             await lead(follower)
-            assert loop.time() - t0 < follower.leadership.ttl + 2
+            # The lease runs out within its TTL, the follower campaigns every TTL/3; slack for a busy machine.
+            ttl = follower.leadership.ttl
+            assert loop.time() - t0 < ttl + ttl / 3 + 3
             assert await follower.leadership.leader() == follower.replica
     finally:
         await kv_b.close()
@@ -300,7 +304,7 @@ async def test_suspend_and_schedule(kv: EtcdKV, tmp_path: Path, prefix: str) -> 
         await asyncio.sleep(0.3)
         assert reg.pruner.stats.runs["success"] == 0, "a suspended pruner ran"
         reg.pruner.suspend = False
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(60):
             while reg.pruner.stats.runs["success"] == 0:
                 await asyncio.sleep(0.05)
         task.cancel()

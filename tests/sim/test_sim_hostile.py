@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from hareg.plants import Plants
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.service import Registry
 from hareg.storage.base import StorageUnavailable, UploadNotFound
@@ -129,7 +128,7 @@ def _judged(handler: Handler, *, body: Body | None = None) -> tuple[Outcome, lis
         cluster = EtcdCluster(loop, net, random.Random(2), trace)
         objects = ObjectStore(loop, random.Random(3), trace, epoch=EPOCH)
         etcd = loop.create_task(cluster.run())
-        replica = Replica("r0", loop, net, cluster, objects, random.Random(4), trace, Plants())
+        replica = Replica("r0", loop, net, cluster, objects, random.Random(4), trace)
         await replica.start()
         env = Env(
             loop, net, [replica], History(loop.time, trace), Universe(("team/app",), ("latest",)), trace

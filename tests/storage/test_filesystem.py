@@ -371,7 +371,7 @@ async def test_stream_failure_discards_the_whole_write(tmp_path: Path, write_bat
         # Documented choice: half a request is never part of an upload.
         assert await store.upload_size("u") == 5
         assert await collect(store.upload_read("u")) == b"kept-"
-        assert store._locks == {}
+        assert store.inner._locks == {}
     finally:
         await store.close()
 
@@ -396,7 +396,7 @@ async def test_cancelled_write_is_discarded(fs_store: FilesystemBlobStore) -> No
     assert await fs_store.upload_size("c") == 5
     assert await fs_store.upload_write("c", 5, chunks_of(b"three")) == 10
     assert await collect(fs_store.upload_read("c")) == b"zero-three"
-    assert fs_store._locks == {}
+    assert fs_store.inner._locks == {}
 
 
 async def test_failed_disk_write_is_truncated(
@@ -435,7 +435,7 @@ async def test_lock_table_does_not_grow(fs_store: FilesystemBlobStore) -> None:
             await fs_store.upload_write(f"missing{i}", 0, chunks_of(b"z"))
         data = await collect(fs_store.upload_read(uid))
         await fs_store.upload_commit(uid, digest_of(data), len(data))
-    assert fs_store._locks == {}
+    assert fs_store.inner._locks == {}
 
 
 async def test_two_processes_sharing_a_root(tmp_path: Path) -> None:
@@ -553,7 +553,7 @@ async def test_second_writer_waits_for_the_first(fs_store: FilesystemBlobStore) 
     with pytest.raises(StreamBroke):
         await first
     assert await second == 6
-    assert fs_store._locks == {}
+    assert fs_store.inner._locks == {}
 
 
 async def test_staging_replaced_between_open_and_lock(
@@ -605,19 +605,19 @@ async def test_cancel_waits_for_the_thread(
 
     def slow_pwrite(fd: int, data: Any, pos: int) -> int:
         in_write.set()
-        proceed.wait(10)
+        proceed.wait(60)
         return real_pwrite(fd, data, pos)
 
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
     task = asyncio.create_task(fs_store.upload_write("t", 0, chunks_of(b"payload")))
-    assert await asyncio.to_thread(in_write.wait, 10)
+    assert await asyncio.to_thread(in_write.wait, 60)
     task.cancel()
     await asyncio.sleep(0.05)
     assert not task.done()
-    assert "t" in fs_store._locks
+    assert "t" in fs_store.inner._locks
     proceed.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     monkeypatch.undo()
-    assert fs_store._locks == {}
+    assert fs_store.inner._locks == {}
     assert await fs_store.upload_size("t") == 7

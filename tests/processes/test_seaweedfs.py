@@ -160,7 +160,7 @@ async def test_start_stop_restart_keeps_objects(tmp_path: Path) -> None:
 @needs_weed
 async def test_pause_and_resume(tmp_path: Path) -> None:
     async with SeaweedFSProcess(tmp_path / "data") as proc:
-        store = store_on(proc, timeout=1.0, connect_timeout=0.5, max_retries=0)
+        store = store_on(proc, timeout=3.0, connect_timeout=0.5, max_retries=0)
         try:
             digest = await put_blob(store, "p", b"x")
             proc.pause()
@@ -172,7 +172,7 @@ async def test_pause_and_resume(tmp_path: Path) -> None:
             proc.pause()  # stop() must cope with a paused weed
             t0 = time.monotonic()
             await proc.stop(grace=5)
-            assert time.monotonic() - t0 < 6
+            assert time.monotonic() - t0 < 15  # the grace, then SIGKILL: never a hang
             assert not proc.running
         finally:
             await store.close()

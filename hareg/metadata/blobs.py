@@ -1,0 +1,150 @@
+"""Blob records and their links into repositories.
+
+A blob record (one per digest) says its bytes are stored and whether a
+collector is deleting them; a link (one per repository and digest) is what
+makes a blob part of a repository.  Every write that makes new use of a
+blob's bytes guards against garbage collection of the same digest
+(``blob_guard``); a link is removed only while no manifest of the repository
+references it, checked by a range compare that fails if any manifest was
+written since the check (no push can slip in between).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp
+from hareg.metadata.errors import BlobCollected, ReferencedBy
+from hareg.metadata.keys import Keys
+from hareg.metadata.records import BlobRecord, LinkRecord, ManifestRecord, decode, encode
+from hareg.metadata.writes import Done, StoreBase, Txn
+
+
+async def blob_guard(
+    keys: Keys,
+    digest: str,
+    blob_kv: KeyValue | None,
+    bytes_present: Callable[[], Awaitable[bool]] | None,
+) -> Compare:
+    """The guard against garbage collection of ``digest`` for a write that makes
+    new use of its bytes (a link, or a manifest body stored there) and
+    re-writes its blob record: a record in state "deleting" is refused, and
+    with no record ``bytes_present`` must confirm the bytes are still there
+    (the collector deletes bytes before the record, so no record means no
+    collector is still deleting).  The compare on the record's mod_revision
+    makes a claim after this read fail, or this write."""
+    if blob_kv is None:
+        if bytes_present is not None and not await bytes_present():
+            raise BlobCollected(digest)
+    elif decode(BlobRecord, blob_kv.value).state != "live":
+        raise BlobCollected(digest)
+    return Compare.mod_revision_is(keys.blob(digest), blob_kv.mod_revision if blob_kv else 0)
+
+
+class BlobMetadata(StoreBase):
+    async def get_link(self, repo: str, digest: str) -> LinkRecord | None:
+        return await self._record(self.keys.link(repo, digest), LinkRecord, lambda c: c.link(repo, digest))
+
+    async def get_blob(self, digest: str) -> BlobRecord | None:
+        return await self._record(self.keys.blob(digest), BlobRecord)
+
+    async def add_blob(
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        upload_id: str | None = None,
+        *,
+        bytes_present: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Record a blob whose bytes are already stored, link it into ``repo``
+        and close the upload session, in one transaction.
+
+        Guarded against garbage collection of the same digest: the transaction
+        compares the blob record's mod_revision, refuses a record in state
+        "deleting", and when there is no record asks ``bytes_present`` — the
+        upload may have found the bytes already stored (and dropped its own)
+        just before a collector removed them."""
+        blob_key, link_key = self.keys.blob(digest), self.keys.link(repo, digest)
+
+        async def attempt() -> Txn[None]:
+            blob_kv, repo_kv = await self._read_many([blob_key, self.keys.repo(repo)])
+            compares = [await blob_guard(self.keys, digest, blob_kv, bytes_present)]
+            now = self.clock.now()
+            link = Put(link_key, encode(LinkRecord(size, now, now)))
+            ops: list[TxnOp] = [Put(blob_key, encode(BlobRecord(size, now))), link]
+            if upload_id is not None:
+                ops.append(Delete(self.keys.upload(upload_id)))
+            if repo_kv is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
+            return Txn(compares, ops, lambda: self._wrote(link), None)
+
+        await self._write(f"link of blob {digest} into {repo}", attempt)
+
+    async def touch_link(self, repo: str, digest: str, link: LinkRecord) -> bool:
+        """Mark a link as just used (a HEAD or GET found it), so garbage
+        collection spares it for its grace window.  False if the link is gone."""
+        self._check_writable()  # while etcd is known down, fail fast rather than stall the read
+        key = self.keys.link(repo, digest)
+        touched = LinkRecord(link.size, link.created, self.clock.now())
+        result = await self.kv.txn([Compare.exists(key)], [Put(key, encode(touched))])
+        return result.succeeded
+
+    async def mount_blob(self, repo: str, digest: str, from_repo: str) -> int | None:
+        """Link a blob of ``from_repo`` into ``repo``; None if the source does not have it."""
+        src_key, blob_key = self.keys.link(from_repo, digest), self.keys.blob(digest)
+
+        async def attempt() -> Txn[int | None] | Done[int | None]:
+            src, blob, repo_kv = await self._read_many([src_key, blob_key, self.keys.repo(repo)])
+            if src is None or blob is None:
+                return Done(None)
+            record = decode(BlobRecord, blob.value)
+            if record.state != "live":
+                return Done(None)  # being garbage collected: the client uploads it anew
+            size = decode(LinkRecord, src.value).size
+            now = self.clock.now()
+            compares = [Compare.exists(src_key), Compare.mod_revision_is(blob_key, blob.mod_revision)]
+            link = Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now)))
+            ops: list[TxnOp] = [
+                link,
+                # Re-written so a collector that saw no link for it cannot commit.
+                Put(blob_key, encode(BlobRecord(record.size, record.created))),
+            ]
+            if repo_kv is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
+            return Txn(compares, ops, lambda: self._wrote(link), size)
+
+        return await self._write(f"mount of {digest} into {repo}", attempt)
+
+    async def remove_link(self, repo: str, digest: str) -> bool:
+        """Unlink a blob from a repository unless a manifest there references it."""
+        link_key = self.keys.link(repo, digest)
+        span = self.keys.manifests(repo)
+
+        async def attempt() -> Txn[bool] | Done[bool]:
+            link = await self._get(link_key)
+            if link is None:
+                return Done(False)
+            manifests = await self._range_all(span)
+            users = [
+                self.keys.last_part(kv.key)
+                for kv in manifests.kvs
+                if digest in decode(ManifestRecord, kv.value).blobs
+            ]
+            if users:
+                raise ReferencedBy(users)
+            compares = [
+                Compare.mod_revision_is(link_key, link.mod_revision),
+                Compare.range_unchanged_since(span[0], span[1], manifests.revision),
+            ]
+
+            async def gone() -> bool:
+                return await self._get(link_key) is None
+
+            return Txn(compares, [Delete(link_key)], gone, True)
+
+        return await self._write(f"delete of blob {digest} in {repo}", attempt)

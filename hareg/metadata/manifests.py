@@ -1,0 +1,278 @@
+"""Manifests: the push that commits a manifest with its tags and referrer
+entry, its deletion, and the reads of both.
+
+A manifest commits only if every blob and child manifest it references is
+linked in its repository *in the same transaction* (invariant 2 of docs/invariants.md); a push also
+compares a tag it finds already in place, so it cannot be acknowledged while
+a concurrent delete removes that tag.  A manifest is deleted only while no
+index of the repository references it, checked by range compares over the
+repository's manifests and tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp
+from hareg.metadata.blobs import blob_guard
+from hareg.metadata.errors import ImmutableTag, MissingReferences, ReferencedBy
+from hareg.metadata.records import (
+    BlobRecord,
+    HistoryEntry,
+    ManifestRecord,
+    ReferrerRecord,
+    TagRecord,
+    TagSeqRecord,
+    decode,
+    encode,
+)
+from hareg.metadata.tags import immutable_pattern, rule_patterns, rule_unchanged, tag_delete_ops
+from hareg.metadata.writes import Done, StoreBase, Txn
+from hareg.plants import planted
+
+
+@dataclass(frozen=True, slots=True)
+class TagWrite:
+    tag: str
+    previous: str | None  # digest the tag pointed at before, None if new
+
+
+def _as_stored(pushed: ManifestRecord, stored: ManifestRecord) -> ManifestRecord:
+    """A re-push of a stored digest: the same bytes, so everything parsed from
+    them stays as first stored (the Content-Type of a body without
+    ``mediaType`` decided its type once); only the creation time is new, which
+    spares it from the collector's age limit as a first push would."""
+    return replace(
+        pushed,
+        media_type=stored.media_type,
+        blobs=stored.blobs,
+        manifests=stored.manifests,
+        subject=stored.subject,
+        artifact_type=stored.artifact_type,
+        annotations=stored.annotations,
+    )
+
+
+class ManifestMetadata(StoreBase):
+    async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        key = self.keys.manifest(repo, digest)
+        return await self._record(key, ManifestRecord, lambda c: c.manifest(repo, digest))
+
+    async def get_tagged_manifest(self, repo: str, tag: str) -> tuple[str, ManifestRecord | None] | None:
+        """A tag and its manifest read at one point in time (one barrier, or one txn)."""
+        if (cache := await self._from_cache()) is not None:
+            rec = cache.tag(repo, tag)
+            return (rec.digest, cache.manifest(repo, rec.digest)) if rec else None
+        tag_kv = await self._get(self.keys.tag(repo, tag))
+        if tag_kv is None:
+            return None
+        digest = decode(TagRecord, tag_kv.value).digest
+        return digest, await self.get_manifest(repo, digest)
+
+    async def list_referrers(self, repo: str, subject: str) -> list[tuple[str, ReferrerRecord]]:
+        result = await self._range_all(self.keys.referrers(repo, subject))
+        return [(self.keys.last_part(kv.key), decode(ReferrerRecord, kv.value)) for kv in result.kvs]
+
+    async def check_references(self, repo: str, record: ManifestRecord) -> None:
+        """Raise MissingReferences if ``repo`` now lacks something ``record`` references.
+        Only a pre-check (before work that a refused push would waste): put_manifest
+        re-checks in its transaction."""
+        if (missing := await self._missing_references(repo, record)) is not None:
+            raise missing
+
+    async def _missing_references(self, repo: str, record: ManifestRecord) -> MissingReferences | None:
+        keys = [self.keys.link(repo, d) for d in record.blobs] + [
+            self.keys.manifest(repo, d) for d in record.manifests
+        ]
+        found = await self._read_many(keys)
+        nb = len(record.blobs)
+        blobs = [d for d, kv in zip(record.blobs, found[:nb], strict=True) if kv is None]
+        children = [d for d, kv in zip(record.manifests, found[nb:], strict=True) if kv is None]
+        return MissingReferences(blobs, children) if blobs or children else None
+
+    async def put_manifest(
+        self,
+        repo: str,
+        digest: str,
+        record: ManifestRecord,
+        tags: Sequence[str] = (),
+        *,
+        body_present: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[TagWrite]:
+        """Commit a manifest, its referrer entry and its tags in one transaction,
+        guarded by the existence of everything it references.
+
+        A manifest whose body is in the blob store (``record.body is None``)
+        also writes the blob record of its digest, with the guard ``add_blob``
+        uses against garbage collection: a record in state "deleting" is
+        refused (BlobCollected), and with no record ``body_present`` must
+        confirm that the bytes the caller stored are still there.
+
+        A re-push of a digest already in the repository keeps what was stored
+        for it (media type, references, subject: a body without ``mediaType``
+        parsed under another Content-Type must not change what the digest is)
+        and only refreshes its creation time.  Every named tag is compared,
+        also one that already points at the digest: a delete committed in
+        between must make this write retry (and re-create the tag), never
+        leave an acknowledged tag push without its tag."""
+        tags = list(dict.fromkeys(tags))  # one key may appear once in an etcd transaction
+        manifest_key = self.keys.manifest(repo, digest)
+        stored_body = record.body is None
+        pushed = record
+
+        async def attempt() -> Txn[list[TagWrite]]:
+            pre_keys = [self.keys.repo(repo), manifest_key]
+            for tag in tags:
+                pre_keys += [self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)]
+            pre = await self._read_many(
+                [*pre_keys, self.keys.immutability(repo), *([self.keys.blob(digest)] if stored_body else [])]
+            )
+            blob_kv = pre.pop() if stored_body else None
+            rule_kv = pre.pop()
+            repo_kv, existing_kv, tag_kvs = pre[0], pre[1], pre[2:]
+            record = pushed
+            if existing_kv is not None:
+                record = _as_stored(pushed, decode(ManifestRecord, existing_kv.value))
+            manifest_value = encode(record)
+            now = self.clock.now()
+            write_id = self.ids.new_id()
+            compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
+                Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
+            ]
+            compares.append(
+                Compare.mod_revision_is(manifest_key, existing_kv.mod_revision if existing_kv else 0)
+            )
+            ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
+            if stored_body:
+                compares.append(await blob_guard(self.keys, digest, blob_kv, body_present))
+                ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
+            if repo_kv is None:
+                missing_repo, put_repo = self._ensure_repo(repo)
+                compares.append(missing_repo)
+                ops.append(put_repo)
+            writes: list[TagWrite] = []
+            for i, tag in enumerate(tags):
+                tag_kv, seq_kv = tag_kvs[2 * i], tag_kvs[2 * i + 1]
+                current = decode(TagRecord, tag_kv.value) if tag_kv else None
+                tag_guard = [
+                    Compare.mod_revision_is(self.keys.tag(repo, tag), tag_kv.mod_revision if tag_kv else 0),
+                    Compare.mod_revision_is(
+                        self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
+                    ),
+                ]
+                if current is not None and current.digest == digest:
+                    compares += tag_guard  # unchanged, but only while nothing deletes it
+                    continue
+                if current is not None and (pattern := immutable_pattern(rule_patterns(rule_kv), tag)):
+                    raise ImmutableTag(repo, tag, pattern)
+                seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+                old = current.digest if current else None
+                if not planted("tag-no-compare"):  # PLANTED BUG (simulator only): the tag is unguarded
+                    compares += tag_guard
+                ops += [
+                    Put(
+                        self.keys.tag(repo, tag), encode(TagRecord(digest, seq, now, self.replica, write_id))
+                    ),
+                    Put(self.keys.tag_seq(repo, tag), encode(TagSeqRecord(seq))),
+                    Put(
+                        self.keys.history(repo, tag, seq),
+                        encode(HistoryEntry(seq, now, old, digest, self.replica, "push")),
+                    ),
+                ]
+                writes.append(TagWrite(tag, old))
+            if writes:
+                compares.append(rule_unchanged(self.keys, repo, rule_kv))
+            if record.subject is not None:
+                ops.append(
+                    Put(
+                        self.keys.referrer(repo, record.subject, digest),
+                        encode(
+                            ReferrerRecord(
+                                record.media_type, record.size, record.artifact_type, record.annotations
+                            )
+                        ),
+                    )
+                )
+
+            async def committed() -> bool:
+                found = await self._read_many([manifest_key] + [self.keys.tag(repo, w.tag) for w in writes])
+                # Our own record (its creation time), not one an earlier push left: the
+                # collector spares a manifest by its age (keepYoungerThanDuration).
+                if found[0] is None or found[0].value != manifest_value:
+                    return False
+                return all(
+                    kv is not None and decode(TagRecord, kv.value).write_id == write_id for kv in found[1:]
+                )
+
+            # On a failed compare: a reference went missing (refused), or else a
+            # tag or the repository changed under us (read again and retry).
+            return Txn(compares, ops, committed, writes, lambda: self.check_references(repo, record))
+
+        return await self._write(f"manifest {digest} in {repo}", attempt)
+
+    async def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest and every tag that points at it, unless an index
+        in the repository references it."""
+        manifest_key = self.keys.manifest(repo, digest)
+        m_span, t_span = self.keys.manifests(repo), self.keys.tags(repo)
+
+        async def attempt() -> Txn[bool] | Done[bool]:
+            manifests = await self._range_all(m_span)
+            tags = await self._range_all(t_span, revision=manifests.revision)
+            target: KeyValue | None = None
+            users: list[str] = []
+            for kv in manifests.kvs:
+                d = self.keys.last_part(kv.key)
+                if d == digest:
+                    target = kv
+                elif digest in decode(ManifestRecord, kv.value).manifests:
+                    users.append(d)
+            if target is None:
+                return Done(False)
+            if users:
+                raise ReferencedBy(users)
+            record = decode(ManifestRecord, target.value)
+            rev = manifests.revision
+            compares = [
+                Compare.range_unchanged_since(m_span[0], m_span[1], rev),
+                Compare.range_unchanged_since(t_span[0], t_span[1], rev),
+            ]
+            ops: list[TxnOp] = [Delete(manifest_key)]
+            pointing = [kv for kv in tags.kvs if decode(TagRecord, kv.value).digest == digest]
+            if pointing:
+                seqs = await self._read_many(
+                    [self.keys.tag_seq(repo, self.keys.last_part(kv.key)) for kv in pointing]
+                    + [self.keys.immutability(repo)]
+                )
+                rule_kv = seqs.pop()
+                compares.append(rule_unchanged(self.keys, repo, rule_kv))
+                for tag_kv, seq_kv in zip(pointing, seqs, strict=True):
+                    tag = self.keys.last_part(tag_kv.key)
+                    if pattern := immutable_pattern(rule_patterns(rule_kv), tag):
+                        raise ImmutableTag(repo, tag, pattern)
+                    compares += [
+                        Compare.mod_revision_is(
+                            self.keys.tag_seq(repo, tag), seq_kv.mod_revision if seq_kv else 0
+                        ),
+                        # The sequences were read after the tags: a tag deleted in
+                        # between (which the range guard cannot see) must fail the
+                        # txn, or it would get a second "delete" history entry.
+                        Compare.mod_revision_is(tag_kv.key, tag_kv.mod_revision),
+                    ]
+                    ops += tag_delete_ops(
+                        self.keys, repo, tag, digest, seq_kv, now=self.clock.now(), replica=self.replica
+                    )
+            if record.subject is not None:
+                ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+            # Not "the manifest is gone" to verify a lost reply: a concurrent delete
+            # also leaves it gone.  Our marker (a fresh write id) is proof.
+            marker = Put(
+                self.keys.deletion(repo, digest),
+                self.ids.new_id().encode(),
+                lease=await self._lease_for_uploads(),
+            )
+            ops.append(marker)
+            return Txn(compares, ops, lambda: self._wrote(marker), True)
+
+        return await self._write(f"delete of manifest {digest} in {repo}", attempt)
