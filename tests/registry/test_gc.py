@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import uuid
@@ -24,26 +23,7 @@ from hareg.registry.pruner import NotLeader
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore
-
-OCI = "application/vnd.oci.image.manifest.v1+json"
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def manifest(config: bytes, layers: list[bytes], note: str = "") -> bytes:
-    def desc(mt: str, b: bytes) -> dict[str, object]:
-        return {"mediaType": mt, "digest": digest(b), "size": len(b)}
-
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI,
-        "config": desc("application/vnd.oci.image.config.v1+json", config),
-        "layers": [desc("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
-        "annotations": {"note": note},
-    }
-    return json.dumps(doc).encode()
+from registry.images import OCI, digest, manifest
 
 
 async def push_blob(reg: Registry, repo: str, data: bytes) -> None:
