@@ -4,7 +4,7 @@ etcd, and the same served over HTTP by an in-process aiohttp test server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,10 +24,17 @@ Client = TestClient[Any, Any]
 
 @asynccontextmanager
 async def running(
-    kv: KV, store: BlobStore, *, clock: Clock | None = None, prefix: str | None = None, **options: Any
+    kv: KV,
+    store: BlobStore,
+    *,
+    clock: Clock | None = None,
+    prefix: str | None = None,
+    before_start: Callable[[Registry], None] | None = None,
+    **options: Any,
 ) -> AsyncIterator[Registry]:
     """A started Registry (``options`` go to its constructor), on a key prefix
-    of its own unless one is given; on leaving it stops and ``store`` closes."""
+    of its own unless one is given; ``before_start`` may adjust it (a shorter
+    lease, a lower inline limit); on leaving it stops and ``store`` closes."""
     reg = Registry(
         kv,
         store,
@@ -36,6 +43,8 @@ async def running(
         prefix=prefix or f"/test-{uuid.uuid4().hex[:12]}",
         **options,
     )
+    if before_start is not None:
+        before_start(reg)
     await reg.start()
     try:
         yield reg

@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from registries import running
 
-from hareg.clock import SystemClock
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.collection import CollectionStore
 from hareg.registry.errors import RegistryError
@@ -46,24 +45,19 @@ async def push_image(reg: Registry, repo: str, tag: str | None, layers: list[byt
 async def registry(
     kv: EtcdKV, root: Path, prefix: str, policy: Policy, name: str = "r0"
 ) -> AsyncIterator[Registry]:
-    store = FilesystemBlobStore(root)
-    reg = Registry(
+    def short_lease(reg: Registry) -> None:
+        reg.leadership.ttl = 2
+
+    async with running(
         kv,
-        store,
-        SystemClock(),
-        RandomIds(),
+        FilesystemBlobStore(root),
         prefix=prefix,
         replica=name,
         gc_policy=policy,
         upload_grace=policy.grace,
-    )
-    reg.leadership.ttl = 2
-    await reg.start()
-    try:
+        before_start=short_lease,
+    ) as reg:
         yield reg
-    finally:
-        await reg.stop()
-        await store.close()
 
 
 async def lead(reg: Registry) -> None:
