@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from cli_process import PROJECT_ROOT
-from e2e.hareg_process import HAREG, HaregServer, free_port, launch, wait_no_orphans
+from e2e.hareg_process import HAREG, HaregServer, launch, wait_no_orphans
 
 from hareg.cli.main import main
 from hareg.processes.etcd import EtcdNotFound, find_etcd
+from hareg.processes.ports import free_port
 
 pytestmark = [pytest.mark.timeout(180)]
 

@@ -10,7 +10,6 @@ with a path inside a data dir in its command line: the embedded etcd
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -21,18 +20,13 @@ from typing import Protocol
 import psutil
 from cli_process import CommandRun, child_env, start_command
 
+from hareg.processes.ports import free_port
+
 # The console script as users run it (``python -m hareg`` if it is not installed).
 _SCRIPT = Path(sys.executable).with_name("hareg")
 HAREG = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hareg"]
 START_TIMEOUT = 60.0
 ORPHAN_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(kw_only=True)

@@ -23,8 +23,9 @@ import pytest
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import MemberRecord, decode
+from hareg.processes.ports import free_port
 
-from .hareg_process import Launcher, data_dir_processes, free_port, wait_no_orphans
+from .hareg_process import Launcher, data_dir_processes, wait_no_orphans
 
 TRACEBACK = "Traceback (most recent call last)"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

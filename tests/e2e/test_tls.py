@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hareg.processes.ports import free_port
+
 from .certs import self_signed
-from .hareg_process import Launcher, free_port
+from .hareg_process import Launcher
 
 HOSTNAME = "registry.example.test"
 

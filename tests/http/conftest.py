@@ -3,17 +3,15 @@ behind aiohttp's in-process test server."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
+from registries import running, serving
 
-from hareg.clock import SystemClock
 from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
@@ -21,15 +19,9 @@ from hareg.storage.filesystem import FilesystemBlobStore
 
 @pytest.fixture
 async def registry(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Registry]:
-    store = FilesystemBlobStore(tmp_path / "blobs")
     # Each test gets its own key prefix on the shared session etcd.
-    reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
-    await reg.start()
-    try:
+    async with running(kv, FilesystemBlobStore(tmp_path / "blobs")) as reg:
         yield reg
-    finally:
-        await reg.stop()
-        await store.close()
 
 
 @pytest.fixture
@@ -44,12 +36,5 @@ async def hooked(
 ) -> AsyncIterator[tuple[Registry, HookedKV, TestClient[object, object]]]:
     """A registry whose etcd connection lets a test order a race exactly (kv_hooks.py)."""
     hooked_kv = HookedKV(kv)
-    store = FilesystemBlobStore(tmp_path / "hooked-blobs")
-    reg = Registry(hooked_kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg))) as c:
-            yield reg, hooked_kv, c
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(hooked_kv, FilesystemBlobStore(tmp_path / "hooked-blobs")) as (reg, c):
+        yield reg, hooked_kv, c

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import Client, expect_error, push_blob, push_image, sha256, sha512
+from registries import serving
 from seaweedfs_fixtures import S3StoreFactory
 
-from hareg.clock import SystemClock
-from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
 
@@ -143,28 +138,21 @@ async def test_range_requests_on_an_object_store(
 ) -> None:
     """The S3 driver's paths: bytes streamed through the registry, or a redirect
     (the range decided first, so a 416 is the registry's; the store serves the rest)."""
-    store = s3_store()
-    reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
-    await reg.start()
-    try:
-        app = init_app(reg, HttpSettings(disable_redirect=not redirect))
-        async with TestClient(TestServer(app)) as c:
-            digest = await push_blob(c, "repo", BLOB)
-            if not redirect:
-                await check_ranges(c, "repo", digest)
-                return
-            for header in UNSATISFIABLE:
-                r = await c.get(f"/v2/repo/blobs/{digest}", headers={"Range": header}, allow_redirects=False)
-                assert r.headers["Content-Range"] == f"bytes */{len(BLOB)}", header
-                await expect_error(r, 416, "BLOB_UPLOAD_INVALID")
-            r = await c.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=0-9"}, allow_redirects=False)
-            assert r.status == 307
-            async with aiohttp.ClientSession() as session:
-                got = await session.get(r.headers["Location"], headers={"Range": "bytes=0-9"})
-                assert got.status == 206 and await got.read() == BLOB[:10]
-    finally:
-        await reg.stop()
-        await store.close()
+    settings = HttpSettings(disable_redirect=not redirect)
+    async with serving(kv, s3_store(), settings=settings) as (_, c):
+        digest = await push_blob(c, "repo", BLOB)
+        if not redirect:
+            await check_ranges(c, "repo", digest)
+            return
+        for header in UNSATISFIABLE:
+            r = await c.get(f"/v2/repo/blobs/{digest}", headers={"Range": header}, allow_redirects=False)
+            assert r.headers["Content-Range"] == f"bytes */{len(BLOB)}", header
+            await expect_error(r, 416, "BLOB_UPLOAD_INVALID")
+        r = await c.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=0-9"}, allow_redirects=False)
+        assert r.status == 307
+        async with aiohttp.ClientSession() as session:
+            got = await session.get(r.headers["Location"], headers={"Range": "bytes=0-9"})
+            assert got.status == 206 and await got.read() == BLOB[:10]
 
 
 async def test_ranges_of_an_empty_blob(client: Client) -> None:

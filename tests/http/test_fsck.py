@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,6 +17,7 @@ from hareg.clock import SystemClock
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
+from hareg.processes.ports import free_port
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -146,13 +146,6 @@ async def test_refused_on_a_read_only_registry(client: Client) -> None:
     await expect_error(await client.post("/hareg/v1/fsck"), 405, "UNSUPPORTED")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_a_repair_sent_to_another_replica_runs_on_the_leader(etcd_url: str, tmp_path: Path) -> None:
     prefix = f"/test-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
@@ -162,7 +155,7 @@ async def test_a_repair_sent_to_another_replica_runs_on_the_leader(etcd_url: str
             stack.push_async_callback(kv.close)
             store = FilesystemBlobStore(tmp_path / "blobs")
             stack.push_async_callback(store.close)
-            port = _free_port()
+            port = free_port()
             # Replicas that know their URL register in membership: how a request finds the leader.
             reg = Registry(
                 kv,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
 from oci_helpers import (
     DOCKER_FOREIGN_LAYER,
@@ -37,11 +35,9 @@ from oci_helpers import (
     sha512,
     snapshot,
 )
+from registries import serving
 
-from hareg.clock import SystemClock
 from hareg.config.model import LimitsConfig
-from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.base import Compare, Put, TxnOp
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
@@ -675,17 +671,8 @@ async def test_docker_types_cannot_carry_a_subject(client: Client) -> None:
 async def registry_on(
     kv: EtcdKV, tmp_path: Path, limits: LimitsConfig
 ) -> AsyncIterator[tuple[Registry, Client]]:
-    store = FilesystemBlobStore(tmp_path / "blobs")
-    reg = Registry(
-        kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", limits=limits
-    )
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg))) as client:
-            yield reg, client
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(kv, FilesystemBlobStore(tmp_path / "blobs"), limits=limits) as served:
+        yield served
 
 
 # --------------------------------------------------------------- races and re-pushes
@@ -797,16 +784,8 @@ async def urls_client(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Client]:
     """A registry whose configuration allows URLs under https://example.com/."""
     store = FilesystemBlobStore(tmp_path / "url-blobs")
     urls = UrlPolicy.compile([r"^https://example\.com/"], [r"/denied/"])
-    reg = Registry(
-        kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", manifest_urls=urls
-    )
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg))) as c:
-            yield c
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(kv, store, manifest_urls=urls) as (_, c):
+        yield c
 
 
 async def test_references_and_annotations_are_capped(kv: EtcdKV, tmp_path: Path) -> None:

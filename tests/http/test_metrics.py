@@ -4,7 +4,6 @@ of each app's own (never prometheus_client's global one)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -14,10 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import push_image, sha256, start_upload
 from prometheus_client.parser import text_string_to_metric_families
+from registries import serving
 
-from hareg.clock import SystemClock
 from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.base import KVUnavailable, KVUnknownOutcome
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
@@ -62,20 +60,8 @@ async def metered(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[tuple[Registry, C
     """A registry whose etcd and storage calls are instrumented, as ``hareg serve`` builds it."""
     metrics = Metrics()
     store = FilesystemBlobStore(tmp_path / "blobs", observe=metrics.observe_storage)
-    reg = Registry(
-        InstrumentedKV(kv, metrics.observe_etcd),
-        store,
-        SystemClock(),
-        RandomIds(),
-        prefix=f"/metrics-{uuid.uuid4().hex[:10]}",
-    )
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg, metrics=metrics))) as client:
-            yield reg, client, metrics
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(InstrumentedKV(kv, metrics.observe_etcd), store, metrics=metrics) as (reg, client):
+        yield reg, client, metrics
 
 
 async def test_request_counts_latency_and_bytes_move(metered: tuple[Registry, Client, Metrics]) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
 from oci_helpers import expect_error, push_image, sha256, snapshot, start_replicas, start_upload
+from registries import serving
 
 from hareg.cli.main import main as cli_main
 from hareg.clock import SystemClock
@@ -102,26 +103,17 @@ async def test_every_kind_of_write_is_refused_and_pulls_are_served(
 
 
 async def test_registry_read_only_in_the_constructor(kv: EtcdKV, tmp_path: Path) -> None:
-    store = FilesystemBlobStore(tmp_path / "blobs")
-    reg = Registry(
-        kv, store, SystemClock(), RandomIds(), prefix=f"/ro-{uuid.uuid4().hex[:8]}", read_only=True
-    )
-    await reg.start()
-    try:
+    async with serving(kv, FilesystemBlobStore(tmp_path / "blobs"), read_only=True) as (reg, c):
         assert reg.read_only
-        async with TestClient(TestServer(init_app(reg))) as c:
-            await expect_read_only(await c.post("/v2/x/blobs/uploads/"))
-            r = await c.get("/hareg/v1/read-only")
-            assert await r.json() == {
-                "readOnly": True,
-                "config": True,
-                "cluster": False,
-                "changedAt": None,
-                "changedBy": None,
-            }
-    finally:
-        await reg.stop()
-        await store.close()
+        await expect_read_only(await c.post("/v2/x/blobs/uploads/"))
+        r = await c.get("/hareg/v1/read-only")
+        assert await r.json() == {
+            "readOnly": True,
+            "config": True,
+            "cluster": False,
+            "changedAt": None,
+            "changedBy": None,
+        }
 
 
 @pytest.fixture

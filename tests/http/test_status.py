@@ -15,12 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import push_image
+from registries import serving
 
 from hareg.cli.main import main as cli_main
-from hareg.clock import SystemClock
 from hareg.http.app import init_app
 from hareg.http.keys import HttpSettings
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import EtcdProcess
 from hareg.registry.service import Registry
@@ -57,15 +56,10 @@ async def test_status_endpoint_of_a_healthy_replica(client: Client, registry: Re
 @pytest.fixture
 async def on_own_etcd(own_etcd: EtcdProcess, tmp_path: Path) -> AsyncIterator[tuple[Registry, Client]]:
     kv = await EtcdKV.connect([own_etcd.client_url], timeout=5.0)
-    store = FilesystemBlobStore(tmp_path / "blobs")
-    reg = Registry(kv, store, SystemClock(), RandomIds(), prefix="/status")
-    await reg.start()
     try:
-        async with TestClient(TestServer(init_app(reg))) as client:
-            yield reg, client
+        async with serving(kv, FilesystemBlobStore(tmp_path / "blobs"), prefix="/status") as served:
+            yield served
     finally:
-        await reg.stop()
-        await store.close()
         await kv.close()
 
 

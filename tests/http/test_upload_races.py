@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import Client, sha256, start_upload
+from registries import running
 from seaweedfs_fixtures import S3StoreFactory
 
-from hareg.clock import SystemClock
 from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
 from hareg.storage.base import BlobStore
@@ -43,13 +41,8 @@ async def registry(
     store: BlobStore = (
         FilesystemBlobStore(tmp_path / "blobs") if request.param == "filesystem" else s3_store()
     )
-    reg = Registry(kv, store, SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}")
-    await reg.start()
-    try:
+    async with running(kv, store) as reg:
         yield reg
-    finally:
-        await reg.stop()
-        await store.close()
 
 
 @pytest.fixture

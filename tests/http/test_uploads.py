@@ -23,6 +23,7 @@ from oci_helpers import (
     snapshot,
     start_upload,
 )
+from registries import serving
 from yarl import URL
 
 from hareg.clock import SystemClock
@@ -663,17 +664,8 @@ class ShiftedClock(SystemClock):
 async def registry_with(
     kv: EtcdKV, tmp_path: Path, limits: LimitsConfig, clock: SystemClock | None = None
 ) -> AsyncIterator[tuple[Registry, Client]]:
-    store = FilesystemBlobStore(tmp_path / "blobs")
-    reg = Registry(
-        kv, store, clock or SystemClock(), RandomIds(), prefix=f"/test-{uuid.uuid4().hex[:12]}", limits=limits
-    )
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg))) as client:
-            yield reg, client
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(kv, FilesystemBlobStore(tmp_path / "blobs"), clock=clock, limits=limits) as served:
+        yield served
 
 
 async def test_upload_sessions_are_capped_per_repository_and_in_all(kv: EtcdKV, tmp_path: Path) -> None:

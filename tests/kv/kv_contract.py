@@ -28,8 +28,26 @@ from dataclasses import dataclass
 
 import pytest
 
-from hareg.kv import KV, Compare, Delete, Event, EventType, Get, KeyValue, Op, Put, RangeResult, Target
-from hareg.kv.base import KVCompacted, KVError, KVUnavailable, KVUnknownOutcome, TxnOp, WatchBatch, prefix_end
+from hareg.kv.base import (
+    KV,
+    Compare,
+    Delete,
+    Event,
+    EventType,
+    Get,
+    KeyValue,
+    KVCompacted,
+    KVError,
+    KVUnavailable,
+    KVUnknownOutcome,
+    Op,
+    Put,
+    RangeResult,
+    Target,
+    TxnOp,
+    WatchBatch,
+    prefix_end,
+)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from etcd3aio import Etcd3Client
 
-from hareg.kv import (
+from hareg.kv.base import (
     Compare,
     KVRejected,
     KVUnavailable,

@@ -10,18 +10,15 @@ import io
 import json
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from registries import serving
 
-from hareg.clock import SystemClock
-from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
 from hareg.observability.logs import (
@@ -34,7 +31,6 @@ from hareg.observability.logs import (
     setup_logging,
 )
 from hareg.observability.metrics import Metrics
-from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
 Client = TestClient[web.Request, web.Application]
@@ -79,21 +75,10 @@ def capture() -> Iterator[io.StringIO]:
 async def client(kv: EtcdKV, tmp_path: Path, capture: io.StringIO) -> AsyncIterator[Client]:
     metrics = Metrics()
     store = PresigningStore(tmp_path / "blobs")
-    reg = Registry(
-        InstrumentedKV(kv, metrics.observe_etcd),
-        store,
-        SystemClock(),
-        RandomIds(),
-        prefix=f"/logs-{uuid.uuid4().hex[:10]}",
-        http_secret=HTTP_SECRET,
-    )
-    await reg.start()
-    try:
-        async with TestClient(TestServer(init_app(reg, metrics=metrics))) as c:
-            yield c
-    finally:
-        await reg.stop()
-        await store.close()
+    async with serving(
+        InstrumentedKV(kv, metrics.observe_etcd), store, metrics=metrics, http_secret=HTTP_SECRET
+    ) as (_, c):
+        yield c
 
 
 def basic_credentials(user: str, password: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from process_checks import assert_dies_with_parent, pid_alive
 
-from hareg.kv import KVError, KVUnavailable, KVUnknownOutcome, Put
+from hareg.kv.base import KVError, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import (
     EtcdNotFound,

@@ -23,7 +23,7 @@ from hareg.processes.seaweedfs import (
     find_weed,
     free_ports_with_grpc,
 )
-from hareg.storage import StorageUnavailable
+from hareg.storage.base import StorageUnavailable
 from hareg.storage.s3 import S3BlobStore
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,26 +29,7 @@ from hareg.registry.streams import one_chunk
 from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
 from hareg.storage.s3 import S3BlobStore
-
-OCI = "application/vnd.oci.image.manifest.v1+json"
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def manifest(config: bytes, layers: list[bytes], note: str) -> bytes:
-    def desc(mt: str, b: bytes) -> dict[str, object]:
-        return {"mediaType": mt, "digest": digest(b), "size": len(b)}
-
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI,
-        "config": desc("application/vnd.oci.image.config.v1+json", config),
-        "layers": [desc("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
-        "annotations": {"note": note},
-    }
-    return json.dumps(doc).encode()
+from registry.images import OCI, digest, manifest
 
 
 @pytest.fixture(params=["filesystem", "s3"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import uuid
@@ -13,9 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from registries import running
 
-from hareg.clock import SystemClock
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.gc import GcStore
 from hareg.registry.errors import RegistryError
@@ -24,26 +22,7 @@ from hareg.registry.pruner import NotLeader
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore
-
-OCI = "application/vnd.oci.image.manifest.v1+json"
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def manifest(config: bytes, layers: list[bytes], note: str = "") -> bytes:
-    def desc(mt: str, b: bytes) -> dict[str, object]:
-        return {"mediaType": mt, "digest": digest(b), "size": len(b)}
-
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI,
-        "config": desc("application/vnd.oci.image.config.v1+json", config),
-        "layers": [desc("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
-        "annotations": {"note": note},
-    }
-    return json.dumps(doc).encode()
+from registry.images import OCI, digest, manifest
 
 
 async def push_blob(reg: Registry, repo: str, data: bytes) -> None:
@@ -66,24 +45,19 @@ async def push_image(reg: Registry, repo: str, tag: str | None, layers: list[byt
 async def registry(
     kv: EtcdKV, root: Path, prefix: str, policy: Policy, name: str = "r0"
 ) -> AsyncIterator[Registry]:
-    store = FilesystemBlobStore(root)
-    reg = Registry(
+    def short_lease(reg: Registry) -> None:
+        reg.leadership.ttl = 2
+
+    async with running(
         kv,
-        store,
-        SystemClock(),
-        RandomIds(),
+        FilesystemBlobStore(root),
         prefix=prefix,
         replica=name,
         gc_policy=policy,
         upload_grace=policy.grace,
-    )
-    reg.leadership.ttl = 2
-    await reg.start()
-    try:
+        before_start=short_lease,
+    ) as reg:
         yield reg
-    finally:
-        await reg.stop()
-        await store.close()
 
 
 async def lead(reg: Registry) -> None:

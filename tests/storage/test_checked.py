@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hareg.storage import BlobNotFound, CheckedBlobStore, UploadNotFound, UploadOffsetMismatch
-from hareg.storage.checked import outcome_of
+from hareg.storage.base import BlobNotFound, UploadNotFound, UploadOffsetMismatch
+from hareg.storage.checked import CheckedBlobStore, outcome_of
 from hareg.storage.filesystem import FilesystemBlobStore, FilesystemDriver
 
 from .driver_suite import BAD_DIGESTS, BAD_UPLOAD_IDS, MiB, StreamBroke, chunks_of, collect, digest_of, put

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from hareg.storage import BlobStore, StorageError, StorageUnavailable, UploadNotFound, UploadOffsetMismatch
+from hareg.storage.base import (
+    BlobStore,
+    StorageError,
+    StorageUnavailable,
+    UploadNotFound,
+    UploadOffsetMismatch,
+)
 from hareg.storage.filesystem import FilesystemBlobStore
 
 from .driver_suite import (

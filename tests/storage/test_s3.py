@@ -16,7 +16,13 @@ import obstore
 import pytest
 
 from hareg.processes.seaweedfs import SeaweedFSProcess
-from hareg.storage import BlobStore, StorageError, StorageUnavailable, UploadNotFound, UploadOffsetMismatch
+from hareg.storage.base import (
+    BlobStore,
+    StorageError,
+    StorageUnavailable,
+    UploadNotFound,
+    UploadOffsetMismatch,
+)
 from hareg.storage.s3 import S3BlobStore
 
 from .conftest import S3StoreFactory, need_weed
