@@ -12,9 +12,6 @@ from typing import Final
 
 from hareg.config.model import MIN_HTTP_SECRET_LENGTH
 
-ENV_PREFIX: Final = "HAREG_"
-
-
 # Every scalar field: its YAML path, how an environment value is parsed, and
 # the comment ``defaults_yaml`` puts above it.  Kinds: "str" (any string
 # field, parsed and checked later), "optstr" (empty unsets it), "bool", "int",
@@ -171,6 +168,9 @@ SECTION_DOCS: Final = MappingProxyType(
         "validation": "What a pushed manifest may contain (distribution's validation section).",
     }
 )
+
+
+ENV_PREFIX: Final = "HAREG_"
 
 
 def env_var_name(path: str) -> str:

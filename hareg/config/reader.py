@@ -113,22 +113,24 @@ def _yaml_error(name: str, exc: yaml.YAMLError) -> str:
     return f"{name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {message}"
 
 
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why the file could not be read, in the user's terms."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, FileNotFoundError):
+        return "configuration file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, expected a YAML configuration file"
+    return f"cannot read the configuration file: {exc.strerror or exc}"
+
+
 def _read_yaml(path: str, ctx: ErrorContext) -> dict[str, object] | None:
     """The file's top-level mapping; None (with an error recorded) if unusable."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
-    except FileNotFoundError:
-        ctx.add(f"{path}: configuration file not found")
-        return None
-    except IsADirectoryError:
-        ctx.add(f"{path}: is a directory, expected a YAML configuration file")
-        return None
-    except UnicodeDecodeError as exc:
-        ctx.add(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
-        return None
-    except OSError as exc:
-        ctx.add(f"{path}: cannot read the configuration file: {exc.strerror or exc}")
+    except (OSError, UnicodeDecodeError) as exc:
+        ctx.add(f"{path}: {_unreadable(exc)}")
         return None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
@@ -103,19 +103,25 @@ _PRUNER_UNSUPPORTED: Final = MappingProxyType(
 )
 
 
+def _parses(m: Section, key: str, value: str, parse: Callable[[str], object], expected: str) -> bool:
+    """True if ``parse`` accepts ``value``; else records why not (its ValueError)."""
+    try:
+        parse(value)
+    except ValueError as exc:
+        m.ctx.bad(m.at(key), value, f"{expected} ({exc})")
+        return False
+    return True
+
+
 def _listen(m: Section, key: str, default: str | None) -> str | None:
     value = m.get(key)
+    expected = 'host:port, like "127.0.0.1:5000" or "[::1]:5000"'
     if value is None:
         return default
     if not isinstance(value, str):
-        m.ctx.bad(m.at(key), value, 'host:port, like "127.0.0.1:5000" or "[::1]:5000"')
+        m.ctx.bad(m.at(key), value, expected)
         return default
-    try:
-        split_host_port(value)
-    except ValueError as exc:
-        m.ctx.bad(m.at(key), value, f'host:port, like "127.0.0.1:5000" or "[::1]:5000" ({exc})')
-        return default
-    return value
+    return value if _parses(m, key, value, split_host_port, expected) else default
 
 
 def _url(m: Section, key: str, schemes: tuple[str, ...], example: str, need_port: bool = False) -> str | None:
@@ -304,16 +310,6 @@ def _etcd(top: Section) -> EtcdConfig:
     )
 
 
-def _is_cron(m: Section, key: str, value: str, examples: str) -> bool:
-    """True if ``value`` parses as a cron schedule; else records why not."""
-    try:
-        parse_cron(value)
-    except ValueError as exc:
-        m.ctx.bad(m.at(key), value, f"a cron schedule of 5 fields {examples} ({exc})")
-        return False
-    return True
-
-
 def _pruner(top: Section) -> PrunerConfig:
     pruner = top.mapping(
         "pruner",
@@ -322,12 +318,22 @@ def _pruner(top: Section) -> PrunerConfig:
     )
     fsck = pruner.mapping("fsck", ("schedule", "repair"))
     fsck_schedule = fsck.opt_string("schedule", 'a cron schedule of 5 fields like "0 3 * * SUN"')
-    if fsck_schedule is not None and not _is_cron(
-        fsck, "schedule", fsck_schedule, 'like "0 3 * * SUN", or null for no scheduled check'
+    if fsck_schedule is not None and not _parses(
+        fsck,
+        "schedule",
+        fsck_schedule,
+        parse_cron,
+        'a cron schedule of 5 fields like "0 3 * * SUN", or null for no scheduled check',
     ):
         fsck_schedule = None
     schedule = pruner.string("schedule", PrunerConfig.schedule)
-    if not _is_cron(pruner, "schedule", schedule, 'like "0 0 * * *" or "*/30 2-4 * * MON-FRI"'):
+    if not _parses(
+        pruner,
+        "schedule",
+        schedule,
+        parse_cron,
+        'a cron schedule of 5 fields like "0 0 * * *" or "*/30 2-4 * * MON-FRI"',
+    ):
         schedule = PrunerConfig.schedule
     return PrunerConfig(
         schedule=schedule,
