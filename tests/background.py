@@ -1,4 +1,5 @@
-"""A background loop (a reflector, a lease role) run for the length of a block."""
+"""Loops for tests: a background loop (a reflector, a lease role) run for the
+length of a block, and a coroutine run on a private event loop."""
 
 from __future__ import annotations
 
@@ -24,3 +25,14 @@ async def background(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def run_in_private_loop(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` to the end on a loop of its own: for session fixtures, which
+    must not touch the loop pytest-asyncio gives each test (the child
+    processes they start are not bound to a loop)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()

@@ -9,13 +9,12 @@ break etcd start their own :class:`hareg.processes.etcd.EtcdProcess`.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from background import run_in_private_loop
 
 from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import EtcdNotFound, EtcdProcess, find_etcd
@@ -25,16 +24,6 @@ pytest_plugins = ["seaweedfs_fixtures"]
 
 # Fast progress notifications so watch tests see them within a second.
 PROGRESS_NOTIFY_INTERVAL = "100ms"
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> None:
-    # A private loop: the session fixture must not touch the event loop that
-    # pytest-asyncio gives each test.  EtcdProcess is not bound to a loop.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +37,11 @@ def etcd_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProce
         tmp_path_factory.mktemp("etcd") / "data",
         progress_notify_interval=PROGRESS_NOTIFY_INTERVAL,
     )
-    _run(proc.start(startup_timeout=60))
+    run_in_private_loop(proc.start(startup_timeout=60))
     try:
         yield proc
     finally:
-        _run(proc.stop())
+        run_in_private_loop(proc.stop())
 
 
 @pytest.fixture(scope="session")

@@ -8,24 +8,14 @@ Tests that break the object store start their own SeaweedFSProcess.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from background import run_in_private_loop
 
 from hareg.processes.seaweedfs import SeaweedFSNotFound, SeaweedFSProcess, find_weed
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> None:
-    # A private loop: the session fixture must not touch the loop pytest-asyncio
-    # gives each test.  SeaweedFSProcess is not bound to a loop.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        loop.close()
 
 
 def need_weed() -> None:
@@ -39,11 +29,11 @@ def need_weed() -> None:
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFSProcess]:
     need_weed()
     proc = SeaweedFSProcess(tmp_path_factory.mktemp("seaweedfs") / "data")
-    _run(proc.start(startup_timeout=60))
+    run_in_private_loop(proc.start(startup_timeout=60))
     try:
         yield proc
     finally:
-        _run(proc.kill())
+        run_in_private_loop(proc.kill())
 
 
 S3StoreFactory = Callable[..., Any]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,14 +56,9 @@ def hareg_launcher() -> Iterator[Launcher]:
     started: list[HaregServer] = []
 
     def start(
-        data_dir: Path,
-        *,
-        listen: str | None = None,
-        extra_args: Sequence[str] = (),
-        wait_ready: bool = True,
-        timeout: float = START_TIMEOUT,
+        data_dir: Path, *, wait_ready: bool = True, timeout: float = START_TIMEOUT, **options: Any
     ) -> HaregServer:
-        server = launch(data_dir, listen=listen, extra_args=extra_args, wait_ready=False)
+        server = launch(data_dir, wait_ready=False, **options)  # listen=, extra_args=
         started.append(server)
         if wait_ready:
             server.wait_until_ready(timeout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,3 +329,30 @@ async def start_replicas(
         stack.push_async_callback(client.close)
         out.append((reg, client))
     return out
+
+
+NEXT_LINK_RE = re.compile(r'^<(?P<url>/v2/[^>]+)>; rel="next"$')
+
+
+async def follow_links(client: Client, url: str, key: str) -> tuple[list[str], list[int], list[str]]:
+    """Follow the ``Link: <...>; rel="next"`` headers of a paged listing from
+    ``url``: every entry under ``key`` in order, the size of each page, and
+    each next-page URL the registry gave."""
+    collected: list[str] = []
+    sizes: list[int] = []
+    links: list[str] = []
+    next_url: str | None = url
+    while next_url is not None:
+        assert len(sizes) < 10_000, "pagination does not end"
+        r = await client.get(next_url)
+        assert r.status == 200, await r.text()
+        page = (await r.json())[key]
+        collected += page
+        sizes.append(len(page))
+        link = r.headers.get("Link")
+        m = NEXT_LINK_RE.match(link) if link else None
+        assert link is None or m, link
+        next_url = m["url"] if m else None
+        if next_url:
+            links.append(next_url)
+    return collected, sizes, links

@@ -6,7 +6,7 @@ import asyncio
 import re
 
 import pytest
-from oci_helpers import Client, expect_error, push_blob
+from oci_helpers import Client, expect_error, follow_links, push_blob
 
 REPOS = sorted(["a", "a-b", "a/b", "a/b/c", "b", "library/ubuntu", "z0", "zz/top"])
 LINK_RE = re.compile(r'^<(?P<url>/v2/_catalog\?[^>]+)>; rel="next"$')
@@ -31,26 +31,9 @@ async def test_catalog_lists_every_repository_sorted(client: Client) -> None:
 @pytest.mark.parametrize("n", [1, 3, 7])
 async def test_following_link_collects_everything_once_in_order(client: Client, n: int) -> None:
     await create_repos(client, REPOS)
-    collected: list[str] = []
-    url: str | None = f"/v2/_catalog?n={n}"
-    pages = 0
-    while url is not None:
-        pages += 1
-        assert pages <= len(REPOS) + 1, "pagination does not end"
-        r = await client.get(url)
-        assert r.status == 200
-        page = (await r.json())["repositories"]
-        assert len(page) == n or "Link" not in r.headers
-        collected += page
-        link = r.headers.get("Link")
-        if link is None:
-            url = None
-        else:
-            m = LINK_RE.match(link)
-            assert m, link
-            url = m["url"]
+    collected, sizes, _ = await follow_links(client, f"/v2/_catalog?n={n}", "repositories")
     assert collected == REPOS
-    assert pages == -(-len(REPOS) // n)
+    assert len(sizes) == -(-len(REPOS) // n) and all(size == n for size in sizes[:-1])
 
 
 async def test_n_zero_and_n_larger_than_the_catalog(client: Client) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import Client, expect_error, push_image, put_manifest
+from oci_helpers import Client, expect_error, follow_links, push_image, put_manifest
 
 from hareg.clock import SystemClock
 from hareg.http.app import init_app
@@ -18,7 +17,6 @@ from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
 TAGS = sorted(["A", "B1", "Z", "_u", "a", "a-1", "a.2", "a_3", "latest", "v1.0", "v1.1", "v10"])
-LINK_RE = re.compile(r'^<(?P<url>/v2/[^>]+/tags/list\?[^>]+)>; rel="next"$')
 
 
 async def tag_all(client: Client, repo: str, tags: list[str]) -> None:
@@ -50,27 +48,11 @@ async def test_nested_repositories_keep_their_own_tags(client: Client) -> None:
 @pytest.mark.parametrize("n", [1, 2, 5, 11])
 async def test_following_link_collects_everything_once_in_order(client: Client, n: int) -> None:
     await tag_all(client, "org/repo", TAGS)
-    collected: list[str] = []
-    url: str | None = f"/v2/org/repo/tags/list?n={n}"
-    pages = 0
-    while url is not None:
-        pages += 1
-        assert pages <= len(TAGS) + 1, "pagination does not end"
-        r = await client.get(url)
-        assert r.status == 200
-        page = (await r.json())["tags"]
-        assert len(page) == n or "Link" not in r.headers  # fewer than n only on the last page
-        collected += page
-        link = r.headers.get("Link")
-        if link is None:
-            url = None
-        else:
-            m = LINK_RE.match(link)
-            assert m, link
-            url = m["url"]
-            assert url == f"/v2/org/repo/tags/list?n={n}&last={page[-1]}"
+    collected, sizes, links = await follow_links(client, f"/v2/org/repo/tags/list?n={n}", "tags")
     assert collected == TAGS
-    assert pages == -(-len(TAGS) // n)
+    assert len(sizes) == -(-len(TAGS) // n) and all(size == n for size in sizes[:-1])
+    ends = [TAGS[n * (i + 1) - 1] for i in range(len(links))]  # each page's last tag
+    assert links == [f"/v2/org/repo/tags/list?n={n}&last={last}" for last in ends]
 
 
 async def test_exactly_n_tags_has_no_link(client: Client) -> None:
@@ -159,21 +141,8 @@ async def test_invalid_repository_name_is_400(client: Client) -> None:
 
 async def collect(client: Client, url: str) -> tuple[list[str], list[int]]:
     """Follow the Link headers from ``url``: every tag, and the size of each page."""
-    collected: list[str] = []
-    sizes: list[int] = []
-    next_url: str | None = url
-    while next_url is not None:
-        assert len(sizes) < 100, "pagination does not end"
-        r = await client.get(next_url)
-        assert r.status == 200, await r.text()
-        page = (await r.json())["tags"]
-        collected += page
-        sizes.append(len(page))
-        link = r.headers.get("Link")
-        m = LINK_RE.match(link) if link else None
-        assert link is None or m, link
-        next_url = m["url"] if m else None
-    return collected, sizes
+    tags, sizes, _ = await follow_links(client, url, "tags")
+    return tags, sizes
 
 
 async def test_1200_tags_are_listed_in_pages_of_at_most_1000(client: Client) -> None:

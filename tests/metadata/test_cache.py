@@ -139,15 +139,6 @@ async def test_reads_see_every_acknowledged_write_amid_unrelated_writes(
         await writer.close()
 
 
-def test_progress_requests_are_used_only_where_etcd_orders_them() -> None:
-    assert not progress_requests_safe("3.4.23")
-    assert progress_requests_safe("3.4.31")
-    assert not progress_requests_safe("3.5.12")
-    assert progress_requests_safe("3.5.13")
-    assert progress_requests_safe("3.6.0")
-    assert not progress_requests_safe("garbage")
-
-
 async def test_concurrent_reads_share_revision_reads(kv: EtcdKV, keys: Keys) -> None:
     cache = mirror(kv, keys)
     barrier = ReadBarrier(kv, cache, SystemClock())
