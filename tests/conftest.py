@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from background import run_in_private_loop
+from process_checks import require_etcd
 
 from hareg.kv.etcd import EtcdKV
-from hareg.processes.etcd import EtcdNotFound, EtcdProcess, find_etcd
+from hareg.processes.etcd import EtcdProcess
 
 # The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) for every directory.
 pytest_plugins = ["seaweedfs_fixtures"]
@@ -28,10 +29,7 @@ PROGRESS_NOTIFY_INTERVAL = "100ms"
 
 @pytest.fixture(scope="session")
 def etcd_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
-    try:
-        find_etcd()
-    except EtcdNotFound as e:
-        pytest.skip(str(e))
+    require_etcd()
     proc = EtcdProcess(
         "hareg-test",
         tmp_path_factory.mktemp("etcd") / "data",
@@ -68,10 +66,7 @@ def key_prefix() -> bytes:
 @pytest.fixture
 async def own_etcd(tmp_path: Path) -> AsyncIterator[EtcdProcess]:
     """A private etcd that the test may pause, stop, kill or restart."""
-    try:
-        find_etcd()
-    except EtcdNotFound as e:
-        pytest.skip(str(e))
+    require_etcd()
     proc = EtcdProcess("own", tmp_path / "etcd", progress_notify_interval=PROGRESS_NOTIFY_INTERVAL)
     await proc.start(startup_timeout=60)
     try:

@@ -1,5 +1,7 @@
 """Checks on the child processes of :mod:`hareg.processes.child` (etcd, SeaweedFS):
-is a pid alive, and does the child die when its parent is SIGKILLed.
+is the binary installed (else the test is skipped), is a pid alive, does the
+child die when its parent is SIGKILLed, and reading a key once a restarted
+etcd answers again.
 
 Read from /proc here rather than through hareg's own helpers, so that a test
 does not trust the code it tests.
@@ -17,7 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from hareg.kv.base import KeyValue, KVUnavailable
+from hareg.kv.etcd import EtcdKV
 from hareg.processes.child import ChildProcess
+from hareg.processes.etcd import EtcdNotFound, find_etcd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +100,23 @@ async def assert_dies_with_parent(
             await wait_dead(child_pid)
         if cleanup is not None:
             cleanup(ports)
+
+
+def require_etcd() -> None:
+    """Skip the test (or the fixture's users) when no etcd binary is installed."""
+    try:
+        find_etcd()
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+
+
+async def get_once_reachable(kv: EtcdKV, key: bytes, within: float = 60.0) -> KeyValue | None:
+    """``kv.get(key)`` as soon as etcd answers again (after a restart the client
+    reconnects with a backoff); fails the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await kv.get(key)
+        except KVUnavailable:
+            assert time.monotonic() < deadline, f"etcd did not answer within {within} s"
+            await asyncio.sleep(0.1)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from cli_process import PROJECT_ROOT
 from e2e.hareg_process import HAREG, HaregServer, launch, wait_no_orphans
+from process_checks import require_etcd
 
 from hareg.cli.main import main
-from hareg.processes.etcd import EtcdNotFound, find_etcd
 from hareg.processes.ports import free_port
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -33,10 +33,7 @@ TRACEBACK = "Traceback (most recent call last)"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
-    try:
-        find_etcd()
-    except EtcdNotFound as exc:
-        pytest.skip(str(exc))
+    require_etcd()
     data_dir = tmp_path_factory.mktemp("cli") / "data"
     srv = launch(data_dir)
     try:

@@ -19,23 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from hareg.processes.etcd import EtcdNotFound, find_etcd
+from process_checks import require_etcd
 
 from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans
-
-
-def _require_etcd() -> None:
-    try:
-        find_etcd()
-    except EtcdNotFound as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
 def hareg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
     """A running ``hareg serve`` (embedded etcd, filesystem blobs) for a whole module."""
-    _require_etcd()
+    require_etcd()
     data_dir = tmp_path_factory.mktemp("hareg") / "data"
     server = launch(data_dir)
     try:
@@ -52,7 +44,7 @@ def hareg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServ
 def hareg_launcher() -> Iterator[Launcher]:
     """``launch(data_dir, listen=..., extra_args=..., wait_ready=...)``; whatever
     it started is stopped (SIGKILL if need be) and checked for orphans at the end."""
-    _require_etcd()
+    require_etcd()
     started: list[HaregServer] = []
 
     def start(

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from process_checks import assert_dies_with_parent, pid_alive
+from process_checks import assert_dies_with_parent, get_once_reachable, pid_alive
 
 from hareg.kv.base import KVError, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
@@ -97,14 +97,7 @@ async def test_kill_pause_resume_restart_keeps_data(tmp_path: Path) -> None:
         assert await proc.kill() == -signal.SIGKILL
         assert not proc.running
         await proc.start()
-        deadline = time.monotonic() + 60
-        while True:  # the client reconnects with a backoff of up to 2 s
-            try:
-                got = await kv.get(b"k")
-                break
-            except KVUnavailable:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        got = await get_once_reachable(kv, b"k")  # the client reconnects with a backoff
         assert got is not None and got.value == b"v"
 
 
