@@ -9,12 +9,15 @@ break etcd start their own :class:`hareg.processes.etcd.EtcdProcess`.
 
 from __future__ import annotations
 
+import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from background import run_in_private_loop
+from e2e.hareg_process import HaregServer, launch, wait_no_orphans
 from process_checks import require_etcd
 
 from hareg.kv.etcd import EtcdKV
@@ -73,3 +76,19 @@ async def own_etcd(tmp_path: Path) -> AsyncIterator[EtcdProcess]:
         yield proc
     finally:
         await proc.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+def hareg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
+    """A running ``hareg serve`` (embedded etcd, filesystem blobs) for a whole module."""
+    require_etcd()
+    data_dir = tmp_path_factory.mktemp("hareg") / "data"
+    server = launch(data_dir)
+    try:
+        yield server
+    finally:
+        code = server.stop(signal.SIGTERM)
+        wait_no_orphans(data_dir)
+        stderr = server.stderr()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        assert code == 0, f"hareg exited with {code} on SIGTERM; stderr:\n{stderr[-4000:]}"

@@ -9,18 +9,15 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cli_process import PROJECT_ROOT
-from e2e.hareg_process import HAREG, HaregServer, launch, wait_no_orphans
-from process_checks import require_etcd
+from e2e.hareg_process import HAREG, HaregServer
 
 from hareg.cli.main import main
 from hareg.processes.ports import free_port
@@ -32,15 +29,8 @@ TRACEBACK = "Traceback (most recent call last)"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
-    require_etcd()
-    data_dir = tmp_path_factory.mktemp("cli") / "data"
-    srv = launch(data_dir)
-    try:
-        yield srv
-    finally:
-        srv.stop(signal.SIGTERM)
-        wait_no_orphans(data_dir)
+def server(hareg_server: HaregServer) -> HaregServer:
+    return hareg_server
 
 
 @dataclass

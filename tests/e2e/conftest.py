@@ -12,8 +12,6 @@ an orphaned etcd fails the test that left it behind.
 
 from __future__ import annotations
 
-import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,6 @@ import pytest
 from process_checks import require_etcd
 
 from .hareg_process import START_TIMEOUT, HaregServer, Launcher, launch, wait_no_orphans
-
-
-@pytest.fixture(scope="module")
-def hareg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
-    """A running ``hareg serve`` (embedded etcd, filesystem blobs) for a whole module."""
-    require_etcd()
-    data_dir = tmp_path_factory.mktemp("hareg") / "data"
-    server = launch(data_dir)
-    try:
-        yield server
-    finally:
-        code = server.stop(signal.SIGTERM)
-        wait_no_orphans(data_dir)
-        stderr = server.stderr()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        assert code == 0, f"hareg exited with {code} on SIGTERM; stderr:\n{stderr[-4000:]}"
 
 
 @pytest.fixture
