@@ -244,9 +244,11 @@ async def raw_request(
     headers: dict[str, str] | None = None,
     body: bytes = b"",
     wait: float = 30.0,
+    split_at: int | None = None,
 ) -> RawResponse:
     """Send exactly ``target`` as the request target (no client-side
-    normalisation of dot segments or percent-encoding) and read the answer."""
+    normalisation of dot segments or percent-encoding) and read the answer;
+    with ``split_at``, the body's bytes from there come in a later TCP segment."""
     server = client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
@@ -255,8 +257,13 @@ async def raw_request(
         if body or method in ("PUT", "POST", "PATCH"):
             all_headers.setdefault("Content-Length", str(len(body)))
         head += [f"{k}: {v}".encode() for k, v in all_headers.items()]
-        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        first, later = (body, b"") if split_at is None else (body[:split_at], body[split_at:])
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + first)
         await writer.drain()
+        if later:
+            await asyncio.sleep(0.2)  # pacing: the rest comes in a later segment
+            writer.write(later)
+            await writer.drain()
         data = await asyncio.wait_for(reader.read(), wait)
     finally:
         writer.close()

@@ -3,7 +3,6 @@ tags, their enforcement on the OCI API, and their error paths (spec JSON)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -146,19 +145,16 @@ async def test_a_body_split_across_tcp_segments_is_read_whole(client: Client) ->
     a = await push_image(client, "repo", "t")
     await push_image(client, "repo", "t", seed="b")
     body = json.dumps({"digest": a.digest}).encode()
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        b"POST /hareg/v1/repositories/repo/tags/t/rollback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body[:12]
+    headers = {"Content-Type": "application/json"}
+    r = await raw_request(
+        client,
+        "POST",
+        b"/hareg/v1/repositories/repo/tags/t/rollback",
+        headers=headers,
+        body=body,
+        split_at=12,
     )
-    await writer.drain()
-    await asyncio.sleep(0.2)  # pacing: the rest comes in a later segment
-    writer.write(body[12:])
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert r.status == 201, r.body[:300]
 
 
 async def test_rollback_errors(client: Client) -> None:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
-from oci_helpers import expect_error, push_image, sha256, snapshot, start_replicas, start_upload
+from oci_helpers import expect_error, push_image, raw_request, sha256, snapshot, start_replicas, start_upload
 from registries import serving
 
 from hareg.cli.main import main as cli_main
@@ -222,20 +222,10 @@ async def test_bad_switch_bodies_are_400(client: Client, registry: Registry, bod
 async def test_a_switch_body_split_across_tcp_segments_is_read_whole(
     client: Client, registry: Registry
 ) -> None:
+    headers = {"Content-Type": "application/json"}
     body = b'{"readOnly": true}'
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        b"PUT /hareg/v1/read-only HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body[:7]
-    )
-    await writer.drain()
-    await asyncio.sleep(0.2)  # pacing: the rest comes in a later segment
-    writer.write(body[7:])
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    r = await raw_request(client, "PUT", b"/hareg/v1/read-only", headers=headers, body=body, split_at=7)
+    assert r.status == 200, r.body[:300]
     assert registry.read_only
 
 
