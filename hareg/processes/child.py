@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,15 @@ def _all_threads_stopped(pid: int) -> bool:
     except OSError:
         return True
     return all(_proc_state(f"/proc/{pid}/task/{tid}/stat") in (None, b"T", b"t", b"Z", b"X") for tid in tids)
+
+
+def locate(name: str) -> str | None:
+    """The absolute path of an executable: ``name`` itself if it is a path
+    (contains a separator) to one, else ``name`` looked up on PATH; None if
+    there is none."""
+    if os.sep in name:
+        return os.path.abspath(name) if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    return shutil.which(name)
 
 
 class ChildProcess:

@@ -27,13 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hareg.processes.child import ChildProcess
+from hareg.processes.child import ChildProcess, locate
 from hareg.processes.ports import HOST, free_ports
 
 __all__ = [
@@ -69,11 +68,7 @@ def find_etcd(binary: str | os.PathLike[str] | None = None) -> str:
     """The absolute path of the etcd binary: ``binary`` if given (a path or a
     name looked up on PATH), else ``etcd`` on PATH.  Raises EtcdNotFound."""
     name = os.fspath(binary) if binary is not None else "etcd"
-    if os.sep in name:
-        if os.path.isfile(name) and os.access(name, os.X_OK):
-            return os.path.abspath(name)
-        raise EtcdNotFound(name)
-    found = shutil.which(name)
+    found = locate(name)
     if found is None:
         raise EtcdNotFound(name)
     return found

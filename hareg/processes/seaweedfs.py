@@ -45,7 +45,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from hareg.processes.child import ChildProcess
+from hareg.processes.child import ChildProcess, locate
 from hareg.processes.ports import HOST
 
 __all__ = [
@@ -90,11 +90,7 @@ def find_weed(binary: str | os.PathLike[str] | None = None) -> str:
     in this interpreter's scripts directory or on PATH."""
     if binary is not None:
         name = os.fspath(binary)
-        if os.sep in name:
-            if os.path.isfile(name) and os.access(name, os.X_OK):
-                return os.path.abspath(name)
-            raise SeaweedFSNotFound(name)
-        found = shutil.which(name)
+        found = locate(name)
         if found is None:
             raise SeaweedFSNotFound(name)
         return found
