@@ -75,7 +75,7 @@ async def test_start_stop(tmp_path: Path) -> None:
     await proc.start()
     pid = proc.pid
     assert pid is not None and proc.running and pid_alive(pid)
-    async with EtcdKV([proc.endpoint], timeout=5) as kv:
+    async with EtcdKV([f"127.0.0.1:{proc.client_port}"], timeout=5) as kv:  # a bare host:port
         assert await kv.current_revision() >= 1
     assert (tmp_path / "data" / "etcd.log").stat().st_size > 0
     await proc.stop()
