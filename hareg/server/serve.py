@@ -76,7 +76,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise StartupError(f"listen address {listen!r} must be HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "0.0.0.0", int(port)  # an empty host: every interface, as documented
 
 
 def _embedded_etcd(data_dir: Path, binary: str | None) -> EtcdProcess:
