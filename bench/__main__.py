@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.blobs import MiB
 from bench.targets import TargetError, TargetSpec, cluster_available, distribution_available, parse_target
@@ -77,6 +78,38 @@ def _progress_factory(enabled: bool):  # type: ignore[no-untyped-def]
     return make
 
 
+def _json_argument(p: argparse.ArgumentParser, default: Path, beside: str) -> None:
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help=f"where to write the JSON ({beside} beside it; default {default})",
+    )
+
+
+def _storage_argument(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    p.add_argument(
+        flag,
+        choices=("auto", "seaweedfs", "filesystem"),
+        default="auto",
+        help=f"{what} blob storage; auto tries SeaweedFS, then a shared directory",
+    )
+
+
+def _run_arguments(p: argparse.ArgumentParser, *, starting: str, plots: str) -> None:
+    """The flags every command ends with: how long starting may take, progress bars, plots."""
+    p.add_argument("--start-timeout", type=float, default=120.0, help=f"seconds {starting} may take to start")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help=plots)
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named flags' values that are not None, by name: each flag's dest is the
+    name of the option field it sets, and None leaves the field's default."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "throughput", help="blob and manifest throughput, hareg side by side with distribution"
@@ -90,13 +123,7 @@ def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(--quick: distribution and hareg)",
     )
     p.add_argument("--quick", action="store_true", help="a small workload (under 90 s on 2 cores)")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="FILE",
-        help=f"where to write the JSON (Markdown and PNGs beside it; default {DEFAULT_JSON})",
-    )
+    _json_argument(p, DEFAULT_JSON, "Markdown and PNGs")
     p.add_argument(
         "--blob-sizes",
         type=parse_blob_sizes,
@@ -118,15 +145,8 @@ def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--wrk-threads", type=int, help="wrk threads (default 1)")
     p.add_argument("--seed", type=int, help="seed of the blob contents")
     p.add_argument("--cluster-replicas", type=int, default=2, help="hareg-cluster replicas (default 2)")
-    p.add_argument(
-        "--cluster-storage",
-        choices=("auto", "seaweedfs", "filesystem"),
-        default="auto",
-        help="hareg-cluster blob storage; auto tries SeaweedFS, then a shared directory",
-    )
-    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a target may take to start")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG plots")
+    _storage_argument(p, "--cluster-storage", "hareg-cluster")
+    _run_arguments(p, starting="a target", plots="no PNG plots")
 
 
 def default_targets(quick: bool) -> list[TargetSpec]:
@@ -164,10 +184,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     options = Options(
         targets=targets,
         workload=workload,
-        quick=args.quick,
-        cluster_replicas=args.cluster_replicas,
-        cluster_storage=args.cluster_storage,
-        start_timeout=args.start_timeout,
+        **_given(args, "quick", "cluster_replicas", "cluster_storage", "start_timeout"),
     )
     doc = run(
         options, _progress_factory(args.progress), log=lambda msg: print(msg, file=sys.stderr, flush=True)
@@ -182,25 +199,12 @@ def availability_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser("availability", help="a mixed workload on the local cluster while its processes die")
     p.add_argument("--duration", type=float, help="seconds of workload (default 120; --quick 45)")
     p.add_argument("--quick", action="store_true", help="a short run (under 90 s on 2 cores)")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_AVAILABILITY_JSON,
-        metavar="FILE",
-        help=f"where to write the JSON (Markdown and PNG beside it; default {DEFAULT_AVAILABILITY_JSON})",
-    )
+    _json_argument(p, DEFAULT_AVAILABILITY_JSON, "Markdown and PNG")
     p.add_argument("--concurrency", type=int, help="concurrent workers (default 6; --quick 4)")
     p.add_argument("--replicas", type=int, default=3, help="cluster replicas (default 3)")
-    p.add_argument(
-        "--storage",
-        choices=("auto", "seaweedfs", "filesystem"),
-        default="auto",
-        help="cluster blob storage; auto tries SeaweedFS, then a shared directory",
-    )
+    _storage_argument(p, "--storage", "cluster")
     p.add_argument("--seed", type=int, default=1, help="seed of the workload's choices and contents")
-    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds the cluster may take to start")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG timeline")
+    _run_arguments(p, starting="the cluster", plots="no PNG timeline")
 
 
 def run_availability(args: argparse.Namespace) -> int:
@@ -211,13 +215,7 @@ def run_availability(args: argparse.Namespace) -> int:
 
     base = AvailabilityOptions.quick_options() if args.quick else AvailabilityOptions()
     options = replace(
-        base,
-        duration=args.duration if args.duration is not None else base.duration,
-        concurrency=args.concurrency if args.concurrency is not None else base.concurrency,
-        replicas=args.replicas,
-        storage=args.storage,
-        seed=args.seed,
-        start_timeout=args.start_timeout,
+        base, **_given(args, "duration", "concurrency", "replicas", "storage", "seed", "start_timeout")
     )
     try:
         doc = run(

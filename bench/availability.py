@@ -105,6 +105,10 @@ class _State:
     bases: list[BlobSpec] = field(default_factory=list)
 
 
+# What a failed operation raises: the cluster's answers and its outages, not bugs of this module.
+OP_ERRORS = (aiohttp.ClientError, TimeoutError, RegistryHTTPError, DigestMismatch, StaleRead, OSError)
+
+
 def _error_name(exc: BaseException) -> str:
     if isinstance(exc, RegistryHTTPError):
         return f"HTTP {exc.status}"
@@ -172,14 +176,7 @@ class _Workload:
                     await self.pull(rng)
                 else:
                     await self.tag_move(rng)
-            except (
-                aiohttp.ClientError,
-                TimeoutError,
-                RegistryHTTPError,
-                DigestMismatch,
-                StaleRead,
-                OSError,
-            ) as exc:
+            except OP_ERRORS as exc:
                 self.state.records.append(
                     OpRecord(
                         kind, start - t0, time.monotonic() - t0, False, f"{_error_name(exc)}: {exc}"[:300]
@@ -248,14 +245,7 @@ async def _verify(
                             pulled.add((name, a.repo, digest))
                 error = ""
                 break
-            except (
-                aiohttp.ClientError,
-                TimeoutError,
-                RegistryHTTPError,
-                DigestMismatch,
-                StaleRead,
-                OSError,
-            ) as exc:
+            except OP_ERRORS as exc:
                 error = f"{name}: {_error_name(exc)}: {exc}"[:300]
                 await asyncio.sleep(0.5 * (attempt + 1))
         if error:
@@ -289,13 +279,7 @@ async def _verify(
                 for r in range(REPOS):
                     try:
                         await reachable(client, f"avail/app-{r}")
-                    except (
-                        aiohttp.ClientError,
-                        TimeoutError,
-                        RegistryHTTPError,
-                        DigestMismatch,
-                        OSError,
-                    ) as exc:
+                    except OP_ERRORS as exc:
                         dangling_errors.append(
                             f"{replica['name']} avail/app-{r}: {_error_name(exc)}: {exc}"[:300]
                         )

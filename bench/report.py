@@ -140,11 +140,7 @@ def plots(doc: dict[str, Any], stem: Path) -> list[Path]:
     for ax in list(axes.flat)[len(phases) :]:
         ax.axis("off")
     fig.suptitle("Throughput per phase (higher is better)")
-    fig.tight_layout()
-    path = stem.with_name(stem.name + "-throughput.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, stem, "throughput"))
 
     # Latency: p50 and p99 per phase, grouped by target, log scale.
     fig, ax = plt.subplots(figsize=(min(16, max(8, 1.2 * len(phases) * len(names))), 4.5))
@@ -155,6 +151,30 @@ def plots(doc: dict[str, Any], stem: Path) -> list[Path]:
         p50 = [summary(n, p).get("p50_ms") or 0.0 for p in phases]
         ax.bar(xs, p99, width, color=colors[n], alpha=0.45, label=f"{n} p99")
         ax.bar(xs, p50, width, color=colors[n], label=f"{n} p50")
+    _phase_ticks(ax, phases, width)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency, ms (log)")
+    ax.legend(fontsize=7, ncol=len(names))
+    ax.set_title("Latency per operation (lower is better)")
+    written.append(_save(fig, stem, "latency"))
+
+    # Server resources: CPU ms per operation and peak RSS per phase.
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
+    for i, n in enumerate(names):
+        xs = [j + i * width for j in range(len(phases))]
+        for ax, key in ((ax1, "server_cpu_ms_per_op"), (ax2, "server_peak_rss_mb")):
+            ax.bar(xs, [summary(n, p).get(key) or 0.0 for p in phases], width, color=colors[n], label=n)
+    for ax, title in ((ax1, "server CPU ms per operation (log)"), (ax2, "server peak RSS, MB (all roles)")):
+        _phase_ticks(ax, phases, width)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    ax1.set_yscale("log")
+    written.append(_save(fig, stem, "resources"))
+    return written
+
+
+def _phase_ticks(ax: Any, phases: list[str], width: float) -> None:
+    """One label per phase, under the middle of its group of bars."""
     ax.set_xticks(
         [j + 0.4 - width / 2 for j in range(len(phases))],
         [PHASE_LABELS.get(p, p) for p in phases],
@@ -162,51 +182,17 @@ def plots(doc: dict[str, Any], stem: Path) -> list[Path]:
         ha="right",
         fontsize=8,
     )
-    ax.set_yscale("log")
-    ax.set_ylabel("latency, ms (log)")
-    ax.legend(fontsize=7, ncol=len(names))
-    ax.set_title("Latency per operation (lower is better)")
-    fig.tight_layout()
-    path = stem.with_name(stem.name + "-latency.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    written.append(path)
 
-    # Server resources: CPU ms per operation and peak RSS per phase.
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
-    for i, n in enumerate(names):
-        xs = [j + i * width for j in range(len(phases))]
-        ax1.bar(
-            xs,
-            [summary(n, p).get("server_cpu_ms_per_op") or 0.0 for p in phases],
-            width,
-            color=colors[n],
-            label=n,
-        )
-        ax2.bar(
-            xs,
-            [summary(n, p).get("server_peak_rss_mb") or 0.0 for p in phases],
-            width,
-            color=colors[n],
-            label=n,
-        )
-    for ax, title in ((ax1, "server CPU ms per operation (log)"), (ax2, "server peak RSS, MB (all roles)")):
-        ax.set_xticks(
-            [j + 0.4 - width / 2 for j in range(len(phases))],
-            [PHASE_LABELS.get(p, p) for p in phases],
-            rotation=25,
-            ha="right",
-            fontsize=8,
-        )
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
-    ax1.set_yscale("log")
+
+def _save(fig: Any, stem: Path, what: str) -> Path:
+    """Lay ``fig`` out, write it as STEM-WHAT.png and free it; the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = stem.with_name(stem.name + "-resources.png")
+    path = stem.with_name(f"{stem.name}-{what}.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 def write(doc: dict[str, Any], json_path: Path, *, with_plots: bool = True) -> list[Path]:

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from hareg.processes.seaweedfs import SeaweedFSProcess
@@ -79,6 +80,44 @@ async def gather_limited(n: int, limit: int, fn: Callable[[int], Awaitable[None]
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
+# The streamed rounds both clients run: (label, objects, bytes each, where under the prefix).
+N1 = 64  # the 1 MiB objects, which the presign rounds name again
+ROUNDS = (("1 MiB x64", N1, MiB, "1m"), ("64 MiB x4", 4, 64 * MiB, "64m"))
+
+
+async def measure_rounds(
+    prefix: str, put: Callable[[str, int], Awaitable[None]], get: Callable[[str], Awaitable[None]]
+) -> list[Result]:
+    """Each of ROUNDS: its objects PUT (streamed from 1 MiB chunks), then GET, one at a time."""
+
+    async def put_one(under: str, size: int, i: int) -> None:
+        await put(f"{under}/{i}", size)
+
+    async def get_one(under: str, size: int, i: int) -> None:
+        await get(f"{under}/{i}")
+
+    return [
+        await measure(
+            f"{verb} {label}",
+            n * size / MiB,
+            "MiB/s",
+            partial(gather_limited, n, 1, partial(one, f"{prefix}/{where}", size)),
+        )
+        for label, n, size, where in ROUNDS
+        for verb, one in (("put", put_one), ("get", get_one))
+    ]
+
+
+async def measure_small(
+    n: int, put: Callable[[int], Awaitable[None]], head: Callable[[int], Awaitable[None]]
+) -> list[Result]:
+    """``n`` small objects at concurrency 16: PUT (create only), then HEAD."""
+    return [
+        await measure(name, n, "ops/s", partial(gather_limited, n, 16, one))
+        for name, one in (("small put c16 (create)", put), ("small head c16", head))
+    ]
+
+
 # ----------------------------------------------------------------- obstore
 
 
@@ -123,33 +162,7 @@ async def bench_obstore(url: str, prefix: str, small_n: int, presign_n: int) -> 
         async for _ in resp.stream(min_chunk_size=MiB):
             pass
 
-    n1 = 64
-    out.append(
-        await measure(
-            "put 1 MiB x64",
-            n1,
-            "MiB/s",
-            lambda: gather_limited(n1, 1, lambda i: put(f"{prefix}/1m/{i}", MiB)),
-        )
-    )
-    out.append(
-        await measure(
-            "get 1 MiB x64", n1, "MiB/s", lambda: gather_limited(n1, 1, lambda i: get(f"{prefix}/1m/{i}"))
-        )
-    )
-    out.append(
-        await measure(
-            "put 64 MiB x4",
-            256,
-            "MiB/s",
-            lambda: gather_limited(4, 1, lambda i: put(f"{prefix}/64m/{i}", 64 * MiB)),
-        )
-    )
-    out.append(
-        await measure(
-            "get 64 MiB x4", 256, "MiB/s", lambda: gather_limited(4, 1, lambda i: get(f"{prefix}/64m/{i}"))
-        )
-    )
+    out += await measure_rounds(prefix, put, get)
 
     async def small_put(i: int) -> None:
         await obstore.put_async(store, f"{prefix}/small/{i}", b"x" * 1024, mode="create")
@@ -167,18 +180,11 @@ async def bench_obstore(url: str, prefix: str, small_n: int, presign_n: int) -> 
             ),
         )
     )
-    out.append(
-        await measure(
-            "small put c16 (create)", small_n, "ops/s", lambda: gather_limited(small_n, 16, small_put)
-        )
-    )
-    out.append(
-        await measure("small head c16", small_n, "ops/s", lambda: gather_limited(small_n, 16, small_head))
-    )
+    out += await measure_small(small_n, small_put, small_head)
 
     async def sign_all() -> None:
         for i in range(presign_n):
-            obstore.sign(store, "GET", f"{prefix}/1m/{i % n1}", timedelta(seconds=600))
+            obstore.sign(store, "GET", f"{prefix}/1m/{i % N1}", timedelta(seconds=600))
 
     out.append(await measure("presign GET", presign_n, "urls/s", sign_all))
     return out
@@ -265,36 +271,7 @@ async def bench_aiobotocore(url: str, prefix: str, small_n: int, presign_n: int)
                 async for _ in body.iter_chunks(MiB):
                     pass
 
-        n1 = 64
-        out.append(
-            await measure(
-                "put 1 MiB x64",
-                n1,
-                "MiB/s",
-                lambda: gather_limited(n1, 1, lambda i: put(f"{prefix}/1m/{i}", MiB)),
-            )
-        )
-        out.append(
-            await measure(
-                "get 1 MiB x64", n1, "MiB/s", lambda: gather_limited(n1, 1, lambda i: get(f"{prefix}/1m/{i}"))
-            )
-        )
-        out.append(
-            await measure(
-                "put 64 MiB x4",
-                256,
-                "MiB/s",
-                lambda: gather_limited(4, 1, lambda i: put(f"{prefix}/64m/{i}", 64 * MiB)),
-            )
-        )
-        out.append(
-            await measure(
-                "get 64 MiB x4",
-                256,
-                "MiB/s",
-                lambda: gather_limited(4, 1, lambda i: get(f"{prefix}/64m/{i}")),
-            )
-        )
+        out += await measure_rounds(prefix, put, get)
 
         async def copy(i: int) -> None:
             await c.copy_object(
@@ -340,19 +317,12 @@ async def bench_aiobotocore(url: str, prefix: str, small_n: int, presign_n: int)
         async def small_head(i: int) -> None:
             await c.head_object(Bucket=bucket, Key=f"{prefix}/small/{i}")
 
-        out.append(
-            await measure(
-                "small put c16 (create)", small_n, "ops/s", lambda: gather_limited(small_n, 16, small_put)
-            )
-        )
-        out.append(
-            await measure("small head c16", small_n, "ops/s", lambda: gather_limited(small_n, 16, small_head))
-        )
+        out += await measure_small(small_n, small_put, small_head)
 
         async def sign_all() -> None:
             for i in range(presign_n):
                 await c.generate_presigned_url(
-                    "get_object", Params={"Bucket": bucket, "Key": f"{prefix}/1m/{i % n1}"}, ExpiresIn=600
+                    "get_object", Params={"Bucket": bucket, "Key": f"{prefix}/1m/{i % N1}"}, ExpiresIn=600
                 )
 
         out.append(await measure("presign GET", presign_n, "urls/s", sign_all))

@@ -228,6 +228,28 @@ def _wait_ready_line(proc: subprocess.Popen[str], log: Path, timeout: float, wha
             return line[len(READY_PREFIX) :].strip().rstrip("/")
 
 
+def _start_ready(
+    args: list[str], log: Path, timeout: float, what: str, stop_timeout: float
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m hareg ARGS`` (stderr to ``log``) and wait for its ready line;
+    the process and the URL it serves.  On failure it is stopped (``stop_timeout``)."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hareg", *args],
+            cwd=PROJECT_ROOT,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        return proc, _wait_ready_line(proc, log, timeout, what)
+    except BaseException:
+        _terminate(proc, stop_timeout)
+        raise
+
+
 def _poll_v2(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -248,21 +270,9 @@ def _start_hareg(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarg
     data_dir = workdir / "data"
     log = workdir / "hareg.log"
     listen = f"127.0.0.1:{free_port()}"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hareg", "serve", "--listen", listen, "--data-dir", str(data_dir)],
-            cwd=PROJECT_ROOT,
-            env=_child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    try:
-        url = _wait_ready_line(proc, log, timeout, "hareg serve")
-    except BaseException:
-        _terminate(proc, 10)
-        raise
+    proc, url = _start_ready(
+        ["serve", "--listen", listen, "--data-dir", str(data_dir)], log, timeout, "hareg serve", 10
+    )
     cache = _ProcessCache()
 
     def roles() -> RoleMap:
@@ -365,23 +375,9 @@ def _start_cluster_once(
 ) -> RunningTarget:
     cluster_dir = workdir / f"cluster-{storage}"
     log = workdir / f"cluster-{storage}.log"
-    cmd = [sys.executable, "-m", "hareg", "cluster", "up", "--dir", str(cluster_dir)]
+    cmd = ["cluster", "up", "--dir", str(cluster_dir)]
     cmd += ["--replicas", str(replicas), "--port", str(free_port()), "--storage", storage]
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=PROJECT_ROOT,
-            env=_child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    try:
-        url = _wait_ready_line(proc, log, timeout, f"hareg cluster up (storage {storage})")
-    except BaseException:
-        _terminate(proc, 60)
-        raise
+    proc, url = _start_ready(cmd, log, timeout, f"hareg cluster up (storage {storage})", 60)
     cache = _ProcessCache()
     cluster_file = _ClusterFile(cluster_dir / "cluster.json")
 

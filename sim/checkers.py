@@ -487,6 +487,45 @@ def _written(values: list[bytes | None]) -> bool:
     return _present(values[1:])
 
 
+@dataclass(frozen=True)
+class _Effect:
+    """What one kind of acknowledged write must have done to one key."""
+
+    key: Callable[[Keys, str, str], bytes]  # Keys.tag, .manifest or .link: (keys, repo, name)
+    test: Callable[[list[bytes | None]], bool]
+    wrong: str  # what is wrong when the test fails: str.format with repo, tag and digest
+    by_tag: bool = False  # the key is named by the operation's tag, else by its digest
+    needs_found: bool = False  # judged only when the request found what it acted on
+
+
+# Every acknowledged write but a tag write (whose test needs the digest) -> its effect.
+_EFFECTS: dict[str, _Effect] = {
+    h.MANIFEST_PUT: _Effect(
+        Keys.manifest, _present, "manifest {repo}@{digest} acknowledged but never stored"
+    ),
+    # Written during the request, not merely present: a link an earlier upload
+    # left is judged by the collector by its old age (seed 9576).
+    h.BLOB_UPLOAD: _Effect(
+        Keys.link,
+        _written,
+        "blob {repo}@{digest} acknowledged but its link was not written during the request",
+    ),
+    h.BLOB_MOUNT: _Effect(
+        Keys.link, _present, "mount of {digest} into {repo} acknowledged but never linked", needs_found=True
+    ),
+    h.TAG_DELETE: _Effect(
+        Keys.tag,
+        _absent,
+        "delete of {repo}:{tag} acknowledged but the tag stayed",
+        by_tag=True,
+        needs_found=True,
+    ),
+    h.MANIFEST_DELETE: _Effect(
+        Keys.manifest, _absent, "delete of {repo}@{digest} acknowledged but it stayed", needs_found=True
+    ),
+}
+
+
 def _acknowledged_effect(
     op: Operation, keys: Keys
 ) -> tuple[bytes, Callable[[list[bytes | None]], bool], str] | None:
@@ -504,39 +543,14 @@ def _acknowledged_effect(
             f"{op.repo}:{op.tag} -> {_short(digest)} acknowledged ({op.detail.get('action', 'push')}) "
             "but the tag never named it during the request",
         )
-    if op.kind == h.MANIFEST_PUT and op.digest:
-        return (
-            keys.manifest(op.repo, digest),
-            _present,
-            f"manifest {op.repo}@{_short(digest)} acknowledged but never stored",
-        )
-    if op.kind == h.BLOB_UPLOAD and op.digest:
-        # Written during the request, not merely present: a link an earlier upload
-        # left is judged by the collector by its old age (seed 9576).
-        return (
-            keys.link(op.repo, digest),
-            _written,
-            f"blob {op.repo}@{_short(digest)} acknowledged but its link was not written during the request",
-        )
-    if op.kind == h.BLOB_MOUNT and op.digest and op.found:
-        return (
-            keys.link(op.repo, digest),
-            _present,
-            f"mount of {_short(digest)} into {op.repo} acknowledged but never linked",
-        )
-    if op.kind == h.TAG_DELETE and op.tag and op.found:
-        return (
-            keys.tag(op.repo, op.tag),
-            _absent,
-            f"delete of {op.repo}:{op.tag} acknowledged but the tag stayed",
-        )
-    if op.kind == h.MANIFEST_DELETE and op.digest and op.found:
-        return (
-            keys.manifest(op.repo, digest),
-            _absent,
-            f"delete of {op.repo}@{_short(digest)} acknowledged but it stayed",
-        )
-    return None
+    effect = _EFFECTS.get(op.kind)
+    if effect is None:
+        return None
+    name = op.tag if effect.by_tag else op.digest
+    if not name or (effect.needs_found and not op.found):
+        return None
+    wrong = effect.wrong.format(repo=op.repo, tag=op.tag, digest=_short(digest))
+    return effect.key(keys, op.repo, name), effect.test, wrong
 
 
 def check_acknowledged_writes(

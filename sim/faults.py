@@ -10,7 +10,7 @@ schedule too; what happens inside a window is drawn from the run's RNG.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # kind -> what it does (the CLI lists these)
@@ -34,6 +34,25 @@ FAULT_KINDS: dict[str, str] = {
     "disk": "an etcd member loses its disk: crash, removal, a fresh member catching up from the leader",
 }
 
+# kind -> how ``Fault.describe`` words it (str.format over the fault's fields, ``ms``
+# = value in milliseconds, ``when`` = start and duration); other kinds: "{kind}{when}".
+_DESCRIPTIONS: dict[str, str] = {
+    **dict.fromkeys(("crash", "pause", "partition", "disk"), "{kind} {target}{when}"),
+    "split": "split {target}|{peer}{when}",
+    "oneway": "oneway {target}->{peer}{when}",
+    **dict.fromkeys(("loss", "lostreply", "timeout", "storage"), "{kind} {value:.0%}{when}"),
+    "delay": "delay {ms:.0f}ms{when}",
+    "skew": "skew {target} {value:+.2f}s drift {value2:+.1e}",
+}
+
+# The window faults' strengths: kind -> (lowest, highest) value drawn.
+_STRENGTHS: dict[str, tuple[float, float]] = {
+    "loss": (0.01, 0.1),
+    "delay": (0.01, 0.6),
+    **dict.fromkeys(("lostreply", "timeout"), (0.05, 0.3)),
+    "storage": (0.05, 0.4),
+}
+
 REPLICA_NAMES = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8")
 ETCD_MEMBERS = ("e0", "e1", "e2")
 STORAGE = "s3"
@@ -51,30 +70,12 @@ class Fault:
 
     def describe(self) -> str:
         when = f"@{self.at:.1f}s" + (f"+{self.duration:.1f}s" if self.duration else "")
-        if self.kind in ("crash", "pause", "partition", "disk"):
-            return f"{self.kind} {self.target}{when}"
-        if self.kind == "split":
-            return f"split {self.target}|{self.peer}{when}"
-        if self.kind == "oneway":
-            return f"oneway {self.target}->{self.peer}{when}"
-        if self.kind in ("loss", "lostreply", "timeout", "storage"):
-            return f"{self.kind} {self.value:.0%}{when}"
-        if self.kind == "delay":
-            return f"delay {self.value * 1000:.0f}ms{when}"
-        if self.kind == "skew":
-            return f"skew {self.target} {self.value:+.2f}s drift {self.value2:+.1e}"
-        return f"{self.kind}{when}"
+        return _DESCRIPTIONS.get(self.kind, "{kind}{when}").format(
+            **self.to_json(), ms=self.value * 1000, when=when
+        )
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "at": self.at,
-            "duration": self.duration,
-            "target": self.target,
-            "peer": self.peer,
-            "value": self.value,
-            "value2": self.value2,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,21 +196,13 @@ def _schedule(
                 src = rng.choice(nodes)
                 dst = rng.choice([n for n in nodes if n != src])
                 chosen.append(Fault(kind, at, length, target=src, peer=dst))
-            elif kind == "loss":
+            elif kind in _STRENGTHS:
                 at, length = _window(rng, duration, 2.0, 10.0)
-                chosen.append(Fault(kind, at, length, value=round(rng.uniform(0.01, 0.1), 3)))
-            elif kind == "delay":
-                at, length = _window(rng, duration, 2.0, 10.0)
-                chosen.append(Fault(kind, at, length, value=round(rng.uniform(0.01, 0.6), 3)))
+                low, high = _STRENGTHS[kind]
+                chosen.append(Fault(kind, at, length, value=round(rng.uniform(low, high), 3)))
             elif kind == "leader":
                 at = rng.uniform(1.0, duration - 1.0)
                 chosen.append(Fault(kind, at, round(rng.uniform(0.2, 3.0), 3)))
-            elif kind in ("lostreply", "timeout"):
-                at, length = _window(rng, duration, 2.0, 10.0)
-                chosen.append(Fault(kind, at, length, value=round(rng.uniform(0.05, 0.3), 3)))
-            elif kind == "storage":
-                at, length = _window(rng, duration, 2.0, 10.0)
-                chosen.append(Fault(kind, at, length, value=round(rng.uniform(0.05, 0.4), 3)))
             elif kind == "skew":
                 target = replicas[len(chosen) % len(replicas)]
                 chosen.append(

@@ -260,9 +260,29 @@ class HostileClient(Client):
             self._flag(op, f"{kind} answered 503 for the storage answer {resp.error[4:]}, not an outage")
         return op, resp
 
-    @staticmethod
-    def _uploads_path(up: Upload) -> str:
-        return f"/v2/{up.repo}/blobs/uploads/{up.id}"
+    async def _on_upload(
+        self,
+        kind: str,
+        method: str,
+        up: Upload,
+        handler: Callable[[Registry], Awaitable[Any]],
+        *,
+        allowed: frozenset[str],
+        replica: int | None = None,
+        digest: str | None = None,
+        body: Body | None = None,
+    ) -> tuple[Operation, Response]:
+        """One request on an open upload's URL (``_send`` on ``/v2/REPO/blobs/uploads/ID``)."""
+        return await self._send(
+            kind,
+            up.repo,
+            handler,
+            (method, f"/v2/{up.repo}/blobs/uploads/{up.id}"),
+            allowed=allowed,
+            replica=replica,
+            digest=digest,
+            body=body,
+        )
 
     async def _start(self, repo: str) -> Upload | None:
         _, resp = await self._send(
@@ -286,11 +306,11 @@ class HostileClient(Client):
     ) -> tuple[Operation, Response]:
         """A PATCH (``start``: its Content-Range's first byte, None without one)."""
         chunks = (body or Body([data])).chunks
-        return await self._send(
+        return await self._on_upload(
             UPLOAD_PATCH,
-            up.repo,
+            "PATCH",
+            up,
             lambda reg: reg.uploads.write(up.repo, up.id, chunks(), start=start, length=len(data)),
-            ("PATCH", self._uploads_path(up)),
             allowed=allowed,
             replica=replica,
             body=body,
@@ -310,34 +330,25 @@ class HostileClient(Client):
         """The closing PUT ?digest=, with an optional last chunk."""
         chunks = None if last is None else (body or Body([last])).chunks()
         length = None if last is None else len(last)
-        op, resp = await self._send(
+        return await self._on_upload(
             h.BLOB_UPLOAD,
-            up.repo,
+            "PUT",
+            up,
             lambda reg: reg.uploads.finish(up.repo, up.id, digest, chunks, start=start, length=length),
-            ("PUT", self._uploads_path(up)),
             allowed=allowed,
             replica=replica,
             digest=digest,
             body=body,
         )
-        return op, resp
 
     async def _status(self, up: Upload, *, allowed: frozenset[str] = GONE) -> tuple[Operation, Response]:
-        return await self._send(
-            UPLOAD_STATUS,
-            up.repo,
-            lambda reg: reg.uploads.status(up.repo, up.id),
-            ("GET", self._uploads_path(up)),
-            allowed=allowed,
+        return await self._on_upload(
+            UPLOAD_STATUS, "GET", up, lambda reg: reg.uploads.status(up.repo, up.id), allowed=allowed
         )
 
     async def _cancel(self, up: Upload, *, allowed: frozenset[str] = GONE) -> tuple[Operation, Response]:
-        return await self._send(
-            UPLOAD_CANCEL,
-            up.repo,
-            lambda reg: reg.uploads.cancel(up.repo, up.id),
-            ("DELETE", self._uploads_path(up)),
-            allowed=allowed,
+        return await self._on_upload(
+            UPLOAD_CANCEL, "DELETE", up, lambda reg: reg.uploads.cancel(up.repo, up.id), allowed=allowed
         )
 
     async def _open(self, *, first: float = 1.0) -> Upload | None:

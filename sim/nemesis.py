@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sim.etcd_model import EtcdCluster
 from sim.faults import Fault
@@ -33,6 +33,14 @@ class Nemesis:
         self.applied: dict[str, int] = {}
         self._timers: list[asyncio.TimerHandle] = []
         self._restarts: list[asyncio.Task[None]] = []
+        # The window faults: a strength added at the start and taken away at the end.
+        self._windows: dict[str, tuple[Callable[[float], None], Callable[[float], None]]] = {
+            "loss": (net.add_loss, net.remove_loss),
+            "delay": (net.add_delay, net.remove_delay),
+            "lostreply": (cluster.add_lost_replies, cluster.remove_lost_replies),
+            "timeout": (cluster.add_write_drops, cluster.remove_write_drops),
+            "storage": (objects.add_errors, objects.remove_errors),
+        }
 
     def schedule(self, faults: Sequence[Fault]) -> None:
         for fault in faults:
@@ -65,23 +73,11 @@ class Nemesis:
         elif f.kind == "oneway":
             net.cut(f.target, f.peer)
             self._later(f.duration, "uncut", f)
-        elif f.kind == "loss":
-            net.add_loss(f.value)
-            self._later(f.duration, "unloss", f)
-        elif f.kind == "delay":
-            net.add_delay(f.value)
-            self._later(f.duration, "undelay", f)
         elif f.kind == "leader":
             cluster.start_election(f.duration, "fault")
-        elif f.kind == "lostreply":
-            cluster.add_lost_replies(f.value)
-            self._later(f.duration, "replies", f)
-        elif f.kind == "timeout":
-            cluster.add_write_drops(f.value)
-            self._later(f.duration, "drops", f)
-        elif f.kind == "storage":
-            self.objects.add_errors(f.value)
-            self._later(f.duration, "storage", f)
+        elif f.kind in self._windows:
+            self._windows[f.kind][0](f.value)
+            self._later(f.duration, f.kind, f)
         elif f.kind == "skew":
             self.replicas[f.target].clock.set_skew(f.value, f.value2)
         elif f.kind == "compact":
@@ -109,16 +105,8 @@ class Nemesis:
                     net.uncut(b, a)
         elif action == "uncut":
             net.uncut(f.target, f.peer)
-        elif action == "unloss":
-            net.remove_loss(f.value)
-        elif action == "undelay":
-            net.remove_delay(f.value)
-        elif action == "replies":
-            cluster.remove_lost_replies(f.value)
-        elif action == "drops":
-            cluster.remove_write_drops(f.value)
-        elif action == "storage":
-            self.objects.remove_errors(f.value)
+        elif action in self._windows:
+            self._windows[action][1](f.value)
         elif action == "compact":
             cluster.set_aggressive_compaction(False)
         elif action == "replace":
