@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp
+from hareg.kv.base import Compare, Delete, KeyValue, KVCompacted, Put, TxnOp
 from hareg.metadata.blobs import blob_guard
 from hareg.metadata.errors import ImmutableTag, MissingReferences, ReferencedBy
 from hareg.metadata.records import (
@@ -64,11 +64,24 @@ class ManifestMetadata(StoreBase):
         if (cache := await self._from_cache()) is not None:
             rec = cache.tag(repo, tag)
             return (rec.digest, cache.manifest(repo, rec.digest)) if rec else None
-        tag_kv = await self._get(self.keys.tag(repo, tag))
-        if tag_kv is None:
-            return None
-        digest = decode(TagRecord, tag_kv.value).digest
-        return digest, await self.get_manifest(repo, digest)
+        # From etcd: the manifest read at the tag's revision, so that a tag moved
+        # and its old manifest deleted in between cannot make it look absent
+        # (the simulator's seed 5817: two reads half a second apart).
+        tag_key = self.keys.tag(repo, tag)
+        for attempt in range(3):
+            tagged = await self.kv.range(tag_key, tag_key + b"\x00")
+            if not tagged.kvs:
+                return None
+            digest = decode(TagRecord, tagged.kvs[0].value).digest
+            key = self.keys.manifest(repo, digest)
+            try:
+                found = await self.kv.range(key, key + b"\x00", revision=tagged.revision)
+            except KVCompacted:  # compacted in between: both again, at a newer revision
+                if attempt == 2:
+                    raise
+                continue
+            return digest, decode(ManifestRecord, found.kvs[0].value) if found.kvs else None
+        raise AssertionError("unreachable")
 
     async def list_referrers(self, repo: str, subject: str) -> list[tuple[str, ReferrerRecord]]:
         result = await self._range_all(self.keys.referrers(repo, subject))

@@ -1,6 +1,6 @@
 """A real etcd connection with hooks that order a race exactly: a test can
 hold a transaction until another request has committed, run a request right
-after a transaction committed, or keep a replica's watch from delivering the
+after a transaction committed or a range was read, or keep a replica's watch from delivering the
 events of some keys (a replica whose view of them lags).  Everything still goes to the real etcd; only the
 timing is the test's."""
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from hareg.kv.base import KV, Compare, TxnOp, TxnResult, WatchBatch
+from hareg.kv.base import KV, Compare, RangeResult, TxnOp, TxnResult, WatchBatch
 from hareg.kv.instrumented import InstrumentedKV
 
 TxnHook = Callable[[Sequence[Compare], Sequence[TxnOp]], Awaitable[None]]
+RangeHook = Callable[[bytes, RangeResult], Awaitable[None]]
 
 
 def _ignore(_op: str, _elapsed: float, _error: str | None) -> None:
@@ -24,6 +25,15 @@ class HookedKV(InstrumentedKV):
         self.before_txn: TxnHook | None = None  # awaited before a txn is sent
         self.after_txn: TxnHook | None = None  # awaited after a txn committed (succeeded)
         self.frozen_watch_prefixes: list[bytes] = []  # events of keys there are never delivered
+        self.after_range: RangeHook | None = None  # awaited after a range read, with its start key
+
+    async def range(
+        self, start: bytes, end: bytes, *, limit: int = 0, revision: int = 0, keys_only: bool = False
+    ) -> RangeResult:
+        result = await super().range(start, end, limit=limit, revision=revision, keys_only=keys_only)
+        if self.after_range is not None:
+            await self.after_range(start, result)
+        return result
 
     async def txn(
         self,

@@ -38,7 +38,7 @@ from oci_helpers import (
 from registries import serving
 
 from hareg.config.model import LimitsConfig
-from hareg.kv.base import Compare, Put, TxnOp
+from hareg.kv.base import Compare, Put, RangeResult, TxnOp
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
 from hareg.processes.etcd import EtcdProcess
@@ -871,3 +871,32 @@ async def test_an_ordinary_layer_with_urls_must_have_been_pushed(urls_client: Cl
     await expect_error(await client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
     await push_blob(client, "repo", missing)
     assert (await put_manifest(client, "repo", "v1", dumps(doc))).status == 201
+
+
+async def test_a_tag_read_from_etcd_sees_tag_and_manifest_at_one_revision(kv: EtcdKV, tmp_path: Path) -> None:
+    """Without the cache, a pull by tag reads the tag, then its manifest.  The
+    tag moves and its old manifest is deleted in between: the pull still
+    answers (the manifest as of the tag's revision), never 404 for a tag that
+    existed throughout."""
+    hooked = HookedKV(kv)
+    async with serving(hooked, FilesystemBlobStore(tmp_path / "blobs"), cache=False) as (registry, client):
+        old = await push_image(client, "repo", "t", seed="old")
+        new = await push_image(client, "repo", None, seed="new")
+        tag_key = registry.meta.keys.tag("repo", "t")
+        moved = False
+
+        async def move_and_delete(start: bytes, _: RangeResult) -> None:
+            nonlocal moved
+            if start != tag_key or moved:
+                return
+            moved = True
+            assert (await put_manifest(client, "repo", "t", new.body)).status == 201
+            assert (await client.delete(f"/v2/repo/manifests/{old.digest}")).status == 202
+
+        hooked.after_range = move_and_delete
+        r = await client.get("/v2/repo/manifests/t", headers={"Accept": OCI_MANIFEST})
+        hooked.after_range = None
+        assert moved
+        assert r.status == 200, await r.text()
+        assert await r.read() == old.body  # as of the tag's revision
+        assert await get_manifest(client, "repo", "t", OCI_MANIFEST) == new.body
