@@ -26,7 +26,7 @@ from hareg.registry.errors import ErrorCode, RegistryError
 __all__ = ["ACCESS", "IDENTITY", "TOKEN_PATH", "auth_middleware", "identity_of", "issue_token"]
 
 ACCESS = web.AppKey("access", AccessControl)
-IDENTITY: Final = "hareg.identity"
+IDENTITY: Final = web.RequestKey("identity", Identity)
 TOKEN_PATH: Final = "/auth/token"
 
 audit = logging.getLogger("hareg.audit")
@@ -43,8 +43,7 @@ def client_of(request: web.Request) -> str:
 
 def identity_of(request: web.Request) -> Identity | None:
     """The caller, or None when the registry runs without authentication."""
-    identity = request.get(IDENTITY)
-    return identity if isinstance(identity, Identity) else None
+    return request.get(IDENTITY)
 
 
 @web.middleware
@@ -78,7 +77,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _audit(request: web.Request, identity: Identity, needs: list[authz.Need], status: int) -> None:
-    need = next((n for n in needs if not n.open and not n.login), None)
+    need = next((n for n in needs if not (n.open or n.login or n.browse)), None)
     reference = request.match_info.get("reference") or request.match_info.get("digest")
     digest = request.query.get("digest") or (reference if reference and ":" in reference else None)
     audit.info(
@@ -108,6 +107,6 @@ async def issue_token(request: web.Request) -> web.Response:
         request.headers.get("Authorization"),
         client_of(request),
         realm_of(request),
-        {key: request.query.getall(key) for key in ("service", "scope")},
+        {key: request.query.getall(key, []) for key in ("service", "scope")},
     )
     return json_response(reply.to_json(), headers={"Cache-Control": "no-store"})

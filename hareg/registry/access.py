@@ -236,8 +236,8 @@ class AccessControl:
         for need in needs:
             if need.open:
                 continue
-            if need.login:
-                if not identity.logged_in and not self._anonymous_may_browse():
+            if need.login or need.browse:
+                if not identity.logged_in and not (need.browse and self._anonymous_may_browse()):
                     raise _unauthorized("authentication required", self.challenge(realm))
                 continue
             if self.permits(identity, need):
@@ -257,8 +257,8 @@ class AccessControl:
             raise _denied()
 
     def _anonymous_may_browse(self) -> bool:
-        # /v2/ and the catalog answer anonymous callers only when anonymous has
-        # some binding; otherwise the 401 tells clients to log in.
+        # The catalog answers anonymous callers only when anonymous has some
+        # binding; otherwise the 401 tells clients to log in.
         return any(b.subject == ANONYMOUS for b in self.bindings)
 
     def can_pull(self, identity: Identity, repo: str) -> bool:

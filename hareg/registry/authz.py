@@ -107,12 +107,15 @@ def allowed(bindings: Iterable[Binding], subject: str, action: str, repo: str | 
 class Need:
     """What one request needs: ``action`` on ``repo`` (None: the cluster).
     ``open``: anyone may send it (probes, the token endpoint); ``login``: any
-    authenticated caller (``/v2/``, the catalog, which is filtered)."""
+    authenticated caller (``/v2/``, which clients probe for the challenge);
+    ``browse``: the catalog, filtered, open to ``anonymous`` when it has a
+    binding."""
 
     action: str = PULL
     repo: str | None = None
     open: bool = False
     login: bool = False
+    browse: bool = False
 
 
 _OPEN: Final = Need(open=True)
@@ -144,8 +147,10 @@ def request_needs(method: str, path: str, query: Mapping[str, str] | None = None
     (``POST .../blobs/uploads/?mount=&from=``) also needs pull on ``from``."""
     if path in _OPEN_PATHS:
         return [_OPEN]
-    if path in ("/v2", "/v2/", "/v2/_catalog"):
+    if path in ("/v2", "/v2/"):
         return [_LOGIN]
+    if path == "/v2/_catalog":
+        return [Need(browse=True)]
     read = method in _READS
     for pattern, kind in _ROUTES:
         match = pattern.fullmatch(path)
