@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -170,3 +172,34 @@ def test_an_exposed_listener_with_auth_disabled_starts(tmp_path: Path) -> None:
     # launch() returns once the server printed its ready line.
     server = launch(tmp_path / "data", listen="0.0.0.0:0", extra_args=["--config", str(config)])
     server.stop()
+
+
+def test_sighup_rereads_htpasswd_and_bindings(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"ed:{bcrypt.hashpw(b'ed-pw', bcrypt.gensalt(5)).decode()}\n")
+    config = tmp_path / "hareg.yaml"
+
+    def write_config(role: str) -> None:
+        doc = {"auth": {"htpasswd": {"path": str(htpasswd)},
+                        "bindings": [{"subject": "ed", "role": role, "repositories": ["team/*"]},
+                                     {"subject": "vera", "role": "cluster-admin"}]}}  # fmt: skip
+        config.write_text(yaml.safe_dump(doc))
+
+    write_config("viewer")
+    server = launch(tmp_path / "data", extra_args=["--config", str(config)])
+    try:
+        upload = f"http://{server.host_port}/v2/team/app/blobs/uploads/"
+        status = f"http://{server.host_port}/hareg/v1/read-only"
+        assert status_of(upload, "ed", "POST") == 403
+        assert status_of(status, "vera") == 401  # not a user yet
+        write_config("editor")
+        with htpasswd.open("a") as f:
+            f.write(f"vera:{bcrypt.hashpw(b'vera-pw', bcrypt.gensalt(5)).decode()}\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while status_of(status, "vera") != 200:
+            assert time.monotonic() < deadline, "the reload was never applied"
+            time.sleep(0.05)
+        assert status_of(upload, "ed", "POST") == 202
+    finally:
+        server.stop()
