@@ -272,3 +272,44 @@ async def test_without_access_control_the_registry_is_open(registry: Registry) -
 
 def test_token_config_default_expiry() -> None:
     assert TokenConfig().expiry == 300
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic",
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+        "Basic " + base64.b64encode(b":empty-name").decode(),
+        "Basic " + base64.b64encode(b"anonymous:anything").decode(),
+        "Bearer",
+        "Bearer a.b.c",
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJyb290In0.",  # alg none
+        "Bearer " + "x" * 5000,
+        "Digest username=ed",
+        "\u00e9\u00e9",
+    ],
+)
+async def test_malformed_credentials_are_401_never_500(make_client: MakeClient, authorization: str) -> None:
+    client = await make_client(authorization)
+    for path in ("/v2/", "/v2/team/app/tags/list", "/auth/token?scope=repository:team/app:pull"):
+        r = await client.get(path)
+        await expect_error(r, 401, "UNAUTHORIZED")
+        assert r.headers["WWW-Authenticate"].startswith("Bearer realm=")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        [("scope", "repository:a")],
+        [("scope", " ".join(f"repository:r{i}:pull" for i in range(100)))],
+        [("service", "someone-else")],
+    ],
+)
+async def test_malformed_token_requests_are_400(
+    make_client: MakeClient, query: list[tuple[str, str]]
+) -> None:
+    r = await (await make_client(basic("ed"))).get("/auth/token", params=query)
+    assert r.status == 400, await r.text()
+    assert (await r.json())["errors"][0]["message"]
