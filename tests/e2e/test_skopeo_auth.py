@@ -23,6 +23,8 @@ import bcrypt
 import pytest
 import yaml
 
+from hareg.cli.client import CliError, call
+
 from .hareg_process import HaregServer, launch
 
 TOOL_TIMEOUT = 120
@@ -203,3 +205,19 @@ def test_sighup_rereads_htpasswd_and_bindings(tmp_path: Path) -> None:
         assert status_of(upload, "ed", "POST") == 202
     finally:
         server.stop()
+
+
+def test_the_cli_sends_credentials_from_the_environment(
+    server: HaregServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"http://{server.host_port}"
+    with pytest.raises(CliError, match="UNAUTHORIZED"):
+        call(base, "GET", "/hareg/v1/read-only")
+    monkeypatch.setenv("HAREG_USERNAME", "ed")
+    monkeypatch.setenv("HAREG_PASSWORD", "ed-pw")
+    with pytest.raises(CliError, match="DENIED"):
+        call(base, "GET", "/hareg/v1/read-only")
+    monkeypatch.setenv("HAREG_USERNAME", "root")
+    monkeypatch.setenv("HAREG_PASSWORD", "root-pw")
+    status, doc = call(base, "GET", "/hareg/v1/read-only")
+    assert status == 200 and doc["readOnly"] is False
