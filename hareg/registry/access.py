@@ -37,6 +37,7 @@ from hareg.registry.authz import ANONYMOUS, Binding, Need, Role
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.htpasswd import Users
 from hareg.registry.login_limits import LoginLimiter
+from hareg.registry.names import check_name
 from hareg.registry.tokens import (
     CATALOG,
     CLUSTER_SCOPE,
@@ -101,9 +102,15 @@ def _denied() -> RegistryError:
     return RegistryError(ErrorCode.DENIED, "requested access to the resource is denied")
 
 
-def _scope_of(need: Need) -> str:
+def _scope_of(need: Need) -> str | None:
+    """The challenge's scope; None for a name that is not a repository name
+    (it would be refused anyway, and must not reach a header as it is)."""
     if need.repo is None:
         return format_scope(*CLUSTER_SCOPE, ["*"])
+    try:
+        check_name(need.repo)
+    except RegistryError:
+        return None
     actions = {authz.PULL: ["pull"], authz.PUSH: ["pull", "push"]}.get(need.action, [need.action])
     return format_scope("repository", need.repo, actions)
 

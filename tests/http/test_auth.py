@@ -354,3 +354,14 @@ async def test_a_prune_forwarded_to_the_leader_is_authorized_there(
         assert r.status == 200, await r.text()
         r = await follower.post("/hareg/v1/prune", headers={"Authorization": basic("ed")})
         await expect_error(r, 403, "DENIED")
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/a%0d%0ab/manifests/x", "/v2/a%22b/tags/list", "/v2/%e9/blobs/uploads/"]
+)
+async def test_a_malformed_name_never_reaches_the_challenge(make_client: MakeClient, path: str) -> None:
+    r = await (await make_client()).get(path)
+    assert r.status in (400, 401, 404, 405), await r.text()
+    assert "\n" not in r.headers.get("WWW-Authenticate", "") and "%" not in r.headers.get(
+        "WWW-Authenticate", ""
+    )
