@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -54,6 +55,11 @@ __all__ = ["AccessControl", "Identity", "TokenReply", "bindings_of"]
 TOKEN_KEY_SETTING: Final = "token-key"
 SERVICE: Final = "hareg"
 _MAX_HEADER: Final = 8192  # an Authorization header longer than this is malformed
+# Bearer tokens already verified, kept until they expire: checking an ES256
+# signature costs about 0.1 ms, a good part of a cached manifest GET; a client
+# sends the same token with every request of a pull.  Bounded (about 500
+# bytes a token: a few MiB), the oldest forgotten first.
+VERIFIED_CACHE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,7 @@ class AccessControl:
         self.external = external
         self.on_secret = on_secret
         self.issuer: TokenIssuer | None = None
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
 
     async def start(self) -> None:
         """Load the shared signing key (from the file, or etcd's, made once)."""
@@ -208,6 +215,12 @@ class AccessControl:
 
     def _bearer(self, token: str, realm: str) -> Identity:
         now = self.clock.now()
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, expires = cached
+            if now < expires:
+                return identity
+            del self._verified[token]
         verifiers = [(v, True) for v in ([self.issuer.verifier] if self.issuer else [])]
         if self.external is not None:
             verifiers.append((self.external, False))
@@ -218,7 +231,11 @@ class AccessControl:
             except TokenError as exc:
                 reason = str(exc)
                 continue
-            return Identity(verified.subject, logged_in=True, grants=verified.access, own_token=own)
+            identity = Identity(verified.subject, logged_in=True, grants=verified.access, own_token=own)
+            self._verified[token] = (identity, verified.expires)
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+            return identity
         raise _unauthorized(reason, self.challenge(realm, error="invalid_token"))
 
     # ------------------------------------------------------------ decisions

@@ -111,6 +111,7 @@ class Verified:
     subject: str
     access: tuple[Grant, ...]
     issuer: str
+    expires: float  # the token's exp
 
 
 def _access(claims: Mapping[str, Any]) -> tuple[Grant, ...]:
@@ -159,7 +160,7 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise TokenError("token refused: no subject")
-        return Verified(subject, _access(claims), self.issuer)
+        return Verified(subject, _access(claims), self.issuer, float(claims["exp"]))
 
 
 class TokenIssuer:

@@ -159,3 +159,15 @@ async def test_wrong_passwords_are_answered_401_then_429(tmp_path: Path) -> None
     with pytest.raises(RegistryError) as info:
         await access.authenticate(basic("alice", "alice-pw"), "10.0.0.9", REALM)
     assert info.value.status == 429 and int(info.value.headers["Retry-After"]) > 0
+
+
+async def test_a_cached_token_still_expires(tmp_path: Path) -> None:
+    access = await make_access(tmp_path, [BindingConfig("alice", "viewer", ("a/*",))])
+    assert access.issuer is not None and isinstance(access.clock, FakeClock)
+    token = access.issuer.issue("alice", [Grant("repository", "a/x", ("pull",))], access.clock.now(), "t")
+    first = await access.authenticate(f"Bearer {token}", "127.0.0.1", REALM)
+    assert await access.authenticate(f"Bearer {token}", "127.0.0.1", REALM) is first  # from the cache
+    access.clock.t += 300 + 6  # past exp and the clock-skew leeway
+    with pytest.raises(RegistryError) as info:
+        await access.authenticate(f"Bearer {token}", "127.0.0.1", REALM)
+    assert info.value.status == 401
