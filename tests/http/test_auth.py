@@ -32,7 +32,7 @@ from hareg.registry.access import TOKEN_KEY_SETTING, AccessControl
 from hareg.registry.htpasswd import Users
 from hareg.registry.login_limits import LoginLimiter
 from hareg.registry.service import Registry
-from hareg.registry.tokens import Grant, TokenIssuer, generate_key_pem
+from hareg.registry.tokens import Grant, TokenIssuer, TokenVerifier, generate_key_pem
 from hareg.storage.filesystem import FilesystemBlobStore
 
 USERS = ("vera", "ed", "ada", "root")
@@ -365,3 +365,38 @@ async def test_a_malformed_name_never_reaches_the_challenge(make_client: MakeCli
     assert "\n" not in r.headers.get("WWW-Authenticate", "") and "%" not in r.headers.get(
         "WWW-Authenticate", ""
     )
+
+
+async def test_an_external_issuers_tokens_are_verified_against_its_jwks(
+    make_client: MakeClient, access: AccessControl
+) -> None:
+    from joserfc import jwt
+    from joserfc.jwk import KeySet, RSAKey
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "ext-1"})
+    jwks = json.dumps(KeySet([key]).as_dict(private=False))
+    access.external = TokenVerifier.from_jwks(jwks, "https://idp.example.com", "hareg")
+    root = await make_client(basic("root"))
+    image = await push_image(root, "team/app", "v1")
+
+    def sign(issuer: str, audience: str, exp_in: int, signer: RSAKey = key) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": issuer, "aud": audience, "sub": "ci-bot", "iat": now, "exp": now + exp_in,
+            "access": [{"type": "repository", "name": "team/app", "actions": ["pull"]}],
+        }  # fmt: skip
+        return jwt.encode({"alg": "RS256", "kid": signer.kid}, claims, signer)
+
+    good = await make_client(f"Bearer {sign('https://idp.example.com', 'hareg', 60)}")
+    r = await good.get(f"/v2/team/app/manifests/{image.digest}")
+    assert r.status == 200 and await r.read() == image.body
+    await expect_error(await good.post("/v2/team/app/blobs/uploads/"), 403, "DENIED")
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "ext-1"})
+    for token in (
+        sign("https://other.example.com", "hareg", 60),
+        sign("https://idp.example.com", "someone-else", 60),
+        sign("https://idp.example.com", "hareg", -60),
+        sign("https://idp.example.com", "hareg", 60, stranger),
+    ):
+        bad = await make_client(f"Bearer {token}")
+        await expect_error(await bad.get("/v2/team/app/tags/list"), 401, "UNAUTHORIZED")
