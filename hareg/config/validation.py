@@ -508,7 +508,7 @@ def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
         repos = binding.get("repositories")
         expected = 'a list of repository globs like ["team-a/*", "library/ubuntu"]'
         if repos is None:
-            if role != "cluster-admin":
+            if role is not None and role != "cluster-admin":
                 ctx.error(binding.at("repositories"), f"is required for role {role}; expected {expected}")
         elif not isinstance(repos, list):
             ctx.bad(binding.at("repositories"), repos, expected)

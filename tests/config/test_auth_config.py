@@ -58,3 +58,8 @@ def test_invalid_auth_fields(tmp_path: Path, auth: dict[str, Any], message: str)
 def test_a_cluster_admin_binding_needs_no_repositories(tmp_path: Path) -> None:
     auth = load(tmp_path, {"auth": {"bindings": [{"subject": "root", "role": "cluster-admin"}]}}).auth
     assert auth is not None and auth.bindings[0].role == "cluster-admin"
+
+
+def test_a_bad_role_is_one_problem(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, {"auth": {"bindings": [{"subject": "x", "role": "owner"}]}})
+    assert len(errors) == 1 and "auth.bindings[0].role" in errors[0], errors
