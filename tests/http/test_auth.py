@@ -7,7 +7,6 @@ sends one user's credentials (Basic, or a bearer token fetched from
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import Client, expect_error, push_blob, push_image
+from oci_helpers import Client, expect_error, push_blob, push_image, start_led_replicas
 from registries import running
 
 from hareg.clock import SystemClock
@@ -27,7 +26,6 @@ from hareg.config.model import AuthConfig, BindingConfig, TokenConfig
 from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
-from hareg.processes.ports import free_port
 from hareg.registry.access import TOKEN_KEY_SETTING, AccessControl
 from hareg.registry.htpasswd import Users
 from hareg.registry.login_limits import LoginLimiter
@@ -322,34 +320,14 @@ async def test_a_prune_forwarded_to_the_leader_is_authorized_there(
 ) -> None:
     prefix = f"/test-fwd-{time.monotonic_ns()}"
     async with AsyncExitStack() as stack:
-        replicas: list[tuple[Registry, Client]] = []
-        for i in range(2):
-            kv = await EtcdKV.connect([etcd_url])
-            stack.push_async_callback(kv.close)
-            store = FilesystemBlobStore(tmp_path / "shared-blobs")
-            stack.push_async_callback(store.close)
-            port = free_port()
-            reg = Registry(
-                kv,
-                store,
-                SystemClock(),
-                RandomIds(),
-                prefix=prefix,
-                replica=f"r{i}",
-                url=f"http://127.0.0.1:{port}",
-            )
-            await reg.start()
-            stack.push_async_callback(reg.stop)
-            client: Client = TestClient(
-                TestServer(init_app(reg, access=access), port=port), headers={"Authorization": basic("root")}
-            )
-            await stack.enter_async_context(client)
-            replicas.append((reg, client))
-        deadline = time.monotonic() + 60
-        while not any(reg.leadership.is_leader for reg, _ in replicas):
-            assert time.monotonic() < deadline, "no pruner leader was elected"
-            await asyncio.sleep(0.05)
-        follower = next(client for reg, client in replicas if not reg.leadership.is_leader)
+        _, (_, follower) = await start_led_replicas(
+            stack,
+            etcd_url,
+            tmp_path / "shared-blobs",
+            prefix,
+            access=access,
+            headers={"Authorization": basic("root")},
+        )
         r = await follower.post("/hareg/v1/prune")
         assert r.status == 200, await r.text()
         r = await follower.post("/hareg/v1/prune", headers={"Authorization": basic("ed")})
