@@ -2,13 +2,16 @@
 the CLI commands.
 
 The registry is ``--registry URL``, else ``$HAREG_REGISTRY``, else
-http://127.0.0.1:5000.  Failures become ``CliError`` with a one-line message
+http://127.0.0.1:5000.  A registry with authentication (docs/security.md) is
+sent ``$HAREG_USERNAME`` and ``$HAREG_PASSWORD`` as Basic credentials when
+both are set.  Failures become ``CliError`` with a one-line message
 and an exit code (1: the registry refused or could not be reached; 2: bad usage).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import urllib.error
@@ -16,7 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-__all__ = ["DEFAULT_REGISTRY", "CliError", "base_url", "call", "error_message"]
+__all__ = ["DEFAULT_REGISTRY", "CliError", "authorization", "base_url", "call", "error_message"]
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 TIMEOUT = 30.0
@@ -41,6 +44,15 @@ def base_url(args: argparse.Namespace) -> str:
     return url.rstrip("/")
 
 
+def authorization(env: dict[str, str] | None = None) -> str | None:
+    """Basic credentials from HAREG_USERNAME and HAREG_PASSWORD (None: not both set)."""
+    env = dict(os.environ) if env is None else env
+    user, password = env.get("HAREG_USERNAME"), env.get("HAREG_PASSWORD")
+    if not user or password is None:
+        return None
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def call(base: str, method: str, path: str, body: Any = None, *, timeout: float = TIMEOUT) -> tuple[int, Any]:
     """One JSON request; a registry error becomes a CliError with its message."""
     url = base + path
@@ -48,6 +60,9 @@ def call(base: str, method: str, path: str, body: Any = None, *, timeout: float 
     headers = {"Accept": "application/json"}
     if data is not None:
         headers["Content-Type"] = "application/json"
+    credentials = authorization()
+    if credentials is not None:
+        headers["Authorization"] = credentials
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:

@@ -138,6 +138,29 @@ SCALARS: Final = (
         "Regular expressions; a descriptor URL must match one ([]: manifests with urls are refused).",
     ),
     Scalar("validation.manifests.urls.deny", "list", "Regular expressions; a URL matching one is refused."),
+    Scalar(
+        "auth.disabled",
+        "bool",
+        "No authentication at all: anyone who reaches the registry may do everything.",
+    ),
+    Scalar(
+        "auth.htpasswd.path",
+        "optstr",
+        "Users: an htpasswd file of bcrypt entries (htpasswd -B); SIGHUP re-reads it.",
+    ),
+    Scalar("auth.token.issuer", "optstr", "The external token issuer's iss (with jwks)."),
+    Scalar("auth.token.audience", "str", "The service tokens are for (aud, and service in the challenge)."),
+    Scalar(
+        "auth.token.jwks",
+        "optstr",
+        "A JWKS file of the external issuer's public keys; null: hareg's tokens only.",
+    ),
+    Scalar("auth.token.expiry", "str", "How long a token hareg issues is valid."),
+    Scalar(
+        "auth.token.signingKeyFile",
+        "optstr",
+        "PEM P-256 key that signs hareg's tokens, the same on every replica; null: generated, kept in etcd.",
+    ),
 )
 
 SECTION_DOCS: Final = MappingProxyType(
@@ -166,6 +189,15 @@ SECTION_DOCS: Final = MappingProxyType(
         "pruner.fsck": "The integrity check (hareg fsck) on a schedule, on the pruner leader; off by default.",
         "limits": "Bounds on what any one client can hold: connection timeouts and push caps.",
         "validation": "What a pushed manifest may contain (distribution's validation section).",
+        "auth": "Who may do what (docs/security.md). null: no authentication, allowed only when\n"
+        "every listener is on a loopback address.  Roles are bound to repository globs:\n"
+        "  bindings:\n"
+        "    - subject: alice\n"
+        "      role: editor\n"
+        "      repositories: [team-a/*]\n"
+        "    - subject: anonymous\n"
+        "      role: viewer\n"
+        "      repositories: [public/*]",
     }
 )
 

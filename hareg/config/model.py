@@ -146,6 +146,37 @@ class ValidationConfig:
     manifest_urls: ManifestUrls = field(default_factory=ManifestUrls)
 
 
+AUTH_ROLES: Final = ("viewer", "editor", "admin", "cluster-admin")
+DEFAULT_TOKEN_EXPIRY: Final = 300.0
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Bearer tokens: hareg's own (``audience``, ``expiry``, the signing key)
+    and, with ``jwks`` and ``issuer``, an external issuer's."""
+
+    issuer: str | None = None  # the external issuer's iss; required with jwks
+    audience: str = "hareg"  # the service tokens are for: aud of hareg's own and of external tokens
+    jwks: str | None = None  # a file of the external issuer's public keys (JWKS)
+    expiry: float = DEFAULT_TOKEN_EXPIRY
+    signing_key_file: str | None = None  # PEM P-256 key; None: generated once, kept in etcd
+
+
+@dataclass(frozen=True)
+class BindingConfig:
+    subject: str
+    role: str  # one of AUTH_ROLES
+    repositories: tuple[str, ...] = ()  # glob patterns (cluster-admin: every repository)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    disabled: bool = False
+    htpasswd_path: str | None = None
+    token: TokenConfig = field(default_factory=TokenConfig)
+    bindings: tuple[BindingConfig, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     management_state: str = "Managed"
@@ -166,6 +197,8 @@ class Config:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    # None: no auth section (allowed on loopback listeners only, see hareg serve).
+    auth: AuthConfig | None = None
 
 
 class ConfigError(Exception):

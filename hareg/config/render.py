@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from hareg.config.context import join_path
 from hareg.config.durations import format_duration
 from hareg.config.fields import SCALARS, SECTION_DOCS, env_var_name
-from hareg.config.model import Config, RequestLimits
+from hareg.config.model import AuthConfig, Config, RequestLimits
 
 REDACTED: Final = "<redacted>"
 
@@ -27,6 +27,27 @@ def _redact_url(url: str | None) -> str | None:
     netloc = parts.netloc.rpartition("@")
     user = netloc[0].partition(":")[0]
     return parts._replace(netloc=f"{user}:{REDACTED}@{netloc[2]}").geturl()
+
+
+def _auth(auth: AuthConfig | None) -> dict[str, Any] | None:
+    if auth is None:
+        return None
+    token = auth.token
+    return {
+        "disabled": auth.disabled,
+        "htpasswd": {"path": auth.htpasswd_path},
+        "token": {
+            "issuer": token.issuer,
+            "audience": token.audience,
+            "jwks": token.jwks,
+            "expiry": format_duration(token.expiry),
+            "signingKeyFile": token.signing_key_file,
+        },
+        "bindings": [
+            {"subject": b.subject, "role": b.role, "repositories": list(b.repositories)}
+            for b in auth.bindings
+        ],
+    }
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -129,6 +150,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 }
             }
         },
+        "auth": _auth(config.auth),
     }
 
 

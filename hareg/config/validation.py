@@ -16,10 +16,13 @@ from hareg.config.addresses import host_problem, is_wildcard, split_host_port, u
 from hareg.config.context import ErrorContext, Section, show
 from hareg.config.cron import parse_cron
 from hareg.config.model import (
+    AUTH_ROLES,
     LOG_LEVELS,
     MANAGEMENT_STATES,
     MIN_HTTP_SECRET_LENGTH,
     STORAGE_KINDS,
+    AuthConfig,
+    BindingConfig,
     Config,
     EtcdConfig,
     FilesystemStorage,
@@ -33,6 +36,7 @@ from hareg.config.model import (
     Route,
     S3Storage,
     StorageConfig,
+    TokenConfig,
     ValidationConfig,
 )
 
@@ -476,6 +480,73 @@ def _routes(top: Section, main_listen: str) -> tuple[Route, ...]:
     return tuple(routes)
 
 
+def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
+    ctx = auth.ctx
+    raw = auth.get("bindings")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        ctx.bad(auth.at("bindings"), raw, "a list of bindings, each with subject, role and repositories")
+        return ()
+    out: list[BindingConfig] = []
+    for index, item in enumerate(raw):
+        at = f"{auth.at('bindings')}[{index}]"
+        if not isinstance(item, dict):
+            ctx.bad(at, item, "a mapping with subject, role and repositories")
+            continue
+        binding = Section(ctx, at, item, ("subject", "role", "repositories"))
+        subject = binding.opt_string("subject", "a user name, or anonymous")
+        if subject is None and binding.get("subject") is None:
+            ctx.error(binding.at("subject"), "is required; expected a user name, or anonymous")
+        role = binding.get("role")
+        if role is None:
+            ctx.error(binding.at("role"), f"is required; expected one of {', '.join(AUTH_ROLES)}")
+        elif role not in AUTH_ROLES:
+            binding.choice("role", AUTH_ROLES[0], AUTH_ROLES)  # records the error, with a suggestion
+            role = None
+        patterns: list[str] = []
+        repos = binding.get("repositories")
+        expected = 'a list of repository globs like ["team-a/*", "library/ubuntu"]'
+        if repos is None:
+            if role is not None and role != "cluster-admin":
+                ctx.error(binding.at("repositories"), f"is required for role {role}; expected {expected}")
+        elif not isinstance(repos, list):
+            ctx.bad(binding.at("repositories"), repos, expected)
+        else:
+            for number, pattern in enumerate(repos):
+                if not isinstance(pattern, str) or not pattern:
+                    ctx.bad(f"{binding.at('repositories')}[{number}]", pattern, "a non-empty glob (a string)")
+                else:
+                    patterns.append(pattern)
+        if subject is not None and isinstance(role, str):
+            out.append(BindingConfig(subject, role, tuple(patterns)))
+    return tuple(out)
+
+
+def _auth(top: Section) -> AuthConfig | None:
+    raw = top.get("auth")
+    if raw is None:
+        return None
+    auth = top.mapping("auth", ("disabled", "htpasswd", "token", "bindings"))
+    htpasswd = auth.mapping("htpasswd", ("path",))
+    token = auth.mapping("token", ("issuer", "audience", "jwks", "expiry", "signingKeyFile"))
+    issuer = token.opt_string("issuer", "the external issuer's iss claim")
+    jwks = token.opt_string("jwks", "a file of the external issuer's public keys (JWKS)")
+    _both_or_neither(token, "jwks", "issuer", jwks, issuer)
+    return AuthConfig(
+        disabled=auth.boolean("disabled", False),
+        htpasswd_path=htpasswd.opt_string("path", "the path of an htpasswd file (bcrypt entries)"),
+        token=TokenConfig(
+            issuer=issuer,
+            audience=token.string("audience", TokenConfig.audience) or TokenConfig.audience,
+            jwks=jwks,
+            expiry=token.duration("expiry", TokenConfig.expiry, positive=True),
+            signing_key_file=token.opt_string("signingKeyFile", "the path of a PEM P-256 private key"),
+        ),
+        bindings=_bindings(auth),
+    )
+
+
 def build_config(raw: Mapping[str, object], ctx: ErrorContext) -> Config:
     top = Section(
         ctx,
@@ -500,6 +571,7 @@ def build_config(raw: Mapping[str, object], ctx: ErrorContext) -> Config:
             "pruner",
             "limits",
             "validation",
+            "auth",
         ),
         _TOP_UNSUPPORTED,
     )
@@ -539,4 +611,5 @@ def build_config(raw: Mapping[str, object], ctx: ErrorContext) -> Config:
         pruner=_pruner(top),
         limits=_limits(top),
         validation=_validation(top),
+        auth=_auth(top),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http import (
+    auth,
     base,
     blobs,
     catalog,
@@ -25,6 +26,7 @@ from hareg.http import connections as connections_module
 from hareg.http.connections import ConnectionGuard
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
 from hareg.observability.metrics import Metrics
+from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
 
 # Repository names contain '/', so they match greedily up to the resource part.
@@ -37,18 +39,23 @@ def init_app(
     *,
     metrics: Metrics | None = None,
     connections: ConnectionGuard | None = None,
+    access: AccessControl | None = None,
 ) -> web.Application:
     """``connections``: the header timeout of listeners started with
-    ``hareg.http.connections.start_listener`` (``hareg serve`` has one)."""
+    ``hareg.http.connections.start_listener`` (``hareg serve`` has one);
+    ``access``: authentication and authorization (None: every request is
+    served, the registry without an ``auth`` section)."""
     # Outermost first: phase (a request's headers are in: its header timer stops),
     # observe (request id, access log, metrics) sees every answer, errors
-    # included; refusals (removed, read-only, 429) never take a request slot.
+    # included; refusals (removed, 401/403, read-only, 429) never take a request
+    # slot, and who may not write never learns whether the registry is read-only.
     app = web.Application(
         middlewares=[
             connections_module.phase_middleware,
             observe.observe_middleware,
             base.error_middleware,
             status.removed_middleware,
+            auth.auth_middleware,
             readonly.read_only_middleware,
             limits.limits_middleware,
         ]
@@ -58,6 +65,8 @@ def init_app(
     app[observe.METRICS] = metrics = metrics or Metrics()
     app[limits.LIMITS] = limiters = limits.RequestLimiters(settings.requests)
     app[status.STATUS] = status.StatusTracker()
+    if access is not None:
+        app[auth.ACCESS] = access
     if connections is not None:
         app[connections_module.CONNECTIONS] = connections
     metrics.attach(registry, lambda: limiters)
@@ -67,6 +76,7 @@ def init_app(
     r.add_get("/v2/", base.api_base)
     r.add_get("/v2", base.api_base)
     r.add_get("/v2/_catalog", catalog.catalog)
+    r.add_get(auth.TOKEN_PATH, auth.issue_token)
     r.add_get(f"/v2/{_NAME}/tags/list", tag_list.list_tags)
     r.add_get(f"/v2/{_NAME}/referrers/{{digest}}", referrers.list_referrers)
     r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)

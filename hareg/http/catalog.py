@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hareg.http.auth import ACCESS, identity_of
 from hareg.http.base import json_response, next_link, query_page_size, registry
 
 
 async def catalog(request: web.Request) -> web.Response:
+    """With authentication, only the repositories the caller may pull are listed."""
     listing = registry(request).listing
     n = query_page_size(request, listing.max_page_size)
-    repos, more = await listing.catalog(n, request.query.get("last"))
-    link = next_link(request.path, {"n": str(n), "last": repos[-1]}) if more and repos else None
+    access, identity = request.app.get(ACCESS), identity_of(request)
+    if access is not None and identity is not None:
+        repos, cursor = await listing.visible_catalog(
+            n, request.query.get("last"), lambda repo: access.can_pull(identity, repo)
+        )
+    else:
+        repos, more = await listing.catalog(n, request.query.get("last"))
+        cursor = repos[-1] if more and repos else None
+    link = next_link(request.path, {"n": str(n), "last": cursor}) if cursor else None
     return json_response({"repositories": repos}, headers={"Link": link} if link else None)

@@ -36,10 +36,15 @@ async def forward_to_leader(
     if url is None or request.headers.get(_FORWARDED):
         raise unreachable("cannot be reached from here")
     timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=10)
+    headers = {_FORWARDED: "1"}
+    # The leader authorizes the request again, on the caller's own credentials
+    # (a token of hareg's is valid on every replica: they share its key).
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(f"{url}{request.path}", params=request.query, headers={_FORWARDED: "1"}) as resp,
+            session.post(f"{url}{request.path}", params=request.query, headers=headers) as resp,
         ):
             return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -11,6 +11,7 @@ varying size): a page holds descriptors up to ``REFERRERS_PAGE_BYTES``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ DEFAULT_MAX_PAGE_SIZE: Final = 1000
 # A referrers page is an image index; keep it within the size of a manifest the
 # registry itself accepts (4 MiB), so any client that can pull a manifest can read it.
 REFERRERS_PAGE_BYTES: Final = MAX_MANIFEST_BYTES
+
+_MAX_FILTERED_READS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,31 @@ class ListingService:
         if limit == 0:
             return [], False
         return await self.meta.list_repos(last, limit)
+
+    async def visible_catalog(
+        self, n: int | None, last: str | None, visible: Callable[[str], bool]
+    ) -> tuple[list[str], str | None]:
+        """A page of the repository names ``visible`` admits (the caller's
+        pullable repositories) after ``last``, and where the next page starts
+        (None: no more).  The page is filled from further reads, so hidden
+        names leave no gaps; a caller who may see few repositories of many
+        reads at most ``_MAX_FILTERED_READS`` pages a request, then is linked
+        on (a short, even empty, page with a ``Link`` is allowed)."""
+        limit = self.page_size(n)
+        if limit == 0:
+            return [], None
+        out: list[str] = []
+        for _ in range(_MAX_FILTERED_READS):
+            names, more = await self.meta.list_repos(last, limit)
+            for index, name in enumerate(names):
+                if visible(name):
+                    out.append(name)
+                    if len(out) == limit:
+                        return out, name if (more or index < len(names) - 1) else None
+            if not more or not names:
+                return out, None
+            last = names[-1]
+        return out, last
 
     async def referrers(
         self, repo: str, digest_text: str, artifact_type: str | None, last: str | None = None

@@ -14,8 +14,9 @@ needed to apply them:
   under a write) as the spec's errors, with the status and ``Retry-After`` a
   client needs to decide whether to retry.
 
-``admit`` is where a request is checked before it runs; authorization
-(per-repository roles) belongs there too.
+``admit`` is where a request is checked before it runs against the
+replica's state; who may send it (per-repository roles) is decided before
+that by ``authz.py`` and ``access.py``.
 """
 
 from __future__ import annotations

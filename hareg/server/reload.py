@@ -1,6 +1,7 @@
 """SIGHUP: re-read the configuration file and apply what can change while serving.
 
-``logLevel``, ``readOnly`` and ``requests`` are applied at once, without
+``logLevel``, ``readOnly``, ``requests`` and ``auth.bindings`` (and the
+htpasswd file's users) are applied at once, without
 closing a listener or a connection: the log level of the process, the
 replica's own read-only flag, the request limiters' limits (requests running
 keep their slots; queued ones are admitted if slots opened).  Any other field
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from hareg.config.model import Config, ConfigError
+from hareg.config.model import AuthConfig, Config, ConfigError
 from hareg.config.reader import load_config
 from hareg.config.render import config_to_dict
 from hareg.observability.logs import set_log_level
@@ -25,7 +26,17 @@ __all__ = ["RELOADABLE", "Reloader"]
 
 log = logging.getLogger("hareg.reload")
 
-RELOADABLE = ("logLevel", "readOnly", "requests")
+# auth: its bindings (and the htpasswd file, re-read on every SIGHUP); turning
+# authentication on or off, or its token settings, needs a restart.
+RELOADABLE = ("logLevel", "readOnly", "requests", "auth")
+
+
+def _reloadable_auth(current: AuthConfig | None, new: AuthConfig | None) -> AuthConfig | None:
+    """The new bindings and htpasswd path; whether authentication is on, and
+    the token settings, stay as started (they need a restart)."""
+    if current is None or new is None or current.disabled != new.disabled:
+        return current
+    return replace(current, bindings=new.bindings, htpasswd_path=new.htpasswd_path)
 
 
 @dataclass
@@ -53,7 +64,11 @@ class Reloader:
         ignored = [key for key in changed if key not in RELOADABLE]
         # Keep the running values of what cannot change without a restart.
         self.current = replace(
-            self.current, log_level=new.log_level, read_only=new.read_only, requests=new.requests
+            self.current,
+            log_level=new.log_level,
+            read_only=new.read_only,
+            requests=new.requests,
+            auth=_reloadable_auth(self.current.auth, new.auth),
         )
         set_log_level(self.current.log_level)
         self.apply(self.current)

@@ -40,8 +40,10 @@ from hareg.processes.etcd import EtcdProcess
 from hareg.processes.ports import free_ports
 from hareg.registry.gc import Policy
 from hareg.registry.hashing import ThreadedHashing
+from hareg.registry.htpasswd import HtpasswdError
 from hareg.registry.manifest_format import UrlPolicy
 from hareg.registry.service import Registry
+from hareg.server.auth import AuthSetupError, build_access, exposure_problem
 from hareg.server.reload import Reloader
 from hareg.server.tls import TLSError, load_route_contexts, start_route_sites
 from hareg.storage.base import BlobStore
@@ -55,6 +57,9 @@ log = logging.getLogger("hareg.server")
 # here is resumed by the client on another replica.
 SHUTDOWN_GRACE = 10.0
 HASH_THREADS = max(2, os.cpu_count() or 2)  # chunks hashed at once beside the loop
+# Password checks at once beside the loop: bcrypt costs tens of milliseconds
+# of CPU each, and more threads than cores would only queue them in the kernel.
+PASSWORD_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class StartupError(Exception):
@@ -170,6 +175,13 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
     logLevel, readOnly and requests from the configuration file."""
     config = options.config
     host, port = split_listen(options.listen)
+    problem = exposure_problem(
+        config,
+        [("listen " + options.listen, options.listen.rpartition(":")[0])]
+        + [(f"route {r.name} ({r.listen})", r.listen.rpartition(":")[0]) for r in config.routes if r.listen],
+    )
+    if problem:
+        raise StartupError(problem)
     try:  # certificates first: a bad one stops us before anything starts
         route_listeners = load_route_contexts(config.routes)
     except TLSError as exc:
@@ -263,6 +275,22 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         raise_open_file_limit(config.limits.max_connections)
         await registry.start()
         stack.push_async_callback(registry.stop)
+        access = None
+        if config.auth is not None and not config.auth.disabled:
+            password_pool = ThreadPoolExecutor(
+                max_workers=PASSWORD_THREADS, thread_name_prefix="hareg-bcrypt"
+            )
+            stack.callback(password_pool.shutdown, wait=True)
+            try:
+                access = build_access(config.auth, registry, SystemClock(), RandomIds(), password_pool)
+                access.on_secret = add_log_secret
+                await access.start()
+            except (AuthSetupError, ValueError) as exc:
+                raise StartupError(str(exc)) from None
+        elif config.auth is not None:
+            log.warning(
+                "authentication is disabled (auth.disabled): anyone who reaches the registry may do anything"
+            )
         app = init_app(
             registry,
             HttpSettings(
@@ -273,6 +301,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             ),
             metrics=metrics,
             connections=ConnectionGuard(config.limits.request_header_timeout, config.limits.max_connections),
+            access=access,
         )
         runner = web.AppRunner(
             app,
@@ -303,6 +332,15 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         def apply(new: Config) -> None:
             registry.settings.config_read_only = new.read_only
             app[LIMITS].configure(new.requests)
+            if access is not None and new.auth is not None:
+                access.reconfigure(new.auth)
+                access.users.path = new.auth.htpasswd_path
+                try:
+                    users = access.users.load()
+                except HtpasswdError as exc:
+                    log.error("htpasswd not reloaded; keeping the users loaded before: %s", exc)
+                else:
+                    log.warning("htpasswd reloaded", extra={"fields": {"users": users}})
 
         on_hangup.append(Reloader(options.config_path, config, apply).reload)
         log.info(

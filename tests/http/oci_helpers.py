@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from hareg.http.app import init_app
 from hareg.ids import RandomIds
 from hareg.kv.base import prefix_end
 from hareg.kv.etcd import EtcdKV
+from hareg.processes.ports import free_port
+from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -336,6 +339,53 @@ async def start_replicas(
         stack.push_async_callback(client.close)
         out.append((reg, client))
     return out
+
+
+async def start_led_replicas(
+    stack: AsyncExitStack,
+    etcd_url: str,
+    blobs: Path,
+    prefix: str,
+    *,
+    access: AccessControl | None = None,
+    headers: dict[str, str] | None = None,
+    before_start: Callable[[Registry], None] | None = None,
+) -> list[tuple[Registry, Client]]:
+    """Two replicas that know their URLs (so they register in membership,
+    which is how a request finds the pruner leader), once one leads and both
+    are members: the leader first.  ``headers`` go with every request of the
+    clients; everything is stopped by ``stack``."""
+    replicas: list[tuple[Registry, Client]] = []
+    for i in range(2):
+        kv = await EtcdKV.connect([etcd_url])
+        stack.push_async_callback(kv.close)
+        store = FilesystemBlobStore(blobs)
+        stack.push_async_callback(store.close)
+        port = free_port()
+        reg = Registry(
+            kv,
+            store,
+            SystemClock(),
+            RandomIds(),
+            prefix=prefix,
+            replica=f"r{i}",
+            url=f"http://127.0.0.1:{port}",
+        )
+        if before_start is not None:
+            before_start(reg)
+        await reg.start()
+        stack.push_async_callback(reg.stop)
+        app = init_app(reg, access=access)
+        client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port), headers=headers or {})
+        await client.start_server()
+        stack.push_async_callback(client.close)
+        replicas.append((reg, client))
+    async with asyncio.timeout(30):
+        while not any(reg.leadership.is_leader for reg, _ in replicas):
+            await asyncio.sleep(0.05)
+        while len(await replicas[0][0].membership.members()) < 2:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+    return sorted(replicas, key=lambda rc: not rc[0].leadership.is_leader)
 
 
 NEXT_LINK_RE = re.compile(r'^<(?P<url>/v2/[^>]+)>; rel="next"$')

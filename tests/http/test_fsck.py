@@ -10,16 +10,9 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from oci_helpers import Client, Image, expect_error, push_image, sha256
+from oci_helpers import Client, Image, expect_error, push_image, sha256, start_led_replicas
 
-from hareg.clock import SystemClock
-from hareg.http.app import init_app
-from hareg.ids import RandomIds
-from hareg.kv.etcd import EtcdKV
-from hareg.processes.ports import free_port
 from hareg.registry.service import Registry
-from hareg.storage.filesystem import FilesystemBlobStore
 
 NOTE = "n" * 2000  # makes a manifest larger than the test's inline limit
 
@@ -149,36 +142,13 @@ async def test_refused_on_a_read_only_registry(client: Client) -> None:
 async def test_a_repair_sent_to_another_replica_runs_on_the_leader(etcd_url: str, tmp_path: Path) -> None:
     prefix = f"/test-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
-        replicas: list[tuple[Registry, Client]] = []
-        for i in range(2):
-            kv = await EtcdKV.connect([etcd_url])
-            stack.push_async_callback(kv.close)
-            store = FilesystemBlobStore(tmp_path / "blobs")
-            stack.push_async_callback(store.close)
-            port = free_port()
-            # Replicas that know their URL register in membership: how a request finds the leader.
-            reg = Registry(
-                kv,
-                store,
-                SystemClock(),
-                RandomIds(),
-                prefix=prefix,
-                replica=f"r{i}",
-                url=f"http://127.0.0.1:{port}",
-            )
+
+        def small_inline(reg: Registry) -> None:
             reg.meta.inline_limit = 1024
-            await reg.start()
-            stack.push_async_callback(reg.stop)
-            client: Client = TestClient(TestServer(init_app(reg), host="127.0.0.1", port=port))
-            await client.start_server()
-            stack.push_async_callback(client.close)
-            replicas.append((reg, client))
-        async with asyncio.timeout(30):
-            while not any(reg.leadership.is_leader for reg, _ in replicas):
-                await asyncio.sleep(0.05)
-            while len(await replicas[0][0].membership.members()) < 2:  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
-        (leader, leader_client), (_, other) = sorted(replicas, key=lambda rc: not rc[0].leadership.is_leader)
+
+        (leader, leader_client), (_, other) = await start_led_replicas(
+            stack, etcd_url, tmp_path / "blobs", prefix, before_start=small_inline
+        )
         image = await push(other)
         await damage(leader, sha256(image.config), b"junk")
         report = await fsck(other, repair="true")

@@ -211,6 +211,9 @@ def test_redact_text_patterns() -> None:
         '{"password": "hunter2"}': '"password": "<redacted>"',
         "secretKey=abc123": "secretKey=<redacted>",
         "https://x/y?sig=azure-sas-sig&sv=2020": "sig=<redacted>&sv=2020",
+        # A bare JWT and an htpasswd bcrypt entry, under no telling name.
+        "got eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJlZCJ9.c2lnbmF0dXJl from x": "got <redacted> from x",
+        "ed:$2y$05$" + "A" * 53 + " line 3": "ed:<redacted> line 3",
     }
     for raw, expected in cases.items():
         out = redact_text(raw)

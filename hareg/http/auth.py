@@ -1,0 +1,112 @@
+"""Authentication and authorization over HTTP: a thin adapter.
+
+The middleware hands ``hareg/registry/access.py`` the ``Authorization``
+header, the client's address and the request's method, path and query; it
+keeps the caller's identity on the request (``IDENTITY``) for the catalog and
+the audit log.  ``GET /auth/token`` is the Docker token spec's endpoint.
+
+The audit log (logger ``hareg.audit``, one JSON line per write, at Normal):
+who, what (method and the action the request needed), which repository and
+digest, and the outcome (status).  It never holds credentials: the subject
+is a user name, ``anonymous`` or a token's ``sub``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from aiohttp import web
+
+from hareg.http.base import Handler, json_response
+from hareg.registry import authz, policy
+from hareg.registry.access import AccessControl, Identity
+from hareg.registry.errors import ErrorCode, RegistryError
+
+__all__ = ["ACCESS", "IDENTITY", "TOKEN_PATH", "auth_middleware", "identity_of", "issue_token"]
+
+ACCESS = web.AppKey("access", AccessControl)
+IDENTITY: Final = web.RequestKey("identity", Identity)
+TOKEN_PATH: Final = "/auth/token"
+
+audit = logging.getLogger("hareg.audit")
+
+
+def realm_of(request: web.Request) -> str:
+    """Where this client reaches the token endpoint: the scheme and host it used."""
+    return f"{request.scheme}://{request.host}{TOKEN_PATH}"
+
+
+def client_of(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def identity_of(request: web.Request) -> Identity | None:
+    """The caller, or None when the registry runs without authentication."""
+    return request.get(IDENTITY)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    access = request.app.get(ACCESS)
+    if access is None:  # no auth section: every request is served, as before
+        return await handler(request)
+    needs = authz.request_needs(request.method, request.path, request.query)
+    if needs and all(need.open for need in needs):
+        return await handler(request)
+    realm = realm_of(request)
+    identity = await access.authenticate(request.headers.get("Authorization"), client_of(request), realm)
+    request[IDENTITY] = identity
+    if request.method in policy.READ_METHODS:
+        access.authorize(identity, needs, realm)
+        return await handler(request)
+    status = 500
+    try:
+        access.authorize(identity, needs, realm)
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception as exc:
+        status = getattr(exc, "status", 500)
+        raise
+    finally:
+        _audit(request, identity, needs, status)
+
+
+def _audit(request: web.Request, identity: Identity, needs: list[authz.Need], status: int) -> None:
+    need = next((n for n in needs if not (n.open or n.login or n.browse)), None)
+    reference = request.match_info.get("reference") or request.match_info.get("digest")
+    digest = request.query.get("digest") or (reference if reference and ":" in reference else None)
+    audit.info(
+        "audit",
+        extra={
+            "fields": {
+                "subject": identity.subject,
+                "method": request.method,
+                "action": (need.action if need.repo is not None else authz.CLUSTER) if need else None,
+                "repository": need.repo if need else None,
+                "reference": reference,
+                "digest": digest,
+                "status": status,
+                "outcome": "allowed" if status < 400 else "refused",
+                "client": client_of(request),
+            }
+        },
+    )
+
+
+async def issue_token(request: web.Request) -> web.Response:
+    access = request.app.get(ACCESS)
+    if access is None:
+        # Without authentication no client is sent here (no 401 names this realm).
+        raise RegistryError(ErrorCode.UNSUPPORTED, "authentication is off: no tokens are issued", status=404)
+    reply = await access.token(
+        request.headers.get("Authorization"),
+        client_of(request),
+        realm_of(request),
+        {key: request.query.getall(key, []) for key in ("service", "scope")},
+    )
+    return json_response(reply.to_json(), headers={"Cache-Control": "no-store"})
