@@ -14,9 +14,11 @@ import argparse
 import base64
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["DEFAULT_REGISTRY", "CliError", "authorization", "base_url", "call", "error_message"]
@@ -93,3 +95,15 @@ def error_message(status: int, raw: bytes) -> str:
     if status == 404 and first["code"] == "UNSUPPORTED":
         message += "; does this registry run hareg?"
     return message
+
+
+def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one subcommand: a CliError it raises is printed as ``hareg <command>:
+    <message>`` and becomes the exit status; Ctrl-C exits 1 without a traceback."""
+    try:
+        return fn(args)
+    except CliError as exc:
+        print(f"hareg {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 1

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli.client import CliError, base_url, call
+from hareg.cli.client import base_url, call, run_command
 
 # Exit code when damaged objects were found and are still in place.
 CORRUPT = 3
@@ -56,13 +56,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    try:
-        base = base_url(args)
-        query = "?repair=true" if args.repair else ""
-        _, report = call(base, "POST", f"/hareg/v1/fsck{query}", timeout=args.timeout)
-    except CliError as exc:
-        print(f"hareg fsck: {exc}", file=sys.stderr)
-        return exc.code
+    base = base_url(args)
+    query = "?repair=true" if args.repair else ""
+    _, report = call(base, "POST", f"/hareg/v1/fsck{query}", timeout=args.timeout)
     if not isinstance(report, dict) or not isinstance(report.get("corrupt"), list):
         print(f"hareg fsck: {base} gave no fsck report; is this a hareg registry?", file=sys.stderr)
         return 1
@@ -93,4 +89,4 @@ def register(sub: Any) -> None:
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the check to finish (default {DEFAULT_TIMEOUT:.0f})",
     )
-    fsck.set_defaults(func=_fsck)
+    fsck.set_defaults(func=lambda a: run_command(_fsck, a))

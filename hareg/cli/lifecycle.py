@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from hareg.cli.client import DEFAULT_REGISTRY, CliError, base_url, call
+from hareg.cli.client import DEFAULT_REGISTRY, CliError, base_url, call, run_command
 
 __all__ = ["register"]
 
@@ -73,17 +72,6 @@ def _short(digest: str | None, no_trunc: bool) -> str:
         return digest
     alg, _, hexpart = digest.partition(":")
     return f"{alg}:{hexpart[:SHORT_HEX]}"
-
-
-def _run(fn: Any, args: argparse.Namespace) -> int:
-    try:
-        code: int = fn(args)
-    except CliError as exc:
-        print(f"hareg {args.command}: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 1
-    return code
 
 
 # ------------------------------------------------------------------ commands
@@ -179,7 +167,7 @@ def register(sub: Any) -> None:
     history.add_argument("--json", action="store_true", help="print the entries as JSON")
     history.add_argument("--no-trunc", action="store_true", help="show full digests")
     history.add_argument("--registry", metavar="URL", help=registry_help)
-    history.set_defaults(func=lambda a: _run(_history, a))
+    history.set_defaults(func=lambda a: run_command(_history, a))
 
     rollback = sub.add_parser(
         "rollback",
@@ -192,7 +180,7 @@ def register(sub: Any) -> None:
     rollback.add_argument("digest", metavar="DIGEST")
     rollback.add_argument("--json", action="store_true", help="print the new history entry as JSON")
     rollback.add_argument("--registry", metavar="URL", help=registry_help)
-    rollback.set_defaults(func=lambda a: _run(_rollback, a))
+    rollback.set_defaults(func=lambda a: run_command(_rollback, a))
 
     immutable = sub.add_parser(
         "immutable",
@@ -214,4 +202,4 @@ def register(sub: Any) -> None:
     immutable.add_argument("--show", action="store_true", help="show the patterns (the default)")
     immutable.add_argument("--json", action="store_true", help="print the rule as JSON")
     immutable.add_argument("--registry", metavar="URL", help=registry_help)
-    immutable.set_defaults(func=lambda a: _run(_immutable, a))
+    immutable.set_defaults(func=lambda a: run_command(_immutable, a))

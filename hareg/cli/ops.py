@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli.client import CliError, base_url, call
+from hareg.cli.client import base_url, call, run_command
 
 # Exit code of ``hareg status`` when the registry answered but is not Available.
 NOT_AVAILABLE = 3
@@ -61,12 +61,8 @@ def _available(doc: dict[str, Any]) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        base = base_url(args)
-        _, doc = call(base, "GET", "/hareg/v1/status")
-    except CliError as exc:
-        print(f"hareg status: {exc}", file=sys.stderr)
-        return exc.code
+    base = base_url(args)
+    _, doc = call(base, "GET", "/hareg/v1/status")
     if not isinstance(doc, dict):
         print(f"hareg status: {base} gave no status document; is this a hareg registry?", file=sys.stderr)
         return 1
@@ -75,15 +71,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _read_only(args: argparse.Namespace) -> int:
-    try:
-        base = base_url(args)
-        if args.state == "status":
-            _, doc = call(base, "GET", "/hareg/v1/read-only")
-        else:
-            _, doc = call(base, "PUT", "/hareg/v1/read-only", {"readOnly": args.state == "on"})
-    except CliError as exc:
-        print(f"hareg read-only: {exc}", file=sys.stderr)
-        return exc.code
+    base = base_url(args)
+    if args.state == "status":
+        _, doc = call(base, "GET", "/hareg/v1/read-only")
+    else:
+        _, doc = call(base, "PUT", "/hareg/v1/read-only", {"readOnly": args.state == "on"})
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -106,7 +98,7 @@ def register(sub: Any) -> None:
     )
     status.add_argument("--registry", help=help_registry)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
-    status.set_defaults(func=_status)
+    status.set_defaults(func=lambda a: run_command(_status, a))
 
     read_only = sub.add_parser(
         "read-only",
@@ -118,4 +110,4 @@ def register(sub: Any) -> None:
     read_only.add_argument("state", choices=("on", "off", "status"))
     read_only.add_argument("--registry", help=help_registry)
     read_only.add_argument("--json", action="store_true", help="print the answer as JSON")
-    read_only.set_defaults(func=_read_only)
+    read_only.set_defaults(func=lambda a: run_command(_read_only, a))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from hareg.cli.client import CliError, base_url, call
+from hareg.cli.client import base_url, call, run_command
 
 
 def _human(n: int) -> str:
@@ -36,13 +35,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    try:
-        base = base_url(args)
-        query = "?dryRun=true" if args.dry_run else ""
-        _, report = call(base, "POST", f"/hareg/v1/prune{query}")
-    except CliError as exc:
-        print(f"hareg prune: {exc}", file=sys.stderr)
-        return exc.code
+    base = base_url(args)
+    query = "?dryRun=true" if args.dry_run else ""
+    _, report = call(base, "POST", f"/hareg/v1/prune{query}")
     print(json.dumps(report, indent=2) if args.json else _summary(report))
     return 0
 
@@ -52,4 +47,4 @@ def register(sub: Any) -> None:
     prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     prune.add_argument("--json", action="store_true", help="print the full report as JSON")
     prune.add_argument("--registry", help="registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)")
-    prune.set_defaults(func=_prune)
+    prune.set_defaults(func=lambda a: run_command(_prune, a))

@@ -210,8 +210,13 @@ def test_listen_address_unavailable(hareg_launcher: Launcher, tmp_path: Path) ->
     # The etcd it had already started is stopped, not orphaned.
     wait_no_orphans(server.data_dir)
 
-    # An address this host does not have (TEST-NET-1, never configured locally).
-    server = hareg_launcher(tmp_path / "foreign", listen="192.0.2.1:5000", wait_ready=False)
+    # An address this host does not have (TEST-NET-1, never configured locally);
+    # not a loopback address, so serving it without authentication is said outright.
+    config = tmp_path / "no-auth.yaml"
+    config.write_text("auth:\n  disabled: true\n")
+    server = hareg_launcher(
+        tmp_path / "foreign", listen="192.0.2.1:5000", extra_args=["--config", str(config)], wait_ready=False
+    )
     assert server.wait_exit() == 1
     stderr = server.stderr()
     assert "cannot listen on 192.0.2.1:5000" in stderr, stderr
