@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from hareg.kv.base import Compare, KVUnknownOutcome, Put, TxnOp, TxnResult
@@ -12,12 +12,21 @@ from hareg.kv.etcd import EtcdKV
 
 class UnknownOutcomeKV:
     """Delegates to a real KV; the next ``times`` write txns raise
-    KVUnknownOutcome, after applying (``apply``) or without sending them."""
+    KVUnknownOutcome, after applying (``apply``) or without sending them, and
+    after ``meanwhile`` (another client's race while the reply is lost)."""
 
-    def __init__(self, inner: EtcdKV, *, apply: bool, times: int = 1) -> None:
+    def __init__(
+        self,
+        inner: EtcdKV,
+        *,
+        apply: bool,
+        times: int = 1,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.inner = inner
         self.apply = apply
         self.times = times
+        self.meanwhile = meanwhile
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -29,5 +38,7 @@ class UnknownOutcomeKV:
             self.times -= 1
             if self.apply:
                 await self.inner.txn(compares, success, failure)
+            if self.meanwhile is not None:
+                await self.meanwhile()
             raise KVUnknownOutcome("simulated lost reply")
         return await self.inner.txn(compares, success, failure)

@@ -8,14 +8,14 @@ import dataclasses
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Compare, Delete, KVUnknownOutcome, Put, TxnOp, TxnResult, prefix_end
+from hareg.kv.base import Delete, KVUnknownOutcome, prefix_end
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
@@ -335,17 +335,12 @@ async def test_lost_delete_reply_is_not_confirmed_by_someone_elses_delete(kv: Et
     await other.add_blob("repo", digest("c"), 1)
     await other.put_manifest("repo", digest("m"), image_record(digest("c")), ["t"])
 
-    class LostAndRaced(UnknownOutcomeKV):
-        async def txn(
-            self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
-        ) -> TxnResult:
-            if self.times > 0 and any(isinstance(op, Put) for op in success):
-                self.times -= 1
-                assert await other.delete_tag("repo", "t")  # the race, while our reply is lost
-                raise KVUnknownOutcome("simulated lost reply")
-            return await self.inner.txn(compares, success, failure)
+    async def race() -> None:  # another client, while our reply is lost
+        assert await other.delete_tag("repo", "t")
 
-    meta = MetadataStore(LostAndRaced(kv, apply=False), keys, SystemClock(), RandomIds(), "r")
+    meta = MetadataStore(
+        UnknownOutcomeKV(kv, apply=False, meanwhile=race), keys, SystemClock(), RandomIds(), "r"
+    )
     with pytest.raises(KVUnknownOutcome):
         await meta.delete_tag("repo", "t")
     assert [h.replica for h in await other.tag_history("repo", "t")] == ["other", "other"]
@@ -358,17 +353,12 @@ async def test_lost_manifest_delete_reply_is_not_confirmed_by_someone_elses_dele
     await other.add_blob("repo", digest("c"), 1)
     await other.put_manifest("repo", digest("m"), image_record(digest("c")))
 
-    class LostAndRaced(UnknownOutcomeKV):
-        async def txn(
-            self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
-        ) -> TxnResult:
-            if self.times > 0 and any(isinstance(op, Put) for op in success):
-                self.times -= 1
-                assert await other.delete_manifest("repo", digest("m"))
-                raise KVUnknownOutcome("simulated lost reply")
-            return await self.inner.txn(compares, success, failure)
+    async def race() -> None:  # another client, while our reply is lost
+        assert await other.delete_manifest("repo", digest("m"))
 
-    meta = MetadataStore(LostAndRaced(kv, apply=False), keys, SystemClock(), RandomIds(), "r")
+    meta = MetadataStore(
+        UnknownOutcomeKV(kv, apply=False, meanwhile=race), keys, SystemClock(), RandomIds(), "r"
+    )
     with pytest.raises(KVUnknownOutcome):
         await meta.delete_manifest("repo", digest("m"))
 

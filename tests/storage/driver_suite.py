@@ -53,6 +53,26 @@ async def collect(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in stream])
 
 
+async def cancel_mid_write(store: BlobStore, upload_id: str, offset: int, *parts: bytes) -> None:
+    """Write ``parts`` at ``offset`` and then stall, as a client gone quiet
+    mid-body; once the driver has taken every part, cancel the write."""
+    taken = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+        taken.set()
+        await asyncio.sleep(3600)
+        yield b"never"
+
+    task = asyncio.create_task(store.upload_write(upload_id, offset, stalling()))
+    async with asyncio.timeout(60):
+        await taken.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def put(store: BlobStore, upload_id: str, data: bytes, algorithm: str = "sha256") -> str:
     """Upload ``data`` in one write and commit it; returns its digest."""
     digest = digest_of(data, algorithm)
