@@ -142,9 +142,6 @@ class BlobMetadata(StoreBase):
                 Compare.range_unchanged_since(span[0], span[1], manifests.revision),
             ]
 
-            async def gone() -> bool:
-                return await self._get(link_key) is None
-
-            return Txn(compares, [Delete(link_key)], gone, True)
+            return Txn(compares, [Delete(link_key)], lambda: self._absent_while_writable(link_key), True)
 
         return await self._write(f"delete of blob {digest} in {repo}", attempt)

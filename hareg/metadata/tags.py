@@ -164,11 +164,8 @@ class TagMetadata(StoreBase):
         self._check_writable()
         if not patterns:
 
-            async def removed() -> bool:
-                return await self._get(key) is None
-
             async def remove() -> Txn[ImmutabilityRecord | None]:
-                return Txn([], [Delete(key)], removed, None)
+                return Txn([], [Delete(key)], lambda: self._absent_while_writable(key), None)
 
             return await self._write(what, remove)
         record = ImmutabilityRecord(tuple(patterns), self.clock.now(), self.replica, self.ids.new_id())

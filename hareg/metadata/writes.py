@@ -39,7 +39,7 @@ from hareg.metadata.cache import MetadataCache
 from hareg.metadata.errors import Contended
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import RepoRecord, decode, encode
-from hareg.metadata.switch import ReadOnlyGuard
+from hareg.metadata.switch import ReadOnlyGuard, WritesFrozen
 from hareg.plants import planted
 
 T = TypeVar("T")
@@ -156,6 +156,21 @@ class StoreBase:
     def etcd_known_down(self) -> bool:
         """etcd was just seen unreachable (no quorum): reads are served stale."""
         return self.barrier is not None and self.barrier.writes_blocked()
+
+    async def _absent_while_writable(self, key: bytes) -> bool:
+        """How a delete whose answer was lost is verified: ``key`` is gone and
+        the read-only switch is off now.  "Gone" alone cannot tell this delete
+        from an earlier one, and while the switch is on this request may not
+        be linearized as a no-op before it (the simulator's seed 7384: an
+        immutability rule removed, acknowledged, for a request that ran wholly
+        under the switch); it is then answered as the unknown outcome it is."""
+        if await self._get(key) is not None:
+            return False
+        try:
+            await self.read_only_guard.refresh()
+        except WritesFrozen:
+            return False
+        return True
 
     async def check_writes_allowed(self) -> None:
         """Raise WritesFrozen if the cluster read-only switch is on now: for a

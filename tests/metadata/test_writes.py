@@ -13,10 +13,12 @@ from hareg.kv.base import Compare, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.errors import Contended, MissingReferences
 from hareg.metadata.keys import Keys
+from hareg.metadata.store import MetadataStore
 from hareg.metadata.switch import Switch, WritesFrozen
 from hareg.metadata.writes import Done, StoreBase, Txn
 
 from .faulty_kv import UnknownOutcomeKV
+from .support import digest
 
 
 async def unapplied() -> bool:
@@ -124,3 +126,28 @@ async def test_no_write_commits_while_the_read_only_switch_is_on(kv: EtcdKV, key
     with pytest.raises(WritesFrozen):
         await base._write("the write", attempt)
     assert await kv.get(key) is None
+
+
+@pytest.mark.parametrize("what", ["immutability rule", "blob link"])
+async def test_a_lost_delete_is_not_acknowledged_once_the_switch_is_on(
+    kv: EtcdKV, keys: Keys, what: str
+) -> None:
+    """A delete whose reply is lost finds its key gone (nothing to delete, or
+    another client's delete), but the read-only switch was turned on
+    meanwhile: the answer stays unknown (503), never a success under the switch."""
+    other = MetadataStore(kv, keys, SystemClock(), RandomIds(), "other")
+    if what == "blob link":
+        await other.add_blob("repo", digest("b"), 1)
+
+    async def gone_then_switch_on() -> None:
+        if what == "blob link":
+            assert await other.remove_link("repo", digest("b"))
+        await kv.txn([], [Put(keys.setting("read-only"), Switch(True, "now", "other").encode())])
+
+    lossy = UnknownOutcomeKV(kv, apply=False, meanwhile=gone_then_switch_on, deletes=True)
+    meta = MetadataStore(lossy, keys, SystemClock(), RandomIds(), "r")  # type: ignore[arg-type]
+    with pytest.raises(KVUnknownOutcome):
+        if what == "immutability rule":
+            await meta.set_immutability("repo", [])  # there is no rule to delete
+        else:
+            await meta.remove_link("repo", digest("b"))
