@@ -32,3 +32,16 @@ def test_seed_stays_clean(seed: int, duration: float, bug: str) -> None:
     result = run(faults.choose(seed, duration, hostile=False))
     assert not result.error, result.error
     assert [v.to_json() for v in result.violations] == [], bug
+
+
+@pytest.mark.parametrize(
+    ("seed", "bug"),
+    [
+        (5817, "a pull by tag read from etcd read its tag and its manifest at two revisions"),
+        (7384, "a lost delete verified by 'the key is gone' was acknowledged under the read-only switch"),
+    ],
+)
+def test_seed_with_hostile_clients_stays_clean(seed: int, bug: str) -> None:
+    result = run(faults.choose(seed, 20.0))
+    assert not result.error, result.error
+    assert [v.to_json() for v in result.violations] == [], bug
