@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from hareg.kv.base import KV, Compare, KeyValue
+from hareg.kv.base import KV, Compare
 from hareg.metadata.keys import Keys
 
 READ_ONLY = "read-only"
@@ -74,11 +74,7 @@ class ReadOnlyGuard:
     async def refresh(self) -> None:
         """Read the switch again (after a write's compares failed): raises
         WritesFrozen if it is on, else the next compare uses what was read."""
-        self.observe(await self.kv.get(self.key))
-
-    def observe(self, kv: KeyValue | None) -> None:
-        """Take the switch's key as just read (by a caller that read it in the
-        same transaction as something else): WritesFrozen if it is on."""
+        kv = await self.kv.get(self.key)
         switch = Switch.decode(kv.value) if kv is not None else None
         if switch is not None and switch.on:
             self._off_revision = None
