@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli.client import base_url, call, run_command
+from hareg.cli.client import add_registry_options, call, remote, run_command
 
 # Exit code when damaged objects were found and are still in place.
 CORRUPT = 3
@@ -56,7 +56,7 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    base = base_url(args)
+    base = remote(args)
     query = "?repair=true" if args.repair else ""
     _, report = call(base, "POST", f"/hareg/v1/fsck{query}", timeout=args.timeout)
     if not isinstance(report, dict) or not isinstance(report.get("corrupt"), list):
@@ -82,7 +82,7 @@ def register(sub: Any) -> None:
     )
     fsck.add_argument("--repair", action="store_true", help="quarantine damaged objects")
     fsck.add_argument("--json", action="store_true", help='print the report as JSON: {"checked", "corrupt"}')
-    fsck.add_argument("--registry", help="registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)")
+    add_registry_options(fsck)
     fsck.add_argument(
         "--timeout",
         type=_seconds,

@@ -16,7 +16,14 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from hareg.cli.client import DEFAULT_REGISTRY, CliError, base_url, call, run_command
+from hareg.cli.client import (
+    CliError,
+    Remote,
+    add_registry_options,
+    call,
+    remote,
+    run_command,
+)
 
 __all__ = ["register"]
 
@@ -79,7 +86,7 @@ def _short(digest: str | None, no_trunc: bool) -> str:
 
 def _history(args: argparse.Namespace) -> int:
     repo, tag = _reference(args.reference)
-    _, entries = call(base_url(args), "GET", f"{_repo_path(repo)}/tags/{tag}/history")
+    _, entries = call(remote(args), "GET", f"{_repo_path(repo)}/tags/{tag}/history")
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -93,7 +100,7 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_digest(base: str, repo: str, tag: str, text: str) -> str:
+def _resolve_digest(base: Remote, repo: str, tag: str, text: str) -> str:
     """A full digest as given, or the one digest in the tag's history that
     starts with ``text`` (as the history table shows them, shortened)."""
     from hareg.registry.digests import parse_digest
@@ -117,7 +124,7 @@ def _resolve_digest(base: str, repo: str, tag: str, text: str) -> str:
 
 def _rollback(args: argparse.Namespace) -> int:
     repo, tag = _reference(args.reference)
-    base = base_url(args)
+    base = remote(args)
     digest = _resolve_digest(base, repo, tag, args.digest)
     status, entry = call(base, "POST", f"{_repo_path(repo)}/tags/{tag}/rollback", {"digest": digest})
     if args.json:
@@ -132,7 +139,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _immutable(args: argparse.Namespace) -> int:
     repo = _repository(args.repository)
-    base = base_url(args)
+    base = remote(args)
     path = f"{_repo_path(repo)}/immutability"
     if args.off:
         _, doc = call(base, "PUT", path, {"patterns": []})
@@ -156,7 +163,6 @@ def _immutable(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the lifecycle commands to the ``hareg`` subparsers."""
-    registry_help = f"registry URL (default: $HAREG_REGISTRY or {DEFAULT_REGISTRY})"
 
     history = sub.add_parser(
         "history",
@@ -166,7 +172,7 @@ def register(sub: Any) -> None:
     history.add_argument("reference", metavar="REPO:TAG")
     history.add_argument("--json", action="store_true", help="print the entries as JSON")
     history.add_argument("--no-trunc", action="store_true", help="show full digests")
-    history.add_argument("--registry", metavar="URL", help=registry_help)
+    add_registry_options(history)
     history.set_defaults(func=lambda a: run_command(_history, a))
 
     rollback = sub.add_parser(
@@ -179,7 +185,7 @@ def register(sub: Any) -> None:
     rollback.add_argument("reference", metavar="REPO:TAG")
     rollback.add_argument("digest", metavar="DIGEST")
     rollback.add_argument("--json", action="store_true", help="print the new history entry as JSON")
-    rollback.add_argument("--registry", metavar="URL", help=registry_help)
+    add_registry_options(rollback)
     rollback.set_defaults(func=lambda a: run_command(_rollback, a))
 
     immutable = sub.add_parser(
@@ -201,5 +207,5 @@ def register(sub: Any) -> None:
     change.add_argument("--off", action="store_true", help="remove every pattern (no tag is immutable)")
     immutable.add_argument("--show", action="store_true", help="show the patterns (the default)")
     immutable.add_argument("--json", action="store_true", help="print the rule as JSON")
-    immutable.add_argument("--registry", metavar="URL", help=registry_help)
+    add_registry_options(immutable)
     immutable.set_defaults(func=lambda a: run_command(_immutable, a))

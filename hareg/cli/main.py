@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hareg.cli.ops import register as register_ops
 
     register_ops(sub)
+    from hareg.cli.access import register as register_access
+
+    register_access(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hareg.cli.client import base_url, call, run_command
+from hareg.cli.client import add_registry_options, call, remote, run_command
 
 # Exit code of ``hareg status`` when the registry answered but is not Available.
 NOT_AVAILABLE = 3
@@ -61,17 +61,17 @@ def _available(doc: dict[str, Any]) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
-    base = base_url(args)
+    base = remote(args)
     _, doc = call(base, "GET", "/hareg/v1/status")
     if not isinstance(doc, dict):
         print(f"hareg status: {base} gave no status document; is this a hareg registry?", file=sys.stderr)
         return 1
-    print(json.dumps(doc, indent=2) if args.json else format_status(base, doc))
+    print(json.dumps(doc, indent=2) if args.json else format_status(str(base), doc))
     return 0 if _available(doc) else NOT_AVAILABLE
 
 
 def _read_only(args: argparse.Namespace) -> int:
-    base = base_url(args)
+    base = remote(args)
     if args.state == "status":
         _, doc = call(base, "GET", "/hareg/v1/read-only")
     else:
@@ -89,14 +89,13 @@ def _read_only(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    help_registry = "registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)"
     status = sub.add_parser(
         "status",
         help="show a registry's conditions (Available, Progressing, Degraded)",
         description="Show the conditions of the replica behind --registry. Exit status: 0 Available, "
         f"{NOT_AVAILABLE} not Available, 1 unreachable.",
     )
-    status.add_argument("--registry", help=help_registry)
+    add_registry_options(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     status.set_defaults(func=lambda a: run_command(_status, a))
 
@@ -108,6 +107,6 @@ def register(sub: Any) -> None:
         "status: show the switch.",
     )
     read_only.add_argument("state", choices=("on", "off", "status"))
-    read_only.add_argument("--registry", help=help_registry)
+    add_registry_options(read_only)
     read_only.add_argument("--json", action="store_true", help="print the answer as JSON")
     read_only.set_defaults(func=lambda a: run_command(_read_only, a))

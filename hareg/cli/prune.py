@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from hareg.cli.client import base_url, call, run_command
+from hareg.cli.client import add_registry_options, call, remote, run_command
 
 
 def _human(n: int) -> str:
@@ -35,7 +35,7 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    base = base_url(args)
+    base = remote(args)
     query = "?dryRun=true" if args.dry_run else ""
     _, report = call(base, "POST", f"/hareg/v1/prune{query}")
     print(json.dumps(report, indent=2) if args.json else _summary(report))
@@ -46,5 +46,5 @@ def register(sub: Any) -> None:
     prune = sub.add_parser("prune", help="run the pruner (garbage collection) once")
     prune.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     prune.add_argument("--json", action="store_true", help="print the full report as JSON")
-    prune.add_argument("--registry", help="registry URL (default: $HAREG_REGISTRY or http://127.0.0.1:5000)")
+    add_registry_options(prune)
     prune.set_defaults(func=lambda a: run_command(_prune, a))

@@ -5,6 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from hareg.http import (
+    access as access_api,
+)
+from hareg.http import (
     auth,
     base,
     blobs,
@@ -97,6 +100,7 @@ def init_app(
     r.add_post("/hareg/v1/prune", pruner.prune)
     r.add_get("/hareg/v1/pruner", pruner.pruner_status)
     fsck.register(r)  # /hareg/v1/fsck: the integrity check of the blob store
+    access_api.register(r)  # /hareg/v1/access/: grants and robot accounts
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", observe.metrics_endpoint)

@@ -2,8 +2,10 @@
 
 The middleware hands ``hareg/registry/access.py`` the ``Authorization``
 header, the client's address and the request's method, path and query; it
-keeps the caller's identity on the request (``IDENTITY``) for the catalog and
-the audit log.  ``GET /auth/token`` is the Docker token spec's endpoint.
+keeps the caller on the request (``CALLER``: its identity and the bindings
+in force when it was admitted) for the catalog and the audit log.  The read
+that admits a request also serves the request's first metadata read (the
+read barrier's loan), so authorization costs no extra etcd round trip.  ``GET /auth/token`` is the Docker token spec's endpoint.
 
 The audit log (logger ``hareg.audit``, one JSON line per write, at Normal):
 who, what (method and the action the request needed), which repository and
@@ -20,13 +22,13 @@ from aiohttp import web
 
 from hareg.http.base import Handler, json_response
 from hareg.registry import authz, policy
-from hareg.registry.access import AccessControl, Identity
+from hareg.registry.access import AccessControl, Caller
 from hareg.registry.errors import ErrorCode, RegistryError
 
-__all__ = ["ACCESS", "IDENTITY", "TOKEN_PATH", "auth_middleware", "identity_of", "issue_token"]
+__all__ = ["ACCESS", "CALLER", "TOKEN_PATH", "auth_middleware", "caller_of", "issue_token"]
 
 ACCESS = web.AppKey("access", AccessControl)
-IDENTITY: Final = web.RequestKey("identity", Identity)
+CALLER: Final = web.RequestKey("caller", Caller)
 TOKEN_PATH: Final = "/auth/token"
 
 audit = logging.getLogger("hareg.audit")
@@ -41,9 +43,9 @@ def client_of(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def identity_of(request: web.Request) -> Identity | None:
+def caller_of(request: web.Request) -> Caller | None:
     """The caller, or None when the registry runs without authentication."""
-    return request.get(IDENTITY)
+    return request.get(CALLER)
 
 
 @web.middleware
@@ -54,15 +56,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     needs = authz.request_needs(request.method, request.path, request.query)
     if needs and all(need.open for need in needs):
         return await handler(request)
+    with access.request_scope():
+        return await _admit(request, handler, access, needs)
+
+
+async def _admit(
+    request: web.Request, handler: Handler, access: AccessControl, needs: list[authz.Need]
+) -> web.StreamResponse:
     realm = realm_of(request)
-    identity = await access.authenticate(request.headers.get("Authorization"), client_of(request), realm)
-    request[IDENTITY] = identity
+    caller = await access.identify(request.headers.get("Authorization"), client_of(request), realm)
+    request[CALLER] = caller
     if request.method in policy.READ_METHODS:
-        access.authorize(identity, needs, realm)
+        access.authorize(caller, needs, realm)
         return await handler(request)
     status = 500
     try:
-        access.authorize(identity, needs, realm)
+        access.authorize(caller, needs, realm)
         response = await handler(request)
         status = response.status
         return response
@@ -73,10 +82,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         status = getattr(exc, "status", 500)
         raise
     finally:
-        _audit(request, identity, needs, status)
+        _audit(request, caller, needs, status)
 
 
-def _audit(request: web.Request, identity: Identity, needs: list[authz.Need], status: int) -> None:
+def _audit(request: web.Request, caller: Caller, needs: list[authz.Need], status: int) -> None:
     need = next((n for n in needs if not (n.open or n.login or n.browse)), None)
     reference = request.match_info.get("reference") or request.match_info.get("digest")
     digest = request.query.get("digest") or (reference if reference and ":" in reference else None)
@@ -84,7 +93,7 @@ def _audit(request: web.Request, identity: Identity, needs: list[authz.Need], st
         "audit",
         extra={
             "fields": {
-                "subject": identity.subject,
+                "subject": caller.subject,
                 "method": request.method,
                 "action": (need.action if need.repo is not None else authz.CLUSTER) if need else None,
                 "repository": need.repo if need else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hareg.http.auth import ACCESS, identity_of
+from hareg.http.auth import ACCESS, caller_of
 from hareg.http.base import json_response, next_link, query_page_size, registry
 
 
@@ -12,10 +12,10 @@ async def catalog(request: web.Request) -> web.Response:
     """With authentication, only the repositories the caller may pull are listed."""
     listing = registry(request).listing
     n = query_page_size(request, listing.max_page_size)
-    access, identity = request.app.get(ACCESS), identity_of(request)
-    if access is not None and identity is not None:
+    access, caller = request.app.get(ACCESS), caller_of(request)
+    if access is not None and caller is not None:
         repos, cursor = await listing.visible_catalog(
-            n, request.query.get("last"), lambda repo: access.can_pull(identity, repo)
+            n, request.query.get("last"), lambda repo: access.can_pull(caller, repo)
         )
     else:
         repos, more = await listing.catalog(n, request.query.get("last"))

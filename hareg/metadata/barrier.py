@@ -15,13 +15,22 @@ unavailable instead of raising, and callers serve what the cache has: stale
 but never wrong for content-addressed data.  While the store is unavailable,
 further syncs do not wait for it again until ``probe_interval`` has passed,
 so pulls stay fast and writes can fail fast.
+
+Within one request a sync can be *lent* to the request's next read
+(``request_scope`` and ``lend``): the access check syncs before the handler
+runs, and the handler's first read needs no second round trip, since a
+sync that started after the request arrived is all linearizability asks.
+A write in between takes the loan back (the request must read its own write).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextvars import ContextVar
 from enum import Enum
 
 from hareg.clock import Clock
@@ -35,6 +44,15 @@ class Freshness(Enum):
     CURRENT = "current"  # the cache reflects every write acknowledged before the call
     STALE = "stale"  # etcd is unreachable; the cache is as of its last update
     UNCACHED = "uncached"  # the cache is not loaded or fell behind: read etcd directly
+
+
+class _Scope:
+    """One request's loan: a CURRENT sync its next read may use."""
+
+    __slots__ = ("lent",)
+
+    def __init__(self) -> None:
+        self.lent = False
 
 
 class ReadBarrier:
@@ -60,6 +78,9 @@ class ReadBarrier:
         self.revision_reads = 0
         # How each sync() ended: CURRENT/STALE are cache hits, UNCACHED a miss (read etcd).
         self.results: Counter[Freshness] = Counter()
+        # Per request (a context variable: each request runs in its own
+        # context); None outside a request_scope: nothing is ever lent.
+        self._scope: ContextVar[_Scope | None] = ContextVar(f"read-barrier-{id(self)}", default=None)
 
     @property
     def store_available(self) -> bool:
@@ -107,9 +128,35 @@ class ReadBarrier:
         return await asyncio.shield(fut)
 
     async def sync(self) -> Freshness:
-        result = await self._sync()
+        scope = self._scope.get()
+        if scope is not None and scope.lent:
+            scope.lent = False
+            result = Freshness.CURRENT
+        else:
+            result = await self._sync()
         self.results[result] += 1
         return result
+
+    @contextlib.contextmanager
+    def request_scope(self) -> Iterator[None]:
+        """One request: a sync lent inside it serves only this request."""
+        token = self._scope.set(_Scope())
+        try:
+            yield
+        finally:
+            self._scope.reset(token)
+
+    def lend(self) -> None:
+        """The sync just passed (CURRENT) serves this request's next read too."""
+        scope = self._scope.get()
+        if scope is not None:
+            scope.lent = True
+
+    def take_back(self) -> None:
+        """A write of this request: its later reads must sync anew."""
+        scope = self._scope.get()
+        if scope is not None:
+            scope.lent = False
 
     async def _sync(self) -> Freshness:
         if not self.cache.ready:

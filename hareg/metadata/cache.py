@@ -1,4 +1,5 @@
-"""An in-memory mirror of tags, manifests and blob links, fed by the reflector.
+"""An in-memory mirror of tags, manifests and blob links (and of the runtime
+access grants and robot accounts), fed by the reflector.
 
 The mirror is a snapshot of the store at ``revision``: the reflector
 (reflector.py) lists the key ranges at one revision R, then follows the watch
@@ -18,12 +19,26 @@ from typing import Any
 
 from hareg.kv.base import Event, EventType, KeyValue
 from hareg.metadata.keys import Keys
-from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
+from hareg.metadata.records import (
+    GrantRecord,
+    LinkRecord,
+    ManifestRecord,
+    RobotRecord,
+    TagRecord,
+    decode,
+)
 from hareg.metadata.reflector import Reflector
 from hareg.plants import planted
 
 # The record type mirrored for each key kind; other kinds are not cached.
-_KINDS: dict[str, type[Any]] = {"t": TagRecord, "m": ManifestRecord, "l": LinkRecord}
+_KINDS: dict[str, type[Any]] = {
+    "t": TagRecord,
+    "m": ManifestRecord,
+    "l": LinkRecord,
+    "g": GrantRecord,
+    "a": RobotRecord,
+}
+_ACCESS_KINDS = frozenset({"g", "a"})
 
 
 class MetadataCache:
@@ -41,6 +56,9 @@ class MetadataCache:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.relists = 0
         self.events_applied = 0
+        # Bumped by every change of a grant or robot account: what was derived
+        # from them (a replica's bindings) is valid while it stays the same.
+        self.access_version = 0
         reflector.subscribe(self)
 
     # ------------------------------------------------------------------ reads
@@ -55,6 +73,13 @@ class MetadataCache:
 
     def link(self, repo: str, digest: str) -> LinkRecord | None:
         rec: LinkRecord | None = self._data["l"].get(self.keys.link(repo, digest))
+        return rec
+
+    def grants(self) -> list[GrantRecord]:
+        return list(self._data["g"].values())
+
+    def robot(self, name: str) -> RobotRecord | None:
+        rec: RobotRecord | None = self._data["a"].get(self.keys.robot(name))
         return rec
 
     def tag_names(self, repo: str, last: str | None, limit: int) -> tuple[list[str], bool]:
@@ -127,6 +152,8 @@ class MetadataCache:
             if kind == "t" and key not in data:
                 self._index_tag(key, add=True)
             data[key] = decode(_KINDS[kind], event.kv.value)
+        if kind in _ACCESS_KINDS:
+            self.access_version += 1
         self.events_applied += 1
 
     def _repo_and_tag(self, key: bytes) -> tuple[str, str]:
@@ -157,6 +184,7 @@ class MetadataCache:
             tag_names.setdefault(repo, []).append(tag)
         self._data, self._tag_names = data, tag_names
         self.relists += 1
+        self.access_version += 1
         # Set, not advanced: a listing is behind the mirror only if etcd was
         # restored from an older snapshot, and then the listing is the truth.
         self.revision = 0

@@ -19,9 +19,14 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/c/<name>                        raw bytes        cluster-wide settings (the generated httpSecret,
                                                          the read-only switch: registry/settings.py)
     <p>/n/<replica>                     MemberRecord     replica membership (under the replica's lease)
+    <p>/g/<subject>@<role>@<pattern>    GrantRecord      a role bound at runtime (subject and pattern
+                                                         percent-encoded: they may hold '@' and '/')
+    <p>/a/<robot name>                  RobotRecord      a robot account (its secret's hash)
 """
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from hareg.kv.base import prefix_end
 
@@ -109,6 +114,23 @@ class Keys:
 
     def members(self) -> tuple[bytes, bytes]:
         p = self.kind_prefix("n")
+        return p, prefix_end(p)
+
+    def grant(self, subject: str, role: str, pattern: str) -> bytes:
+        return self._k("g", quote(subject, safe=""), role, quote(pattern, safe=""))
+
+    def grants(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("g")
+        return p, prefix_end(p)
+
+    def grants_of(self, subject: str) -> tuple[bytes, bytes]:
+        return self._range("g", quote(subject, safe=""))
+
+    def robot(self, name: str) -> bytes:
+        return self._k("a", name)
+
+    def robots(self) -> tuple[bytes, bytes]:
+        p = self.kind_prefix("a")
         return p, prefix_end(p)
 
     @staticmethod

@@ -143,3 +143,28 @@ class MemberRecord:
     url: str
     started: float
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """A role bound at runtime (``hareg access grant``): ``subject`` holds
+    ``role`` on the repositories matching the glob ``pattern``."""
+
+    subject: str
+    role: str
+    pattern: str
+    created: float
+    by: str = ""  # the subject that granted it
+    write_id: str = ""  # identifies the write, to verify an ambiguous commit
+
+
+@dataclass(frozen=True, slots=True)
+class RobotRecord:
+    """A robot account: its secret is shown once, at creation, and kept only
+    as its SHA-256 (the secret is 256 random bits, so a fast hash is as safe
+    as a slow one and a login costs no bcrypt)."""
+
+    secret_sha256: str
+    created: float
+    by: str = ""
+    write_id: str = ""

@@ -8,6 +8,7 @@ callers hold one object:
 * ``manifests.py``: manifest pushes (with their tags) and deletions;
 * ``tags.py``: tag deletion, moves (rollback), history, immutability;
 * ``uploads.py``: upload session records;
+* ``access.py``: runtime role grants and robot accounts;
 * ``writes.py``: what they share: the guarded transaction, the verification
   of an unknown outcome (invariant 7 of docs/invariants.md) and the retry loop.
 
@@ -21,6 +22,7 @@ import contextlib
 from collections.abc import Callable
 
 from hareg.kv.base import Compare, KVUnknownOutcome, Put
+from hareg.metadata.access import AccessMetadata
 from hareg.metadata.blobs import BlobMetadata
 from hareg.metadata.errors import (
     BlobCollected,
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 
-class MetadataStore(BlobMetadata, ManifestMetadata, TagMetadata, UploadMetadata):
+class MetadataStore(AccessMetadata, BlobMetadata, ManifestMetadata, TagMetadata, UploadMetadata):
     # ---------------------------------------------------------------- settings
 
     async def shared_setting(self, name: str, make: Callable[[], bytes]) -> bytes:

@@ -210,6 +210,8 @@ class StoreBase:
         was tried and reverted: the simulator's seed 6 found it violates tag
         linearizability.)"""
         self._check_writable()
+        if self.barrier is not None:
+            self.barrier.take_back()
         guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
         try:
             result: TxnResult = await self.kv.txn([*compares, guard], success)

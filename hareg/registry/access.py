@@ -6,12 +6,16 @@ The service-layer half of authentication and authorization
 and renders what it raises.
 
 * Identities: htpasswd users (``Basic``, checked off the event loop,
-  failures rate-limited per name and per address), hareg's own bearer tokens
-  and an external issuer's (``Bearer``, verified by ``tokens.py``), and
-  ``anonymous`` for a request without credentials.
-* Decisions: ``authz.py``'s rules on the subject's bindings and, for a bearer
-  token, on what the token grants; hareg's own tokens are also re-checked
-  against the bindings, so a binding removed on SIGHUP takes effect before
+  failures rate-limited per name and per address), robot accounts
+  (``Basic`` as ``robot+NAME``, kept in etcd: ``robots.py``), hareg's own
+  bearer tokens and an external issuer's (``Bearer``, verified by
+  ``tokens.py``), and ``anonymous`` for a request without credentials.
+* Decisions: ``authz.py``'s rules on the subject's bindings (the
+  configuration's, and those granted at runtime, read once per request
+  through the read barrier, so a grant or revoke acknowledged anywhere
+  applies to the next request on every replica) and, for a bearer token, on
+  what the token grants; hareg's own tokens are also re-checked against the
+  bindings, so a revoke (or a binding removed on SIGHUP) takes effect before
   the tokens issued under it expire.
 * Refusals: no credentials (or ``anonymous`` not allowed) is 401 with the
   token-flow challenge; a token lacking a scope its subject could get is
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,7 +38,9 @@ from typing import Final
 from hareg.clock import Clock, rfc3339
 from hareg.config.model import AuthConfig
 from hareg.ids import IdSource
-from hareg.registry import authz
+from hareg.metadata.access import AccessMetadata, AccessView
+from hareg.registry import authz, robots
+from hareg.registry.access_admin import AccessAdmin
 from hareg.registry.authz import ANONYMOUS, Binding, Need, Role
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.htpasswd import Users
@@ -50,7 +57,7 @@ from hareg.registry.tokens import (
     parse_scopes,
 )
 
-__all__ = ["AccessControl", "Identity", "TokenReply", "bindings_of"]
+__all__ = ["AccessControl", "Caller", "Identity", "TokenReply", "bindings_of"]
 
 TOKEN_KEY_SETTING: Final = "token-key"
 SERVICE: Final = "hareg"
@@ -78,6 +85,19 @@ class Identity:
 
 
 NOBODY: Final = Identity(ANONYMOUS, logged_in=False)
+NO_GRANTS: Final = AccessView((), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, and the bindings in force when it was admitted."""
+
+    identity: Identity
+    bindings: tuple[Binding, ...]
+
+    @property
+    def subject(self) -> str:
+        return self.identity.subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,14 @@ class TokenReply:
 
 def bindings_of(config: AuthConfig) -> tuple[Binding, ...]:
     return tuple(Binding(b.subject, Role(b.role), b.repositories) for b in config.bindings)
+
+
+def _runtime_bindings(view: AccessView) -> tuple[Binding, ...]:
+    out = []
+    for grant in view.grants:
+        with contextlib.suppress(ValueError):  # a role a newer replica knows: grants nothing here
+            out.append(Binding(grant.subject, Role(grant.role), (grant.pattern,)))
+    return tuple(out)
 
 
 def _unauthorized(message: str, challenge: str) -> RegistryError:
@@ -145,11 +173,19 @@ class AccessControl:
         ids: IdSource,
         *,
         key_source: Callable[[], Awaitable[bytes]],
+        store: AccessMetadata | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
         external: TokenVerifier | None = None,
         on_secret: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
-        self.bindings = bindings_of(config)
+        self.bindings = bindings_of(config)  # the configuration's
+        # The runtime grants in etcd (None: the configuration's bindings only).
+        self.store = store
+        # Grants and robot accounts are managed where they are kept (the robots'
+        # secrets need ``random_bytes``).
+        self.admin = AccessAdmin(store, random_bytes) if store is not None and random_bytes else None
+        self._combined: tuple[int | None, tuple[Binding, ...]] = (None, self.bindings)
         self.users = users
         self.limiter = limiter
         self.clock = clock
@@ -171,12 +207,46 @@ class AccessControl:
         """SIGHUP: new bindings apply to the next request."""
         self.config = config
         self.bindings = bindings_of(config)
+        self._combined = (None, self.bindings)
+
+    # ------------------------------------------------------- runtime grants
+
+    def request_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Around one request: the read that admits it also serves its first read."""
+        barrier = self.store.barrier if self.store is not None else None
+        return barrier.request_scope() if barrier is not None else contextlib.nullcontext()
+
+    async def view(self, robot: str | None = None) -> AccessView:
+        """The runtime grants (and robot account ``robot``) as of now."""
+        if self.store is None:
+            return NO_GRANTS
+        return await self.store.access_view(robot)
+
+    def bindings_in(self, view: AccessView) -> tuple[Binding, ...]:
+        """The configuration's bindings and the runtime ones of ``view``."""
+        version, combined = self._combined
+        if view.version is not None and view.version == version:
+            return combined
+        combined = self.bindings + _runtime_bindings(view)
+        if view.version is not None:
+            self._combined = (view.version, combined)
+        return combined
+
+    async def identify(self, authorization: str | None, client: str, realm: str) -> Caller:
+        """Who sent the request and the bindings in force now (one linearizable read)."""
+        robot = robots.robot_in(authorization)
+        view = await self.view(robot)
+        identity = await self.authenticate(authorization, client, realm, view)
+        return Caller(identity, self.bindings_in(view))
 
     # ---------------------------------------------------------- identities
 
-    async def authenticate(self, authorization: str | None, client: str, realm: str) -> Identity:
+    async def authenticate(
+        self, authorization: str | None, client: str, realm: str, view: AccessView = NO_GRANTS
+    ) -> Identity:
         """Who sent the request; raises 401 for credentials that are not
-        acceptable and 429 while the name or address is locked out."""
+        acceptable and 429 while the name or address is locked out.  ``view``
+        holds the robot account a ``robot+NAME`` login names."""
         if not authorization:
             return NOBODY
         if len(authorization) > _MAX_HEADER:
@@ -184,12 +254,12 @@ class AccessControl:
         scheme, _, value = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
-            return await self._basic(value.strip(), client, realm)
+            return await self._basic(value.strip(), client, realm, view)
         if scheme == "bearer":
             return self._bearer(value.strip(), realm)
         raise _unauthorized("expected Basic or Bearer credentials", self.challenge(realm))
 
-    async def _basic(self, value: str, client: str, realm: str) -> Identity:
+    async def _basic(self, value: str, client: str, realm: str, view: AccessView) -> Identity:
         try:
             name, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, ValueError):
@@ -207,7 +277,11 @@ class AccessControl:
                 headers={"Retry-After": str(retry)},
             )
         # "anonymous" is the subject of requests without credentials, never a user.
-        if name == ANONYMOUS or not await self.users.check(name, password):
+        if robots.is_robot(name):
+            ok = robots.secret_matches(view.robot, password)
+        else:
+            ok = name != ANONYMOUS and await self.users.check(name, password)
+        if not ok:
             self.limiter.failed(user_key, addr_key)
             raise _unauthorized("invalid user name or password", self.challenge(realm))
         self.limiter.succeeded(user_key)
@@ -248,23 +322,25 @@ class AccessControl:
             parts.append(f'error="{error}"')
         return "Bearer " + ",".join(parts)
 
-    def permits(self, identity: Identity, need: Need) -> bool:
-        by_roles = authz.allowed(self.bindings, identity.subject, need.action, need.repo)
+    def permits(self, caller: Caller, need: Need) -> bool:
+        identity = caller.identity
+        by_roles = authz.allowed(caller.bindings, identity.subject, need.action, need.repo)
         if identity.grants is None:
             return by_roles
         by_token = _token_allows(identity.grants, need)
         return by_token and (by_roles or not identity.own_token)
 
-    def authorize(self, identity: Identity, needs: Iterable[Need], realm: str) -> None:
-        """Raise the refusal of a request ``identity`` may not send."""
+    def authorize(self, caller: Caller, needs: Iterable[Need], realm: str) -> None:
+        """Raise the refusal of a request ``caller`` may not send."""
+        identity = caller.identity
         for need in needs:
             if need.open:
                 continue
             if need.login or need.browse:
-                if not identity.logged_in and not (need.browse and self._anonymous_may_browse()):
+                if not identity.logged_in and not (need.browse and _anonymous_may_browse(caller.bindings)):
                     raise _unauthorized("authentication required", self.challenge(realm))
                 continue
-            if self.permits(identity, need):
+            if self.permits(caller, need):
                 continue
             scope = _scope_of(need)
             if identity.anonymous:
@@ -272,7 +348,7 @@ class AccessControl:
             if (
                 identity.grants is not None
                 and identity.own_token
-                and authz.allowed(self.bindings, identity.subject, need.action, need.repo)
+                and authz.allowed(caller.bindings, identity.subject, need.action, need.repo)
             ):
                 raise _unauthorized(
                     "the token does not grant this scope",
@@ -280,16 +356,11 @@ class AccessControl:
                 )
             raise _denied()
 
-    def _anonymous_may_browse(self) -> bool:
-        # The catalog answers anonymous callers only when anonymous has some
-        # binding; otherwise the 401 tells clients to log in.
-        return any(b.subject == ANONYMOUS for b in self.bindings)
-
-    def can_pull(self, identity: Identity, repo: str) -> bool:
+    def can_pull(self, caller: Caller, repo: str) -> bool:
         """For the catalog: repositories the caller's roles let it pull (a
         token's scopes do not list repositories, so its subject's bindings
         decide; an external token's subject needs bindings here)."""
-        return authz.allowed(self.bindings, identity.subject, authz.PULL, repo)
+        return authz.allowed(caller.bindings, caller.subject, authz.PULL, repo)
 
     # ---------------------------------------------------- the token endpoint
 
@@ -305,26 +376,28 @@ class AccessControl:
                 f"this registry issues tokens for service {self.config.token.audience!r}",
                 status=400,
             )
-        identity = await self.authenticate(authorization, client, realm)
+        caller = await self.identify(authorization, client, realm)
+        identity = caller.identity
         if identity.grants is not None:
             raise _unauthorized("log in with a user name and password to get a token", self.challenge(realm))
         try:
             asked = parse_scopes(query.get("scope", []))
         except ValueError as exc:
             raise RegistryError(ErrorCode.UNSUPPORTED, str(exc), status=400) from None
-        grants = [g for g in (self._grant(identity.subject, a) for a in asked) if g is not None]
+        grants = [g for g in (self._grant(caller, a) for a in asked) if g is not None]
         assert self.issuer is not None, "AccessControl.start() loads the signing key"
         now = self.clock.now()
         token = self.issuer.issue(identity.subject, grants, now, self.ids.new_id())
         return TokenReply(token, int(self.issuer.expiry), rfc3339(now))
 
-    def _grant(self, subject: str, asked: Grant) -> Grant | None:
+    def _grant(self, caller: Caller, asked: Grant) -> Grant | None:
+        subject = caller.subject
         if (asked.type, asked.name) == CATALOG:
             granted: tuple[str, ...] = ("*",)  # the catalog is filtered by the roles
         elif (asked.type, asked.name) == CLUSTER_SCOPE:
-            granted = ("*",) if authz.can_see_cluster(self.bindings, subject) else ()
+            granted = ("*",) if authz.can_see_cluster(caller.bindings, subject) else ()
         elif asked.type == "repository":
-            may = authz.allowed_actions(self.bindings, subject, asked.name)
+            may = authz.allowed_actions(caller.bindings, subject, asked.name)
             wanted = set(asked.actions)
             if authz.ADMIN in wanted:
                 wanted = set(authz.REPOSITORY_ACTIONS) if authz.ADMIN in may else wanted - {authz.ADMIN}
@@ -332,3 +405,9 @@ class AccessControl:
         else:
             granted = ()
         return Grant(asked.type, asked.name, granted) if granted else None
+
+
+def _anonymous_may_browse(bindings: Iterable[Binding]) -> bool:
+    # The catalog answers anonymous callers only when anonymous has some
+    # binding; otherwise the 401 tells clients to log in.
+    return any(b.subject == ANONYMOUS for b in bindings)

@@ -22,9 +22,12 @@ from types import MappingProxyType
 
 import bcrypt
 
+from hareg.registry.robots import PREFIX as ROBOT_PREFIX
+
 __all__ = ["HtpasswdError", "Users", "parse_htpasswd"]
 
 _BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
+
 # A real bcrypt hash of a random password nobody knows, checked for unknown users.
 _DUMMY_HASH = b"$2b$10$wu4xOGEfxX7PCrgtEhh4HON81Ki7CCwK4EkK9C.C/nRLUiY9USA6O"
 
@@ -42,6 +45,11 @@ def parse_htpasswd(text: str, source: str) -> Mapping[str, bytes]:
         name, sep, hashed = line.partition(":")
         if not sep or not name or not hashed:
             raise HtpasswdError(f"{source} line {number}: expected name:bcrypt-hash (htpasswd -B)")
+        if name.startswith(ROBOT_PREFIX):
+            raise HtpasswdError(
+                f"{source} line {number}: user names starting with {ROBOT_PREFIX!r} are robot accounts' "
+                "(hareg access robot create); rename the user"
+            )
         if not hashed.startswith(_BCRYPT_PREFIXES):
             # Never echo the entry: it is a password hash.
             raise HtpasswdError(

@@ -30,6 +30,7 @@ from hareg.registry.errors import ErrorCode, RegistryError, unavailable
 from hareg.storage.base import StorageError
 
 __all__ = [
+    "ACCESS_PREFIX",
     "EXEMPT_PATHS",
     "READ_METHODS",
     "READ_ONLY_PATH",
@@ -45,10 +46,12 @@ __all__ = [
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_ONLY_PATH = "/hareg/v1/read-only"
+ACCESS_PREFIX = "/hareg/v1/access/"  # grants and robot accounts (hareg/http/access.py)
 # Paths whose writes change the registry's content (pushes, uploads, mounts,
 # deletes, tag changes, the /hareg/v1/ extensions such as rollback) ...
 _GUARDED_PREFIXES = ("/v2/", "/hareg/v1/")
-# ... except the administration endpoints that must work on a read-only registry.
+# ... except the administration endpoints that must work on a read-only registry
+# (access changes too: a revoke must not wait for the end of a maintenance).
 _ALWAYS_WRITABLE = frozenset({READ_ONLY_PATH})
 # Probes, scrapes and the operator's switches: never queued, never refused by
 # the request limits.  /hareg/v1/fsck too: a check may run for hours and would
@@ -76,7 +79,7 @@ def request_class(method: str, path: str) -> RequestClass:
 
 def is_write(method: str, path: str) -> bool:
     """Would this request change the registry's content (refused while read-only)?"""
-    if method in READ_METHODS or path in _ALWAYS_WRITABLE:
+    if method in READ_METHODS or path in _ALWAYS_WRITABLE or path.startswith(ACCESS_PREFIX):
         return False
     return path.startswith(_GUARDED_PREFIXES)
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -90,5 +91,13 @@ def build_access(
         return await registry.meta.shared_setting(TOKEN_KEY_SETTING, generate_key_pem)
 
     return AccessControl(
-        auth, users, LoginLimiter(clock), clock, ids, key_source=key_source, external=external
+        auth,
+        users,
+        LoginLimiter(clock),
+        clock,
+        ids,
+        key_source=key_source,
+        store=registry.meta,
+        random_bytes=secrets.token_bytes,
+        external=external,
     )

@@ -23,7 +23,7 @@ import bcrypt
 import pytest
 import yaml
 
-from hareg.cli.client import CliError, call
+from hareg.cli.client import CliError, Remote, authorization, call
 
 from .hareg_process import HaregServer, launch
 
@@ -210,14 +210,14 @@ def test_sighup_rereads_htpasswd_and_bindings(tmp_path: Path) -> None:
 def test_the_cli_sends_credentials_from_the_environment(
     server: HaregServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = f"http://{server.host_port}"
-    with pytest.raises(CliError, match="UNAUTHORIZED"):
-        call(base, "GET", "/hareg/v1/read-only")
+    url = f"http://{server.host_port}"
+    with pytest.raises(CliError, match=r"UNAUTHORIZED.*log in with --username"):
+        call(Remote(url, authorization()), "GET", "/hareg/v1/read-only")
     monkeypatch.setenv("HAREG_USERNAME", "ed")
     monkeypatch.setenv("HAREG_PASSWORD", "ed-pw")
     with pytest.raises(CliError, match="DENIED"):
-        call(base, "GET", "/hareg/v1/read-only")
+        call(Remote(url, authorization()), "GET", "/hareg/v1/read-only")
     monkeypatch.setenv("HAREG_USERNAME", "root")
     monkeypatch.setenv("HAREG_PASSWORD", "root-pw")
-    status, doc = call(base, "GET", "/hareg/v1/read-only")
+    status, doc = call(Remote(url, authorization()), "GET", "/hareg/v1/read-only")
     assert status == 200 and doc["readOnly"] is False

@@ -6,6 +6,7 @@ timing is the test's."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from hareg.kv.base import KV, Compare, RangeResult, TxnOp, TxnResult, WatchBatch
@@ -26,6 +27,9 @@ class HookedKV(InstrumentedKV):
         self.after_txn: TxnHook | None = None  # awaited after a txn committed (succeeded)
         self.frozen_watch_prefixes: list[bytes] = []  # events of keys there are never delivered
         self.after_range: RangeHook | None = None  # awaited after a range read, with its start key
+        # While cleared, the watch delivers nothing (a replica whose whole view lags).
+        self.watch_gate = asyncio.Event()
+        self.watch_gate.set()
 
     async def range(
         self, start: bytes, end: bytes, *, limit: int = 0, revision: int = 0, keys_only: bool = False
@@ -51,6 +55,7 @@ class HookedKV(InstrumentedKV):
     async def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         frozen = tuple(self.frozen_watch_prefixes)
         async for batch in super().watch(start, end, start_revision):
+            await self.watch_gate.wait()
             if frozen:  # this replica's view of those keys lags for good
                 batch = WatchBatch(
                     [e for e in batch.events if not e.kv.key.startswith(frozen)], batch.revision

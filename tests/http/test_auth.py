@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -71,7 +72,14 @@ async def access(registry: Registry, tmp_path: Path) -> AccessControl:
         return await registry.meta.shared_setting(TOKEN_KEY_SETTING, generate_key_pem)
 
     control = AccessControl(
-        AuthConfig(bindings=BINDINGS), users, LoginLimiter(clock), clock, RandomIds(), key_source=key
+        AuthConfig(bindings=BINDINGS),
+        users,
+        LoginLimiter(clock),
+        clock,
+        RandomIds(),
+        key_source=key,
+        store=registry.meta,
+        random_bytes=os.urandom,
     )
     await control.start()
     return control

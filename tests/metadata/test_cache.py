@@ -253,3 +253,33 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
     finally:
         await kv.close()
         await etcd.stop()
+
+
+async def test_a_lent_sync_serves_one_read_of_the_same_request(kv: EtcdKV, keys: Keys) -> None:
+    cache = mirror(kv, keys)
+    barrier = ReadBarrier(kv, cache, SystemClock())
+    async with running(cache):
+        assert await barrier.sync() is Freshness.CURRENT
+        reads = barrier.revision_reads
+        barrier.lend()  # outside a request scope: nothing is lent
+        assert await barrier.sync() is Freshness.CURRENT
+        assert barrier.revision_reads == reads + 1
+        with barrier.request_scope():
+            barrier.lend()
+            assert await barrier.sync() is Freshness.CURRENT  # the loan
+            assert barrier.revision_reads == reads + 1
+            assert await barrier.sync() is Freshness.CURRENT  # used once only
+            assert barrier.revision_reads == reads + 2
+            barrier.lend()
+            barrier.take_back()  # the request wrote: its next read syncs anew
+            await barrier.sync()
+            assert barrier.revision_reads == reads + 3
+
+        async def another_request() -> None:
+            with barrier.request_scope():
+                await barrier.sync()
+
+        with barrier.request_scope():
+            barrier.lend()
+            await asyncio.create_task(another_request())  # a loan is this request's alone
+            assert barrier.revision_reads == reads + 4
