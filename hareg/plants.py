@@ -33,6 +33,9 @@ DESCRIPTIONS = MappingProxyType(
         "(metadata/cache.py _apply): deleted tags stay readable (invariant 4, linearizability)",
         "gc-no-grace": "garbage collection without the in-flight guard: no grace window for blobs "
         "just uploaded or found by HEAD (registry/gc.py GarbageCollector.plan) (invariant 6)",
+        "access-no-barrier": "the runtime grants and robot accounts are read from the watch-fed cache "
+        "without the read barrier (metadata/access.py access_view): a replica whose cache lags serves "
+        "a grant already revoked (invariant 8)",
     }
 )
 

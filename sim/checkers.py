@@ -85,6 +85,7 @@ INVARIANTS = (
     "5",
     "6",
     "7",
+    "8",
     "linearizability",
     "immutable",
     "read-only",
@@ -158,7 +159,7 @@ class CommitMonitor:
         self._root = keys.root + b"/"
         self._tag_seq: dict[tuple[str, str], int] = {}
         self._tag_value: dict[tuple[str, str], str | None] = {}
-        # key -> [(history seq, value or None)] for tag, manifest and link keys
+        # key -> [(history seq, value or None)] for tag, manifest, link, rule and grant keys
         self.timeline: dict[bytes, list[tuple[int, bytes | None]]] = defaultdict(list)
         # tag key -> [(etcd revision, digest or None)]: a tag's value after a given commit
         self.tag_revisions: dict[bytes, list[tuple[int, str | None]]] = defaultdict(list)
@@ -229,7 +230,7 @@ class CommitMonitor:
                 continue
             kind, rest = parsed
             put = ev.type is EventType.PUT
-            if kind in "tmli":
+            if kind in "tmlig":  # tags, manifests, links, immutability rules, grants
                 self.timeline[ev.kv.key].append((seq, ev.kv.value if put else None))
             if kind == "i":
                 rules[rest] = decode(ImmutabilityRecord, ev.kv.value).patterns if put else ()

@@ -1,7 +1,7 @@
 """``python -m sim``: run seeds, replay one, list and hunt planted bugs, shrink a failure.
 
     python -m sim run --seeds 100 [--start 1] [--duration 60] [--faults crash,pause,...]
-                      [--plant NAME] [--no-hostile] [--check-determinism] [--json FILE] [--quiet] [--jobs N]
+                      [--plant NAME] [--no-hostile] [--no-authz] [--check-determinism] [--json FILE] [--quiet] [--jobs N]
     python -m sim replay --seed S [--trace FILE] [--plant NAME] [--faults ...]
     python -m sim plants
     python -m sim hunt --plant NAME [--max-seeds 1000] [--start 1]
@@ -191,6 +191,7 @@ def _run_many(
     allowed: tuple[str, ...],
     plants: frozenset[str],
     hostile: bool = True,
+    authz: bool = True,
     determinism: bool,
     quiet: bool,
     out: TextIO,
@@ -198,7 +199,10 @@ def _run_many(
 ) -> Summary:
     summary = Summary()
     work = (
-        (faults_mod.choose(seed, duration, allowed=allowed, plants=plants, hostile=hostile), determinism)
+        (
+            faults_mod.choose(seed, duration, allowed=allowed, plants=plants, hostile=hostile, authz=authz),
+            determinism,
+        )
         for seed in seeds
     )
 
@@ -235,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allowed=args.faults,
         plants=args.plant,
         hostile=args.hostile,
+        authz=args.authz,
         determinism=args.check_determinism,
         quiet=args.quiet,
         out=out,
@@ -269,7 +274,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     else:
         options = faults_mod.choose(
-            args.seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+            args.seed,
+            args.duration,
+            allowed=args.faults,
+            plants=args.plant,
+            hostile=args.hostile,
+            authz=args.authz,
         )
     result = run(options, keep_trace=True)
     _print_result(result, sys.stdout, verbose=True)
@@ -298,6 +308,7 @@ PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "cache-keeps-deleted-tag": frozenset({"4", "linearizability"}),
     "gc-no-grace": frozenset({"6", "2"}),
     "commit-unverified-bytes": frozenset({"3", "hostile"}),
+    "access-no-barrier": frozenset({"8"}),
 }
 
 
@@ -312,7 +323,9 @@ def plant_caught(result: RunResult, allowed: tuple[str, ...]) -> list[str]:
         return []
     options = result.options
     baseline = run(
-        faults_mod.choose(options.seed, options.duration, allowed=allowed, hostile=options.hostile)
+        faults_mod.choose(
+            options.seed, options.duration, allowed=allowed, hostile=options.hostile, authz=options.authz
+        )
     )
     return sorted(planted - {v.invariant for v in baseline.violations})
 
@@ -325,7 +338,12 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for seed in range(args.start, args.start + args.max_seeds):
         options = faults_mod.choose(
-            seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+            seed,
+            args.duration,
+            allowed=args.faults,
+            plants=args.plant,
+            hostile=args.hostile,
+            authz=args.authz,
         )
         result = run(options)
         new = plant_caught(result, args.faults)
@@ -348,7 +366,12 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from sim.shrink import shrink
 
     options = faults_mod.choose(
-        args.seed, args.duration, allowed=args.faults, plants=args.plant, hostile=args.hostile
+        args.seed,
+        args.duration,
+        allowed=args.faults,
+        plants=args.plant,
+        hostile=args.hostile,
+        authz=args.authz,
     )
     outcome = shrink(options, max_examples=args.budget, log=print)
     if outcome is None:
@@ -389,6 +412,12 @@ def parser() -> argparse.ArgumentParser:
             dest="hostile",
             action="store_false",
             help="without the hostile clients; their behaviours: " + ", ".join(hostile_mod.BEHAVIOURS),
+        )
+        sp.add_argument(
+            "--no-authz",
+            dest="authz",
+            action="store_false",
+            help="without identities: every client a cluster-admin's, no runtime grants (sim/identities.py)",
         )
 
     r = sub.add_parser("run", help="run many seeds and summarize")

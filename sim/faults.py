@@ -94,6 +94,8 @@ class Options:
     plants: frozenset[str] = frozenset()
     world_seed: int = 0  # randomness of the run itself (message delays, client choices)
     hostile: bool = True  # hostile clients (sim/hostile.py) run beside the well-behaved ones
+    # Identities, roles, and an operator granting and revoking them (sim/identities.py).
+    authz: bool = True
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -112,6 +114,8 @@ class Options:
             head += f", plants {','.join(sorted(self.plants))}"
         if not self.hostile:
             head += ", no hostile clients"
+        if not self.authz:
+            head += ", no identities"
         faults = "; ".join(f.describe() for f in self.faults) or "no faults"
         return f"{head}\n    faults: {faults}"
 
@@ -135,6 +139,8 @@ class Options:
             world_seed=int(doc.get("world_seed", 0)),
             # Options written before hostile clients existed replay without them.
             hostile=bool(doc.get("hostile", False)),
+            # ... and without identities if written before those.
+            authz=bool(doc.get("authz", False)),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -152,6 +158,7 @@ class Options:
             "keep_tag_revisions": self.keep_tag_revisions,
             "plants": sorted(self.plants),
             "hostile": self.hostile,
+            "authz": self.authz,
             "faults": [f.to_json() for f in self.faults],
         }
 
@@ -239,6 +246,7 @@ def choose(
     replicas: int = 3,
     clients: int = 20,
     hostile: bool = True,
+    authz: bool = True,
 ) -> Options:
     """The options seed ``seed`` chooses.  One ``random.Random(seed)`` decides
     everything: first the seed of the run's own randomness, then the knobs,
@@ -261,5 +269,6 @@ def choose(
         plants=plants,
         world_seed=world_seed,
         hostile=hostile,
+        authz=authz,
     )
     return options.with_faults(tuple(_schedule(rng, duration, names, allowed)))

@@ -51,6 +51,10 @@ PRUNE = "prune"  # a pruner (garbage collection) run
 LIST_TAGS = "list_tags"
 IMMUTABILITY = "immutability"  # set (detail "patterns") or clear a repository's immutable tag patterns
 READ_ONLY = "read_only"  # the cluster-wide read-only switch turned on or off (detail "on")
+# Runtime access changes (sim/identities.py), detail "grantee", "role", "pattern";
+# ``found``: whether an acknowledged one changed anything.
+GRANT = "grant"
+REVOKE = "revoke"
 
 
 @dataclass(slots=True)

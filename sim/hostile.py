@@ -670,7 +670,7 @@ class HostileClient(Client):
                 h.BLOB_MOUNT,
                 target,
                 lambda reg: reg.blobs.mount(target, digest, source),
-                ("POST", f"/v2/{target}/blobs/uploads/"),
+                ("POST", f"/v2/{target}/blobs/uploads/?mount={digest}&from={source}"),
                 allowed=LIMITS,
                 digest=digest,
             )

@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hareg.clock import Clock
+from hareg.config.model import AuthConfig
 from hareg.ids import SeededIds
+from hareg.registry.access import AccessControl
 from hareg.registry.gc import Policy
+from hareg.registry.htpasswd import Users
+from hareg.registry.login_limits import LoginLimiter
 from hareg.registry.service import Registry
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.loop import SimLoop
@@ -104,6 +108,7 @@ class Replica:
         upload_grace: float = 30.0,
         gc_policy: Policy | None = None,
         upload_session_ttl: int | None = None,
+        access_config: AuthConfig | None = None,
     ) -> None:
         self.name = name
         self.loop = loop
@@ -115,6 +120,9 @@ class Replica:
         self.upload_grace = upload_grace
         self.gc_policy = gc_policy
         self.upload_session_ttl = upload_session_ttl
+        # The configuration's auth section (None: none, every request served).
+        self.access_config = access_config
+        self.access: AccessControl | None = None  # this incarnation's
         self.clock = ReplicaClock(loop, net, name)
         self.incarnation = 0
         self.registry: Registry | None = None
@@ -165,6 +173,10 @@ class Replica:
             # lives between ttl and 1.5 x ttl (one lease per window of ttl / 2).
             registry.meta.upload_ttl = self.upload_session_ttl
             registry.meta.upload_lease_window = max(1, self.upload_session_ttl // 2)
+        if self.access_config is not None:
+            self.access = _access_control(
+                self.access_config, registry, clock, ids, random.Random(self.rng.getrandbits(64))
+            )
         self._kv, self._store, self.registry = kv, store, registry
         self.trace.event("replica.start", r=self.name, inc=self.incarnation)
         # Started as the server starts it (its background tasks: cache, settings,
@@ -185,6 +197,7 @@ class Replica:
         for number in list(self._inflight):
             self._answer(number, Reply(CRASHED, None))  # the connection resets
         self.registry = self._kv = self._store = None
+        self.access = None
         self.net.resume(self.name)  # a dead process is not paused
 
     def pause(self) -> None:
@@ -233,6 +246,29 @@ class Replica:
         if reg is not None and reg.barrier is not None:
             out["revision_reads"] = reg.barrier.revision_reads
         return out
+
+
+async def _no_signing_key() -> bytes:
+    raise RuntimeError("the simulator issues no bearer tokens")
+
+
+def _access_control(
+    config: AuthConfig, registry: Registry, clock: Clock, ids: SeededIds, rng: random.Random
+) -> AccessControl:
+    """What ``hareg serve`` builds (``hareg/server/auth.py`` ``build_access``),
+    without htpasswd users (the clients log in as robot accounts, whose
+    secrets cost no bcrypt) and without tokens; robot secrets from the
+    incarnation's seeded randomness."""
+    return AccessControl(
+        config,
+        Users(None, None),
+        LoginLimiter(clock),
+        clock,
+        ids,
+        key_source=_no_signing_key,
+        store=registry.meta,
+        random_bytes=rng.randbytes,
+    )
 
 
 if TYPE_CHECKING:

@@ -25,8 +25,9 @@ from hareg.kv.base import KVError, Put, prefix_end
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import TagRecord, decode
 from hareg.plants import planting
+from hareg.registry.access import bindings_of
 from hareg.registry.gc import Policy
-from sim import checkers, hostile, liveness, readback
+from sim import access_check, checkers, hostile, identities, liveness, readback
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.faults import Options
 from sim.history import CURRENT_OP, History
@@ -138,6 +139,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     storage_monitor = checkers.StorageMonitor(cluster.store, keys, loop.time, findings, monitor)
     objects.on_commit.append(storage_monitor.on_blob_commit)
     objects.on_delete.append(storage_monitor.on_blob_delete)
+    auth = identities.auth_config() if options.authz else None
     policy = Policy(
         keep_tag_revisions=options.keep_tag_revisions,
         keep_younger_than=options.keep_younger_than,
@@ -155,12 +157,15 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
             upload_grace=options.upload_grace,
             gc_policy=policy,
             upload_session_ttl=hostile.UPLOAD_SESSION_TTL if options.hostile else None,
+            access_config=auth,
         )
         for name in options.replica_names
     ]
     tenant_rng, client_rngs = child(), [child() for _ in range(options.clients + options.replicas)]
     # Drawn last, and only with hostile clients: without them a seed runs as it always did.
     hostile_rngs = [child() for _ in range(hostile.HOSTILE_CLIENTS)] if options.hostile else []
+    # ... and the operator's, only with identities (the same reason).
+    operator_rng = child() if options.authz else None
     trace.event("options", seed=options.seed, faults=len(options.faults), plants=sorted(options.plants))
 
     background = [loop.create_task(cluster.run(), name="etcd")]
@@ -175,6 +180,8 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         tags=tuple(["latest", "v1", "v2", "stable", "dev"][: options.tags]),
     )
     env = Env(loop, net, replicas, history, universe, trace)
+    if options.authz:
+        await _log_in(env, replicas, options)
     nemesis = Nemesis(loop, net, cluster, objects, replicas, trace)
     nemesis.schedule(options.faults)
 
@@ -191,7 +198,10 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         )
         for i, rng in enumerate(hostile_rngs)
     ]
-    tasks = [loop.create_task(c.run(stop), name=c.name) for c in clients]
+    runners: list[Client | hostile.HostileClient | identities.Operator] = list(clients)
+    if operator_rng is not None:
+        runners.append(identities.Operator("op", env, operator_rng, think=options.think / 4))
+    tasks = [loop.create_task(c.run(stop), name=c.name) for c in runners]
     await asyncio.sleep(options.duration)
     stop.set()
     _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
@@ -238,6 +248,10 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         head_grace=options.upload_grace / 2 - SKEW_MARGIN,  # docs/gc.md, G2b
         keep_younger=options.keep_younger_than - SKEW_MARGIN,
     )
+    access_judged = 0
+    if auth is not None:
+        access_check.check_access_changes(history, monitor, keys, findings)
+        access_judged = access_check.check_access(history, monitor, keys, bindings_of(auth), findings)
     _check_final_state(cluster, objects, keys, findings, monitor, loop.time())
 
     for task in background:
@@ -264,7 +278,10 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     answered = [
         op
         for op in during
-        if op.outcome is not None and op.kind != "bad_upload" and "hostile" not in op.detail
+        if op.outcome is not None
+        and op.kind != "bad_upload"
+        and "hostile" not in op.detail
+        and "refused" not in op.detail  # refused for want of a role: as it should be
     ]
     result.availability = sum(op.ok for op in answered) / len(answered) if answered else 1.0
     result.stats = {
@@ -278,6 +295,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         "requests": env.requests,
         "loop_steps": loop.steps,
         "final_checks": report.checked,
+        "access_judged": access_judged,
         "read_back": read_back,
         "settle_time": round(report.settle_time, 3),
         "linearizability": {
@@ -288,6 +306,28 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         "replicas": {r.name: r.stats() for r in replicas},
     }
     return result
+
+
+async def _log_in(env: Env, replicas: list[Replica], options: Options) -> None:
+    """Make the robot accounts (as an operator would before the clients start)
+    and give each client its identity: c0.. the ones of ``identities.IDENTITIES``,
+    the rest, the hostile and the final clients ``robot+ci``."""
+    access = replicas[0].access
+    assert access is not None
+    headers = await identities.make_robots(access)
+    names = [f"c{i}" for i in range(options.clients)]
+    names += [f"h{i}" for i in range(hostile.HOSTILE_CLIENTS)] + [f"f{i}" for i in range(options.replicas)]
+    for i, name in enumerate(names):
+        subject = identities.IDENTITIES[i] if i < len(identities.IDENTITIES) else identities.CI
+        env.subjects[name] = subject
+        if subject in headers:
+            env.credentials[name] = headers[subject]
+    for name, subject in identities.PROBES.items():
+        env.subjects[name] = subject
+        if subject in headers:
+            env.credentials[name] = headers[subject]
+    env.subjects["op"] = identities.OPERATOR
+    env.credentials["op"] = headers[identities.OPERATOR]
 
 
 def _check_final_state(

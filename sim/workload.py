@@ -34,7 +34,8 @@ from typing import Any
 from hareg.kv.base import KVError
 from hareg.metadata.barrier import Freshness
 from hareg.metadata.store import DEFAULT_INLINE_LIMIT
-from hareg.registry import policy
+from hareg.registry import authz, policy
+from hareg.registry.access import AccessControl
 from hareg.registry.blobs import BlobStream
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.manifest_format import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
@@ -56,7 +57,8 @@ PLATFORMS = (("amd64", "linux"), ("arm64", "linux"), ("s390x", "linux"), ("ppc64
 Handler = Callable[[Registry], Awaitable[Any]]
 # What a push relied on: digest -> (when the request that confirmed it began, "upload" | "head" | "manifest").
 Confirmed = dict[str, tuple[float, str]]
-Http = tuple[str, str]  # the request's method and path, as the HTTP layer would see them
+Http = tuple[str, str]  # the request's method and path (and query), as the HTTP layer would see them
+REALM = "http://registry.sim/auth/token"  # where a refused client would fetch a token
 
 
 def sha256(data: bytes) -> str:
@@ -143,28 +145,83 @@ class Env:
         self.anomalies: list[Anomaly] = []
         self.unexpected: list[str] = []  # exceptions no handler maps (HTTP 500s)
         self.requests = 0
+        # Authentication (sim/identities.py): each client's Authorization header
+        # (absent: no credentials) and subject; with ``authz`` off no replica
+        # checks access and every request is served, as without an auth section.
+        self.authz = any(r.access_config is not None for r in replicas)
+        self.credentials: dict[str, str] = {}
+        self.subjects: dict[str, str] = {}
+        self._by_name = {r.name: r for r in replicas}
+
+    def access_of(self, reg: Registry) -> AccessControl:
+        """The access control of the replica process running ``reg``."""
+        access = self._by_name[reg.replica].access
+        assert access is not None, "the replica runs without an auth section"
+        return access
+
+    def with_access(self, apply: Callable[[AccessControl], Awaitable[Any]]) -> Handler:
+        """A handler that works on the serving replica's access control (``hareg access``)."""
+
+        async def handler(reg: Registry) -> Any:
+            return await apply(self.access_of(reg))
+
+        return handler
 
     def anomaly(self, invariant: str, op: Operation, message: str) -> None:
         self.anomalies.append(Anomaly(invariant, self.loop.time(), op.id, message))
         self.trace.event("anomaly", inv=invariant, op=op.id, msg=message[:120])
 
-    def guarded(self, handler: Handler, http: Http | None, op: Operation | None) -> Handler:
-        """What the HTTP layer runs around the handler: the read-only middleware's
+    def guarded(self, handler: Handler, http: Http | None, op: Operation | None, client: str = "") -> Handler:
+        """What the HTTP layer runs around the handler: the auth middleware
+        (``hareg/http/auth.py``: identify the caller, read the runtime grants
+        through the read barrier, authorize the request's needs, the barrier's
+        sync lent to the handler's first read), then the read-only middleware's
         admission (``hareg.registry.policy.admit``, the registry's own rule and
-        refusal).  The replica's view of the switch as the request enters is
-        noted on the operation for the read-only checker:
-        ``<settings revision>:<read-only 0/1>:<history point>``."""
+        refusal).  The caller's subject and what the request needed are noted
+        on the operation for the access checker (``sim/access_check.py``); the
+        replica's view of the switch as the request enters for the read-only
+        checker: ``<settings revision>:<read-only 0/1>:<history point>``."""
         if http is None:
             return handler  # not an HTTP request (a background task's work)
-        method, path = http
-        write = policy.is_write(method, path)
+        method, target = http
+        path, _, query_text = target.partition("?")
+        write = policy.is_write(method, target)
         history = self.history
+        needs: list[authz.Need] = []
+        if self.authz:
+            query = dict(part.partition("=")[::2] for part in query_text.split("&") if part)
+            needs = [n for n in authz.request_needs(method, path, query) if not n.open]
+        authorization = self.credentials.get(client)
+        if op is not None and needs:
+            op.detail["subject"] = self.subjects.get(client, authz.ANONYMOUS)
+            noted = set(filter(None, op.detail.get("needs", "").split(" ")))
+            noted.update(_need_text(n) for n in needs)
+            op.detail["needs"] = " ".join(sorted(noted))
 
-        async def run(reg: Registry) -> Any:
+        async def admitted(reg: Registry) -> Any:
             if op is not None and write:
                 op.detail["ro"] = f"{reg.settings.revision}:{int(reg.read_only)}:{history.seq}"
-            policy.admit(method, path, read_only=reg.read_only)
+            policy.admit(method, target, read_only=reg.read_only)
             return await handler(reg)
+
+        if not needs:
+            return admitted
+
+        async def run(reg: Registry) -> Any:
+            access = self.access_of(reg)
+            with access.request_scope():
+                before = _stale_reads(reg)
+                try:
+                    caller = await access.identify(authorization, client, REALM)
+                    if op is not None and _stale(reg, before):
+                        # The grants were read from the cache while etcd was unreachable.
+                        op.detail["access_stale"] = "1"
+                    access.authorize(caller, needs, REALM)
+                except RegistryError:
+                    if op is not None:
+                        op.detail["refused"] = "access"
+                    raise
+                return await admitted(reg)
 
         return run
 
@@ -180,7 +237,7 @@ class Env:
         give_up_after: float | None = None,
     ) -> Response:
         """One HTTP request through the load balancer, as the client sees it."""
-        handler = self.guarded(handler, http, op)
+        handler = self.guarded(handler, http, op, client)
         n = len(self.replicas)
         order = [self.replicas[(start + i) % n] for i in range(n if failover else 1)]
         for replica in order:
@@ -239,6 +296,16 @@ class Env:
 
 
 REFUSED = "refused"
+
+
+def _need_text(need: authz.Need) -> str:
+    """A need as the history notes it: ``action:repository`` (``cluster``,
+    ``login`` and ``browse`` alone)."""
+    if need.login:
+        return "login"
+    if need.browse:
+        return "browse"
+    return f"{need.action}:{need.repo}" if need.repo is not None else authz.CLUSTER
 
 
 async def get_blob(reg: Registry, repo: str, digest: str) -> tuple[bytes, int]:
@@ -935,7 +1002,7 @@ class Client:
             repo,
             lambda reg: reg.blobs.mount(repo, digest, source),
             digest=digest,
-            http=("POST", f"/v2/{repo}/blobs/uploads/"),
+            http=("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={source}"),
         )
         self._complete(op, resp, found=resp.value is not None if resp.outcome is Outcome.OK else None)
         if resp.outcome is Outcome.OK and resp.value is not None and digest not in self.u.layers[repo]:
