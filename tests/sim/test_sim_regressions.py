@@ -42,6 +42,7 @@ def test_seed_stays_clean(seed: int, duration: float, bug: str) -> None:
     ],
 )
 def test_seed_with_hostile_clients_stays_clean(seed: int, bug: str) -> None:
-    result = run(faults.choose(seed, 20.0))
+    # Without the identities (which came later) the seed runs as it did when it failed.
+    result = run(faults.choose(seed, 20.0, authz=False))
     assert not result.error, result.error
     assert [v.to_json() for v in result.violations] == [], bug
