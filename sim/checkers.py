@@ -722,7 +722,10 @@ def check_inflight_pushes(
     """Invariant 6 of docs/invariants.md: a push relying on a fresh upload (or a child manifest just
     pushed, or "layer exists") is not undercut by garbage collection within
     the grace window (``keepYoungerThan`` for manifests; for a HEAD, half the
-    grace window, which is what the registry promises: docs/gc.md, G2b)."""
+    grace window, which is what the registry promises: docs/gc.md, G2b).
+    The window runs from the confirmation to the refusal: the collector
+    deleted the blob before the push was refused, and a push that reached its
+    replica only after the window (it waited on a paused one) is not guarded."""
     deletes: dict[tuple[str, str], list[int]] = defaultdict(list)
     for op in history.ops:
         if op.kind in (h.BLOB_DELETE, h.MANIFEST_DELETE) and op.digest and op.outcome is not Outcome.FAIL:
@@ -742,13 +745,15 @@ def check_inflight_pushes(
             for digest in missing.split(","):
                 if digest not in confirmed:
                     continue
-                age = op.invoke_time - float(confirmed[digest])
+                # Judged at the refusal, not at the invocation: the request may
+                # have waited on a paused replica past the window (seed 352).
+                age = (op.complete_time or op.invoke_time) - float(confirmed[digest])
                 if age < window and not any(s < (op.complete_seq or 0) for s in deletes[(op.repo, digest)]):
                     findings.add(
                         "6",
                         op.complete_time or 0.0,
                         f"op {op.id}: push to {op.repo} refused: {_short(digest)} gone, though the registry "
-                        f"confirmed it {age:.2f}s before (guarded for {window:g}s)",
+                        f"confirmed it {age:.2f}s before the refusal (guarded for {window:g}s)",
                     )
 
 

@@ -371,3 +371,23 @@ def test_a_push_undercut_within_its_guarantee_is_invariant_6() -> None:
     assert kinds(findings) == ["6", "6"], messages
     assert messages[0].startswith("op 0:") and "guarded for 9s" in messages[0]
     assert messages[1].startswith("op 2:") and "guarded for 4s" in messages[1]
+
+
+def test_a_push_that_reached_its_replica_after_the_window_is_not_guarded() -> None:
+    """Seed 352: a manifest PUT sent 0.16 s after its upload waited 12.8 s on a
+    paused replica, past the 11.7 s grace window; the blobs were collected
+    meanwhile, as docs/gc.md allows.  The window runs to the refusal."""
+    clock = [1.86]
+    history = History(lambda: clock[0], Trace(lambda: clock[0]))
+    findings = Findings()
+    late = history.invoke("c0", h.MANIFEST_PUT, R, "r2", digest=M)
+    late.detail.update(missing=B, confirmed=f"{B}=1.7")
+    soon = history.invoke("c1", h.MANIFEST_PUT, R, "r1", digest=M)
+    soon.detail.update(missing=B, confirmed=f"{B}=1.7")
+    clock[0] = 5.0
+    history.complete(soon, Outcome.FAIL, error="400 MANIFEST_BLOB_UNKNOWN")  # 3.3 s after: within
+    clock[0] = 14.65
+    history.complete(late, Outcome.FAIL, error="400 MANIFEST_BLOB_UNKNOWN")
+    check_inflight_pushes(history, findings, grace=6.7, head_grace=3.0, keep_younger=9.0)
+    messages = [v.message for v in findings.violations]
+    assert kinds(findings) == ["6"] and messages[0].startswith(f"op {soon.id}:"), messages
