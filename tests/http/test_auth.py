@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -386,3 +387,24 @@ async def test_an_external_issuers_tokens_are_verified_against_its_jwks(
     ):
         bad = await make_client(f"Bearer {token}")
         await expect_error(await bad.get("/v2/team/app/tags/list"), 401, "UNAUTHORIZED")
+
+
+async def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_address(
+    make_client: MakeClient, access: AccessControl
+) -> None:
+    async def login(user: str, password: str, client: str) -> int:
+        c = await make_client(basic(user, password))
+        r = await c.get("/v2/", headers={"X-Forwarded-For": client})
+        return r.status
+
+    # Untrusted: the header is ignored and every client shares the peer's address.
+    for _ in range(access.limiter.max_failures):
+        assert await login("mallory", "guess", "203.0.113.1") == 401
+    assert await login("ed", "ed-pw", "203.0.113.2") == 429
+    access.limiter.succeeded("addr:127.0.0.1")
+    access.limiter = type(access.limiter)(access.clock)
+    access.reconfigure(replace(access.config, trusted_proxies=("127.0.0.1/32",)))
+    for _ in range(access.limiter.max_failures):
+        assert await login("mallory", "guess", "203.0.113.1") == 401
+    assert await login("ed", "ed-pw", "203.0.113.2") == 200  # another client is not locked out
+    assert await login("ed", "ed-pw", "203.0.113.1") == 429  # the attacker's address is
