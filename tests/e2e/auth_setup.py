@@ -19,8 +19,16 @@ def password_of(user: str) -> str:
     return f"{user}-pw"
 
 
-def write_auth_config(root: Path, users: Iterable[str], bindings: list[dict[str, Any]]) -> Path:
-    """``root/hareg.yaml`` with an ``auth`` section; the htpasswd file beside it."""
+def write_auth_config(
+    root: Path,
+    users: Iterable[str],
+    bindings: list[dict[str, Any]],
+    *,
+    token: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """``root/hareg.yaml`` with an ``auth`` section (``token``: its ``auth.token``)
+    and the top-level fields of ``extra``; the htpasswd file beside it."""
     htpasswd = root / "htpasswd"
     htpasswd.write_text(
         "".join(
@@ -28,17 +36,25 @@ def write_auth_config(root: Path, users: Iterable[str], bindings: list[dict[str,
             for name in users
         )
     )
+    auth: dict[str, Any] = {"htpasswd": {"path": str(htpasswd)}, "bindings": bindings}
+    if token is not None:
+        auth["token"] = token
     config = root / "hareg.yaml"
-    config.write_text(yaml.safe_dump({"auth": {"htpasswd": {"path": str(htpasswd)}, "bindings": bindings}}))
+    config.write_text(yaml.safe_dump({**(extra or {}), "auth": auth}))
     return config
 
 
 @contextmanager
 def serving_with_auth(
-    root: Path, users: Iterable[str], bindings: list[dict[str, Any]]
+    root: Path,
+    users: Iterable[str],
+    bindings: list[dict[str, Any]],
+    *,
+    token: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[HaregServer]:
-    """``hareg serve`` on 127.0.0.1 with that ``auth`` section, stopped on leaving."""
-    config = write_auth_config(root, users, bindings)
+    """``hareg serve`` on 127.0.0.1 with that configuration, stopped on leaving."""
+    config = write_auth_config(root, users, bindings, token=token, extra=extra)
     server = launch(root / "data", extra_args=["--config", str(config)])
     try:
         yield server
