@@ -22,7 +22,7 @@ import requests
 
 from .auth_setup import password_of, serving_with_auth
 from .hareg_process import HaregServer, wait_no_orphans
-from .test_podman import TOOL_TIMEOUT, Containers, configure
+from .test_podman import TOOL_TIMEOUT, UPLOADS_ROUTE, Containers, configure, request_counts
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 HTTP_TIMEOUT = 30
@@ -161,3 +161,20 @@ def test_a_viewer_pulls_but_is_refused_a_push(server: HaregServer, containers: C
     # Nor may the editor push outside its patterns.
     refused(containers.try_run("podman", *push, "--authfile", ed, f"{server.host_port}/team/shared:v1",
                                f"docker://{server.host_port}/other/app:v1"))  # fmt: skip
+
+
+def test_a_push_with_credentials_mounts_from_a_repository_it_can_pull(
+    server: HaregServer, containers: Containers
+) -> None:
+    """buildah pushing an image podman pushed before mounts a blob from there:
+    the token it asks for covers pull on the source as well (a mount refused
+    would make it upload instead, and no mount would be counted)."""
+    image = containers.build("auth/mounted:v1", {"m.bin": os.urandom(64 * 1024)})
+    ed = logged_in(containers, server, "ed")
+    push = ("push", "--tls-verify=false", *containers.policy, "--authfile", ed, image)
+    containers.podman(*push, f"docker://{server.host_port}/team/source:v1")
+    before = request_counts(server)
+    containers.buildah(*push, f"docker://{server.host_port}/team/mounted:v1")
+    delta = request_counts(server) - before
+    assert delta["POST", UPLOADS_ROUTE, "201"] >= 1, delta  # ?mount=...&from=team/source
+    assert manifest_digest(server, "team/mounted", "v1") == manifest_digest(server, "team/source", "v1")
