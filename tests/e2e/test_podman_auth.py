@@ -3,7 +3,8 @@
 ``podman login`` (``--password-stdin``, an ``--authfile`` in the test's
 directory) then push and pull, through the token flow; a wrong password
 makes the login fail and leaves the auth file as it was; a viewer pulls but
-is refused a push; an editor is refused outside its patterns.  The tools
+is refused a push; an editor is refused outside its patterns; anonymous
+pulls only where ``anonymous`` has a binding, and pushes nowhere.  The tools
 are configured and isolated as in ``test_podman.py`` (vfs storage, every
 configuration file in the test's directory, a private ``/var/lib``).
 """
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaregServer]:
     bindings = [
-        {"subject": "ed", "role": "editor", "repositories": ["team/*"]},
+        {"subject": "ed", "role": "editor", "repositories": ["team/*", "public/*"]},
         {"subject": "vera", "role": "viewer", "repositories": ["team/*"]},
+        {"subject": "anonymous", "role": "viewer", "repositories": ["public/*"]},
     ]
     with serving_with_auth(tmp_path_factory.mktemp("podman-auth"), ["ed", "vera"], bindings) as server:
         yield server
@@ -178,3 +180,22 @@ def test_a_push_with_credentials_mounts_from_a_repository_it_can_pull(
     delta = request_counts(server) - before
     assert delta["POST", UPLOADS_ROUTE, "201"] >= 1, delta  # ?mount=...&from=team/source
     assert manifest_digest(server, "team/mounted", "v1") == manifest_digest(server, "team/source", "v1")
+
+
+def test_anonymous_pulls_only_where_bound(server: HaregServer, containers: Containers) -> None:
+    image = containers.build("auth/public:v1", {"p.txt": b"public\n"})
+    image_id = containers.inspect(image)["Id"]
+    ed = logged_in(containers, server, "ed")
+    push = ("push", "--tls-verify=false", *containers.policy, "--authfile", ed, image)
+    containers.podman(*push, f"docker://{server.host_port}/public/base:v1")
+    containers.podman(*push, f"docker://{server.host_port}/team/private:v1")
+    containers.podman("rmi", image)
+
+    anonymous = containers.root / "anonymous-auth.json"
+    anonymous.write_text('{"auths": {}}\n')
+    pull = ("pull", "--quiet", "--tls-verify=false", *containers.policy, "--authfile", anonymous)
+    assert containers.podman(*pull, f"{server.host_port}/public/base:v1") == image_id
+    refused(containers.try_run("podman", *pull, f"{server.host_port}/team/private:v1"))
+    # Nor may anonymous push where it may pull.
+    refused(containers.try_run("podman", "push", "--tls-verify=false", *containers.policy, "--authfile",
+                               anonymous, image_id, f"docker://{server.host_port}/public/other:v1"))  # fmt: skip
