@@ -348,7 +348,12 @@ class AccessControl:
                 continue
             if self.permits(caller, need):
                 continue
-            scope = _scope_of(need)
+            # Every scope the request needs (a mount: push here and pull on the
+            # source), as distribution does: a client that asks for exactly the
+            # challenge's scopes gets a token that serves the retry.
+            scope = " ".join(
+                s for s in (_scope_of(n) for n in needs if not (n.open or n.login or n.browse)) if s
+            )
             if identity.anonymous:
                 raise _unauthorized("authentication required", self.challenge(realm, scope))
             if (

@@ -637,9 +637,6 @@ async def management_workflow(client: SuiteClient, name: str, d: SuiteData) -> N
 # OCI_USERNAME / OCI_PASSWORD, and the role the workflows need on their repositories.
 SUITE_USER = ("suite", "suite-pw")
 SUITE_BINDINGS = (BindingConfig("suite", "editor", ("conformance/*", "conformance-*", "myorg/*")),)
-MOUNT_CHALLENGE_BUG = (
-    "hareg's 401 challenge names only the first refused need's scope; a mount also needs pull on `from`"
-)
 
 
 @pytest.fixture
@@ -670,18 +667,7 @@ async def test_pull(client: SuiteClient, data: SuiteData) -> None:
     await pull_workflow(client, "conformance/pull", data)
 
 
-def expect_the_mount_challenge_bug(request: pytest.FixtureRequest, client: SuiteClient) -> None:
-    """With credentials the cross-repository mount fails: the 401 challenge
-    names only the target's scope, so the suite's token lacks pull on
-    ``from`` and the retry is refused (``test_a_mount_is_challenged_for_both_repositories``).
-    Strict: once the challenge names every scope this XPASSes and fails, and
-    the marker goes."""
-    if client.credentials is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=MOUNT_CHALLENGE_BUG))
-
-
-async def test_push(request: pytest.FixtureRequest, client: SuiteClient, data: SuiteData) -> None:
-    expect_the_mount_challenge_bug(request, client)
+async def test_push(client: SuiteClient, data: SuiteData) -> None:
     await push_workflow(client, "conformance/push", f"conformance-{uuid.uuid4()}", data)
 
 
@@ -698,13 +684,10 @@ async def test_base_api_route(client: SuiteClient) -> None:
     assert r.status == 200
 
 
-async def test_all_workflows_in_one_namespace(
-    request: pytest.FixtureRequest, client: SuiteClient, data: SuiteData
-) -> None:
+async def test_all_workflows_in_one_namespace(client: SuiteClient, data: SuiteData) -> None:
     """The suite runs every workflow against one repository, in order; each
     teardown must leave the next workflow a clean slate (the shared layer blob
     is deleted and pushed again several times)."""
-    expect_the_mount_challenge_bug(request, client)
     name = "myorg/myrepo"
     await pull_workflow(client, name, data)
     await push_workflow(client, name, f"conformance-{uuid.uuid4()}", data)
@@ -712,7 +695,6 @@ async def test_all_workflows_in_one_namespace(
     await management_workflow(client, name, data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MOUNT_CHALLENGE_BUG)
 async def test_a_mount_is_challenged_for_both_repositories(registry: Registry, tmp_path: Path) -> None:
     """A mount needs push on the target and pull on ``from``: the challenge
     must name both (as distribution's does, space-separated), or a client
