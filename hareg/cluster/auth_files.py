@@ -90,10 +90,12 @@ def _check(field: str, value: str, data: bytes, auth: AuthConfig) -> None:
     else:
         try:
             TokenIssuer(data, token.audience, token.expiry)
-        except Exception as exc:  # joserfc and cryptography raise many kinds for a bad key
-            detail = str(exc) if isinstance(exc, ValueError) and "P-256" in str(exc) else type(exc).__name__
+        except Exception:  # joserfc and cryptography raise many kinds for a bad key
             raise ConfigError(
-                [f"{field}: {value!r} is not a usable key ({detail}); expected a PEM P-256 EC private key"]
+                [
+                    f"{field}: {value!r} is not a PEM P-256 (prime256v1) EC private key; expected one, "
+                    "e.g. from `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`"
+                ]
             ) from None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
-from joserfc.jwk import ECKey
+from joserfc.jwk import ECKey, OKPKey
 
 from hareg.cluster.auth_files import MAX_AUTH_FILE_BYTES, read_auth_files, stage_auth_files
 from hareg.cluster.desired import write_replica_config
@@ -98,7 +98,9 @@ def test_every_bad_file_is_refused_naming_its_field(files: Path, tmp_path: Path)
     assert htpasswd.startswith("auth.htpasswd.path 'md5' line 1") and "bcrypt" in htpasswd
     assert "$apr1$" not in htpasswd, "a password hash is never echoed"
     assert jwks.startswith("auth.token.jwks: 'bad.jwks'") and "expected a JWKS document" in jwks
-    assert key.startswith("auth.token.signingKeyFile: 'p384.pem'") and "P-256" in key
+    assert key.startswith(
+        "auth.token.signingKeyFile: 'p384.pem' is not a PEM P-256 (prime256v1) EC private key"
+    )
     assert not target.exists(), "nothing is written when a file is refused"
 
     with pytest.raises(
@@ -106,8 +108,11 @@ def test_every_bad_file_is_refused_naming_its_field(files: Path, tmp_path: Path)
     ):
         read_auth_files(AuthConfig(htpasswd_path="nope"), files)
     (files / "garbage.pem").write_text("not a key")
-    with pytest.raises(ConfigError, match=r"auth\.token\.signingKeyFile: 'garbage.pem' is not a usable key"):
+    with pytest.raises(ConfigError, match=r"auth\.token\.signingKeyFile: 'garbage.pem' is not a PEM P-256"):
         read_auth_files(AuthConfig(token=TokenConfig(signing_key_file="garbage.pem")), files)
+    (files / "ed25519.pem").write_bytes(OKPKey.generate_key("Ed25519").as_pem(private=True))
+    with pytest.raises(ConfigError, match=r"auth\.token\.signingKeyFile: 'ed25519.pem' is not a PEM P-256"):
+        read_auth_files(AuthConfig(token=TokenConfig(signing_key_file="ed25519.pem")), files)
     (files / "binary").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match=r"auth\.htpasswd\.path: 'binary' is not UTF-8 text"):
         read_auth_files(AuthConfig(htpasswd_path="binary"), files)
