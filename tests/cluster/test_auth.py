@@ -4,7 +4,8 @@ the same token key, so a token obtained from one replica is accepted by the
 other and through haproxy; a request without credentials gets the Bearer
 challenge; pushes through haproxy work with credentials (HTTP, and skopeo's
 token flow); a changed htpasswd file rolls the replicas onto it on SIGHUP and
-tokens issued before stay valid (the key is kept in etcd).  One cluster for
+tokens issued before stay valid (the key is kept in etcd); a signing key
+file named on SIGHUP replaces that key on every replica.  One cluster for
 the module, tests in file order."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,6 +28,8 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
+
+from hareg.registry.tokens import TokenIssuer, generate_key_pem
 
 from .cluster_process import EVENT_TIMEOUT, ClusterRun, launch, recorded_pids, wait_for, wait_gone
 from .conftest import require_cluster_tools
@@ -40,13 +44,14 @@ def user_line(name: str) -> str:
     return f"{name}:{bcrypt.hashpw(f'{name}-pw'.encode(), bcrypt.gensalt(4)).decode()}\n"
 
 
-def config_text(htpasswd: Path) -> str:
+def config_text(htpasswd: Path, signing_key: Path | None = None) -> str:
     return yaml.safe_dump(
         {
             "managementState": "Managed",
             "replicas": 2,
             "auth": {
                 "htpasswd": {"path": str(htpasswd)},
+                "token": {"signingKeyFile": str(signing_key) if signing_key else None},
                 "bindings": [
                     {"subject": "ed", "role": "editor", "repositories": ["team/*"]},
                     {"subject": "vera", "role": "viewer", "repositories": ["team/*"]},
@@ -100,6 +105,16 @@ def token_from(base: str, user: str, scope: str = SCOPE) -> str:
 
 def replica_urls(cluster: ClusterRun) -> list[str]:
     return [r["url"] for r in cluster.info()["replicas"]]
+
+
+def wait_rolled(cluster: ClusterRun, before: dict[str, int]) -> None:
+    def rolled() -> bool:
+        now = {r["name"]: r["pid"] for r in cluster.info()["replicas"]}
+        return all(now[n] not in (None, before[n]) for n in before) and all(
+            get(f"{url}/readyz")[0] == 200 for url in replica_urls(cluster)
+        )
+
+    wait_for(rolled, 3 * EVENT_TIMEOUT, "every replica restarted and ready", interval=0.2)
 
 
 def test_every_replica_reads_the_same_copied_users(cluster: ClusterRun) -> None:
@@ -194,13 +209,7 @@ def test_a_changed_htpasswd_rolls_the_replicas_and_tokens_stay_valid(cluster: Cl
     htpasswd.write_text(htpasswd.read_text() + user_line("nina"))
     os.kill(cluster.pid, signal.SIGHUP)
 
-    def rolled() -> bool:
-        now = {r["name"]: r["pid"] for r in cluster.info()["replicas"]}
-        return all(now[n] not in (None, before[n]) for n in before) and all(
-            get(f"{url}/readyz")[0] == 200 for url in replica_urls(cluster)
-        )
-
-    wait_for(rolled, 3 * EVENT_TIMEOUT, "both replicas restarted and ready", interval=0.2)
+    wait_rolled(cluster, before)
     assert "nina:" in (cluster.dir / "auth" / "htpasswd").read_text()
     for base in replica_urls(cluster):
         assert get(f"{base}/v2/", basic("nina"))[0] == 200
@@ -210,3 +219,28 @@ def test_a_changed_htpasswd_rolls_the_replicas_and_tokens_stay_valid(cluster: Cl
         assert get(f"{base}/v2/team/app/tags/list", f"Bearer {token}")[0] == 200
         status, _, body = get(f"{base}/v2/team/app/manifests/nope", f"Bearer {token}")
         assert status == 404 and json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_a_signing_key_file_on_sighup_rotates_the_key_of_every_replica(cluster: ClusterRun) -> None:
+    """What docs/security.md says clients notice: tokens signed with the old
+    key are refused everywhere; new ones, from any replica, work on all."""
+    assert cluster.config_path is not None
+    old_token = token_from(cluster.url, "vera", "repository:team/app:pull")
+    key_file = cluster.config_path.parent / "token-key.pem"
+    key_file.write_bytes(generate_key_pem())
+    before = {r["name"]: r["pid"] for r in cluster.info()["replicas"]}
+    cluster.config_path.write_text(config_text(cluster.config_path.parent / "users.htpasswd", key_file))
+    os.kill(cluster.pid, signal.SIGHUP)
+    wait_rolled(cluster, before)
+
+    copy = cluster.dir / "auth" / "token-key.pem"
+    assert copy.read_bytes() == key_file.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    first, second = replica_urls(cluster)
+    for base in (first, second, cluster.url):
+        status, headers, _ = get(f"{base}/v2/team/app/tags/list", f"Bearer {old_token}")
+        assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    new_token = token_from(first, "vera", "repository:team/app:pull")
+    # Signed with the file's key, not the one kept in etcd.
+    TokenIssuer(key_file.read_bytes(), "hareg", 300).verifier.verify(new_token, time.time())
+    for base in (second, cluster.url):
+        assert get(f"{base}/v2/team/app/tags/list", f"Bearer {new_token}")[0] == 200
