@@ -32,9 +32,10 @@ The monitor loop (every 0.1 s) honours ``managementState``:
 
 SIGHUP re-reads the configuration file: ``managementState``, ``replicas``,
 and any other change, a changed file the ``auth`` section names included (a
-rolling restart of the replicas with the new configuration and copies).  In Managed it also starts again any etcd member or object
-store that is down (the supervisor never restarts those on its own: chaos
-tests stop them on purpose).  SIGINT or SIGTERM stop everything in reverse
+rolling restart of the replicas with the new configuration and copies).  In
+Managed it also starts again any etcd member or object store that is down
+(the supervisor never restarts those on its own: chaos tests stop them on
+purpose).  SIGINT or SIGTERM stop everything in reverse
 order (haproxy, replicas, object store, etcd), bounded, SIGKILL for what
 does not stop in time, and remove cluster.json.
 """
