@@ -90,6 +90,9 @@ def load_desired(
     )
 
 
+HAPROXY_PEER = "127.0.0.1"  # where the replicas see haproxy's connections from
+
+
 def render_replica_config(config: Config, layout: ClusterLayout) -> dict[str, Any]:
     """The replicas' configuration: ``config`` with the cluster's storage,
     etcd endpoints and shared httpSecret; secrets in clear (the file is 0600)."""
@@ -118,6 +121,9 @@ def render_replica_config(config: Config, layout: ClusterLayout) -> dict[str, An
     data["etcd"]["tls"] = {"caFile": None, "certFile": None, "keyFile": None}  # the members speak plain HTTP
     data["routes"] = []  # every replica shares 127.0.0.1: a route's own listener would clash
     data["advertiseURL"] = None  # one URL for all would send each replica's peers to one of them
+    if data.get("auth") is not None and not data["auth"].get("trustedProxies"):
+        # haproxy (on loopback) forwards each client's address.
+        data["auth"]["trustedProxies"] = [f"{HAPROXY_PEER}/32"]
     return data
 
 

@@ -1,7 +1,8 @@
 """A real ``hareg cluster up`` with an ``auth`` section (one etcd member, the
 object store, 2 replicas, haproxy): every replica gets the same users and
 the same token key, so a token obtained from one replica is accepted by the
-other and through haproxy; a request without credentials gets the Bearer
+other and through haproxy; a grant, a revoke and a robot account made with
+``hareg access`` through one replica apply at once on the other; a request without credentials gets the Bearer
 challenge; pushes through haproxy work with credentials (HTTP, and skopeo's
 token flow); a changed htpasswd file rolls the replicas onto it on SIGHUP and
 tokens issued before stay valid (the key is kept in etcd); a signing key
@@ -28,6 +29,8 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
+from cli_process import child_env
+from e2e.hareg_process import HAREG
 
 from hareg.registry.tokens import TokenIssuer, generate_key_pem
 
@@ -55,6 +58,7 @@ def config_text(htpasswd: Path, signing_key: Path | None = None) -> str:
                 "bindings": [
                     {"subject": "ed", "role": "editor", "repositories": ["team/*"]},
                     {"subject": "vera", "role": "viewer", "repositories": ["team/*"]},
+                    {"subject": "root", "role": "cluster-admin"},
                 ],
             },
         }
@@ -66,7 +70,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterRun]:
     require_cluster_tools()
     directory = tmp_path_factory.mktemp("auth-cluster")
     htpasswd = directory / "users.htpasswd"
-    htpasswd.write_text(user_line("ed") + user_line("vera"))
+    htpasswd.write_text(user_line("ed") + user_line("vera") + user_line("root"))
     run = launch(directory, args=("--etcd-members", "1"), config_text=config_text(htpasswd))
     pids = recorded_pids(run)
     try:
@@ -164,6 +168,40 @@ async def test_a_token_from_one_replica_works_on_the_other_and_through_haproxy(c
         assert resp.status == 403, await resp.text()
     async with aiohttp.ClientSession(headers={"Authorization": basic("ed")}) as session:
         await push_image(session, cluster.url, "team/app", f"{tag}-basic")
+
+
+def hareg_access(base: str, *args: str) -> str:
+    """``hareg access ...`` as root against one replica; its standard output."""
+    env = dict(child_env(), HAREG_REGISTRY=base, HAREG_USERNAME="root", HAREG_PASSWORD="root-pw")
+    proc = subprocess.run([*HAREG, "access", *args], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def post_upload(base: str, authorization: str) -> int:
+    request = urllib.request.Request(f"{base}/v2/team/grants/blobs/uploads/", method="POST")
+    request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_runtime_grant_and_revoke_apply_at_once_on_the_other_replica(cluster: ClusterRun) -> None:
+    first, second = replica_urls(cluster)
+    assert post_upload(second, basic("vera")) == 403
+    hareg_access(first, "grant", "vera", "editor", "team/*")
+    assert post_upload(second, basic("vera")) == 202  # the next request, on the other replica
+    hareg_access(first, "revoke", "vera", "editor", "team/*")
+    assert post_upload(second, basic("vera")) == 403
+    # A robot account made through one replica pushes through the other at once.
+    secret = hareg_access(second, "robot", "create", "ci").splitlines()[1]
+    robot = "Basic " + base64.b64encode(f"robot+ci:{secret}".encode()).decode()
+    hareg_access(second, "grant", "robot+ci", "editor", "team/*")
+    assert post_upload(first, robot) == 202
+    hareg_access(second, "robot", "delete", "ci")
+    assert post_upload(first, robot) == 401
 
 
 @pytest.mark.skipif(
