@@ -132,8 +132,9 @@ def _auth_section(doc: dict[str, Any]) -> list[str]:
         table = doc.get("auth_ratios", {}).get(name, {})
         lines += [
             "",
-            f"| phase | {name} (auth) | {name} (no auth) | auth / no auth | p99 ms auth / no auth |",
-            "|---|---:|---:|---:|---:|",
+            f"| phase | {name} (auth) | {name} (no auth) | auth / no auth | p99 ms auth / no auth "
+            "| server CPU ms/op auth / no auth |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for phase in COMPANION_PHASES:
             a = doc["targets"][name]["phases"].get(phase, {})
@@ -142,7 +143,8 @@ def _auth_section(doc: dict[str, Any]) -> list[str]:
                 continue
             lines.append(
                 f"| {PHASE_LABELS.get(phase, phase)} | {_fmt(a['ops_s'])} ops/s | {_fmt(b['ops_s'])} ops/s | "
-                f"{_fmt(table.get(f'{phase}_ops'), 2)} | {_fmt(a.get('p99_ms'), 2)} / {_fmt(b.get('p99_ms'), 2)} |"
+                f"{_fmt(table.get(f'{phase}_ops'), 2)} | {_fmt(a.get('p99_ms'), 2)} / {_fmt(b.get('p99_ms'), 2)} | "
+                f"{_fmt(a.get('server_cpu_ms_per_op'), 3)} / {_fmt(b.get('server_cpu_ms_per_op'), 3)} |"
             )
     return lines
 
