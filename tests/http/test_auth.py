@@ -192,6 +192,21 @@ async def test_rollback_and_immutability_need_admin(make_client: MakeClient) -> 
     assert (await ed.get(rule)).status == 200  # reading the rule is a viewer's
 
 
+async def test_a_repository_admin_prunes_its_repositories_only(make_client: MakeClient) -> None:
+    ed, ada, root = [await make_client(basic(n)) for n in ("ed", "ada", "root")]
+    await push_image(ed, "team/app", "v1", seed="1")
+    await push_image(ed, "team/app", "v1", seed="2")
+    prune = "/hareg/v1/repositories/team/app/prune?dryRun=true"
+    await expect_error(await ed.post(prune), 403, "DENIED")
+    r = await ada.post(prune)
+    assert r.status == 200, await r.text()
+    report = await r.json()
+    assert report["repositories"] == ["team/app"] and report["dryRun"] is True
+    await expect_error(await ada.post("/hareg/v1/repositories/other/prune?dryRun=true"), 403, "DENIED")
+    await expect_error(await ada.post("/hareg/v1/prune?dryRun=true"), 403, "DENIED")  # the whole registry
+    assert (await root.post("/hareg/v1/prune?dryRun=true")).status == 200
+
+
 async def test_the_token_flow_push_and_pull(make_client: MakeClient) -> None:
     ed_login = await make_client(basic("ed"))
     status, body = await token_for(ed_login, "repository:team/app:pull,push", "repository:other:pull,push")
