@@ -1,9 +1,11 @@
-"""``python -m bench throughput [--target hareg|hareg-cluster|distribution|URL ...] [--quick] [--json FILE]``
+"""``python -m bench throughput [--target hareg|hareg-cluster|distribution|URL ...] [--quick] [--auth] [--json FILE]``
 ``python -m bench availability [--duration S] [--quick] [--json FILE]``
 
 ``throughput`` without ``--target`` runs distribution, hareg and (when
 ``hareg cluster up`` exists) hareg-cluster; with ``--quick``, distribution and
-hareg only.  ``availability`` runs the local cluster through faults.
+hareg only; with ``--auth``, distribution and hareg, both authenticating the
+same users (hareg with tokens, distribution with htpasswd), beside an
+unauthenticated hareg for the manifest reads.  ``availability`` runs the local cluster through faults.
 Progress bars go to stderr; the Markdown summary is printed at the end and
 written beside the JSON with the plots.
 """
@@ -16,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.blobs import MiB
-from bench.targets import TargetError, TargetSpec, cluster_available, distribution_available, parse_target
+from bench.targets import (
+    AUTH_KINDS,
+    TargetError,
+    TargetSpec,
+    cluster_available,
+    distribution_available,
+    parse_target,
+)
+from bench.users import BCRYPT_COST
 from bench.workload import NoProgress, Progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -146,15 +156,35 @@ def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--seed", type=int, help="seed of the blob contents")
     p.add_argument("--cluster-replicas", type=int, default=2, help="hareg-cluster replicas (default 2)")
     _storage_argument(p, "--cluster-storage", "hareg-cluster")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="both targets authenticate the same htpasswd users (hareg: token flow; distribution: "
+        "Basic), and an unauthenticated hareg runs the manifest phases beside the authenticated one "
+        f"(targets: {', '.join(AUTH_KINDS)})",
+    )
+    p.add_argument(
+        "--bcrypt-cost",
+        type=int,
+        default=BCRYPT_COST,
+        help=f"bcrypt cost of the --auth users' htpasswd entries (default {BCRYPT_COST}, htpasswd -B's)",
+    )
+    p.add_argument(
+        "--token-expiry",
+        type=float,
+        default=300.0,
+        help="seconds hareg's tokens live in an --auth run (default 300, hareg's default; "
+        "must exceed the wrk duration by 10 s)",
+    )
     _run_arguments(p, starting="a target", plots="no PNG plots")
 
 
-def default_targets(quick: bool) -> list[TargetSpec]:
+def default_targets(quick: bool, auth: bool = False) -> list[TargetSpec]:
     specs = []
     if distribution_available():
         specs.append(parse_target("distribution"))
     specs.append(parse_target("hareg"))
-    if not quick and cluster_available():
+    if not quick and not auth and cluster_available():
         specs.append(parse_target("hareg-cluster"))
     return specs
 
@@ -180,11 +210,25 @@ def run_throughput(args: argparse.Namespace) -> int:
         wrk_threads=args.wrk_threads,
         seed=args.seed,
     )
-    targets = tuple(args.target or default_targets(args.quick))
+    targets = tuple(args.target or default_targets(args.quick, args.auth))
+    if args.auth:
+        problem = auth_problem(targets, args.bcrypt_cost, args.token_expiry, workload.wrk_duration)
+        if problem:
+            print(f"python -m bench throughput: {problem}", file=sys.stderr)
+            return 2
     options = Options(
         targets=targets,
         workload=workload,
-        **_given(args, "quick", "cluster_replicas", "cluster_storage", "start_timeout"),
+        **_given(
+            args,
+            "quick",
+            "cluster_replicas",
+            "cluster_storage",
+            "start_timeout",
+            "auth",
+            "bcrypt_cost",
+            "token_expiry",
+        ),
     )
     doc = run(
         options, _progress_factory(args.progress), log=lambda msg: print(msg, file=sys.stderr, flush=True)
@@ -193,6 +237,21 @@ def run_throughput(args: argparse.Namespace) -> int:
     print(report.markdown(doc))
     print("written: " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0 if doc["targets"] and not doc["failed_targets"] else 1
+
+
+def auth_problem(targets: tuple[TargetSpec, ...], bcrypt_cost: int, token_expiry: float, wrk_s: float) -> str:
+    """What is wrong with an --auth run's options ("" if nothing)."""
+    other = [t.name for t in targets if t.kind not in AUTH_KINDS]
+    if other:
+        return f"--auth runs only {' and '.join(AUTH_KINDS)} targets, not {', '.join(other)}"
+    if not 4 <= bcrypt_cost <= 31:
+        return f"--bcrypt-cost {bcrypt_cost}: bcrypt allows 4 to 31"
+    if token_expiry < wrk_s + 10:
+        return (
+            f"--token-expiry {token_expiry:g}: wrk sends one token for its whole run, "
+            f"so it must be at least the wrk duration + 10 s ({wrk_s + 10:g})"
+        )
+    return ""
 
 
 def availability_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

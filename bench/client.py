@@ -6,6 +6,11 @@ ever held whole.  Every pull is checked against its digest
 (:class:`DigestMismatch` otherwise); blob GETs follow redirects (a registry may
 answer 307 with a presigned object-store URL) up to ``max_redirects`` hops.
 
+With :mod:`bench.credentials` every request carries an ``Authorization``
+header for the scopes it needs (``pull`` of the repository read, ``pull,push``
+of the one written, and ``pull`` of a mount's source), sent only to the
+registry's own origin, never to a host a redirect points to.
+
 Push styles, as the distribution spec names them:
 
 - :meth:`OCIClient.push_blob_single_post`: ``POST ?digest=`` with the body (a
@@ -27,6 +32,7 @@ import aiohttp
 from yarl import URL
 
 from bench.blobs import BlobSpec
+from bench.credentials import Credentials, parse_challenge, pull_scope, push_scope
 
 __all__ = [
     "MANIFEST_ACCEPT",
@@ -104,10 +110,20 @@ def _with_query(location: str, **params: str) -> URL:
 class OCIClient:
     """One registry at ``base_url`` (``http://host:port``), over a shared session."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, *, max_redirects: int = 5) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        max_redirects: int = 5,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.session = session
         self.base = URL(base_url.rstrip("/"))
         self.max_redirects = max_redirects
+        self.credentials = credentials
+        # The status of the ping without credentials (401 where auth is on).
+        self.anonymous_ping_status: int | None = None
 
     # -- plumbing ---------------------------------------------------------
 
@@ -126,8 +142,27 @@ class OCIClient:
             body = await resp.text(errors="replace")
             raise RegistryHTTPError(resp.method, str(resp.url), resp.status, body)
 
+    async def headers(
+        self, url: URL | str, scopes: tuple[str, ...], extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """``extra`` plus the ``Authorization`` for ``scopes``, if ``url`` is the registry's."""
+        out = dict(extra or {})
+        target = url if isinstance(url, URL) else URL(url, encoded=True)
+        if self.credentials is not None and target.origin() == self.base.origin():
+            out["Authorization"] = await self.credentials.header(self.session, scopes)
+        return out
+
     async def ping(self) -> None:
+        """``GET /v2/``; with credentials, first without them (the 401's challenge
+        says where to log in), then with them."""
         async with self.session.get(self.url("/v2/")) as resp:
+            self.anonymous_ping_status = resp.status
+            await resp.read()
+            if self.credentials is None or resp.status != 401:
+                await self._expect(resp, 200)
+                return
+            self.credentials.challenged(parse_challenge(resp.headers.get("WWW-Authenticate", "")))
+        async with self.session.get(self.url("/v2/"), headers=await self.headers(self.base, ())) as resp:
             await self._expect(resp, 200)
             await resp.read()
 
@@ -135,34 +170,38 @@ class OCIClient:
 
     async def start_upload(self, repo: str) -> str:
         """POST an upload session; its (absolute) Location."""
-        async with self.session.post(self.url(f"/v2/{repo}/blobs/uploads/")) as resp:
+        url = self.url(f"/v2/{repo}/blobs/uploads/")
+        async with self.session.post(url, headers=await self.headers(url, (push_scope(repo),))) as resp:
             await self._expect(resp, 202)
             return self._location(resp)
 
-    async def _put_body(self, location: str, blob: BlobSpec, digest: str) -> str:
-        headers = {"Content-Type": OCTET, "Content-Length": str(blob.size)}
-        async with self.session.put(
-            _with_query(location, digest=digest), data=blob.stream(), headers=headers
-        ) as resp:
+    async def _put_body(self, repo: str, location: str, blob: BlobSpec, digest: str) -> str:
+        url = _with_query(location, digest=digest)
+        headers = await self.headers(
+            url, (push_scope(repo),), {"Content-Type": OCTET, "Content-Length": str(blob.size)}
+        )
+        async with self.session.put(url, data=blob.stream(), headers=headers) as resp:
             await self._expect(resp, 201)
             return resp.headers.get("Docker-Content-Digest", digest)
 
     async def push_blob_single_post(self, repo: str, blob: BlobSpec) -> str:
         """``POST /v2/<repo>/blobs/uploads/?digest=`` with the whole body; its digest."""
         digest = blob.digest()
-        headers = {"Content-Type": OCTET, "Content-Length": str(blob.size)}
         url = _with_query(str(self.url(f"/v2/{repo}/blobs/uploads/")), digest=digest)
+        headers = await self.headers(
+            url, (push_scope(repo),), {"Content-Type": OCTET, "Content-Length": str(blob.size)}
+        )
         async with self.session.post(url, data=blob.stream(), headers=headers) as resp:
             if resp.status == 201:
                 return resp.headers.get("Docker-Content-Digest", digest)
             await self._expect(resp, 202)
             location = self._location(resp)
         # The registry opened a session instead (the spec allows it): PUT the body there.
-        return await self._put_body(location, blob, digest)
+        return await self._put_body(repo, location, blob, digest)
 
     async def push_blob_post_put(self, repo: str, blob: BlobSpec) -> str:
         """``POST`` an upload, then ``PUT ?digest=`` with the whole body; its digest."""
-        return await self._put_body(await self.start_upload(repo), blob, blob.digest())
+        return await self._put_body(repo, await self.start_upload(repo), blob, blob.digest())
 
     async def push_blob_chunked(self, repo: str, blob: BlobSpec, chunk_size: int) -> str:
         """``POST``, one ``PATCH`` per ``chunk_size`` bytes with ``Content-Range``,
@@ -174,20 +213,20 @@ class OCIClient:
         start = 0
         while start < blob.size:
             stop = min(start + chunk_size, blob.size)
+            url = URL(location, encoded=True)
             headers = {
                 "Content-Type": OCTET,
                 "Content-Length": str(stop - start),
                 "Content-Range": f"{start}-{stop - 1}",
             }
-            async with self.session.patch(
-                URL(location, encoded=True), data=blob.stream(start, stop), headers=headers
-            ) as resp:
+            headers = await self.headers(url, (push_scope(repo),), headers)
+            async with self.session.patch(url, data=blob.stream(start, stop), headers=headers) as resp:
                 await self._expect(resp, 202)
                 location = self._location(resp)
             start = stop
-        async with self.session.put(
-            _with_query(location, digest=digest), headers={"Content-Length": "0"}
-        ) as resp:
+        url = _with_query(location, digest=digest)
+        headers = await self.headers(url, (push_scope(repo),), {"Content-Length": "0"})
+        async with self.session.put(url, headers=headers) as resp:
             await self._expect(resp, 201)
             return resp.headers.get("Docker-Content-Digest", digest)
 
@@ -195,8 +234,9 @@ class OCIClient:
         """POST+PUT of a small in-memory blob (a config); its digest."""
         digest = sha256_digest(data)
         location = await self.start_upload(repo)
-        headers = {"Content-Type": OCTET}
-        async with self.session.put(_with_query(location, digest=digest), data=data, headers=headers) as resp:
+        url = _with_query(location, digest=digest)
+        headers = await self.headers(url, (push_scope(repo),), {"Content-Type": OCTET})
+        async with self.session.put(url, data=data, headers=headers) as resp:
             await self._expect(resp, 201)
         return digest
 
@@ -204,12 +244,14 @@ class OCIClient:
         """Cross-repository mount; True if mounted (201).  A registry that declines
         (202) opened an upload session instead, which is cancelled here."""
         url = _with_query(str(self.url(f"/v2/{repo}/blobs/uploads/")), mount=digest, **{"from": from_repo})
-        async with self.session.post(url) as resp:
+        scopes = (push_scope(repo), pull_scope(from_repo))
+        async with self.session.post(url, headers=await self.headers(url, scopes)) as resp:
             if resp.status == 201:
                 return True
             await self._expect(resp, 202)
             location = self._location(resp)
-        async with self.session.delete(URL(location, encoded=True)) as resp:
+        url = URL(location, encoded=True)
+        async with self.session.delete(url, headers=await self.headers(url, scopes)) as resp:
             await resp.read()
         return False
 
@@ -217,7 +259,8 @@ class OCIClient:
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
         """The blob's size, or None if the registry does not have it (404)."""
-        async with self.session.head(self.url(f"/v2/{repo}/blobs/{digest}")) as resp:
+        url = self.url(f"/v2/{repo}/blobs/{digest}")
+        async with self.session.head(url, headers=await self.headers(url, (pull_scope(repo),))) as resp:
             if resp.status == 404:
                 return None
             await self._expect(resp, 200)
@@ -232,7 +275,8 @@ class OCIClient:
             raise ValueError(f"unsupported digest {digest!r}")
         url = self.url(f"/v2/{repo}/blobs/{digest}")
         for _hop in range(self.max_redirects + 1):
-            async with self.session.get(url, allow_redirects=False) as resp:
+            headers = await self.headers(url, (pull_scope(repo),))
+            async with self.session.get(url, allow_redirects=False, headers=headers) as resp:
                 if resp.status in REDIRECTS:
                     url = URL(self._location(resp), encoded=True)
                     await resp.read()
@@ -255,9 +299,9 @@ class OCIClient:
         self, repo: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST
     ) -> str:
         """PUT a manifest by tag or digest; its digest."""
-        async with self.session.put(
-            self.url(f"/v2/{repo}/manifests/{reference}"), data=body, headers={"Content-Type": media_type}
-        ) as resp:
+        url = self.url(f"/v2/{repo}/manifests/{reference}")
+        headers = await self.headers(url, (push_scope(repo),), {"Content-Type": media_type})
+        async with self.session.put(url, data=body, headers=headers) as resp:
             await self._expect(resp, 201)
             return resp.headers.get("Docker-Content-Digest") or sha256_digest(body)
 
@@ -265,7 +309,8 @@ class OCIClient:
         """GET a manifest by tag or digest.  The body must hash to the digest asked
         for, and to the ``Docker-Content-Digest`` header when there is one."""
         url = self.url(f"/v2/{repo}/manifests/{reference}")
-        async with self.session.get(url, headers={"Accept": accept}) as resp:
+        headers = await self.headers(url, (pull_scope(repo),), {"Accept": accept})
+        async with self.session.get(url, headers=headers) as resp:
             await self._expect(resp, 200)
             body = await resp.read()
             header = resp.headers.get("Docker-Content-Digest")
@@ -284,7 +329,7 @@ class OCIClient:
         for _page in range(max_pages):
             if url is None:
                 return tags
-            async with self.session.get(url) as resp:
+            async with self.session.get(url, headers=await self.headers(url, (pull_scope(repo),))) as resp:
                 await self._expect(resp, 200)
                 doc = await resp.json(content_type=None)
                 tags.extend(doc.get("tags") or [])

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.throughput import BLOB_PHASES, PHASES, iter_phase_rows
+from bench.throughput import BLOB_PHASES, COMPANION_PHASES, PHASES, iter_phase_rows
 
 PHASE_LABELS = {
     "push": "blob push, monolithic",
@@ -86,6 +86,7 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
         if ratio_key:
             lines += ["", f"Top-level `ratios` are those of `{ratio_key}`."]
+    lines += _auth_section(doc)
     lines += ["", "## Peak RSS by role over the run (MB; largest single process in brackets)", ""]
     for name, t in doc["targets"].items():
         roles = t.get("peak_rss_mb_by_role", {})
@@ -103,6 +104,49 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", "## Targets that did not run", ""]
         lines += [f"- {n}: {msg.splitlines()[0] if msg else ''}" for n, msg in failed.items()]
     return "\n".join(lines) + "\n"
+
+
+def _auth_section(doc: dict[str, Any]) -> list[str]:
+    """``--auth``: how each target authenticated, and the authenticated hareg
+    beside the unauthenticated one, phase by phase."""
+    auth = doc.get("auth")
+    if not auth:
+        return []
+    lines = [
+        "",
+        "## Authentication",
+        "",
+        f"Users {', '.join(auth['users'])} (bcrypt cost {auth['bcrypt_cost']}) on every target; "
+        f"hareg tokens live {auth['token_expiry_s']:g} s.",
+        "",
+    ]
+    for name, t in doc["targets"].items():
+        d = t["details"]
+        fetches = d.get("auth_token_fetches")
+        lines.append(
+            f"- {name}: auth `{d.get('auth', '-')}`, `/v2/` without credentials answered "
+            f"{d.get('anonymous_v2_status', '-')}"
+            + (f", {fetches} tokens fetched" if fetches is not None else "")
+        )
+    for name, plain in doc.get("unauthenticated_targets", {}).items():
+        table = doc.get("auth_ratios", {}).get(name, {})
+        lines += [
+            "",
+            f"| phase | {name} (auth) | {name} (no auth) | auth / no auth | p99 ms auth / no auth "
+            "| server CPU ms/op auth / no auth |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for phase in COMPANION_PHASES:
+            a = doc["targets"][name]["phases"].get(phase, {})
+            b = plain["phases"].get(phase, {})
+            if "ops_s" not in a or "ops_s" not in b:
+                continue
+            lines.append(
+                f"| {PHASE_LABELS.get(phase, phase)} | {_fmt(a['ops_s'])} ops/s | {_fmt(b['ops_s'])} ops/s | "
+                f"{_fmt(table.get(f'{phase}_ops'), 2)} | {_fmt(a.get('p99_ms'), 2)} / {_fmt(b.get('p99_ms'), 2)} | "
+                f"{_fmt(a.get('server_cpu_ms_per_op'), 3)} / {_fmt(b.get('server_cpu_ms_per_op'), 3)} |"
+            )
+    return lines
 
 
 def plots(doc: dict[str, Any], stem: Path) -> list[Path]:

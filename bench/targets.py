@@ -11,6 +11,10 @@ Kinds of target (``parse_target``):
   filesystem storage in a temporary dir;
 - a URL (``http://host:port``): a registry someone else runs; no process figures.
 
+With :class:`~bench.users.BenchUsers` (``--auth``), ``hareg`` gets their
+``auth`` section (token auth) and distribution their htpasswd file (Basic);
+``details["auth"]`` says which (``token`` or ``basic``).
+
 Every process is bound to 127.0.0.1 on a free port, waited for with a deadline
 (a ready line or a ``/v2/`` poll, never a sleep), stopped with SIGTERM and, past
 a bounded wait, SIGKILL, together with any descendant it left behind.
@@ -45,11 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
+
+from bench.users import BenchUsers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "hareg registry listening on "
 DISTRIBUTION_BINARY = "docker-registry"
 KINDS = ("hareg", "hareg-cluster", "distribution")
+AUTH_KINDS = ("hareg", "distribution")  # the kinds --auth can start
 MB = 1_000_000
 
 
@@ -250,7 +258,10 @@ def _start_ready(
         raise
 
 
-def _poll_v2(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, what: str) -> None:
+def _poll_v2(
+    url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, what: str, *, auth: bool = False
+) -> None:
+    """Until ``/v2/`` answers 200 (with ``auth``: 401, the challenge)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -260,19 +271,26 @@ def _poll_v2(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, w
             with urllib.request.urlopen(f"{url}/v2/", timeout=2) as resp:
                 if resp.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            if auth and exc.code == 401:
+                return
+            last = str(exc)
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(0.05)  # a readiness poll with a deadline, not a fixed wait
     raise TargetError(f"{what} not answering {url}/v2/ after {timeout:.0f}s ({last}); log:\n{_tail(log)}")
 
 
-def _start_hareg(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+def _start_hareg(spec: TargetSpec, workdir: Path, timeout: float, users: BenchUsers | None) -> RunningTarget:
     data_dir = workdir / "data"
     log = workdir / "hareg.log"
     listen = f"127.0.0.1:{free_port()}"
-    proc, url = _start_ready(
-        ["serve", "--listen", listen, "--data-dir", str(data_dir)], log, timeout, "hareg serve", 10
-    )
+    args = ["serve", "--listen", listen, "--data-dir", str(data_dir)]
+    if users is not None:
+        config = workdir / "hareg.yaml"
+        config.write_text(yaml.safe_dump({"auth": users.hareg_auth()}))
+        args += ["--config", str(config)]
+    proc, url = _start_ready(args, log, timeout, "hareg serve", 10)
     cache = _ProcessCache()
 
     def roles() -> RoleMap:
@@ -287,7 +305,13 @@ def _start_hareg(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarg
     return RunningTarget(
         spec=spec,
         url=url,
-        details={"kind": "hareg", "storage": "filesystem", "etcd": "embedded", "log": str(log)},
+        details={
+            "kind": "hareg",
+            "storage": "filesystem",
+            "etcd": "embedded",
+            "log": str(log),
+            "auth": "token" if users is not None else "none",
+        },
         _roles=roles,
         _stop=lambda: _terminate(proc, 30),
     )
@@ -326,13 +350,16 @@ def _distribution_version() -> str:
     return out.stdout.strip() or out.stderr.strip() or "unknown"
 
 
-def _start_distribution(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+def _start_distribution(
+    spec: TargetSpec, workdir: Path, timeout: float, users: BenchUsers | None
+) -> RunningTarget:
     binary = shutil.which(DISTRIBUTION_BINARY)
     if binary is None:
         raise TargetError(f"{DISTRIBUTION_BINARY} not found (apt-get install docker-registry)")
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=workdir / "storage", port=port))
+    text = DISTRIBUTION_CONFIG.format(root=workdir / "storage", port=port)
+    config.write_text(text + (users.distribution_auth() if users is not None else ""))
     log = workdir / "distribution.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -340,7 +367,7 @@ def _start_distribution(spec: TargetSpec, workdir: Path, timeout: float) -> Runn
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _poll_v2(url, proc, log, timeout, "distribution")
+        _poll_v2(url, proc, log, timeout, "distribution", auth=users is not None)
     except BaseException:
         _terminate(proc, 10)
         raise
@@ -348,7 +375,12 @@ def _start_distribution(spec: TargetSpec, workdir: Path, timeout: float) -> Runn
     return RunningTarget(
         spec=spec,
         url=url,
-        details={"kind": "distribution", "storage": "filesystem", "version": _distribution_version()},
+        details={
+            "kind": "distribution",
+            "storage": "filesystem",
+            "version": _distribution_version(),
+            "auth": "basic" if users is not None else "none",
+        },
         _roles=lambda: {"registry": cache.tree(proc.pid)},
         _stop=lambda: _terminate(proc, 30),
     )
@@ -441,17 +473,21 @@ def started(
     cluster_replicas: int = 2,
     cluster_storage: str = "auto",
     keep: bool = False,
+    users: BenchUsers | None = None,
 ) -> Iterator[RunningTarget]:
-    """Start ``spec`` in a fresh temporary directory; stop it and remove the directory on exit."""
+    """Start ``spec`` in a fresh temporary directory; stop it and remove the directory on exit.
+    With ``users``, the target authenticates them (``hareg`` and ``distribution`` only)."""
+    if users is not None and spec.kind not in AUTH_KINDS:
+        raise TargetError(f"{spec.name}: --auth starts only {' and '.join(AUTH_KINDS)}")
     if spec.kind == "url":
         yield RunningTarget(spec=spec, url=spec.url, details={"kind": "url"}, _roles=dict, _stop=lambda: None)
         return
     workdir = Path(tempfile.mkdtemp(prefix=f"hareg-bench-{spec.kind}-", dir=base_dir))
     try:
         if spec.kind == "hareg":
-            target = _start_hareg(spec, workdir, timeout)
+            target = _start_hareg(spec, workdir, timeout, users)
         elif spec.kind == "distribution":
-            target = _start_distribution(spec, workdir, timeout)
+            target = _start_distribution(spec, workdir, timeout, users)
         elif spec.kind == "hareg-cluster":
             target = _start_cluster(spec, workdir, timeout, cluster_replicas, cluster_storage)
         else:

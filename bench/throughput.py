@@ -21,6 +21,15 @@ phase                         what one operation is                        figur
 Write phases run a fixed number of operations (the same data on every
 target); read phases run for a fixed duration.  ``ratios`` compares the first
 hareg target with distribution, figure by figure (hareg / distribution).
+
+With ``--auth`` (:class:`Options` ``auth``) both targets authenticate the same
+users (:mod:`bench.users`): hareg with the token flow, distribution with
+Basic on every request (:mod:`bench.credentials`), and every request of the
+client and of wrk carries credentials.  Beside the authenticated hareg a
+second ``hareg serve`` without auth runs the manifest phases
+(``COMPANION_PHASES``), each right after the authenticated one, so
+``auth_ratios`` (authenticated / unauthenticated) compare two measurements
+taken side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import contextlib
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -39,8 +49,10 @@ from typing import Any
 import aiohttp
 
 from bench.blobs import BlobSpec, MiB
-from bench.client import OCIClient, image_manifest
+from bench.client import OCIClient, RegistryHTTPError, image_manifest
+from bench.credentials import BasicCredentials, Credentials, TokenCredentials, TokenError, pull_scope
 from bench.targets import ResourceMeter, RoleUsage, RunningTarget, TargetError, TargetSpec, started
+from bench.users import BCRYPT_COST, BenchUsers, write_users
 from bench.workload import PhaseResult, Progress, run_phase
 from bench.wrk import run_wrk, wrk_binary
 
@@ -55,11 +67,16 @@ OP_PHASES = (
     "wrk_manifest_get_tag",
 )
 PHASES = BLOB_PHASES + OP_PHASES
+# What the unauthenticated hareg of an --auth run measures, each phase right
+# after the authenticated hareg's (manifest_put makes the tags the reads use).
+COMPANION_PHASES = ("manifest_put", "manifest_get_tag", "wrk_manifest_get_tag")
+UNAUTHENTICATED_SUFFIX = "-unauthenticated"
 REPO_PUSH = "bench/push"
 REPO_CHUNKED = "bench/chunked"
 REPO_MANIFESTS = "bench/manifests"
 TAG_PREFIX = "t"
 HAREG_KINDS = ("hareg", "hareg-cluster")
+AUTH_MIN_RATIO = 0.8  # authenticated manifest GET by tag / unauthenticated, the issue's target
 
 ProgressFactory = Callable[[str, float, str], Progress]
 
@@ -118,6 +135,8 @@ class TargetRun:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     error: str = ""
+    # --auth: the unauthenticated hareg measured beside this one (not in as_dict)
+    companion: TargetRun | None = None
 
     def as_dict(self) -> dict[str, Any]:
         peak: dict[str, float] = {}
@@ -159,11 +178,16 @@ class _Runner:
         workload: Workload,
         progress: ProgressFactory,
         session: aiohttp.ClientSession,
+        credentials: Credentials | None = None,
+        companion: _Runner | None = None,
     ) -> None:
         self.target = target
         self.w = workload
         self.progress = progress
-        self.client = OCIClient(session, target.url)
+        self.session = session
+        self.credentials = credentials
+        self.companion = companion
+        self.client = OCIClient(session, target.url, credentials=credentials)
         self.run = TargetRun(name=target.name, url=target.url, details=dict(target.details))
         self.pushed = workload.blobs(0)
         self.chunked = workload.blobs(1_000_000)
@@ -207,6 +231,8 @@ class _Runner:
 
     async def setup(self) -> None:
         await self.client.ping()
+        # Evidence that credentials were needed: the status of /v2/ without them.
+        self.run.details["anonymous_v2_status"] = self.client.anonymous_ping_status
         # Hashed before any timed phase (and once per process): the client's
         # sha256 of what it pushes must not count against the first target.
         for blob in self.pushed + self.chunked:
@@ -330,6 +356,16 @@ class _Runner:
     async def wrk_manifest_get_tag(self) -> None:
         if not self.w.wrk or wrk_binary() is None:
             return
+        headers: dict[str, str] = {}
+        if self.credentials is not None:
+            # One header for the whole wrk run: it must outlive the run.
+            try:
+                headers["Authorization"] = await self.credentials.header(
+                    self.session, (pull_scope(REPO_MANIFESTS),), valid_for=self.w.wrk_duration + 10
+                )
+            except (TokenError, aiohttp.ClientError) as exc:
+                self.run.phases["wrk_manifest_get_tag"] = {"error": str(exc)[:500]}
+                return
         bar = self._bar("wrk_manifest_get_tag", self.w.wrk_duration, "s")
         meter = ResourceMeter(self.target)
         meter.start()
@@ -342,6 +378,7 @@ class _Runner:
                 duration=self.w.wrk_duration,
                 connections=self.w.wrk_connections,
                 threads=self.w.wrk_threads,
+                headers=headers,
             )
         except (RuntimeError, OSError) as exc:
             self.run.phases["wrk_manifest_get_tag"] = {"error": str(exc)[:500]}
@@ -357,18 +394,54 @@ class _Runner:
     async def all(self) -> TargetRun:
         start = time.perf_counter()
         await self.setup()
+        if self.companion is not None:
+            await self.companion.setup()
         for phase in PHASES:
             await getattr(self, phase)()
+            if self.companion is not None and phase in COMPANION_PHASES:
+                await getattr(self.companion, phase)()
         self.run.elapsed_s = time.perf_counter() - start
+        if isinstance(self.credentials, TokenCredentials):
+            self.run.details["auth_token_fetches"] = self.credentials.fetches
+        if self.companion is not None:
+            self.run.companion = self.companion.run
         return self.run
 
 
-async def run_target(target: RunningTarget, workload: Workload, progress: ProgressFactory) -> TargetRun:
+def _session(workload: Workload) -> aiohttp.ClientSession:
     limit = max(workload.concurrency, workload.request_concurrency) + 4
     timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        return await _Runner(target, workload, progress, session).all()
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+def credentials_for(target: RunningTarget, users: BenchUsers | None) -> Credentials | None:
+    """How a client logs in to ``target``: by the auth it was started with."""
+    if users is None:
+        return None
+    scheme = target.details.get("auth")
+    if scheme == "token":
+        return TokenCredentials(users.username, users.password)
+    if scheme == "basic":
+        return BasicCredentials(users.username, users.password)
+    raise TargetError(f"{target.name}: started without auth (details.auth {scheme!r})")
+
+
+async def run_target(
+    target: RunningTarget,
+    workload: Workload,
+    progress: ProgressFactory,
+    *,
+    credentials: Credentials | None = None,
+    companion: RunningTarget | None = None,
+) -> TargetRun:
+    """Every phase on ``target``; with ``companion`` (an unauthenticated hareg),
+    its ``COMPANION_PHASES`` too, each right after ``target``'s."""
+    async with _session(workload) as session, _session(workload) as companion_session:
+        beside = None
+        if companion is not None:
+            beside = _Runner(companion, workload, progress, companion_session)
+        return await _Runner(target, workload, progress, session, credentials, beside).all()
 
 
 # -- the figures and how they compare ---------------------------------------------
@@ -404,12 +477,14 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's throughput targets, reported (met / missed), never asserted."""
     checks: list[dict[str, Any]] = []
 
-    def ratio_check(target: str, label: str, key: str, minimum: float, table: dict[str, Any]) -> None:
+    def ratio_check(
+        target: str, label: str, key: str, minimum: float, table: dict[str, Any], versus: str = "distribution"
+    ) -> None:
         value = table.get(key)
         checks.append(
             {
                 "target": target,
-                "check": f"{label} >= {minimum}x distribution",
+                "check": f"{label} >= {minimum}x {versus}",
                 "figure": key,
                 "value": value,
                 "met": None if value is None else value >= minimum,
@@ -423,6 +498,20 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ratio_check(name, "blob pull MB/s", "pull_mb_s", 1.0, table)
         ratio_check(name, "blob push MB/s (monolithic)", "push_mb_s", 1.0, table)
         ratio_check(name, "blob push MB/s (chunked)", "push_chunked_mb_s", 1.0, table)
+    for name, table in doc.get("auth_ratios", {}).items():
+        for label, key in (
+            ("(Python client)", "manifest_get_tag_ops"),
+            ("(wrk)", "wrk_manifest_get_tag_ops"),
+        ):
+            if key in table:
+                ratio_check(
+                    name,
+                    f"authenticated manifest GET by tag {label}",
+                    key,
+                    AUTH_MIN_RATIO,
+                    table,
+                    "unauthenticated",
+                )
     for name, run in doc.get("targets", {}).items():
         role = {"hareg": "hareg", "hareg-cluster": "replica"}.get(run.get("details", {}).get("kind", ""))
         if role is None:
@@ -470,6 +559,9 @@ class Options:
     cluster_storage: str = "auto"
     start_timeout: float = 120.0
     base_dir: Path | None = None
+    auth: bool = False  # both targets authenticate the same users (bench.users)
+    bcrypt_cost: int = BCRYPT_COST
+    token_expiry: float = 300.0  # hareg's auth.token.expiry, seconds (its default)
 
 
 def run(options: Options, progress: ProgressFactory, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -486,27 +578,74 @@ def run(options: Options, progress: ProgressFactory, log: Callable[[str], None] 
         "failed_targets": {},
     }
     t0 = time.perf_counter()
-    for spec in options.targets:
-        log(f"bench: starting {spec.name}")
-        try:
-            with started(
-                spec,
-                base_dir=options.base_dir,
-                timeout=options.start_timeout,
-                cluster_replicas=options.cluster_replicas,
-                cluster_storage=options.cluster_storage,
-            ) as target:
-                log(f"bench: {spec.name} at {target.url} ({target.details})")
-                # Other work on the machine skews every figure: keep the evidence.
-                target.details["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-                result = _run_loop(run_target(target, options.workload, progress))
-            doc["targets"][spec.name] = result.as_dict()
-        except (TargetError, OSError, aiohttp.ClientError) as exc:
-            log(f"bench: {spec.name} failed: {exc}")
-            doc["failed_targets"][spec.name] = str(exc)[-2000:]
+    with contextlib.ExitStack() as stack:
+        users = None
+        if options.auth:
+            users_dir = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="hareg-bench-users-", dir=options.base_dir)
+                )
+            )
+            users = write_users(users_dir, bcrypt_cost=options.bcrypt_cost, token_expiry=options.token_expiry)
+            doc["auth"] = users.describe()
+            doc["unauthenticated_targets"] = {}
+        for spec in options.targets:
+            _run_one(spec, options, users, doc, progress, log)
     doc["elapsed_s"] = round(time.perf_counter() - t0, 1)
     add_ratios(doc)
     return doc
+
+
+def _started(
+    spec: TargetSpec, options: Options, users: BenchUsers | None
+) -> contextlib.AbstractContextManager[RunningTarget]:
+    return started(
+        spec,
+        base_dir=options.base_dir,
+        timeout=options.start_timeout,
+        cluster_replicas=options.cluster_replicas,
+        cluster_storage=options.cluster_storage,
+        users=users,
+    )
+
+
+def _run_one(
+    spec: TargetSpec,
+    options: Options,
+    users: BenchUsers | None,
+    doc: dict[str, Any],
+    progress: ProgressFactory,
+    log: Callable[[str], None],
+) -> None:
+    """Start ``spec`` (and, for an authenticated hareg, an unauthenticated one
+    beside it), run the workload, and put the result in ``doc``."""
+    log(f"bench: starting {spec.name}")
+    try:
+        with contextlib.ExitStack() as stack:
+            target = stack.enter_context(_started(spec, options, users))
+            log(f"bench: {spec.name} at {target.url} ({target.details})")
+            companion = None
+            if users is not None and spec.kind == "hareg":
+                plain = TargetSpec(kind="hareg", name=spec.name + UNAUTHENTICATED_SUFFIX)
+                companion = stack.enter_context(_started(plain, options, None))
+                log(f"bench: {plain.name} at {companion.url} (no auth, for the manifest phases)")
+            # Other work on the machine skews every figure: keep the evidence.
+            target.details["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+            result = _run_loop(
+                run_target(
+                    target,
+                    options.workload,
+                    progress,
+                    credentials=credentials_for(target, users),
+                    companion=companion,
+                )
+            )
+        doc["targets"][spec.name] = result.as_dict()
+        if result.companion is not None:
+            doc["unauthenticated_targets"][spec.name] = result.companion.as_dict()
+    except (TargetError, TokenError, RegistryHTTPError, OSError, aiohttp.ClientError) as exc:
+        log(f"bench: {spec.name} failed: {exc}")
+        doc["failed_targets"][spec.name] = str(exc)[-2000:]
 
 
 def add_ratios(doc: dict[str, Any]) -> None:
@@ -525,6 +664,13 @@ def add_ratios(doc: dict[str, Any]) -> None:
     first = next(iter(by_target), None)
     doc["ratios_target"] = first
     doc["ratios"] = by_target[first] if first is not None else {}
+    auth_ratios: dict[str, dict[str, float | None]] = {}
+    for name, plain in doc.get("unauthenticated_targets", {}).items():
+        if name in targets:
+            authenticated = figures({p: targets[name]["phases"].get(p, {}) for p in COMPANION_PHASES})
+            auth_ratios[name] = ratios(authenticated, figures(plain["phases"]))
+    if "auth" in doc:
+        doc["auth_ratios"] = auth_ratios
     doc["target_checks"] = target_checks(doc)
 
 

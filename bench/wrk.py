@@ -2,7 +2,9 @@
 generator that does not share the Python client's limits, so request rates
 measure the server rather than the benchmark.
 
-A generated Lua script sets the ``Accept`` header, cycles through the tags
+A generated Lua script sets the ``Accept`` header (and any other, such as
+``Authorization`` for an authenticated run: in the script, which only this
+user can read, rather than on wrk's command line, which every user can), cycles through the tags
 ``t00000``.. of one repository, and prints a JSON summary (requests, errors,
 latency percentiles) on a ``BENCH_JSON`` line when wrk is done.
 """
@@ -25,7 +27,7 @@ MARKER = "BENCH_JSON "
 LUA = """\
 wrk.method = "GET"
 wrk.headers["Accept"] = "{accept}"
-local ntags = {ntags}
+{extra_headers}local ntags = {ntags}
 local counter = 0
 request = function()
   local path = string.format("/v2/{repo}/manifests/{tag_prefix}%05d", counter % ntags)
@@ -78,8 +80,29 @@ class WrkResult:
         }
 
 
-def lua_script(repo: str, ntags: int, tag_prefix: str = "t", accept: str = MANIFEST_ACCEPT) -> str:
-    return LUA.format(accept=accept, ntags=max(ntags, 1), repo=repo, tag_prefix=tag_prefix, marker=MARKER)
+def _lua_string(text: str) -> str:
+    """``text`` as a Lua string literal (header values are printable ASCII)."""
+    if any(not (32 <= ord(c) < 127) for c in text):
+        raise ValueError("a wrk header must be printable ASCII")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def lua_script(
+    repo: str,
+    ntags: int,
+    tag_prefix: str = "t",
+    accept: str = MANIFEST_ACCEPT,
+    headers: dict[str, str] | None = None,
+) -> str:
+    extra = "".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}\n" for k, v in (headers or {}).items())
+    return LUA.format(
+        accept=accept,
+        ntags=max(ntags, 1),
+        repo=repo,
+        tag_prefix=tag_prefix,
+        marker=MARKER,
+        extra_headers=extra,
+    )
 
 
 def run_wrk(
@@ -91,6 +114,7 @@ def run_wrk(
     connections: int,
     threads: int = 1,
     binary: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> WrkResult:
     """Run wrk against ``url`` for ``duration`` seconds (bounded by a timeout)."""
     exe = binary or wrk_binary()
@@ -99,7 +123,8 @@ def run_wrk(
     seconds = max(round(duration), 1)
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp) / "manifests.lua"
-        script.write_text(lua_script(repo, ntags))
+        script.touch(mode=0o600)  # it may hold credentials
+        script.write_text(lua_script(repo, ntags, headers=headers))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(
             [

@@ -3,33 +3,51 @@ against the Compose Specification's schema, and the topology the product
 promises: 3 etcd members forming one cluster, SeaweedFS, 3 replicas built
 from ./Dockerfile sharing one httpSecret and every etcd member, haproxy
 checking /readyz on all of them, only haproxy published (on 127.0.0.1), every
-image pinned."""
+image pinned.  And the variant with authentication on
+(docker-compose.auth.yml merged over it): every replica runs with
+deploy/hareg-auth.yaml and the same htpasswd file and signing key, files
+made as its comment says are accepted, and they stay out of git."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import bcrypt
 import pytest
 import yaml
 
+from hareg.cluster.auth_files import read_auth_files
 from hareg.cluster.haproxy import Backend, render_config
 from hareg.config.reader import load_config
+from hareg.registry.tokens import generate_key_pem
+from hareg.server.auth import exposure_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_AUTH = ROOT / "docker-compose.auth.yml"
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 HAREG_CONFIG = ROOT / "deploy" / "hareg.yaml"
+HAREG_AUTH_CONFIG = ROOT / "deploy" / "hareg-auth.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose_auth() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_AUTH.read_text())
     return data
 
 
@@ -81,7 +99,42 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     )
 
 
-def test_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+def mount_target(volume: str) -> str:
+    return volume.split(":")[1]
+
+
+def merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """What ``docker compose -f base -f override`` runs, for the keys the auth
+    variant sets: volumes merged by their path in the container, secrets by
+    source, environment by name, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "volumes":
+            mounts = {mount_target(v): v for v in base.get("volumes", [])}
+            mounts.update({mount_target(v): v for v in value})
+            merged["volumes"] = list(mounts.values())
+        elif key == "secrets":
+            named = {(s if isinstance(s, str) else s["source"]): s for s in base.get("secrets", [])}
+            named.update({(s if isinstance(s, str) else s["source"]): s for s in value})
+            merged["secrets"] = list(named.values())
+        elif key == "environment":
+            merged["environment"] = {**base.get("environment", {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def secret_targets(svc: dict[str, Any]) -> dict[str, str]:
+    """Each secret's source and where the container sees it (/run/secrets/NAME by default)."""
+    out = {}
+    for item in svc.get("secrets", []):
+        source = item if isinstance(item, str) else item["source"]
+        target = source if isinstance(item, str) else item.get("target", source)
+        out[source] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return out
+
+
+def check_schema(document: dict[str, Any]) -> None:
     import json
 
     import jsonschema
@@ -90,8 +143,16 @@ def test_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
         pytest.skip(f"{SCHEMA} not present")
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
-    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    check_schema(compose)
+
+
+def test_auth_variant_valid_against_the_compose_spec(compose_auth: dict[str, Any]) -> None:
+    check_schema(compose_auth)
 
 
 def test_three_etcd_members_form_one_cluster(compose: dict[str, Any]) -> None:
@@ -173,6 +234,9 @@ def test_replica_configuration_loads(compose: dict[str, Any]) -> None:
     assert endpoint.hostname == "seaweedfs" and str(endpoint.port) == flags(weed["command"])["s3.port"]
     with pytest.raises(KeyError, match="HAREG_HTTP_SECRET"):
         interpolate(str(svc["environment"]["HAREG_HTTP_SECRET"]), {})
+    # Listening on 0.0.0.0 inside the network without users: allowed only because it says so.
+    assert config.auth is not None and config.auth.disabled
+    assert exposure_problem(config, [("listen", "0.0.0.0")]) is None
 
 
 def test_haproxy_balances_every_replica_on_readyz(compose: dict[str, Any]) -> None:
@@ -223,3 +287,61 @@ def test_dockerfile_installs_the_package_and_serves() -> None:
             assert (ROOT / path).exists(), f"COPY {path}: missing"
     assert 'ENTRYPOINT ["hareg"]' in text and '"serve"' in text
     assert "HEALTHCHECK" in text and "/readyz" in text
+
+
+def test_auth_variant_gives_every_replica_the_same_config_users_and_key(
+    compose: dict[str, Any], compose_auth: dict[str, Any]
+) -> None:
+    base = replicas(compose)
+    overrides = dict(compose_auth["services"])
+    assert set(overrides) == set(base), "every replica, and nothing else, is changed"
+    merged = {name: merge_service(svc, overrides[name]) for name, svc in base.items()}
+    first = next(iter(merged.values()))
+    assert all(svc == {**first, "hostname": name, "command": svc["command"]} for name, svc in merged.items())
+    assert all(svc["environment"] == base[name]["environment"] for name, svc in merged.items()), (
+        "the shared httpSecret, etcd and S3 settings are kept"
+    )
+    mounts = {mount_target(v): v.split(":")[0] for v in first["volumes"]}
+    config_path = flags(first["command"])["config"]
+    assert (ROOT / mounts[config_path]).resolve() == HAREG_AUTH_CONFIG
+    targets = secret_targets(first)
+    assert set(targets) == {"htpasswd", "token-key"}
+    files = {name: compose_auth["secrets"][name]["file"] for name in targets}
+    for file in files.values():
+        assert Path(file).parts[:3] == ("deploy", "auth", Path(file).name), file
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "deploy/auth/" in ignored, "users and keys are never committed"
+
+    config = load_config(HAREG_AUTH_CONFIG, {"HAREG_HTTP_SECRET": "x" * 64})
+    auth = config.auth
+    assert auth is not None and not auth.disabled
+    assert auth.htpasswd_path == targets["htpasswd"]
+    assert auth.token.signing_key_file == targets["token-key"]
+    assert any(b.role == "cluster-admin" for b in auth.bindings)
+    assert exposure_problem(config, [("listen", flags(first["command"])["listen"].rsplit(":", 1)[0])]) is None
+
+
+def test_auth_files_made_as_documented_are_accepted(tmp_path: Path) -> None:
+    """The htpasswd entry and the key, made the way docker-compose.auth.yml
+    says, pass the checks a replica makes at start."""
+    comment = COMPOSE_AUTH.read_text()
+    assert "htpasswd -B -c deploy/auth/htpasswd" in comment
+    keygen = "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out deploy/auth/token-key.pem"
+    assert keygen in comment
+    key = tmp_path / "token-key.pem"
+    if shutil.which("openssl"):
+        subprocess.run([*keygen.split()[:-1], str(key)], check=True, timeout=60, capture_output=True)
+    else:
+        key.write_bytes(generate_key_pem())
+    htpasswd = tmp_path / "htpasswd"
+    # What `htpasswd -B` writes: the $2y$ prefix.
+    hashed = bcrypt.hashpw(b"admin-pw", bcrypt.gensalt(5)).decode().replace("$2b$", "$2y$", 1)
+    htpasswd.write_text(f"admin:{hashed}\n")
+    config = load_config(HAREG_AUTH_CONFIG, {})
+    assert config.auth is not None
+    local = replace(
+        config.auth,
+        htpasswd_path=str(htpasswd),
+        token=replace(config.auth.token, signing_key_file=str(key)),
+    )
+    assert set(read_auth_files(local, tmp_path)) == {"auth.htpasswd.path", "auth.token.signingKeyFile"}

@@ -153,7 +153,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument(
         "--config",
         metavar="FILE",
-        help="hareg YAML configuration (managementState, replicas, registry settings)",
+        help="hareg YAML configuration (managementState, replicas, registry settings, the auth section; "
+        "the files auth names are copied into DIR/auth for every replica)",
     )
     up.add_argument(
         "--storage",

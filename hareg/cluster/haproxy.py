@@ -116,6 +116,8 @@ def render_config(
         "",
         "frontend registry",
         f"    bind {bind}",
+        "    # The client's address, for the replicas' failed-login limit (auth.trustedProxies).",
+        "    option forwardfor",
         "    default_backend replicas",
         "",
         "backend replicas",

@@ -15,6 +15,7 @@ Files under DIR::
     layout.json       this module's persisted layout
     supervisor.json   the supervisor's pid and desired state (read by status)
     hareg.yaml        the configuration every replica is started with (0600)
+    auth/             copies of the files the auth section names (0600, see auth_files.py)
     haproxy.cfg       the load balancer's configuration
     etcd/NAME/        each etcd member's data
     seaweedfs/        the object store's data
@@ -140,6 +141,10 @@ class ClusterPaths:
     @property
     def replica_config(self) -> Path:
         return self.root / "hareg.yaml"
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.root / "auth"
 
     @property
     def haproxy_cfg(self) -> Path:

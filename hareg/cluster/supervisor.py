@@ -31,10 +31,11 @@ The monitor loop (every 0.1 s) honours ``managementState``:
 - Removed: the replicas are stopped; etcd, the object store and haproxy stay.
 
 SIGHUP re-reads the configuration file: ``managementState``, ``replicas``,
-and any other change (a rolling restart of the replicas with the new
-configuration).  In Managed it also starts again any etcd member or object
-store that is down (the supervisor never restarts those on its own: chaos
-tests stop them on purpose).  SIGINT or SIGTERM stop everything in reverse
+and any other change, a changed file the ``auth`` section names included (a
+rolling restart of the replicas with the new configuration and copies).  In
+Managed it also starts again any etcd member or object store that is down
+(the supervisor never restarts those on its own: chaos tests stop them on
+purpose).  SIGINT or SIGTERM stop everything in reverse
 order (haproxy, replicas, object store, etcd), bounded, SIGKILL for what
 does not stop in time, and remove cluster.json.
 """
@@ -55,6 +56,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from hareg.cluster.auth_files import read_auth_files
 from hareg.cluster.desired import DesiredState, load_desired, write_replica_config
 from hareg.cluster.haproxy import Backend, HaproxyError, HaproxyProcess, render_config
 from hareg.cluster.replica import ReplicaError, ReplicaProcess, probe_ready
@@ -97,6 +99,8 @@ class SupervisorOptions:
     weed_binary: str | None = None
     startup_timeout: float = 90.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # Where relative paths in the configuration (the auth section's files) start.
+    cwd: Path = field(default_factory=Path.cwd)
 
 
 def _pid(proc: EtcdProcess | _Store | None) -> int | None:
@@ -113,6 +117,7 @@ class Supervisor:
         self.paths = options.layout.paths
         self.on_ready = on_ready
         self.desired: DesiredState = load_desired(options.config_file, options.env, replicas=options.replicas)
+        read_auth_files(self.desired.config.auth, options.cwd)  # a bad file is refused before anything starts
         self.etcd = [
             EtcdProcess(
                 m.name,
@@ -260,7 +265,7 @@ class Supervisor:
             self.paths.blobs_dir.mkdir(exist_ok=True)
 
         try:
-            write_replica_config(self.desired.config, self.layout)
+            write_replica_config(self.desired.config, self.layout, self.options.cwd)
         except ConfigError as exc:
             raise ClusterError(f"the replicas' generated configuration is invalid:\n{exc}") from exc
         count = self.desired.replicas if self.desired.management_state != "Removed" else 0
@@ -445,7 +450,7 @@ class Supervisor:
         log.info("SIGHUP: reading %s", path or "the configuration (no --config file: defaults)")
         try:
             desired = load_desired(path, self.options.env, previous=self.desired)
-            changed = write_replica_config(desired.config, self.layout)
+            changed = write_replica_config(desired.config, self.layout, self.options.cwd)
         except ConfigError as exc:
             log.error("SIGHUP: the configuration is invalid, keeping the current one:\n%s", exc)
             return

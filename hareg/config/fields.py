@@ -161,6 +161,11 @@ SCALARS: Final = (
         "optstr",
         "PEM P-256 key that signs hareg's tokens, the same on every replica; null: generated, kept in etcd.",
     ),
+    Scalar(
+        "auth.trustedProxies",
+        "list",
+        "Load balancers (addresses or CIDRs) whose X-Forwarded-For names the client; []: none.",
+    ),
 )
 
 SECTION_DOCS: Final = MappingProxyType(

@@ -175,6 +175,9 @@ class AuthConfig:
     htpasswd_path: str | None = None
     token: TokenConfig = field(default_factory=TokenConfig)
     bindings: tuple[BindingConfig, ...] = ()
+    # Load balancers whose X-Forwarded-For is believed (CIDRs): the client
+    # address the failed-login limit and the audit log use.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def _auth(auth: AuthConfig | None) -> dict[str, Any] | None:
             {"subject": b.subject, "role": b.role, "repositories": list(b.repositories)}
             for b in auth.bindings
         ],
+        "trustedProxies": list(auth.trusted_proxies),
     }
 
 

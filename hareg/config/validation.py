@@ -6,6 +6,7 @@ in the ``ErrorContext`` with the field, the value and what is allowed.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -523,11 +524,31 @@ def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
     return tuple(out)
 
 
+def _networks(m: Section, key: str) -> tuple[str, ...]:
+    """A list of IP networks (CIDR) or addresses, each checked here."""
+    raw = m.get(key)
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [item.strip() for item in raw.split(",") if item.strip()]
+    if not isinstance(raw, list):
+        m.ctx.bad(m.at(key), raw, 'a list of addresses or CIDR networks like ["127.0.0.1/32", "10.0.0.0/8"]')
+        return ()
+    out: list[str] = []
+    for index, item in enumerate(raw):
+        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            m.ctx.bad(at, item, "an IP address or CIDR network like 10.0.0.0/8")
+    return tuple(out)
+
+
 def _auth(top: Section) -> AuthConfig | None:
     raw = top.get("auth")
     if raw is None:
         return None
-    auth = top.mapping("auth", ("disabled", "htpasswd", "token", "bindings"))
+    auth = top.mapping("auth", ("disabled", "htpasswd", "token", "bindings", "trustedProxies"))
     htpasswd = auth.mapping("htpasswd", ("path",))
     token = auth.mapping("token", ("issuer", "audience", "jwks", "expiry", "signingKeyFile"))
     issuer = token.opt_string("issuer", "the external issuer's iss claim")
@@ -544,6 +565,7 @@ def _auth(top: Section) -> AuthConfig | None:
             signing_key_file=token.opt_string("signingKeyFile", "the path of a PEM P-256 private key"),
         ),
         bindings=_bindings(auth),
+        trusted_proxies=_networks(auth, "trustedProxies"),
     )
 
 

@@ -98,6 +98,7 @@ def init_app(
     r.add_delete(f"/v2/{_NAME}/blobs/{{digest}}", blobs.delete_blob)
     extensions.register(r)  # /hareg/v1/...: tag history, rollback, immutable tags
     r.add_post("/hareg/v1/prune", pruner.prune)
+    r.add_post(f"/hareg/v1/repositories/{_NAME}/prune", pruner.prune)
     r.add_get("/hareg/v1/pruner", pruner.pruner_status)
     fsck.register(r)  # /hareg/v1/fsck: the integrity check of the blob store
     access_api.register(r)  # /hareg/v1/access/: grants and robot accounts

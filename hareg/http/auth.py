@@ -40,7 +40,11 @@ def realm_of(request: web.Request) -> str:
 
 
 def client_of(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address (behind ``auth.trustedProxies``, the one they forwarded)."""
+    access = request.app.get(ACCESS)
+    if access is None:
+        return request.remote or "unknown"
+    return access.client_address(request.remote, request.headers.getall("X-Forwarded-For", ()))
 
 
 def caller_of(request: web.Request) -> Caller | None:

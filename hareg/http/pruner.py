@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hareg.http.base import registry
 from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.names import check_name
 from hareg.registry.pruner import NotLeader
 
 _FORWARDED = "X-Hareg-Forwarded"
@@ -52,9 +53,16 @@ async def forward_to_leader(
 
 
 async def prune(request: web.Request) -> web.Response:
+    """``POST /hareg/v1/prune`` (cluster-admin), or ``POST
+    /hareg/v1/repositories/<name>/prune`` (that repository's admin): one
+    collection of the whole registry, or of one repository."""
     dry_run = request.query.get("dryRun", "false").lower() in ("1", "true", "yes")
+    name = request.match_info.get("name")
+    if name is not None:
+        check_name(name)
+    only = frozenset({name}) if name is not None else None
     try:
-        report = await registry(request).pruner.run_once(dry_run=dry_run)
+        report = await registry(request).pruner.run_once(dry_run=dry_run, only=only)
     except NotLeader as exc:
         return await forward_to_leader(request, exc.leader)
     return web.json_response(report.to_json())

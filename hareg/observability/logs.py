@@ -94,16 +94,18 @@ _NAMED_VALUE = re.compile(
 )
 
 # A JWT (a bearer token: header.payload.signature, each base64url of JSON,
-# so the first two begin "eyJ") and a bcrypt hash (an htpasswd entry), wherever
+# so the first two begin "eyJ"), a bcrypt hash (an htpasswd entry) and a robot secret, wherever
 # they appear, under whatever name.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _BCRYPT_HASH = re.compile(r"\$2[abxy]?\$\d{2}\$[./A-Za-z0-9]{53}")
+# A robot account's secret (hareg/registry/robots.py: "hrs_" and base64url).
+_ROBOT_SECRET = re.compile(r"\bhrs_[A-Za-z0-9_-]{16,}")
 
 # Anything any pattern above could match contains one of these; text without
 # any (most access-log fields: paths, digests, statuses) is returned as is,
 # which keeps redaction off the hot path of every request's log line.
 _MAY_HOLD_SECRET = re.compile(
-    rf"(?i)[?&;](?:{_SECRET_PARAMS})=|://[^/\s]*@|bearer|basic|negotiate|eyJ|\$2[abxy]?\$"
+    rf"(?i)[?&;](?:{_SECRET_PARAMS})=|://[^/\s]*@|bearer|basic|negotiate|eyJ|\$2[abxy]?\$|hrs_"
     r"|secret|password|passwd|token|authorization|api_?key"
 )
 
@@ -127,6 +129,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     text = _AUTH_SCHEME.sub(rf"\g<1> {REDACTED}", text)
     text = _JWT.sub(REDACTED, text)
     text = _BCRYPT_HASH.sub(REDACTED, text)
+    text = _ROBOT_SECRET.sub(REDACTED, text)
     return _NAMED_VALUE.sub(rf"\g<1>{REDACTED}", text)
 
 

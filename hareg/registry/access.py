@@ -39,7 +39,7 @@ from hareg.clock import Clock, rfc3339
 from hareg.config.model import AuthConfig
 from hareg.ids import IdSource
 from hareg.metadata.access import AccessMetadata, AccessView
-from hareg.registry import authz, robots
+from hareg.registry import authz, forwarded, robots
 from hareg.registry.access_admin import AccessAdmin
 from hareg.registry.authz import ANONYMOUS, Binding, Need, Role
 from hareg.registry.errors import ErrorCode, RegistryError
@@ -179,6 +179,7 @@ class AccessControl:
         on_secret: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
+        self.proxies = forwarded.networks(config.trusted_proxies)
         self.bindings = bindings_of(config)  # the configuration's
         # The runtime grants in etcd (None: the configuration's bindings only).
         self.store = store
@@ -206,8 +207,13 @@ class AccessControl:
     def reconfigure(self, config: AuthConfig) -> None:
         """SIGHUP: new bindings apply to the next request."""
         self.config = config
+        self.proxies = forwarded.networks(config.trusted_proxies)
         self.bindings = bindings_of(config)
         self._combined = (None, self.bindings)
+
+    def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
+        """The address failed logins are counted by and the audit log names."""
+        return forwarded.client_address(peer, forwarded_for, self.proxies)
 
     # ------------------------------------------------------- runtime grants
 
@@ -342,7 +348,12 @@ class AccessControl:
                 continue
             if self.permits(caller, need):
                 continue
-            scope = _scope_of(need)
+            # Every scope the request needs (a mount: push here and pull on the
+            # source), as distribution does: a client that asks for exactly the
+            # challenge's scopes gets a token that serves the retry.
+            scope = " ".join(
+                s for s in (_scope_of(n) for n in needs if not (n.open or n.login or n.browse)) if s
+            )
             if identity.anonymous:
                 raise _unauthorized("authentication required", self.challenge(realm, scope))
             if (

@@ -6,7 +6,7 @@ the simulator apply the same ones (docs/security.md, "Roles"):
 * ``viewer``: pull, list tags, referrers, tag history, immutability rules (read);
 * ``editor``: viewer, plus push, delete manifests, tags and blobs, and mount
   from a repository it can pull;
-* ``admin``: editor, plus rollback and immutability rules of those repositories;
+* ``admin``: editor, plus rollback, immutability rules and prune of those repositories;
 * ``cluster-admin``: everything, ``/hareg/v1`` cluster endpoints included
   (read-only switch, prune, fsck, status).
 
@@ -137,6 +137,7 @@ _ROUTES: Final = tuple(
         (r"/v2/(?P<name>.+)/blobs/[^/]+", "content"),
         (r"/hareg/v1/repositories/(?P<name>.+)/tags/[^/]+/(?:history|rollback)", "admin"),
         (r"/hareg/v1/repositories/(?P<name>.+)/immutability", "admin"),
+        (r"/hareg/v1/repositories/(?P<name>.+)/prune", "admin"),
     )
 )
 

@@ -77,11 +77,13 @@ class Report:
     bytes: int = 0
     uploads: list[str] = field(default_factory=list)
     skipped: int = 0  # guarded batches skipped because something changed meanwhile
+    repositories: list[str] | None = None  # a scoped run's repositories (None: the whole registry)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "dryRun": self.dry_run,
             "revision": self.revision,
+            "repositories": self.repositories,
             "counts": {
                 "historyEntries": self.history_entries,
                 "manifests": len(self.manifests),
@@ -155,7 +157,11 @@ def _parents_first(doomed: set[str], manifests: dict[str, ManifestRecord]) -> li
     return order
 
 
-def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
+def make_plan(snap: Snapshot, policy: Policy, now: float, only: frozenset[str] | None = None) -> Plan:
+    """What one collection deletes.  ``only``: the repositories an admin
+    prunes (``POST /hareg/v1/repositories/<name>/prune``): their history,
+    manifests and links, and the blobs they linked that no repository links
+    any more; everything else is left as it is."""
     plan = Plan(snap.revision)
     history_by_repo: dict[str, list[list[tuple[bytes, HistoryEntry]]]] = defaultdict(list)
     for (repo, _tag), entries in snap.history.items():
@@ -163,6 +169,9 @@ def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
     linked_after: dict[str, set[str]] = {}  # repo -> digests still linked if the plan applies
     for repo in set(snap.manifests) | set(snap.links) | set(snap.tags) | set(history_by_repo):
         manifests = snap.manifests.get(repo, {})
+        if only is not None and repo not in only:
+            linked_after[repo] = set(snap.links.get(repo, {}))
+            continue
         roots = {t.digest for t in snap.tags.get(repo, {}).values()}
         for entries in history_by_repo.get(repo, []):
             kept, trimmed = _kept_history(entries, policy, now)
@@ -187,7 +196,17 @@ def make_plan(snap: Snapshot, policy: Policy, now: float) -> Plan:
     still_linked = set().union(*linked_after.values()) if linked_after else set()
     # Large manifest bodies live in the blob store under the manifest digest.
     bodies = {d for ms in snap.manifests.values() for d, rec in ms.items() if rec.body is None}
+    # A scoped run considers only the blobs of its repositories (linked, or a
+    # large manifest body there); a finished blob elsewhere waits for a full run.
+    scope = (
+        None
+        if only is None
+        else {d for repo in only for d in snap.links.get(repo, {})}
+        | {d for repo in only for d in snap.manifests.get(repo, {})}
+    )
     for digest, (record, _mod) in sorted(snap.blobs.items()):
+        if scope is not None and digest not in scope:
+            continue
         if record.state == "deleting":
             plan.finishing.append(digest)
             plan.blob_sizes[digest] = record.size
@@ -211,22 +230,26 @@ class GarbageCollector:
         self.janitor = janitor
         self.policy = policy
 
-    async def plan(self) -> tuple[Snapshot, Plan]:
+    async def plan(self, only: frozenset[str] | None = None) -> tuple[Snapshot, Plan]:
         snap = await self.gc_store.snapshot()
         # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
         policy = replace(self.policy, grace=0.0) if planted("gc-no-grace") else self.policy
-        return snap, make_plan(snap, policy, self.clock.now())
+        return snap, make_plan(snap, policy, self.clock.now(), only)
 
-    async def run(self, fence: Sequence[Compare], *, dry_run: bool = False) -> Report:
-        snap, plan = await self.plan()
-        report = Report(dry_run, plan.revision)
+    async def run(
+        self, fence: Sequence[Compare], *, dry_run: bool = False, only: frozenset[str] | None = None
+    ) -> Report:
+        """One collection (``only``: of those repositories; the upload
+        stagings, which belong to no repository, are swept by full runs only)."""
+        snap, plan = await self.plan(only)
+        report = Report(dry_run, plan.revision, repositories=sorted(only) if only is not None else None)
         if dry_run:
             report.history_entries = len(plan.history)
             report.manifests = [f"{r}@{d}" for r, ms in plan.manifests.items() for d, _ in ms]
             report.links = [f"{r}@{d}" for r, ls in plan.links.items() for d, _ in ls]
             report.blobs = sorted(plan.blob_sizes)
             report.bytes = sum(plan.blob_sizes.values())
-            report.uploads = await self.janitor.sweep(dry_run=True)
+            report.uploads = await self.janitor.sweep(dry_run=True) if only is None else []
             return report
         report.history_entries = await self.gc_store.delete_history(plan.history, fence)
         deleted_links: dict[str, set[str]] = defaultdict(set)
@@ -261,7 +284,7 @@ class GarbageCollector:
             if await self.gc_store.remove_blob_record(digest, fence):
                 report.blobs.append(digest)
                 report.bytes += size
-        report.uploads = await self.janitor.sweep()
+        report.uploads = await self.janitor.sweep() if only is None else []
         log.info(
             "garbage collection finished",
             extra={"fields": report.to_json()["counts"]},

@@ -71,9 +71,9 @@ class Pruner:
         self.switch = switch
         self._lock = asyncio.Lock()
 
-    async def run_once(self, *, dry_run: bool = False) -> Report:
-        """One garbage collection.  A real run needs leadership; a dry run does not
-        (it only reads)."""
+    async def run_once(self, *, dry_run: bool = False, only: frozenset[str] | None = None) -> Report:
+        """One garbage collection (``only``: of those repositories).  A real run
+        needs leadership; a dry run does not (it only reads)."""
         if not dry_run and not self.leadership.is_leader:
             raise NotLeader(await self.leadership.leader())
         async with self._lock:
@@ -82,18 +82,19 @@ class Pruner:
                 if not dry_run and self.switch is not None:
                     await self.switch.refresh()  # WritesFrozen if read-only now
                     fence.append(await self.switch.compare())
-                report = await self.collector.run(fence, dry_run=dry_run)
+                report = await self.collector.run(fence, dry_run=dry_run, only=only)
             except (KVError, StorageError):
                 self.stats.run_finished("failure", self.clock.now())
                 raise
             if not dry_run:
-                self.stats.run_finished("success", self.clock.now())
                 self.stats.deleted("tag_history", report.history_entries)
                 self.stats.deleted("manifest", len(report.manifests))
                 self.stats.deleted("link", len(report.links))
                 self.stats.deleted("blob", len(report.blobs), report.bytes)
                 self.stats.deleted("upload", len(report.uploads))
-                self.last_report = report
+                if only is None:  # the pruner's status tells of whole runs
+                    self.stats.run_finished("success", self.clock.now())
+                    self.last_report = report
             return report
 
     def _seconds_to_next(self, schedule: CronSchedule | None = None) -> float:

@@ -167,9 +167,13 @@ class TokenIssuer:
     """Issues hareg's own tokens and verifies them."""
 
     def __init__(self, private_pem: bytes, audience: str, expiry: float) -> None:
-        self.key = ECKey.import_key(private_pem)
+        expected = "the token signing key must be a P-256 (prime256v1) EC private key in PEM"
+        try:
+            self.key = ECKey.import_key(private_pem)
+        except (JoseError, ValueError, TypeError):  # another key type, or not a key at all
+            raise ValueError(f"{expected} (`openssl ecparam -name prime256v1 -genkey -noout`)") from None
         if self.key.curve_name != "P-256" or not self.key.is_private:
-            raise ValueError("the token signing key must be a P-256 (prime256v1) EC private key")
+            raise ValueError(expected)
         self.audience = audience
         self.expiry = expiry
         self.verifier = TokenVerifier(self.key, HAREG_ISSUER, audience)

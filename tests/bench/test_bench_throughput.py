@@ -1,6 +1,7 @@
 """The throughput benchmark on a tiny workload: the CLI runs against real
 ``hareg serve`` and distribution and writes its JSON (with the ``ratios``
-keys), Markdown and plots; and a pull of corrupted bytes, through a proxy that
+keys), Markdown and plots, and with ``--auth`` (every request authenticated,
+the unauthenticated hareg beside, ``auth_ratios``); and a pull of corrupted bytes, through a proxy that
 flips a bit, is counted as an error of the pull phase.  No speed is asserted."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bench_support import PROJECT_ROOT, require_distribution, require_hareg
 from yarl import URL
 
 from bench.targets import RunningTarget, parse_target
-from bench.throughput import PHASES, Workload, run_target
+from bench.throughput import COMPANION_PHASES, PHASES, Workload, run_target
 from bench.workload import NoProgress, Progress
 
 TINY = [
@@ -72,6 +73,60 @@ def test_cli_runs_on_hareg_and_distribution(tmp_path: Path) -> None:
     for suffix in ("throughput", "latency", "resources"):
         png = tmp_path / "run" / f"tp-{suffix}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_auth_run_authenticates_every_request(tmp_path: Path) -> None:
+    require_hareg()
+    require_distribution()
+    out = tmp_path / "auth" / "tp.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "throughput", "--auth", "--bcrypt-cost", "4", *TINY, "--no-plots",
+         "--json", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["auth"]["users"] == ["bench", "bench-viewer"] and doc["auth"]["bcrypt_cost"] == 4
+    assert set(doc["targets"]) == {"hareg", "distribution"} and not doc["failed_targets"]
+    hareg, distribution = doc["targets"]["hareg"], doc["targets"]["distribution"]
+    # Each registry refused the client until it logged in, its own way.
+    assert hareg["details"]["auth"] == "token" and hareg["details"]["anonymous_v2_status"] == 401
+    assert (
+        distribution["details"]["auth"] == "basic" and distribution["details"]["anonymous_v2_status"] == 401
+    )
+    assert hareg["details"]["auth_token_fetches"] >= 4
+    for run in (hareg, distribution):
+        for phase in PHASES:
+            s = run["phases"].get(phase)
+            if s is None and phase == "wrk_manifest_get_tag":
+                continue  # wrk not installed
+            assert s is not None and "error" not in s, (phase, s)
+            assert s["errors"] == 0 and s["ops"] > 0, (phase, s.get("first_error"))
+    assert doc["ratios"]["manifest_get_tag_ops"] > 0
+    # The unauthenticated hareg ran the manifest phases, and the ratios compare the two.
+    plain = doc["unauthenticated_targets"]["hareg"]
+    assert plain["details"]["auth"] == "none" and plain["details"]["anonymous_v2_status"] == 200
+    for phase in COMPANION_PHASES:
+        if phase in hareg["phases"]:
+            assert plain["phases"][phase]["errors"] == 0 and plain["phases"][phase]["ops"] > 0
+    assert set(plain["phases"]) <= set(COMPANION_PHASES)
+    table = doc["auth_ratios"]["hareg"]
+    assert isinstance(table["manifest_get_tag_ops"], float) and table["manifest_get_tag_ops"] > 0
+    checks = {c["check"] for c in doc["target_checks"]}
+    assert "authenticated manifest GET by tag (Python client) >= 0.8x unauthenticated" in checks
+    md = out.with_suffix(".md").read_text()
+    assert "## Authentication" in md and "| hareg (auth) | hareg (no auth) |" in md
+
+
+def test_cli_auth_refuses_targets_it_cannot_start_with_users() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "throughput", "--auth", "--target", "hareg-cluster", "--no-progress"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--auth runs only hareg and distribution" in proc.stderr
 
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)

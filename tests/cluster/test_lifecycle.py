@@ -77,6 +77,24 @@ def test_invalid_config_is_reported_and_starts_nothing(tmp_path: Path) -> None:
     assert_nothing_under(tmp_path)
 
 
+def test_unreadable_auth_file_is_reported_and_starts_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-htpasswd"
+    run = launch(
+        tmp_path,
+        args=SMALL,
+        config_text=f"auth:\n  htpasswd:\n    path: {missing}\n",
+        wait_ready=False,
+    )
+    assert run.proc.wait(timeout=30) == 2
+    stderr = run.stderr()
+    assert (
+        f"auth.htpasswd.path: '{missing}' cannot be read" in stderr and "expected a readable file" in stderr
+    )
+    assert "Traceback" not in stderr
+    assert_nothing_under(tmp_path)
+    assert not (tmp_path / "cluster" / "hareg.yaml").exists()
+
+
 def test_failed_start_tears_down_what_started(tmp_path: Path) -> None:
     run = launch(tmp_path, args=(*SMALL, "--haproxy-binary", "/bin/false"), wait_ready=False)
     try:

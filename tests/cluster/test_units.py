@@ -161,8 +161,8 @@ def test_replica_config_uses_the_cluster_storage_etcd_and_secret(tmp_path: Path)
     assert data["etcd"]["endpoints"] == layout.etcd_endpoints
     assert data["httpSecret"] == layout.http_secret
     assert data["readOnly"] is True and data["managementState"] == "Managed"
-    assert write_replica_config(config, layout) is True
-    assert write_replica_config(config, layout) is False, "unchanged"
+    assert write_replica_config(config, layout, tmp_path) is True
+    assert write_replica_config(config, layout, tmp_path) is False, "unchanged"
     path = layout.paths.replica_config
     assert path.stat().st_mode & 0o777 == 0o600
     loaded = load_config(path, {})

@@ -29,3 +29,11 @@ def test_prune_with_no_registry_is_a_clear_error() -> None:
     result = _hareg("prune", "--registry", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach the registry" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_prune_of_one_repository(hareg_server: HaregServer) -> None:
+    run = _hareg("prune", "--repository", "team/app", "--registry", hareg_server.url)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("pruner deleted in team/app")
+    bad = _hareg("prune", "--repository", "Not A Name", "--registry", hareg_server.url)
+    assert bad.returncode == 1 and "NAME_INVALID" in bad.stderr

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,21 @@ async def test_rollback_and_immutability_need_admin(make_client: MakeClient) -> 
     await expect_error(await ed.put(rule, json={"patterns": ["v*"]}), 403, "DENIED")
     assert (await ada.put(rule, json={"patterns": ["v*"]})).status == 200
     assert (await ed.get(rule)).status == 200  # reading the rule is a viewer's
+
+
+async def test_a_repository_admin_prunes_its_repositories_only(make_client: MakeClient) -> None:
+    ed, ada, root = [await make_client(basic(n)) for n in ("ed", "ada", "root")]
+    await push_image(ed, "team/app", "v1", seed="1")
+    await push_image(ed, "team/app", "v1", seed="2")
+    prune = "/hareg/v1/repositories/team/app/prune?dryRun=true"
+    await expect_error(await ed.post(prune), 403, "DENIED")
+    r = await ada.post(prune)
+    assert r.status == 200, await r.text()
+    report = await r.json()
+    assert report["repositories"] == ["team/app"] and report["dryRun"] is True
+    await expect_error(await ada.post("/hareg/v1/repositories/other/prune?dryRun=true"), 403, "DENIED")
+    await expect_error(await ada.post("/hareg/v1/prune?dryRun=true"), 403, "DENIED")  # the whole registry
+    assert (await root.post("/hareg/v1/prune?dryRun=true")).status == 200
 
 
 async def test_the_token_flow_push_and_pull(make_client: MakeClient) -> None:
@@ -386,3 +402,24 @@ async def test_an_external_issuers_tokens_are_verified_against_its_jwks(
     ):
         bad = await make_client(f"Bearer {token}")
         await expect_error(await bad.get("/v2/team/app/tags/list"), 401, "UNAUTHORIZED")
+
+
+async def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_address(
+    make_client: MakeClient, access: AccessControl
+) -> None:
+    async def login(user: str, password: str, client: str) -> int:
+        c = await make_client(basic(user, password))
+        r = await c.get("/v2/", headers={"X-Forwarded-For": client})
+        return r.status
+
+    # Untrusted: the header is ignored and every client shares the peer's address.
+    for _ in range(access.limiter.max_failures):
+        assert await login("mallory", "guess", "203.0.113.1") == 401
+    assert await login("ed", "ed-pw", "203.0.113.2") == 429
+    access.limiter.succeeded("addr:127.0.0.1")
+    access.limiter = type(access.limiter)(access.clock)
+    access.reconfigure(replace(access.config, trusted_proxies=("127.0.0.1/32",)))
+    for _ in range(access.limiter.max_failures):
+        assert await login("mallory", "guess", "203.0.113.1") == 401
+    assert await login("ed", "ed-pw", "203.0.113.2") == 200  # another client is not locked out
+    assert await login("ed", "ed-pw", "203.0.113.1") == 429  # the attacker's address is

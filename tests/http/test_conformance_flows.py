@@ -5,6 +5,12 @@ re-expressed against the in-process registry.
 Each test walks one workflow in the suite's order (setup, checks, teardown),
 accepting exactly the statuses the suite accepts; the last test runs all four
 workflows one after another in one namespace, as the suite does.
+
+Each runs twice: against an open registry, and against one with an ``auth``
+section, through the suite's own client with ``OCI_USERNAME`` and
+``OCI_PASSWORD`` (``token_flow.py``): every request goes first without
+credentials, is challenged, and is sent again with a token from
+``/auth/token``.  The user is an editor of the workflows' repositories.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import json
 import random
 import tarfile
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import (
     EMPTY_JSON,
     EMPTY_JSON_DIGEST,
@@ -27,10 +36,14 @@ from oci_helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
     SPEC_CODES,
-    Client,
     sha256,
 )
+from token_flow import SuiteClient, access_control, parse_challenge, write_htpasswd
 from yarl import URL
+
+from hareg.config.model import BindingConfig
+from hareg.http.app import init_app
+from hareg.registry.service import Registry
 
 # The suite's list of acceptable error codes (it still lists two schema1-era ones).
 SUITE_ERROR_CODES = SPEC_CODES - {"TOOMANYREQUESTS"} | {"MANIFEST_UNVERIFIED", "TAG_INVALID"}
@@ -236,7 +249,7 @@ def relative(location: str) -> str:
     return str(url.relative()) if url.is_absolute() else location
 
 
-async def post_put(client: Client, name: str, blob: Blob) -> None:
+async def post_put(client: SuiteClient, name: str, blob: Blob) -> None:
     r = await client.post(f"/v2/{name}/blobs/uploads/")
     r = await client.put(
         relative(r.headers["Location"]),
@@ -248,7 +261,7 @@ async def post_put(client: Client, name: str, blob: Blob) -> None:
 
 
 async def put_manifest(
-    client: Client, name: str, reference: str, blob: Blob, media_type: str = OCI_MANIFEST
+    client: SuiteClient, name: str, reference: str, blob: Blob, media_type: str = OCI_MANIFEST
 ) -> Any:
     return await client.put(
         f"/v2/{name}/manifests/{reference}", data=blob.content, headers={"Content-Type": media_type}
@@ -264,7 +277,7 @@ async def check_error_codes(r: Any) -> None:
 # ---------------------------------------------------------------------- pull
 
 
-async def pull_workflow(client: Client, name: str, d: SuiteData) -> None:
+async def pull_workflow(client: SuiteClient, name: str, d: SuiteData) -> None:
     # Setup
     await post_put(client, name, d.configs[0])
     await post_put(client, name, d.configs[1])
@@ -325,7 +338,7 @@ async def pull_workflow(client: Client, name: str, d: SuiteData) -> None:
 # ---------------------------------------------------------------------- push
 
 
-async def push_workflow(client: Client, name: str, crossmount: str, d: SuiteData) -> None:
+async def push_workflow(client: SuiteClient, name: str, crossmount: str, d: SuiteData) -> None:
     # Blob Upload Streamed
     r = await client.post(f"/v2/{name}/blobs/uploads/")
     assert r.headers.get("Location")
@@ -477,7 +490,7 @@ async def push_workflow(client: Client, name: str, crossmount: str, d: SuiteData
 # ----------------------------------------------------------------- discovery
 
 
-async def discovery_workflow(client: Client, name: str, d: SuiteData) -> None:
+async def discovery_workflow(client: SuiteClient, name: str, d: SuiteData) -> None:
     # Setup
     await post_put(client, name, d.configs[2])
     await post_put(client, name, d.layer)
@@ -581,7 +594,7 @@ async def discovery_workflow(client: Client, name: str, d: SuiteData) -> None:
 # ---------------------------------------------------------------- management
 
 
-async def management_workflow(client: Client, name: str, d: SuiteData) -> None:
+async def management_workflow(client: SuiteClient, name: str, d: SuiteData) -> None:
     # Setup
     await post_put(client, name, d.configs[3])
     await post_put(client, name, d.layer)
@@ -621,33 +634,57 @@ async def management_workflow(client: Client, name: str, d: SuiteData) -> None:
 # --------------------------------------------------------------------- tests
 
 
+# OCI_USERNAME / OCI_PASSWORD, and the role the workflows need on their repositories.
+SUITE_USER = ("suite", "suite-pw")
+SUITE_BINDINGS = (BindingConfig("suite", "editor", ("conformance/*", "conformance-*", "myorg/*")),)
+
+
 @pytest.fixture
 def data() -> SuiteData:
     return suite_data(seed=20240101)
 
 
-async def test_pull(client: Client, data: SuiteData) -> None:
+@pytest.fixture(params=["open", "with-credentials"])
+async def client(
+    request: pytest.FixtureRequest, registry: Registry, tmp_path: Path
+) -> AsyncIterator[SuiteClient]:
+    if request.param == "open":
+        async with TestClient(TestServer(init_app(registry))) as open_client:
+            yield SuiteClient(open_client, None)
+        return
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", dict([SUITE_USER]))
+    access = await access_control(registry, htpasswd, SUITE_BINDINGS)
+    async with TestClient(TestServer(init_app(registry, access=access))) as auth_client:
+        suite = SuiteClient(auth_client, SUITE_USER)
+        yield suite
+    # Nothing was answered without credentials: each request was challenged
+    # first and served only with the token the flow fetched.
+    assert suite.sent > 0
+    assert suite.challenged == suite.tokens == suite.sent, vars(suite)
+
+
+async def test_pull(client: SuiteClient, data: SuiteData) -> None:
     await pull_workflow(client, "conformance/pull", data)
 
 
-async def test_push(client: Client, data: SuiteData) -> None:
+async def test_push(client: SuiteClient, data: SuiteData) -> None:
     await push_workflow(client, "conformance/push", f"conformance-{uuid.uuid4()}", data)
 
 
-async def test_content_discovery(client: Client, data: SuiteData) -> None:
+async def test_content_discovery(client: SuiteClient, data: SuiteData) -> None:
     await discovery_workflow(client, "conformance/discovery", data)
 
 
-async def test_content_management(client: Client, data: SuiteData) -> None:
+async def test_content_management(client: SuiteClient, data: SuiteData) -> None:
     await management_workflow(client, "conformance/management", data)
 
 
-async def test_base_api_route(client: Client) -> None:
+async def test_base_api_route(client: SuiteClient) -> None:
     r = await client.get("/v2/")
     assert r.status == 200
 
 
-async def test_all_workflows_in_one_namespace(client: Client, data: SuiteData) -> None:
+async def test_all_workflows_in_one_namespace(client: SuiteClient, data: SuiteData) -> None:
     """The suite runs every workflow against one repository, in order; each
     teardown must leave the next workflow a clean slate (the shared layer blob
     is deleted and pushed again several times)."""
@@ -656,3 +693,22 @@ async def test_all_workflows_in_one_namespace(client: Client, data: SuiteData) -
     await push_workflow(client, name, f"conformance-{uuid.uuid4()}", data)
     await discovery_workflow(client, name, data)
     await management_workflow(client, name, data)
+
+
+async def test_a_mount_is_challenged_for_both_repositories(registry: Registry, tmp_path: Path) -> None:
+    """A mount needs push on the target and pull on ``from``: the challenge
+    must name both (as distribution's does, space-separated), or a client
+    that asks for the challenge's scope gets a token that cannot mount."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", dict([SUITE_USER]))
+    access = await access_control(registry, htpasswd, SUITE_BINDINGS)
+    async with TestClient(TestServer(init_app(registry, access=access))) as anonymous:
+        r = await anonymous.post(
+            "/v2/conformance/target/blobs/uploads/",
+            params={"mount": sha256(b"x"), "from": "conformance/source"},
+        )
+        assert r.status == 401
+        scope = parse_challenge(r.headers["WWW-Authenticate"])[1].get("scope", "")
+        assert sorted(scope.split(" ")) == [
+            "repository:conformance/source:pull",
+            "repository:conformance/target:pull,push",
+        ], scope

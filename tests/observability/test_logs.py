@@ -214,6 +214,7 @@ def test_redact_text_patterns() -> None:
         # A bare JWT and an htpasswd bcrypt entry, under no telling name.
         "got eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJlZCJ9.c2lnbmF0dXJl from x": "got <redacted> from x",
         "ed:$2y$05$" + "A" * 53 + " line 3": "ed:<redacted> line 3",
+        "robot+ci logged in with hrs_Q2x9-kd_Zp3aLr0TqWv8bXc5 now": "with <redacted> now",
     }
     for raw, expected in cases.items():
         out = redact_text(raw)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hareg.config.model import AuthConfig, BindingConfig
 from hareg.ids import RandomIds
@@ -171,3 +173,27 @@ async def test_a_cached_token_still_expires(tmp_path: Path) -> None:
     with pytest.raises(RegistryError) as info:
         await access.authenticate(f"Bearer {token}", "127.0.0.1", REALM)
     assert info.value.status == 401
+
+
+def _pem_of(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "p384", "garbage", "public only"])
+def test_a_signing_key_of_another_kind_is_refused_saying_what_is_expected(kind: str) -> None:
+    if kind == "ed25519":
+        pem = _pem_of(ed25519.Ed25519PrivateKey.generate())
+    elif kind == "p384":
+        pem = _pem_of(ec.generate_private_key(ec.SECP384R1()))
+    elif kind == "garbage":
+        pem = b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"
+    else:
+        pem = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+    with pytest.raises(ValueError, match="must be a P-256"):
+        TokenIssuer(pem, "hareg", 300)

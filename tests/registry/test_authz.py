@@ -90,6 +90,8 @@ def test_allowed(subject: str, action: str, repo: str | None, expected: bool) ->
         ("POST", "/hareg/v1/repositories/a/b/tags/t/rollback", {}, [Need(ADMIN, "a/b")]),
         ("PUT", "/hareg/v1/repositories/a/immutability", {}, [Need(ADMIN, "a")]),
         ("GET", "/hareg/v1/repositories/a/immutability", {}, [Need(PULL, "a")]),
+        ("POST", "/hareg/v1/repositories/team/a/prune", {}, [Need(ADMIN, "team/a")]),
+        ("POST", "/hareg/v1/prune", {}, [Need(CLUSTER)]),
         ("PUT", "/hareg/v1/read-only", {}, [Need(CLUSTER)]),
         ("GET", "/hareg/v1/status", {}, [Need(CLUSTER)]),
         ("POST", "/hareg/v1/prune", {}, [Need(CLUSTER)]),

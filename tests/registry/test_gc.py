@@ -167,6 +167,35 @@ async def test_dry_run_reports_exactly_what_a_real_run_deletes(
         await check_invariants(reg)
 
 
+async def test_a_prune_of_one_repository_leaves_the_others_alone(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await lead(reg)
+        shared = b"a layer both repositories link"
+        for i in range(2):  # the first revision of each tag becomes garbage
+            await push_image(reg, "mine", "v", [shared, f"mine {i}".encode()], f"m{i}")
+            await push_image(reg, "theirs", "v", [shared, f"theirs {i}".encode()], f"t{i}")
+        await push_image(reg, "mine", "old", [shared], "replaced")
+        await reg.meta.delete_tag("mine", "old")  # its manifest, now untagged, goes too
+        dry = await reg.pruner.run_once(dry_run=True, only=frozenset({"mine"}))
+        real = await reg.pruner.run_once(only=frozenset({"mine"}))
+        assert real.repositories == ["mine"] and sorted(real.manifests) == sorted(dry.manifests)
+        assert len(real.manifests) == 2 and all(m.startswith("mine@") for m in real.manifests)
+        assert real.links and all(link.startswith("mine@") for link in real.links)
+        assert real.blobs == dry.blobs
+        assert digest(b"mine 0") in real.blobs  # linked by mine only
+        assert digest(b"theirs 0") not in real.blobs and digest(shared) not in real.blobs
+        assert real.uploads == []  # upload stagings are a whole run's business
+        assert reg.pruner.last_report is None  # nor is it the pruner's last run
+        # The other repository's garbage is all still there for a full run.
+        full = await reg.pruner.run_once()
+        assert [m.split("@")[0] for m in full.manifests] == ["theirs"]
+        assert digest(b"theirs 0") in full.blobs and digest(shared) not in full.blobs
+        await check_invariants(reg)
+
+
 async def test_keep_tag_revisions_keeps_rollback_targets(kv: EtcdKV, tmp_path: Path, prefix: str) -> None:
     policy = Policy(keep_tag_revisions=2, keep_younger_than=0.0, grace=0.0)
     async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
