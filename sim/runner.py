@@ -295,7 +295,8 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         "requests": env.requests,
         "loop_steps": loop.steps,
         "final_checks": report.checked,
-        "access_judged": access_judged,
+        # Invariant 8: operations judged, and requests refused for want of a role.
+        "access": {"judged": access_judged, "refused": sum("refused" in op.detail for op in history.ops)},
         "read_back": read_back,
         "settle_time": round(report.settle_time, 3),
         "linearizability": {
