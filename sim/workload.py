@@ -216,7 +216,7 @@ class Env:
                     if op is not None and _stale(reg, before):
                         # The grants were read from the cache while etcd was unreachable.
                         op.detail["access_stale"] = "1"
-                    access.authorize(caller, needs, REALM)
+                    access.authorize(caller, needs, REALM, write=method not in policy.READ_METHODS)
                 except RegistryError:
                     if op is not None:
                         op.detail["refused"] = "access"

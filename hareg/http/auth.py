@@ -75,7 +75,7 @@ async def _admit(
         return await handler(request)
     status = 500
     try:
-        access.authorize(caller, needs, realm)
+        access.authorize(caller, needs, realm, write=True)
         response = await handler(request)
         status = response.status
         return response

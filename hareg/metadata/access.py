@@ -59,6 +59,9 @@ class AccessView:
     grants: tuple[GrantRecord, ...]
     version: int | None
     robot: RobotRecord | None = None
+    # False: read from the cache while etcd was unreachable (the grants as the
+    # replica last heard of them; a revoke made meanwhile is not in them).
+    current: bool = True
 
 
 class AccessMetadata(StoreBase):
@@ -67,14 +70,17 @@ class AccessMetadata(StoreBase):
         every change acknowledged before this call (etcd when it cannot)."""
         cache, barrier = self.cache, self.barrier
         if cache is not None and barrier is not None:
-            freshness = (
-                Freshness.STALE if planted("access-no-barrier") and cache.ready else await barrier.sync()
-            )  # PLANTED
-            if freshness is Freshness.CURRENT:
+            # PLANTED BUG "access-no-barrier" (simulator only): the cache taken as current unsynced.
+            unsynced = planted("access-no-barrier") and cache.ready
+            freshness = Freshness.CURRENT if unsynced else await barrier.sync()
+            if freshness is Freshness.CURRENT and not unsynced:
                 barrier.lend()  # the request's next read needs no sync of its own
             if freshness is not Freshness.UNCACHED:
                 return AccessView(
-                    tuple(cache.grants()), cache.access_version, cache.robot(robot) if robot else None
+                    tuple(cache.grants()),
+                    cache.access_version,
+                    cache.robot(robot) if robot else None,
+                    current=freshness is Freshness.CURRENT,
                 )
         start, end = self.keys.grants()
         ops: list[TxnOp] = [Get(start, end)]

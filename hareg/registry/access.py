@@ -94,6 +94,9 @@ class Caller:
 
     identity: Identity
     bindings: tuple[Binding, ...]
+    # The runtime grants were read while etcd was current (False: as the
+    # replica last heard of them, etcd being unreachable).
+    current: bool = True
 
     @property
     def subject(self) -> str:
@@ -243,7 +246,7 @@ class AccessControl:
         robot = robots.robot_in(authorization)
         view = await self.view(robot)
         identity = await self.authenticate(authorization, client, realm, view)
-        return Caller(identity, self.bindings_in(view))
+        return Caller(identity, self.bindings_in(view), view.current)
 
     # ---------------------------------------------------------- identities
 
@@ -336,9 +339,19 @@ class AccessControl:
         by_token = _token_allows(identity.grants, need)
         return by_token and (by_roles or not identity.own_token)
 
-    def authorize(self, caller: Caller, needs: Iterable[Need], realm: str) -> None:
-        """Raise the refusal of a request ``caller`` may not send."""
+    def authorize(self, caller: Caller, needs: Iterable[Need], realm: str, *, write: bool = False) -> None:
+        """Raise the refusal of a request ``caller`` may not send.  A ``write``
+        is refused (503) when the grants could not be read current: a revoke
+        acknowledged elsewhere meanwhile must not let it commit.  Reads are
+        decided on the grants last seen, as stale tag reads are served."""
         identity = caller.identity
+        if write and not caller.current:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                "the registry cannot confirm current access rights (etcd is unreachable); "
+                "writes are refused until it can",
+                headers={"Retry-After": "5"},
+            )
         for need in needs:
             if need.open:
                 continue

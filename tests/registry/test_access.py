@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import bcrypt
@@ -13,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hareg.config.model import AuthConfig, BindingConfig
 from hareg.ids import RandomIds
-from hareg.registry.access import AccessControl
+from hareg.registry.access import AccessControl, Caller, Identity
+from hareg.registry.authz import PULL, PUSH, Need
 from hareg.registry.errors import RegistryError
 from hareg.registry.htpasswd import HtpasswdError, Users, parse_htpasswd
 from hareg.registry.login_limits import LoginLimiter
@@ -197,3 +199,13 @@ def test_a_signing_key_of_another_kind_is_refused_saying_what_is_expected(kind: 
         )
     with pytest.raises(ValueError, match="must be a P-256"):
         TokenIssuer(pem, "hareg", 300)
+
+
+async def test_a_write_is_refused_while_the_grants_cannot_be_read_current(tmp_path: Path) -> None:
+    access = await make_access(tmp_path, [BindingConfig("alice", "editor", ("a/*",))])
+    stale = Caller(Identity("alice", logged_in=True), access.bindings, current=False)
+    access.authorize(stale, [Need(PULL, "a/x")], REALM)  # a read: on the grants last seen
+    with pytest.raises(RegistryError) as info:
+        access.authorize(stale, [Need(PUSH, "a/x")], REALM, write=True)
+    assert info.value.status == 503 and info.value.headers["Retry-After"]
+    access.authorize(replace(stale, current=True), [Need(PUSH, "a/x")], REALM, write=True)
