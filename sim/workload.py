@@ -1039,17 +1039,23 @@ class Client:
         self._complete(op, resp)
 
     async def prune(self) -> None:
-        """A pruner run (garbage collection), forwarded to the leader as the HTTP API does."""
+        """A pruner run (garbage collection), forwarded to the leader as the HTTP API does;
+        with identities, half of them limited to one repository (as its admin runs it)."""
+        only: frozenset[str] | None = None
+        prune = ("POST", "/hareg/v1/prune")
+        if self.env.authz and self.rng.random() < 0.5:
+            repo = self._repo()
+            only = frozenset({repo})
+            prune = ("POST", f"/hareg/v1/repositories/{repo}/prune")
 
         async def handler(reg: Registry) -> tuple[bool, str | None, str]:
             try:
-                report = await reg.pruner.run_once()
+                report = await reg.pruner.run_once(only=only)
             except NotLeader as exc:
                 return False, exc.leader, ""
             counts = report.to_json()["counts"]
             return True, reg.replica, ",".join(f"{k}={v}" for k, v in counts.items() if v)
 
-        prune = ("POST", "/hareg/v1/prune")
         op, resp = await self._request(h.PRUNE, "", handler, http=prune)
         if resp.outcome is Outcome.OK and not resp.value[0] and resp.value[1] is not None:
             leader = next((i for i, r in enumerate(self.env.replicas) if r.name == resp.value[1]), None)
