@@ -177,6 +177,12 @@ SECTION_DOCS: Final = MappingProxyType(
         "    certificateFile: /etc/hareg/tls.crt\n"
         "    keyFile: /etc/hareg/tls.key",
         "proxy": "Proxy for the registry's outgoing requests to upstream registries.",
+        "pullThrough": "Upstream registries mirrored read-only under a repository prefix\n"
+        "(docs/pull-through.md), for example:\n"
+        "  - prefix: dockerhub\n"
+        "    remote: https://registry-1.docker.io\n"
+        "    ttl: 5m\n"
+        "    allow: [library/*]",
         "requests": "Per-replica limits; a request over the limits gets 429 with Retry-After.\n"
         "SIGHUP reloads them (and logLevel and readOnly).",
         "storage": "Where blob bytes live: exactly one of filesystem, pvc, emptyDir, s3.\n"

@@ -33,6 +33,25 @@ class ProxyConfig:
     no_proxy: str | None = None
 
 
+DEFAULT_PULL_THROUGH_TTL: Final = 300.0
+
+
+@dataclass(frozen=True)
+class PullThrough:
+    """One mirrored upstream: pulls of ``<prefix>/<path>:<ref>`` are served
+    from ``<remote>/<path>:<ref>`` (docs/pull-through.md).  ``allow``: globs of
+    the upstream paths that may be pulled (empty: every path)."""
+
+    prefix: str
+    remote: str
+    username: str | None = None
+    password_file: str | None = None
+    ttl: float = DEFAULT_PULL_THROUGH_TTL
+    allow: tuple[str, ...] = ()
+    insecure: bool = False
+    ca_file: str | None = None
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """As OpenShift's limiter: ``max_running`` 0 is no limit; with a limit,
@@ -194,6 +213,7 @@ class Config:
     default_route: bool = False
     routes: tuple[Route, ...] = ()
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    pull_through: tuple[PullThrough, ...] = ()
     requests: RequestsConfig = field(default_factory=RequestsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)

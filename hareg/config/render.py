@@ -115,6 +115,19 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "https": _redact_url(config.proxy.https),
             "noProxy": config.proxy.no_proxy,
         },
+        "pullThrough": [
+            {
+                "prefix": mirror.prefix,
+                "remote": mirror.remote,
+                "username": mirror.username,
+                "passwordFile": mirror.password_file,
+                "ttl": format_duration(mirror.ttl),
+                "allow": list(mirror.allow),
+                "insecure": mirror.insecure,
+                "caFile": mirror.ca_file,
+            }
+            for mirror in config.pull_through
+        ],
         "requests": {"read": limits(config.requests.read), "write": limits(config.requests.write)},
         "storage": storage_dict,
         "etcd": {

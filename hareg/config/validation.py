@@ -18,6 +18,7 @@ from hareg.config.context import ErrorContext, Section, show
 from hareg.config.cron import parse_cron
 from hareg.config.model import (
     AUTH_ROLES,
+    DEFAULT_PULL_THROUGH_TTL,
     LOG_LEVELS,
     MANAGEMENT_STATES,
     MIN_HTTP_SECRET_LENGTH,
@@ -31,6 +32,7 @@ from hareg.config.model import (
     ManifestUrls,
     ProxyConfig,
     PrunerConfig,
+    PullThrough,
     PvcStorage,
     RequestLimits,
     RequestsConfig,
@@ -481,6 +483,113 @@ def _routes(top: Section, main_listen: str) -> tuple[Route, ...]:
     return tuple(routes)
 
 
+# A repository name prefix as the distribution spec spells names (hareg/registry/names.py).
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REPO_PREFIX = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+_PULL_THROUGH_FIELDS = ("prefix", "remote", "username", "passwordFile", "ttl", "allow", "insecure", "caFile")
+
+
+def _pull_through(top: Section) -> tuple[PullThrough, ...]:
+    ctx = top.ctx
+    raw = top.get("pullThrough")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        ctx.bad("pullThrough", raw, "a list of mirrors, each with prefix and remote")
+        return ()
+    out: list[PullThrough] = []
+    prefixes: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        at = f"pullThrough[{index}]"
+        if not isinstance(item, dict):
+            ctx.bad(
+                at,
+                item,
+                "a mapping with prefix, remote and optionally " + ", ".join(_PULL_THROUGH_FIELDS[2:]),
+            )
+            continue
+        m = Section(ctx, at, item, _PULL_THROUGH_FIELDS)
+        prefix = m.opt_string("prefix", "a repository name prefix like dockerhub or mirror/quay")
+        if prefix is None and m.get("prefix") is None:
+            ctx.error(m.at("prefix"), "is required; expected a repository name prefix like dockerhub")
+        elif prefix is not None and not _REPO_PREFIX.fullmatch(prefix):
+            ctx.bad(
+                m.at("prefix"),
+                prefix,
+                "a repository name prefix of lowercase path components like dockerhub or mirror/quay "
+                "(no leading or trailing '/')",
+            )
+            prefix = None
+        elif prefix is not None:
+            for other, where in prefixes.items():
+                if prefix == other or prefix.startswith(other + "/") or other.startswith(prefix + "/"):
+                    ctx.bad(m.at("prefix"), prefix, f"a prefix that does not overlap {where} ({other!r})")
+                    break
+            prefixes[prefix] = m.at("prefix")
+        remote = _url(m, "remote", ("http", "https"), "https://registry-1.docker.io")
+        if remote is None and m.get("remote") is None:
+            ctx.error(m.at("remote"), "is required; expected a URL like https://registry-1.docker.io")
+        elif remote is not None:
+            parts = urlsplit(remote)
+            if parts.username is not None or parts.password is not None:
+                # Never echo what may be a password.
+                ctx.error(
+                    m.at("remote"),
+                    "a URL with credentials is not allowed; expected a URL like https://registry-1.docker.io "
+                    "with username and passwordFile set apart",
+                )
+                remote = None
+            elif parts.path not in ("", "/") or parts.query or parts.fragment:
+                ctx.bad(
+                    m.at("remote"),
+                    remote,
+                    "the registry's base URL like https://registry-1.docker.io (no path, query or fragment)",
+                )
+                remote = None
+        username = m.opt_string("username", "the upstream user name")
+        password_file = m.opt_string("passwordFile", "the path of a file holding the upstream password")
+        _both_or_neither(m, "username", "passwordFile", username, password_file)
+        ca_file = m.opt_string("caFile", "a file path of PEM CA certificates that verify the remote")
+        insecure = m.boolean("insecure", False)
+        if insecure and ca_file is not None:
+            ctx.error(
+                m.at("insecure"),
+                "true is not allowed with caFile (the remote is either verified against caFile or not "
+                "verified at all); remove one",
+            )
+        if remote is not None and urlsplit(remote).scheme == "http" and (insecure or ca_file is not None):
+            ctx.error(
+                m.at("remote"),
+                "uses http://, so insecure and caFile have no effect; use https:// or remove them",
+            )
+        allow: list[str] = []
+        raw_allow = m.get("allow")
+        expected = 'a list of upstream path globs like ["library/*", "bitnami/*"]'
+        if raw_allow is not None and not isinstance(raw_allow, list):
+            ctx.bad(m.at("allow"), raw_allow, expected)
+        elif raw_allow:
+            for number, pattern in enumerate(raw_allow):
+                if not isinstance(pattern, str) or not pattern:
+                    ctx.bad(f"{m.at('allow')}[{number}]", pattern, "a non-empty glob (a string)")
+                else:
+                    allow.append(pattern)
+        ttl = m.duration("ttl", DEFAULT_PULL_THROUGH_TTL)
+        if prefix is not None and remote is not None:
+            out.append(
+                PullThrough(
+                    prefix=prefix,
+                    remote=remote.rstrip("/"),
+                    username=username,
+                    password_file=password_file,
+                    ttl=ttl,
+                    allow=tuple(allow),
+                    insecure=insecure,
+                    ca_file=ca_file,
+                )
+            )
+    return tuple(out)
+
+
 def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
     ctx = auth.ctx
     raw = auth.get("bindings")
@@ -587,6 +696,7 @@ def build_config(raw: Mapping[str, object], ctx: ErrorContext) -> Config:
             "defaultRoute",
             "routes",
             "proxy",
+            "pullThrough",
             "requests",
             "storage",
             "etcd",
@@ -627,6 +737,7 @@ def build_config(raw: Mapping[str, object], ctx: ErrorContext) -> Config:
         default_route=top.boolean("defaultRoute", False),
         routes=_routes(top, listen),
         proxy=proxy,
+        pull_through=_pull_through(top),
         requests=_requests(top),
         storage=_storage(top, replicas),
         etcd=_etcd(top),

@@ -19,6 +19,7 @@ from hareg.http import (
     manifests,
     observe,
     pruner,
+    pull_through,
     readonly,
     referrers,
     status,
@@ -60,6 +61,7 @@ def init_app(
             status.removed_middleware,
             auth.auth_middleware,
             readonly.read_only_middleware,
+            pull_through.mirror_write_middleware,
             limits.limits_middleware,
         ]
     )

@@ -7,10 +7,12 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETag
 from multidict import CIMultiDict
 
+from hareg.http import pull_through
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
 from hareg.http.ranges import not_modified, select_range
 from hareg.registry.blobs import BlobFile, BlobRedirect
+from hareg.registry.errors import RegistryError
 
 
 def _headers(digest: str) -> dict[str, str]:
@@ -82,7 +84,14 @@ class _BlobFile(web.FileResponse):
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     reg = registry(request)
-    info = await reg.blobs.stat(repo_name(request), request.match_info["digest"])
+    try:
+        info = await reg.blobs.stat(repo_name(request), request.match_info["digest"])
+    except RegistryError as exc:
+        if not pull_through.is_blob_unknown(exc) or reg.pull_through.mirror_of(repo_name(request)) is None:
+            raise
+        # Not cached yet: from the upstream, stored as it streams.
+        digest = request.match_info["digest"]
+        return await pull_through.stream_blob(request, repo_name(request), digest, _headers(digest))
     headers = _headers(info.digest)
     if (unchanged := _not_modified(request, headers)) is not None:
         return unchanged

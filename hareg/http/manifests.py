@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hareg.http import pull_through
 from hareg.http.base import registry, repo_name, request_chunks
 from hareg.kv.base import KVRejected
 from hareg.registry.errors import ErrorCode, RegistryError
@@ -18,8 +19,14 @@ def _too_large(size: int) -> RegistryError:
 
 
 async def _content(request: web.Request) -> tuple[dict[str, str], bytes]:
-    content = await registry(request).manifests.get(repo_name(request), request.match_info["reference"])
+    reg, repo, reference = registry(request), repo_name(request), request.match_info["reference"]
+    extra: dict[str, str] = {}
+    if reg.pull_through.mirror_of(repo) is not None:
+        content, extra = await pull_through.manifest_content(request, repo, reference)
+    else:
+        content = await reg.manifests.get(repo, reference)
     headers = {
+        **extra,
         "Content-Type": content.media_type,
         "Docker-Content-Digest": content.digest,
         "ETag": f'"{content.digest}"',

@@ -22,6 +22,8 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/g/<subject>@<role>@<pattern>    GrantRecord      a role bound at runtime (subject and pattern
                                                          percent-encoded: they may hold '@' and '/')
     <p>/a/<robot name>                  RobotRecord      a robot account (its secret's hash)
+    <p>/p/<repo>@<tag>                  MirrorCheckRecord  when the pull-through cache last asked the
+                                                         upstream about a mirrored tag (docs/pull-through.md)
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class Keys:
         """A marker a manifest delete writes (its write id, under an expiring
         lease) so that a lost reply can be verified as *this* delete."""
         return self._k("d", repo, digest)
+
+    def mirror_check(self, repo: str, tag: str) -> bytes:
+        return self._k("p", repo, tag)
 
     def setting(self, name: str) -> bytes:
         return self._k("c", name)

@@ -112,9 +112,15 @@ class ManifestMetadata(StoreBase):
         tags: Sequence[str] = (),
         *,
         body_present: Callable[[], Awaitable[bool]] | None = None,
+        sparse: bool = False,
     ) -> list[TagWrite]:
         """Commit a manifest, its referrer entry and its tags in one transaction,
         guarded by the existence of everything it references.
+
+        ``sparse``: without those guards.  Only the pull-through cache stores
+        sparse manifests, in mirrored repositories (where pushes are refused),
+        whose references are fetched from the upstream on demand
+        (docs/pull-through.md); invariant 2 holds for every other repository.
 
         A manifest whose body is in the blob store (``record.body is None``)
         also writes the blob record of its digest, with the guard ``add_blob``
@@ -150,9 +156,12 @@ class ManifestMetadata(StoreBase):
             manifest_value = encode(record)
             now = self.clock.now()
             write_id = self.ids.new_id()
-            compares = [Compare.exists(self.keys.link(repo, d)) for d in record.blobs] + [
-                Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests
-            ]
+            compares = (
+                []
+                if sparse
+                else [Compare.exists(self.keys.link(repo, d)) for d in record.blobs]
+                + [Compare.exists(self.keys.manifest(repo, d)) for d in record.manifests]
+            )
             compares.append(
                 Compare.mod_revision_is(manifest_key, existing_kv.mod_revision if existing_kv else 0)
             )

@@ -168,3 +168,14 @@ class RobotRecord:
     created: float
     by: str = ""
     write_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorCheckRecord:
+    """The pull-through cache asked the upstream about a tag at ``checked``
+    (wall clock) and found ``digest`` (None: the check was claimed, its answer
+    not yet recorded).  Any replica reads it, so the upstream is asked at most
+    once per ttl per tag across the cluster."""
+
+    checked: float
+    digest: str | None = None

@@ -9,6 +9,7 @@ callers hold one object:
 * ``tags.py``: tag deletion, moves (rollback), history, immutability;
 * ``uploads.py``: upload session records;
 * ``access.py``: runtime role grants and robot accounts;
+* ``mirrors.py``: when the pull-through cache last asked an upstream about a tag;
 * ``writes.py``: what they share: the guarded transaction, the verification
   of an unknown outcome (invariant 7 of docs/invariants.md) and the retry loop.
 
@@ -33,6 +34,7 @@ from hareg.metadata.errors import (
     ReferencedBy,
 )
 from hareg.metadata.manifests import ManifestMetadata, TagWrite
+from hareg.metadata.mirrors import MirrorMetadata
 from hareg.metadata.tags import TagMetadata, immutable_pattern
 from hareg.metadata.uploads import UploadMetadata
 from hareg.metadata.writes import DEFAULT_INLINE_LIMIT, DEFAULT_MAX_RETRIES
@@ -53,7 +55,9 @@ __all__ = [
 ]
 
 
-class MetadataStore(AccessMetadata, BlobMetadata, ManifestMetadata, TagMetadata, UploadMetadata):
+class MetadataStore(
+    AccessMetadata, BlobMetadata, ManifestMetadata, MirrorMetadata, TagMetadata, UploadMetadata
+):
     # ---------------------------------------------------------------- settings
 
     async def shared_setting(self, name: str, make: Callable[[], bytes]) -> bytes:

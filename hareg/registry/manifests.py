@@ -152,6 +152,8 @@ class ManifestService:
         body: bytes,
         content_type: str | None,
         extra_tags: Sequence[str] = (),
+        *,
+        sparse: bool = False,  # the pull-through cache's (metadata put_manifest)
     ) -> ManifestPushed:
         check_name(repo)
         ref = parse_reference(reference)
@@ -192,7 +194,8 @@ class ManifestService:
         try:
             if not inline:
                 # Refuse a push with missing references before its bytes reach the store.
-                await self.meta.check_references(repo, record)
+                if not sparse:
+                    await self.meta.check_references(repo, record)
                 await self.meta.check_tag_moves(repo, digest, tags)
                 # Large manifests are blobs in the store, written before any metadata points at them.
                 upload_id = self.ids.new_id()
@@ -203,7 +206,7 @@ class ManifestService:
                 except BaseException:
                     await self.store.upload_abort(upload_id)
                     raise
-            await self.meta.put_manifest(repo, digest, record, tags, body_present=body_present)
+            await self.meta.put_manifest(repo, digest, record, tags, body_present=body_present, sparse=sparse)
         except BlobCollected:
             raise unavailable(
                 f"the stored body of manifest {digest} was being garbage collected; push it again"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hareg.clock import Clock
@@ -34,6 +34,7 @@ from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
 from hareg.registry.manifest_format import NO_URLS, UrlPolicy
 from hareg.registry.manifests import ManifestLimits, ManifestService
 from hareg.registry.pruner import Pruner
+from hareg.registry.pull_through import Mirror, PullThrough
 from hareg.registry.settings import ClusterSettings
 from hareg.registry.stats import PrunerStats
 from hareg.registry.tag_lifecycle import TagLifecycle
@@ -89,6 +90,8 @@ class Registry:
         # Told the httpSecret in use (configured or generated) before it signs
         # anything, so the log redaction list holds it too.
         on_secret: Callable[[bytes], None] | None = None,
+        # pullThrough: upstream registries mirrored under a prefix (docs/pull-through.md).
+        mirrors: Sequence[Mirror] = (),
     ) -> None:
         self.kv = kv
         self.store = store
@@ -118,6 +121,16 @@ class Registry:
             ManifestLimits(limits.max_manifest_references, limits.max_manifest_annotation_bytes),
             hashing=hashing,
             urls=manifest_urls,
+        )
+        self.pull_through = PullThrough(
+            mirrors,
+            self.meta,
+            self.manifests,
+            store,
+            clock,
+            ids,
+            hashing=hashing,
+            max_blob_size=limits.max_blob_size,
         )
         self.listing = ListingService(self.meta, max_page_size=max_list_page_size)
         self.tag_lifecycle = TagLifecycle(self.meta)

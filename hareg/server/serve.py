@@ -49,6 +49,7 @@ from hareg.server.tls import TLSError, load_route_contexts, start_route_sites
 from hareg.storage.base import BlobStore
 from hareg.storage.checked import StorageObserver
 from hareg.storage.filesystem import FilesystemBlobStore
+from hareg.upstream.mirrors import MirrorSetupError, build_mirrors
 
 log = logging.getLogger("hareg.server")
 
@@ -243,6 +244,12 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         # releases the GIL), so a large push does not stall other requests.
         hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="hareg-hash")
         stack.callback(hash_pool.shutdown, wait=True)
+        try:
+            mirrors = build_mirrors(config, SystemClock(), add_log_secret)
+        except MirrorSetupError as exc:
+            raise StartupError(str(exc)) from None
+        for mirror in mirrors:
+            stack.push_async_callback(mirror.upstream.close)
         registry = Registry(
             InstrumentedKV(kv, metrics.observe_etcd),
             store,
@@ -271,6 +278,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             hashing=ThreadedHashing(hash_pool),
             limits=config.limits,
             on_secret=add_log_secret,
+            mirrors=mirrors,
         )
         raise_open_file_limit(config.limits.max_connections)
         await registry.start()

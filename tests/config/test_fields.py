@@ -56,7 +56,7 @@ def test_every_scalar_field_has_an_environment_variable() -> None:
     ]
     for config in every_kind:
         # Lists of mappings and the absent auth section have no variable.
-        leaves = set(_leaves(config_to_dict(config))) - {"routes", "auth", "auth.bindings"}
+        leaves = set(_leaves(config_to_dict(config))) - {"routes", "pullThrough", "auth", "auth.bindings"}
         assert leaves <= paths, leaves - paths
     assert len({name for name, _ in environment_variables()}) == len(environment_variables())
 

@@ -1,0 +1,65 @@
+"""The pull-through cache over HTTP (docs/pull-through.md): mirrored
+repositories refuse writes, and their manifests and blobs are served from
+the upstream when they are not cached (``hareg/registry/pull_through.py``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hareg.http.base import Handler, registry
+from hareg.registry.errors import ErrorCode, RegistryError
+from hareg.registry.policy import READ_METHODS
+from hareg.registry.results import ManifestContent
+
+# Said on a manifest answered from the cache because the upstream, due to be
+# asked, could not be (stale-if-error); RFC 9111's Warning 110 says the same to
+# generic HTTP tooling.
+STALE_HEADER = "Hareg-Pull-Through"
+STALE_VALUE = "stale"
+
+
+@web.middleware
+async def mirror_write_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pushes, uploads, mounts into and deletes of a mirrored repository: 403 DENIED."""
+    name = request.match_info.get("name")
+    if name is not None and request.method not in READ_METHODS and request.path.startswith("/v2/"):
+        registry(request).pull_through.check_write(name)
+    return await handler(request)
+
+
+async def manifest_content(
+    request: web.Request, repo: str, reference: str
+) -> tuple[ManifestContent, dict[str, str]]:
+    """A mirrored repository's manifest (from the cache or the upstream) and the headers that say how."""
+    found = await registry(request).pull_through.manifest(repo, reference)
+    headers = {}
+    if found.stale:
+        headers[STALE_HEADER] = STALE_VALUE
+        headers["Warning"] = '110 hareg "Response is Stale"'
+    return found.content, headers
+
+
+async def stream_blob(
+    request: web.Request, repo: str, digest: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    """An uncached blob of a mirrored repository, streamed from the upstream as it
+    is stored.  A failure after the headers went out breaks the connection: the
+    client sees a short body, never wrong bytes under the digest."""
+    # A Range is ignored (RFC 9110 allows it): the whole blob is fetched and
+    # verified on its first pull; ranges are served once it is cached.
+    blob = await registry(request).pull_through.blob(repo, digest)
+    try:
+        response = web.StreamResponse(status=200, headers=headers)
+        if blob.size is not None:
+            response.content_length = blob.size
+        await response.prepare(request)
+        async for chunk in blob.chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await blob.close()
+
+
+def is_blob_unknown(exc: RegistryError) -> bool:
+    return exc.code is ErrorCode.BLOB_UNKNOWN
