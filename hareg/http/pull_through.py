@@ -4,12 +4,17 @@ the upstream when they are not cached (``hareg/registry/pull_through.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from aiohttp import web
 
 from hareg.http.base import Handler, registry
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.policy import READ_METHODS
 from hareg.registry.results import ManifestContent
+
+log = logging.getLogger("hareg.http")
 
 # Said on a manifest answered from the cache because the upstream, due to be
 # asked, could not be (stale-if-error); RFC 9111's Warning 110 says the same to
@@ -53,8 +58,19 @@ async def stream_blob(
         if blob.size is not None:
             response.content_length = blob.size
         await response.prepare(request)
-        async for chunk in blob.chunks:
-            await response.write(chunk)
+        try:
+            async for chunk in blob.chunks:
+                await response.write(chunk)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            # The status went out already: the only honest answer left is a
+            # body that breaks off (the connection closed before its end).
+            log.warning("pull-through blob %s for %s failed mid-body: %s", digest, repo, exc)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
         return response
     finally:

@@ -1,0 +1,289 @@
+"""The pull-through cache over HTTP against real upstreams: CNCF distribution
+2.8 (with and without htpasswd), a counting proxy in front of it that can be
+told to lie, skopeo as the client (docs/pull-through.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from registries import running
+from upstream_fixtures import Distribution, counting_proxy, distribution, push_image
+
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
+from hareg.http.pull_through import STALE_HEADER
+from hareg.kv.etcd import EtcdKV
+from hareg.registry.pull_through import Mirror
+from hareg.registry.service import Registry
+from hareg.storage.filesystem import FilesystemBlobStore
+from hareg.upstream.client import Credentials, RegistryClient
+
+ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+TOOL_TIMEOUT = 180
+
+pytestmark = pytest.mark.skipif(not shutil.which("docker-registry"), reason="docker-registry is needed")
+
+
+class OffsetClock(SystemClock):
+    """The real clock, whose wall time a test can move forward (past a ttl)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+
+@asynccontextmanager
+async def mirror_of(
+    kv: EtcdKV,
+    tmp_path: Path,
+    remote: str,
+    *,
+    ttl: float = 3600.0,
+    clock: SystemClock | None = None,
+    credentials: Credentials | None = None,
+) -> AsyncIterator[tuple[Registry, TestClient[Any, Any], str]]:
+    """hareg mirroring ``remote`` under the prefix ``mirror``, served on 127.0.0.1."""
+    clock = clock or SystemClock()
+    upstream = RegistryClient(remote, clock, credentials=credentials)
+    try:
+        async with (
+            running(
+                kv,
+                FilesystemBlobStore(tmp_path / "cache"),
+                clock=clock,
+                mirrors=[Mirror("mirror", upstream, ttl)],
+            ) as reg,
+            TestClient(TestServer(init_app(reg), host="127.0.0.1")) as client,
+        ):
+            yield reg, client, f"127.0.0.1:{client.port}"
+    finally:
+        await upstream.close()
+
+
+def skopeo(*args: str) -> str:
+    proc = subprocess.run(
+        ["skopeo", "--insecure-policy", *args],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"skopeo {' '.join(args)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+async def pull(client: TestClient[Any, Any], name: str, ref: str) -> aiohttp.ClientResponse:
+    response = await client.get(f"/v2/{name}/manifests/{ref}", headers={"Accept": ACCEPT})
+    await response.read()
+    return response
+
+
+async def assert_nothing_stored(reg: Registry, repo: str, digest: str) -> None:
+    assert await reg.store.stat(digest) is None
+    assert await reg.meta.get_link(repo, digest) is None
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Any:
+    with distribution(tmp_path / "upstream") as running_upstream:
+        yield running_upstream
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo is needed")
+async def test_first_pull_matches_upstream_and_a_second_asks_the_upstream_nothing(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "first")
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url) as (
+            reg,
+            _,
+            host,
+        ),
+    ):
+        ref = f"docker://{host}/mirror/lib/app:v1"
+        inspected = json.loads(await asyncio.to_thread(skopeo, "inspect", "--tls-verify=false", ref))
+        assert inspected["Digest"] == image.digest
+        await asyncio.to_thread(skopeo, "copy", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'one'}:v1")
+        for digest, data in image.blobs.items():
+            assert (tmp_path / "one" / "blobs" / "sha256" / digest.split(":")[1]).read_bytes() == data
+            assert await reg.meta.get_link("mirror/lib/app", digest) is not None
+        assert proxy.count("/blobs/") == len(image.blobs)  # each fetched once
+        before = len(proxy.requests)
+        await asyncio.to_thread(skopeo, "copy", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'two'}:v1")
+        by_digest = f"docker://{host}/mirror/lib/app@{image.digest}"
+        assert (
+            json.loads(await asyncio.to_thread(skopeo, "inspect", "--tls-verify=false", by_digest))["Digest"]
+            == image.digest
+        )
+        assert proxy.requests[before:] == []
+
+
+async def test_a_moved_upstream_tag_is_seen_after_the_ttl_and_not_before(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    first = await push_image(upstream.url, "lib/app", "v1", "first", layer_size=1000)
+    clock = OffsetClock()
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url, ttl=60.0, clock=clock) as (_, client, _),
+    ):
+        response = await pull(client, "mirror/lib/app", "v1")
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == first.digest
+        second = await push_image(upstream.url, "lib/app", "v1", "second", layer_size=1000)
+        asked = len(proxy.requests)
+        response = await pull(client, "mirror/lib/app", "v1")
+        assert response.headers["Docker-Content-Digest"] == first.digest  # within the ttl
+        assert STALE_HEADER not in response.headers
+        assert len(proxy.requests) == asked  # answered without asking
+        clock.offset += 61.0
+        response = await pull(client, "mirror/lib/app", "v1")
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == second.digest
+        # The old digest stays pullable from the cache.
+        assert (await pull(client, "mirror/lib/app", first.digest)).status == 200
+
+
+async def test_with_the_upstream_killed_cached_pulls_still_work(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "kept", layer_size=1000)
+    # ttl 0: every pull by tag asks the upstream.
+    async with mirror_of(kv, tmp_path, upstream.url, ttl=0.0) as (_, client, _):
+        assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+        for digest, data in image.blobs.items():
+            got = await client.get(f"/v2/mirror/lib/app/blobs/{digest}")
+            assert await got.read() == data
+        upstream.kill()
+        response = await pull(client, "mirror/lib/app", "v1")
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == image.digest
+        assert response.headers[STALE_HEADER] == "stale"
+        assert (await pull(client, "mirror/lib/app", image.digest)).status == 200
+        for digest, data in image.blobs.items():
+            got = await client.get(f"/v2/mirror/lib/app/blobs/{digest}")
+            assert await got.read() == data
+        # What was never cached: a clear error that names the upstream.
+        missing = await pull(client, "mirror/lib/other", "v1")
+        assert missing.status == 503
+        error = (await missing.json())["errors"][0]
+        assert error["code"] == "UNAVAILABLE"
+        assert upstream.url in error["message"]
+
+
+@pytest.mark.parametrize("lie", ["corrupt", "truncate"])
+async def test_a_lying_upstream_blob_fails_the_pull_and_stores_nothing(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution, lie: str
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "lies")
+    layer = json.loads(image.manifest)["layers"][0]["digest"]
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url) as (
+            reg,
+            client,
+            _,
+        ),
+    ):
+        assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+        proxy.lie = lie
+        received = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with client.get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
+                # The headers went out before the upstream's bytes could be judged;
+                # the body breaks off before its end.
+                assert response.status == 200
+                async for chunk in response.content.iter_any():
+                    received += chunk
+        assert received != image.blobs[layer]
+        assert len(received) < len(image.blobs[layer])
+        await assert_nothing_stored(reg, "mirror/lib/app", layer)
+        # An honest upstream again: the same pull succeeds and is stored.
+        proxy.lie = None
+        async with client.get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
+            assert await response.read() == image.blobs[layer]
+        assert await reg.meta.get_link("mirror/lib/app", layer) is not None
+
+
+async def test_a_manifest_that_does_not_match_its_digest_is_refused(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "bad manifest", layer_size=1000)
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url) as (
+            reg,
+            client,
+            _,
+        ),
+    ):
+        proxy.lie = "corrupt-manifest"
+        response = await pull(client, "mirror/lib/app", "v1")
+        assert response.status == 502
+        error = (await response.json())["errors"][0]
+        assert proxy_url in error["message"]
+        assert image.digest in error["message"]
+        assert await reg.meta.get_manifest("mirror/lib/app", image.digest) is None
+        assert await reg.meta.get_tagged_manifest("mirror/lib/app", "v1") is None
+
+
+async def test_pushes_and_deletes_under_the_prefix_are_refused(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "read-only", layer_size=1000)
+    async with mirror_of(kv, tmp_path, upstream.url) as (reg, client, _):
+        assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+        attempts = [
+            client.put(
+                "/v2/mirror/lib/app/manifests/v2",
+                data=image.manifest,
+                headers={"Content-Type": ACCEPT.split(",")[0]},
+            ),
+            client.post("/v2/mirror/lib/app/blobs/uploads/"),
+            client.delete(f"/v2/mirror/lib/app/manifests/{image.digest}"),
+            client.delete("/v2/mirror/lib/app/manifests/v1"),
+        ]
+        for attempt in attempts:
+            response = await attempt
+            assert response.status == 403
+            error = (await response.json())["errors"][0]
+            assert error["code"] == "DENIED"
+            assert "read-only mirror" in error["message"]
+        assert await reg.meta.get_manifest("mirror/lib/app", image.digest) is not None
+        # Outside the prefix, pushes are as ever.
+        assert (await client.post("/v2/own/app/blobs/uploads/")).status == 202
+
+
+async def test_an_htpasswd_upstream_with_and_without_credentials(kv: EtcdKV, tmp_path: Path) -> None:
+    with distribution(tmp_path / "auth-upstream", ("puller", "s3cret-pw")) as upstream:
+        image = await push_image(upstream.url, "lib/app", "v1", "auth", upstream.auth, layer_size=1000)
+        async with mirror_of(
+            kv, tmp_path / "a", upstream.url, credentials=Credentials("puller", "s3cret-pw")
+        ) as (_, client, _):
+            response = await pull(client, "mirror/lib/app", "v1")
+            assert response.status == 200
+            assert response.headers["Docker-Content-Digest"] == image.digest
+            layer = json.loads(image.manifest)["layers"][0]["digest"]
+            got = await client.get(f"/v2/mirror/lib/app/blobs/{layer}")
+            assert await got.read() == image.blobs[layer]
+        for credentials in (None, Credentials("puller", "wrong")):
+            async with mirror_of(kv, tmp_path / "b", upstream.url, credentials=credentials) as (_, client, _):
+                response = await pull(client, "mirror/lib/app", "v1")
+                assert response.status == 502
+                message = (await response.json())["errors"][0]["message"]
+                assert upstream.url in message
+                assert "s3cret-pw" not in message and "wrong" not in message.split(upstream.url)[0]
