@@ -17,14 +17,17 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from registries import running
-from upstream_fixtures import Distribution, counting_proxy, distribution, push_image
+from token_flow import access_control, write_htpasswd
+from upstream_fixtures import OCI_MANIFEST, Distribution, counting_proxy, distribution, push_image, sha256
 
 from hareg.clock import SystemClock
+from hareg.config.model import BindingConfig
 from hareg.http.app import init_app
 from hareg.http.pull_through import STALE_HEADER
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.pull_through import Mirror
 from hareg.registry.service import Registry
+from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore
 from hareg.upstream.client import Credentials, RegistryClient
 
@@ -287,3 +290,59 @@ async def test_an_htpasswd_upstream_with_and_without_credentials(kv: EtcdKV, tmp
                 message = (await response.json())["errors"][0]["message"]
                 assert upstream.url in message
                 assert "s3cret-pw" not in message and "wrong" not in message.split(upstream.url)[0]
+
+
+async def test_a_token_flow_upstream_a_second_hareg(kv: EtcdKV, tmp_path: Path) -> None:
+    """A second hareg with auth as the upstream: Bearer challenges, tokens from
+    its realm with the configured credentials, anonymous tokens where anonymous may pull."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"puller": "pull-pw"})
+    bindings = [
+        BindingConfig("puller", "viewer", ("lib/*",)),
+        BindingConfig("anonymous", "viewer", ("public/*",)),
+    ]
+    async with running(kv, FilesystemBlobStore(tmp_path / "upstream")) as upstream_reg:
+        control = await access_control(upstream_reg, htpasswd, bindings)
+        private = await push_to(upstream_reg, "lib/app", "v1", b"private layer")
+        public = await push_to(upstream_reg, "public/app", "v1", b"public layer")
+        async with TestServer(init_app(upstream_reg, access=control), host="127.0.0.1") as server:
+            remote = str(server.make_url("")).rstrip("/")
+            async with mirror_of(
+                kv, tmp_path / "a", remote, credentials=Credentials("puller", "pull-pw")
+            ) as (_, client, _):
+                response = await pull(client, "mirror/lib/app", "v1")
+                assert response.status == 200
+                assert response.headers["Docker-Content-Digest"] == private
+                layer = await client.get(f"/v2/mirror/lib/app/blobs/{sha256(b'private layer')}")
+                assert await layer.read() == b"private layer"
+            async with mirror_of(kv, tmp_path / "b", remote) as (_, client, _):
+                response = await pull(client, "mirror/public/app", "v1")  # an anonymous token
+                assert response.headers["Docker-Content-Digest"] == public
+                refused = await pull(client, "mirror/lib/app", "v1")
+                assert refused.status == 502
+                assert remote in (await refused.json())["errors"][0]["message"]
+
+
+async def push_to(reg: Registry, repo: str, tag: str, layer: bytes) -> str:
+    """An image pushed through the service layer (the upstream's own auth is not under test here)."""
+    config = b'{"architecture":"amd64","os":"linux"}'
+    for blob in (config, layer):
+        await reg.uploads.monolithic(repo, sha256(blob), one_chunk(blob), length=len(blob))
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    return (await reg.manifests.put(repo, tag, body, OCI_MANIFEST)).digest
