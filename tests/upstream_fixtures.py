@@ -216,3 +216,31 @@ async def counting_proxy(target: str) -> AsyncIterator[tuple[CountingProxy, str]
     ):
         proxy.session = session
         yield proxy, str(server.make_url("")).rstrip("/")
+
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+async def push_index(base: str, name: str, tag: str, children: list[Image]) -> tuple[str, bytes]:
+    """An OCI index of ``children`` (already pushed to ``name``) tagged ``tag``: its digest and body."""
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": child.digest,
+                    "size": len(child.manifest),
+                    "platform": {"architecture": arch, "os": "linux"},
+                }
+                for child, arch in zip(children, ("amd64", "arm64"), strict=False)
+            ],
+        }
+    ).encode()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{base}/v2/{name}/manifests/{tag}", data=body, headers={"Content-Type": OCI_INDEX}) as put,
+    ):
+        assert put.status == 201, await put.text()
+    return sha256(body), body

@@ -18,7 +18,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from registries import running
 from token_flow import access_control, write_htpasswd
-from upstream_fixtures import OCI_MANIFEST, Distribution, counting_proxy, distribution, push_image, sha256
+from upstream_fixtures import (
+    OCI_MANIFEST,
+    Distribution,
+    counting_proxy,
+    distribution,
+    push_image,
+    push_index,
+    sha256,
+)
 
 from hareg.clock import SystemClock
 from hareg.config.model import BindingConfig
@@ -346,3 +354,41 @@ async def push_to(reg: Registry, repo: str, tag: str, layer: bytes) -> str:
         }
     ).encode()
     return (await reg.manifests.put(repo, tag, body, OCI_MANIFEST)).digest
+
+
+async def test_an_index_is_stored_before_its_children_which_are_fetched_when_pulled(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    amd = await push_image(upstream.url, "lib/multi", "amd", "amd64", layer_size=1000)
+    arm = await push_image(upstream.url, "lib/multi", "arm", "arm64", layer_size=1000)
+    index_digest, index_body = await push_index(upstream.url, "lib/multi", "v1", [amd, arm])
+    async with mirror_of(kv, tmp_path, upstream.url) as (reg, client, _):
+        response = await client.get(
+            "/v2/mirror/lib/multi/manifests/v1", headers={"Accept": "application/vnd.oci.image.index.v1+json"}
+        )
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == index_digest
+        assert await response.read() == index_body
+        # Sparse: the children are not fetched until pulled.
+        assert await reg.meta.get_manifest("mirror/lib/multi", amd.digest) is None
+        child = await pull(client, "mirror/lib/multi", arm.digest)
+        assert child.status == 200
+        assert await child.read() == arm.manifest
+        for digest, data in arm.blobs.items():
+            got = await client.get(f"/v2/mirror/lib/multi/blobs/{digest}")
+            assert await got.read() == data
+        assert await reg.meta.get_manifest("mirror/lib/multi", arm.digest) is not None
+        assert await reg.meta.get_manifest("mirror/lib/multi", amd.digest) is None
+
+
+async def test_outside_a_mirrored_prefix_a_manifest_with_missing_references_is_still_refused(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    """Invariant 2 for ordinary pushes: sparse storage is the mirror's only."""
+    image = await push_image(upstream.url, "lib/app", "v1", "not sparse", layer_size=1000)
+    async with mirror_of(kv, tmp_path, upstream.url) as (_, client, _):
+        response = await client.put(
+            "/v2/own/app/manifests/v1", data=image.manifest, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert response.status == 400
+        assert (await response.json())["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
