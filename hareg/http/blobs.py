@@ -92,6 +92,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         # Not cached yet: from the upstream, stored as it streams.
         digest = request.match_info["digest"]
         return await pull_through.stream_blob(request, repo_name(request), digest, _headers(digest))
+    reg.pull_through.served_from_cache(repo_name(request), "blob")
     headers = _headers(info.digest)
     if (unchanged := _not_modified(request, headers)) is not None:
         return unchanged

@@ -184,6 +184,7 @@ class ServiceCollector(Collector):
         yield from self._limits()
         yield from self._pruner(reg)
         yield from self._fsck(reg)
+        yield from self._pull_through(reg)
         read_only = GaugeMetricFamily(
             "hareg_read_only",
             "1 while this replica refuses writes, by source (config file or cluster switch).",
@@ -286,6 +287,32 @@ class ServiceCollector(Collector):
                 "When the last pruner run on this replica finished.",
                 stats.last_run_finished,
             )
+
+    def _pull_through(self, reg: Registry) -> Iterator[Metric]:
+        """The pull-through cache on this replica, by mirror prefix (docs/pull-through.md)."""
+        stats = reg.pull_through.stats
+        if not reg.pull_through.mirrors:
+            return
+        pulls = CounterMetricFamily(
+            "hareg_pull_through_pulls",
+            "Pulls of mirrored manifests and blobs, by result (hit, miss: fetched, stale: the upstream failed).",
+            labels=("prefix", "kind", "result"),
+        )
+        for (prefix, kind, result), count in sorted(stats.pulls.items()):
+            pulls.add_metric((prefix, kind, result), count)
+        errors = CounterMetricFamily(
+            "hareg_pull_through_upstream_errors",
+            "Upstream failures, by kind (unreachable, rate_limited, denied, not_found, invalid).",
+            labels=("prefix", "kind"),
+        )
+        for (prefix, kind), count in sorted(stats.upstream_errors.items()):
+            errors.add_metric((prefix, kind), count)
+        fetched = CounterMetricFamily(
+            "hareg_pull_through_fetched_bytes", "Bytes read from upstreams.", labels=("prefix",)
+        )
+        for prefix, count in sorted(stats.fetched_bytes.items()):
+            fetched.add_metric((prefix,), count)
+        yield from (pulls, errors, fetched)
 
     def _fsck(self, reg: Registry) -> Iterator[Metric]:
         """The last integrity check on this replica (hareg fsck, manual or scheduled)."""

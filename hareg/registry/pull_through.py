@@ -41,8 +41,10 @@ from hareg.registry.manifest_format import MAX_MANIFEST_BYTES
 from hareg.registry.manifests import ManifestService
 from hareg.registry.names import check_name, is_tag, parse_reference
 from hareg.registry.results import ManifestContent
+from hareg.registry.stats import PullThroughStats
 from hareg.registry.upstream import (
     Upstream,
+    UpstreamDenied,
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
@@ -71,6 +73,7 @@ class MirroredManifest:
     # Answered from the cache although the upstream was due to be asked and
     # could not be (stale-if-error): the HTTP layer says so in a header.
     stale: bool = False
+    fetched: bool = False  # from the upstream by this pull (a cache miss)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,19 @@ def upstream_error(exc: UpstreamError, what: str) -> RegistryError:
     )
 
 
+def error_kind(exc: UpstreamError) -> str:
+    """The ``kind`` label of hareg_pull_through_upstream_errors_total."""
+    for cls, kind in (
+        (UpstreamNotFound, "not_found"),
+        (UpstreamDenied, "denied"),
+        (UpstreamRateLimited, "rate_limited"),
+        (UpstreamInvalid, "invalid"),
+    ):
+        if isinstance(exc, cls):
+            return kind
+    return "unreachable"
+
+
 def mirrored_write_refusal(repo: str, prefix: str) -> RegistryError:
     return RegistryError(
         ErrorCode.DENIED,
@@ -139,6 +155,7 @@ class PullThrough:
         self.ids = ids
         self.hashing: Hashing = hashing or InlineHashing()
         self.max_blob_size = max_blob_size
+        self.stats = PullThroughStats()  # exported as hareg_pull_through_* metrics
 
     def mirror_of(self, repo: str) -> tuple[Mirror, str] | None:
         """The mirror serving ``repo`` and the repository's path at the upstream; None: not mirrored."""
@@ -146,6 +163,11 @@ class PullThrough:
             if repo.startswith(mirror.prefix + "/"):
                 return mirror, repo[len(mirror.prefix) + 1 :]
         return None
+
+    def served_from_cache(self, repo: str, what: str) -> None:
+        """Count a pull of a mirrored repository answered by the ordinary path (a blob hit)."""
+        if (found := self.mirror_of(repo)) is not None:
+            self.stats.pulled(found[0].prefix, what, "hit")
 
     def check_write(self, repo: str) -> None:
         """Refuse (403 DENIED) a push or delete in a mirrored repository."""
@@ -176,7 +198,17 @@ class PullThrough:
                 return None
             raise
 
+    def _failed(self, mirror: Mirror, exc: UpstreamError, what: str) -> RegistryError:
+        self.stats.upstream_error(mirror.prefix, error_kind(exc))
+        return upstream_error(exc, what)
+
     async def manifest(self, repo: str, reference: str) -> MirroredManifest:
+        found = await self._manifest(repo, reference)
+        prefix = self._mirror(repo)[0].prefix
+        self.stats.pulled(prefix, "manifest", "stale" if found.stale else "miss" if found.fetched else "hit")
+        return found
+
+    async def _manifest(self, repo: str, reference: str) -> MirroredManifest:
         mirror, path = self._mirror(repo)
         if ":" not in reference and not is_tag(reference):
             return MirroredManifest(await self.manifests.get(repo, reference))  # its ordinary 404
@@ -188,9 +220,10 @@ class PullThrough:
             try:
                 fetched = await mirror.upstream.get_manifest(path, str(ref), MAX_MANIFEST_BYTES)
             except UpstreamError as exc:
-                raise upstream_error(exc, f"manifest {path}@{ref}") from None
+                raise self._failed(mirror, exc, f"manifest {path}@{ref}") from None
             return MirroredManifest(
-                await self._store(mirror, repo, path, str(ref), fetched.body, fetched.media_type, None)
+                await self._store(mirror, repo, path, str(ref), fetched.body, fetched.media_type, None),
+                fetched=True,
             )
         return await self._tagged(mirror, repo, path, ref)
 
@@ -218,17 +251,18 @@ class PullThrough:
             fetched = await mirror.upstream.get_manifest(path, head.digest or tag, MAX_MANIFEST_BYTES)
         except UpstreamError as exc:
             if cached is not None and exc.unreachable:
+                self.stats.upstream_error(mirror.prefix, error_kind(exc))
                 log.warning(
                     "upstream unreachable; serving the cached manifest (stale)",
                     extra={"fields": {"repo": repo, "tag": tag, "upstream": exc.upstream, "error": str(exc)}},
                 )
                 return MirroredManifest(cached, stale=True)
-            raise upstream_error(exc, f"manifest {path}:{tag}") from None
+            raise self._failed(mirror, exc, f"manifest {path}:{tag}") from None
         # The digest the upstream named (HEAD or GET) is what the bytes must hash to.
         expected = head.digest or fetched.digest
         content = await self._store(mirror, repo, path, expected, fetched.body, fetched.media_type, tag)
         await self.meta.set_mirror_check(repo, tag, MirrorCheckRecord(self.clock.now(), content.digest))
-        return MirroredManifest(content)
+        return MirroredManifest(content, fetched=True)
 
     async def _store(
         self,
@@ -241,11 +275,13 @@ class PullThrough:
         tag: str | None,
     ) -> ManifestContent:
         """Verify an upstream manifest against its digest and store it (sparse)."""
+        self.stats.fetched(mirror.prefix, len(body))
         if expected is not None:
             try:
                 digest = parse_digest(expected)
             except RegistryError:
-                raise upstream_error(
+                raise self._failed(
+                    mirror,
                     UpstreamInvalid(mirror.upstream.name, f"sent an invalid digest {expected[:100]!r}"),
                     f"manifest {path}",
                 ) from None
@@ -255,7 +291,8 @@ class PullThrough:
                     "upstream manifest does not hash to its digest; refused",
                     extra={"fields": {"repo": repo, "expected": str(digest), "actual": actual}},
                 )
-                raise upstream_error(
+                raise self._failed(
+                    mirror,
                     UpstreamInvalid(
                         mirror.upstream.name, f"sent a manifest that hashes to {actual}, not {digest}"
                     ),
@@ -291,7 +328,7 @@ class PullThrough:
             blob = await stack.enter_async_context(mirror.upstream.get_blob(path, str(digest)))
         except UpstreamError as exc:
             await stack.aclose()
-            raise upstream_error(exc, f"blob {digest}") from None
+            raise self._failed(mirror, exc, f"blob {digest}") from None
         except BaseException:
             await stack.aclose()
             raise
@@ -302,6 +339,7 @@ class PullThrough:
                 f"blob {digest} is {blob.size} bytes at the upstream; limits.maxBlobSize is {self.max_blob_size}",
                 status=413,
             )
+        self.stats.pulled(mirror.prefix, "blob", "miss")
         chunks = self._tee(mirror, repo, digest, blob.size, blob.chunks, stack)
 
         async def close() -> None:
@@ -338,6 +376,7 @@ class PullThrough:
                     raise invalid(f"sent more than the {declared} bytes it declared")
                 if cap and total > cap:
                     raise invalid(f"is larger than limits.maxBlobSize ({cap} bytes)")
+                self.stats.fetched(mirror.prefix, len(chunk))
                 await feed(self.hashing, hasher, chunk)
                 await queue.put(chunk)
                 yield chunk
@@ -373,6 +412,7 @@ class PullThrough:
             try:
                 size = task.result()
             except UpstreamError as exc:
+                self.stats.upstream_error(mirror.prefix, error_kind(exc))
                 log.error(
                     "upstream blob transfer failed; nothing stored",
                     extra={"fields": {"repo": repo, "digest": str(digest), "error": str(exc)}},

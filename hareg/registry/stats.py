@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["PrunerStats"]
+__all__ = ["PrunerStats", "PullThroughStats"]
 
 
 @dataclass
@@ -38,3 +38,24 @@ class PrunerStats:
         self.deleted_objects[kind] += objects
         if nbytes:
             self.deleted_bytes[kind] += nbytes
+
+
+@dataclass
+class PullThroughStats:
+    """What the pull-through cache did, as ``hareg_pull_through_*`` metrics, by
+    mirror prefix: pulls answered (``hit``: from the cache, ``miss``: fetched
+    from the upstream, ``stale``: from the cache because the upstream could not
+    answer), upstream failures by kind, and bytes fetched."""
+
+    pulls: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (prefix, manifest|blob, result)
+    upstream_errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (prefix, kind)
+    fetched_bytes: Counter[str] = field(default_factory=Counter)  # prefix
+
+    def pulled(self, prefix: str, what: str, result: str) -> None:
+        self.pulls[(prefix, what, result)] += 1
+
+    def upstream_error(self, prefix: str, kind: str) -> None:
+        self.upstream_errors[(prefix, kind)] += 1
+
+    def fetched(self, prefix: str, nbytes: int) -> None:
+        self.fetched_bytes[prefix] += nbytes

@@ -194,6 +194,18 @@ async def test_with_the_upstream_killed_cached_pulls_still_work(
         error = (await missing.json())["errors"][0]
         assert error["code"] == "UNAVAILABLE"
         assert upstream.url in error["message"]
+        metrics = await (await client.get("/metrics")).text()
+        for line in (
+            'hareg_pull_through_pulls_total{kind="manifest",prefix="mirror",result="miss"} 1.0',
+            'hareg_pull_through_pulls_total{kind="manifest",prefix="mirror",result="stale"} 1.0',
+            'hareg_pull_through_pulls_total{kind="manifest",prefix="mirror",result="hit"} 1.0',
+            'hareg_pull_through_pulls_total{kind="blob",prefix="mirror",result="miss"} 3.0',
+            'hareg_pull_through_pulls_total{kind="blob",prefix="mirror",result="hit"} 3.0',
+            'hareg_pull_through_upstream_errors_total{kind="unreachable",prefix="mirror"} 2.0',
+        ):
+            assert line in metrics, metrics
+        fetched = sum(len(b) for b in image.blobs.values()) + len(image.manifest)
+        assert f'hareg_pull_through_fetched_bytes_total{{prefix="mirror"}} {float(fetched)}' in metrics
 
 
 @pytest.mark.parametrize("lie", ["corrupt", "truncate"])
