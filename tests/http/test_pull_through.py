@@ -29,7 +29,7 @@ from upstream_fixtures import (
 )
 
 from hareg.clock import SystemClock
-from hareg.config.model import BindingConfig
+from hareg.config.model import BindingConfig, ProxyConfig
 from hareg.http.app import init_app
 from hareg.http.pull_through import STALE_HEADER
 from hareg.kv.etcd import EtcdKV
@@ -64,10 +64,11 @@ async def mirror_of(
     ttl: float = 3600.0,
     clock: SystemClock | None = None,
     credentials: Credentials | None = None,
+    proxy: ProxyConfig | None = None,
 ) -> AsyncIterator[tuple[Registry, TestClient[Any, Any], str]]:
     """hareg mirroring ``remote`` under the prefix ``mirror``, served on 127.0.0.1."""
     clock = clock or SystemClock()
-    upstream = RegistryClient(remote, clock, credentials=credentials)
+    upstream = RegistryClient(remote, clock, credentials=credentials, proxy=proxy)
     try:
         async with (
             running(
@@ -404,3 +405,25 @@ async def test_outside_a_mirrored_prefix_a_manifest_with_missing_references_is_s
         )
         assert response.status == 400
         assert (await response.json())["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+
+
+async def test_upstream_requests_go_through_the_configured_proxy(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    """The remote's name resolves nowhere: only the proxy (a forwarding
+    counting proxy in front of distribution) can reach it; noProxy bypasses it."""
+    image = await push_image(upstream.url, "lib/app", "v1", "proxied", layer_size=1000)
+    remote = "http://upstream.invalid:5000"
+    async with counting_proxy(upstream.url) as (proxy, proxy_url):
+        async with mirror_of(kv, tmp_path / "a", remote, proxy=ProxyConfig(http=proxy_url)) as (_, client, _):
+            response = await pull(client, "mirror/lib/app", "v1")
+            assert response.status == 200
+            assert response.headers["Docker-Content-Digest"] == image.digest
+            assert proxy.count("/v2/lib/app/manifests/v1") >= 1
+        bypass = ProxyConfig(http=proxy_url, no_proxy=".invalid")
+        async with mirror_of(kv, tmp_path / "b", remote, proxy=bypass) as (_, client, _):
+            asked = len(proxy.requests)
+            response = await pull(client, "mirror/lib/app", "v1")
+            assert response.status == 503
+            assert remote in (await response.json())["errors"][0]["message"]
+            assert len(proxy.requests) == asked
