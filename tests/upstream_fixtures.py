@@ -167,6 +167,8 @@ class CountingProxy:
     target: str
     requests: list[str] = field(default_factory=list)
     lie: str | None = None
+    fail: int | None = None  # answer every request with this status (Retry-After: 7)
+    blob_delay: float = 0.0  # seconds to hold a blob GET before answering
     session: aiohttp.ClientSession | None = None
 
     def count(self, kind: str = "") -> int:
@@ -175,6 +177,10 @@ class CountingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path}")
         assert self.session is not None
+        if self.fail is not None:
+            return web.Response(status=self.fail, headers={"Retry-After": "7"}, text="failing on purpose")
+        if self.blob_delay and "/blobs/" in request.path:
+            await asyncio.sleep(self.blob_delay)
         headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Authorization")}
         async with self.session.request(
             request.method, self.target + request.path_qs, headers=headers, allow_redirects=False

@@ -427,3 +427,33 @@ async def test_upstream_requests_go_through_the_configured_proxy(
             assert response.status == 503
             assert remote in (await response.json())["errors"][0]["message"]
             assert len(proxy.requests) == asked
+
+
+async def test_upstream_429_and_5xx_are_clear_errors_or_stale_answers(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    image = await push_image(upstream.url, "lib/app", "v1", "failing", layer_size=1000)
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url, ttl=0.0) as (_, client, _),
+    ):
+        assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+        proxy.fail = 429
+        limited = await pull(client, "mirror/lib/other", "v1")
+        assert limited.status == 429
+        assert limited.headers["Retry-After"] == "7"
+        body = await limited.json()
+        assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert proxy_url in body["errors"][0]["message"]
+        stale = await pull(client, "mirror/lib/app", "v1")  # cached: answered stale
+        assert stale.status == 200
+        assert stale.headers["Docker-Content-Digest"] == image.digest
+        assert stale.headers[STALE_HEADER] == "stale"
+        proxy.fail = 500
+        broken = await pull(client, "mirror/lib/other", "v1")
+        assert broken.status == 503
+        assert proxy_url in (await broken.json())["errors"][0]["message"]
+        layer = json.loads(image.manifest)["layers"][0]["digest"]
+        missing_blob = await client.get(f"/v2/mirror/lib/app/blobs/{layer}")
+        assert missing_blob.status == 503
+        assert (await missing_blob.json())["errors"][0]["code"] == "UNAVAILABLE"
