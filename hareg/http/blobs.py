@@ -91,7 +91,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             raise
         # Not cached yet: from the upstream, stored as it streams.
         digest = request.match_info["digest"]
-        return await pull_through.stream_blob(request, repo_name(request), digest, _headers(digest))
+        fetched = await pull_through.stream_blob(request, repo_name(request), digest, _headers(digest))
+        if fetched is not None:
+            return fetched
+        info = await reg.blobs.stat(repo_name(request), digest)  # fetched meanwhile by another pull
     reg.pull_through.served_from_cache(repo_name(request), "blob")
     headers = _headers(info.digest)
     if (unchanged := _not_modified(request, headers)) is not None:

@@ -46,13 +46,16 @@ async def manifest_content(
 
 async def stream_blob(
     request: web.Request, repo: str, digest: str, headers: dict[str, str]
-) -> web.StreamResponse:
+) -> web.StreamResponse | None:
     """An uncached blob of a mirrored repository, streamed from the upstream as it
-    is stored.  A failure after the headers went out breaks the connection: the
-    client sees a short body, never wrong bytes under the digest."""
+    is stored; None: another pull fetched it meanwhile (serve it from the cache).
+    A failure after the headers went out breaks the connection: the client sees
+    a short body, never wrong bytes under the digest."""
     # A Range is ignored (RFC 9110 allows it): the whole blob is fetched and
     # verified on its first pull; ranges are served once it is cached.
     blob = await registry(request).pull_through.blob(repo, digest)
+    if blob is None:
+        return None
     try:
         response = web.StreamResponse(status=200, headers=headers)
         if blob.size is not None:

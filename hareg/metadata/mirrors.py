@@ -1,11 +1,15 @@
-"""Pull-through bookkeeping: when the upstream was last asked about a
-mirrored tag (docs/pull-through.md).  One key per tag, beside the tag; a
-replica claims a check with a compare on the key's revision, so only one
-replica per ttl asks the upstream."""
+"""Pull-through bookkeeping (docs/pull-through.md): when the upstream was
+last asked about a mirrored tag (one key per tag, beside the tag; a replica
+claims a check with a compare on the key's revision, so only one replica
+per ttl asks the upstream), and which blobs are being fetched (one key per
+blob under the fetching replica's lease, so the others wait for it and a
+dead fetcher's claim expires with its lease)."""
 
 from __future__ import annotations
 
-from hareg.kv.base import Compare, KVUnknownOutcome, Put
+import contextlib
+
+from hareg.kv.base import Compare, KVError, KVUnknownOutcome, Put
 from hareg.metadata.records import MirrorCheckRecord, decode, encode
 from hareg.metadata.writes import StoreBase
 
@@ -29,3 +33,32 @@ class MirrorMetadata(StoreBase):
 
     async def set_mirror_check(self, repo: str, tag: str, record: MirrorCheckRecord) -> None:
         await self.kv.txn([], [Put(self.keys.mirror_check(repo, tag), encode(record))])
+
+    async def claim_fetch(self, repo: str, digest: str, ttl: int) -> int | None:
+        """Claim the upstream fetch of ``repo``'s blob ``digest``: the lease id
+        that holds the claim (refresh it while fetching, revoke it when done),
+        or None when another fetch holds it."""
+        lease = await self.kv.grant_lease(ttl)
+        key = self.keys.mirror_fetch(repo, digest)
+        try:
+            result = await self.kv.txn([Compare.missing(key)], [Put(key, self.replica.encode(), lease=lease)])
+        except KVUnknownOutcome:
+            # Maybe ours, maybe not: revoking the lease removes it if it was.
+            await self.release_fetch(lease)
+            return None
+        if not result.succeeded:
+            await self.release_fetch(lease)
+            return None
+        return lease
+
+    async def fetch_claimed(self, repo: str, digest: str) -> bool:
+        """Is a fetch of ``repo``'s blob ``digest`` in progress somewhere?"""
+        return await self._get(self.keys.mirror_fetch(repo, digest)) is not None
+
+    async def refresh_fetch(self, lease: int) -> bool:
+        """Keep a claim alive; False if its lease has expired."""
+        return await self.kv.refresh_lease(lease) > 0
+
+    async def release_fetch(self, lease: int) -> None:
+        with contextlib.suppress(KVError):  # it expires on its own
+            await self.kv.revoke_lease(lease)

@@ -32,6 +32,7 @@ from fnmatch import fnmatchcase
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
+from hareg.kv.base import KVError
 from hareg.metadata.records import MirrorCheckRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.registry.digests import Digest, digest_bytes, new_hasher, parse_digest
@@ -53,6 +54,13 @@ from hareg.registry.upstream import (
 from hareg.storage.base import BlobStore
 
 log = logging.getLogger("hareg.pull_through")
+
+# Single-flight of blob fetches (docs/pull-through.md): the claim's lease (it
+# expires this long after a fetcher dies), how long another pull waits for a
+# claimed fetch before fetching itself, and how often it looks.
+FETCH_LEASE_TTL = 60
+FETCH_WAIT = 300.0
+FETCH_POLL = 0.25
 
 # Chunks read from the upstream but not yet sent to the client (the rest waits
 # on the client, so a slow client slows the upstream read instead of filling memory).
@@ -317,13 +325,46 @@ class PullThrough:
 
     # ----------------------------------------------------------------- blobs
 
-    async def blob(self, repo: str, digest_text: str) -> MirroredBlob:
+    async def _claim_or_wait(self, repo: str, digest: str) -> int | None:
+        """Single-flight across the cluster: the lease of this pull's claim on the
+        fetch (0: fetch without one: etcd could not be asked, or the wait was too
+        long), or None once another pull's fetch linked the blob (serve it from
+        the cache).  While another replica's claim stands, wait for it to end."""
+        deadline = self.clock.monotonic() + FETCH_WAIT
+        while True:
+            if await self.meta.get_link(repo, digest) is not None:
+                return None
+            try:
+                lease = await self.meta.claim_fetch(repo, digest, FETCH_LEASE_TTL)
+            except KVError:
+                return 0
+            if lease is not None:
+                if await self.meta.get_link(repo, digest) is not None:  # linked just before the claim
+                    await self.meta.release_fetch(lease)
+                    return None
+                return lease
+            try:
+                while await self.meta.fetch_claimed(repo, digest):
+                    if self.clock.monotonic() > deadline:
+                        return 0
+                    await self.clock.sleep(FETCH_POLL)
+            except KVError:
+                return 0
+            # The other fetch ended: linked (served from the cache) or failed (claim it).
+
+    async def blob(self, repo: str, digest_text: str) -> MirroredBlob | None:
         """Start streaming an uncached blob from the upstream (after ``BlobService.stat``
-        said it is not linked in ``repo``).  Upstream errors before the first byte
-        are RegistryErrors naming the upstream."""
+        said it is not linked in ``repo``); None: another pull fetched it meanwhile,
+        serve it from the cache.  Upstream errors before the first byte are
+        RegistryErrors naming the upstream."""
         mirror, path = self._mirror(repo)
         digest = parse_digest(digest_text)
+        lease = await self._claim_or_wait(repo, str(digest))
+        if lease is None:
+            return None
         stack = contextlib.AsyncExitStack()
+        if lease:
+            stack.push_async_callback(self.meta.release_fetch, lease)
         try:
             blob = await stack.enter_async_context(mirror.upstream.get_blob(path, str(digest)))
         except UpstreamError as exc:
@@ -340,7 +381,7 @@ class PullThrough:
                 status=413,
             )
         self.stats.pulled(mirror.prefix, "blob", "miss")
-        chunks = self._tee(mirror, repo, digest, blob.size, blob.chunks, stack)
+        chunks = self._tee(mirror, repo, digest, blob.size, blob.chunks, stack, lease)
 
         async def close() -> None:
             await chunks.aclose()  # a generator that never started runs no finally: the stack closes here too
@@ -356,6 +397,7 @@ class PullThrough:
         declared: int | None,
         upstream: AsyncIterator[bytes],
         stack: contextlib.AsyncExitStack,
+        lease: int,
     ) -> AsyncGenerator[bytes, None]:
         """The upstream's chunks to the client, each also written to the blob
         store and hashed; the last chunk is held back until the whole is
@@ -370,7 +412,13 @@ class PullThrough:
 
         async def source() -> AsyncIterator[bytes]:
             total = 0
+            refreshed = self.clock.monotonic()
             async for chunk in upstream:
+                if lease and self.clock.monotonic() - refreshed > FETCH_LEASE_TTL / 6:
+                    # The claim lives while bytes flow; lost, another pull may fetch too (no harm).
+                    refreshed = self.clock.monotonic()
+                    with contextlib.suppress(KVError):
+                        await self.meta.refresh_fetch(lease)
                 total += len(chunk)
                 if declared is not None and total > declared:
                     raise invalid(f"sent more than the {declared} bytes it declared")

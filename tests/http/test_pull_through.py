@@ -5,9 +5,11 @@ told to lie, skopeo as the client (docs/pull-through.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -457,3 +459,41 @@ async def test_upstream_429_and_5xx_are_clear_errors_or_stale_answers(
         missing_blob = await client.get(f"/v2/mirror/lib/app/blobs/{layer}")
         assert missing_blob.status == 503
         assert (await missing_blob.json())["errors"][0]["code"] == "UNAVAILABLE"
+
+
+async def test_concurrent_pulls_of_one_blob_through_three_replicas_fetch_it_once(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    """Three replicas (one etcd prefix, one blob directory), 20 pulls of the same
+    uncached blob at once: one upstream fetch (single-flight across the cluster)."""
+    image = await push_image(upstream.url, "lib/app", "v1", "single flight")
+    layer = json.loads(image.manifest)["layers"][0]["digest"]
+    prefix = f"/test-{uuid.uuid4().hex[:12]}"
+    async with counting_proxy(upstream.url) as (proxy, proxy_url), contextlib.AsyncExitStack() as stack:
+        clients = []
+        for index in range(3):
+            client_of_upstream = RegistryClient(proxy_url, SystemClock())
+            stack.push_async_callback(client_of_upstream.close)
+            reg = await stack.enter_async_context(
+                running(
+                    kv,
+                    FilesystemBlobStore(tmp_path / "shared-blobs"),
+                    prefix=prefix,
+                    replica=f"replica-{index}",
+                    mirrors=[Mirror("mirror", client_of_upstream, 3600.0)],
+                )
+            )
+            clients.append(
+                await stack.enter_async_context(TestClient(TestServer(init_app(reg), host="127.0.0.1")))
+            )
+        assert (await pull(clients[0], "mirror/lib/app", "v1")).status == 200
+        proxy.blob_delay = 1.0  # every pull arrives while the first fetch is under way
+
+        async def get(index: int) -> bytes:
+            async with clients[index % 3].get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
+                assert response.status == 200
+                return await response.read()
+
+        bodies = await asyncio.gather(*(get(i) for i in range(20)))
+        assert all(body == image.blobs[layer] for body in bodies)
+        assert proxy.count(f"/blobs/{layer}") == 1
