@@ -170,6 +170,9 @@ async def test_a_moved_upstream_tag_is_seen_after_the_ttl_and_not_before(
         assert response.headers["Docker-Content-Digest"] == second.digest
         # The old digest stays pullable from the cache.
         assert (await pull(client, "mirror/lib/app", first.digest)).status == 200
+        # Mirrored repositories are in the catalog.
+        catalog = await (await client.get("/v2/_catalog")).json()
+        assert "mirror/lib/app" in catalog["repositories"]
 
 
 async def test_with_the_upstream_killed_cached_pulls_still_work(
