@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -110,6 +112,15 @@ class Image:
     blobs: dict[str, bytes]  # config and layers by digest
 
 
+def _tar_gz(name: str, data: bytes) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
 async def push_image(
     base: str,
     name: str,
@@ -120,11 +131,12 @@ async def push_image(
 ) -> Image:
     """An OCI image of one config and two layers pushed to ``base`` (the OCI API)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "note": note}).encode()
-    # Compressed layers, as real images have (so skopeo copies them as they are).
+    # Compressed tar layers, as real images have (skopeo copies them as they
+    # are; podman unpacks them), each one file of incompressible bytes.
     layers = [
-        gzip.compress(
+        _tar_gz(
+            f"data/{note.replace(' ', '-')}-{i}",
             b"".join(hashlib.sha256(f"{note}/{i}/{j}".encode()).digest() for j in range(layer_size // 32)),
-            mtime=0,
         )
         for i in range(2)
     ]

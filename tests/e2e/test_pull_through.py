@@ -14,6 +14,7 @@ import pytest
 from upstream_fixtures import distribution, push_image
 
 from .hareg_process import Launcher
+from .test_podman import configure
 
 TRACEBACK = "Traceback (most recent call last)"
 PASSWORD = "upstream-s3cret"
@@ -58,6 +59,14 @@ def test_serve_pulls_through_an_authenticated_upstream(hareg_launcher: Launcher,
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["Digest"] == image.digest
+        if all(shutil.which(tool) for tool in ("podman", "buildah", "unshare")):
+            # podman pulls the image through the cache (its layers unpacked into its storage).
+            (tmp_path / "podman").mkdir()
+            podman = configure(tmp_path / "podman", server.host_port)
+            podman.podman(
+                "pull", "--tls-verify=false", *podman.policy, f"{server.host_port}/mirror/lib/app:v1"
+            )
+            assert podman.inspect(f"{server.host_port}/mirror/lib/app:v1")["Digest"] == image.digest
         assert PASSWORD not in server.stderr()
 
 
