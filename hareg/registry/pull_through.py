@@ -237,24 +237,40 @@ class PullThrough:
 
     async def _tagged(self, mirror: Mirror, repo: str, path: str, tag: str) -> MirroredManifest:
         cached = await self._cached(repo, tag)
-        check = await self.meta.get_mirror_check(repo, tag)
+        if cached is not None and self.meta.etcd_known_down():
+            # The cache serves pulls through an etcd outage (docs/consistency.md);
+            # whether the upstream moved the tag cannot be recorded: stale.
+            return MirroredManifest(cached, stale=True)
+        try:
+            check = await self.meta.get_mirror_check(repo, tag)
+        except KVError:
+            if cached is None:
+                raise
+            return MirroredManifest(cached, stale=True)
         now = self.clock.now()
         if cached is not None and check is not None and now - check[0].checked < mirror.ttl:
             # Asked within the ttl (by any replica): the cache answers.  A check
             # that found nothing (the upstream failed) or is still running
             # leaves the cached answer unconfirmed: stale.
             return MirroredManifest(cached, stale=check[0].digest != cached.digest)
-        if cached is not None and not await self.meta.claim_mirror_check(
-            repo, tag, check[1] if check else 0, MirrorCheckRecord(checked=now)
-        ):
-            # Another replica claimed this check just now; it asks the upstream.
-            return MirroredManifest(cached, stale=True)
+        if cached is not None:
+            try:
+                claimed = await self.meta.claim_mirror_check(
+                    repo, tag, check[1] if check else 0, MirrorCheckRecord(checked=now)
+                )
+            except KVError:
+                claimed = False
+            if not claimed:
+                # Another replica claimed this check just now (it asks the
+                # upstream), or etcd cannot record one: the cache answers.
+                return MirroredManifest(cached, stale=True)
         try:
             head = await mirror.upstream.head_manifest(path, tag)
             if cached is not None and head.digest == cached.digest:
-                await self.meta.set_mirror_check(
-                    repo, tag, MirrorCheckRecord(self.clock.now(), cached.digest)
-                )
+                with contextlib.suppress(KVError):  # unrecorded, the next pull checks again
+                    await self.meta.set_mirror_check(
+                        repo, tag, MirrorCheckRecord(self.clock.now(), cached.digest)
+                    )
                 return MirroredManifest(cached)
             fetched = await mirror.upstream.get_manifest(path, head.digest or tag, MAX_MANIFEST_BYTES)
         except UpstreamError as exc:

@@ -35,6 +35,7 @@ from hareg.config.model import BindingConfig, ProxyConfig
 from hareg.http.app import init_app
 from hareg.http.pull_through import STALE_HEADER
 from hareg.kv.etcd import EtcdKV
+from hareg.processes.etcd import EtcdProcess
 from hareg.registry.pull_through import Mirror
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
@@ -500,3 +501,35 @@ async def test_concurrent_pulls_of_one_blob_through_three_replicas_fetch_it_once
         bodies = await asyncio.gather(*(get(i) for i in range(20)))
         assert all(body == image.blobs[layer] for body in bodies)
         assert proxy.count(f"/blobs/{layer}") == 1
+
+
+async def test_with_etcd_down_cached_mirrored_pulls_are_served_stale(
+    own_etcd: EtcdProcess, tmp_path: Path, upstream: Distribution
+) -> None:
+    """Mirrored repositories keep the registry's promise: pulls through an etcd
+    outage come from the cache (the upstream check cannot be recorded: stale)."""
+    image = await push_image(upstream.url, "lib/app", "v1", "etcd down", layer_size=1000)
+    own_kv = await EtcdKV.connect([own_etcd.client_url], timeout=5.0)
+    try:
+        async with mirror_of(own_kv, tmp_path, upstream.url, ttl=0.0) as (reg, client, _):
+            assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+            for digest in image.blobs:
+                assert (await (await client.get(f"/v2/mirror/lib/app/blobs/{digest}")).read()) == image.blobs[
+                    digest
+                ]
+            async with asyncio.timeout(30):
+                while reg.cache is None or reg.cache.tag("mirror/lib/app", "v1") is None:
+                    await asyncio.sleep(0.01)
+            own_etcd.pause()
+            try:
+                response = await pull(client, "mirror/lib/app", "v1")
+                assert response.status == 200
+                assert response.headers["Docker-Content-Digest"] == image.digest
+                assert response.headers[STALE_HEADER] == "stale"
+                assert (await pull(client, "mirror/lib/app", image.digest)).status == 200
+                for digest, data in image.blobs.items():
+                    assert await (await client.get(f"/v2/mirror/lib/app/blobs/{digest}")).read() == data
+            finally:
+                own_etcd.resume()
+    finally:
+        await own_kv.close()
