@@ -13,7 +13,16 @@ from hareg.registry.manifest_format import OCI_INDEX
 
 async def list_referrers(request: web.Request) -> web.Response:
     artifact_type = request.query.get("artifactType")
-    page = await registry(request).listing.referrers(
+    reg = registry(request)
+    if reg.pull_through.mirror_of(repo_name(request)) is not None and "last" not in request.query:
+        # A mirrored repository: the upstream's referrers, passed through (docs/pull-through.md).
+        index = await reg.pull_through.referrers(
+            repo_name(request), request.match_info["digest"], artifact_type
+        )
+        if index is not None:
+            headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
+            return web.Response(body=json.dumps(index).encode(), headers=headers, content_type=OCI_INDEX)
+    page = await reg.listing.referrers(
         repo_name(request), request.match_info["digest"], artifact_type, request.query.get("last")
     )
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
@@ -38,7 +40,7 @@ from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.registry.digests import Digest, digest_bytes, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.hashing import Hashing, InlineHashing, feed
-from hareg.registry.manifest_format import MAX_MANIFEST_BYTES
+from hareg.registry.manifest_format import MAX_MANIFEST_BYTES, OCI_INDEX
 from hareg.registry.manifests import ManifestService
 from hareg.registry.names import check_name, is_tag, parse_reference
 from hareg.registry.results import ManifestContent
@@ -61,6 +63,9 @@ log = logging.getLogger("hareg.pull_through")
 FETCH_LEASE_TTL = 60
 FETCH_WAIT = 300.0
 FETCH_POLL = 0.25
+
+# The largest referrers index passed through from an upstream.
+MAX_REFERRERS_BYTES = 4 * 1024 * 1024
 
 # Chunks read from the upstream but not yet sent to the client (the rest waits
 # on the client, so a slow client slows the upstream read instead of filling memory).
@@ -338,6 +343,50 @@ class PullThrough:
             raise
         stored = await self.manifests.get(repo, name)
         return stored
+
+    # ------------------------------------------------------------- referrers
+
+    async def referrers(
+        self, repo: str, digest_text: str, artifact_type: str | None
+    ) -> dict[str, Any] | None:
+        """The upstream's referrers of ``digest`` (passed through, not cached:
+        its first page, filtered by ``artifact_type`` here too); None when the
+        upstream has none to give (no referrers API, unreachable, malformed):
+        the cache's own referrers answer instead."""
+        mirror, path = self._mirror(repo)
+        digest = str(parse_digest(digest_text))
+        try:
+            body = await mirror.upstream.get_referrers(path, digest, artifact_type, MAX_REFERRERS_BYTES)
+        except UpstreamError as exc:
+            if not isinstance(exc, UpstreamNotFound):
+                self.stats.upstream_error(mirror.prefix, error_kind(exc))
+            return None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        entries = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            self.stats.upstream_error(mirror.prefix, "invalid")
+            return None
+        manifests: list[dict[str, Any]] = []
+        for entry in entries:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("mediaType"), str)
+                and isinstance(entry.get("digest"), str)
+                and isinstance(entry.get("size"), int)
+            ):
+                continue  # a malformed descriptor is left out, not passed on
+            if artifact_type is not None and entry.get("artifactType") != artifact_type:
+                continue
+            kept = {
+                k: entry[k]
+                for k in ("mediaType", "digest", "size", "artifactType", "annotations")
+                if k in entry
+            }
+            manifests.append(kept)
+        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
 
     # ----------------------------------------------------------------- blobs
 

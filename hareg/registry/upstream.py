@@ -90,6 +90,10 @@ class Upstream(Protocol):
 
     async def get_manifest(self, path: str, reference: str, max_bytes: int) -> UpstreamManifest: ...
 
+    async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
+        """The upstream's referrers index of ``digest`` (its first page), as sent."""
+        ...
+
     def get_blob(self, path: str, digest: str) -> AbstractAsyncContextManager[UpstreamBlob]:
         """The blob's bytes as they arrive; the response is released on exit."""
         ...

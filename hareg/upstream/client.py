@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import quote
 
 import aiohttp
 
@@ -221,6 +222,21 @@ class RegistryClient:
                 media_type=r.headers.get("Content-Type", "").split(";")[0].strip(),
                 size=r.content_length,
             )
+
+    async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
+        tail = f"referrers/{digest}"
+        if artifact_type is not None:
+            tail += "?artifactType=" + quote(artifact_type, safe="")
+        async with self._request("GET", path, tail, MANIFEST_ACCEPT[0]) as r:
+            try:
+                body = await r.content.read(max_bytes + 1)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise UpstreamError(
+                    self._remote, f"referrers of {digest} transfer broke ({type(exc).__name__})"
+                ) from None
+            if len(body) > max_bytes or not r.content.at_eof():
+                raise UpstreamInvalid(self._remote, f"the referrers of {digest} are over {max_bytes} bytes")
+            return body
 
     async def get_manifest(self, path: str, reference: str, max_bytes: int) -> UpstreamManifest:
         async with self._request("GET", path, f"manifests/{reference}", ", ".join(MANIFEST_ACCEPT)) as r:

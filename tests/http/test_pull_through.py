@@ -533,3 +533,48 @@ async def test_with_etcd_down_cached_mirrored_pulls_are_served_stale(
                 own_etcd.resume()
     finally:
         await own_kv.close()
+
+
+async def test_referrers_pass_through_from_an_upstream_that_has_them(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution
+) -> None:
+    async with running(kv, FilesystemBlobStore(tmp_path / "upstream-hareg")) as upstream_reg:
+        subject = await push_to(upstream_reg, "lib/app", "v1", b"subject layer")
+        empty = b"{}"
+        await upstream_reg.uploads.monolithic("lib/app", sha256(empty), one_chunk(empty), length=len(empty))
+        referrer = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.example.sbom",
+                "config": {
+                    "mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": sha256(empty),
+                    "size": 2,
+                },
+                "layers": [
+                    {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2}
+                ],
+                "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+            }
+        ).encode()
+        referrer_digest = (
+            await upstream_reg.manifests.put("lib/app", sha256(referrer), referrer, OCI_MANIFEST)
+        ).digest
+        async with TestServer(init_app(upstream_reg), host="127.0.0.1") as server:
+            remote = str(server.make_url("")).rstrip("/")
+            async with mirror_of(kv, tmp_path / "a", remote) as (_, client, _):
+                listed = await (await client.get(f"/v2/mirror/lib/app/referrers/{subject}")).json()
+                assert [m["digest"] for m in listed["manifests"]] == [referrer_digest]
+                assert listed["manifests"][0]["artifactType"] == "application/vnd.example.sbom"
+                filtered = await client.get(
+                    f"/v2/mirror/lib/app/referrers/{subject}", params={"artifactType": "application/other"}
+                )
+                assert (await filtered.json())["manifests"] == []
+                assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
+    # distribution 2.8 has no referrers API: the cache's own (none) answer.
+    image = await push_image(upstream.url, "lib/app", "v1", "no referrers", layer_size=1000)
+    async with mirror_of(kv, tmp_path / "b", upstream.url) as (_, client, _):
+        response = await client.get(f"/v2/mirror/lib/app/referrers/{image.digest}")
+        assert response.status == 200
+        assert (await response.json())["manifests"] == []
