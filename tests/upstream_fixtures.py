@@ -181,6 +181,7 @@ class CountingProxy:
     lie: str | None = None
     fail: int | None = None  # answer every request with this status (Retry-After: 7)
     blob_delay: float = 0.0  # seconds to hold a blob GET before answering
+    manifest_delay: float = 0.0  # seconds to hold a manifest request before answering
     session: aiohttp.ClientSession | None = None
 
     def count(self, kind: str = "") -> int:
@@ -193,6 +194,8 @@ class CountingProxy:
             return web.Response(status=self.fail, headers={"Retry-After": "7"}, text="failing on purpose")
         if self.blob_delay and "/blobs/" in request.path:
             await asyncio.sleep(self.blob_delay)
+        if self.manifest_delay and "/manifests/" in request.path:
+            await asyncio.sleep(self.manifest_delay)
         headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Authorization")}
         async with self.session.request(
             request.method, self.target + request.path_qs, headers=headers, allow_redirects=False

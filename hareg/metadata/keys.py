@@ -24,7 +24,7 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/a/<robot name>                  RobotRecord      a robot account (its secret's hash)
     <p>/p/<repo>@<tag>                  MirrorCheckRecord  when the pull-through cache last asked the
                                                          upstream about a mirrored tag (docs/pull-through.md)
-    <p>/q/<repo>@<digest>               replica name     a mirrored blob being fetched from the upstream
+    <p>/q/<repo>@<digest or tag>        replica name     a mirrored blob or manifest being fetched upstream
                                                          (under the fetching replica's lease: single-flight)
 """
 
@@ -113,8 +113,8 @@ class Keys:
     def mirror_check(self, repo: str, tag: str) -> bytes:
         return self._k("p", repo, tag)
 
-    def mirror_fetch(self, repo: str, digest: str) -> bytes:
-        return self._k("q", repo, digest)
+    def mirror_fetch(self, repo: str, name: str) -> bytes:
+        return self._k("q", repo, name)
 
     def setting(self, name: str) -> bytes:
         return self._k("c", name)

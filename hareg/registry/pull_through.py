@@ -226,19 +226,37 @@ class PullThrough:
         if ":" not in reference and not is_tag(reference):
             return MirroredManifest(await self.manifests.get(repo, reference))  # its ordinary 404
         ref = parse_reference(reference)
-        if isinstance(ref, Digest):
-            cached = await self._cached(repo, str(ref))
-            if cached is not None:
-                return MirroredManifest(cached)
-            try:
-                fetched = await mirror.upstream.get_manifest(path, str(ref), MAX_MANIFEST_BYTES)
-            except UpstreamError as exc:
-                raise self._failed(mirror, exc, f"manifest {path}@{ref}") from None
-            return MirroredManifest(
-                await self._store(mirror, repo, path, str(ref), fetched.body, fetched.media_type, None),
-                fetched=True,
-            )
-        return await self._tagged(mirror, repo, path, ref)
+        name = str(ref)
+        cached = await self._cached(repo, name)
+        if cached is not None:
+            if isinstance(ref, Digest):
+                return MirroredManifest(cached)  # content addressed: cached forever
+            return await self._tagged(mirror, repo, path, ref)
+
+        # A first pull: one fetch across the cluster, the others wait for it.
+        async def now_cached() -> bool:
+            return await self._cached(repo, name) is not None
+
+        lease = await self._claim_or_wait(repo, name, now_cached)
+        if lease is None:
+            return MirroredManifest(await self.manifests.get(repo, name))
+        try:
+            return await self._first(mirror, repo, path, ref)
+        finally:
+            if lease:
+                await self.meta.release_fetch(lease)
+
+    async def _first(self, mirror: Mirror, repo: str, path: str, ref: Digest | str) -> MirroredManifest:
+        if not isinstance(ref, Digest):
+            return await self._tagged(mirror, repo, path, ref)
+        try:
+            fetched = await mirror.upstream.get_manifest(path, str(ref), MAX_MANIFEST_BYTES)
+        except UpstreamError as exc:
+            raise self._failed(mirror, exc, f"manifest {path}@{ref}") from None
+        return MirroredManifest(
+            await self._store(mirror, repo, path, str(ref), fetched.body, fetched.media_type, None),
+            fetched=True,
+        )
 
     async def _tagged(self, mirror: Mirror, repo: str, path: str, tag: str) -> MirroredManifest:
         cached = await self._cached(repo, tag)
@@ -390,26 +408,26 @@ class PullThrough:
 
     # ----------------------------------------------------------------- blobs
 
-    async def _claim_or_wait(self, repo: str, digest: str) -> int | None:
+    async def _claim_or_wait(self, repo: str, name: str, done: Callable[[], Awaitable[bool]]) -> int | None:
         """Single-flight across the cluster: the lease of this pull's claim on the
         fetch (0: fetch without one: etcd could not be asked, or the wait was too
         long), or None once another pull's fetch linked the blob (serve it from
         the cache).  While another replica's claim stands, wait for it to end."""
         deadline = self.clock.monotonic() + FETCH_WAIT
         while True:
-            if await self.meta.get_link(repo, digest) is not None:
+            if await done():
                 return None
             try:
-                lease = await self.meta.claim_fetch(repo, digest, FETCH_LEASE_TTL)
+                lease = await self.meta.claim_fetch(repo, name, FETCH_LEASE_TTL)
             except KVError:
                 return 0
             if lease is not None:
-                if await self.meta.get_link(repo, digest) is not None:  # linked just before the claim
+                if await done():  # done just before the claim
                     await self.meta.release_fetch(lease)
                     return None
                 return lease
             try:
-                while await self.meta.fetch_claimed(repo, digest):
+                while await self.meta.fetch_claimed(repo, name):
                     if self.clock.monotonic() > deadline:
                         return 0
                     await self.clock.sleep(FETCH_POLL)
@@ -424,7 +442,11 @@ class PullThrough:
         RegistryErrors naming the upstream."""
         mirror, path = self._mirror(repo)
         digest = parse_digest(digest_text)
-        lease = await self._claim_or_wait(repo, str(digest))
+
+        async def linked() -> bool:
+            return await self.meta.get_link(repo, str(digest)) is not None
+
+        lease = await self._claim_or_wait(repo, str(digest), linked)
         if lease is None:
             return None
         stack = contextlib.AsyncExitStack()

@@ -465,11 +465,12 @@ async def test_upstream_429_and_5xx_are_clear_errors_or_stale_answers(
         assert (await missing_blob.json())["errors"][0]["code"] == "UNAVAILABLE"
 
 
-async def test_concurrent_pulls_of_one_blob_through_three_replicas_fetch_it_once(
+async def test_concurrent_first_pulls_through_three_replicas_fetch_once(
     kv: EtcdKV, tmp_path: Path, upstream: Distribution
 ) -> None:
-    """Three replicas (one etcd prefix, one blob directory), 20 pulls of the same
-    uncached blob at once: one upstream fetch (single-flight across the cluster)."""
+    """Three replicas (one etcd prefix, one blob directory), 12 pulls of the same
+    uncached tag, then 20 of the same uncached blob, at once: one upstream fetch
+    of each (single-flight across the cluster)."""
     image = await push_image(upstream.url, "lib/app", "v1", "single flight")
     layer = json.loads(image.manifest)["layers"][0]["digest"]
     prefix = f"/test-{uuid.uuid4().hex[:12]}"
@@ -490,8 +491,12 @@ async def test_concurrent_pulls_of_one_blob_through_three_replicas_fetch_it_once
             clients.append(
                 await stack.enter_async_context(TestClient(TestServer(init_app(reg), host="127.0.0.1")))
             )
-        assert (await pull(clients[0], "mirror/lib/app", "v1")).status == 200
-        proxy.blob_delay = 1.0  # every pull arrives while the first fetch is under way
+        proxy.manifest_delay = 1.0  # every pull arrives while the first fetch is under way
+        pulled = await asyncio.gather(*(pull(clients[i % 3], "mirror/lib/app", "v1") for i in range(12)))
+        assert {r.headers["Docker-Content-Digest"] for r in pulled} == {image.digest}
+        assert proxy.count("GET /v2/lib/app/manifests/") == 1
+        assert proxy.count("HEAD /v2/lib/app/manifests/") == 1
+        proxy.blob_delay = 1.0
 
         async def get(index: int) -> bytes:
             async with clients[index % 3].get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
