@@ -1,8 +1,8 @@
 """Pull-through bookkeeping (docs/pull-through.md): when the upstream was
 last asked about a mirrored tag (one key per tag, beside the tag; a replica
 claims a check with a compare on the key's revision, so only one replica
-per ttl asks the upstream), and which blobs are being fetched (one key per
-blob under the fetching replica's lease, so the others wait for it and a
+per ttl asks the upstream), and what is being fetched (one key per
+blob or manifest under the fetching replica's lease, so the others wait for it and a
 dead fetcher's claim expires with its lease)."""
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ class MirrorMetadata(StoreBase):
     async def set_mirror_check(self, repo: str, tag: str, record: MirrorCheckRecord) -> None:
         await self.kv.txn([], [Put(self.keys.mirror_check(repo, tag), encode(record))])
 
-    async def claim_fetch(self, repo: str, digest: str, ttl: int) -> int | None:
-        """Claim the upstream fetch of ``repo``'s blob ``digest``: the lease id
+    async def claim_fetch(self, repo: str, name: str, ttl: int) -> int | None:
+        """Claim the upstream fetch of ``repo``'s blob or manifest ``name`` (a
+        digest, or a tag not cached yet): the lease id
         that holds the claim (refresh it while fetching, revoke it when done),
         or None when another fetch holds it."""
         lease = await self.kv.grant_lease(ttl)
-        key = self.keys.mirror_fetch(repo, digest)
+        key = self.keys.mirror_fetch(repo, name)
         try:
             result = await self.kv.txn([Compare.missing(key)], [Put(key, self.replica.encode(), lease=lease)])
         except KVUnknownOutcome:
@@ -51,9 +52,9 @@ class MirrorMetadata(StoreBase):
             return None
         return lease
 
-    async def fetch_claimed(self, repo: str, digest: str) -> bool:
-        """Is a fetch of ``repo``'s blob ``digest`` in progress somewhere?"""
-        return await self._get(self.keys.mirror_fetch(repo, digest)) is not None
+    async def fetch_claimed(self, repo: str, name: str) -> bool:
+        """Is a fetch of ``repo``'s ``name`` in progress somewhere?"""
+        return await self._get(self.keys.mirror_fetch(repo, name)) is not None
 
     async def refresh_fetch(self, lease: int) -> bool:
         """Keep a claim alive; False if its lease has expired."""
