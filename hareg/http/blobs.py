@@ -39,7 +39,14 @@ def _not_modified(request: web.Request, headers: dict[str, str]) -> web.Response
 async def head_blob(request: web.Request) -> web.Response:
     # Answered here, never redirected: a HEAD has no body to offload, and a
     # presigned URL is signed for GET.
-    info = await registry(request).blobs.stat(repo_name(request), request.match_info["digest"])
+    reg, repo = registry(request), repo_name(request)
+    try:
+        info = await reg.blobs.stat(repo, request.match_info["digest"])
+    except RegistryError as exc:
+        if not pull_through.is_blob_unknown(exc) or reg.pull_through.mirror_of(repo) is None:
+            raise
+        # Not cached yet: the upstream says whether it has it (nothing is fetched).
+        return await pull_through.head_blob(request, repo, request.match_info["digest"], _headers)
     headers = _headers(info.digest)
     if (unchanged := _not_modified(request, headers)) is not None:
         return unchanged

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
 from hareg.http.base import Handler, registry
+from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.policy import READ_METHODS
 from hareg.registry.results import ManifestContent
@@ -78,6 +80,17 @@ async def stream_blob(
         return response
     finally:
         await blob.close()
+
+
+async def head_blob(
+    request: web.Request, repo: str, digest: str, make_headers: Callable[[str], dict[str, str]]
+) -> web.Response:
+    """A HEAD of a mirrored blob not cached yet, answered from the upstream's HEAD."""
+    size = await registry(request).pull_through.blob_size(repo, digest)
+    headers = make_headers(str(parse_digest(digest)))
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return web.Response(status=200, headers=headers)
 
 
 def is_blob_unknown(exc: RegistryError) -> bool:

@@ -408,6 +408,16 @@ class PullThrough:
 
     # ----------------------------------------------------------------- blobs
 
+    async def blob_size(self, repo: str, digest_text: str) -> int | None:
+        """A HEAD of a blob not cached yet: asked of the upstream (nothing is
+        fetched or stored; the GET that follows fetches it)."""
+        mirror, path = self._mirror(repo)
+        digest = str(parse_digest(digest_text))
+        try:
+            return await mirror.upstream.head_blob(path, digest)
+        except UpstreamError as exc:
+            raise self._failed(mirror, exc, f"blob {digest}") from None
+
     async def _claim_or_wait(self, repo: str, name: str, done: Callable[[], Awaitable[bool]]) -> int | None:
         """Single-flight across the cluster: the lease of this pull's claim on the
         fetch (0: fetch without one: etcd could not be asked, or the wait was too

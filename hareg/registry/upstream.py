@@ -90,6 +90,10 @@ class Upstream(Protocol):
 
     async def get_manifest(self, path: str, reference: str, max_bytes: int) -> UpstreamManifest: ...
 
+    async def head_blob(self, path: str, digest: str) -> int | None:
+        """The blob's size (Content-Length) if the upstream has it; UpstreamNotFound if not."""
+        ...
+
     async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
         """The upstream's referrers index of ``digest`` (its first page), as sent."""
         ...

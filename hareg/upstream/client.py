@@ -223,6 +223,10 @@ class RegistryClient:
                 size=r.content_length,
             )
 
+    async def head_blob(self, path: str, digest: str) -> int | None:
+        async with self._request("HEAD", path, f"blobs/{digest}") as r:
+            return r.content_length
+
     async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
         tail = f"referrers/{digest}"
         if artifact_type is not None:

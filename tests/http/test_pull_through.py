@@ -398,6 +398,15 @@ async def test_an_index_is_stored_before_its_children_which_are_fetched_when_pul
             assert await got.read() == data
         assert await reg.meta.get_manifest("mirror/lib/multi", arm.digest) is not None
         assert await reg.meta.get_manifest("mirror/lib/multi", amd.digest) is None
+        # A HEAD of a blob not cached yet asks the upstream and fetches nothing.
+        for digest, data in amd.blobs.items():
+            head = await client.head(f"/v2/mirror/lib/multi/blobs/{digest}")
+            assert head.status == 200
+            assert head.headers["Content-Length"] == str(len(data))
+            assert head.headers["Docker-Content-Digest"] == digest
+            await assert_nothing_stored(reg, "mirror/lib/multi", digest)
+        missing = await client.head(f"/v2/mirror/lib/multi/blobs/sha256:{'0' * 64}")
+        assert missing.status == 404
 
 
 async def test_outside_a_mirrored_prefix_a_manifest_with_missing_references_is_still_refused(
