@@ -31,6 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 from hareg.clock import Clock
 from hareg.ids import IdSource
@@ -63,6 +64,11 @@ log = logging.getLogger("hareg.pull_through")
 FETCH_LEASE_TTL = 60
 FETCH_WAIT = 300.0
 FETCH_POLL = 0.25
+
+# Docker Hub's registry hosts, where a one-component name means library/<name>.
+DOCKER_HUB_HOSTS = frozenset(
+    {"registry-1.docker.io", "registry.hub.docker.com", "index.docker.io", "docker.io"}
+)
 
 # The largest referrers index passed through from an upstream.
 MAX_REFERRERS_BYTES = 4 * 1024 * 1024
@@ -174,7 +180,12 @@ class PullThrough:
         """The mirror serving ``repo`` and the repository's path at the upstream; None: not mirrored."""
         for mirror in self.mirrors:
             if repo.startswith(mirror.prefix + "/"):
-                return mirror, repo[len(mirror.prefix) + 1 :]
+                path = repo[len(mirror.prefix) + 1 :]
+                if "/" not in path and urlsplit(mirror.upstream.name).hostname in DOCKER_HUB_HOSTS:
+                    # Docker Hub's official images live under library/ (docker pull
+                    # alpine is library/alpine): the same short names work here.
+                    path = f"library/{path}"
+                return mirror, path
         return None
 
     def served_from_cache(self, repo: str, what: str) -> None:
