@@ -792,7 +792,7 @@ class Console {
       const good = c.type === "Degraded" ? c.status === "False" : c.status === "True";
       return h("tr", { "data-condition": c.type }, h("th", { scope: "row" }, c.type), h("td", {}, badge(good, c.status, c.type === "Progressing")), h("td", {}, c.reason), h("td", {}, c.message), h("td", { class: "hide-narrow" }, c.lastTransitionTime || ""));
     });
-    const etcdRows = members.etcd.map((e) => h("tr", { "data-endpoint": e.endpoint }, h("th", { scope: "row" }, e.endpoint), h("td", {}, badge(e.healthy, e.healthy ? "healthy" : "down")), h("td", {}, e.detail)));
+    const etcdRows = members.etcd.map((e) => h("tr", { "data-endpoint": e.endpoint, "data-state": e.healthy ? "healthy" : "down" }, h("th", { scope: "row" }, e.endpoint), h("td", {}, badge(e.healthy, e.healthy ? "healthy" : "down")), h("td", {}, e.detail)));
     const readOnly = status.readOnly || {};
     const ro = Boolean(readOnly.readOnly);
     const roButton = h("button", { type: "button", id: "read-only-toggle", class: ro ? "" : "danger", onclick: () => this.setReadOnly(!ro) }, ro ? "Allow writes again" : "Make the registry read-only");
