@@ -12,6 +12,7 @@ refreshes the pictures docs/console.md shows); ``dump_dom()`` runs
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
 )
+MAX_SHOT_HEIGHT = 3000  # pixels
 WAIT = 60.0  # seconds: a page that has not rendered by then has failed
 T = TypeVar("T")
 
@@ -99,8 +101,22 @@ class Screenshots:
         self.copy_to = Path(extra) if extra else None
 
     def take(self, driver: Any, name: str) -> Path:
+        """The whole page, beyond the window's height (at most ``MAX_SHOT_HEIGHT``)."""
         path = self.directory / f"{name}.png"
-        assert driver.save_screenshot(str(path)), f"no screenshot of {name}"
+        metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+        content = metrics.get("cssContentSize") or metrics["contentSize"]
+        viewport = metrics.get("cssLayoutViewport") or metrics["layoutViewport"]
+        clip = {
+            "x": 0,
+            "y": 0,
+            "width": viewport["clientWidth"],
+            "height": min(max(content["height"], viewport["clientHeight"]), MAX_SHOT_HEIGHT),
+            "scale": 1,
+        }
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
         assert path.stat().st_size > 1000, f"the screenshot of {name} is empty"
         if self.copy_to is not None:
             self.copy_to.mkdir(parents=True, exist_ok=True)
