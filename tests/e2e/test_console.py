@@ -338,6 +338,48 @@ def test_the_manifest_page_shows_layers_config_annotations_and_referrers(console
     assert subject in text_of(d, "main")
 
 
+def test_an_index_shows_its_platforms(console: Console) -> None:
+    from selenium.webdriver.common.by import By
+
+    children = []
+    for image, arch in (("one", "amd64"), ("two", "arm64")):
+        digest = console.digests[image]
+        status, _, raw = request(
+            f"{console.url}/v2/team/app/manifests/{digest}", "ada", headers={"Accept": MANIFEST_TYPES}
+        )
+        assert status == 200
+        children.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": len(raw),
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children,
+    }
+    status, _, answer = request(
+        f"{console.url}/v2/team/app/manifests/multi",
+        "ada",
+        method="PUT",
+        data=json.dumps(index).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert status == 201, answer
+    d = console.driver
+    d.find_element(By.CSS_SELECTOR, ".crumbs a[href='/console/repositories/team/app']").click()
+    row = "tr[data-tag='multi']"
+    wait_until(d, lambda d: "linux/amd64, linux/arm64" in text_of(d, row), "the index's platforms")
+    assert "2 manifests" in text_of(d, row)
+    d.find_element(By.CSS_SELECTOR, f"{row} a.digest").click()
+    wait_until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#children tbody tr")) == 2, "the children")
+    assert "linux/arm64" in text_of(d, "#children")
+    console.shots.take(d, "index")
+
+
 def test_ten_thousand_tags_page_fast(console: Console) -> None:
     from selenium.webdriver.common.by import By
 

@@ -789,7 +789,9 @@ class Console {
         return h("tr", { "data-replica": r.replica, "data-state": up ? "up" : "down" }, h("th", { scope: "row" }, r.replica), h("td", {}, badge(up, up ? "up" : "down")), h("td", {}, gone ? "not registered (its lease expired)" : r.detail), h("td", { class: "hide-narrow" }, r.url), h("td", { class: "hide-narrow" }, r.version), h("td", { class: "hide-narrow" }, gone ? "" : r.started));
       });
     const conditionRows = status.conditions.map((c) => {
-      const good = c.type === "Degraded" ? c.status === "False" : c.status === "True";
+      // Available is good when True; Degraded when False; Progressing (a
+      // change under way) is only worth a warning when True.
+      const good = c.type === "Available" ? c.status === "True" : c.status === "False";
       return h("tr", { "data-condition": c.type }, h("th", { scope: "row" }, c.type), h("td", {}, badge(good, c.status, c.type === "Progressing")), h("td", {}, c.reason), h("td", {}, c.message), h("td", { class: "hide-narrow" }, c.lastTransitionTime || ""));
     });
     const etcdRows = members.etcd.map((e) => h("tr", { "data-endpoint": e.endpoint, "data-state": e.healthy ? "healthy" : "down" }, h("th", { scope: "row" }, e.endpoint), h("td", {}, badge(e.healthy, e.healthy ? "healthy" : "down")), h("td", {}, e.detail)));
@@ -797,7 +799,7 @@ class Console {
     const ro = Boolean(readOnly.readOnly);
     const roButton = h("button", { type: "button", id: "read-only-toggle", class: ro ? "" : "danger", onclick: () => this.setReadOnly(!ro) }, ro ? "Allow writes again" : "Make the registry read-only");
     const queues = parseQueues(metrics);
-    const queueRows = Object.entries(queues).map(([kind, q]) => h("tr", { "data-kind": kind }, h("th", { scope: "row" }, kind), h("td", {}, q.queued ?? ""), h("td", {}, q.running ?? ""), h("td", {}, q.maxRunning ?? ""), h("td", {}, q.maxInQueue ?? "")));
+    const queueRows = Object.entries(queues).map(([kind, q]) => h("tr", { "data-kind": kind }, h("th", { scope: "row" }, kind), h("td", {}, q.queued ?? ""), h("td", {}, q.running ?? ""), h("td", {}, limitText(q.maxRunning)), h("td", {}, limitText(q.maxInQueue))));
     const last = pruner.lastRun;
     const content = [
       h("p", { class: "muted" }, `As seen by replica ${status.replica}; updated ${now.toLocaleTimeString()} (every ${REFRESH_MS / 1000} s).`),
@@ -848,6 +850,10 @@ class Console {
     }
     await this.clusterOnce(this.generation, true);
   }
+}
+
+function limitText(value) {
+  return value === 0 ? "unlimited" : value ?? "";
 }
 
 function describeRun(run) {
