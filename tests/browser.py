@@ -93,6 +93,42 @@ def severe_logs(driver: Any) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+# Every element with text of its own, visible, whose colour against its
+# background (the nearest opaque one above it) is below WCAG 2's AA ratio:
+# 4.5, or 3 for large text (24px, or 18.66px bold).
+_CONTRAST = """
+const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+const lum = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+const parse = (s) => { const p = s.match(/rgba?\\(([^)]+)\\)/)[1].split(",").map(Number);
+                       return { rgb: p.slice(0, 3), a: p.length > 3 ? p[3] : 1 }; };
+const background = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = parse(getComputedStyle(e).backgroundColor);
+    if (c.a > 0.5) return c.rgb;
+  }
+  return [255, 255, 255];
+};
+const bad = [];
+for (const el of document.querySelectorAll("body *")) {
+  if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+  const st = getComputedStyle(el);
+  if (st.visibility === "hidden" || !el.getClientRects().length || el.closest("dialog:not([open])")) continue;
+  const a = lum(parse(st.color).rgb), b = lum(background(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight, 10) >= 700;
+  if (ratio < ((size >= 24 || (size >= 18.66 && bold)) ? 3 : 4.5)) {
+    bad.push(`${el.tagName.toLowerCase()}.${el.className} ${JSON.stringify(el.textContent.trim().slice(0, 40))}: ${ratio.toFixed(2)}`);
+  }
+}
+return bad;
+"""
+
+
+def low_contrast(driver: Any) -> list[str]:
+    """The page's text whose contrast is below WCAG AA (none, for a pass)."""
+    return list(driver.execute_script(_CONTRAST))
+
+
 class Screenshots:
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import Screenshots, dump_dom, require_chromium, severe_logs, start_browser, text_of, wait_until
+from browser import (
+    Screenshots,
+    dump_dom,
+    low_contrast,
+    require_chromium,
+    severe_logs,
+    start_browser,
+    text_of,
+    wait_until,
+)
 
 from .auth_setup import password_of, serving_with_auth
 from .hareg_process import HaregServer
@@ -256,19 +265,37 @@ def test_the_tag_page_shows_every_history_entry(console: Console) -> None:
     console.shots.take(d, "tag")
 
 
+def tab_to(d: Any, css: str, most: int = 100) -> bool:
+    """Press Tab until the element matching ``css`` has the focus."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for _ in range(most):
+        ActionChains(d).send_keys(Keys.TAB).perform()
+        if d.execute_script("return document.activeElement.matches(arguments[0])", css):
+            return True
+    return False
+
+
 def test_a_rollback_asks_first_then_moves_the_tag(console: Console) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     d = console.driver
     first = console.digests["one"]
     button = f"button.rollback[data-digest='{first}']"
-    # Cancelled: nothing moves.
-    d.find_element(By.CSS_SELECTOR, button).click()
+    # With the keyboard alone: Tab to the button, Enter opens the dialog,
+    # Escape cancels it and the focus returns to the button; nothing moves.
+    assert tab_to(d, button), "Tab never reached the rollback button"
+    ActionChains(d).send_keys(Keys.ENTER).perform()
     wait_until(d, lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is not None, "the dialog")
+    assert d.execute_script("return document.getElementById('confirm').contains(document.activeElement)")
     assert first in text_of(d, "#confirm-text")
     console.shots.take(d, "rollback-confirm")
-    d.find_element(By.ID, "confirm-cancel").click()
+    ActionChains(d).send_keys(Keys.ESCAPE).perform()
     wait_until(d, lambda d: "cancelled" in text_of(d, "#rollback-status"), "the cancellation")
+    assert d.execute_script("return document.activeElement.matches(arguments[0])", button)
     assert console.skopeo_digest("team/app:v1") == console.digests["three"]
     # Confirmed: the tag moves, as skopeo sees it, and the history records it.
     d.find_element(By.CSS_SELECTOR, button).click()
@@ -332,6 +359,7 @@ def test_the_manifest_page_shows_layers_config_annotations_and_referrers(console
         assert layer["digest"] in text_of(d, "#layers")
     wait_until(d, lambda d: "Platform" in text_of(d, "#config-details"), "the config's details")
     console.shots.take(d, "manifest")
+    assert low_contrast(d) == []
     # The artifact's own page: its annotations and its subject.
     d.find_element(By.CSS_SELECTOR, "#referrers a").click()
     wait_until(d, lambda d: "org.example.signed-by" in text_of(d, "#annotations"), "the annotations")
@@ -468,6 +496,7 @@ def test_readable_on_a_phone_and_labelled(console: Console) -> None:
             ".map(e => e.outerHTML)"
         )
         assert unlabelled == []
+        assert low_contrast(d) == []
         console.shots.take(d, "phone-tag")
     finally:
         d.set_window_size(1280, 900)
@@ -486,6 +515,7 @@ def test_the_cluster_page_for_a_cluster_admin(console: Console) -> None:
     assert "healthy" in text_of(d, "#etcd")
     assert "read" in text_of(d, "#queues") and "write" in text_of(d, "#queues")
     console.shots.take(d, "cluster-single")
+    assert low_contrast(d) == []
     d.find_element(By.ID, "read-only-toggle").click()
     wait_until(d, lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is not None, "the dialog")
     d.find_element(By.ID, "confirm-ok").click()
