@@ -78,7 +78,7 @@ class ServeOptions:
     config_path: str | None = None  # re-read on SIGHUP
 
 
-def _etcd_ssl(config: Config) -> ssl.SSLContext | None:
+def etcd_ssl_context(config: Config) -> ssl.SSLContext | None:
     """The TLS context of the members endpoint's etcd probes (None: plain HTTP)."""
     etcd = config.etcd
     if not (etcd.ca_file or etcd.cert_file):
@@ -311,7 +311,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 management_state=config.management_state,
                 body_stall_timeout=config.limits.body_stall_timeout,
                 etcd_endpoints=tuple(endpoints),
-                etcd_ssl=_etcd_ssl(config),
+                etcd_ssl=etcd_ssl_context(config),
             ),
             metrics=metrics,
             connections=ConnectionGuard(config.limits.request_header_timeout, config.limits.max_connections),
