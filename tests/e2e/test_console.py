@@ -200,6 +200,8 @@ def test_pushed_repositories_are_listed(console: Console) -> None:
     wait_until(d, lambda d: "public/app" in text_of(d, "#repositories"), "public/app for anonymous")
     assert "team/app" not in text_of(d, "#repositories")
     d.find_element(By.LINK_TEXT, "Log in").click()
+    wait_until(d, lambda d: d.find_elements(By.ID, "username"), "the login form")
+    console.shots.take(d, "login")
     console.login("ada")
     rows = wait_until(
         d, lambda d: "team/tools" in text_of(d, "#repositories") and text_of(d, "#repositories"), "ada's list"
