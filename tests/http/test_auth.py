@@ -177,6 +177,18 @@ async def test_cluster_endpoints_only_for_cluster_admin(make_client: MakeClient)
     assert r.status == 200
     # Probes stay open to everyone.
     assert (await (await make_client()).get("/healthz")).status == 200
+    for name in ("vera", "ada"):
+        await expect_error(await (await make_client(basic(name))).get("/hareg/v1/members"), 403, "DENIED")
+    assert (await root.get("/hareg/v1/members")).status == 200
+
+
+async def test_the_console_page_is_open_and_its_data_is_not(make_client: MakeClient) -> None:
+    anonymous = await make_client()
+    r = await anonymous.get("/console/repositories/team-a/app/tags/v1")
+    assert r.status == 200 and "<title>hareg console</title>" in await r.text()
+    # What the page reads is refused as any other client's request would be.
+    await expect_error(await anonymous.get("/v2/team-a/app/tags/list"), 401, "UNAUTHORIZED")
+    await expect_error(await anonymous.get("/hareg/v1/members"), 401, "UNAUTHORIZED")
 
 
 async def test_rollback_and_immutability_need_admin(make_client: MakeClient) -> None:
