@@ -388,20 +388,26 @@ def _limits(top: Section) -> LimitsConfig:
     )
 
 
-def _patterns(m: Section, key: str) -> tuple[str, ...]:
-    """A list of regular expressions, each compiled once here so that a bad one
-    is a configuration error, not a refused push."""
+def _list_items(m: Section, key: str, expected: str) -> list[tuple[str, object]]:
+    """The items of a list field (a comma-separated string from an environment
+    variable counts), each with the path an error about it names."""
     raw = m.get(key)
     if raw is None:
-        return ()
+        return []
     if isinstance(raw, str):
         raw = [item.strip() for item in raw.split(",") if item.strip()]
     if not isinstance(raw, list):
-        m.ctx.bad(m.at(key), raw, 'a list of regular expressions like ["^https://example\\.com/"]')
-        return ()
+        m.ctx.bad(m.at(key), raw, expected)
+        return []
+    whole = m.at(key) in m.ctx.sources  # set by a variable: name the variable's field
+    return [(m.at(key) if whole else f"{m.at(key)}[{index}]", item) for index, item in enumerate(raw)]
+
+
+def _patterns(m: Section, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each compiled once here so that a bad one
+    is a configuration error, not a refused push."""
     out: list[str] = []
-    for index, item in enumerate(raw):
-        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+    for at, item in _list_items(m, key, 'a list of regular expressions like ["^https://example\\.com/"]'):
         if not isinstance(item, str) or not item:
             m.ctx.bad(at, item, "a non-empty regular expression (a string)")
             continue
@@ -526,17 +532,9 @@ def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
 
 def _networks(m: Section, key: str) -> tuple[str, ...]:
     """A list of IP networks (CIDR) or addresses, each checked here."""
-    raw = m.get(key)
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        raw = [item.strip() for item in raw.split(",") if item.strip()]
-    if not isinstance(raw, list):
-        m.ctx.bad(m.at(key), raw, 'a list of addresses or CIDR networks like ["127.0.0.1/32", "10.0.0.0/8"]')
-        return ()
     out: list[str] = []
-    for index, item in enumerate(raw):
-        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+    expected = 'a list of addresses or CIDR networks like ["127.0.0.1/32", "10.0.0.0/8"]'
+    for at, item in _list_items(m, key, expected):
         try:
             out.append(str(ipaddress.ip_network(str(item), strict=False)))
         except ValueError:
