@@ -8,6 +8,7 @@ bound themselves are cut.  Skipped where iptables, root or cgroup v2 is missing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from bench_support import PROJECT_ROOT
 
 from bench.faults import Cluster, Fault, heal, inject
 from bench.partitions import COMMENT_PREFIX, Partitions, open_connections
+from hareg.processes.etcd import EtcdNotFound, EtcdProcess, find_etcd
+from hareg.processes.ports import free_ports
 
 NEED = Partitions().unavailable()
 pytestmark = pytest.mark.skipif(NEED is not None, reason=f"partitions unavailable here: {NEED}")
@@ -265,3 +268,96 @@ def test_a_replica_partition_fault_cuts_that_replica_until_healed(
     finally:
         prober.close()
         other.close()
+
+
+@pytest.fixture
+async def etcd_trio(tmp_path: Path) -> AsyncIterator[tuple[Cluster, list[EtcdProcess]]]:
+    """Three real etcd members in one cluster, named in a cluster.json."""
+    try:
+        find_etcd()
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+    ports = free_ports(6)
+    initial = {f"m{i}": f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(3)}
+    members = [
+        EtcdProcess(f"m{i}", tmp_path / f"m{i}", client_port=ports[2 * i], peer_port=ports[2 * i + 1],
+                    initial_cluster=initial)
+        for i in range(3)
+    ]  # fmt: skip
+    await asyncio.gather(*(m.start(startup_timeout=90) for m in members))
+    doc = {
+        "registry": "http://127.0.0.1:1",
+        "replicas": [],
+        "etcd": [{"name": m.name, "client_url": m.client_url, "pid": m.pid} for m in members],
+        "storage": {},
+    }
+    (tmp_path / "cluster.json").write_text(json.dumps(doc))
+    try:
+        yield Cluster(tmp_path / "cluster.json", os.getpid(), "http://127.0.0.1:1", Partitions()), members
+    finally:
+        await asyncio.gather(*(m.stop(grace=5) for m in members))
+
+
+async def _until(what: str, check: Callable[[], bool], within: float = 60.0) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while not await asyncio.to_thread(check):
+                await asyncio.sleep(0.2)  # polling a condition under the timeout above
+    except TimeoutError:
+        pytest.fail(f"not within {within:g} s: {what}")
+
+
+async def test_an_etcd_member_partition_cuts_the_leader_from_its_peers_until_healed(
+    etcd_trio: tuple[Cluster, list[EtcdProcess]],
+) -> None:
+    cluster, _ = etcd_trio
+    assert cluster.partitions is not None
+    with cluster.partitions.guard():
+        assert cluster.etcd_leader() is not None
+        fault = Fault(name="etcd_member_partition", at=0.0, hold=1.0)
+        inject(cluster, fault)
+        assert not fault.skipped, fault.skipped
+        victim = fault.details["member"]
+        others = [m for m in cluster.etcd() if m["name"] != victim]
+        before = [cluster.etcd_status(m) for m in others]
+        old_leader = before[0][1] if before[0] else None
+
+        def others_elected_a_new_leader() -> bool:
+            answers = [cluster.etcd_status(m) for m in others]
+            ids = {a[0] for a in answers if a}
+            leaders = {a[1] for a in answers if a}
+            return len(ids) == 2 and len(leaders) == 1 and leaders <= ids and old_leader not in leaders
+
+        await _until("the two others elect one of them", others_elected_a_new_leader)
+        heal(cluster, fault)
+        assert cluster.partitions.rules == []
+
+        def all_agree() -> bool:
+            answers = [cluster.etcd_status(m) for m in cluster.etcd()]
+            return all(a is not None for a in answers) and len({a[1] for a in answers if a}) == 1
+
+        await _until("all three agree on one leader again", all_agree)
+
+
+async def test_etcd_one_way_closes_the_leaders_peer_port_only(
+    etcd_trio: tuple[Cluster, list[EtcdProcess]],
+) -> None:
+    cluster, _ = etcd_trio
+    assert cluster.partitions is not None
+    with cluster.partitions.guard():
+        fault = Fault(name="etcd_one_way", at=0.0, hold=1.0)
+        inject(cluster, fault)
+        assert not fault.skipped, fault.skipped
+        port = fault.details["peer_port"]
+        assert len(fault.rules) == 1 and str(port) in fault.rules[0]
+        assert not _connects(port)
+        heal(cluster, fault)
+        assert _connects(port)
+
+
+def _connects(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.5):
+            return True
+    except OSError:
+        return False
