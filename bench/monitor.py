@@ -26,7 +26,7 @@ import aiohttp
 
 from bench.faults import Cluster
 
-MIN_GROWTH_SPAN_S = 60.0
+MIN_GROWTH_SPAN_S = 60.0  # no growth rate from less than this
 _STALE = re.compile(r'^hareg_cache_hits_total\{freshness="stale"\}\s+([0-9.e+]+)', re.M)
 
 
@@ -123,9 +123,12 @@ class Monitor:
     def memory_report(self, t0: float) -> dict[str, Any]:
         """Per process: MiB at the start, the end, the peak, and the growth rate
         (least squares over the last pid's samples after the first fifth of the
-        run; None when those span less than ``MIN_GROWTH_SPAN_S``: a process
-        restarted late says nothing about a leak)."""
+        run; None when that pid lived for less than half the sampled time: a
+        process restarted late is still loading its data, which says nothing
+        about a leak)."""
         out: dict[str, Any] = {}
+        everything = [t for samples in self.memory.values() for t, _, _ in samples]
+        span = max(everything) - min(everything) if everything else 0.0
         for name, samples in sorted(self.memory.items()):
             last_pid = samples[-1][1]
             mine = [(t, kib) for t, pid, kib in samples if pid == last_pid]
@@ -137,7 +140,9 @@ class Monitor:
                 "last_mib": round(samples[-1][2] / 1024, 1),
                 "peak_mib": round(max(k for _, _, k in samples) / 1024, 1),
                 "growth_mib_per_10min": (
-                    _slope(steady) if steady and steady[-1][0] - steady[0][0] >= MIN_GROWTH_SPAN_S else None
+                    _slope(steady)
+                    if mine and mine[-1][0] - mine[0][0] >= max(span / 2, MIN_GROWTH_SPAN_S)
+                    else None
                 ),
                 "series": [[round(t - t0, 1), round(kib / 1024, 1)] for t, _, kib in samples],
             }

@@ -89,9 +89,9 @@ def test_memory_is_sampled_per_process_and_growth_shows() -> None:
     monitor = Monitor(cluster=None)  # type: ignore[arg-type]  (sample_memory is not called)
     monitor.memory["flat"] = [(float(t), 7, 100 * 1024) for t in range(0, 600, 2)]
     monitor.memory["leaky"] = [(float(t), 8, 100 * 1024 + t * 1024 // 60) for t in range(0, 600, 2)]
-    monitor.memory["restarted"] = [(float(t), 9 if t < 560 else 10, 1024 * (1 + t)) for t in range(0, 600, 2)]
+    monitor.memory["restarted"] = [(float(t), 9 if t < 400 else 10, 1024 * (1 + t)) for t in range(0, 600, 2)]
     report = monitor.memory_report(0.0)
-    assert report["restarted"]["growth_mib_per_10min"] is None  # 40 s of its last pid say nothing
+    assert report["restarted"]["growth_mib_per_10min"] is None  # 200 s of its last pid in 600 say nothing
     assert report["flat"]["growth_mib_per_10min"] == 0.0
     assert report["leaky"]["growth_mib_per_10min"] == pytest.approx(10.0, abs=0.1)
     assert report["leaky"]["first_mib"] == 100.0 and report["leaky"]["pids"] == [8]
