@@ -149,6 +149,8 @@ class MetadataCache:
             if data.pop(key, None) is not None and kind == "t":
                 self._index_tag(key, add=False)
         else:
+            if kind == "t" and key in data and planted("cache-keeps-moved-tag"):  # PLANTED BUG (tests only)
+                return
             if kind == "t" and key not in data:
                 self._index_tag(key, add=True)
             data[key] = decode(_KINDS[kind], event.kv.value)
