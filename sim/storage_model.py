@@ -151,6 +151,15 @@ class ObjectStore:
             raise UploadNotFound(upload_id)
         return bytes(staged.data if length is None else staged.data[:length])
 
+    def op_upload_truncate(self, upload_id: str, size: int) -> int:
+        staged = self.uploads.get(upload_id)
+        if staged is None:
+            raise UploadNotFound(upload_id)
+        if not staged.sealed and len(staged.data) > size:
+            del staged.data[size:]
+            staged.modified = self.now()
+        return len(staged.data)
+
     def op_upload_seal(self, upload_id: str) -> int:
         staged = self.uploads.get(upload_id)
         if staged is None:
@@ -266,6 +275,9 @@ class SimStoreClient:
         data = await self._call("GET upload", lambda s: s.op_upload_read(upload_id, length))
         for i in range(0, len(data), _READ_PIECE):
             yield data[i : i + _READ_PIECE]
+
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        return await self._call("TRUNCATE upload", lambda s: s.op_upload_truncate(upload_id, size))
 
     async def upload_seal(self, upload_id: str) -> int:
         return await self._call("SEAL upload", lambda s: s.op_upload_seal(upload_id))
