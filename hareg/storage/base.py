@@ -108,7 +108,9 @@ class BlobStore(Protocol):
         staging them; the caller holds the upload's claim, so none is being
         acknowledged) and return the size the staging now has: ``size``, or
         less if it held less.  The first ``size`` bytes are never changed.
-        A sealed upload is left as it is (its size is returned).
+        Where the driver locks writers out of a sealed upload (filesystem),
+        a sealed one is left as it is and its size returned; elsewhere (S3)
+        the caller never cuts below a size it sealed.
         UploadNotFound if there is no such upload; StorageUnavailable if
         another process is writing it."""
         ...

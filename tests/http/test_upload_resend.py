@@ -34,6 +34,7 @@ from hareg.kv.base import KVUnavailable
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.records import UploadRecord
 from hareg.registry.service import Registry
+from hareg.registry.streams import one_chunk
 from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
 
@@ -240,6 +241,7 @@ async def test_resend_on_another_replica_waits_for_the_dead_request(
             return False
 
         await send_then_reset(client_a, "PATCH", location, patch_headers(), a_staged)
+
         async def send_again() -> ClientResponse:
             return await client_b.patch(location, data=BODY, headers=patch_headers())
 
@@ -258,3 +260,23 @@ async def test_resend_on_another_replica_waits_for_the_dead_request(
 
 async def _waiting(reads: list[bytes], resend: asyncio.Task[ClientResponse]) -> bool:
     return len(reads) >= 4 or resend.done()
+
+
+async def test_claim_of_a_writer_that_died_lapses_and_its_bytes_are_dropped(
+    kv: EtcdKV, make_store: StoreMaker
+) -> None:
+    """A writer whose replica died holds its claim until it lapses, with
+    bytes staged past the acknowledged size: the next PATCH waits for the
+    lapse, takes the upload over, drops those bytes and succeeds."""
+    async with replica(kv, make_store()) as (reg, client):
+        location = await start_upload(client, "repo")
+        upload_id = upload_id_of(location)
+        claimed = await reg.meta.claim_upload(upload_id, "repo", "a-writer-that-died", 1.0)
+        assert claimed is not None and claimed.size == 0
+        assert await reg.store.upload_write(upload_id, 0, one_chunk(b"x" * (3 * PART))) == 3 * PART
+        r = await client.get(location)
+        assert r.headers["Range"] == "0-0"  # the dead writer's bytes were never acknowledged
+        r = await client.patch(location, data=BODY, headers=patch_headers())
+        assert r.status == 202, await r.text()
+        assert (await record(reg, upload_id)).size == len(BODY)
+        await close_and_check(client, r.headers["Location"], BODY)
