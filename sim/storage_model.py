@@ -17,6 +17,7 @@ as every real driver is: the replicas check names exactly as the server does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -258,8 +259,23 @@ class SimStoreClient:
         await self._call("PUT upload", lambda s: s.op_upload_start(upload_id))
 
     async def upload_write(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        # The body is read before it is sent: if the chunk stream fails, nothing is written.
-        parts = [chunk async for chunk in chunks]
+        # The body is read before it is sent.  If the chunk stream fails, what
+        # arrived before is staged all the same, as the S3 driver keeps the
+        # parts it created: taking them back is the registry's job.
+        parts: list[bytes] = []
+        try:
+            async for chunk in chunks:
+                parts.append(chunk)
+        except Exception:
+            if parts:
+                received = b"".join(parts)
+                with contextlib.suppress(StorageError):
+                    await self._call(
+                        "PUT upload part",
+                        lambda s: s.op_upload_write(upload_id, offset, received),
+                        size=len(received),
+                    )
+            raise
         data = b"".join(parts)
         return await self._call(
             "PUT upload part", lambda s: s.op_upload_write(upload_id, offset, data), size=len(data)

@@ -6,13 +6,19 @@ the last chunk (or the cache lost it) the staged bytes are hashed again from
 the store, so the digest is always verified before the blob becomes visible
 (invariant 3 of docs/invariants.md).
 
+A chunk is all or nothing.  Its request claims the upload's etcd record,
+drops what a request that died staged past the acknowledged size, stages its
+bytes, and is acknowledged only by releasing its claim with the new size; a
+chunk that fails (its body cut off, a dependency down, the request
+cancelled) gives its bytes back, so the same request may be sent again
+(docs/consistency.md, "Requests that die").
+
 Closing an upload verifies and commits one exact byte range, whatever races
 it: the closing PUT first seals the upload's etcd record (after which no
-chunk is acknowledged: a PATCH re-reads the record once its bytes are
-written), then seals the staging in the store (which returns the final size;
-a chunk still being written either completes before it or is cut off), and
-verifies and commits exactly that many bytes.  A cancel and a close race on
-the record: whichever changes it first wins, the other gets
+chunk is acknowledged: the seal ends any claim, so a chunk's release fails),
+drops what is staged past the sealed size, seals the staging in the store,
+and verifies and commits exactly the acknowledged bytes.  A cancel and a
+close race on the record: whichever changes it first wins, the other gets
 BLOB_UPLOAD_UNKNOWN.
 """
 
