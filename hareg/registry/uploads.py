@@ -34,6 +34,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 
 from hareg.ids import IdSource
+from hareg.kv.base import KVError
+from hareg.metadata.errors import Contended
 from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.metadata.uploads import UploadBusy
@@ -266,10 +268,15 @@ class UploadService:
             if clock.monotonic() >= renew_at:
                 renew_at = clock.monotonic() + self.claim_ttl / 2
                 try:
-                    record = await self.meta.claim_upload(upload_id, repo, writer, self.claim_ttl)
+                    held = await self.meta.claim_upload(upload_id, repo, writer, self.claim_ttl) is not None
                 except UploadBusy:
-                    record = None
-                if record is None:
+                    held = False
+                except (KVError, Contended) as exc:
+                    # Not fatal: if the claim lapses meanwhile and another request
+                    # takes it over, the release fails and the chunk is refused.
+                    log.info("upload %s: the claim could not be renewed: %s", upload_id, exc)
+                    held = True
+                if not held:
                     raise _unknown(
                         upload_id,
                         "the upload was completed, cancelled or taken over while this chunk was sent",

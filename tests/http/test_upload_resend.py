@@ -280,3 +280,58 @@ async def test_claim_of_a_writer_that_died_lapses_and_its_bytes_are_dropped(
         assert r.status == 202, await r.text()
         assert (await record(reg, upload_id)).size == len(BODY)
         await close_and_check(client, r.headers["Location"], BODY)
+
+
+async def test_handler_cancelled_mid_body_leaves_the_upload_as_it_was(
+    kv: EtcdKV, make_store: StoreMaker
+) -> None:
+    """The request's task is cancelled (a server shutting down, a handler
+    cancelled on disconnect) while its body streams: the bytes it staged
+    are given back all the same, and the same chunk is accepted after."""
+    async with replica(kv, make_store()) as (reg, client):
+        location = await start_upload(client, "repo")
+        upload_id = upload_id_of(location)
+        more = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield BODY[:SENT_BEFORE_RESET]
+            await more.wait()  # never set: the request is cancelled here
+            yield BODY[SENT_BEFORE_RESET:]
+
+        task = asyncio.create_task(reg.uploads.write("repo", upload_id, body(), start=0, length=len(BODY)))
+        await wait_for(lambda: _has_staged(reg, upload_id), "the chunk's first bytes to be staged")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await expect_as_before(reg, client, location, 0)
+        r = await client.patch(location, data=BODY, headers=patch_headers())
+        assert r.status == 202, await r.text()
+
+
+async def test_a_long_body_keeps_its_claim(kv: EtcdKV, make_store: StoreMaker) -> None:
+    """A body that streams for longer than a claim lasts renews it: a PATCH
+    racing it waits for it to end (then is refused for its range) instead
+    of taking the upload over and dropping its bytes."""
+    async with replica(kv, make_store()) as (reg, client):
+        reg.uploads.claim_ttl, reg.uploads.claim_wait = 2.0, 10 * WAIT
+        location = await start_upload(client, "repo")
+        upload_id = upload_id_of(location)
+        pieces = [bytes([i]) * 1000 for i in range(20)]
+        halfway = asyncio.Event()
+
+        async def slow() -> AsyncIterator[bytes]:
+            for i, piece in enumerate(pieces):
+                if i == len(pieces) // 2:
+                    halfway.set()
+                await asyncio.sleep(0.2)  # the whole body takes twice the claim's life
+                yield piece
+
+        data = b"".join(pieces)
+        long_write = asyncio.create_task(
+            reg.uploads.write("repo", upload_id, slow(), start=0, length=len(data))
+        )
+        await halfway.wait()
+        r = await client.patch(location, data=b"racer", headers={"Content-Range": "0-4"})
+        assert r.status == 416, await r.text()  # it waited: the long body is in
+        assert (await long_write).size == len(data)
+        await close_and_check(client, location, data)
