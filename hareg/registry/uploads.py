@@ -216,21 +216,30 @@ class UploadService:
                 pause = min(pause * 2, _CLAIM_POLL_MAX)
                 continue
             if record is None:
-                raise _unknown(upload_id, _SEALED)
+                raise _unknown(upload_id, "the upload was completed, cancelled or expired")
             return record, writer
 
-    async def _acknowledged(self, upload_id: str, record: UploadRecord) -> int:
+    async def _acknowledged(self, repo: str, upload_id: str, record: UploadRecord, writer: str) -> int:
         """The upload's acknowledged size, once the staged bytes past it (of a
         request that died) are dropped; the caller holds the claim."""
         if record.size < 0:  # a record from before sizes were kept
             return await self._size(upload_id)
         try:
-            # Less than the record says only if the store lost a staged tail (a crash).
-            return await self.store.upload_truncate(upload_id, record.size)
+            staged = await self.store.upload_truncate(upload_id, record.size)
         except UploadNotFound:
             raise RegistryError(
                 ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} has no staged data"
             ) from None
+        if staged < record.size:
+            # The store lost acknowledged bytes (a filesystem crash loses the
+            # unsynced tail of a staging): the record follows the store, and
+            # the client resumes from what is left.
+            await self.meta.release_upload(upload_id, repo, writer, staged)
+            raise RangeNotSatisfiable(
+                f"the blob store lost the upload's bytes past {staged}; send them again from there",
+                headers={"Range": range_header(staged)},
+            )
+        return staged
 
     async def _give_back(self, repo: str, upload_id: str, writer: str) -> None:
         """After a failed chunk: drop the bytes it staged and end its claim,
@@ -354,7 +363,7 @@ class UploadService:
         self._refuse_early(await self._session(repo, upload_id), start, length)
         record, writer = await self._claim(repo, upload_id)
         try:
-            size = await self._acknowledged(upload_id, record)
+            size = await self._acknowledged(repo, upload_id, record, writer)
             body = self._renewing(repo, upload_id, writer, chunks)
             new_size, hasher = await self._append(record, upload_id, size, body, start, length)
             # Acknowledged only if the claim is still this request's: then no
@@ -397,7 +406,7 @@ class UploadService:
             self._refuse_early(record, start, length)
             record, writer = await self._claim(repo, upload_id)
             try:
-                size = await self._acknowledged(upload_id, record)
+                size = await self._acknowledged(repo, upload_id, record, writer)
                 body = self._renewing(repo, upload_id, writer, chunks)
                 new_size, hasher = await self._append(record, upload_id, size, body, start, length)
                 # The seal acknowledges the last chunk, if the claim is still ours.

@@ -12,6 +12,7 @@ tripping over its bytes (docs/consistency.md, "Requests that die").
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import uuid
@@ -335,3 +336,23 @@ async def test_a_long_body_keeps_its_claim(kv: EtcdKV, make_store: StoreMaker) -
         assert r.status == 416, await r.text()  # it waited: the long body is in
         assert (await long_write).size == len(data)
         await close_and_check(client, location, data)
+
+
+async def test_acknowledged_bytes_the_store_lost_are_sent_again(kv: EtcdKV, tmp_path: Path) -> None:
+    """A filesystem crash may lose the unsynced tail of a staging: the next
+    chunk is told where the staging really ends (416 with its Range), the
+    record follows, and the client resumes from there."""
+    async with replica(kv, FilesystemBlobStore(tmp_path / "blobs")) as (_, client):
+        location = await start_upload(client, "repo")
+        upload_id = upload_id_of(location)
+        r = await client.patch(location, data=b"0123456789", headers={"Content-Range": "0-9"})
+        assert r.status == 202, await r.text()
+        os.truncate(tmp_path / "blobs" / "uploads" / upload_id, 4)  # what the crash kept
+        r = await client.patch(location, data=b"abc", headers={"Content-Range": "10-12"})
+        assert r.status == 416, await r.text()
+        assert r.headers["Range"] == "0-3"
+        r = await client.get(location)
+        assert r.headers["Range"] == "0-3"
+        r = await client.patch(location, data=b"456789abc", headers={"Content-Range": "4-12"})
+        assert r.status == 202, await r.text()
+        await close_and_check(client, r.headers["Location"], b"0123456789abc")
