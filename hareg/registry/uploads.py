@@ -253,6 +253,14 @@ class UploadService:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
 
+    async def settle(self) -> None:
+        """Wait (at most ``claim_wait`` seconds) for failed chunks still giving
+        their bytes back, so none is cut off when the replica stops; one that
+        is cut off leaves its bytes to the next request on the upload."""
+        pending = list(self._giving_back)
+        if pending:
+            await asyncio.wait(pending, timeout=self.claim_wait)
+
     async def _release_unacknowledged(self, repo: str, upload_id: str, writer: str) -> None:
         try:
             # Claimed again first: if the chunk's release applied after all
