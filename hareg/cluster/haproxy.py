@@ -123,8 +123,11 @@ def render_config(
         "backend replicas",
         "    balance roundrobin",
         "    # A request that reached a replica is re-sent elsewhere only if running it twice",
-        "    # is harmless: not a PATCH (a chunk appended twice), a PUT closing an upload or a DELETE.",
-        "    http-request disable-l7-retry if { method PATCH } || METH_DELETE || METH_PUT { path_sub /blobs/uploads/ }",
+        "    # is harmless and answers alike: a read, a manifest PUT (same bytes, same tag) or the",
+        "    # POST that starts an upload (a spare session expires). Never a PATCH, a PUT closing",
+        "    # an upload, a DELETE or an admin request (a robot account made twice).",
+        "    http-request disable-l7-retry unless METH_GET || { method PUT } { path_reg ^/v2/.+/manifests/[^/]+$ }"
+        " || { method POST } { path_reg ^/v2/.+/blobs/uploads/?$ }",
         "    option httpchk GET /readyz",
         "    http-check expect status 200",
     ]

@@ -204,6 +204,7 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.uploads.settle()
         if self.membership is not None:
             await self.membership.leave()
         await self.leadership.resign()

@@ -65,9 +65,13 @@ async def backend(port: int, seen: Counter[str], *, drop: bool) -> AsyncIterator
         ("HEAD", "/v2/app/blobs/sha256:x", True),
         ("PUT", "/v2/app/manifests/v1", True),  # a manifest PUT is idempotent
         ("POST", "/v2/app/blobs/uploads/", True),  # a new session, or a content-addressed blob
+        ("POST", "/v2/app/blobs/uploads/?digest=sha256:x", True),  # a monolithic push
         ("PATCH", "/v2/app/blobs/uploads/u1", False),  # the chunk would be appended twice
         ("PUT", "/v2/app/blobs/uploads/u1?digest=sha256:x", False),  # the session is closed by the first
         ("DELETE", "/v2/app/manifests/v1", False),  # the second would answer 404
+        ("DELETE", "/v2/app/blobs/uploads/u1", False),  # the second would answer BLOB_UPLOAD_UNKNOWN
+        ("POST", "/hareg/v1/access/robots", False),  # the second would not hand out the first's secret
+        ("PUT", "/hareg/v1/read-only", False),  # an admin request: never run twice
     ],
 )
 async def test_only_requests_safe_to_run_twice_are_resent(
