@@ -297,6 +297,7 @@ class _Member:
     failed_at: float | None = None  # monotonic time it last failed to answer; None: it answers
     answered_at: float = -1e18  # monotonic time of its last answer
     raft_term: int = 0  # from the header of its last answer
+    member_id: int = 0  # etcd's id of the member, from the header of its last answer
 
 
 class _Stalled(Exception):
@@ -501,20 +502,22 @@ class EtcdKV:
 
     def _order(self) -> list[_Member]:
         """The members in the order to try them: the preferred one and those
-        after it that answer, then those that failed, longest ago first."""
+        after it that answer, then those that failed, the one that answered
+        last first (a frozen member answered last when it froze)."""
         if not self._members:
             raise KVUnavailable("EtcdKV is closed" if self._closed else "EtcdKV is not open")
         n = len(self._members)
         rotated = [self._members[(self._preferred + i) % n] for i in range(n)]
         answering = [m for m in rotated if m.failed_at is None]
-        failed = sorted((m for m in rotated if m.failed_at is not None), key=lambda m: m.failed_at or 0.0)
+        failed = sorted((m for m in rotated if m.failed_at is not None), key=lambda m: -m.answered_at)
         return answering + failed
 
     def _answered(self, member: _Member, header: Any = None) -> None:
         member.failed_at = None
         member.answered_at = self._monotonic()
-        if header is not None and int(header.raft_term):
-            member.raft_term = int(header.raft_term)
+        if header is not None:
+            member.member_id = int(header.member_id) or member.member_id
+            member.raft_term = int(header.raft_term) or member.raft_term
         if member in self._members:
             self._preferred = self._members.index(member)
 
@@ -523,22 +526,41 @@ class EtcdKV:
             log.info("etcd member %s does not answer: moving to another", member.address)
         member.failed_at = self._monotonic()
 
-    async def _healthy(self, member: _Member, limit: float) -> bool:
-        """Whether ``member`` answers a status request within ``limit`` seconds,
-        has a leader, and is still in the leader term it was last seen in (a
-        write forwarded to a leader that has since been replaced may never
-        apply, nor ever be answered)."""
-        term = member.raft_term
+    async def _status(self, member: _Member, limit: float) -> Any | None:
+        """``member``'s status within ``limit`` seconds; None if it did not
+        answer, or answered that it has no leader."""
         try:
             resp = await member.maintenance.Status(StatusRequest(), timeout=limit, metadata=_REQUIRE_LEADER)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
-            return False
-        if not int(resp.leader):
+            return None
+        member.answered_at = self._monotonic()
+        member.member_id = int(resp.header.member_id) or member.member_id
+        return resp if int(resp.leader) else None
+
+    async def _healthy(self, member: _Member, limit: float) -> bool:
+        """Whether ``member`` can still answer a write it holds: it answers a
+        status request within ``limit`` seconds, has a leader, is still in the
+        leader term it was last seen in (a proposal forwarded to a leader that
+        has since been replaced may never be answered), and that leader, when
+        it is another of the members, answers its own status in time too (a
+        follower goes on naming a frozen leader until its election timeout)."""
+        term = member.raft_term
+        resp = await self._status(member, limit)
+        if resp is None:
             return False
         new_term = int(resp.raftTerm)
         if term and new_term > term:
             return False
         member.raft_term = new_term
+        leader = int(resp.leader)
+        if leader == member.member_id:
+            return True
+        for other in self._members:
+            if other.member_id == leader:
+                if await self._status(other, limit) is None:
+                    self._failed(other)
+                    return False
+                break
         return True
 
     # -- calls -------------------------------------------------------------
@@ -600,6 +622,8 @@ class EtcdKV:
                     launch()
                     continue
                 for task in done:
+                    if task not in running:
+                        continue  # given up with its member below
                     member = running.pop(task)
                     exc = task.exception()
                     if exc is None:
@@ -614,8 +638,15 @@ class EtcdKV:
                         retried.add(id(member))
                         launch(member)
                     else:
+                        # It cannot serve (no leader, unreachable): its other
+                        # attempts, perhaps stuck in a proposal it accepted
+                        # just before, are given up too.
                         excluded.add(id(member))
                         self._failed(member)
+                        for other in [t for t, m in running.items() if m is member]:
+                            del running[other]
+                            other.cancel()
+                            other.add_done_callback(_retrieve)
         finally:
             for task in running:
                 task.cancel()
@@ -870,8 +901,7 @@ class EtcdKV:
             await asyncio.sleep(self.member_timeout)
             if member.failed_at is None and self._monotonic() - member.answered_at < self.member_timeout:
                 continue  # answered just now
-            if member.failed_at is None and await self._healthy(member, self.member_timeout):
-                member.answered_at = self._monotonic()
+            if member.failed_at is None and await self._status(member, self.member_timeout) is not None:
                 continue
             if len(self._members) < 2:
                 # Nowhere else to go: keep the stream (etcd's keepalive and

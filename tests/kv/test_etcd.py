@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 from etcd3aio import Etcd3Client
-from process_checks import get_once_reachable, require_etcd
+from etcd_fixtures import leader_of
+from process_checks import get_once_reachable
 
 from hareg.kv.base import (
     Compare,
@@ -28,7 +29,6 @@ from hareg.kv.base import (
 )
 from hareg.kv.etcd import EtcdKV, parse_endpoints
 from hareg.processes.etcd import EtcdProcess
-from hareg.processes.ports import free_ports
 
 from .kv_contract import CASES, Case, KVHarness, aclose, collect_events, put
 
@@ -286,53 +286,6 @@ MEMBER_TIMEOUT = 0.5
 # machine; the stalls measured are printed (pytest -s) and stated in
 # docs/consistency.md.
 STALL_BOUND = 5.0
-
-
-@pytest.fixture
-async def etcd_cluster(tmp_path: Path) -> AsyncIterator[list[EtcdProcess]]:
-    """Three etcd members forming one cluster, private to the test (which may
-    pause, stop or kill them); all are resumed and stopped afterwards."""
-    require_etcd()
-    ports = free_ports(6)
-    peers = {f"m{i}": f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(3)}
-    members = [
-        EtcdProcess(
-            f"m{i}",
-            tmp_path / f"m{i}",
-            client_port=ports[2 * i],
-            peer_port=ports[2 * i + 1],
-            initial_cluster=peers,
-            cluster_token=f"failover-{tmp_path.name}",
-            progress_notify_interval="100ms",
-        )
-        for i in range(3)
-    ]
-    try:
-        await asyncio.gather(*(m.start(startup_timeout=60) for m in members))
-        yield members
-    finally:
-        for m in members:
-            if m.running:
-                m.resume()
-        await asyncio.gather(*(m.stop(grace=5) for m in members))
-
-
-async def leader_of(members: list[EtcdProcess]) -> int:
-    """The index of the member that leads now, as the members report it."""
-    async with asyncio.timeout(60):
-        while True:
-            ids: dict[int, int] = {}
-            leader = 0
-            for i, m in enumerate(members):
-                with contextlib.suppress(Exception):
-                    async with Etcd3Client([m.client_url.removeprefix("http://")]) as client:
-                        assert client.maintenance is not None
-                        status = await client.maintenance.status(timeout=2)
-                        ids[int(status.header.member_id)] = i
-                        leader = leader or int(status.leader)
-            if leader in ids:
-                return ids[leader]
-            await asyncio.sleep(0.1)
 
 
 async def verified_put(kv: EtcdKV, key: bytes, value: bytes, within: float = 30.0) -> int:
