@@ -903,10 +903,6 @@ class EtcdKV:
                 continue  # answered just now
             if member.failed_at is None and await self._status(member, self.member_timeout) is not None:
                 continue
-            if len(self._members) < 2:
-                # Nowhere else to go: keep the stream (etcd's keepalive and
-                # its "no leader" cancellation still end it).
-                continue
             self._failed(member)
             moved[0] = True
             call.cancel()
@@ -948,7 +944,13 @@ class EtcdKV:
             self._progress_queues.add(progress)
             call = member.watch.Watch(requests(), metadata=_REQUIRE_LEADER)
             moved = [False]
-            guard = asyncio.get_running_loop().create_task(self._guard(member, call, moved))
+            # With one member there is nowhere else to go: etcd's keepalive
+            # and its "no leader" cancellation end the stream.
+            guard = (
+                asyncio.get_running_loop().create_task(self._guard(member, call, moved))
+                if len(self._members) > 1
+                else None
+            )
             try:
                 async for resp in call:
                     backoff = self._watch_backoff
@@ -996,8 +998,9 @@ class EtcdKV:
                     continue
                 self._failed(member)
             finally:
-                guard.cancel()
-                guard.add_done_callback(_retrieve)
+                if guard is not None:
+                    guard.cancel()
+                    guard.add_done_callback(_retrieve)
                 self._progress_queues.discard(progress)
                 call.cancel()
             if self._closed:
