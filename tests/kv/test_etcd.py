@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -312,20 +314,46 @@ async def timed(what: str, stalls: dict[str, float], t0: float, call: Awaitable[
     stalls[what] = time.monotonic() - t0
 
 
-@pytest.mark.parametrize("frozen", ["follower", "leader"])
+@contextlib.contextmanager
+def paused(member: EtcdProcess) -> Iterator[None]:
+    member.pause()
+    try:
+        yield
+    finally:
+        member.resume()
+
+
+@contextlib.contextmanager
+def cut_from_clients(member: EtcdProcess) -> Iterator[None]:
+    """The kernel drops every packet to the member's client port on the
+    loopback interface: the member runs on with its peers (they use its peer
+    port), unreachable to its clients, its connections open but silent."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("cutting a port needs root and iptables")
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(member.client_port), "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+@pytest.mark.parametrize("frozen", ["follower", "leader", "follower cut from clients"])
 async def test_a_frozen_member_costs_calls_about_a_second(
     etcd_cluster: list[EtcdProcess], frozen: str
 ) -> None:
     """SIGSTOP the member the client uses (a follower, or the leader, which
-    also costs the cluster an election): reads, a verified write, a lease
-    refresh and the watch all go on through the other members.  Each is
-    started the moment the member freezes and timed to its first success."""
+    also costs the cluster an election), or cut it from its clients: reads, a
+    verified write, a lease refresh and the watch all go on through the other
+    members.  Each is started the moment the member freezes and timed to its
+    first success."""
     members = etcd_cluster
     leader = await leader_of(members)
     target = leader if frozen == "leader" else (leader + 1) % 3
+    fault = cut_from_clients if frozen.endswith("cut from clients") else paused
     # The client prefers the member listed first.
     urls = [members[target].client_url] + [m.client_url for i, m in enumerate(members) if i != target]
-    p = f"/frozen-{frozen}/".encode()
+    p = f"/frozen-{frozen.replace(' ', '-')}/".encode()
     async with EtcdKV(urls, timeout=5.0, member_timeout=MEMBER_TIMEOUT) as kv:
         await put(kv, p + b"k", b"before")
         lease = await kv.grant_lease(60)
@@ -347,8 +375,7 @@ async def test_a_frozen_member_costs_calls_about_a_second(
             assert kv._members[kv._preferred].address.endswith(f":{members[target].client_port}")
 
             stalls: dict[str, float] = {}
-            members[target].pause()
-            try:
+            with fault(members[target]):
                 t0 = time.monotonic()
 
                 async def watched() -> None:
@@ -372,8 +399,6 @@ async def test_a_frozen_member_costs_calls_about_a_second(
                 await kv.get(p + b"k")
                 await put(kv, p + b"k", b"later")
                 stalls["get + put after moving"] = time.monotonic() - t1
-            finally:
-                members[target].resume()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
