@@ -315,8 +315,9 @@ class EtcdKV:
     seconds is sent to the next member too, and the first answer wins; a
     write still unanswered after ``member_timeout`` makes the client ask the
     member for its status (within ``member_timeout``), and a member that does
-    not answer, has no leader or has seen a new leader term since is given
-    up on: the write is ``KVUnknownOutcome`` and the next call goes elsewhere.
+    not answer, has no leader, has seen a new leader term since or names a
+    leader that does not answer is given up on: the write is
+    ``KVUnknownOutcome`` and the next call goes elsewhere.
     TLS is used with ``https://`` endpoints or when ``ca_file`` is given;
     ``cert_file``/``key_file`` add a client certificate.  Every call is bounded
     by ``timeout`` seconds in all.
@@ -718,8 +719,8 @@ class EtcdKV:
                 probe = min(self.member_timeout, max(deadline - loop.time(), 0.001))
                 if not await self._healthy(member, probe) and not task.done():
                     raise _Stalled(
-                        f"no answer for {self.member_timeout:g}s, then no status within {probe:g}s "
-                        "or no leader, or a new leader term"
+                        f"no answer for {self.member_timeout:g}s, then no status within {probe:g}s, "
+                        "no leader, a new leader term or a leader that does not answer"
                     )
         finally:
             if not task.done():

@@ -204,6 +204,8 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.barrier is not None:
+            await self.barrier.close()
         if self.membership is not None:
             await self.membership.leave()
         await self.leadership.resign()
