@@ -368,6 +368,7 @@ class EtcdKV:
         # One queue per open watch stream; request_watch_progress() feeds them.
         self._progress_queues: set[asyncio.Queue[None]] = set()
         self._progress_requests_safe = False  # learned from the server version when a watch starts
+        self._server_version: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -929,9 +930,11 @@ class EtcdKV:
                 key=_from(start, end), range_end=end, start_revision=next_revision, progress_notify=True
             )
 
-            if not self._progress_requests_safe:
+            if self._server_version is None:
+                # Once per client: a reconnect after a failover must not wait on it.
                 with contextlib.suppress(KVError):
-                    self._progress_requests_safe = progress_requests_safe(await self.server_version())
+                    self._server_version = await self.server_version()
+                    self._progress_requests_safe = progress_requests_safe(self._server_version)
             progress: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
 
             async def requests(
