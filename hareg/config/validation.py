@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from hareg.config.addresses import host_problem, is_wildcard, split_host_port, url_problem
 from hareg.config.context import ErrorContext, Section, show
 from hareg.config.cron import parse_cron
+from hareg.config.durations import format_duration
 from hareg.config.model import (
     AUTH_ROLES,
     LOG_LEVELS,
@@ -257,7 +258,19 @@ def _storage(top: Section, replicas: int) -> StorageConfig:
 
 def _etcd(top: Section) -> EtcdConfig:
     ctx = top.ctx
-    etcd = top.mapping("etcd", ("endpoints", "prefix", "dialTimeout", "requestTimeout", "tls"))
+    etcd = top.mapping(
+        "etcd",
+        (
+            "endpoints",
+            "prefix",
+            "dialTimeout",
+            "requestTimeout",
+            "memberTimeout",
+            "keepaliveTime",
+            "keepaliveTimeout",
+            "tls",
+        ),
+    )
     raw_endpoints = etcd.get("endpoints")
     if isinstance(raw_endpoints, str):
         raw_endpoints = [item.strip() for item in raw_endpoints.split(",") if item.strip()]
@@ -304,11 +317,23 @@ def _etcd(top: Section) -> EtcdConfig:
         elif schemes == {"http"}:
             ctx.error(tls.path, "is set but the etcd.endpoints use http://; expected https:// endpoints")
 
+    request_timeout = etcd.duration("requestTimeout", EtcdConfig.request_timeout, positive=True)
+    member_timeout = etcd.duration("memberTimeout", EtcdConfig.member_timeout, positive=True)
+    if 0 < request_timeout <= member_timeout:
+        ctx.bad(
+            etcd.at("memberTimeout"),
+            etcd.get("memberTimeout"),
+            f"a duration shorter than etcd.requestTimeout ({format_duration(request_timeout)}): "
+            "a call moves to another member within its request timeout",
+        )
     return EtcdConfig(
         endpoints=tuple(endpoints),
         prefix=prefix,
         dial_timeout=etcd.duration("dialTimeout", EtcdConfig.dial_timeout, positive=True),
-        request_timeout=etcd.duration("requestTimeout", EtcdConfig.request_timeout, positive=True),
+        request_timeout=request_timeout,
+        member_timeout=member_timeout,
+        keepalive_time=etcd.duration("keepaliveTime", EtcdConfig.keepalive_time, positive=True),
+        keepalive_timeout=etcd.duration("keepaliveTimeout", EtcdConfig.keepalive_timeout, positive=True),
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,

@@ -205,6 +205,8 @@ class Registry:
                 await task
         self._tasks.clear()
         await self.uploads.settle()
+        if self.barrier is not None:
+            await self.barrier.close()
         if self.membership is not None:
             await self.membership.leave()
         await self.leadership.resign()

@@ -228,6 +228,9 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         kv = await EtcdKV.connect(
             endpoints,
             timeout=config.etcd.request_timeout,
+            member_timeout=config.etcd.member_timeout,
+            keepalive_time=config.etcd.keepalive_time,
+            keepalive_timeout=config.etcd.keepalive_timeout,
             ca_file=config.etcd.ca_file,
             cert_file=config.etcd.cert_file,
             key_file=config.etcd.key_file,

@@ -218,7 +218,11 @@ async def test_quorum_loss_serves_pulls_refuses_pushes_and_recovers(cluster: Clu
                     assert r.status == 503, await r.text()
                     assert (await r.json())["errors"][0]["code"] == "UNAVAILABLE"
                     assert "Retry-After" in r.headers
-                assert time.monotonic() - t0 < 15  # etcd's request timeout (5 s), never the client's 30
+                took = time.monotonic() - t0
+                print(f"\nquorum loss: push refused by {base} in {took:.3f}s (load {os.getloadavg()[0]:.2f})")
+                # A write reaching etcd as its quorum goes is answered within ~2.5 s
+                # (docs/consistency.md), later ones at once; generous for a loaded machine.
+                assert took < 5
             async with s.get(f"{_replica_urls(cluster)[0]}/readyz") as r:
                 body = await r.json()
                 assert r.status == 200 and body["degraded"] is True and body["reason"] == "EtcdUnavailable"
