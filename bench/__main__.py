@@ -256,13 +256,25 @@ def auth_problem(targets: tuple[TargetSpec, ...], bcrypt_cost: int, token_expiry
 
 def availability_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("availability", help="a mixed workload on the local cluster while its processes die")
-    p.add_argument("--duration", type=float, help="seconds of workload (default 120; --quick 45)")
+    p.add_argument("--duration", type=float, help="seconds of workload (default 180; --quick 45)")
     p.add_argument("--quick", action="store_true", help="a short run (under 90 s on 2 cores)")
     _json_argument(p, DEFAULT_AVAILABILITY_JSON, "Markdown and PNG")
     p.add_argument("--concurrency", type=int, help="concurrent workers (default 6; --quick 4)")
     p.add_argument("--replicas", type=int, default=3, help="cluster replicas (default 3)")
     _storage_argument(p, "--storage", "cluster")
     p.add_argument("--seed", type=int, default=1, help="seed of the workload's choices and contents")
+    p.add_argument(
+        "--no-partitions",
+        action="store_true",
+        help="leave out the partition faults (iptables rules on loopback; they need root)",
+    )
+    p.add_argument(
+        "--plant",
+        default="",
+        metavar="NAME",
+        help="FOR TESTING: switch a planted bug on in the replicas (hareg/plants.py), to show the "
+        "history check catches it; e.g. cache-keeps-moved-tag",
+    )
     _run_arguments(p, starting="the cluster", plots="no PNG timeline")
 
 
@@ -274,8 +286,20 @@ def run_availability(args: argparse.Namespace) -> int:
 
     base = AvailabilityOptions.quick_options() if args.quick else AvailabilityOptions()
     options = replace(
-        base, **_given(args, "duration", "concurrency", "replicas", "storage", "seed", "start_timeout")
+        base,
+        **_given(args, "duration", "concurrency", "replicas", "storage", "seed", "start_timeout"),
+        partitions=not args.no_partitions,
+        plant=args.plant,
     )
+    if args.plant:
+        from hareg.plants import DESCRIPTIONS
+
+        if args.plant not in DESCRIPTIONS:
+            print(
+                f"bench: --plant {args.plant!r}: unknown; known: {', '.join(sorted(DESCRIPTIONS))}",
+                file=sys.stderr,
+            )
+            return 2
     try:
         doc = run(
             options, _progress_factory(args.progress), log=lambda msg: print(msg, file=sys.stderr, flush=True)

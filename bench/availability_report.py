@@ -18,6 +18,16 @@ def _num(v: Any) -> str:
     return "-" if v is None else f"{v:,.1f}" if isinstance(v, float) else str(v)
 
 
+def _lin_line(lin: Any) -> str:
+    if lin is None:
+        return "history not checked"
+    return f"{lin['violations']} linearizability violations in {lin['checked_ops']} checked tag operations"
+
+
+def _load(v: Any) -> str:
+    return "-" if not v else " ".join(f"{x:.2f}" for x in v)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     c = doc.get("cluster", {})
@@ -30,7 +40,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"healed in {doc.get('heal_s')} s; run took {doc.get('elapsed_s')} s.",
         "",
         f"**Verdict: {doc['verdict']}**: {doc['acknowledged_pushes']} acknowledged pushes, "
-        f"{doc['lost']} lost, {doc['dangling']} dangling.",
+        f"{doc['lost']} lost, {doc['dangling']} dangling; "
+        f"{_lin_line(doc.get('linearizability'))}. Load average before / after: "
+        f"{_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}. Partitions: {doc.get('partitions', '-')}."
+        + (f" **Planted bug: {doc['options']['plant']}.**" if doc["options"].get("plant") else ""),
         "",
         "| operation | count | success | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
@@ -63,6 +76,23 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {ch['check']} | {shown} | {({True: 'met', False: '**missed**', None: 'n/a'})[ch['met']]} |"
         )
+    lin = doc.get("linearizability")
+    if lin is not None:
+        lines += ["", "## History", "",
+                  f"{doc['history']['operations']} operations recorded: "
+                  + "; ".join(f"{k} {v}" for k, v in doc["history"]["outcomes"].items()) + ".",
+                  f"Linearizability (per tag, the simulator's checker): {lin['checked_ops']} operations on "
+                  f"{lin['tags']} tags checked, {lin['violations']} violations, {lin['exempt_reads']} reads "
+                  f"exempt as stale by design (in {doc['stale_reads']['seconds']} s of stale-read intervals), "
+                  f"{lin['inconclusive_tags']} tags inconclusive, {lin['check_s']} s."]  # fmt: skip
+        lines += [f"- {e}" for e in lin["examples"]]
+    mem = doc.get("memory")
+    if mem:
+        lines += ["", "## Memory (resident set)", "", "| process | pids | first MiB | last MiB | peak MiB | growth MiB/10 min |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, m in mem.items():
+            lines.append(f"| {name} | {len(m['pids'])} | {m['first_mib']} | {m['last_mib']} | {m['peak_mib']} | "
+                         f"{_num(m['growth_mib_per_10min'])} |")  # fmt: skip
     v = doc["verification"]
     if v["lost_examples"] or v["dangling_examples"] or v["dangling_check_errors"]:
         lines += ["", "## Verification details", ""]
@@ -81,7 +111,7 @@ def timeline_png(doc: dict[str, Any], path: Path) -> Path:
     t = doc["timeline"]
     xs = list(range(len(t["errors"])))
     fig, ax = plt.subplots(figsize=(14, 5))
-    for kind, color in zip(OPS, ("tab:blue", "tab:green", "tab:purple"), strict=True):
+    for kind, color in zip(OPS, ("tab:blue", "tab:green", "tab:purple", "tab:brown"), strict=True):
         ax.plot(xs, t[f"{kind}_ok"], label=f"{kind} ok/s", color=color, linewidth=1.2)
     ax.bar(xs, t["errors"], color="tab:red", alpha=0.7, label="errors/s", width=1.0)
     top = max([1] + [max(v) for v in t.values() if v])
@@ -107,13 +137,43 @@ def timeline_png(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def memory_png(doc: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 5))
+    for name, m in doc["memory"].items():
+        xs = [p[0] for p in m["series"]]
+        ax.plot(xs, [p[1] for p in m["series"]], label=name, linewidth=1.0)
+    ax.set_xlabel("seconds since the workload started")
+    ax.set_ylabel("resident set, MiB")
+    ax.legend(loc="upper left", fontsize=7, ncol=3)
+    ax.set_title("Memory of every process of the run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def write(doc: dict[str, Any], json_path: Path, *, with_plots: bool = True) -> list[Path]:
+    """The JSON, the Markdown beside it, the history as JSON lines and the PNG timelines."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     stem = json_path.with_suffix("")
+    written = [json_path]
+    history = doc.pop("_history", None)
+    if history is not None:
+        recorder, t0 = history
+        jsonl = recorder.write_jsonl(stem.with_name(stem.name + "-history.jsonl"), t0)
+        doc["history"]["file"] = str(jsonl)
+        written.append(jsonl)
+    json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     md = stem.with_suffix(".md")
     md.write_text(markdown(doc))
-    written = [json_path, md]
+    written.append(md)
     if with_plots:
         written.append(timeline_png(doc, stem.with_name(stem.name + "-timeline.png")))
+        if doc.get("memory"):
+            written.append(memory_png(doc, stem.with_name(stem.name + "-memory.png")))
     return written

@@ -1,15 +1,27 @@
 """Faults injected into a running local cluster (``hareg cluster up``), on a
 schedule, by pid: only processes of the cluster this benchmark started.
 
-==========================  ===============================================  ==========================
-fault                       inject                                           heal
-==========================  ===============================================  ==========================
-``replica_kill``            SIGKILL one replica                              the supervisor restarts it
-``etcd_leader_kill``        SIGKILL the etcd leader                          SIGHUP to the supervisor
-``etcd_leader_pause``       SIGSTOP the etcd leader past the lease TTL       SIGCONT
-``storage_pause``           SIGSTOP the object store (SeaweedFS)             SIGCONT
-``etcd_quorum_loss``        SIGKILL two of three etcd members                SIGHUP to the supervisor
-==========================  ===============================================  ==========================
+=============================  ==============================================  ===========================
+fault                          inject                                          heal
+=============================  ==============================================  ===========================
+``replica_kill``               SIGKILL one replica                             the supervisor restarts it
+``etcd_leader_kill``           SIGKILL the etcd leader                         SIGHUP to the supervisor
+``etcd_leader_pause``          SIGSTOP the etcd leader past the lease TTL      SIGCONT
+``storage_pause``              SIGSTOP the object store (SeaweedFS)            SIGCONT
+``etcd_member_partition``      the etcd leader cut from its peers, both ways   the rules deleted
+                               (clients still reach it)
+``etcd_one_way``               the etcd leader's peer port drops every packet  the rules deleted
+                               (peers cannot reach it over connections they
+                               open; it still reaches them over its own)
+``replica_etcd_partition``     one replica cut from every etcd member          the rules deleted
+``replica_storage_partition``  one replica cut from the object store           the rules deleted
+``etcd_quorum_loss``           SIGKILL two of three etcd members               SIGHUP to the supervisor
+=============================  ==============================================  ===========================
+
+The partitions are iptables rules on the loopback interface (:mod:`bench.partitions`),
+deleted when the fault heals and, whatever happens, when the run ends.  A run
+longer than one pass of the faults repeats them (``replica_kill#2``, ...), a
+few seconds apart.
 
 The supervisor never restarts etcd or SeaweedFS by itself (so chaos tests can
 keep them down); a SIGHUP makes it start whatever member is down.
@@ -18,6 +30,7 @@ keep them down); a SIGHUP makes it start whatever member is down.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -28,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.partitions import PartitionError, Partitions
+
 # Membership leases in hareg are 10 s; a pause "past the lease TTL" lasts longer.
 LEASE_TTL_S = 10.0
 
@@ -35,10 +50,17 @@ LEASE_TTL_S = 10.0
 class Cluster:
     """A started cluster, read from its ``cluster.json`` (re-read on every call)."""
 
-    def __init__(self, cluster_json: Path, supervisor_pid: int, registry_url: str) -> None:
+    def __init__(
+        self,
+        cluster_json: Path,
+        supervisor_pid: int,
+        registry_url: str,
+        partitions: Partitions | None = None,
+    ) -> None:
         self.cluster_json = cluster_json
         self.supervisor_pid = supervisor_pid
         self.registry_url = registry_url
+        self.partitions = partitions  # None: partition faults are skipped
 
     def doc(self) -> dict[str, Any]:
         for _ in range(50):  # rewritten atomically, but it may be missing for a moment
@@ -53,6 +75,10 @@ class Cluster:
 
     def etcd(self) -> list[dict[str, Any]]:
         return list(self.doc().get("etcd", []))
+
+    def storage_port(self) -> int | None:
+        url = str(self.doc().get("storage", {}).get("url", ""))
+        return _port(url) if url.startswith("http") else None
 
     def storage_pid(self) -> int | None:
         pid = self.doc().get("storage", {}).get("pid")
@@ -73,13 +99,34 @@ class Cluster:
         except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
             return None
 
-    def etcd_leader(self) -> dict[str, Any] | None:
+    def etcd_leader(self, wait: float = 5.0) -> dict[str, Any] | None:
+        """The member that says it leads; polled for up to ``wait`` seconds (an
+        election may be going on after the previous fault), else None."""
+        deadline = time.monotonic() + wait
+        while True:
+            leader = self._leader_now()
+            if leader is not None or time.monotonic() >= deadline:
+                return leader
+            time.sleep(0.2)
+
+    def _leader_now(self) -> dict[str, Any] | None:
         for member in self.etcd():
             if member.get("pid") is None:
                 continue
             answer = self.etcd_status(member)
             if answer is not None and answer[0] == answer[1]:
                 return member
+        return None
+
+    def etcd_peer_port(self, member: dict[str, Any]) -> int | None:
+        """The member's peer port, from its command line (cluster.json names client URLs only)."""
+        try:
+            args = Path(f"/proc/{member['pid']}/cmdline").read_bytes().decode().split("\0")
+        except (OSError, KeyError, TypeError):
+            return None
+        for flag, value in itertools.pairwise(args):
+            if flag == "--listen-peer-urls":
+                return _port(value.split(",")[0])
         return None
 
     def etcd_healthy(self, member: dict[str, Any]) -> bool:
@@ -146,17 +193,24 @@ class Cluster:
 class Fault:
     """One scheduled fault: injected at ``at`` seconds, healed ``hold`` seconds later."""
 
-    name: str
+    name: str  # unique in a schedule: the kind, then ``kind#2``, ... when the faults repeat
     at: float
     hold: float
+    kind: str = ""  # one of FAULT_ORDER; the name's kind when not given
     injected_at: float | None = None
     healed_at: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     skipped: str = ""
+    rules: list[tuple[str, ...]] = field(default_factory=list)  # a partition's iptables rules
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = self.name.split("#", 1)[0]
 
     def as_dict(self) -> dict[str, Any]:
         out = {
             "name": self.name,
+            "kind": self.kind,
             "scheduled_at": round(self.at, 2),
             "hold_s": round(self.hold, 2),
             "injected_at": None if self.injected_at is None else round(self.injected_at, 3),
@@ -168,57 +222,147 @@ class Fault:
         return out
 
 
-FAULT_ORDER = ("replica_kill", "etcd_leader_kill", "etcd_leader_pause", "storage_pause", "etcd_quorum_loss")
+FAULT_ORDER = (
+    "replica_kill",
+    "etcd_leader_kill",
+    "etcd_leader_pause",
+    "storage_pause",
+    "etcd_member_partition",
+    "etcd_one_way",
+    "replica_etcd_partition",
+    "replica_storage_partition",
+    "etcd_quorum_loss",
+)
+PARTITION_KINDS = frozenset(
+    {"etcd_member_partition", "etcd_one_way", "replica_etcd_partition", "replica_storage_partition"}
+)
+# Without partitions (a quick run): the kill and pause faults.
+KILL_AND_PAUSE = tuple(k for k in FAULT_ORDER if k not in PARTITION_KINDS)
+REPEAT_GAP_S = 6.0  # the gap between faults when a long run repeats them
 
 
-def schedule(duration: float) -> list[Fault]:
-    """The five faults spread over ``duration`` seconds: a warm-up, then each
-    fault with its hold and an equal recovery gap, then a quiet tail."""
-    holds = {
+def _holds(duration: float) -> dict[str, float]:
+    def scaled(low: float, share: float, high: float) -> float:
+        return min(max(low, share * duration), high)
+
+    return {
         "replica_kill": 0.0,
-        "etcd_leader_kill": max(3.0, 0.05 * duration),
+        "etcd_leader_kill": scaled(3.0, 0.05, 8.0),
         "etcd_leader_pause": LEASE_TTL_S + 2.0,
-        "storage_pause": max(3.0, 0.05 * duration),
-        "etcd_quorum_loss": max(4.0, 0.06 * duration),
+        "storage_pause": scaled(3.0, 0.05, 8.0),
+        "etcd_member_partition": scaled(4.0, 0.05, 8.0),
+        "etcd_one_way": scaled(4.0, 0.05, 8.0),
+        "replica_etcd_partition": scaled(4.0, 0.05, 8.0),
+        "replica_storage_partition": scaled(3.0, 0.05, 8.0),
+        "etcd_quorum_loss": scaled(4.0, 0.06, 10.0),
     }
-    warmup = max(4.0, 0.07 * duration)
-    tail = max(3.0, 0.05 * duration)
-    gap = max((duration - warmup - tail - sum(holds.values())) / len(FAULT_ORDER), 3.0)
+
+
+def schedule(duration: float, kinds: tuple[str, ...] = FAULT_ORDER) -> list[Fault]:
+    """The faults spread over ``duration`` seconds: a warm-up, then each fault
+    with its hold and an equal recovery gap, then a quiet tail.  When a pass
+    leaves gaps longer than twice ``REPEAT_GAP_S``, the pass repeats (as many
+    times as fit with gaps of about ``REPEAT_GAP_S``): a soak has a fault every
+    few seconds."""
+    holds = _holds(duration)
+    warmup = min(max(4.0, 0.07 * duration), 15.0)
+    tail = min(max(3.0, 0.05 * duration), 10.0)
+    room = duration - warmup - tail
+    one_pass = sum(holds[k] for k in kinds)
+    rounds = 1
+    if (room - one_pass) / len(kinds) > 2 * REPEAT_GAP_S:
+        rounds = max(int(room // (one_pass + len(kinds) * REPEAT_GAP_S)), 1)
+    gap = max((room - rounds * one_pass) / (rounds * len(kinds)), 3.0)
     faults = []
     t = warmup
-    for name in FAULT_ORDER:
-        faults.append(Fault(name=name, at=t, hold=holds[name]))
-        t += holds[name] + gap
+    for r in range(rounds):
+        for kind in kinds:
+            name = kind if r == 0 else f"{kind}#{r + 1}"
+            faults.append(Fault(name=name, at=t, hold=holds[kind], kind=kind))
+            t += holds[kind] + gap
     return faults
 
 
-def minimum_duration() -> float:
-    faults = schedule(0.0)
+def minimum_duration(kinds: tuple[str, ...] = FAULT_ORDER) -> float:
+    faults = schedule(0.0, kinds)
     return faults[-1].at + faults[-1].hold + 3.0 + 3.0
 
 
+def _port(url: str) -> int | None:
+    tail = url.rstrip("/").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _partition(cluster: Cluster, fault: Fault) -> None:
+    """Inject a partition fault (see the table in the module's docstring)."""
+    parts = cluster.partitions
+    if parts is None:
+        fault.skipped = "partitions are off (not root, or no iptables / cgroup v2)"
+        return
+    rules: list[tuple[str, ...]] = []
+    try:
+        if fault.kind in ("etcd_member_partition", "etcd_one_way"):
+            leader = cluster.etcd_leader()
+            if leader is None:
+                fault.skipped = "no etcd leader could be found"
+                return
+            peers = {m["name"]: cluster.etcd_peer_port(m) for m in cluster.etcd() if m.get("pid")}
+            own = peers.get(leader["name"])
+            others = [p for n, p in peers.items() if n != leader["name"] and p is not None]
+            if own is None or not others:
+                fault.skipped = f"peer ports unknown: {peers}"
+                return
+            rules += parts.inbound(own)
+            if fault.kind == "etcd_member_partition":
+                rules += parts.outbound(leader["name"], leader["pid"], others)
+            fault.details = {"member": leader["name"], "pid": leader["pid"], "peer_port": own,
+                             "cut_from_peer_ports": others if fault.kind == "etcd_member_partition" else []}  # fmt: skip
+        else:
+            replicas = [r for r in cluster.replicas() if r.get("pid")]
+            # Not the first replica: replica_kill's victim restarts meanwhile.
+            victim = replicas[min(1, len(replicas) - 1)]
+            if fault.kind == "replica_etcd_partition":
+                ports = [p for p in (_port(m["client_url"]) for m in cluster.etcd()) if p is not None]
+            else:
+                storage = cluster.storage_port()
+                if storage is None:
+                    fault.skipped = "no object store process (filesystem storage)"
+                    return
+                ports = [storage]
+            rules += parts.outbound(victim["name"], victim["pid"], ports)
+            fault.details = {"replica": victim["name"], "pid": victim["pid"], "ports": ports}
+    except PartitionError as exc:
+        parts.remove(rules)
+        fault.skipped = f"partition failed: {exc}"[:300]
+        return
+    fault.details["rules"] = len(rules)
+    fault.rules = rules
+
+
 def inject(cluster: Cluster, fault: Fault) -> None:
-    if fault.name == "replica_kill":
+    if fault.kind in PARTITION_KINDS:
+        _partition(cluster, fault)
+    elif fault.kind == "replica_kill":
         replicas = [r for r in cluster.replicas() if r.get("pid")]
         victim = replicas[0]
         cluster.signal(victim["pid"], signal.SIGKILL)
         fault.details = {"replica": victim["name"], "pid": victim["pid"]}
-    elif fault.name in ("etcd_leader_kill", "etcd_leader_pause"):
+    elif fault.kind in ("etcd_leader_kill", "etcd_leader_pause"):
         leader = cluster.etcd_leader()
         if leader is None:
             fault.skipped = "no etcd leader could be found"
             return
-        sig = signal.SIGKILL if fault.name == "etcd_leader_kill" else signal.SIGSTOP
+        sig = signal.SIGKILL if fault.kind == "etcd_leader_kill" else signal.SIGSTOP
         cluster.signal(leader["pid"], sig)
         fault.details = {"member": leader["name"], "pid": leader["pid"], "signal": sig.name}
-    elif fault.name == "storage_pause":
+    elif fault.kind == "storage_pause":
         pid = cluster.storage_pid()
         if pid is None:
             fault.skipped = "no object store process (filesystem storage)"
             return
         cluster.signal(pid, signal.SIGSTOP)
         fault.details = {"pid": pid}
-    elif fault.name == "etcd_quorum_loss":
+    elif fault.kind == "etcd_quorum_loss":
         leader = cluster.etcd_leader()
         members = [m for m in cluster.etcd() if m.get("pid")]
         # The two followers: the leader that stays loses its quorum.
@@ -227,13 +371,18 @@ def inject(cluster: Cluster, fault: Fault) -> None:
             cluster.signal(m["pid"], signal.SIGKILL)
         fault.details = {"members": [m["name"] for m in victims], "pids": [m["pid"] for m in victims]}
     else:
-        raise ValueError(f"unknown fault {fault.name}")
+        raise ValueError(f"unknown fault {fault.kind}")
 
 
 def heal(cluster: Cluster, fault: Fault) -> None:
     if fault.skipped:
         return
-    if fault.name in ("etcd_leader_kill", "etcd_quorum_loss"):
+    if fault.kind in PARTITION_KINDS:
+        if cluster.partitions is not None:
+            errors = cluster.partitions.remove(fault.rules)
+            if errors:
+                fault.details["heal_errors"] = errors
+    elif fault.kind in ("etcd_leader_kill", "etcd_quorum_loss"):
         cluster.sighup_supervisor()
-    elif fault.name in ("etcd_leader_pause", "storage_pause"):
+    elif fault.kind in ("etcd_leader_pause", "storage_pause"):
         cluster.signal(fault.details.get("pid"), signal.SIGCONT)

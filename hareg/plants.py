@@ -8,12 +8,18 @@ its default (no plants) every hook is a no-op, and no constructor carries an
 argument that only the simulator passes.  The simulator sets it for a run with
 ``planting``; asyncio copies the context into every task when it is created,
 so each task of a run's event loop sees that run's plants, and nothing else.
+
+For testing only, a real ``hareg serve`` process can switch plants on too (the
+availability benchmark shows that its history checker catches one):
+``HAREG_TEST_PLANTS=tests-only:NAME[,NAME]``.  The value must start with
+``tests-only:`` (anything else is refused at startup), so a stray or copied
+variable cannot switch a bug on, and the process logs a warning naming them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 
@@ -31,6 +37,8 @@ DESCRIPTIONS = MappingProxyType(
         "after the verification is stored under the digest of the bytes before it (invariant 3)",
         "cache-keeps-deleted-tag": "the watch-fed cache ignores tag deletions "
         "(metadata/cache.py _apply): deleted tags stay readable (invariant 4, linearizability)",
+        "cache-keeps-moved-tag": "the watch-fed cache ignores updates of a tag it already holds "
+        "(metadata/cache.py _apply): a moved tag keeps reading as its old digest (linearizability)",
         "gc-no-grace": "garbage collection without the in-flight guard: no grace window for blobs "
         "just uploaded or found by HEAD (registry/gc.py GarbageCollector.plan) (invariant 6)",
         "access-no-barrier": "the runtime grants and robot accounts are read from the watch-fed cache "
@@ -68,3 +76,30 @@ def planting(names: Iterable[str]) -> Iterator[frozenset[str]]:
         yield _ACTIVE.get()
     finally:
         _ACTIVE.reset(token)
+
+
+ENV_VAR = "HAREG_TEST_PLANTS"
+ENV_PREFIX = "tests-only:"
+
+
+def from_environment(env: Mapping[str, str]) -> frozenset[str]:
+    """The plants ``HAREG_TEST_PLANTS`` asks a real process for (testing only);
+    none when it is unset or empty.  ValueError (naming the variable, its value
+    and what is allowed) for a value without the ``tests-only:`` prefix or with
+    an unknown name."""
+    value = env.get(ENV_VAR, "")
+    if not value:
+        return frozenset()
+    if not value.startswith(ENV_PREFIX):
+        raise ValueError(
+            f"{ENV_VAR}: {value!r} is not allowed; expected {ENV_PREFIX}NAME[,NAME] "
+            f"(planted bugs, for tests only; known: {', '.join(sorted(DESCRIPTIONS))}) or unset"
+        )
+    names = [n.strip() for n in value[len(ENV_PREFIX) :].split(",") if n.strip()]
+    unknown = sorted(set(names) - DESCRIPTIONS.keys())
+    if unknown:
+        raise ValueError(
+            f"{ENV_VAR}: {value!r} is not allowed; unknown plant(s) {unknown}; "
+            f"known: {', '.join(sorted(DESCRIPTIONS))}"
+        )
+    return frozenset(names)

@@ -306,6 +306,7 @@ PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "ambiguous-ack": frozenset({"7", "1", "4", "linearizability"}),
     "upload-no-digest": frozenset({"3"}),
     "cache-keeps-deleted-tag": frozenset({"4", "linearizability"}),
+    "cache-keeps-moved-tag": frozenset({"linearizability"}),
     "gc-no-grace": frozenset({"6", "2"}),
     "commit-unverified-bytes": frozenset({"3", "hostile"}),
     "access-no-barrier": frozenset({"8"}),

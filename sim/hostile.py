@@ -50,6 +50,7 @@ BEHAVIOURS: dict[str, str] = {
     "stale_expired": "PATCH, PUT, GET and DELETE replayed on the URL of an expired upload",
     "bad_range": "a PATCH or closing PUT whose Content-Range overlaps the staged bytes or leaves a gap",
     "disconnect": "a PATCH or closing PUT whose client hangs up mid-body, then resumes",
+    "resend": "a PATCH or closing PUT whose client hangs up mid-body, then sent again as it was",
     "mount_delete": "a cross-repository mount while the source repository's link is being deleted",
 }
 WEIGHTS: tuple[tuple[str, float], ...] = (
@@ -61,6 +62,7 @@ WEIGHTS: tuple[tuple[str, float], ...] = (
     ("stale_expired", 0.5),
     ("bad_range", 2),
     ("disconnect", 2),
+    ("resend", 2),
     ("mount_delete", 1.5),
 )
 HOSTILE_CLIENTS = 3
@@ -628,7 +630,8 @@ class HostileClient(Client):
         if status.outcome is not Outcome.OK:
             return
         size = status.value.size
-        if up.certain and not n <= size <= n + body.sent:
+        if up.certain and size != n:
+            # Nothing of a request that died counts: the upload is as it was before it.
             self._flag(
                 status_op,
                 f"after a hang-up the upload has {size} bytes; it had {n}, {body.sent} more were sent",
@@ -644,6 +647,50 @@ class HostileClient(Client):
             if resp.outcome is Outcome.FAIL:
                 return
         await self._close(up)
+
+    async def resend(self) -> None:
+        """A PATCH (or the closing PUT with its last chunk) whose client hangs up
+        after part of the body, then sends the very same request again, through
+        any replica, at once (as a client's retry or haproxy would): the broken
+        request must have left the upload as it was, so while the client is
+        sure of every answer the re-send is never refused for its range or
+        digest (it may wait for the broken request's claim, or get a 503)."""
+        up = await self._open(first=0.6)
+        if up is None:
+            return
+        data = self._random_bytes(2, 1024)
+        parts = split(data, self.rng, self.rng.randint(2, 4))
+        body = Body(parts, gap=self.rng.uniform(0.0, 0.01), hang_up_after=self.rng.randint(1, len(parts) - 1))
+        n = len(up.staged)
+        closing = self.rng.random() < 0.3
+        digest = sha256(up.staged + data)
+        if closing:
+            op, resp = await self._finish(up, digest, data, start=n, body=body)
+        else:
+            op, resp = await self._patch(up, data, start=n, body=body)
+        if resp.outcome is Outcome.OK:
+            self._flag(op, "a request whose client hung up mid-body was acknowledged")
+            return
+        if resp.outcome is Outcome.FAIL:
+            if resp.code == ErrorCode.BLOB_UPLOAD_UNKNOWN.name:
+                return  # the session is gone (expired)
+        elif not body.disconnected:
+            up.certain = False  # a fault, not the hang-up: the client cannot know
+        certain = up.certain
+        if closing:
+            op, resp = await self._finish(up, digest, data, start=n)
+        else:
+            op, resp = await self._patch(up, data, start=n)
+            self._account(up, resp, data)
+        refused = {ErrorCode.BLOB_UPLOAD_INVALID.name, ErrorCode.DIGEST_INVALID.name}
+        if certain and resp.outcome is Outcome.FAIL and resp.code in refused:
+            self._flag(op, f"the re-send of a request cut off mid-body was refused: {resp.error}")
+            return
+        if closing:
+            if resp.outcome is Outcome.OK:
+                await self._read_back(up.repo, digest)
+        elif resp.outcome is Outcome.OK:
+            await self._close(up)
 
     async def mount_delete(self) -> None:
         """Mount a layer from a repository while another request deletes it there."""

@@ -17,6 +17,7 @@ as every real driver is: the replicas check names exactly as the server does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -151,6 +152,15 @@ class ObjectStore:
             raise UploadNotFound(upload_id)
         return bytes(staged.data if length is None else staged.data[:length])
 
+    def op_upload_truncate(self, upload_id: str, size: int) -> int:
+        staged = self.uploads.get(upload_id)
+        if staged is None:
+            raise UploadNotFound(upload_id)
+        if not staged.sealed and len(staged.data) > size:
+            del staged.data[size:]
+            staged.modified = self.now()
+        return len(staged.data)
+
     def op_upload_seal(self, upload_id: str) -> int:
         staged = self.uploads.get(upload_id)
         if staged is None:
@@ -249,8 +259,23 @@ class SimStoreClient:
         await self._call("PUT upload", lambda s: s.op_upload_start(upload_id))
 
     async def upload_write(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        # The body is read before it is sent: if the chunk stream fails, nothing is written.
-        parts = [chunk async for chunk in chunks]
+        # The body is read before it is sent.  If the chunk stream fails, what
+        # arrived before is staged all the same, as the S3 driver keeps the
+        # parts it created: taking them back is the registry's job.
+        parts: list[bytes] = []
+        try:
+            async for chunk in chunks:
+                parts.append(chunk)
+        except Exception:
+            if parts:
+                received = b"".join(parts)
+                with contextlib.suppress(StorageError):
+                    await self._call(
+                        "PUT upload part",
+                        lambda s: s.op_upload_write(upload_id, offset, received),
+                        size=len(received),
+                    )
+            raise
         data = b"".join(parts)
         return await self._call(
             "PUT upload part", lambda s: s.op_upload_write(upload_id, offset, data), size=len(data)
@@ -266,6 +291,9 @@ class SimStoreClient:
         data = await self._call("GET upload", lambda s: s.op_upload_read(upload_id, length))
         for i in range(0, len(data), _READ_PIECE):
             yield data[i : i + _READ_PIECE]
+
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        return await self._call("TRUNCATE upload", lambda s: s.op_upload_truncate(upload_id, size))
 
     async def upload_seal(self, upload_id: str) -> int:
         return await self._call("SEAL upload", lambda s: s.op_upload_seal(upload_id))

@@ -23,8 +23,9 @@ from process_checks import require_etcd
 from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import EtcdProcess
 
-# The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) for every directory.
-pytest_plugins = ["seaweedfs_fixtures"]
+# The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) and the three-member
+# etcd cluster (``etcd_cluster``) for every directory.
+pytest_plugins = ["seaweedfs_fixtures", "etcd_fixtures"]
 
 # Fast progress notifications so watch tests see them within a second.
 PROGRESS_NOTIFY_INTERVAL = "100ms"

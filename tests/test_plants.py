@@ -4,10 +4,15 @@ every task started there, and never for a task started elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from hareg.plants import DESCRIPTIONS, planted, planting
+from hareg.cluster.replica import replica_env
+from hareg.plants import DESCRIPTIONS, from_environment, planted, planting
 
 
 def test_no_plant_is_on_by_default() -> None:
@@ -62,3 +67,38 @@ async def test_a_task_keeps_the_plants_it_started_with() -> None:
     assert not planted("upload-no-digest")  # the block is over here
     release.set()
     assert await task
+
+
+def test_a_real_process_takes_plants_only_with_the_tests_only_prefix() -> None:
+    assert from_environment({}) == frozenset()
+    assert from_environment({"HAREG_TEST_PLANTS": ""}) == frozenset()
+    assert from_environment({"HAREG_TEST_PLANTS": "tests-only:gc-no-grace, tag-no-compare"}) == {
+        "gc-no-grace",
+        "tag-no-compare",
+    }
+    with pytest.raises(
+        ValueError, match=r"HAREG_TEST_PLANTS: 'gc-no-grace' is not allowed; expected tests-only:"
+    ):
+        from_environment({"HAREG_TEST_PLANTS": "gc-no-grace"})
+    with pytest.raises(ValueError, match=r"unknown plant\(s\) \['nope'\]"):
+        from_environment({"HAREG_TEST_PLANTS": "tests-only:nope"})
+
+
+def test_the_cluster_passes_the_plants_on_to_its_replicas_and_no_other_override() -> None:
+    env = replica_env({"HAREG_TEST_PLANTS": "tests-only:gc-no-grace", "HAREG_LISTEN": "x", "PATH": "/bin"})
+    assert env["HAREG_TEST_PLANTS"] == "tests-only:gc-no-grace" and "HAREG_LISTEN" not in env
+
+
+def test_hareg_serve_refuses_a_plant_without_the_prefix(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HAREG_TEST_PLANTS="cache-keeps-moved-tag", PYTHONPATH=str(root))
+    done = subprocess.run(
+        [sys.executable, "-m", "hareg", "serve", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "HAREG_TEST_PLANTS: 'cache-keeps-moved-tag' is not allowed" in done.stderr

@@ -21,12 +21,12 @@ they all use the cluster's etcd and prefix.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from hareg.cluster.spec import write_atomic
 from hareg.config.model import AuthConfig, ConfigError
 from hareg.registry.htpasswd import HtpasswdError, parse_htpasswd
 from hareg.registry.tokens import TokenIssuer, TokenVerifier
@@ -106,18 +106,7 @@ def _write(path: Path, data: bytes) -> bool:
             return False
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomic(path, data, mode=0o600)
     return True
 
 

@@ -70,6 +70,13 @@ class Backend:
     address: str
 
 
+# haproxy's own answer when no replica passes the writers' check: an OCI error.
+_NO_WRITER: Final = (
+    '{"errors":[{"code":"UNAVAILABLE","message":"no replica can take writes now: '
+    'the metadata store (etcd) is unreachable; pulls are still served"}]}'
+)
+
+
 def render_config(
     bind: str,
     backends: Sequence[Backend],
@@ -118,22 +125,37 @@ def render_config(
         f"    bind {bind}",
         "    # The client's address, for the replicas' failed-login limit (auth.trustedProxies).",
         "    option forwardfor",
+        "    # Writes go only to replicas that can write (etcd reachable); reads to every ready one,",
+        "    # so a replica cut off from etcd keeps serving pulls from its cache.",
+        "    use_backend writers unless METH_GET",
         "    default_backend replicas",
         "",
-        "backend replicas",
-        "    balance roundrobin",
-        "    # A request that reached a replica is re-sent elsewhere only if running it twice",
-        "    # is harmless: not a PATCH (a chunk appended twice), a PUT closing an upload or a DELETE.",
-        "    http-request disable-l7-retry if { method PATCH } || METH_DELETE || METH_PUT { path_sub /blobs/uploads/ }",
-        "    option httpchk GET /readyz",
-        "    http-check expect status 200",
     ]
-    server_opts = f"check inter {check_interval} fastinter 500ms downinter {check_interval} rise 1 fall 2"
-    if resolvers:
-        server_opts += " resolvers dns init-addr last,libc,none"
-    lines.append(f"    default-server {server_opts}")
-    lines += [f"    server {b.name} {b.address}" for b in backends]
-    return "\n".join(lines) + "\n"
+    for backend, check in (("replicas", "/readyz"), ("writers", "/readyz?for=writes")):
+        lines += [
+            f"backend {backend}",
+            "    balance roundrobin",
+            "    # A request that reached a replica is re-sent elsewhere only if running it twice",
+            "    # is harmless and answers alike: a read, a manifest PUT (same bytes, same tag) or the",
+            "    # POST that starts an upload (a spare session expires). Never a PATCH, a PUT closing",
+            "    # an upload, a DELETE or an admin request (a robot account made twice).",
+            "    http-request disable-l7-retry unless METH_GET || { method PUT } { path_reg ^/v2/.+/manifests/[^/]+$ }"
+            " || { method POST } { path_reg ^/v2/.+/blobs/uploads/?$ }",
+            f"    option httpchk GET {check}",
+            "    http-check expect status 200",
+        ]
+        if backend == "writers":
+            lines += [
+                "    # No replica can write (etcd has no quorum): answer as a replica would.",
+                f"    http-error status 503 content-type application/json hdr Retry-After 1 string '{_NO_WRITER}'",
+            ]
+        server_opts = f"check inter {check_interval} fastinter 500ms downinter {check_interval} rise 1 fall 2"
+        if resolvers:
+            server_opts += " resolvers dns init-addr last,libc,none"
+        lines.append(f"    default-server {server_opts}")
+        lines += [f"    server {b.name} {b.address}" for b in backends]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 class HaproxyProcess(ChildProcess):

@@ -25,8 +25,9 @@ class ReplicaError(RuntimeError):
 def replica_env(base: Mapping[str, str]) -> dict[str, str]:
     """The replicas' environment: ``base`` without ``HAREG_...`` overrides (the
     generated configuration file already holds their effect, and a storage
-    variable would conflict with the cluster's storage), unbuffered output."""
-    env = {k: v for k, v in base.items() if not k.startswith("HAREG_")}
+    variable would conflict with the cluster's storage), unbuffered output.
+    ``HAREG_TEST_PLANTS`` passes (hareg/plants.py: planted bugs, tests only)."""
+    env = {k: v for k, v in base.items() if not k.startswith("HAREG_") or k == "HAREG_TEST_PLANTS"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

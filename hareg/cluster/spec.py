@@ -54,6 +54,7 @@ __all__ = [
     "port_free",
     "replica_name",
     "running_supervisor",
+    "write_atomic",
     "write_json_atomic",
 ]
 
@@ -102,15 +103,14 @@ def running_supervisor(root: str | os.PathLike[str]) -> int | None:
     return int(pid)
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
-    """Write ``data`` as JSON to ``path`` so that a reader sees the old file or
-    the new one, never a part: a temporary file in the same directory, then rename."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new
+    one, never a part: a temporary file in the same directory, then rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -118,6 +118,11 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
+    """``data`` as JSON (indented, a final newline), written atomically."""
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=mode)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,16 @@ SCALARS: Final = (
     Scalar("etcd.endpoints", "list", "http(s)://host:port of each member; []: start a private etcd."),
     Scalar("etcd.prefix", "str", "Every hareg key starts with this."),
     Scalar("etcd.dialTimeout", "str", "Connection timeout."),
-    Scalar("etcd.requestTimeout", "str", "Timeout of one etcd request."),
+    Scalar("etcd.requestTimeout", "str", "Timeout of one etcd request, failover included."),
+    Scalar(
+        "etcd.memberTimeout",
+        "str",
+        "How long one member may leave a call unanswered before another is asked.",
+    ),
+    Scalar(
+        "etcd.keepaliveTime", "str", "gRPC keepalive ping interval on a busy connection (etcd's minimum: 5s)."
+    ),
+    Scalar("etcd.keepaliveTimeout", "str", "An unanswered keepalive ping closes the connection after this."),
     Scalar("etcd.tls.caFile", "optstr", "CA bundle that verifies the members (null: system CAs)."),
     Scalar("etcd.tls.certFile", "optstr", "Client certificate (with keyFile)."),
     Scalar("etcd.tls.keyFile", "optstr", "Client key (with certFile)."),

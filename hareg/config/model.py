@@ -109,6 +109,11 @@ class EtcdConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # How long one member may leave a call unanswered before the client turns
+    # to another (hareg/kv/etcd.py): what a frozen member costs a call.
+    member_timeout: float = 0.5
+    keepalive_time: float = 5.0  # etcd refuses pings more often than its --grpc-keepalive-min-time (5s)
+    keepalive_timeout: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "prefix": etcd.prefix,
             "dialTimeout": format_duration(etcd.dial_timeout),
             "requestTimeout": format_duration(etcd.request_timeout),
+            "memberTimeout": format_duration(etcd.member_timeout),
+            "keepaliveTime": format_duration(etcd.keepalive_time),
+            "keepaliveTimeout": format_duration(etcd.keepalive_timeout),
             "tls": {"caFile": etcd.ca_file, "certFile": etcd.cert_file, "keyFile": etcd.key_file},
         },
         "pruner": {

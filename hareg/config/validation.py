@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from hareg.config.addresses import host_problem, is_wildcard, split_host_port, url_problem
 from hareg.config.context import ErrorContext, Section, show
 from hareg.config.cron import parse_cron
+from hareg.config.durations import format_duration
 from hareg.config.model import (
     AUTH_ROLES,
     DEFAULT_PULL_THROUGH_TTL,
@@ -259,7 +260,19 @@ def _storage(top: Section, replicas: int) -> StorageConfig:
 
 def _etcd(top: Section) -> EtcdConfig:
     ctx = top.ctx
-    etcd = top.mapping("etcd", ("endpoints", "prefix", "dialTimeout", "requestTimeout", "tls"))
+    etcd = top.mapping(
+        "etcd",
+        (
+            "endpoints",
+            "prefix",
+            "dialTimeout",
+            "requestTimeout",
+            "memberTimeout",
+            "keepaliveTime",
+            "keepaliveTimeout",
+            "tls",
+        ),
+    )
     raw_endpoints = etcd.get("endpoints")
     if isinstance(raw_endpoints, str):
         raw_endpoints = [item.strip() for item in raw_endpoints.split(",") if item.strip()]
@@ -306,11 +319,23 @@ def _etcd(top: Section) -> EtcdConfig:
         elif schemes == {"http"}:
             ctx.error(tls.path, "is set but the etcd.endpoints use http://; expected https:// endpoints")
 
+    request_timeout = etcd.duration("requestTimeout", EtcdConfig.request_timeout, positive=True)
+    member_timeout = etcd.duration("memberTimeout", EtcdConfig.member_timeout, positive=True)
+    if 0 < request_timeout <= member_timeout:
+        ctx.bad(
+            etcd.at("memberTimeout"),
+            etcd.get("memberTimeout"),
+            f"a duration shorter than etcd.requestTimeout ({format_duration(request_timeout)}): "
+            "a call moves to another member within its request timeout",
+        )
     return EtcdConfig(
         endpoints=tuple(endpoints),
         prefix=prefix,
         dial_timeout=etcd.duration("dialTimeout", EtcdConfig.dial_timeout, positive=True),
-        request_timeout=etcd.duration("requestTimeout", EtcdConfig.request_timeout, positive=True),
+        request_timeout=request_timeout,
+        member_timeout=member_timeout,
+        keepalive_time=etcd.duration("keepaliveTime", EtcdConfig.keepalive_time, positive=True),
+        keepalive_timeout=etcd.duration("keepaliveTimeout", EtcdConfig.keepalive_timeout, positive=True),
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
@@ -390,20 +415,26 @@ def _limits(top: Section) -> LimitsConfig:
     )
 
 
-def _patterns(m: Section, key: str) -> tuple[str, ...]:
-    """A list of regular expressions, each compiled once here so that a bad one
-    is a configuration error, not a refused push."""
+def _list_items(m: Section, key: str, expected: str) -> list[tuple[str, object]]:
+    """The items of a list field (a comma-separated string from an environment
+    variable counts), each with the path an error about it names."""
     raw = m.get(key)
     if raw is None:
-        return ()
+        return []
     if isinstance(raw, str):
         raw = [item.strip() for item in raw.split(",") if item.strip()]
     if not isinstance(raw, list):
-        m.ctx.bad(m.at(key), raw, 'a list of regular expressions like ["^https://example\\.com/"]')
-        return ()
+        m.ctx.bad(m.at(key), raw, expected)
+        return []
+    whole = m.at(key) in m.ctx.sources  # set by a variable: name the variable's field
+    return [(m.at(key) if whole else f"{m.at(key)}[{index}]", item) for index, item in enumerate(raw)]
+
+
+def _patterns(m: Section, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each compiled once here so that a bad one
+    is a configuration error, not a refused push."""
     out: list[str] = []
-    for index, item in enumerate(raw):
-        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+    for at, item in _list_items(m, key, 'a list of regular expressions like ["^https://example\\.com/"]'):
         if not isinstance(item, str) or not item:
             m.ctx.bad(at, item, "a non-empty regular expression (a string)")
             continue
@@ -635,17 +666,9 @@ def _bindings(auth: Section) -> tuple[BindingConfig, ...]:
 
 def _networks(m: Section, key: str) -> tuple[str, ...]:
     """A list of IP networks (CIDR) or addresses, each checked here."""
-    raw = m.get(key)
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        raw = [item.strip() for item in raw.split(",") if item.strip()]
-    if not isinstance(raw, list):
-        m.ctx.bad(m.at(key), raw, 'a list of addresses or CIDR networks like ["127.0.0.1/32", "10.0.0.0/8"]')
-        return ()
     out: list[str] = []
-    for index, item in enumerate(raw):
-        at = m.at(key) if m.at(key) in m.ctx.sources else f"{m.at(key)}[{index}]"
+    expected = 'a list of addresses or CIDR networks like ["127.0.0.1/32", "10.0.0.0/8"]'
+    for at, item in _list_items(m, key, expected):
         try:
             out.append(str(ipaddress.ip_network(str(item), strict=False)))
         except ValueError:

@@ -12,11 +12,13 @@ from hareg.http import (
     base,
     blobs,
     catalog,
+    console,
     extensions,
     fsck,
     health,
     limits,
     manifests,
+    members,
     observe,
     pruner,
     pull_through,
@@ -44,11 +46,13 @@ def init_app(
     metrics: Metrics | None = None,
     connections: ConnectionGuard | None = None,
     access: AccessControl | None = None,
+    console_assets: console.ConsoleAssets | None = None,
 ) -> web.Application:
     """``connections``: the header timeout of listeners started with
     ``hareg.http.connections.start_listener`` (``hareg serve`` has one);
     ``access``: authentication and authorization (None: every request is
-    served, the registry without an ``auth`` section)."""
+    served, the registry without an ``auth`` section); ``console_assets``:
+    the web console's files (None: the ones shipped in the package)."""
     # Outermost first: phase (a request's headers are in: its header timer stops),
     # observe (request id, access log, metrics) sees every answer, errors
     # included; refusals (removed, 401/403, read-only, 429) never take a request
@@ -110,4 +114,6 @@ def init_app(
     r.add_get("/hareg/v1/status", status.status)
     r.add_get(readonly.READ_ONLY_PATH, readonly.get_read_only)
     r.add_put(readonly.READ_ONLY_PATH, readonly.put_read_only)
+    r.add_get(members.MEMBERS_PATH, members.members)
+    console.register(r, console_assets or console.ConsoleAssets())  # /console/: static files only
     return app

@@ -3,7 +3,9 @@
 /readyz answers 200 while the replica can serve pulls, including "degraded"
 serving from the cache while etcd has no quorum — so a load balancer keeps
 sending pulls — and 503 when it cannot serve at all, or when
-managementState is Removed.
+managementState is Removed.  ``/readyz?for=writes`` answers 200 only while
+the replica can also write (etcd reachable): the check of the load
+balancer's writers backend, so writes avoid a replica cut off from etcd.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[SETTINGS].management_state == "Removed":
         body = {"ready": False, "degraded": False, "reason": "Removed", "checks": {}}
         return web.json_response(body, status=503)
+    purpose = request.query.get("for", "reads")
+    if purpose not in ("reads", "writes"):
+        body = {"ready": False, "reason": f"for={purpose[:40]!r}: expected for=reads or for=writes"}
+        return web.json_response(body, status=400)
     r = await registry(request).readiness()
-    body = {"ready": r.ready, "degraded": r.degraded, "reason": r.reason, "checks": r.checks}
-    return web.json_response(body, status=200 if r.ready else 503)
+    ready = r.ready and not (purpose == "writes" and r.degraded)
+    body = {"ready": ready, "degraded": r.degraded, "reason": r.reason, "checks": r.checks}
+    return web.json_response(body, status=200 if ready else 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,6 +24,10 @@ class HttpSettings:
     management_state: str = "Managed"
     # limits.bodyStallTimeout: a request body that sends nothing this long is dropped.
     body_stall_timeout: float = 60.0
+    # The etcd endpoints this replica uses, and the TLS context to reach them
+    # (None: plain HTTP), for GET /hareg/v1/members's health probes.
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_ssl: ssl.SSLContext | None = None
 
 
 REGISTRY = web.AppKey("registry", Registry)

@@ -1,20 +1,39 @@
-"""The KV interface on a real etcd cluster, through etcd3aio's gRPC stubs.
+"""The KV interface on a real etcd cluster, through etcd3aio's generated gRPC stubs.
 
-Error mapping (see the contract in :mod:`hareg.kv.base`):
+Members and failover.  Each member has a gRPC channel of its own (etcd3aio's
+services pin a single channel, and one round-robin channel over every member
+keeps routing calls to a frozen member until gRPC's keepalive closes its
+connection, 5 s or more since etcd refuses faster pings): so this module calls
+etcd3aio's stubs itself and picks the member per call.  A call goes to the
+member that answered last; ``member_timeout`` (0.5 s by default) bounds how
+long one member may hold it up:
 
-* Reads (range, get, current_revision) are retried by etcd3aio on
-  UNAVAILABLE / DEADLINE_EXCEEDED within one overall ``timeout``; any
-  transport failure or timeout then becomes ``KVUnavailable`` (a read applies
-  nothing).  A read at a compacted revision becomes ``KVCompacted``.
-* Writes (txn, lease grant, refresh and revoke) are sent exactly once
-  (``max_attempts=1``).  ``KVUnavailable`` only when the request certainly
-  never reached etcd or etcd certainly refused it before proposing it (the
-  channel could not connect, "too many requests"); a timeout, a lost
-  connection, a leader change or any other ambiguous failure after sending is
-  ``KVUnknownOutcome``.
+* Calls that are safe to send twice (reads, current_revision, a transaction
+  that only reads, lease grant, refresh and revoke) are *hedged*: still
+  unanswered after ``member_timeout``, the call is sent to the next member as
+  well and the first answer wins; a member that fails is skipped at once.
+  Every member failing, or ``timeout`` passing, is ``KVUnavailable`` (a read
+  applies nothing).  A read at a compacted revision is ``KVCompacted``.
+* A write (a transaction that writes) is sent to one member.  It moves to the
+  next member only when the first certainly did not apply it (the channel
+  could not connect; the member has no leader, which etcd's interceptor
+  checks before it handles the request since every call asks for a leader).
+  Still unanswered after ``member_timeout``, the member is asked for its
+  status (within ``member_timeout``): a member that does not answer, has no
+  leader or has moved to a new leader term (a proposal forwarded to a leader
+  that froze is never answered) is given up on, the write is
+  ``KVUnknownOutcome`` and later calls go to another member; a member that
+  answers keeps the write until ``timeout``.  A write is never re-sent here:
+  the metadata layer verifies an unknown outcome (``hareg/metadata/writes.py``).
+  ``KVUnavailable`` only when the write certainly never reached etcd or etcd
+  refused it before proposing it ("too many requests", "no leader").
 * A request etcd rejects as invalid (too many ops, request too large, duplicate
   key in a txn, lease not found on a put, permission denied) was not applied
-  and retrying does not help: plain ``KVError`` with etcd's message.
+  and retrying does not help: ``KVRejected`` with etcd's message.
+
+The watch runs on one member and is guarded: once that member is seen
+failing by any call, or fails a status check while the stream is quiet, the
+stream is ended and resumed on another member.
 
 The watch is implemented here on the raw Watch stream rather than with
 ``etcd3aio.WatchService.watch``, which (0.3.0) silently skips past a
@@ -31,8 +50,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,17 +67,22 @@ from etcd3aio._protobuf import (
 )
 from etcd3aio._protobuf import (
     DeleteRangeRequest,
+    KVStub,
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseRevokeRequest,
+    LeaseStub,
+    MaintenanceStub,
     PutRequest,
     RangeRequest,
     RequestOp,
+    StatusRequest,
+    TxnRequest,
     WatchCreateRequest,
     WatchRequest,
     WatchStub,
 )
 from etcd3aio.errors import EtcdError
-from etcd3aio.kv import KVService
-from etcd3aio.lease import LeaseService
-from etcd3aio.maintenance import MaintenanceService
 
 from hareg.kv.base import (
     KV,
@@ -80,6 +107,8 @@ from hareg.kv.base import (
 )
 
 __all__ = ["EtcdKV", "parse_endpoints"]
+
+log = logging.getLogger("hareg.kv")
 
 T = TypeVar("T")
 
@@ -132,10 +161,16 @@ _TOO_BIG_MARKERS = (
     "duplicate key given in txn request",
 )
 _TOO_MANY_REQUESTS = "too many requests"
+_NO_LEADER = "no leader"
+# Attempts one hedged call may make per member, in all (see EtcdKV._read).
+_ATTEMPTS_PER_MEMBER = 3
+_LEADER_CHANGED = "leader changed"
 
-# etcd's interceptor cancels a watch stream with "no leader" when the member
-# it is connected to loses its leader, so the watch reconnects elsewhere
-# instead of hanging on a partitioned member.
+# Every call asks for a member with a leader: etcd's interceptor refuses a
+# unary call with "no leader" before handling it (so a write refused so was
+# not applied and may go to another member), and cancels a watch stream when
+# its member loses its leader, so the watch reconnects elsewhere instead of
+# hanging on a partitioned member.
 _REQUIRE_LEADER = (("hasleader", "true"),)
 
 
@@ -246,14 +281,46 @@ def _pb_op(op: TxnOp) -> Any:
     raise TypeError(f"not a txn op: {op!r}")
 
 
+@dataclass(eq=False)
+class _Member:
+    """One etcd member behind a gRPC channel of its own, so that a frozen
+    member holds up only the calls sent to it (etcd3aio's services pin one
+    channel, and one round-robin channel over every member keeps sending to a
+    frozen member until gRPC's keepalive gives up on it)."""
+
+    address: str
+    channel: Any
+    kv: Any  # etcd3aio._protobuf.KVStub
+    lease: Any
+    maintenance: Any
+    watch: Any
+    failed_at: float | None = None  # monotonic time it last failed to answer; None: it answers
+    answered_at: float = -1e18  # monotonic time of its last answer
+    raft_term: int = 0  # from the header of its last answer
+    member_id: int = 0  # etcd's id of the member, from the header of its last answer
+
+
+class _Stalled(Exception):
+    """A member left a write unanswered and does not look able to answer it."""
+
+
 class EtcdKV:
     """:class:`hareg.kv.base.KV` on etcd v3.
 
-    ``endpoints`` are ``host:port`` or ``http(s)://host:port`` strings; with
-    several, requests are balanced round-robin and a failed member is skipped.
-    Host names are resolved once, at connect.  TLS is used with ``https://``
-    endpoints or when ``ca_file`` is given; ``cert_file``/``key_file`` add a
-    client certificate.  Every call is bounded by ``timeout`` seconds.
+    ``endpoints`` are ``host:port`` or ``http(s)://host:port`` strings.  Each
+    member gets a channel of its own; calls go to one member (the last that
+    answered) and move to another when it fails or stalls: a read (and every
+    call that is safe to send twice: lease grant, refresh and revoke, a
+    transaction that only reads) still unanswered after ``member_timeout``
+    seconds is sent to the next member too, and the first answer wins; a
+    write still unanswered after ``member_timeout`` makes the client ask the
+    member for its status (within ``member_timeout``), and a member that does
+    not answer, has no leader, has seen a new leader term since or names a
+    leader that does not answer is given up on: the write is
+    ``KVUnknownOutcome`` and the next call goes elsewhere.
+    TLS is used with ``https://`` endpoints or when ``ca_file`` is given;
+    ``cert_file``/``key_file`` add a client certificate.  Every call is bounded
+    by ``timeout`` seconds in all.
 
     Use ``await EtcdKV.connect(...)`` (or ``async with EtcdKV(...)``).
     """
@@ -263,37 +330,45 @@ class EtcdKV:
         endpoints: Sequence[str],
         *,
         timeout: float = 5.0,
+        member_timeout: float = 0.5,
+        keepalive_time: float = 5.0,
+        keepalive_timeout: float = 1.0,
         ca_file: str | Path | None = None,
         cert_file: str | Path | None = None,
         key_file: str | Path | None = None,
         tls_server_name: str | None = None,
-        read_attempts: int = 3,
         watch_backoff: float = 0.1,
         watch_max_backoff: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if member_timeout <= 0:
+            raise ValueError("member_timeout must be > 0")
+        if keepalive_time <= 0 or keepalive_timeout <= 0:
+            raise ValueError("keepalive_time and keepalive_timeout must be > 0")
         if (cert_file is None) != (key_file is None):
             raise ValueError("cert_file and key_file go together")
         self.endpoints, https = parse_endpoints(endpoints)
         self.timeout = timeout
+        self.member_timeout = member_timeout
+        self.keepalive_time = keepalive_time
+        self.keepalive_timeout = keepalive_timeout
         self._tls = https or ca_file is not None or cert_file is not None
         self._ca_file = ca_file
         self._cert_file = cert_file
         self._key_file = key_file
         self._tls_server_name = tls_server_name
-        self._read_attempts = read_attempts
         self._watch_backoff = watch_backoff
         self._watch_max_backoff = watch_max_backoff
-        self._channel: Any = None
-        self._kv: KVService | None = None
-        self._lease: LeaseService | None = None
-        self._maintenance: MaintenanceService | None = None
-        self._watch_stub: Any = None
+        self._monotonic = monotonic
+        self._members: list[_Member] = []
+        self._preferred = 0  # index of the member calls go to first
         self._closed = False
         # One queue per open watch stream; request_watch_progress() feeds them.
         self._progress_queues: set[asyncio.Queue[None]] = set()
         self._progress_requests_safe = False  # learned from the server version when a watch starts
+        self._server_version: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -303,6 +378,9 @@ class EtcdKV:
         endpoints: Sequence[str],
         *,
         timeout: float = 5.0,  # noqa: ASYNC109 (the per-call timeout of the client)
+        member_timeout: float = 0.5,
+        keepalive_time: float = 5.0,
+        keepalive_timeout: float = 1.0,
         ca_file: str | Path | None = None,
         cert_file: str | Path | None = None,
         key_file: str | Path | None = None,
@@ -314,6 +392,9 @@ class EtcdKV:
         kv = cls(
             endpoints,
             timeout=timeout,
+            member_timeout=member_timeout,
+            keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout,
             ca_file=ca_file,
             cert_file=cert_file,
             key_file=key_file,
@@ -329,20 +410,20 @@ class EtcdKV:
         return kv
 
     async def open(self) -> None:
-        """Create the gRPC channel (it connects lazily, on the first call)."""
+        """Create one gRPC channel per member (each connects lazily, on its first call)."""
         if self._closed:
             raise KVError("EtcdKV is closed")
-        if self._channel is not None:
+        if self._members:
             return
-        target, name_override = await self._target()
         options: list[tuple[str, Any]] = [
-            ("grpc.lb_policy_name", "round_robin"),
-            # Pings every 5 s (etcd's default --grpc-keepalive-min-time; faster ones
-            # are refused) unanswered for 2 s take a frozen member out of the
-            # round-robin, so later requests go to live members.
-            ("grpc.keepalive_time_ms", 5_000),
-            ("grpc.keepalive_timeout_ms", 2_000),
-            ("grpc.keepalive_permit_without_calls", 1),
+            # A call in flight on a connection whose pings go unanswered for
+            # keepalive_timeout fails (UNAVAILABLE) instead of waiting for its
+            # deadline.  etcd refuses pings more often than its
+            # --grpc-keepalive-min-time (5 s by default), and pings on a
+            # connection with no call at all (so: none on an idle member's).
+            ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.enable_retries", 1),  # transparent retries only: never after the server saw a call
             # etcd enforces its own request limit (--max-request-bytes); large
             # ranges (manifests are up to 4 MiB) must not hit gRPC's 4 MiB default.
@@ -351,57 +432,61 @@ class EtcdKV:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
+        credentials = None
         if self._tls:
-            server_name = self._tls_server_name or name_override
-            if server_name is not None:
-                options.append(("grpc.ssl_target_name_override", server_name))
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_file(self._ca_file),
                 private_key=_read_file(self._key_file),
                 certificate_chain=_read_file(self._cert_file),
             )
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._kv = KVService(self._channel, max_attempts=self._read_attempts)
-        self._lease = LeaseService(self._channel, max_attempts=self._read_attempts)
-        self._maintenance = MaintenanceService(self._channel, max_attempts=self._read_attempts)
-        self._watch_stub = WatchStub(self._channel)
-
-    async def _target(self) -> tuple[str, str | None]:
-        """The gRPC target, and the host name to verify TLS against when
-        names were resolved here."""
-        hosts = [h for h, _ in self.endpoints]
-        if len(self.endpoints) == 1 and _ip_version(hosts[0]) is None and hosts[0] != "localhost":
-            host, port = self.endpoints[0]
-            return f"dns:///{host}:{port}", None  # gRPC re-resolves the name itself
-        loop = asyncio.get_running_loop()
-        resolved: list[tuple[str, int]] = []
+        members: list[_Member] = []
         for host, port in self.endpoints:
-            if _ip_version(host) is not None:
-                resolved.append((host, port))
-                continue
-            try:
-                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
-            except OSError as e:
-                raise KVUnavailable(f"cannot resolve etcd endpoint {host}: {e}") from e
-            resolved.append((str(infos[0][4][0]), port))
-        versions = {_ip_version(h) for h, _ in resolved}
-        if versions == {6}:
-            target = "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in resolved)
-        elif versions == {4}:
-            target = "ipv4:" + ",".join(f"{h}:{p}" for h, p in resolved)
-        else:
-            raise ValueError("etcd endpoints mix IPv4 and IPv6 addresses")
-        names = [h for h in hosts if _ip_version(h) is None]
-        return target, (names[0] if names else None)
+            target = await self._target(host, port)
+            member_options = list(options)
+            if self._tls and self._tls_server_name is not None:
+                member_options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+            elif self._tls and target.startswith("ipv") and _ip_version(host) is None:
+                # Resolved here (localhost): verify the certificate against the name.
+                member_options.append(("grpc.ssl_target_name_override", host))
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(target, credentials, options=member_options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=member_options)
+            members.append(
+                _Member(
+                    address=f"{host}:{port}",
+                    channel=channel,
+                    kv=KVStub(channel),
+                    lease=LeaseStub(channel),
+                    maintenance=MaintenanceStub(channel),
+                    watch=WatchStub(channel),
+                )
+            )
+        self._members = members
+
+    @staticmethod
+    async def _target(host: str, port: int) -> str:
+        """The gRPC target of one member: its address, or its name for gRPC
+        to resolve (``localhost`` is resolved here, to IPv4, as etcd listens)."""
+        version = _ip_version(host)
+        if version == 4:
+            return f"ipv4:{host}:{port}"
+        if version == 6:
+            return f"ipv6:[{host}]:{port}"
+        if host != "localhost":
+            return f"dns:///{host}:{port}"
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise KVUnavailable(f"cannot resolve etcd endpoint {host}: {e}") from e
+        return f"ipv4:{infos[0][4][0]}:{port}"
 
     async def close(self) -> None:
         self._closed = True
-        channel, self._channel = self._channel, None
-        self._kv = self._lease = self._maintenance = self._watch_stub = None
-        if channel is not None:
-            await channel.close()
+        members, self._members = self._members, []
+        for member in members:
+            await member.channel.close()
 
     async def __aenter__(self) -> EtcdKV:
         await self.open()
@@ -415,44 +500,233 @@ class EtcdKV:
     ) -> None:
         await self.close()
 
-    def _services(self) -> tuple[KVService, LeaseService]:
-        if self._kv is None or self._lease is None:
+    # -- choosing a member ---------------------------------------------------
+
+    def _order(self) -> list[_Member]:
+        """The members in the order to try them: the preferred one and those
+        after it that answer, then those that failed, the one that answered
+        last first (a frozen member answered last when it froze)."""
+        if not self._members:
             raise KVUnavailable("EtcdKV is closed" if self._closed else "EtcdKV is not open")
-        return self._kv, self._lease
+        n = len(self._members)
+        rotated = [self._members[(self._preferred + i) % n] for i in range(n)]
+        answering = [m for m in rotated if m.failed_at is None]
+        failed = sorted((m for m in rotated if m.failed_at is not None), key=lambda m: -m.answered_at)
+        return answering + failed
 
-    # -- error mapping -----------------------------------------------------
+    def _answered(self, member: _Member, header: Any = None) -> None:
+        member.failed_at = None
+        member.answered_at = self._monotonic()
+        if header is not None:
+            member.member_id = int(header.member_id) or member.member_id
+            member.raft_term = int(header.raft_term) or member.raft_term
+        if member in self._members:
+            self._preferred = self._members.index(member)
 
-    async def _read(self, what: str, call: Callable[[], Awaitable[T]], *, revision: int = 0) -> T:
+    def _failed(self, member: _Member) -> None:
+        if member.failed_at is None:
+            log.info("etcd member %s does not answer: moving to another", member.address)
+        member.failed_at = self._monotonic()
+
+    async def _status(self, member: _Member, limit: float) -> Any | None:
+        """``member``'s status within ``limit`` seconds; None if it did not
+        answer, or answered that it has no leader."""
         try:
-            # etcd3aio bounds each attempt and the retry loop by the same
-            # timeout; the outer one is a safety net.
-            async with asyncio.timeout(self.timeout + 1.0):
-                return await call()
-        except TimeoutError as e:
-            raise KVUnavailable(f"{what}: no answer from etcd within {self.timeout:g}s") from e
-        except (EtcdError, grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
-            err = _rpc_error(e)
-            if err is not None and err.code() in _REJECTED:
-                details = err.details() or ""
-                if _COMPACTED_MARKER in details:
-                    raise KVCompacted(await self._compact_revision(revision)) from e
-                raise KVRejected(
-                    f"{what}: etcd refused: {err.code().name}: {details}", too_big=_too_big(details)
-                ) from e
-            if err is not None and _too_big(err.details() or ""):
-                raise KVRejected(
-                    f"{what}: etcd refused: {err.code().name}: {err.details()}", too_big=True
-                ) from e
-            raise KVUnavailable(f"{what}: {_describe(e)}") from e
+            resp = await member.maintenance.Status(StatusRequest(), timeout=limit, metadata=_REQUIRE_LEADER)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            return None
+        member.answered_at = self._monotonic()
+        member.member_id = int(resp.header.member_id) or member.member_id
+        return resp if int(resp.leader) else None
 
-    async def _write(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _healthy(self, member: _Member, limit: float) -> bool:
+        """Whether ``member`` can still answer a write it holds: it answers a
+        status request within ``limit`` seconds, has a leader, is still in the
+        leader term it was last seen in (a proposal forwarded to a leader that
+        has since been replaced may never be answered), and that leader, when
+        it is another of the members, answers its own status in time too (a
+        follower goes on naming a frozen leader until its election timeout)."""
+        term = member.raft_term
+        resp = await self._status(member, limit)
+        if resp is None:
+            return False
+        new_term = int(resp.raftTerm)
+        if term and new_term > term:
+            return False
+        member.raft_term = new_term
+        leader = int(resp.leader)
+        if leader == member.member_id:
+            return True
+        for other in self._members:
+            if other.member_id == leader:
+                if await self._status(other, limit) is None:
+                    self._failed(other)
+                    return False
+                break
+        return True
+
+    # -- calls -------------------------------------------------------------
+
+    async def _read(
+        self, what: str, call: Callable[[_Member, float], Awaitable[T]], *, revision: int = 0
+    ) -> T:
+        """``call(member, seconds_left)``, a call that is safe to send twice,
+        until one member answers.  Each ``member_timeout`` without an answer,
+        the call is also sent to the next member (the slow ones keep their
+        chance, and are marked failed), round and round: a member whose first
+        attempt is stuck behind a leader that froze gets a fresh one.  A member
+        that answers with an error is not asked again (once more for "leader
+        changed", which an election ends).  KVUnavailable when every member
+        answered with an error, or time ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        order = self._order()
+        budget = _ATTEMPTS_PER_MEMBER * len(order)  # bounds the load one call adds
+        running: dict[asyncio.Future[T], _Member] = {}
+        excluded: set[int] = set()  # ids of the members that answered with an error
+        retried: set[int] = set()
+        failures: list[str] = []
+        turn = 0
+
+        def launch(member: _Member | None = None) -> bool:
+            nonlocal budget, turn
+            if member is None:
+                eligible = [m for m in order if id(m) not in excluded]
+                if not eligible or budget <= 0:
+                    return False
+                busy = {id(m) for m in running.values()}
+                idle = [m for m in eligible if id(m) not in busy]
+                pool = idle or eligible
+                member = pool[turn % len(pool)] if not idle else idle[0]
+                turn += 1
+            budget -= 1
+            task = asyncio.ensure_future(call(member, max(deadline - loop.time(), 0.001)))
+            running[task] = member
+            return True
+
         try:
-            async with asyncio.timeout(self.timeout + 1.0):
-                return await call()
-        except TimeoutError as e:
-            raise KVUnknownOutcome(f"{what}: no answer from etcd within {self.timeout:g}s") from e
-        except (EtcdError, grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
-            raise self._write_error(what, e) from e
+            launch()
+            while True:
+                if not running and not launch():
+                    raise KVUnavailable(f"{what}: no etcd member could answer: {'; '.join(failures)}")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise KVUnavailable(
+                        f"{what}: no answer from etcd within {self.timeout:g}s"
+                        + (f" ({'; '.join(failures)})" if failures else "")
+                    )
+                done, _ = await asyncio.wait(
+                    running, timeout=min(self.member_timeout, remaining), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    for member in running.values():
+                        self._failed(member)
+                    launch()
+                    continue
+                for task in done:
+                    if task not in running:
+                        continue  # given up with its member below
+                    member = running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        result = task.result()
+                        self._answered(member, getattr(result, "header", None))
+                        return result
+                    await self._raise_if_final(what, exc, revision)
+                    failures.append(f"{member.address}: {_describe(exc)}")
+                    if _retry_here(exc) and id(member) not in retried:
+                        # An election ended the call: the member may well
+                        # answer the same call at once now.
+                        retried.add(id(member))
+                        launch(member)
+                    else:
+                        # It cannot serve (no leader, unreachable): its other
+                        # attempts, perhaps stuck in a proposal it accepted
+                        # just before, are given up too.
+                        excluded.add(id(member))
+                        self._failed(member)
+                        for other in [t for t, m in running.items() if m is member]:
+                            del running[other]
+                            other.cancel()
+                            other.add_done_callback(_retrieve)
+        finally:
+            for task in running:
+                task.cancel()
+                task.add_done_callback(_retrieve)
+
+    async def _raise_if_final(self, what: str, exc: BaseException, revision: int) -> None:
+        """Raise the error a failed read ends with whatever member answers."""
+        err = _rpc_error(exc)
+        if err is None:
+            if isinstance(exc, (KVError, EtcdError, grpc.aio.UsageError)):
+                return
+            raise exc  # a bug, not etcd
+        details = err.details() or ""
+        if err.code() in _REJECTED:
+            if _COMPACTED_MARKER in details:
+                raise KVCompacted(await self._compact_revision(revision)) from exc
+            raise KVRejected(
+                f"{what}: etcd refused: {err.code().name}: {details}", too_big=_too_big(details)
+            ) from exc
+        if _too_big(details):
+            raise KVRejected(f"{what}: etcd refused: {err.code().name}: {details}", too_big=True) from exc
+
+    async def _write(self, what: str, call: Callable[[_Member, float], Awaitable[T]]) -> T:
+        """``call(member, seconds_left)`` that must not be sent twice: to the
+        next member only when the previous one certainly did not apply it
+        (unreachable, no leader); KVUnknownOutcome once it may have."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        failures: list[str] = []
+        for member in self._order():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            task = asyncio.ensure_future(call(member, remaining))
+            try:
+                result: T = await self._await_member(member, task, deadline)
+            except _Stalled as e:
+                self._failed(member)
+                raise KVUnknownOutcome(
+                    f"{what}: etcd member {member.address} stopped answering ({e}); outcome unknown"
+                ) from e
+            except TimeoutError as e:
+                raise KVUnknownOutcome(f"{what}: no answer from etcd within {self.timeout:g}s") from e
+            except (EtcdError, grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
+                error = self._write_error(what, e)
+                if not isinstance(error, KVUnavailable) or _TOO_MANY_REQUESTS in str(error).lower():
+                    raise error from e
+                self._failed(member)  # not applied: the next member may take it
+                failures.append(f"{member.address}: {_describe(e)}")
+                continue
+            self._answered(member, getattr(result, "header", None))
+            return result
+        if failures:
+            raise KVUnavailable(f"{what}: no etcd member could take the write: {'; '.join(failures)}")
+        raise KVUnavailable(f"{what}: no etcd member could take the write within {self.timeout:g}s")
+
+    async def _await_member(self, member: _Member, task: asyncio.Future[T], deadline: float) -> T:
+        """``task``'s result; every ``member_timeout`` it is still unanswered,
+        ``member`` must show it is alive (``_healthy``) or the write is given up."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=min(self.member_timeout, remaining))
+                if done:
+                    return task.result()
+                probe = min(self.member_timeout, max(deadline - loop.time(), 0.001))
+                if not await self._healthy(member, probe) and not task.done():
+                    raise _Stalled(
+                        f"no answer for {self.member_timeout:g}s, then no status within {probe:g}s, "
+                        "no leader, a new leader term or a leader that does not answer"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
 
     @staticmethod
     def _write_error(what: str, exc: BaseException) -> KVError:
@@ -468,21 +742,24 @@ class EtcdKV:
             return KVUnavailable(f"{what}: {code.name}: {details}")
         if code == grpc.StatusCode.UNAVAILABLE and any(m in low for m in _NOT_SENT_MARKERS):
             return KVUnavailable(f"{what}: etcd unreachable: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE and _NO_LEADER in low:
+            # Refused by etcd's interceptor for _REQUIRE_LEADER, before the request is handled.
+            return KVUnavailable(f"{what}: etcd member has no leader: {details}")
         return KVUnknownOutcome(f"{what}: outcome unknown: {code.name}: {details}")
 
     async def _compact_revision(self, revision: int) -> int:
         """etcd's compact revision (the oldest readable one), learned from a
         short-lived watch at ``revision``; ``revision + 1`` if that fails."""
-        stub = self._watch_stub
-        if stub is None:
+        if not self._members:
             return revision + 1
+        member = self._order()[0]
         create = WatchCreateRequest(key=b"\x00", start_revision=max(revision, 1))
 
         async def requests() -> AsyncIterator[Any]:
             yield WatchRequest(create_request=create)
             await asyncio.Future()  # keep the stream open until cancelled
 
-        call = stub.Watch(requests())
+        call = member.watch.Watch(requests())
         try:
             async with asyncio.timeout(min(self.timeout, 3.0)):
                 async for resp in call:
@@ -497,8 +774,10 @@ class EtcdKV:
     # -- KV ----------------------------------------------------------------
 
     async def get(self, key: bytes) -> KeyValue | None:
-        kv, _ = self._services()
-        resp = await self._read("get", lambda: kv.get(key, timeout=self.timeout))
+        request = RangeRequest(key=key)
+        resp = await self._read(
+            "get", lambda m, left: m.kv.Range(request, timeout=left, metadata=_REQUIRE_LEADER)
+        )
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(
@@ -510,25 +789,20 @@ class EtcdKV:
         revision: int = 0,
         keys_only: bool = False,
     ) -> RangeResult:
-        kv, _ = self._services()
+        request = RangeRequest(
+            key=_from(start, end), range_end=end, revision=revision, limit=limit, keys_only=keys_only
+        )
         resp = await self._read(
             "range",
-            lambda: kv.get(
-                _from(start, end),
-                range_end=end,
-                revision=revision,
-                limit=limit,
-                keys_only=keys_only,
-                timeout=self.timeout,
-            ),
+            lambda m, left: m.kv.Range(request, timeout=left, metadata=_REQUIRE_LEADER),
             revision=revision,
         )
         return _range_result(resp)
 
     async def current_revision(self) -> int:
-        kv, _ = self._services()
+        request = RangeRequest(key=b"\x00", limit=1, count_only=True)
         resp = await self._read(
-            "current_revision", lambda: kv.get(b"\x00", limit=1, count_only=True, timeout=self.timeout)
+            "current_revision", lambda m, left: m.kv.Range(request, timeout=left, metadata=_REQUIRE_LEADER)
         )
         return int(resp.header.revision)
 
@@ -538,14 +812,19 @@ class EtcdKV:
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        kv, _ = self._services()
-        pb_compares = [_pb_compare(c) for c in compares]
-        pb_success = [_pb_op(op) for op in success]
-        pb_failure = [_pb_op(op) for op in failure]
-        resp = await self._write(
-            "txn",
-            lambda: kv.txn(pb_compares, pb_success, pb_failure, timeout=self.timeout, max_attempts=1),
+        request = TxnRequest(
+            compare=[_pb_compare(c) for c in compares],
+            success=[_pb_op(op) for op in success],
+            failure=[_pb_op(op) for op in failure],
         )
+
+        async def send(member: _Member, left: float) -> Any:
+            return await member.kv.Txn(request, timeout=left, metadata=_REQUIRE_LEADER)
+
+        if all(isinstance(op, Get) for op in (*success, *failure)):
+            resp = await self._read("txn", send)  # it only reads: safe to send twice
+        else:
+            resp = await self._write("txn", send)
         revision = int(resp.header.revision)
         responses: list[RangeResult | int | None] = []
         for r in resp.responses:
@@ -559,33 +838,39 @@ class EtcdKV:
         return TxnResult(succeeded=bool(resp.succeeded), revision=revision, responses=responses)
 
     # -- leases ------------------------------------------------------------
+    # Lease calls are sent to another member like reads: a refresh or a revoke
+    # sent twice does what it does once, and a lease granted by an attempt
+    # whose answer was not waited for holds no key and expires after its TTL.
 
     async def grant_lease(self, ttl: int) -> int:
-        _, lease = self._services()
-        resp = await self._write(
-            "grant_lease", lambda: lease.grant(ttl, timeout=self.timeout, max_attempts=1)
+        request = LeaseGrantRequest(TTL=ttl)
+        resp = await self._read(
+            "grant_lease", lambda m, left: m.lease.LeaseGrant(request, timeout=left, metadata=_REQUIRE_LEADER)
         )
         return int(resp.ID)
 
     async def refresh_lease(self, lease_id: int) -> int:
-        _, lease = self._services()
+        async def once(member: _Member, left: float) -> Any:
+            async def requests() -> AsyncIterator[Any]:
+                yield LeaseKeepAliveRequest(ID=lease_id)
 
-        async def once() -> int:
-            call = lease.keep_alive(lease_id)
+            call = member.lease.LeaseKeepAlive(requests(), timeout=left, metadata=_REQUIRE_LEADER)
             try:
                 async for resp in call:
-                    return max(0, int(resp.TTL))
+                    return resp
             finally:
                 call.cancel()
-            raise KVUnknownOutcome("refresh_lease: keep-alive stream ended without an answer")
+            raise KVUnavailable("keep-alive stream ended without an answer")
 
-        return await self._write("refresh_lease", once)
+        resp = await self._read("refresh_lease", once)
+        return max(0, int(resp.TTL))
 
     async def revoke_lease(self, lease_id: int) -> None:
-        _, lease = self._services()
+        request = LeaseRevokeRequest(ID=lease_id)
         try:
-            await self._write(
-                "revoke_lease", lambda: lease.revoke(lease_id, timeout=self.timeout, max_attempts=1)
+            await self._read(
+                "revoke_lease",
+                lambda m, left: m.lease.LeaseRevoke(request, timeout=left, metadata=_REQUIRE_LEADER),
             )
         except KVError as e:
             err = _rpc_error(e)
@@ -595,10 +880,7 @@ class EtcdKV:
 
     async def server_version(self) -> str:
         """The etcd version of the member answering (e.g. ``"3.4.23"``)."""
-        m = self._maintenance
-        if m is None:
-            raise KVUnavailable("EtcdKV is closed" if self._closed else "EtcdKV is not open")
-        resp = await self._read("status", lambda: m.status(timeout=self.timeout))
+        resp = await self._read("status", lambda m, left: m.maintenance.Status(StatusRequest(), timeout=left))
         return str(resp.version)
 
     # -- watch -------------------------------------------------------------
@@ -613,28 +895,46 @@ class EtcdKV:
             if queue.empty():  # one pending request per stream is enough
                 queue.put_nowait(None)
 
+    async def _guard(self, member: _Member, call: Any, moved: list[bool]) -> None:
+        """Watch over the member a watch stream is on: once it is seen failing
+        (by any call) or fails a status check, end the stream so that the
+        watch resumes on another member."""
+        while True:
+            await asyncio.sleep(self.member_timeout)
+            if member.failed_at is None and self._monotonic() - member.answered_at < self.member_timeout:
+                continue  # answered just now
+            if member.failed_at is None and await self._status(member, self.member_timeout) is not None:
+                continue
+            self._failed(member)
+            moved[0] = True
+            call.cancel()
+            return
+
     async def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Events in ``[start, end)`` from ``start_revision`` on.
 
         Resumes after disconnects from the revision after the last one
-        delivered; raises KVCompacted when that revision is compacted away.
-        Progress notifications (sent by etcd every
+        delivered, on another member when its own stops answering; raises
+        KVCompacted when that revision is compacted away.  Progress
+        notifications (sent by etcd every
         ``--experimental-watch-progress-notify-interval`` while the range is
         idle) arrive as batches with no events.  ``start_revision`` 0 means
         "from now"; pass an explicit revision for gap-free resumption."""
         next_revision = start_revision
         backoff = self._watch_backoff
         while True:
-            stub = self._watch_stub
-            if stub is None:
+            if self._closed or not self._members:
                 raise KVUnavailable("EtcdKV is closed" if self._closed else "EtcdKV is not open")
+            member = self._order()[0]
             create = WatchCreateRequest(
                 key=_from(start, end), range_end=end, start_revision=next_revision, progress_notify=True
             )
 
-            if not self._progress_requests_safe:
+            if self._server_version is None:
+                # Once per client: a reconnect after a failover must not wait on it.
                 with contextlib.suppress(KVError):
-                    self._progress_requests_safe = progress_requests_safe(await self.server_version())
+                    self._server_version = await self.server_version()
+                    self._progress_requests_safe = progress_requests_safe(self._server_version)
             progress: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
 
             async def requests(
@@ -646,7 +946,15 @@ class EtcdKV:
                     yield WatchRequest(progress_request={})
 
             self._progress_queues.add(progress)
-            call = stub.Watch(requests(), metadata=_REQUIRE_LEADER)
+            call = member.watch.Watch(requests(), metadata=_REQUIRE_LEADER)
+            moved = [False]
+            # With one member there is nowhere else to go: etcd's keepalive
+            # and its "no leader" cancellation end the stream.
+            guard = (
+                asyncio.get_running_loop().create_task(self._guard(member, call, moved))
+                if len(self._members) > 1
+                else None
+            )
             try:
                 async for resp in call:
                     backoff = self._watch_backoff
@@ -654,6 +962,7 @@ class EtcdKV:
                         raise KVCompacted(int(resp.compact_revision))
                     if resp.canceled:
                         raise KVError(f"watch cancelled by etcd: {resp.cancel_reason or 'no reason given'}")
+                    self._answered(member, resp.header if resp.HasField("header") else None)
                     if resp.created:
                         if next_revision == 0:
                             next_revision = int(resp.header.revision) + 1
@@ -675,19 +984,45 @@ class EtcdKV:
                             next_revision = revision + 1
                             yield WatchBatch(events=[], revision=revision)
                 # A clean end of stream (the member shut down): reconnect.
+            except asyncio.CancelledError:
+                # The guard cancelled the stream (the task itself was not):
+                # resume on another member at once.
+                current = asyncio.current_task()
+                if not moved[0] or (current is not None and current.cancelling()):
+                    raise
+                log.info("etcd watch moved off member %s", member.address)
+                continue
             except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
                 if self._closed:
                     raise KVUnavailable("EtcdKV closed while watching") from e
                 err = _rpc_error(e)
                 if err is not None and err.code() in _REJECTED:
                     raise KVError(f"watch refused: {err.code().name}: {err.details()}") from e
+                if moved[0]:
+                    continue
+                self._failed(member)
             finally:
+                if guard is not None:
+                    guard.cancel()
+                    guard.add_done_callback(_retrieve)
                 self._progress_queues.discard(progress)
                 call.cancel()
             if self._closed:
                 raise KVUnavailable("EtcdKV closed while watching")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._watch_max_backoff)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned attempt's outcome as seen (no "never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _retry_here(exc: BaseException) -> bool:
+    """The call ended because the member's leader changed under it."""
+    err = _rpc_error(exc)
+    return err is not None and _LEADER_CHANGED in (err.details() or "").lower()
 
 
 def progress_requests_safe(version: str) -> bool:

@@ -77,7 +77,7 @@ class AccessMetadata(StoreBase):
                 barrier.lend()  # the request's next read needs no sync of its own
             if freshness is not Freshness.UNCACHED:
                 return AccessView(
-                    tuple(cache.grants()),
+                    cache.grants(),
                     cache.access_version,
                     cache.robot(robot) if robot else None,
                     current=freshness is Freshness.CURRENT,

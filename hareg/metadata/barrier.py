@@ -12,9 +12,11 @@ one etcd round trip serves any number of concurrent requests.
 
 When etcd cannot answer (quorum loss), ``sync`` reports the store as
 unavailable instead of raising, and callers serve what the cache has: stale
-but never wrong for content-addressed data.  While the store is unavailable,
-further syncs do not wait for it again until ``probe_interval`` has passed,
-so pulls stay fast and writes can fail fast.
+but never wrong for content-addressed data.  While the store is unavailable
+no request waits on it again: a background probe reads the revision every
+``probe_interval`` and clears the state at its first answer, so pulls stay
+fast, writes fail fast (``writes_blocked``), and both return to normal within
+``probe_interval`` of etcd's recovery.
 
 Within one request a sync can be *lent* to the request's next read
 (``request_scope`` and ``lend``): the access check syncs before the handler
@@ -64,7 +66,7 @@ class ReadBarrier:
         *,
         revision_timeout: float = 1.0,
         catch_up_timeout: float = 0.5,
-        probe_interval: float = 1.0,
+        probe_interval: float = 0.25,
     ) -> None:
         self.kv = kv
         self.cache = cache
@@ -75,6 +77,7 @@ class ReadBarrier:
         self._in_flight: asyncio.Future[int] | None = None
         self._next: asyncio.Future[int] | None = None
         self._unavailable_since: float | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.revision_reads = 0
         # How each sync() ended: CURRENT/STALE are cache hits, UNCACHED a miss (read etcd).
         self.results: Counter[Freshness] = Counter()
@@ -87,11 +90,36 @@ class ReadBarrier:
         return self._unavailable_since is None
 
     def writes_blocked(self) -> bool:
-        """True while etcd was just seen unavailable: writes fail fast instead of
-        waiting for a timeout.  After ``probe_interval`` one write may try again."""
+        """True while etcd is seen unavailable (until the background probe's
+        first answer): writes fail fast instead of waiting for a timeout."""
+        return self._unavailable_since is not None
+
+    def _seen_unavailable(self) -> None:
         if self._unavailable_since is None:
-            return False
-        return self.clock.monotonic() - self._unavailable_since < self.probe_interval
+            log.warning("etcd unavailable: serving reads from the cache, refusing writes")
+        self._unavailable_since = self.clock.monotonic()
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """Read the revision every ``probe_interval`` until etcd answers."""
+        while self._unavailable_since is not None:
+            await self.clock.sleep(self.probe_interval)
+            try:
+                await self.current_revision()
+            except KVError:
+                self._unavailable_since = self.clock.monotonic()
+                continue
+            log.info("etcd available again")
+            self._unavailable_since = None
+
+    async def close(self) -> None:
+        """Stop the background probe (the registry is stopping)."""
+        prober, self._prober = self._prober, None
+        if prober is not None and not prober.done():
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
 
     def _start_round(self, fut: asyncio.Future[int]) -> None:
         self._in_flight = fut
@@ -161,18 +189,13 @@ class ReadBarrier:
     async def _sync(self) -> Freshness:
         if not self.cache.ready:
             return Freshness.UNCACHED
-        if self.writes_blocked():  # etcd was just seen down: do not wait on it again yet
+        if self.writes_blocked():  # etcd is seen down: the probe, not this request, waits on it
             return Freshness.STALE
         try:
             revision = await self.current_revision()
         except KVError:
-            if self._unavailable_since is None:
-                log.warning("etcd unavailable: serving reads from the cache")
-            self._unavailable_since = self.clock.monotonic()
+            self._seen_unavailable()
             return Freshness.STALE
-        if self._unavailable_since is not None:
-            log.info("etcd available again")
-            self._unavailable_since = None
         if self.cache.revision >= revision:
             return Freshness.CURRENT
         self.cache.request_progress()

@@ -133,6 +133,15 @@ class UploadRecord:
     # The digest a closing PUT is verifying and committing ("" while chunks
     # may still be appended): once set, no chunk is acknowledged any more.
     sealed: str = ""
+    # The bytes acknowledged so far (-1: a record written before sizes were
+    # kept; the staged size counts).  Staged bytes past it belong to a
+    # request that died and are dropped by the next request that claims it.
+    size: int = -1
+    # The request staging a chunk now ("" if none) and until when its claim
+    # holds (by the replicas' clocks); a later request waits for it to end,
+    # or takes it over once it has lapsed (its writer died).
+    writer: str = ""
+    writer_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """Upload sessions: their records, on a lease shared per time window, and
-the states a session goes through (open, sealed by a closing PUT, gone).
+the states a session goes through (open, claimed by a request staging a
+chunk, sealed by a closing PUT, gone).  The record keeps the acknowledged
+size: a chunk counts once its writer's claim is released with the new size,
+so a request that died leaves the upload as it was (docs/consistency.md).
 
 Like every write, each record write compares the cluster read-only switch
 (switch.py): no session starts, moves or closes once the switch is on.
@@ -10,13 +13,21 @@ is passed on to the client (which may repeat the request) rather than verified.
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import replace
 
 from hareg.kv.base import Compare, Delete, KeyValue, KVError, KVUnavailable, KVUnknownOutcome, Put
-from hareg.metadata.errors import Contended
+from hareg.metadata.errors import Contended, MetadataError
 from hareg.metadata.records import UploadRecord, decode, encode
-from hareg.metadata.switch import WritesFrozen
 from hareg.metadata.writes import StoreBase
+
+
+class UploadBusy(MetadataError):
+    """Another request is staging a chunk of the upload; its claim holds for
+    ``left`` seconds more unless it ends sooner."""
+
+    def __init__(self, upload_id: str, left: float) -> None:
+        super().__init__(f"upload {upload_id} is being written by another request")
+        self.left = left
 
 
 def _of_repo(kv: KeyValue | None, repo: str) -> UploadRecord | None:
@@ -59,38 +70,71 @@ class UploadMetadata(StoreBase):
 
     async def create_upload(self, upload_id: str, repo: str, algorithm: str) -> UploadRecord:
         now = self.clock.now()
-        record = UploadRecord(repo, algorithm, now, now)
+        record = UploadRecord(repo, algorithm, now, now, size=0)
         await self._put_upload(upload_id, record)
         return record
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         return await self._record(self.keys.upload(upload_id), UploadRecord)
 
-    async def confirm_upload(self, upload_id: str, repo: str) -> bool:
-        """After a chunk was written: whether the upload is still open (not
-        closed, cancelled or sealed by a closing PUT since), so the chunk may
-        be acknowledged.  Also moves an open upload to the current lease
-        window so it does not expire; that write is conditional, so it can
-        neither re-open a sealed upload nor bring back a deleted one."""
-        kv = await self._get(self.keys.upload(upload_id))
-        record = _of_repo(kv, repo)
-        if kv is None or record is None or record.sealed:
-            return False
-        window = int(self.clock.now() // self.upload_lease_window)
-        if int(record.updated // self.upload_lease_window) != window:
-            touched = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now())
-            # A lost race here means a seal or another touch came after this
-            # chunk was written, or the read-only switch was turned on after
-            # the chunk's check: the chunk is in either way.
-            with contextlib.suppress(WritesFrozen):
-                await self._put_upload(upload_id, touched, kv.mod_revision)
-        return True
+    async def claim_upload(self, upload_id: str, repo: str, writer: str, ttl: float) -> UploadRecord | None:
+        """Claim the open upload for ``writer``, a request about to stage a
+        chunk, for ``ttl`` seconds: returns the claimed record (its ``size``
+        is what was acknowledged; staged bytes past it are a dead request's),
+        None if the upload is gone, another repository's or sealed.  Raises
+        UploadBusy while another writer's claim holds; a lapsed one (its
+        writer died without releasing it) is taken over.  The write also moves
+        the record to the current lease window, so an active upload does not
+        expire."""
+        key = self.keys.upload(upload_id)
+        for _ in range(self.max_retries):
+            kv = await self._get(key)
+            record = _of_repo(kv, repo)
+            if kv is None or record is None or record.sealed:
+                return None
+            now = self.clock.now()
+            if record.writer and record.writer != writer and record.writer_until > now:
+                raise UploadBusy(upload_id, record.writer_until - now)
+            claimed = replace(record, updated=now, writer=writer, writer_until=now + ttl)
+            if await self._put_upload(upload_id, claimed, kv.mod_revision):
+                return claimed
+        raise Contended(f"claim of upload {upload_id}")
 
-    async def seal_upload(self, upload_id: str, repo: str, digest: str) -> UploadRecord | None:
+    async def release_upload(self, upload_id: str, repo: str, writer: str, size: int | None) -> bool:
+        """End ``writer``'s claim; with ``size``, acknowledge its chunk (the
+        upload now holds ``size`` bytes).  False if the claim is no longer
+        ``writer``'s: the upload was sealed by a closing PUT, cancelled or
+        expired, or the claim lapsed and another request took it over.  Then
+        the chunk is not part of the upload (a closing PUT commits exactly the
+        acknowledged bytes)."""
+        key = self.keys.upload(upload_id)
+        for _ in range(self.max_retries):
+            kv = await self._get(key)
+            record = _of_repo(kv, repo)
+            if kv is None or record is None or record.sealed or record.writer != writer:
+                return False
+            released = replace(
+                record,
+                updated=self.clock.now(),
+                writer="",
+                writer_until=0.0,
+                size=record.size if size is None else size,
+            )
+            if await self._put_upload(upload_id, released, kv.mod_revision):
+                return True
+        raise Contended(f"release of upload {upload_id}")
+
+    async def seal_upload(
+        self, upload_id: str, repo: str, digest: str, *, writer: str = "", size: int | None = None
+    ) -> UploadRecord | None:
         """Mark the upload as being closed with ``digest``; from then on no
-        chunk is acknowledged.  Returns the sealed record, or None if the
-        upload is gone, belongs to another repository, or was sealed for
-        another digest (a repeated close with the same digest may go on)."""
+        chunk is acknowledged (a writer's claim ends: its release fails).
+        A closing PUT that staged a last chunk passes its claim (``writer``)
+        and the size with that chunk, which is acknowledged only if the claim
+        is still its own.  Returns the sealed record, or None if the upload is
+        gone, belongs to another repository, was sealed for another digest (a
+        repeated close with the same digest may go on) or ``writer``'s claim
+        was lost."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
             kv = await self._get(key)
@@ -98,8 +142,17 @@ class UploadMetadata(StoreBase):
             if kv is None or record is None:
                 return None
             if record.sealed:
-                return record if record.sealed == digest else None
-            sealed = UploadRecord(record.repo, record.algorithm, record.created, self.clock.now(), digest)
+                return record if record.sealed == digest and not writer else None
+            if writer and record.writer != writer:
+                return None
+            sealed = replace(
+                record,
+                updated=self.clock.now(),
+                sealed=digest,
+                writer="",
+                writer_until=0.0,
+                size=record.size if size is None else size,
+            )
             if await self._put_upload(upload_id, sealed, kv.mod_revision):
                 return sealed
         raise Contended(f"seal of upload {upload_id}")

@@ -93,7 +93,7 @@ class Caller:
     """Who sent a request, and the bindings in force when it was admitted."""
 
     identity: Identity
-    bindings: tuple[Binding, ...]
+    bindings: tuple[Binding, ...]  # the subject's (the configuration's and the runtime ones)
     # The runtime grants were read while etcd was current (False: as the
     # replica last heard of them, etcd being unreachable).
     current: bool = True
@@ -189,7 +189,9 @@ class AccessControl:
         # Grants and robot accounts are managed where they are kept (the robots'
         # secrets need ``random_bytes``).
         self.admin = AccessAdmin(store, random_bytes) if store is not None and random_bytes else None
-        self._combined: tuple[int | None, tuple[Binding, ...]] = (None, self.bindings)
+        # The configuration's and the runtime bindings by subject, for the grants'
+        # version they were made from: a request looks up its subject's only.
+        self._by_subject: tuple[int | None, Mapping[str, tuple[Binding, ...]]] = (None, {})
         self.users = users
         self.limiter = limiter
         self.clock = clock
@@ -212,7 +214,7 @@ class AccessControl:
         self.config = config
         self.proxies = forwarded.networks(config.trusted_proxies)
         self.bindings = bindings_of(config)
-        self._combined = (None, self.bindings)
+        self._by_subject = (None, {})
 
     def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
         """The address failed logins are counted by and the audit log names."""
@@ -231,22 +233,24 @@ class AccessControl:
             return NO_GRANTS
         return await self.store.access_view(robot)
 
-    def bindings_in(self, view: AccessView) -> tuple[Binding, ...]:
-        """The configuration's bindings and the runtime ones of ``view``."""
-        version, combined = self._combined
-        if view.version is not None and view.version == version:
-            return combined
-        combined = self.bindings + _runtime_bindings(view)
-        if view.version is not None:
-            self._combined = (view.version, combined)
-        return combined
+    def bindings_in(self, view: AccessView, subject: str) -> tuple[Binding, ...]:
+        """``subject``'s bindings: the configuration's and the runtime ones of ``view``."""
+        version, by_subject = self._by_subject
+        if view.version is None or view.version != version:
+            grouped: dict[str, list[Binding]] = {}
+            for binding in self.bindings + _runtime_bindings(view):
+                grouped.setdefault(binding.subject, []).append(binding)
+            by_subject = {name: tuple(found) for name, found in grouped.items()}
+            if view.version is not None:
+                self._by_subject = (view.version, by_subject)
+        return by_subject.get(subject, ())
 
     async def identify(self, authorization: str | None, client: str, realm: str) -> Caller:
         """Who sent the request and the bindings in force now (one linearizable read)."""
         robot = robots.robot_in(authorization)
         view = await self.view(robot)
         identity = await self.authenticate(authorization, client, realm, view)
-        return Caller(identity, self.bindings_in(view), view.current)
+        return Caller(identity, self.bindings_in(view, identity.subject), view.current)
 
     # ---------------------------------------------------------- identities
 

@@ -121,6 +121,7 @@ class Need:
 _OPEN: Final = Need(open=True)
 _LOGIN: Final = Need(login=True)
 _OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/auth/token"})
+_CONSOLE: Final = "/console"
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # The repository routes of hareg/http/app.py and extensions.py, in the order
 # the router tries them: the name matches greedily and the tail has no '/', as
@@ -150,6 +151,10 @@ def request_needs(method: str, path: str, query: Mapping[str, str] | None = None
         return [_OPEN]
     if path in ("/v2", "/v2/"):
         return [_LOGIN]
+    if path == _CONSOLE or path.startswith(_CONSOLE + "/"):
+        # The web console's static files hold no data: it reads the registry
+        # through the API with the caller's own credentials.
+        return [_OPEN]
     if path == "/v2/_catalog":
         return [Need(browse=True)]
     read = method in _READS

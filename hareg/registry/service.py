@@ -217,6 +217,9 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.uploads.settle()
+        if self.barrier is not None:
+            await self.barrier.close()
         if self.membership is not None:
             await self.membership.leave()
         await self.leadership.resign()

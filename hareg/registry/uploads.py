@@ -6,26 +6,39 @@ the last chunk (or the cache lost it) the staged bytes are hashed again from
 the store, so the digest is always verified before the blob becomes visible
 (invariant 3 of docs/invariants.md).
 
+A chunk is all or nothing.  Its request claims the upload's etcd record,
+drops what a request that died staged past the acknowledged size, stages its
+bytes, and is acknowledged only by releasing its claim with the new size; a
+chunk that fails (its body cut off, a dependency down, the request
+cancelled) gives its bytes back, so the same request may be sent again
+(docs/consistency.md, "Requests that die").
+
 Closing an upload verifies and commits one exact byte range, whatever races
 it: the closing PUT first seals the upload's etcd record (after which no
-chunk is acknowledged: a PATCH re-reads the record once its bytes are
-written), then seals the staging in the store (which returns the final size;
-a chunk still being written either completes before it or is cut off), and
-verifies and commits exactly that many bytes.  A cancel and a close race on
-the record: whichever changes it first wins, the other gets
+chunk is acknowledged: the seal ends any claim, so a chunk's release fails),
+drops what is staged past the sealed size, seals the staging in the store,
+and verifies and commits exactly the acknowledged bytes.  A cancel and a
+close race on the record: whichever changes it first wins, the other gets
 BLOB_UPLOAD_UNKNOWN.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
+import math
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 from hareg.ids import IdSource
+from hareg.kv.base import KVError
+from hareg.metadata.errors import Contended
 from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
+from hareg.metadata.uploads import UploadBusy
 from hareg.plants import planted
 from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError, unavailable
@@ -35,7 +48,12 @@ from hareg.registry.results import BlobInfo, UploadStatus
 from hareg.registry.streams import Metered
 from hareg.storage.base import BlobStore, UploadNotFound, UploadOffsetMismatch
 
+log = logging.getLogger("hareg.uploads")
+
 _SEALED = "the upload is being completed by another request"
+# How often a request waiting for another's claim on an upload looks again (doubling).
+_CLAIM_POLL = 0.02
+_CLAIM_POLL_MAX = 0.5
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -65,7 +83,15 @@ class UploadService:
         max_sessions: int = 0,
         max_sessions_per_repository: int = 0,
         max_blob_size: int = 0,
+        claim_ttl: float = 10.0,
+        claim_wait: float = 10.0,
     ) -> None:
+        # A chunk's writer claims the upload for claim_ttl seconds (renewed
+        # while its body streams); a request finding the upload claimed waits
+        # at most claim_wait seconds for the claim to end or lapse.
+        self.claim_ttl = claim_ttl
+        self.claim_wait = claim_wait
+        self._giving_back: set[asyncio.Future[None]] = set()
         # limits.maxUploadSessions, limits.maxUploadSessionsPerRepository and
         # limits.maxBlobSize (0: unlimited).
         self.max_sessions = max_sessions
@@ -159,18 +185,145 @@ class UploadService:
         return UploadStatus(repo, upload_id, 0)
 
     async def status(self, repo: str, upload_id: str) -> UploadStatus:
-        await self._session(repo, upload_id, open_only=False)
-        return UploadStatus(repo, upload_id, await self._size(upload_id))
+        record = await self._session(repo, upload_id, open_only=False)
+        staged = await self._size(upload_id)
+        # The acknowledged bytes: what a request that died staged past them is not in.
+        return UploadStatus(repo, upload_id, staged if record.size < 0 else min(record.size, staged))
+
+    # ----------------------------------------------------------------- claims
+
+    async def _claim(self, repo: str, upload_id: str) -> tuple[UploadRecord, str]:
+        """Claim the open upload for a new writer (this request), waiting up
+        to ``claim_wait`` seconds for another request's claim to end or lapse
+        (503 with Retry-After past that); returns the claimed record and the
+        writer's id."""
+        writer = self.ids.new_id()
+        clock = self.meta.clock
+        deadline = clock.monotonic() + self.claim_wait
+        pause = _CLAIM_POLL
+        while True:
+            try:
+                record = await self.meta.claim_upload(upload_id, repo, writer, self.claim_ttl)
+            except UploadBusy as busy:
+                left = deadline - clock.monotonic()
+                if left <= 0:
+                    raise RegistryError(
+                        ErrorCode.UNAVAILABLE,
+                        f"upload {upload_id} is being written by another request; try again",
+                        headers={"Retry-After": str(max(1, math.ceil(busy.left)))},
+                    ) from None
+                await clock.sleep(min(pause, left, busy.left))
+                pause = min(pause * 2, _CLAIM_POLL_MAX)
+                continue
+            if record is None:
+                raise _unknown(upload_id, "the upload was completed, cancelled or expired")
+            return record, writer
+
+    async def _acknowledged(self, repo: str, upload_id: str, record: UploadRecord, writer: str) -> int:
+        """The upload's acknowledged size, once the staged bytes past it (of a
+        request that died) are dropped; the caller holds the claim."""
+        if record.size < 0:  # a record from before sizes were kept
+            return await self._size(upload_id)
+        try:
+            staged = await self.store.upload_truncate(upload_id, record.size)
+        except UploadNotFound:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} has no staged data"
+            ) from None
+        if staged < record.size:
+            # The store lost acknowledged bytes (a filesystem crash loses the
+            # unsynced tail of a staging): the record follows the store, and
+            # the client resumes from what is left.
+            await self.meta.release_upload(upload_id, repo, writer, staged)
+            raise RangeNotSatisfiable(
+                f"the blob store lost the upload's bytes past {staged}; send them again from there",
+                headers={"Range": range_header(staged)},
+            )
+        return staged
+
+    async def _give_back(self, repo: str, upload_id: str, writer: str) -> None:
+        """After a failed chunk: drop the bytes it staged and end its claim,
+        leaving the upload as it was before the request.  Best effort: the
+        next request that claims the upload drops them anyway.  Runs to its
+        end even if the request is cancelled meanwhile."""
+        self._hashers.pop(upload_id, None)
+        task = asyncio.ensure_future(self._release_unacknowledged(repo, upload_id, writer))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait (at most ``claim_wait`` seconds) for failed chunks still giving
+        their bytes back, so none is cut off when the replica stops; one that
+        is cut off leaves its bytes to the next request on the upload."""
+        pending = list(self._giving_back)
+        if pending:
+            await asyncio.wait(pending, timeout=self.claim_wait)
+
+    async def _release_unacknowledged(self, repo: str, upload_id: str, writer: str) -> None:
+        try:
+            # Claimed again first: if the chunk's release applied after all
+            # (an unknown outcome), the record's size includes it and nothing
+            # is dropped; if another request holds the upload, it is its call.
+            record = await self.meta.claim_upload(upload_id, repo, writer, self.claim_ttl)
+            if record is None:
+                return
+            if record.size >= 0:
+                await self.store.upload_truncate(upload_id, record.size)
+            await self.meta.release_upload(upload_id, repo, writer, None)
+        except Exception as exc:  # the claim lapses; the next writer drops the bytes
+            log.info("upload %s: the bytes of a failed chunk stay until the next request: %s", upload_id, exc)
+
+    async def _renewing(
+        self, repo: str, upload_id: str, writer: str, chunks: AsyncIterable[bytes]
+    ) -> AsyncIterator[bytes]:
+        """``chunks``, renewing the claim while a long body streams."""
+        clock = self.meta.clock
+        renew_at = clock.monotonic() + self.claim_ttl / 2
+        async for chunk in chunks:
+            if clock.monotonic() >= renew_at:
+                renew_at = clock.monotonic() + self.claim_ttl / 2
+                try:
+                    held = await self.meta.claim_upload(upload_id, repo, writer, self.claim_ttl) is not None
+                except UploadBusy:
+                    held = False
+                except (KVError, Contended) as exc:
+                    # Not fatal: if the claim lapses meanwhile and another request
+                    # takes it over, the release fails and the chunk is refused.
+                    log.info("upload %s: the claim could not be renewed: %s", upload_id, exc)
+                    held = True
+                if not held:
+                    raise _unknown(
+                        upload_id,
+                        "the upload was completed, cancelled or taken over while this chunk was sent",
+                    )
+            yield chunk
+
+    def _refuse_early(self, record: UploadRecord, start: int | None, length: int | None) -> None:
+        """Refuse a chunk whose headers alone show it cannot fit, before the
+        upload is claimed (a refusal writes nothing).  Checked again once
+        claimed: the acknowledged size may move meanwhile."""
+        if record.size < 0:
+            return
+        if start is not None and start != record.size:
+            raise RangeNotSatisfiable(
+                f"chunk starts at {start} but the upload has {record.size} bytes",
+                headers={"Range": range_header(record.size)},
+            )
+        self._size_cap(record.size, length)
 
     async def _append(
         self,
         record: UploadRecord,
         upload_id: str,
+        size: int,
         chunks: AsyncIterable[bytes],
         start: int | None,
         length: int | None,
-    ) -> int:
-        size = await self._size(upload_id)
+    ) -> tuple[int, hashlib._Hash | None]:
+        """Stage a chunk at ``size`` (the acknowledged size); the new size and
+        the running hash up to it (None if it is not known here)."""
         if start is not None and start != size:
             raise RangeNotSatisfiable(
                 f"chunk starts at {start} but the upload has {size} bytes",
@@ -185,22 +338,17 @@ class UploadService:
         except UploadOffsetMismatch as exc:
             raise RangeNotSatisfiable(
                 f"a concurrent write moved the upload to {exc.expected} bytes",
-                headers={"Range": range_header(exc.expected)},
+                headers={"Range": range_header(size)},
             ) from None
         except UploadNotFound:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is gone") from None
         if length is not None and meter.count != length:
-            self._hashers.pop(upload_id, None)
             raise RegistryError(
                 ErrorCode.SIZE_INVALID,
-                f"chunk declared {length} bytes but carried {meter.count}",
-                headers={"Range": range_header(new_size)},
+                f"chunk declared {length} bytes but carried {meter.count}; none of it was kept",
+                headers={"Range": range_header(size)},
             )
-        if hasher is not None and new_size == size + meter.count:
-            self._remember(upload_id, new_size, record.algorithm, hasher)
-        else:
-            self._hashers.pop(upload_id, None)
-        return new_size
+        return new_size, (hasher if new_size == size + meter.count else None)
 
     async def write(
         self,
@@ -212,18 +360,33 @@ class UploadService:
         length: int | None = None,
     ) -> UploadStatus:
         """Append a chunk (PATCH).  ``start`` from Content-Range must equal the
-        current size (416 otherwise); ``length`` is the declared chunk length."""
+        acknowledged size (416 otherwise); ``length`` is the declared chunk
+        length.  All or nothing: a chunk that fails (its body cut off, a
+        dependency down) leaves the upload as it was, so the same request
+        may be sent again."""
         # The read-only switch is read before any byte is staged, so a chunk
         # refused for it leaves nothing behind (a lagging replica's own view
         # may not know yet; docs/operations.md).
         await self.meta.check_writes_allowed()
-        record = await self._session(repo, upload_id)
-        new_size = await self._append(record, upload_id, chunks, start, length)
-        # Acknowledge only if no closing PUT sealed the upload meanwhile: then
-        # its size was measured after these bytes were written, so they are in.
-        if not await self.meta.confirm_upload(upload_id, repo):
+        self._refuse_early(await self._session(repo, upload_id), start, length)
+        record, writer = await self._claim(repo, upload_id)
+        try:
+            size = await self._acknowledged(repo, upload_id, record, writer)
+            body = self._renewing(repo, upload_id, writer, chunks)
+            new_size, hasher = await self._append(record, upload_id, size, body, start, length)
+            # Acknowledged only if the claim is still this request's: then no
+            # closing PUT sealed the upload meanwhile, nor did another request take it over.
+            acknowledged = await self.meta.release_upload(upload_id, repo, writer, new_size)
+        except BaseException:
+            await self._give_back(repo, upload_id, writer)
+            raise
+        if not acknowledged:
             self._hashers.pop(upload_id, None)
             raise _unknown(upload_id, "the upload was completed or cancelled while this chunk was sent")
+        if hasher is not None:
+            self._remember(upload_id, new_size, record.algorithm, hasher)
+        else:
+            self._hashers.pop(upload_id, None)
         return UploadStatus(repo, upload_id, new_size)
 
     async def finish(
@@ -245,17 +408,45 @@ class UploadService:
         record = await self._session(repo, upload_id, open_only=chunks is not None)
         if record.sealed and record.sealed != str(digest):
             raise _unknown(upload_id, _SEALED)
+        hasher: hashlib._Hash | None = None
         if chunks is not None:
             await self.meta.check_writes_allowed()  # as for a PATCH: before any byte is staged
-            await self._append(record, upload_id, chunks, start, length)
-        if await self.meta.seal_upload(upload_id, repo, str(digest)) is None:
-            raise _unknown(upload_id, "the upload was completed or cancelled by another request")
+            self._refuse_early(record, start, length)
+            record, writer = await self._claim(repo, upload_id)
+            try:
+                size = await self._acknowledged(repo, upload_id, record, writer)
+                body = self._renewing(repo, upload_id, writer, chunks)
+                new_size, hasher = await self._append(record, upload_id, size, body, start, length)
+                # The seal acknowledges the last chunk, if the claim is still ours.
+                sealed = await self.meta.seal_upload(
+                    upload_id, repo, str(digest), writer=writer, size=new_size
+                )
+            except BaseException:
+                await self._give_back(repo, upload_id, writer)
+                raise
+            if sealed is None:
+                await self._give_back(repo, upload_id, writer)
+                raise _unknown(upload_id, "the upload was completed or cancelled by another request")
+            if hasher is not None and record.algorithm == digest.algorithm:
+                self._remember(upload_id, new_size, record.algorithm, hasher)
+        else:
+            sealed = await self.meta.seal_upload(upload_id, repo, str(digest))
+            if sealed is None:
+                raise _unknown(upload_id, "the upload was completed or cancelled by another request")
         unverified = planted("commit-unverified-bytes")
         try:
             # PLANTED BUG "commit-unverified-bytes" (simulator only): the old
             # code measured the staging without sealing it and committed
             # whatever it held by then.
-            size = await (self._size(upload_id) if unverified else self.store.upload_seal(upload_id))
+            if unverified:
+                size = await self._size(upload_id)
+            else:
+                if sealed.size >= 0:
+                    # What a request that died (or one the seal cut off) staged
+                    # past the acknowledged bytes is dropped before the staging is sealed.
+                    await self.store.upload_truncate(upload_id, sealed.size)
+                staged = await self.store.upload_seal(upload_id)
+                size = staged if sealed.size < 0 else sealed.size
             hasher = self._cached_hasher(upload_id, size, digest.algorithm)
             if hasher is None:
                 hasher = new_hasher(digest.algorithm)

@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -76,6 +77,17 @@ class ServeOptions:
     etcd_binary: str | None = None
     replica: str | None = None
     config_path: str | None = None  # re-read on SIGHUP
+
+
+def etcd_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of the members endpoint's etcd probes (None: plain HTTP)."""
+    etcd = config.etcd
+    if not (etcd.ca_file or etcd.cert_file):
+        return None
+    context = ssl.create_default_context(cafile=etcd.ca_file)
+    if etcd.cert_file:
+        context.load_cert_chain(etcd.cert_file, etcd.key_file)
+    return context
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -217,6 +229,9 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
         kv = await EtcdKV.connect(
             endpoints,
             timeout=config.etcd.request_timeout,
+            member_timeout=config.etcd.member_timeout,
+            keepalive_time=config.etcd.keepalive_time,
+            keepalive_timeout=config.etcd.keepalive_timeout,
             ca_file=config.etcd.ca_file,
             cert_file=config.etcd.cert_file,
             key_file=config.etcd.key_file,
@@ -306,6 +321,8 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 requests=config.requests,
                 management_state=config.management_state,
                 body_stall_timeout=config.limits.body_stall_timeout,
+                etcd_endpoints=tuple(endpoints),
+                etcd_ssl=etcd_ssl_context(config),
             ),
             metrics=metrics,
             connections=ConnectionGuard(config.limits.request_header_timeout, config.limits.max_connections),

@@ -103,6 +103,18 @@ class BlobStore(Protocol):
         size again; UploadNotFound if there is no such upload."""
         ...
 
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        """Drop the staged bytes past ``size`` (a request that died after
+        staging them; the caller holds the upload's claim, so none is being
+        acknowledged) and return the size the staging now has: ``size``, or
+        less if it held less.  The first ``size`` bytes are never changed.
+        Where the driver locks writers out of a sealed upload (filesystem),
+        a sealed one is left as it is and its size returned; elsewhere (S3)
+        the caller never cuts below a size it sealed.
+        UploadNotFound if there is no such upload; StorageUnavailable if
+        another process is writing it."""
+        ...
+
     async def upload_size(self, upload_id: str) -> int | None:
         """Bytes staged so far, or None if there is no such upload."""
         ...

@@ -244,6 +244,12 @@ class CheckedBlobStore(Generic[D]):
             check_upload_id(upload_id)
             return await self.inner.upload_seal(upload_id)
 
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        with self._call("upload_truncate"):
+            check_upload_id(upload_id)
+            _check_count("size", size)
+            return await self.inner.upload_truncate(upload_id, size)
+
     async def upload_size(self, upload_id: str) -> int | None:
         with self._call("upload_size"):
             check_upload_id(upload_id)

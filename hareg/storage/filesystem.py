@@ -19,6 +19,9 @@ Choices this driver makes where ``BlobStore`` leaves room:
   ``offset`` again, and the exception propagates.  A failed disk write
   (ENOSPC, EIO) is truncated back the same way, so a staged upload is never
   torn and never holds half a request.
+* ``upload_truncate`` cuts the staging file back under both locks below
+  (another process writing it: StorageUnavailable); a sealed file is final
+  and left alone.
 * ``upload_seal`` renames ``uploads/<id>`` to ``sealed/<id>`` under both locks
   below: a writer that opened the file before cannot write after (it checks
   that the path still names its file once it holds the lock), so the sealed
@@ -239,6 +242,23 @@ def _seal(staged: str, sealed: str, upload_id: str) -> int:
     try:
         os.rename(staged, sealed)
         return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _truncate_staged(staged: str, sealed: str, upload_id: str, size: int) -> int:
+    fd = _open_locked(staged, upload_id)
+    if fd is None:
+        current = _stat_size(sealed)  # sealed: its bytes are final
+        if current is None:
+            raise UploadNotFound(upload_id)
+        return current
+    try:
+        current = os.fstat(fd).st_size
+        if current > size:
+            os.ftruncate(fd, size)
+            return size
+        return current
     finally:
         os.close(fd)
 
@@ -497,6 +517,11 @@ class FilesystemDriver:
         staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)
         async with self._upload_lock(upload_id):
             return await self._run(_seal, str(staged), str(sealed), upload_id)
+
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)
+        async with self._upload_lock(upload_id):
+            return await self._run(_truncate_staged, str(staged), str(sealed), upload_id, size)
 
     async def upload_commit(self, upload_id: str, digest: str, size: int) -> int:
         staged, sealed = self._upload_path(upload_id), self._sealed_path(upload_id)

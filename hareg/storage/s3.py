@@ -31,14 +31,21 @@ be appended to on any other and committed on a third.  How:
   part counts as written.
 * If the chunk stream raises, the bytes not yet sent as a whole part are
   dropped; parts already created stay (S3 has no lock that would make taking
-  them back safe against a concurrent seal).  If the call is cancelled, the
+  them back safe against a concurrent seal: the registry takes them back with
+  ``upload_truncate`` under its claim on the upload).  If the call is cancelled, the
   part in flight is let land (or fail) before the call returns, so no part
   appears afterwards.  Either way the upload is a consistent prefix.
-* Parts are never deleted while the marker exists, so any contiguous prefix
-  of them is final: ``upload_seal`` returns the size of that prefix (it cannot
-  lock writers out; later parts lie past it), and ``upload_read(id, size)``
-  and ``upload_commit(id, digest, size)`` cover exactly the parts that end at
-  ``size`` (UploadOffsetMismatch if no part ends there).
+* The upload is the chain of parts contiguous from offset 0; a part off the
+  chain (a stray of a writer that died) is ignored, and deleted with the rest.
+* ``upload_truncate(id, size)`` deletes every part at or past ``size``: the
+  unacknowledged parts of a request that died (the registry calls it only
+  while the upload's etcd record says no live request is writing it).  Parts
+  below an acknowledged size are never deleted while the marker exists, so
+  that prefix is final: ``upload_seal`` returns the size of the chain (it
+  cannot lock writers out; later parts lie past it), and
+  ``upload_read(id, size)`` and ``upload_commit(id, digest, size)`` cover
+  exactly the parts that end at ``size`` (UploadOffsetMismatch if no part
+  ends there).
 * ``upload_commit`` makes the blob visible in one step: a server-side copy of
   a single part, one PUT of the concatenated parts up to 5 MiB, or otherwise a
   streaming multipart upload of the parts' bytes (obstore exposes no
@@ -413,21 +420,27 @@ class S3Driver:
 
     # --------------------------------------------------------------- uploads
 
-    async def _parts(self, upload_id: str) -> list[_Part] | None:
-        """The staged parts in order, or None if the upload does not exist.
-        Raises StorageError if they are not contiguous from 0."""
+    async def _parts(self, upload_id: str, *, every: bool = False) -> list[_Part] | None:
+        """The staged parts in order, or None if the upload does not exist:
+        the chain of contiguous parts from 0 (with ``every``, all of them).
+        A part off the chain is a stray of a writer that died or was taken
+        over after ``upload_truncate`` dropped what it had written before; it
+        is no part of the upload."""
         marker, listed = await asyncio.gather(
             self._head(self._marker_key(upload_id)), self._list(self._parts_dir(upload_id))
         )
         if marker is None:
             return None
         parts = self._parse_parts(upload_id, listed)
+        if every:
+            return parts
+        chain: list[_Part] = []
         end = 0
-        for p in parts:
-            if p.offset != end:
-                raise StorageError(f"upload {upload_id} has a hole at offset {end} (next part at {p.offset})")
-            end = p.end
-        return parts
+        for p in parts:  # in offset order: one part per offset (its key)
+            if p.offset == end:
+                chain.append(p)
+                end = p.end
+        return chain
 
     def _parse_parts(self, upload_id: str, listed: Iterable[ObjectMeta]) -> list[_Part]:
         start = len(self._parts_dir(upload_id)) + 1
@@ -478,6 +491,21 @@ class S3Driver:
 
     async def upload_seal(self, upload_id: str) -> int:
         return await self._size(upload_id)
+
+    async def upload_truncate(self, upload_id: str, size: int) -> int:
+        parts = await self._parts(upload_id, every=True)
+        if parts is None:
+            raise UploadNotFound(upload_id)
+        end = 0
+        for p in parts:
+            if p.offset == end and p.end <= size:
+                end = p.end
+            elif p.offset == end and p.offset < size:
+                raise StorageError(
+                    f"upload {upload_id} has a part across offset {size}; it cannot be cut there"
+                )
+        await self._delete_keys([p.key for p in parts if p.offset >= size])
+        return end
 
     async def upload_read(self, upload_id: str, length: int | None = None) -> AsyncIterator[bytes]:
         parts = await self._parts(upload_id)

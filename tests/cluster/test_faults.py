@@ -123,11 +123,13 @@ async def test_replica_killed_mid_upload_then_finished_on_another(cluster: Clust
             raise AssertionError("the PATCH to a killed replica cannot have succeeded")
         except (TimeoutError, aiohttp.ClientError):
             pass
-        # Another replica knows how far the upload got, and takes the rest.
+        # Another replica knows how far the upload got: nothing of the killed
+        # PATCH counts (docs/consistency.md, "Requests that die"), so the same
+        # chunk is sent again; it waits for the dead writer's claim to lapse.
         async with s.get(urljoin(other, location)) as r:
             assert r.status == 204, await r.text()
             done = int(r.headers["Range"].split("-")[1]) + 1
-        assert len(first) <= done <= len(blob)
+        assert done == len(first)
         async with s.put(
             urljoin(other, location) + f"&digest={sha256(blob)}",
             data=blob[done:],
@@ -216,7 +218,11 @@ async def test_quorum_loss_serves_pulls_refuses_pushes_and_recovers(cluster: Clu
                     assert r.status == 503, await r.text()
                     assert (await r.json())["errors"][0]["code"] == "UNAVAILABLE"
                     assert "Retry-After" in r.headers
-                assert time.monotonic() - t0 < 15  # etcd's request timeout (5 s), never the client's 30
+                took = time.monotonic() - t0
+                print(f"\nquorum loss: push refused by {base} in {took:.3f}s (load {os.getloadavg()[0]:.2f})")
+                # A write reaching etcd as its quorum goes is answered within ~2.5 s
+                # (docs/consistency.md), later ones at once; generous for a loaded machine.
+                assert took < 5
             async with s.get(f"{_replica_urls(cluster)[0]}/readyz") as r:
                 body = await r.json()
                 assert r.status == 200 and body["degraded"] is True and body["reason"] == "EtcdUnavailable"

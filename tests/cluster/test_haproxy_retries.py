@@ -31,23 +31,30 @@ async def _read_request(reader: asyncio.StreamReader) -> str:
     return lines[0]
 
 
+NOT_READY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 @contextlib.asynccontextmanager
-async def backend(port: int, seen: Counter[str], *, drop: bool) -> AsyncIterator[None]:
-    """Answers /readyz; any other request is answered 200, or (``drop``) read and
-    then the connection is closed without an answer.  ``seen`` counts the
-    requests, a health check once it is answered."""
+async def backend(port: int, seen: Counter[str], *, drop: bool, writable: bool = True) -> AsyncIterator[None]:
+    """Answers /readyz (and /readyz?for=writes: 503 unless ``writable``); any
+    other request is answered 200, or (``drop``) read and then the connection
+    is closed without an answer.  ``seen`` counts the requests, a health
+    check once it is answered."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             line = await _read_request(reader)
             method, path, _ = line.split(" ", 2)
-            if path != "/readyz":
+            check = path.startswith("/readyz")
+            if not check:
                 seen[f"{method} {path}"] += 1
-            if path == "/readyz" or not drop:
+            if check and path.endswith("for=writes") and not writable:
+                writer.write(NOT_READY)
+            elif check or not drop:
                 writer.write(READY)
-                await writer.drain()
-            if path == "/readyz":
-                seen["/readyz"] += 1
+            await writer.drain()
+            if check:
+                seen[path] += 1
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
@@ -65,9 +72,13 @@ async def backend(port: int, seen: Counter[str], *, drop: bool) -> AsyncIterator
         ("HEAD", "/v2/app/blobs/sha256:x", True),
         ("PUT", "/v2/app/manifests/v1", True),  # a manifest PUT is idempotent
         ("POST", "/v2/app/blobs/uploads/", True),  # a new session, or a content-addressed blob
+        ("POST", "/v2/app/blobs/uploads/?digest=sha256:x", True),  # a monolithic push
         ("PATCH", "/v2/app/blobs/uploads/u1", False),  # the chunk would be appended twice
         ("PUT", "/v2/app/blobs/uploads/u1?digest=sha256:x", False),  # the session is closed by the first
         ("DELETE", "/v2/app/manifests/v1", False),  # the second would answer 404
+        ("DELETE", "/v2/app/blobs/uploads/u1", False),  # the second would answer BLOB_UPLOAD_UNKNOWN
+        ("POST", "/hareg/v1/access/robots", False),  # the second would not hand out the first's secret
+        ("PUT", "/hareg/v1/read-only", False),  # an admin request: never run twice
     ],
 )
 async def test_only_requests_safe_to_run_twice_are_resent(
@@ -91,8 +102,8 @@ async def test_only_requests_safe_to_run_twice_are_resent(
     )
     proxy = HaproxyProcess(config, listen_port=listen, log_file=tmp_path / "haproxy.log")
     async with backend(dropping, seen, drop=True), backend(answering, answering_seen, drop=False), proxy:
-        async with asyncio.timeout(60):  # both servers pass their first health check
-            while not (seen["/readyz"] and answering_seen["/readyz"]):
+        async with asyncio.timeout(60):  # both servers pass their first health checks
+            while not all(c["/readyz"] and c["/readyz?for=writes"] for c in (seen, answering_seen)):
                 await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as session:
             async with asyncio.timeout(20):
@@ -101,3 +112,52 @@ async def test_only_requests_safe_to_run_twice_are_resent(
                 await r.read()
     assert seen[f"{method} {path}"] == 1  # the dropping replica got it once
     assert (status == 200) is resent, status
+
+
+async def test_writes_avoid_a_replica_that_cannot_write_and_reads_do_not(tmp_path: Path) -> None:
+    """A replica cut off from etcd (its /readyz?for=writes answers 503) keeps
+    getting pulls; pushes go to the others, and with none left haproxy
+    answers an OCI error with Retry-After."""
+    try:
+        find_haproxy()
+    except HaproxyError as exc:
+        pytest.skip(str(exc))
+    listen, cut, whole = free_ports(3)
+    cut_seen: Counter[str] = Counter()
+    whole_seen: Counter[str] = Counter()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        render_config(
+            f"127.0.0.1:{listen}",
+            [Backend("cut", f"127.0.0.1:{cut}"), Backend("whole", f"127.0.0.1:{whole}")],
+            check_interval="200ms",
+        )
+    )
+    proxy = HaproxyProcess(config, listen_port=listen, log_file=tmp_path / "haproxy.log")
+    base = f"http://127.0.0.1:{listen}"
+    async with backend(cut, cut_seen, drop=False, writable=False), proxy:
+        async with backend(whole, whole_seen, drop=False):
+            async with asyncio.timeout(60):  # checked, and the cut one found unfit for writes
+                while not (cut_seen["/readyz?for=writes"] >= 2 and whole_seen["/readyz?for=writes"]):
+                    await asyncio.sleep(0.05)
+            async with aiohttp.ClientSession() as session:
+                for _ in range(4):
+                    async with session.get(f"{base}/v2/app/manifests/v1") as r:
+                        assert r.status == 200
+                    async with session.post(f"{base}/v2/app/blobs/uploads/") as r:
+                        assert r.status == 200
+            assert cut_seen["GET /v2/app/manifests/v1"] == 2 and whole_seen["GET /v2/app/manifests/v1"] == 2
+            assert cut_seen["POST /v2/app/blobs/uploads/"] == 0
+            assert whole_seen["POST /v2/app/blobs/uploads/"] == 4
+        # The only writable replica is gone: writes get haproxy's OCI error at once.
+        async with asyncio.timeout(60):
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    async with session.post(f"{base}/v2/app/blobs/uploads/") as r:
+                        if r.status == 503 and r.headers.get("Retry-After") == "1":
+                            body = await r.json(content_type=None)
+                            assert body["errors"][0]["code"] == "UNAVAILABLE"
+                            break
+                    await asyncio.sleep(0.1)
+                async with session.get(f"{base}/v2/app/manifests/v1") as r:
+                    assert r.status == 200  # reads still go to the cut replica

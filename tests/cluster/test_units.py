@@ -102,12 +102,18 @@ def test_haproxy_config_balances_checks_and_retries() -> None:
         "retries 3",
         "option redispatch 1",
         "retry-on conn-failure empty-response response-timeout",
-        "http-request disable-l7-retry if { method PATCH } || METH_DELETE || METH_PUT { path_sub /blobs/uploads/ }",
+        "http-request disable-l7-retry unless METH_GET || { method PUT } { path_reg ^/v2/.+/manifests/[^/]+$ }"
+        " || { method POST } { path_reg ^/v2/.+/blobs/uploads/?$ }",
         "timeout server 10m",
         "server replica-1 127.0.0.1:6001",
         "server replica-2 127.0.0.1:6002",
+        # Writes only to replicas that can write; reads to every ready one.
+        "use_backend writers unless METH_GET",
+        "default_backend replicas",
+        "option httpchk GET /readyz?for=writes",
     ):
         assert expected in lines, expected
+    assert lines.count("server replica-1 127.0.0.1:6001") == 2  # in both backends
     assert "balance roundrobin" in lines
     assert not any("cookie" in line or "stick" in line for line in lines), "no sticky sessions"
 

@@ -63,3 +63,12 @@ def test_a_cluster_admin_binding_needs_no_repositories(tmp_path: Path) -> None:
 def test_a_bad_role_is_one_problem(tmp_path: Path) -> None:
     errors = errors_of(tmp_path, {"auth": {"bindings": [{"subject": "x", "role": "owner"}]}})
     assert len(errors) == 1 and "auth.bindings[0].role" in errors[0], errors
+
+
+def test_trusted_proxies_are_networks_naming_the_bad_item(tmp_path: Path) -> None:
+    auth = load(tmp_path, {"auth": {"trustedProxies": ["127.0.0.1", "10.0.0.0/8", "::1"]}}).auth
+    assert auth is not None and auth.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8", "::1/128")
+    errors = errors_of(tmp_path, {"auth": {"trustedProxies": ["127.0.0.1", "haproxy"]}})
+    assert any(e.startswith("auth.trustedProxies[1]") and "CIDR" in e for e in errors), errors
+    from_env = load(tmp_path, {"auth": {}}, {"HAREG_AUTH_TRUSTED_PROXIES": "127.0.0.1, 10.1.0.0/16"}).auth
+    assert from_env is not None and from_env.trusted_proxies == ("127.0.0.1/32", "10.1.0.0/16")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from hareg.kv.base import KV, Compare, RangeResult, TxnOp, TxnResult, WatchBatch
+from hareg.kv.base import KV, Compare, KeyValue, RangeResult, TxnOp, TxnResult, WatchBatch
 from hareg.kv.instrumented import InstrumentedKV
 
 TxnHook = Callable[[Sequence[Compare], Sequence[TxnOp]], Awaitable[None]]
 RangeHook = Callable[[bytes, RangeResult], Awaitable[None]]
+GetHook = Callable[[bytes], Awaitable[None]]
 
 
 def _ignore(_op: str, _elapsed: float, _error: str | None) -> None:
@@ -27,9 +28,16 @@ class HookedKV(InstrumentedKV):
         self.after_txn: TxnHook | None = None  # awaited after a txn committed (succeeded)
         self.frozen_watch_prefixes: list[bytes] = []  # events of keys there are never delivered
         self.after_range: RangeHook | None = None  # awaited after a range read, with its start key
+        self.after_get: GetHook | None = None  # awaited after a single key was read, with the key
         # While cleared, the watch delivers nothing (a replica whose whole view lags).
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        found = await super().get(key)
+        if self.after_get is not None:
+            await self.after_get(key)
+        return found
 
     async def range(
         self, start: bytes, end: bytes, *, limit: int = 0, revision: int = 0, keys_only: bool = False

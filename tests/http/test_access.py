@@ -7,30 +7,24 @@ for the very next request (linearizable, like tag reads).
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kv_hooks import HookedKV
 from oci_helpers import Client, expect_error, push_image
 from registries import running
+from token_flow import access_control, write_htpasswd
 
-from hareg.clock import SystemClock
-from hareg.config.model import AuthConfig, BindingConfig
+from hareg.config.model import BindingConfig
 from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
-from hareg.registry.access import TOKEN_KEY_SETTING, AccessControl
-from hareg.registry.htpasswd import Users
-from hareg.registry.login_limits import LoginLimiter
+from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
-from hareg.registry.tokens import generate_key_pem
 from hareg.storage.filesystem import FilesystemBlobStore
 
 USERS = ("root", "ada", "ed")
@@ -66,10 +60,7 @@ class Replicas:
 
 @pytest.fixture
 async def replicas(kv: EtcdKV, etcd_url: str, tmp_path: Path) -> AsyncIterator[Replicas]:
-    path = tmp_path / "htpasswd"
-    path.write_text(
-        "".join(f"{n}:{bcrypt.hashpw(f'{n}-pw'.encode(), bcrypt.gensalt(4)).decode()}\n" for n in USERS)
-    )
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {name: f"{name}-pw" for name in USERS})
     prefix = f"/test-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
         pairs, kvs = [], []
@@ -81,24 +72,7 @@ async def replicas(kv: EtcdKV, etcd_url: str, tmp_path: Path) -> AsyncIterator[R
             registry = await stack.enter_async_context(
                 running(own_kv, FilesystemBlobStore(tmp_path / "blobs"), prefix=prefix)
             )
-            users = Users(path, None)
-            users.load()
-            clock = SystemClock()
-
-            async def key(registry: Registry = registry) -> bytes:
-                return await registry.meta.shared_setting(TOKEN_KEY_SETTING, generate_key_pem)
-
-            access = AccessControl(
-                AuthConfig(bindings=BINDINGS),
-                users,
-                LoginLimiter(clock),
-                clock,
-                RandomIds(),
-                key_source=key,
-                store=registry.meta,
-                random_bytes=os.urandom,
-            )
-            await access.start()
+            access = await access_control(registry, htpasswd, BINDINGS)
             pairs.append((registry, access))
         yield Replicas(stack, pairs, kvs)
 

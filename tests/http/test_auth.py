@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -17,20 +16,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from oci_helpers import Client, expect_error, push_blob, push_image, start_led_replicas
 from registries import running
+from token_flow import access_control, write_htpasswd
 
-from hareg.clock import SystemClock
-from hareg.config.model import AuthConfig, BindingConfig, TokenConfig
+from hareg.config.model import BindingConfig, TokenConfig
 from hareg.http.app import init_app
-from hareg.ids import RandomIds
 from hareg.kv.etcd import EtcdKV
-from hareg.registry.access import TOKEN_KEY_SETTING, AccessControl
-from hareg.registry.htpasswd import Users
-from hareg.registry.login_limits import LoginLimiter
+from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
 from hareg.registry.tokens import Grant, TokenIssuer, TokenVerifier, generate_key_pem
 from hareg.storage.filesystem import FilesystemBlobStore
@@ -59,31 +54,8 @@ async def registry(kv: EtcdKV, tmp_path: Path) -> AsyncIterator[Registry]:
 
 @pytest.fixture
 async def access(registry: Registry, tmp_path: Path) -> AccessControl:
-    path = tmp_path / "htpasswd"
-    lines = []
-    for name in USERS:
-        hashed = bcrypt.hashpw(f"{name}-pw".encode(), bcrypt.gensalt(5)).decode()
-        lines.append(f"{name}:$2y${hashed[4:]}")  # as htpasswd -B writes it
-    path.write_text("\n".join(lines) + "\n")
-    users = Users(path, None)
-    users.load()
-    clock = SystemClock()
-
-    async def key() -> bytes:
-        return await registry.meta.shared_setting(TOKEN_KEY_SETTING, generate_key_pem)
-
-    control = AccessControl(
-        AuthConfig(bindings=BINDINGS),
-        users,
-        LoginLimiter(clock),
-        clock,
-        RandomIds(),
-        key_source=key,
-        store=registry.meta,
-        random_bytes=os.urandom,
-    )
-    await control.start()
-    return control
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {name: f"{name}-pw" for name in USERS})
+    return await access_control(registry, htpasswd, BINDINGS)
 
 
 @pytest.fixture
@@ -177,6 +149,18 @@ async def test_cluster_endpoints_only_for_cluster_admin(make_client: MakeClient)
     assert r.status == 200
     # Probes stay open to everyone.
     assert (await (await make_client()).get("/healthz")).status == 200
+    for name in ("vera", "ada"):
+        await expect_error(await (await make_client(basic(name))).get("/hareg/v1/members"), 403, "DENIED")
+    assert (await root.get("/hareg/v1/members")).status == 200
+
+
+async def test_the_console_page_is_open_and_its_data_is_not(make_client: MakeClient) -> None:
+    anonymous = await make_client()
+    r = await anonymous.get("/console/repositories/team-a/app/tags/v1")
+    assert r.status == 200 and "<title>hareg console</title>" in await r.text()
+    # What the page reads is refused as any other client's request would be.
+    await expect_error(await anonymous.get("/v2/team-a/app/tags/list"), 401, "UNAUTHORIZED")
+    await expect_error(await anonymous.get("/hareg/v1/members"), 401, "UNAUTHORIZED")
 
 
 async def test_rollback_and_immutability_need_admin(make_client: MakeClient) -> None:

@@ -76,6 +76,8 @@ async def test_degraded_when_etcd_is_down_but_pulls_are_served(
     assert await asyncio.to_thread(cli_main, ["status", "--registry", url]) == 0
     out = capsys.readouterr().out
     assert re.search(r"Available\s+True\s+Ready", out) and re.search(r"Degraded\s+False\s+AsExpected", out)
+    assert (await client.get("/readyz", params={"for": "writes"})).status == 200
+    assert (await client.get("/readyz", params={"for": "nonsense"})).status == 400
 
     own_etcd.pause()
     try:
@@ -93,6 +95,10 @@ async def test_degraded_when_etcd_is_down_but_pulls_are_served(
         )
         r = await client.post("/v2/st/app/blobs/uploads/")
         assert r.status == 503
+        # Ready for pulls, not for writes: the load balancer's two checks.
+        assert (await client.get("/readyz")).status == 200
+        writes = await client.get("/readyz", params={"for": "writes"})
+        assert writes.status == 503 and (await writes.json())["degraded"] is True
 
         assert await asyncio.to_thread(cli_main, ["status", "--registry", url, "--json"]) == 0
         printed = json.loads(capsys.readouterr().out)

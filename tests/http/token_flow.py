@@ -15,6 +15,7 @@ flow really ran.
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -117,8 +118,9 @@ def write_htpasswd(path: Path, passwords: Mapping[str, str]) -> Path:
 async def access_control(
     registry: Registry, htpasswd: Path, bindings: Iterable[BindingConfig]
 ) -> AccessControl:
-    """Authentication for ``registry``: the users of ``htpasswd``, the token
-    key kept in its etcd as ``hareg serve`` keeps it, started."""
+    """Authentication for ``registry`` as ``hareg serve`` builds it: the users
+    of ``htpasswd``, the token key kept in its etcd, the runtime grants and
+    robot accounts in its metadata store; started."""
     users = Users(htpasswd, None)
     users.load()
     clock = SystemClock()
@@ -127,7 +129,14 @@ async def access_control(
         return await registry.meta.shared_setting(TOKEN_KEY_SETTING, generate_key_pem)
 
     control = AccessControl(
-        AuthConfig(bindings=tuple(bindings)), users, LoginLimiter(clock), clock, RandomIds(), key_source=key
+        AuthConfig(bindings=tuple(bindings)),
+        users,
+        LoginLimiter(clock),
+        clock,
+        RandomIds(),
+        key_source=key,
+        store=registry.meta,
+        random_bytes=os.urandom,
     )
     await control.start()
     return control

@@ -255,6 +255,46 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
         await etcd.stop()
 
 
+async def test_while_etcd_is_down_no_request_waits_and_the_probe_notices_recovery(tmp_path: Path) -> None:
+    """After the sync that finds etcd down, syncs answer STALE at once however
+    long the outage lasts (a request never waits on etcd again: a background
+    probe does), writes stay blocked, and the probe alone clears the state
+    once etcd answers."""
+    etcd = EtcdProcess("probe", tmp_path / "etcd")
+    await etcd.start()
+    kv = await EtcdKV.connect([etcd.client_url], timeout=5.0)
+    keys = Keys("/probe")
+    try:
+        cache = mirror(kv, keys, retry_delay=0.1)
+        barrier = ReadBarrier(kv, cache, SystemClock(), revision_timeout=1.0, probe_interval=0.25)
+        async with running(cache):
+            etcd.pause()
+            try:
+                assert await barrier.sync() is Freshness.STALE  # the one that waits (revision_timeout)
+                loop = asyncio.get_running_loop()
+                slowest = 0.0
+                t_end = loop.time() + 3 * barrier.revision_timeout
+                while loop.time() < t_end:
+                    t0 = loop.time()
+                    assert await barrier.sync() is Freshness.STALE
+                    assert barrier.writes_blocked()
+                    slowest = max(slowest, loop.time() - t0)
+                    await asyncio.sleep(0.01)
+                # Probes ran meanwhile (each waiting revision_timeout), no sync waited for one.
+                assert slowest < barrier.revision_timeout / 2, slowest
+                assert barrier.revision_reads >= 2
+            finally:
+                etcd.resume()
+            async with asyncio.timeout(WAIT):
+                while barrier.writes_blocked():
+                    await asyncio.sleep(0.05)
+            assert await barrier.sync() is Freshness.CURRENT
+        await barrier.close()
+    finally:
+        await kv.close()
+        await etcd.stop()
+
+
 async def test_a_lent_sync_serves_one_read_of_the_same_request(kv: EtcdKV, keys: Keys) -> None:
     cache = mirror(kv, keys)
     barrier = ReadBarrier(kv, cache, SystemClock())

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hareg.config.model import AuthConfig, BindingConfig
 from hareg.ids import RandomIds
+from hareg.metadata.access import AccessView
+from hareg.metadata.records import GrantRecord
 from hareg.registry.access import AccessControl, Caller, Identity
 from hareg.registry.authz import PULL, PUSH, Need
 from hareg.registry.errors import RegistryError
@@ -209,3 +211,17 @@ async def test_a_write_is_refused_while_the_grants_cannot_be_read_current(tmp_pa
         access.authorize(stale, [Need(PUSH, "a/x")], REALM, write=True)
     assert info.value.status == 503 and info.value.headers["Retry-After"]
     access.authorize(replace(stale, current=True), [Need(PUSH, "a/x")], REALM, write=True)
+
+
+async def test_a_request_looks_up_only_its_subjects_bindings_made_once_per_grants_version(
+    tmp_path: Path,
+) -> None:
+    access = await make_access(tmp_path, [BindingConfig("alice", "viewer", ("a/*",))])
+    grants = tuple(GrantRecord(f"user{i}", "editor", f"p{i}/*", 0.0) for i in range(1000))
+    view = AccessView((*grants, GrantRecord("alice", "editor", "b/*", 0.0)), version=7)
+    alice = access.bindings_in(view, "alice")
+    assert [(b.role.value, b.repositories) for b in alice] == [("viewer", ("a/*",)), ("editor", ("b/*",))]
+    assert access.bindings_in(view, "alice") is alice  # the same version: not made again
+    assert access.bindings_in(view, "nobody") == ()
+    changed = AccessView(grants, version=8)
+    assert [b.repositories for b in access.bindings_in(changed, "alice")] == [("a/*",)]

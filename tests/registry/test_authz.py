@@ -96,6 +96,11 @@ def test_allowed(subject: str, action: str, repo: str | None, expected: bool) ->
         ("GET", "/hareg/v1/status", {}, [Need(CLUSTER)]),
         ("POST", "/hareg/v1/prune", {}, [Need(CLUSTER)]),
         ("POST", "/hareg/v1/fsck", {}, [Need(CLUSTER)]),
+        ("GET", "/hareg/v1/members", {}, [Need(CLUSTER)]),
+        # The console's static files: open (its data comes through the API).
+        ("GET", "/console", {}, [Need(open=True)]),
+        ("GET", "/console/repositories/a/b/tags/t", {}, [Need(open=True)]),
+        ("GET", "/consoles", {}, [Need(login=True)]),
         ("GET", "/nowhere", {}, [Need(login=True)]),
     ],
 )

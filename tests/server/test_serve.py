@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import ssl
+from pathlib import Path
 
-from hareg.server.serve import StartupError, split_listen
+import pytest
+from e2e.certs import self_signed
+
+from hareg.config.model import Config, EtcdConfig
+from hareg.server.serve import StartupError, etcd_ssl_context, split_listen
 
 
 @pytest.mark.parametrize(
@@ -25,3 +30,15 @@ def test_split_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_split_listen_refuses_what_is_not_host_port(listen: str) -> None:
     with pytest.raises(StartupError, match="must be HOST:PORT"):
         split_listen(listen)
+
+
+def test_etcd_probes_use_the_etcd_sections_tls(tmp_path: Path) -> None:
+    """GET /hareg/v1/members probes etcd as the replica reaches it: plain, or
+    with the etcd section's CA and client certificate."""
+    assert etcd_ssl_context(Config()) is None
+    cert, key, _ = self_signed(tmp_path, "etcd.local")
+    tls = Config(etcd=EtcdConfig(ca_file=str(cert), cert_file=str(cert), key_file=str(key)))
+    context = etcd_ssl_context(tls)
+    assert context is not None
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert len(context.get_ca_certs()) == 1

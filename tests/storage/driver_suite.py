@@ -277,6 +277,22 @@ class BlobStoreSuite:
         with pytest.raises(UploadNotFound):
             await store.upload_seal("seal")
 
+    async def test_truncate_drops_what_was_staged_past_a_size(self, store: BlobStore) -> None:
+        await store.upload_start("cut")
+        await store.upload_write("cut", 0, chunks_of(b"kept-"))
+        await store.upload_write("cut", 5, chunks_of(b"of a request that died"))
+        assert await store.upload_truncate("cut", 5) == 5
+        assert await store.upload_size("cut") == 5
+        assert await store.upload_truncate("cut", 5) == 5  # again: nothing more to drop
+        assert await store.upload_truncate("cut", 9) == 5  # past the end: nothing to drop
+        await store.upload_write("cut", 5, chunks_of(b"again"))  # the re-send lands where the dead one did
+        assert await collect(store.upload_read("cut")) == b"kept-again"
+        assert await store.upload_seal("cut") == 10
+        assert await store.upload_commit("cut", digest_of(b"kept-again"), 10) == 10
+        assert await collect(store.read(digest_of(b"kept-again"))) == b"kept-again"
+        with pytest.raises(UploadNotFound):
+            await store.upload_truncate("never-started", 0)
+
     async def test_commit_of_another_size_is_refused(self, store: BlobStore) -> None:
         await store.upload_start("sized")
         await store.upload_write("sized", 0, chunks_of(b"0123456789"))

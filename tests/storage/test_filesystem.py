@@ -165,6 +165,24 @@ async def test_writer_that_opened_before_the_seal_cannot_write_after(
     assert await collect(fs_store.upload_read("s")) == b"abcdefghi"
 
 
+async def test_truncate_leaves_a_sealed_upload_and_another_writer_alone(
+    fs_store: FilesystemBlobStore, tmp_path: Path
+) -> None:
+    await fs_store.upload_start("t")
+    await fs_store.upload_write("t", 0, chunks_of(b"abcdef"))
+    # Another process appending holds the staging file's flock: no cut under it.
+    fd = os.open(fs_store.root / "uploads" / "t", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(StorageUnavailable):
+            await fs_store.upload_truncate("t", 3)
+    finally:
+        os.close(fd)
+    assert await fs_store.upload_seal("t") == 6
+    assert await fs_store.upload_truncate("t", 3) == 6  # sealed: its bytes are final
+    assert await collect(fs_store.upload_read("t")) == b"abcdef"
+
+
 async def test_reopen_existing_root(tmp_path: Path) -> None:
     first = FilesystemBlobStore(tmp_path / "r")
     digest = await put(first, "x", b"persisted")

@@ -247,6 +247,21 @@ async def test_upload_start_is_idempotent_until_data_arrives(s3_store: S3StoreFa
     assert await collect(s.upload_read("st")) == b"keep me"
 
 
+async def test_a_stray_part_off_the_chain_is_no_part_of_the_upload(s3_store: S3StoreFactory) -> None:
+    """A writer taken over after its bytes were dropped may still create a
+    part past a gap: the upload is the chain from 0, and a cut removes the stray."""
+    s = s3_store()
+    await s.upload_start("st")
+    await s.upload_write("st", 0, chunks_of(b"chain"))
+    stray = s.inner._part_key("st", 9)
+    assert await s.inner._create(stray, b"stray") is True
+    assert await s.upload_size("st") == 5
+    assert await collect(s.upload_read("st")) == b"chain"
+    assert await s.upload_truncate("st", 5) == 5
+    assert await s.inner._head(stray) is None
+    assert await s.upload_commit("st", digest_of(b"chain"), 5) == 5
+
+
 @pytest.mark.parametrize("part_size", [64 * 1024, 8 * MiB])
 async def test_stream_failure_keeps_only_whole_parts(s3_store: S3StoreFactory, part_size: int) -> None:
     s = s3_store(part_size=part_size)
