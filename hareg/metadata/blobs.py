@@ -42,8 +42,11 @@ async def blob_guard(
 
 
 class BlobMetadata(StoreBase):
-    async def get_link(self, repo: str, digest: str) -> LinkRecord | None:
-        return await self._record(self.keys.link(repo, digest), LinkRecord, lambda c: c.link(repo, digest))
+    async def get_link(self, repo: str, digest: str, *, fresh: bool = False) -> LinkRecord | None:
+        """The link, from the cache once it may serve; ``fresh``: from etcd, for
+        a write that decides on it (the cache may be stale while etcd is down)."""
+        key = self.keys.link(repo, digest)
+        return await self._record(key, LinkRecord, None if fresh else lambda c: c.link(repo, digest))
 
     async def get_blob(self, digest: str) -> BlobRecord | None:
         return await self._record(self.keys.blob(digest), BlobRecord)
