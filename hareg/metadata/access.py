@@ -152,10 +152,15 @@ class AccessMetadata(StoreBase):
             try:
                 done = await self.kv.txn([Compare.missing(key), *needs], [Put(key, value)])
             except KVUnknownOutcome:
+                # Done if our own record (its write id) is there.  Otherwise the
+                # outcome stays unknown: never sent again, since "missing" holds
+                # again once a revoke deletes the key, so a first attempt that
+                # arrives late could apply after its re-send, bringing back a
+                # grant revoked after our answer (docs/consistency.md).
                 found = await self._get(key)
-                if found is None:
-                    continue  # it did not apply: send it again (the compare makes that safe)
-                return found.value == value
+                if found is not None and found.value == value:
+                    return True
+                raise
             if done.succeeded:
                 return True
             if needs and await self._get(key) is None:

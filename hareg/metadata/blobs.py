@@ -42,8 +42,11 @@ async def blob_guard(
 
 
 class BlobMetadata(StoreBase):
-    async def get_link(self, repo: str, digest: str) -> LinkRecord | None:
-        return await self._record(self.keys.link(repo, digest), LinkRecord, lambda c: c.link(repo, digest))
+    async def get_link(self, repo: str, digest: str, *, fresh: bool = False) -> LinkRecord | None:
+        """The link, from the cache once it may serve; ``fresh``: from etcd, for
+        a write that decides on it (the cache may be stale while etcd is down)."""
+        key = self.keys.link(repo, digest)
+        return await self._record(key, LinkRecord, None if fresh else lambda c: c.link(repo, digest))
 
     async def get_blob(self, digest: str) -> BlobRecord | None:
         return await self._record(self.keys.blob(digest), BlobRecord)
@@ -70,16 +73,24 @@ class BlobMetadata(StoreBase):
         async def attempt() -> Txn[None]:
             blob_kv, repo_kv = await self._read_many([blob_key, self.keys.repo(repo)])
             compares = [await blob_guard(self.keys, digest, blob_kv, bytes_present)]
-            now = self.clock.now()
-            link = Put(link_key, encode(LinkRecord(size, now, now)))
-            ops: list[TxnOp] = [Put(blob_key, encode(BlobRecord(size, now))), link]
-            if upload_id is not None:
-                ops.append(Delete(self.keys.upload(upload_id)))
             if repo_kv is None:
-                missing_repo, put_repo = self._ensure_repo(repo)
-                compares.append(missing_repo)
-                ops.append(put_repo)
-            return Txn(compares, ops, lambda: self._wrote(link), None)
+                compares.append(self._ensure_repo(repo)[0])
+
+            def build() -> Txn[None]:
+                """One attempt; a re-send's link carries another time, its own."""
+                now = self.clock.now()
+                link = Put(link_key, encode(LinkRecord(size, now, now)))
+                ops: list[TxnOp] = [Put(blob_key, encode(BlobRecord(size, now))), link]
+                if upload_id is not None:
+                    ops.append(Delete(self.keys.upload(upload_id)))
+                if repo_kv is None:
+                    ops.append(self._ensure_repo(repo)[1])
+                # Fenced (re-sent after an unknown outcome) only when the blob
+                # record existed: a record compared missing could be created,
+                # collected and be missing again before a late first attempt.
+                return Txn(compares, ops, lambda: self._wrote(link), None, again=build)
+
+            return build()
 
         await self._write(f"link of blob {digest} into {repo}", attempt)
 
@@ -104,19 +115,24 @@ class BlobMetadata(StoreBase):
             if record.state != "live":
                 return Done(None)  # being garbage collected: the client uploads it anew
             size = decode(LinkRecord, src.value).size
-            now = self.clock.now()
             compares = [Compare.exists(src_key), Compare.mod_revision_is(blob_key, blob.mod_revision)]
-            link = Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now)))
-            ops: list[TxnOp] = [
-                link,
-                # Re-written so a collector that saw no link for it cannot commit.
-                Put(blob_key, encode(BlobRecord(record.size, record.created))),
-            ]
             if repo_kv is None:
-                missing_repo, put_repo = self._ensure_repo(repo)
-                compares.append(missing_repo)
-                ops.append(put_repo)
-            return Txn(compares, ops, lambda: self._wrote(link), size)
+                compares.append(self._ensure_repo(repo)[0])
+
+            def build() -> Txn[int | None]:
+                """One attempt; a re-send's link carries another time, its own."""
+                now = self.clock.now()
+                link = Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now)))
+                ops: list[TxnOp] = [
+                    link,
+                    # Re-written so a collector that saw no link for it cannot commit.
+                    Put(blob_key, encode(BlobRecord(record.size, record.created))),
+                ]
+                if repo_kv is None:
+                    ops.append(self._ensure_repo(repo)[1])
+                return Txn(compares, ops, lambda: self._wrote(link), size, again=build)
+
+            return build()
 
         return await self._write(f"mount of {digest} into {repo}", attempt)
 
@@ -142,6 +158,13 @@ class BlobMetadata(StoreBase):
                 Compare.range_unchanged_since(span[0], span[1], manifests.revision),
             ]
 
-            return Txn(compares, [Delete(link_key)], lambda: self._absent_while_writable(link_key), True)
+            txn = Txn(
+                compares,
+                [Delete(link_key)],
+                lambda: self._absent_while_writable(link_key),
+                True,
+                again=lambda: txn,  # a delete carries no id: "gone" verifies either attempt
+            )
+            return txn
 
         return await self._write(f"delete of blob {digest} in {repo}", attempt)

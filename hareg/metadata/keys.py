@@ -83,6 +83,13 @@ class Keys:
     def tag_seq(self, repo: str, tag: str) -> bytes:
         return self._k("s", repo, tag)
 
+    def never_deleted(self, key: bytes) -> bool:
+        """Whether ``key`` is one that nothing deletes once written: a tag's
+        sequence survives the tag (invariant 5), garbage collection and
+        pruning.  A compare that it is missing can then never hold again once
+        it was written (metadata/writes.py relies on that to fence a re-send)."""
+        return key.startswith(self.root + b"/s/")
+
     def history(self, repo: str, tag: str, seq: int) -> bytes:
         return self._k("h", repo, tag, f"{seq:012d}")
 

@@ -154,8 +154,6 @@ class ManifestMetadata(StoreBase):
             if existing_kv is not None:
                 record = _as_stored(pushed, decode(ManifestRecord, existing_kv.value))
             manifest_value = encode(record)
-            now = self.clock.now()
-            write_id = self.ids.new_id()
             compares = (
                 []
                 if sparse
@@ -165,15 +163,12 @@ class ManifestMetadata(StoreBase):
             compares.append(
                 Compare.mod_revision_is(manifest_key, existing_kv.mod_revision if existing_kv else 0)
             )
-            ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
             if stored_body:
                 compares.append(await blob_guard(self.keys, digest, blob_kv, body_present))
-                ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
             if repo_kv is None:
-                missing_repo, put_repo = self._ensure_repo(repo)
-                compares.append(missing_repo)
-                ops.append(put_repo)
+                compares.append(self._ensure_repo(repo)[0])
             writes: list[TagWrite] = []
+            seqs: list[int] = []
             for i, tag in enumerate(tags):
                 tag_kv, seq_kv = tag_kvs[2 * i], tag_kvs[2 * i + 1]
                 current = decode(TagRecord, tag_kv.value) if tag_kv else None
@@ -188,48 +183,65 @@ class ManifestMetadata(StoreBase):
                     continue
                 if current is not None and (pattern := immutable_pattern(rule_patterns(rule_kv), tag)):
                     raise ImmutableTag(repo, tag, pattern)
-                seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
-                old = current.digest if current else None
                 if not planted("tag-no-compare"):  # PLANTED BUG (simulator only): the tag is unguarded
                     compares += tag_guard
-                ops += [
-                    Put(
-                        self.keys.tag(repo, tag), encode(TagRecord(digest, seq, now, self.replica, write_id))
-                    ),
-                    Put(self.keys.tag_seq(repo, tag), encode(TagSeqRecord(seq))),
-                    Put(
-                        self.keys.history(repo, tag, seq),
-                        encode(HistoryEntry(seq, now, old, digest, self.replica, "push")),
-                    ),
-                ]
-                writes.append(TagWrite(tag, old))
+                writes.append(TagWrite(tag, current.digest if current else None))
+                seqs.append((decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1)
             if writes:
                 compares.append(rule_unchanged(self.keys, repo, rule_kv))
-            if record.subject is not None:
-                ops.append(
-                    Put(
-                        self.keys.referrer(repo, record.subject, digest),
-                        encode(
-                            ReferrerRecord(
-                                record.media_type, record.size, record.artifact_type, record.annotations
-                            )
+
+            def build() -> Txn[list[TagWrite]]:
+                """One attempt: its own write id and time (a re-send builds another)."""
+                now, write_id = self.clock.now(), self.ids.new_id()
+                ops: list[TxnOp] = [Put(manifest_key, manifest_value)]
+                if stored_body:
+                    ops.append(Put(self.keys.blob(digest), encode(BlobRecord(record.size, now))))
+                if repo_kv is None:
+                    ops.append(self._ensure_repo(repo)[1])
+                for w, seq in zip(writes, seqs, strict=True):
+                    ops += [
+                        Put(
+                            self.keys.tag(repo, w.tag),
+                            encode(TagRecord(digest, seq, now, self.replica, write_id)),
                         ),
+                        Put(self.keys.tag_seq(repo, w.tag), encode(TagSeqRecord(seq))),
+                        Put(
+                            self.keys.history(repo, w.tag, seq),
+                            encode(HistoryEntry(seq, now, w.previous, digest, self.replica, "push")),
+                        ),
+                    ]
+                if record.subject is not None:
+                    ops.append(
+                        Put(
+                            self.keys.referrer(repo, record.subject, digest),
+                            encode(
+                                ReferrerRecord(
+                                    record.media_type, record.size, record.artifact_type, record.annotations
+                                )
+                            ),
+                        )
                     )
+
+                async def committed() -> bool:
+                    found = await self._read_many(
+                        [manifest_key] + [self.keys.tag(repo, w.tag) for w in writes]
+                    )
+                    # Our own record (its creation time), not one an earlier push left: the
+                    # collector spares a manifest by its age (keepYoungerThanDuration).
+                    if found[0] is None or found[0].value != manifest_value:
+                        return False
+                    return all(
+                        kv is not None and decode(TagRecord, kv.value).write_id == write_id
+                        for kv in found[1:]
+                    )
+
+                # On a failed compare: a reference went missing (refused), or else a
+                # tag or the repository changed under us (read again and retry).
+                return Txn(
+                    compares, ops, committed, writes, lambda: self.check_references(repo, record), build
                 )
 
-            async def committed() -> bool:
-                found = await self._read_many([manifest_key] + [self.keys.tag(repo, w.tag) for w in writes])
-                # Our own record (its creation time), not one an earlier push left: the
-                # collector spares a manifest by its age (keepYoungerThanDuration).
-                if found[0] is None or found[0].value != manifest_value:
-                    return False
-                return all(
-                    kv is not None and decode(TagRecord, kv.value).write_id == write_id for kv in found[1:]
-                )
-
-            # On a failed compare: a reference went missing (refused), or else a
-            # tag or the repository changed under us (read again and retry).
-            return Txn(compares, ops, committed, writes, lambda: self.check_references(repo, record))
+            return build()
 
         return await self._write(f"manifest {digest} in {repo}", attempt)
 
@@ -259,8 +271,12 @@ class ManifestMetadata(StoreBase):
             compares = [
                 Compare.range_unchanged_since(m_span[0], m_span[1], rev),
                 Compare.range_unchanged_since(t_span[0], t_span[1], rev),
+                # Implied by the range guard, except that the range guard does
+                # not see a deletion: this compare also fences a re-send
+                # (metadata/writes.py), so at most one attempt ever deletes.
+                Compare.mod_revision_is(manifest_key, target.mod_revision),
             ]
-            ops: list[TxnOp] = [Delete(manifest_key)]
+            deleted_tags: list[tuple[str, KeyValue | None]] = []
             pointing = [kv for kv in tags.kvs if decode(TagRecord, kv.value).digest == digest]
             if pointing:
                 seqs = await self._read_many(
@@ -282,19 +298,24 @@ class ManifestMetadata(StoreBase):
                         # txn, or it would get a second "delete" history entry.
                         Compare.mod_revision_is(tag_kv.key, tag_kv.mod_revision),
                     ]
+                    deleted_tags.append((tag, seq_kv))
+            lease = await self._lease_for_uploads()
+
+            def build() -> Txn[bool]:
+                """One attempt: its own marker id and time (a re-send builds another)."""
+                ops: list[TxnOp] = [Delete(manifest_key)]
+                for tag, seq_kv in deleted_tags:
                     ops += tag_delete_ops(
                         self.keys, repo, tag, digest, seq_kv, now=self.clock.now(), replica=self.replica
                     )
-            if record.subject is not None:
-                ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
-            # Not "the manifest is gone" to verify a lost reply: a concurrent delete
-            # also leaves it gone.  Our marker (a fresh write id) is proof.
-            marker = Put(
-                self.keys.deletion(repo, digest),
-                self.ids.new_id().encode(),
-                lease=await self._lease_for_uploads(),
-            )
-            ops.append(marker)
-            return Txn(compares, ops, lambda: self._wrote(marker), True)
+                if record.subject is not None:
+                    ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+                # Not "the manifest is gone" to verify a lost reply: a concurrent delete
+                # also leaves it gone.  Our marker (a fresh write id) is proof.
+                marker = Put(self.keys.deletion(repo, digest), self.ids.new_id().encode(), lease=lease)
+                ops.append(marker)
+                return Txn(compares, ops, lambda: self._wrote(marker), True, again=build)
+
+            return build()
 
         return await self._write(f"delete of manifest {digest} in {repo}", attempt)

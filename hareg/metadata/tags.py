@@ -89,14 +89,19 @@ class TagMetadata(StoreBase):
                 rule_unchanged(self.keys, repo, rule_kv),
             ]
             old = decode(TagRecord, tag_kv.value).digest
-            ops = tag_delete_ops(
-                self.keys, repo, tag, old, seq_kv, now=self.clock.now(), replica=self.replica
-            )
-            entry = ops[-1]
-            assert isinstance(entry, Put)
-            # Not "the tag is gone": a concurrent delete also leaves it gone.
-            # Our own history entry (this replica, this instant) is proof.
-            return Txn(compares, ops, lambda: self._wrote(entry), True)
+
+            def build() -> Txn[bool]:
+                ops = tag_delete_ops(
+                    self.keys, repo, tag, old, seq_kv, now=self.clock.now(), replica=self.replica
+                )
+                entry = ops[-1]
+                assert isinstance(entry, Put)
+                # Not "the tag is gone": a concurrent delete also leaves it gone.
+                # Our own history entry (this replica, this instant) is proof; a
+                # re-send writes its own (another instant).
+                return Txn(compares, ops, lambda: self._wrote(entry), True, again=build)
+
+            return build()
 
         return await self._write(f"delete of tag {tag} in {repo}", attempt)
 
@@ -125,8 +130,6 @@ class TagMetadata(StoreBase):
             if current is not None and (pattern := immutable_pattern(rule_patterns(rule_kv), tag)):
                 raise ImmutableTag(repo, tag, pattern)
             seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
-            now, write_id = self.clock.now(), self.ids.new_id()
-            entry = HistoryEntry(seq, now, current.digest if current else None, digest, self.replica, action)
             compares = [
                 Compare.mod_revision_is(tag_key, tag_kv.mod_revision if tag_kv else 0),
                 Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
@@ -134,19 +137,28 @@ class TagMetadata(StoreBase):
                 Compare.mod_revision_is(manifest_key, manifest_kv.mod_revision),
                 rule_unchanged(self.keys, repo, rule_kv),
             ]
-            ops: list[TxnOp] = [
-                Put(tag_key, encode(TagRecord(digest, seq, now, self.replica, write_id))),
-                Put(seq_key, encode(TagSeqRecord(seq))),
-                Put(self.keys.history(repo, tag, seq), encode(entry)),
-            ]
 
-            async def moved() -> bool:
-                kv = await self._get(tag_key)
-                return kv is not None and decode(TagRecord, kv.value).write_id == write_id
+            def build() -> Txn[HistoryEntry | None]:
+                """One attempt: its own write id and time (a re-send builds another)."""
+                now, write_id = self.clock.now(), self.ids.new_id()
+                entry = HistoryEntry(
+                    seq, now, current.digest if current else None, digest, self.replica, action
+                )
+                ops: list[TxnOp] = [
+                    Put(tag_key, encode(TagRecord(digest, seq, now, self.replica, write_id))),
+                    Put(seq_key, encode(TagSeqRecord(seq))),
+                    Put(self.keys.history(repo, tag, seq), encode(entry)),
+                ]
 
-            # On a failed compare the tag, its sequence, the manifest or the rule
-            # changed: read again.
-            return Txn(compares, ops, moved, entry)
+                async def moved() -> bool:
+                    kv = await self._get(tag_key)
+                    return kv is not None and decode(TagRecord, kv.value).write_id == write_id
+
+                # On a failed compare the tag, its sequence, the manifest or the rule
+                # changed: read again.
+                return Txn(compares, ops, moved, entry, again=build)
+
+            return build()
 
         return await self._write(f"move of tag {tag} in {repo}", attempt)
 

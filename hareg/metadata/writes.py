@@ -10,7 +10,22 @@ them as one transaction, and on a failed compare read again and retry, up to
 * it compares the cluster read-only switch (switch.py), so no write commits
   once the switch is on;
 * a transaction whose outcome is unknown is verified by a read before it is
-  reported as done, else it is reported as unavailable (invariant 7 of docs/invariants.md).
+  reported as done (invariant 7 of docs/invariants.md); when the read shows it
+  did not apply, and the write is *fenced* (below), it is sent again, at most
+  ``max_resends`` times, with the same compares and a fresh write id, else it
+  is reported as unavailable.
+
+Why the re-send is safe (docs/consistency.md, "Writes whose outcome is
+unknown"): a request whose reply was lost may still apply later (it may sit
+in a frozen member's socket), so "not applied yet" is not "will never apply".
+A fenced write compares ``mod_revision == m`` on a key its own operations
+write, with ``m > 0`` or on a key that is never deleted once written (a tag's
+sequence): whichever attempt applies first moves that key's mod_revision
+past ``m`` for good (revisions never repeat), so every other attempt's
+compare fails, whenever it arrives.  At most one attempt ever applies, and
+each attempt's write id says which.  A re-send whose compare fails is
+reported as unknown, never as a conflict to retry on a fresh read (that was
+docs/simulation.md finding 3).
 """
 
 from __future__ import annotations
@@ -25,12 +40,16 @@ from hareg.ids import IdSource
 from hareg.kv.base import (
     KV,
     Compare,
+    Delete,
     Get,
     KeyValue,
+    KVError,
     KVUnavailable,
     KVUnknownOutcome,
+    Op,
     Put,
     RangeResult,
+    Target,
     TxnOp,
     TxnResult,
 )
@@ -50,6 +69,10 @@ R = TypeVar("R")
 DEFAULT_INLINE_LIMIT = 256 * 1024
 # A compare-guarded write retries this often under contention before giving up.
 DEFAULT_MAX_RETRIES = 32
+# A fenced write whose outcome is unknown, and verified not applied, is sent
+# again at most this often (each time after an unknown outcome) before the
+# client gets 503: each lost reply costs a request timeout.
+DEFAULT_MAX_RESENDS = 2
 # etcd's default --max-txn-ops; diagnostic reads are batched below it.
 _READ_BATCH = 100
 
@@ -66,6 +89,10 @@ class Txn(Generic[T]):
     # After a failed compare, before the next attempt: may raise the reason
     # that retrying cannot help (a reference that went missing).
     on_conflict: Callable[[], Awaitable[None]] | None = None
+    # The same attempt once more, for a re-send after an unknown outcome: the
+    # same compares, operations carrying a fresh write id and a ``verify``
+    # that recognises that id.  None: never re-sent (503 unless verified).
+    again: Callable[[], Txn[T]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +113,7 @@ class StoreBase:
         *,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        max_resends: int = DEFAULT_MAX_RESENDS,
         upload_ttl: int = 24 * 3600,
         upload_lease_window: int = 3600,
         cache: MetadataCache | None = None,
@@ -98,6 +126,7 @@ class StoreBase:
         self.replica = replica
         self.inline_limit = inline_limit
         self.max_retries = max_retries
+        self.max_resends = max_resends
         self.upload_ttl = upload_ttl
         self.upload_lease_window = upload_lease_window
         # With a cache, tag, manifest and link reads are served from memory after
@@ -191,40 +220,90 @@ class StoreBase:
             step = await attempt()
             if isinstance(step, Done):
                 return step.result
-            if await self._txn(step.compares, step.ops, step.verify):
-                return step.result
+            committed = await self._txn(step)
+            if committed is not None:
+                return committed.result
             if step.on_conflict is not None:
                 await step.on_conflict()
         raise Contended(what)
 
-    async def _txn(
-        self,
-        compares: Sequence[Compare],
-        success: Sequence[TxnOp],
-        verify: Callable[[], Awaitable[bool]],
-    ) -> bool:
-        """Run a write txn; on an unknown outcome, report success only if ``verify``
-        shows it applied (invariant 7 of docs/invariants.md), else re-raise the unknown outcome.
-
-        (Re-sending the transaction once after an unverified unknown outcome
-        was tried and reverted: the simulator's seed 6 found it violates tag
-        linearizability.)"""
+    async def _txn(self, step: Txn[T]) -> Txn[T] | None:
+        """Run a write txn: the attempt that committed (``step`` or, after an
+        unknown outcome, a re-sent one: ``_settle``), or None if its compare
+        failed (the caller reads again)."""
         self._check_writable()
         if self.barrier is not None:
             self.barrier.take_back()
         guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
+        compares = [*step.compares, guard]
         try:
-            result: TxnResult = await self.kv.txn([*compares, guard], success)
-        except KVUnknownOutcome:
+            result: TxnResult = await self.kv.txn(compares, step.ops)
+        except KVUnknownOutcome as exc:
             if planted("ambiguous-ack"):  # PLANTED BUG (simulator only): success, unverified
-                return True
-            if await verify():
-                return True
-            raise
+                return step
+            return await self._settle(step, compares, exc)
         if not result.succeeded:
             # Perhaps the switch changed: refused if it is on now, else the caller retries.
             await self.read_only_guard.refresh()
-        return result.succeeded
+            return None
+        return step
+
+    async def _settle(self, first: Txn[T], compares: Sequence[Compare], lost: KVUnknownOutcome) -> Txn[T]:
+        """After ``first``'s outcome was lost: the attempt that is verified to
+        have applied, re-sending ``first`` (fresh write id, the same
+        ``compares``) while verification shows none did and the write is
+        fenced (``fenced``), at most ``max_resends`` times; else raise
+        KVUnknownOutcome (invariant 7 of docs/invariants.md: never a success
+        unverified, never a compare failure that the caller would retry on a
+        fresh read, docs/simulation.md finding 3)."""
+        sent = [first]
+        resends = self.max_resends if first.again is not None and self.fenced(compares, first.ops) else 0
+        try:
+            while True:
+                for step in sent:
+                    if await step.verify():
+                        return step
+                if len(sent) > resends:
+                    raise lost
+                assert first.again is not None
+                step = first.again()
+                sent.append(step)
+                self._check_writable()
+                try:
+                    result = await self.kv.txn(compares, step.ops)
+                except KVUnknownOutcome as exc:
+                    lost = exc
+                    continue
+                if result.succeeded:
+                    return step
+                # Its compare failed: an earlier attempt applied after the last
+                # read, or someone else wrote; only an attempt's id tells which.
+                for earlier in sent[:-1]:
+                    if await earlier.verify():
+                        return earlier
+                raise KVUnknownOutcome("a write whose reply was lost was re-sent and its compare failed")
+        except KVUnknownOutcome:
+            raise
+        except KVError as exc:
+            # Unavailable now, but an earlier attempt may still apply: unknown.
+            raise KVUnknownOutcome(f"a write whose reply was lost could not be verified: {exc}") from exc
+
+    def fenced(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> bool:
+        """Whether at most one of several attempts with these ``compares`` can
+        ever apply: one compares ``mod_revision == m`` on a key that ``ops``
+        write or delete, with ``m > 0`` (revisions never repeat) or on a key
+        that is never deleted once written (so it never reads as 0 again)."""
+        written = {
+            op.key for op in ops if isinstance(op, Put) or (isinstance(op, Delete) and op.range_end is None)
+        }
+        return any(
+            c.range_end is None
+            and c.target is Target.MOD
+            and c.op is Op.EQUAL
+            and c.key in written
+            and (c.value != 0 or self.keys.never_deleted(c.key))
+            for c in compares
+        )
 
     async def _wrote(self, put: Put) -> bool:
         """Whether ``put``'s own value is in place: how an unknown outcome is verified.

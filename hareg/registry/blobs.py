@@ -60,12 +60,13 @@ class BlobService:
         # follows; at most one etcd write per link per touch_after.
         self.touch_after = touch_after
 
-    async def stat(self, repo: str, digest_text: str) -> BlobInfo:
-        """The blob as the repository sees it; BLOB_UNKNOWN unless it is linked there."""
+    async def stat(self, repo: str, digest_text: str, *, fresh: bool = False) -> BlobInfo:
+        """The blob as the repository sees it; BLOB_UNKNOWN unless it is linked
+        there.  ``fresh``: read from etcd, never a stale cache (for a mount)."""
         check_name(repo)
         digest = str(parse_digest(digest_text))
         unknown = RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
-        link = await self.meta.get_link(repo, digest)
+        link = await self.meta.get_link(repo, digest, fresh=fresh)
         if link is None:
             raise unknown
         if self.clock.now() - link.touched > self.touch_after:
@@ -141,7 +142,10 @@ class BlobService:
         try:
             # Already linked here: answered like a HEAD, touching an old link so the
             # push that follows has the same grace guarantee (docs/gc.md, G2b).
-            info = await self.stat(repo, digest)
+            # Read from etcd: a write acknowledged as "linked" must be linked, and
+            # a cache served stale while etcd is down may still hold a link that
+            # was deleted (docs/simulation.md finding 18).
+            info = await self.stat(repo, digest, fresh=True)
         except RegistryError as exc:
             if exc.code is not ErrorCode.BLOB_UNKNOWN:
                 raise

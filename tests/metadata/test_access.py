@@ -78,9 +78,28 @@ async def test_a_grant_racing_the_robots_deletion_never_outlives_it(kv: EtcdKV, 
 
 async def test_a_lost_grant_reply_is_verified_by_its_own_write(kv: EtcdKV, keys: Keys) -> None:
     assert await meta(UnknownOutcomeKV(kv, apply=True), keys).add_grant("a", "viewer", "x", by="root")
-    # Not applied: sent again (the compare makes that safe), then it applies.
-    assert await meta(UnknownOutcomeKV(kv, apply=False), keys).add_grant("b", "viewer", "x", by="root")
-    assert {g.subject for g in (await meta(kv, keys).access_view()).grants} == {"a", "b"}
+    # Not applied: unknown, never sent again (a create is not fenced: see below).
+    lossy = UnknownOutcomeKV(kv, apply=False)
+    with pytest.raises(KVUnknownOutcome):
+        await meta(lossy, keys).add_grant("b", "viewer", "x", by="root")
+    assert lossy.writes == 1
+    assert {g.subject for g in (await meta(kv, keys).access_view()).grants} == {"a"}
+
+
+async def test_a_late_grant_cannot_come_back_after_a_revoke_that_followed_its_answer(
+    kv: EtcdKV, keys: Keys
+) -> None:
+    """A grant whose reply is lost is still on its way (a request stuck at a
+    frozen member).  Were it sent again and acknowledged, an admin could
+    revoke it, and then the first attempt would arrive, find the key missing
+    and bring the revoked grant back.  So the answer stays unknown, and the
+    late attempt is the request taking effect late, once."""
+    lossy = UnknownOutcomeKV(kv, apply=False, late=True)
+    with pytest.raises(KVUnknownOutcome):
+        await meta(lossy, keys).add_grant("a", "viewer", "x", by="root")
+    assert lossy.writes == 1 and (await meta(kv, keys).access_view()).grants == ()
+    assert [r.succeeded for r in await lossy.deliver()] == [True]
+    assert [g.subject for g in (await meta(kv, keys).access_view()).grants] == ["a"]
 
 
 async def test_a_lost_grant_reply_is_not_mistaken_for_another_replicas_grant(kv: EtcdKV, keys: Keys) -> None:
@@ -89,9 +108,11 @@ async def test_a_lost_grant_reply_is_not_mistaken_for_another_replicas_grant(kv:
     async def meanwhile() -> None:
         await other.add_grant("a", "viewer", "x", by="someone else")
 
-    # Our grant was not applied, theirs was: ours reports "already bound".
+    # Our grant was not applied, theirs was: neither "done" nor "already bound"
+    # (ours could still arrive after theirs is revoked): unknown.
     lossy = meta(UnknownOutcomeKV(kv, apply=False, meanwhile=meanwhile), keys)
-    assert not await lossy.add_grant("a", "viewer", "x", by="root")
+    with pytest.raises(KVUnknownOutcome):
+        await lossy.add_grant("a", "viewer", "x", by="root")
     assert [g.by for g in (await other.access_view()).grants] == ["someone else"]
 
 

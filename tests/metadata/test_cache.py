@@ -295,6 +295,36 @@ async def test_while_etcd_is_down_no_request_waits_and_the_probe_notices_recover
         await etcd.stop()
 
 
+async def test_a_fresh_link_read_never_comes_from_a_stale_cache(tmp_path: Path) -> None:
+    """A mount decides "already linked" on ``get_link(fresh=True)``: while
+    etcd cannot answer, the cache serves the link stale (a pull may use it),
+    but the fresh read fails rather than acknowledge a link that another
+    replica may have deleted meanwhile (docs/simulation.md finding 18)."""
+    etcd = EtcdProcess("fresh", tmp_path / "etcd")
+    await etcd.start()
+    kv = await EtcdKV.connect([etcd.client_url], timeout=2.0)
+    keys = Keys("/fresh")
+    try:
+        await kv.txn([], [Put(keys.link("r", "sha256:x"), encode(LinkRecord(3, 0.0, 0.0)))])
+        cache = mirror(kv, keys, retry_delay=0.1)
+        barrier = ReadBarrier(kv, cache, SystemClock(), revision_timeout=2.0, probe_interval=5.0)
+        store = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+        async with running(cache):
+            etcd.pause()
+            try:
+                stale = await store.get_link("r", "sha256:x")
+                assert stale is not None and stale.size == 3
+                with pytest.raises(KVUnavailable):
+                    await store.get_link("r", "sha256:x", fresh=True)
+            finally:
+                etcd.resume()
+            found = await store.get_link("r", "sha256:x", fresh=True)
+            assert found is not None and found.size == 3
+    finally:
+        await kv.close()
+        await etcd.stop()
+
+
 async def test_a_lent_sync_serves_one_read_of_the_same_request(kv: EtcdKV, keys: Keys) -> None:
     cache = mirror(kv, keys)
     barrier = ReadBarrier(kv, cache, SystemClock())

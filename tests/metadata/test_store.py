@@ -20,6 +20,7 @@ from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, decode
 from hareg.metadata.store import MetadataStore, MissingReferences, ReferencedBy
+from hareg.metadata.writes import DEFAULT_MAX_RESENDS
 
 from .faulty_kv import UnknownOutcomeKV
 from .support import OCI_MANIFEST, digest
@@ -112,24 +113,63 @@ async def test_references_are_per_repository(meta: MetadataStore) -> None:
     assert not await meta.repo_exists("repo")
 
 
-@pytest.mark.parametrize("applied", [True, False])
-async def test_unknown_outcome_is_verified_before_success(kv: EtcdKV, keys: Keys, applied: bool) -> None:
-    """Invariant 7 of docs/invariants.md: a commit whose reply was lost counts as done only if it applied."""
+@pytest.mark.parametrize("lost", ["applied", "not applied", "every attempt"])
+async def test_unknown_outcome_is_verified_before_success(kv: EtcdKV, keys: Keys, lost: str) -> None:
+    """Invariant 7 of docs/invariants.md: a commit whose reply was lost counts as done only if it
+    applied; one that did not is sent again (fenced by the tag's sequence), up
+    to the bound; if every reply is lost the outcome stays unknown."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     await setup.add_blob("repo", digest("c"), 1)
-    flaky = UnknownOutcomeKV(kv, apply=applied)
+    times = DEFAULT_MAX_RESENDS + 1 if lost == "every attempt" else 1
+    flaky = UnknownOutcomeKV(kv, apply=lost == "applied", times=times)
     meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
     manifest = digest("m")
-    if applied:
+    if lost != "every attempt":
         await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
         tag = await setup.get_tag("repo", "v1")
         assert tag is not None and tag.digest == manifest
         assert [h.new for h in await setup.tag_history("repo", "v1")] == [manifest]
+        assert flaky.writes == (1 if lost == "applied" else 2)
     else:
         with pytest.raises(KVUnknownOutcome):
             await meta.put_manifest("repo", manifest, image_record(digest("c")), ["v1"])
         assert await setup.get_manifest("repo", manifest) is None
         assert await setup.get_tag("repo", "v1") is None
+
+
+@pytest.mark.parametrize("what", ["tag push", "tag delete", "manifest delete", "mount"])
+async def test_a_late_first_attempt_never_applies_after_its_re_send(
+    kv: EtcdKV, keys: Keys, what: str
+) -> None:
+    """The lost transaction is still on its way when it is verified (a request
+    stuck at a frozen member); the re-send commits, then the first attempt
+    arrives: its compares fail for good, so the request took effect once."""
+    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "other")
+    await setup.add_blob("repo", digest("c"), 1)
+    await setup.add_blob("src", digest("c"), 1)
+    await setup.put_manifest("repo", digest("old"), image_record(digest("c")), ["t"])
+    flaky = UnknownOutcomeKV(kv, apply=False, late=True, deletes=what != "tag push")
+    meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
+    before = await all_keys(kv, keys)
+    if what == "tag push":
+        await meta.put_manifest("repo", digest("new"), image_record(digest("c")), ["t"])
+    elif what == "tag delete":
+        assert await meta.delete_tag("repo", "t")
+    elif what == "manifest delete":
+        assert await meta.delete_manifest("repo", digest("old"))
+    else:
+        assert await meta.mount_blob("dst", digest("c"), "src") == 1
+    after = await all_keys(kv, keys)
+    assert after != before and flaky.writes == 2
+    assert [r.succeeded for r in await flaky.deliver()] == [False]
+    assert await all_keys(kv, keys) == after
+    history = await setup.tag_history("repo", "t")
+    expected = {
+        "tag push": ["push", "push"],
+        "tag delete": ["push", "delete"],
+        "manifest delete": ["push", "delete"],
+    }
+    assert [h.action for h in history] == expected.get(what, ["push"])
 
 
 # ---------------------------------------------------------------- tag history
@@ -338,12 +378,12 @@ async def test_lost_delete_reply_is_not_confirmed_by_someone_elses_delete(kv: Et
     async def race() -> None:  # another client, while our reply is lost
         assert await other.delete_tag("repo", "t")
 
-    meta = MetadataStore(
-        UnknownOutcomeKV(kv, apply=False, meanwhile=race), keys, SystemClock(), RandomIds(), "r"
-    )
+    flaky = UnknownOutcomeKV(kv, apply=False, meanwhile=race, deletes=True)
+    meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
     with pytest.raises(KVUnknownOutcome):
         await meta.delete_tag("repo", "t")
     assert [h.replica for h in await other.tag_history("repo", "t")] == ["other", "other"]
+    assert flaky.writes == 2  # re-sent once; its compare failed: unknown, not retried on a fresh read
 
 
 async def test_lost_manifest_delete_reply_is_not_confirmed_by_someone_elses_delete(
@@ -377,7 +417,9 @@ async def test_a_lost_reply_is_not_confirmed_by_what_an_earlier_write_left(
     await setup.put_manifest("repo", digest("m"), image_record(digest("c")))
     await setup.mount_blob("dst", digest("c"), "src")
     for applied in (False, True):
-        meta = MetadataStore(UnknownOutcomeKV(kv, apply=applied), keys, SystemClock(), RandomIds(), "r")
+        # Every re-send lost too: what is verified is only ever the value already there.
+        flaky = UnknownOutcomeKV(kv, apply=applied, times=DEFAULT_MAX_RESENDS + 1)
+        meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
 
         async def write(meta: MetadataStore = meta) -> None:
             if what == "upload":

@@ -19,6 +19,7 @@ from hareg.kv.etcd import EtcdKV
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import HistoryEntry
 from hareg.metadata.store import MetadataStore, MissingReferences
+from hareg.metadata.writes import DEFAULT_MAX_RESENDS
 
 from .faulty_kv import UnknownOutcomeKV
 from .support import REPLICA, digest, manifests, record
@@ -182,18 +183,24 @@ async def test_concurrent_rollbacks_and_pushes_leave_one_gap_free_history(kv: Et
 # ------------------------------------------------------------ unknown outcome
 
 
-@pytest.mark.parametrize("applied", [True, False])
-async def test_rollback_with_unknown_outcome_is_verified(kv: EtcdKV, keys: Keys, applied: bool) -> None:
-    """A lost reply counts as done only if the rollback applied."""
+@pytest.mark.parametrize("lost", ["applied", "not applied", "every attempt"])
+async def test_rollback_with_unknown_outcome_is_verified(kv: EtcdKV, keys: Keys, lost: str) -> None:
+    """A lost reply counts as done only if the rollback applied; one that did
+    not is re-sent with its own write id (one history entry, whichever
+    applied); if every attempt's reply is lost the outcome stays unknown."""
     setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
     a, b = await manifests(setup, "repo", "a", "b")
     await setup.put_manifest("repo", b, record(), ["t"])
-    flaky = MetadataStore(UnknownOutcomeKV(kv, apply=applied), keys, SystemClock(), RandomIds(), "r")
-    if applied:
+    times = DEFAULT_MAX_RESENDS + 1 if lost == "every attempt" else 1
+    flaky = MetadataStore(
+        UnknownOutcomeKV(kv, apply=lost == "applied", times=times), keys, SystemClock(), RandomIds(), "r"
+    )
+    if lost != "every attempt":
         entry = await flaky.move_tag("repo", "t", a)
         assert entry is not None and (entry.seq, entry.old, entry.new) == (2, b, a)
         tag = await setup.get_tag("repo", "t")
         assert tag is not None and tag.digest == a
+        assert [h.new for h in await setup.tag_history("repo", "t")] == [b, a]
     else:
         with pytest.raises(KVUnknownOutcome):
             await flaky.move_tag("repo", "t", a)

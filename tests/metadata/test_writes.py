@@ -1,7 +1,9 @@
 """The retry loop every metadata write runs (StoreBase._write), against the real
 etcd: a failed compare is retried on a fresh read, up to max_retries, then
 Contended; a reason that retrying cannot help ends it at once; an unknown
-outcome is verified, never retried (invariant 7 of docs/invariants.md)."""
+outcome is verified (invariant 7 of docs/invariants.md) and, for a fenced
+write only, re-sent with the same compares and a fresh write id, at most
+max_resends times, never retried on a fresh read."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ import pytest
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Compare, KVUnknownOutcome, Put
+from hareg.kv.base import Compare, Delete, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.errors import Contended, MissingReferences
 from hareg.metadata.keys import Keys
 from hareg.metadata.store import MetadataStore
 from hareg.metadata.switch import Switch, WritesFrozen
-from hareg.metadata.writes import Done, StoreBase, Txn
+from hareg.metadata.writes import DEFAULT_MAX_RESENDS, Done, StoreBase, Txn
 
 from .faulty_kv import UnknownOutcomeKV
 from .support import digest
@@ -94,7 +96,7 @@ async def test_an_attempt_with_nothing_to_write_runs_no_transaction(kv: EtcdKV, 
 
 
 @pytest.mark.parametrize("applied", [True, False])
-async def test_an_unknown_outcome_is_verified_and_never_retried(
+async def test_an_unfenced_unknown_outcome_is_verified_and_never_retried(
     kv: EtcdKV, keys: Keys, applied: bool
 ) -> None:
     base = store(UnknownOutcomeKV(kv, apply=applied), keys)
@@ -151,3 +153,175 @@ async def test_a_lost_delete_is_not_acknowledged_once_the_switch_is_on(
             await meta.set_immutability("repo", [])  # there is no rule to delete
         else:
             await meta.remove_link("repo", digest("b"))
+
+
+# --------------------------------------------------- re-send after an unknown outcome
+
+
+async def fenced_write(base: StoreBase, key: bytes, reads: list[int]) -> Txn[str]:
+    """An attempt that moves ``key`` by a compare on the mod_revision it read
+    (fenced: it writes the key it compares); its result is its write id, the
+    value it puts."""
+    found = (await base._read_many([key]))[0]
+    assert found is not None
+    reads.append(found.mod_revision)
+    compares = [Compare.mod_revision_is(key, found.mod_revision)]
+
+    def build() -> Txn[str]:
+        write_id = base.ids.new_id()
+        put = Put(key, write_id.encode())
+        return Txn(compares, [put], lambda: base._wrote(put), write_id, again=build)
+
+    return build()
+
+
+async def value(kv: EtcdKV, key: bytes) -> bytes | None:
+    found = await kv.get(key)
+    return found.value if found else None
+
+
+async def test_a_lost_reply_that_did_not_apply_is_sent_again_with_its_own_write_id(
+    kv: EtcdKV, keys: Keys
+) -> None:
+    key = keys.setting("resent")
+    await kv.txn([], [Put(key, b"before")])
+    flaky = UnknownOutcomeKV(kv, apply=False)
+    base = store(flaky, keys)
+    reads: list[int] = []
+    ids: list[str] = []
+
+    async def attempt() -> Txn[str]:
+        step = await fenced_write(base, key, reads)
+        ids.append(step.result)
+        return step
+
+    written = await base._write("the write", attempt)
+    assert await value(kv, key) == written.encode()
+    assert written not in ids  # the re-send's own id, not the lost attempt's
+    assert len(reads) == 1 and flaky.writes == 2  # one read, the lost txn and its re-send
+
+
+async def test_a_lost_reply_that_applied_is_verified_and_not_sent_again(kv: EtcdKV, keys: Keys) -> None:
+    key = keys.setting("applied")
+    await kv.txn([], [Put(key, b"before")])
+    flaky = UnknownOutcomeKV(kv, apply=True)
+    base = store(flaky, keys)
+    written = await base._write("the write", lambda: fenced_write(base, key, []))
+    assert await value(kv, key) == written.encode()
+    assert flaky.writes == 1
+
+
+async def test_re_sends_are_bounded_and_end_as_unknown(kv: EtcdKV, keys: Keys) -> None:
+    key = keys.setting("always-lost")
+    await kv.txn([], [Put(key, b"before")])
+    flaky = UnknownOutcomeKV(kv, apply=False, times=100)
+    base = store(flaky, keys)
+    with pytest.raises(KVUnknownOutcome):
+        await base._write("the write", lambda: fenced_write(base, key, []))
+    assert flaky.writes == 1 + DEFAULT_MAX_RESENDS
+    assert await value(kv, key) == b"before"
+
+
+async def test_a_first_attempt_that_applies_late_is_recognised_and_the_re_send_fails(
+    kv: EtcdKV, keys: Keys
+) -> None:
+    """The lost txn was not applied when it was verified, but applies just
+    before its re-send (a request stuck at a member): the re-send's compare
+    fails, and the first attempt's write id shows the write is done."""
+    key = keys.setting("late")
+    await kv.txn([], [Put(key, b"before")])
+    before = await kv.get(key)
+    assert before is not None
+    flaky = UnknownOutcomeKV(kv, apply=False, late=True, deliver_before_next_write=True)
+    base = store(flaky, keys)
+    ids: list[str] = []
+
+    async def attempt() -> Txn[str]:
+        step = await fenced_write(base, key, [])
+        ids.append(step.result)
+        return step
+
+    assert await base._write("the write", attempt) == ids[0]
+    after = await kv.get(key)
+    assert after is not None and after.value == ids[0].encode()
+    assert after.version == before.version + 1  # one of the two attempts applied
+    assert flaky.writes == 2
+
+
+async def test_a_first_attempt_that_arrives_after_its_re_send_cannot_apply(kv: EtcdKV, keys: Keys) -> None:
+    key = keys.setting("later")
+    await kv.txn([], [Put(key, b"before")])
+    flaky = UnknownOutcomeKV(kv, apply=False, late=True)
+    base = store(flaky, keys)
+    written = await base._write("the write", lambda: fenced_write(base, key, []))
+    assert [r.succeeded for r in await flaky.deliver()] == [False]  # its compare fails for good
+    assert await value(kv, key) == written.encode()
+
+
+@pytest.mark.parametrize("applied", [True, False])
+async def test_a_racing_writer_makes_the_outcome_unknown_never_a_retry_on_a_fresh_read(
+    kv: EtcdKV, keys: Keys, applied: bool
+) -> None:
+    """docs/simulation.md finding 3: while the reply is lost another client
+    moves the key.  The re-send's compare fails; that is not "someone else
+    wrote, read again and write once more" (our first attempt may have applied
+    before the other client): the outcome is unknown, and nothing more is
+    written."""
+    key = keys.setting("raced")
+    await kv.txn([], [Put(key, b"before")])
+
+    async def racer() -> None:
+        await kv.txn([], [Put(key, b"theirs")])
+
+    flaky = UnknownOutcomeKV(kv, apply=applied, meanwhile=racer)
+    base = store(flaky, keys)
+    reads: list[int] = []
+    with pytest.raises(KVUnknownOutcome):
+        await base._write("the write", lambda: fenced_write(base, key, reads))
+    assert await value(kv, key) == b"theirs"
+    assert len(reads) == 1 and flaky.writes == 2
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["no compare", "a compare on a key it does not write", "missing, on a key that may be deleted"],
+)
+async def test_an_unfenced_write_is_never_sent_again(kv: EtcdKV, keys: Keys, how: str) -> None:
+    """Without a compare that only one attempt can ever pass, a first attempt
+    arriving late could apply after its re-send: two effects of one request."""
+    key, other = keys.setting("unfenced"), keys.setting("elsewhere")
+    await kv.txn([], [Put(other, b"x")])
+    flaky = UnknownOutcomeKV(kv, apply=False)
+    base = store(flaky, keys)
+    found = await kv.get(other)
+    assert found is not None
+    compares = {
+        "no compare": [],
+        "a compare on a key it does not write": [Compare.mod_revision_is(other, found.mod_revision)],
+        "missing, on a key that may be deleted": [Compare.mod_revision_is(key, 0)],
+    }[how]
+
+    async def attempt() -> Txn[str]:
+        def build() -> Txn[str]:
+            put = Put(key, base.ids.new_id().encode())
+            return Txn(compares, [put], lambda: base._wrote(put), "done", again=build)
+
+        return build()
+
+    with pytest.raises(KVUnknownOutcome):
+        await base._write("the write", attempt)
+    assert flaky.writes == 1 and await kv.get(key) is None
+
+
+def test_what_fences_a_write(keys: Keys) -> None:
+    base = StoreBase(None, keys, SystemClock(), RandomIds(), "r")  # type: ignore[arg-type]
+    tag, seq = keys.tag("repo", "t"), keys.tag_seq("repo", "t")
+    assert base.fenced([Compare.mod_revision_is(tag, 7)], [Put(tag, b"v")])
+    assert base.fenced([Compare.mod_revision_is(tag, 7)], [Delete(tag)])
+    assert base.fenced([Compare.mod_revision_is(seq, 0)], [Put(seq, b"1")])  # a sequence is never deleted
+    assert not base.fenced([Compare.mod_revision_is(tag, 0)], [Put(tag, b"v")])  # a tag may be deleted again
+    assert not base.fenced([Compare.mod_revision_is(tag, 7)], [Put(seq, b"1")])
+    assert not base.fenced([Compare.exists(tag)], [Delete(tag)])  # re-created, it exists again
+    assert not base.fenced(
+        [Compare.range_unchanged_since(tag, tag + b"\xff", 7)], [Delete(tag, tag + b"\xff")]
+    )

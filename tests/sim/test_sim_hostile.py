@@ -46,7 +46,9 @@ def test_hostile_clients_are_on_by_default_and_off_on_request() -> None:
 def test_every_behaviour_is_carried_out_and_its_requests_recorded() -> None:
     seen: dict[str, int] = {}
     kinds: set[str] = set()
-    for seed in (1, 2, 3, 4):
+    # Each seed draws its own mix of behaviours (a replay on a finished upload
+    # is rare); these four carry out all of them between them.
+    for seed in (12, 10, 1, 4):
         result = run_seed(faults.choose(seed, 20.0))
         assert not result.error, result.error
         assert set(result.hostile) <= set(BEHAVIOURS)

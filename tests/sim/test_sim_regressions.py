@@ -39,6 +39,7 @@ def test_seed_stays_clean(seed: int, duration: float, bug: str) -> None:
     [
         (5817, "a pull by tag read from etcd read its tag and its manifest at two revisions"),
         (7384, "a lost delete verified by 'the key is gone' was acknowledged under the read-only switch"),
+        (7610, "a mount answered 'already linked' from a cache served stale while etcd had no leader"),
     ],
 )
 def test_seed_with_hostile_clients_stays_clean(seed: int, bug: str) -> None:
