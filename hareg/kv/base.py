@@ -16,6 +16,9 @@ Error contract (invariant 7 of docs/invariants.md depends on it):
   Nothing was applied, and sending it again will not help: not a retry.
 * ``KVCompacted``: a watch or a read at an old revision asked for history that
   was compacted away; the caller re-lists from the current revision.
+* ``KVNoSpace``: etcd's space quota is exhausted (its ``NOSPACE`` alarm is
+  raised).  The write was certainly *not* applied, and none will be until
+  space is freed and the alarm disarmed; reads still work.  Not a retry.
 """
 
 from __future__ import annotations
@@ -49,12 +52,37 @@ class KVRejected(KVError):
         self.too_big = too_big
 
 
+class KVNoSpace(KVError):
+    """etcd refused a write because its database is at its space quota
+    ("mvcc: database space exceeded", the NOSPACE alarm): nothing was applied."""
+
+
 class KVCompacted(KVError):
     """The requested revision has been compacted away."""
 
     def __init__(self, compact_revision: int) -> None:
         super().__init__(f"revision compacted (oldest available: {compact_revision})")
         self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """An active etcd alarm: ``kind`` is ``"NOSPACE"`` or ``"CORRUPT"``."""
+
+    member_id: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One etcd member's own report (etcd's Maintenance.Status)."""
+
+    address: str
+    member_id: int
+    leader_id: int
+    db_size: int  # bytes the database file takes
+    db_size_in_use: int  # bytes of it in use; the rest a defragmentation gives back
+    db_size_quota: int  # the member's --quota-backend-bytes; 0 where etcd does not say (before 3.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,3 +276,31 @@ class KV(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Maintenance(Protocol):
+    """etcd's maintenance calls, beside the KV interface (the real etcd adapter
+    has them; the simulator's model does not need them)."""
+
+    async def alarms(self) -> list[Alarm]:
+        """The cluster's active alarms."""
+        ...
+
+    async def disarm(self, alarm: Alarm) -> None:
+        """Deactivate ``alarm`` (no error if it is no longer active)."""
+        ...
+
+    async def member_statuses(self) -> list[MemberStatus]:
+        """Each member's status, asked of the member itself; a member that
+        does not answer is left out."""
+        ...
+
+    async def compact(self, revision: int) -> None:
+        """Drop the history before ``revision`` (physically, before returning);
+        no error if it is compacted already."""
+        ...
+
+    async def defragment(self, address: str, timeout: float) -> None:  # noqa: ASYNC109 (a deadline of its own)
+        """Defragment the one member at ``address`` (it answers nothing else
+        meanwhile), within ``timeout`` seconds."""
+        ...

@@ -27,6 +27,9 @@ long one member may hold it up:
   the metadata layer verifies an unknown outcome (``hareg/metadata/writes.py``).
   ``KVUnavailable`` only when the write certainly never reached etcd or etcd
   refused it before proposing it ("too many requests", "no leader").
+* A write refused because etcd's database is at its space quota ("database
+  space exceeded", its NOSPACE alarm) was not applied: ``KVNoSpace``, never
+  sent to another member (they share the alarm), never re-sent.
 * A request etcd rejects as invalid (too many ops, request too large, duplicate
   key in a txn, lease not found on a put, permission denied) was not applied
   and retrying does not help: ``KVRejected`` with etcd's message.
@@ -63,9 +66,10 @@ from urllib.parse import urlsplit
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from etcd3aio._protobuf import (
-    Compare as PbCompare,
-)
-from etcd3aio._protobuf import (
+    AlarmMember,
+    AlarmRequest,
+    CompactionRequest,
+    DefragmentRequest,
     DeleteRangeRequest,
     KVStub,
     LeaseGrantRequest,
@@ -82,10 +86,14 @@ from etcd3aio._protobuf import (
     WatchRequest,
     WatchStub,
 )
+from etcd3aio._protobuf import (
+    Compare as PbCompare,
+)
 from etcd3aio.errors import EtcdError
 
 from hareg.kv.base import (
     KV,
+    Alarm,
     Compare,
     Delete,
     Event,
@@ -94,9 +102,12 @@ from hareg.kv.base import (
     KeyValue,
     KVCompacted,
     KVError,
+    KVNoSpace,
     KVRejected,
     KVUnavailable,
     KVUnknownOutcome,
+    Maintenance,
+    MemberStatus,
     Op,
     Put,
     RangeResult,
@@ -161,7 +172,12 @@ _TOO_BIG_MARKERS = (
     "duplicate key given in txn request",
 )
 _TOO_MANY_REQUESTS = "too many requests"
+# etcd's NOSPACE refusal (RESOURCE_EXHAUSTED "etcdserver: mvcc: database space
+# exceeded"): the database reached --quota-backend-bytes; nothing was applied.
+_NO_SPACE = "database space exceeded"
 _NO_LEADER = "no leader"
+# etcd's AlarmType enum (NONE, NOSPACE, CORRUPT), which etcd3aio does not export.
+_ALARM_TYPE = AlarmMember.DESCRIPTOR.fields_by_name["alarm"].enum_type
 # Attempts one hedged call may make per member, in all (see EtcdKV._read).
 _ATTEMPTS_PER_MEMBER = 3
 _LEADER_CHANGED = "leader changed"
@@ -662,6 +678,8 @@ class EtcdKV:
                 return
             raise exc  # a bug, not etcd
         details = err.details() or ""
+        if _NO_SPACE in details.lower():  # a lease grant under the NOSPACE alarm
+            raise KVNoSpace(f"{what}: etcd is out of space (NOSPACE alarm): {details}") from exc
         if err.code() in _REJECTED:
             if _COMPACTED_MARKER in details:
                 raise KVCompacted(await self._compact_revision(revision)) from exc
@@ -736,6 +754,8 @@ class EtcdKV:
         code = err.code()
         details = err.details() or ""
         low = details.lower()
+        if _NO_SPACE in low:
+            return KVNoSpace(f"{what}: etcd is out of space (NOSPACE alarm): {details}")
         if code in _REJECTED or _too_big(details):
             return KVRejected(f"{what}: etcd refused: {code.name}: {details}", too_big=_too_big(details))
         if _TOO_MANY_REQUESTS in low:
@@ -877,6 +897,63 @@ class EtcdKV:
             if err is not None and err.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired or revoked
             raise
+
+    # -- maintenance (hareg/registry/etcd_maintenance.py) ---------------------
+
+    async def alarms(self) -> list[Alarm]:
+        request = AlarmRequest(action=AlarmRequest.GET, memberID=0, alarm=0)  # 0: every kind
+        resp = await self._read(
+            "alarms", lambda m, left: m.maintenance.Alarm(request, timeout=left, metadata=_REQUIRE_LEADER)
+        )
+        kinds = _ALARM_TYPE.values_by_number
+        return [
+            Alarm(int(a.memberID), kinds[a.alarm].name if a.alarm in kinds else str(a.alarm))
+            for a in resp.alarms
+        ]
+
+    async def disarm(self, alarm: Alarm) -> None:
+        request = AlarmRequest(
+            action=AlarmRequest.DEACTIVATE,
+            memberID=alarm.member_id,
+            alarm=_ALARM_TYPE.values_by_name[alarm.kind].number,
+        )
+        await self._read(  # deactivating twice does what it does once
+            "disarm", lambda m, left: m.maintenance.Alarm(request, timeout=left, metadata=_REQUIRE_LEADER)
+        )
+
+    async def member_statuses(self) -> list[MemberStatus]:
+        async def one(member: _Member) -> MemberStatus | None:
+            try:
+                resp = await member.maintenance.Status(StatusRequest(), timeout=self.timeout)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+                return None
+            return MemberStatus(
+                address=member.address,
+                member_id=int(resp.header.member_id),
+                leader_id=int(resp.leader),
+                db_size=int(resp.dbSize),
+                db_size_in_use=int(resp.dbSizeInUse),
+                db_size_quota=int(resp.dbSizeQuota),
+            )
+
+        found = await asyncio.gather(*(one(m) for m in self._order()))
+        return [s for s in found if s is not None]
+
+    async def compact(self, revision: int) -> None:
+        request = CompactionRequest(revision=revision, physical=True)
+        try:  # compacting twice at one revision does what it does once
+            await self._read("compact", lambda m, left: m.kv.Compact(request, timeout=left))
+        except KVCompacted:
+            return  # compacted at or past it already
+
+    async def defragment(self, address: str, timeout: float) -> None:  # noqa: ASYNC109
+        member = next((m for m in self._members if m.address == address), None)
+        if member is None:
+            raise KVError(f"defragment: no etcd member {address}")
+        try:
+            await member.maintenance.Defragment(DefragmentRequest(), timeout=timeout)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
+            raise KVUnavailable(f"defragment {address}: {_describe(e)}") from e
 
     async def server_version(self) -> str:
         """The etcd version of the member answering (e.g. ``"3.4.23"``)."""
@@ -1048,4 +1125,7 @@ def _read_file(path: str | Path | None) -> bytes | None:
 if TYPE_CHECKING:
 
     def _conforms(kv: EtcdKV) -> KV:  # mypy checks EtcdKV against the protocol
+        return kv
+
+    def _maintains(kv: EtcdKV) -> Maintenance:
         return kv

@@ -3,7 +3,7 @@
 ``InstrumentedKV(inner, observe)`` implements the KV protocol by delegating to
 ``inner`` and calling ``observe(op, seconds, error)`` after each call, where
 ``error`` is None on success or the error's kind (``unavailable``,
-``unknown_outcome``, ``compacted``, ``timeout``, ``cancelled``, ``other``).
+``unknown_outcome``, ``compacted``, ``no_space``, ``timeout``, ``cancelled``, ``other``).
 The server wraps the etcd adapter in it to feed ``hareg_etcd_*`` metrics; the
 simulator uses its KV model unwrapped.  At log level Trace every call is also
 logged (the operation, its first key and its duration; never a value).
@@ -22,6 +22,7 @@ from hareg.kv.base import (
     Compare,
     KeyValue,
     KVCompacted,
+    KVNoSpace,
     KVUnavailable,
     KVUnknownOutcome,
     RangeResult,
@@ -46,6 +47,8 @@ def error_kind(exc: BaseException) -> str:
         return "unavailable"
     if isinstance(exc, KVCompacted):
         return "compacted"
+    if isinstance(exc, KVNoSpace):
+        return "no_space"
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, asyncio.CancelledError):
