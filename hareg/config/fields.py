@@ -93,6 +93,24 @@ SCALARS: Final = (
     Scalar("etcd.tls.caFile", "optstr", "CA bundle that verifies the members (null: system CAs)."),
     Scalar("etcd.tls.certFile", "optstr", "Client certificate (with keyFile)."),
     Scalar("etcd.tls.keyFile", "optstr", "Client key (with certFile)."),
+    Scalar(
+        "etcd.maintenance.defragSchedule",
+        "str",
+        "When every etcd member is defragmented, one at a time: cron, 5 fields, UTC.",
+    ),
+    Scalar("etcd.maintenance.suspend", "bool", "No scheduled defragmentation and no NOSPACE recovery."),
+    Scalar("etcd.maintenance.alarmCheckInterval", "str", "How often each replica asks etcd for its alarms."),
+    Scalar(
+        "etcd.maintenance.recoverNoSpace",
+        "bool",
+        "After a NOSPACE alarm: compact, defragment and disarm it once that freed space.",
+    ),
+    Scalar("etcd.maintenance.defragTimeout", "str", "How long one member's defragmentation may take."),
+    Scalar(
+        "etcd.maintenance.recoveryInterval",
+        "str",
+        "While the NOSPACE alarm stays, recovery is retried this often.",
+    ),
     Scalar("pruner.schedule", "str", "When garbage collection runs: cron, 5 fields, UTC."),
     Scalar("pruner.suspend", "bool", "Skip scheduled runs."),
     Scalar("pruner.keepTagRevisions", "int", "Tag history entries kept per tag."),
@@ -205,6 +223,8 @@ SECTION_DOCS: Final = MappingProxyType(
         "    keyPrefix: ''",
         "etcd": "Where metadata lives (OpenShift keeps this outside the registry's spec).",
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
+        "etcd.maintenance": "etcd's space: defragmentation on a schedule and recovery from its NOSPACE\n"
+        "alarm, run by one replica at a time (the pruner's leader).",
         "pruner": "Online garbage collection, run by one replica at a time (the ImagePruner's spec).",
         "pruner.fsck": "The integrity check (hareg fsck) on a schedule, on the pruner leader; off by default.",
         "limits": "Bounds on what any one client can hold: connection timeouts and push caps.",

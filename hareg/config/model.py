@@ -101,6 +101,22 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class EtcdMaintenanceConfig:
+    """hareg's upkeep of etcd's space (hareg/registry/etcd_maintenance.py)."""
+
+    # Daily at 02:00 UTC: two hours after the pruner's default run (00:00), so
+    # the space its deletions freed is given back.
+    defrag_schedule: str = "0 2 * * *"
+    suspend: bool = False  # no scheduled defragmentation and no NOSPACE recovery (etcdctl instead)
+    alarm_check_interval: float = 10.0  # how often every replica asks etcd for its alarms
+    recover_no_space: bool = True  # compact, defragment and disarm after a NOSPACE alarm
+    # One member's defragmentation (etcd rewrites its whole file, about 10 s
+    # per GiB on an SSD); past this the pass stops.
+    defrag_timeout: float = 300.0
+    recovery_interval: float = 60.0  # while the alarm stays raised, recovery is tried this often
+
+
+@dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[str, ...] = ()  # empty: start a private etcd child process
     prefix: str = "/hareg"
@@ -114,6 +130,7 @@ class EtcdConfig:
     member_timeout: float = 0.5
     keepalive_time: float = 5.0  # etcd refuses pings more often than its --grpc-keepalive-min-time (5s)
     keepalive_timeout: float = 1.0
+    maintenance: EtcdMaintenanceConfig = field(default_factory=EtcdMaintenanceConfig)
 
 
 @dataclass(frozen=True)

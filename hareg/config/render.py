@@ -139,6 +139,14 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "keepaliveTime": format_duration(etcd.keepalive_time),
             "keepaliveTimeout": format_duration(etcd.keepalive_timeout),
             "tls": {"caFile": etcd.ca_file, "certFile": etcd.cert_file, "keyFile": etcd.key_file},
+            "maintenance": {
+                "defragSchedule": etcd.maintenance.defrag_schedule,
+                "suspend": etcd.maintenance.suspend,
+                "alarmCheckInterval": format_duration(etcd.maintenance.alarm_check_interval),
+                "recoverNoSpace": etcd.maintenance.recover_no_space,
+                "defragTimeout": format_duration(etcd.maintenance.defrag_timeout),
+                "recoveryInterval": format_duration(etcd.maintenance.recovery_interval),
+            },
         },
         "pruner": {
             "schedule": pruner.schedule,

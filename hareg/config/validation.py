@@ -28,6 +28,7 @@ from hareg.config.model import (
     BindingConfig,
     Config,
     EtcdConfig,
+    EtcdMaintenanceConfig,
     FilesystemStorage,
     LimitsConfig,
     ManifestUrls,
@@ -271,6 +272,7 @@ def _etcd(top: Section) -> EtcdConfig:
             "keepaliveTime",
             "keepaliveTimeout",
             "tls",
+            "maintenance",
         ),
     )
     raw_endpoints = etcd.get("endpoints")
@@ -339,6 +341,39 @@ def _etcd(top: Section) -> EtcdConfig:
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
+        maintenance=_etcd_maintenance(etcd),
+    )
+
+
+def _etcd_maintenance(etcd: Section) -> EtcdMaintenanceConfig:
+    m = etcd.mapping(
+        "maintenance",
+        (
+            "defragSchedule",
+            "suspend",
+            "alarmCheckInterval",
+            "recoverNoSpace",
+            "defragTimeout",
+            "recoveryInterval",
+        ),
+    )
+    default = EtcdMaintenanceConfig()
+    schedule = m.string("defragSchedule", default.defrag_schedule)
+    if not _parses(
+        m,
+        "defragSchedule",
+        schedule,
+        parse_cron,
+        'a cron schedule of 5 fields like "0 2 * * *" (set suspend: true for none)',
+    ):
+        schedule = default.defrag_schedule
+    return EtcdMaintenanceConfig(
+        defrag_schedule=schedule,
+        suspend=m.boolean("suspend", default.suspend),
+        alarm_check_interval=m.duration("alarmCheckInterval", default.alarm_check_interval, positive=True),
+        recover_no_space=m.boolean("recoverNoSpace", default.recover_no_space),
+        defrag_timeout=m.duration("defragTimeout", default.defrag_timeout, positive=True),
+        recovery_interval=m.duration("recoveryInterval", default.recovery_interval, positive=True),
     )
 
 

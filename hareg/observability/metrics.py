@@ -185,6 +185,7 @@ class ServiceCollector(Collector):
         yield from self._pruner(reg)
         yield from self._fsck(reg)
         yield from self._pull_through(reg)
+        yield from self._etcd_space(reg)
         read_only = GaugeMetricFamily(
             "hareg_read_only",
             "1 while this replica refuses writes, by source (config file or cluster switch).",
@@ -313,6 +314,50 @@ class ServiceCollector(Collector):
         for prefix, count in sorted(stats.fetched_bytes.items()):
             fetched.add_metric((prefix,), count)
         yield from (pulls, errors, fetched)
+
+    def _etcd_space(self, reg: Registry) -> Iterator[Metric]:
+        """etcd's space quota (registry/etcd_maintenance.py): the NOSPACE alarm,
+        the database sizes the pruner's leader last saw, maintenance runs."""
+        space, maintenance = reg.space, reg.etcd_maintenance
+        yield GaugeMetricFamily(
+            "hareg_etcd_space_full",
+            "1 while etcd is out of space (NOSPACE alarm raised or a write refused): writes get 507.",
+            float(space.full),
+        )
+        yield GaugeMetricFamily(
+            "hareg_etcd_nospace_alarm", "1 while etcd's alarm list names NOSPACE.", float(space.alarm_raised)
+        )
+        yield CounterMetricFamily(
+            "hareg_etcd_nospace_refusals", "Writes etcd refused for lack of space (NOSPACE).", space.refusals
+        )
+        runs = CounterMetricFamily(
+            "hareg_etcd_maintenance_runs",
+            "etcd maintenance on this replica, by kind (defragment: one member, compact, disarm, recovery) "
+            "and result.",
+            labels=("kind", "result"),
+        )
+        for (kind, result), count in sorted(maintenance.runs.items()):
+            runs.add_metric((kind, result), count)
+        yield runs
+        if maintenance.statuses:
+            size = GaugeMetricFamily(
+                "hareg_etcd_db_size_bytes", "Each etcd member's database file, last seen.", labels=("member",)
+            )
+            in_use = GaugeMetricFamily(
+                "hareg_etcd_db_size_in_use_bytes",
+                "The part of each etcd member's database in use (the rest a defragmentation gives back).",
+                labels=("member",),
+            )
+            for status in maintenance.statuses:
+                size.add_metric((status.address,), status.db_size)
+                in_use.add_metric((status.address,), status.db_size_in_use)
+            yield from (size, in_use)
+        if maintenance.last_defrag is not None:
+            yield GaugeMetricFamily(
+                "hareg_etcd_last_defrag_timestamp_seconds",
+                "When this replica last finished defragmenting every etcd member.",
+                maintenance.last_defrag,
+            )
 
     def _fsck(self, reg: Registry) -> Iterator[Metric]:
         """The last integrity check on this replica (hareg fsck, manual or scheduled)."""

@@ -8,7 +8,8 @@ What a replica reports (``replica_conditions``):
 
 - **Available** — the replica serves pulls.  True with ``Ready``,
   ``ReadOnly`` (pushes refused by the switch), ``EtcdUnavailable`` (pulls
-  from the cache, pushes refused) or ``Removed`` (managementState: Removed,
+  from the cache, pushes refused), ``MetadataStoreFull`` (etcd's NOSPACE
+  alarm: pulls served, pushes refused with 507) or ``Removed`` (managementState: Removed,
   as the operator reports a registry removed on purpose); False with
   ``StorageUnavailable`` or ``EtcdUnavailable`` (before the cache was ever
   loaded).
@@ -16,7 +17,9 @@ What a replica reports (``replica_conditions``):
   (at start-up, or re-listing after a compaction); else False with
   ``Ready`` (or ``Removed``).
 - **Degraded** — True with ``EtcdUnavailable`` (pulls served, writes
-  refused) or ``StorageUnavailable``; else False with ``AsExpected``
+  refused), ``MetadataStoreFull`` (etcd is at its space quota: pulls
+  served, writes refused until space is freed and the alarm disarmed) or
+  ``StorageUnavailable``; else False with ``AsExpected``
   (or ``Removed``).
 
 ``lastTransitionTime`` is when the reporter first saw the condition's
@@ -66,6 +69,7 @@ def replica_conditions(
             Condition("Degraded", "False", "Removed", "The registry is removed"),
         ]
     etcd_down = checks.get("etcd", "ok") != "ok"
+    store_full = not etcd_down and readiness.reason == "MetadataStoreFull"
     storage_down = checks.get("storage", "ok") != "ok"
     if read_only.get("cluster"):
         why = "the cluster-wide read-only switch is on"
@@ -95,6 +99,13 @@ def replica_conditions(
             "EtcdUnavailable",
             "Pulls are served from the metadata cache; pushes are refused until etcd recovers",
         )
+    elif store_full:
+        available = Condition(
+            "Available",
+            "True",
+            "MetadataStoreFull",
+            "Pulls are served; pushes are refused until space is freed in etcd (NOSPACE alarm)",
+        )
     elif why:
         available = Condition(
             "Available", "True", "ReadOnly", f"The registry serves pulls; it is read-only ({why})"
@@ -118,6 +129,15 @@ def replica_conditions(
             "EtcdUnavailable",
             f"etcd is unreachable ({checks['etcd']})"
             + ("; pulls are served from the cache, pushes are refused" if readiness.ready else ""),
+        )
+    elif store_full:
+        degraded = Condition(
+            "Degraded",
+            "True",
+            "MetadataStoreFull",
+            "etcd's database is at its space quota (NOSPACE alarm): writes are refused, pulls are served; "
+            "free space (hareg prune) and let hareg compact, defragment and disarm, or see "
+            "docs/operations.md",
         )
     else:
         degraded = Condition("Degraded", "False", "AsExpected", "")

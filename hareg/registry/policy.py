@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from hareg.kv.base import KVError, KVRejected, KVUnknownOutcome
+from hareg.kv.base import KVError, KVNoSpace, KVRejected, KVUnknownOutcome
 from hareg.metadata.store import Contended
 from hareg.metadata.switch import WritesFrozen
 from hareg.registry.errors import ErrorCode, RegistryError, unavailable
@@ -40,6 +40,7 @@ __all__ = [
     "is_read_only_refusal",
     "is_write",
     "kv_rejected",
+    "metadata_store_full",
     "read_only_refusal",
     "request_class",
 ]
@@ -130,6 +131,21 @@ def kv_rejected(exc: KVRejected) -> RegistryError:
     )
 
 
+def metadata_store_full(exc: KVNoSpace) -> RegistryError:
+    """507 Insufficient Storage when etcd's space quota is exhausted (its NOSPACE
+    alarm): the write was not applied, and no retry succeeds until an operator
+    (or hareg's etcd maintenance) frees space.  Not a 503 with Retry-After,
+    which clients retry in a loop; reads are still served."""
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        "the registry's metadata store (etcd) is full (NOSPACE alarm): nothing was written; pushes, "
+        "uploads, deletes and tag changes are refused until space is freed, pulls are served "
+        f"(docs/operations.md, MetadataStoreFull) ({exc})",
+        detail={"reason": "MetadataStoreFull"},
+        status=507,
+    )
+
+
 def dependency_error(exc: BaseException) -> RegistryError | None:
     """The client's answer to a failure of a dependency a request ran into;
     None for any other exception (a bug: the HTTP layer answers 500)."""
@@ -148,6 +164,8 @@ def dependency_error(exc: BaseException) -> RegistryError | None:
         )
     if isinstance(exc, KVRejected):
         return kv_rejected(exc)  # not a 503: a retry would be refused alike
+    if isinstance(exc, KVNoSpace):
+        return metadata_store_full(exc)  # nor this: not until space is freed
     if isinstance(exc, KVError):
         return unavailable("the metadata store (etcd) is unavailable")
     if isinstance(exc, StorageError):

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hareg.clock import Clock
-from hareg.config.model import LimitsConfig
+from hareg.config.model import EtcdMaintenanceConfig, LimitsConfig
 from hareg.ids import IdSource
-from hareg.kv.base import KV, KVError
+from hareg.kv.base import KV, KVError, Maintenance
 from hareg.metadata.barrier import ReadBarrier
 from hareg.metadata.cache import MetadataCache
 from hareg.metadata.gc import BATCH as GC_BATCH
@@ -26,6 +26,7 @@ from hareg.metadata.reflector import Reflector
 from hareg.metadata.roles import Leadership, Membership
 from hareg.metadata.store import MetadataStore
 from hareg.registry.blobs import BlobService
+from hareg.registry.etcd_maintenance import EtcdMaintenance, MetadataSpace, SpaceWatchedKV
 from hareg.registry.fsck import IntegrityChecker
 from hareg.registry.gc import GarbageCollector, Policy
 from hareg.registry.hashing import Hashing
@@ -92,7 +93,14 @@ class Registry:
         on_secret: Callable[[bytes], None] | None = None,
         # pullThrough: upstream registries mirrored under a prefix (docs/pull-through.md).
         mirrors: Sequence[Mirror] = (),
+        # etcd's maintenance calls (the etcd adapter): the NOSPACE alarm's poll
+        # and recovery, scheduled defragmentation.  None: none of them runs.
+        etcd_maintenance: Maintenance | None = None,
+        maintenance_settings: EtcdMaintenanceConfig = EtcdMaintenanceConfig(),  # noqa: B008 (frozen)
     ) -> None:
+        # Whether etcd is out of space: every write refused with NOSPACE tells it.
+        self.space = MetadataSpace(clock)
+        kv = SpaceWatchedKV(kv, self.space)
         self.kv = kv
         self.store = store
         self.clock = clock
@@ -162,6 +170,10 @@ class Registry:
             fsck_repair=fsck_repair,
             switch=self.meta.read_only_guard,
         )
+        # One replica at a time (the pruner's leader) defragments and recovers etcd.
+        self.etcd_maintenance = EtcdMaintenance(
+            etcd_maintenance, kv, self.leadership, self.space, clock, maintenance_settings
+        )
         self.ids = ids
         # The read-only switch (file or cluster-wide); the HTTP layer enforces it.
         self.settings = ClusterSettings(kv, self.reflector, keys, clock, replica=replica, read_only=read_only)
@@ -209,6 +221,10 @@ class Registry:
         self._tasks.append(loop.create_task(self.pruner.run_scheduled(), name="pruner"))
         if self.pruner.fsck_schedule is not None:  # off by default
             self._tasks.append(loop.create_task(self.pruner.run_fsck_scheduled(), name="pruner-fsck"))
+        if self.etcd_maintenance.enabled:
+            maintenance = self.etcd_maintenance
+            self._tasks.append(loop.create_task(maintenance.run_alarm_checks(), name="etcd-alarms"))
+            self._tasks.append(loop.create_task(maintenance.run_defrag_scheduled(), name="etcd-defrag"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -226,7 +242,8 @@ class Registry:
 
     async def readiness(self, probe_timeout: float = 2.0) -> Readiness:
         """Can this replica serve?  Degraded: etcd is unreachable but the cache
-        serves pulls (writes get 503) — still ready, so load balancers keep it."""
+        serves pulls (writes get 503), or etcd is out of space (its NOSPACE
+        alarm: writes get 507) — still ready, so load balancers keep it."""
         checks: dict[str, str] = {}
         try:
             if self.barrier is not None and self.barrier.writes_blocked():
@@ -251,4 +268,7 @@ class Registry:
             if cache_ready:
                 return Readiness(True, True, "EtcdUnavailable", checks)
             return Readiness(False, False, "EtcdUnavailable", checks)
+        if self.space.full:
+            checks["etcdSpace"] = "NOSPACE alarm: etcd's database is at its quota; writes are refused"
+            return Readiness(True, True, "MetadataStoreFull", checks)
         return Readiness(True, False, "Ready", checks)

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -294,6 +294,11 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             limits=config.limits,
             on_secret=add_log_secret,
             mirrors=mirrors,
+            # etcd's space: the NOSPACE alarm, defragmentation (docs/operations.md).
+            etcd_maintenance=kv,
+            maintenance_settings=config.etcd.maintenance
+            if config.management_state == "Managed"
+            else replace(config.etcd.maintenance, suspend=True),
         )
         raise_open_file_limit(config.limits.max_connections)
         await registry.start()

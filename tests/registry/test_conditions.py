@@ -33,6 +33,16 @@ SITUATIONS: dict[str, tuple[tuple[Readiness, dict[str, bool], str, bool], list[t
         [("True", "EtcdUnavailable"), ("False", "Ready"), ("True", "EtcdUnavailable")],
         "pulls are served",
     ),
+    "metadata store full": (
+        (
+            Readiness(True, True, "MetadataStoreFull", {**OK, "etcdSpace": "NOSPACE alarm"}),
+            WRITABLE,
+            "Managed",
+            True,
+        ),
+        [("True", "MetadataStoreFull"), ("False", "Ready"), ("True", "MetadataStoreFull")],
+        "NOSPACE alarm",
+    ),
     "never loaded": (
         (
             Readiness(False, False, "EtcdUnavailable", {**ETCD_DOWN, "cache": "not loaded"}),
