@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from hareg.clock import Clock
-from hareg.kv.base import KVError
+from hareg.kv.base import KVError, KVNoSpace
 from hareg.metadata.store import MetadataStore, ReferencedBy
 from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
@@ -73,13 +73,14 @@ class BlobService:
             try:
                 if not await self.meta.touch_link(repo, digest, link):
                     raise unknown  # collected just now
-            except KVError:
-                if not self.meta.etcd_known_down():
+            except KVError as exc:
+                if not self.meta.etcd_known_down() and not isinstance(exc, KVNoSpace):
                     # A lost reply or a timeout is not an outage: collection may go
                     # on, so "exists" without the grace guarantee could mislead a push.
                     raise unavailable("could not record the use of this blob; retry") from None
-                # etcd has no quorum: serve the read (pulls must work); no
-                # collection can run without etcd either.
+                # etcd has no quorum, or no space (NOSPACE: every push is refused
+                # until it has, and a manifest's compares still check its blobs):
+                # serve the read, pulls must work.
         return BlobInfo(digest, link.size)
 
     async def open(

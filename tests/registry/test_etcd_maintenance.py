@@ -103,6 +103,8 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             metrics=metrics,
             etcd_maintenance=raw,
             maintenance_settings=settings,
+            # A pull re-touches a link older than half this: a write, refused under the alarm.
+            upload_grace=0.2,
         ) as (reg, client):
             config, layer = b'{"architecture":"amd64"}', b"layer bytes" * 100
             assert await push_blob(client, "app", config) == 201
@@ -140,11 +142,13 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             async with asyncio.timeout(NO_HANG):
                 assert await push_blob(client, "app", b"a new layer") == 507
 
-            # Pulls are served.
+            # Pulls are served (the blob's touch, a write, is refused and skipped).
+            refusals = reg.space.refusals
             r = await client.get("/v2/app/manifests/v1")
             assert r.status == 200 and await r.read() == before
             r = await client.get(f"/v2/app/blobs/{digest(layer)}")
             assert r.status == 200 and await r.read() == layer
+            assert reg.space.refusals > refusals
             scrape = (await (await client.get("/metrics")).read()).decode()
             assert "hareg_etcd_space_full 1.0" in scrape
             assert "hareg_etcd_nospace_alarm 1.0" in scrape
