@@ -950,10 +950,14 @@ class EtcdKV:
         member = next((m for m in self._members if m.address == address), None)
         if member is None:
             raise KVError(f"defragment: no etcd member {address}")
+        # It answers nothing while it rewrites its file: calls (and the watch)
+        # go to the other members meanwhile, as for a member that stopped answering.
+        member.failed_at = self._monotonic()
         try:
             await member.maintenance.Defragment(DefragmentRequest(), timeout=timeout)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
             raise KVUnavailable(f"defragment {address}: {_describe(e)}") from e
+        member.failed_at = None
 
     async def server_version(self) -> str:
         """The etcd version of the member answering (e.g. ``"3.4.23"``)."""

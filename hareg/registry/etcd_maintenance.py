@@ -300,6 +300,7 @@ class EtcdMaintenance:
         raised, recovery (at most every ``recovery_interval``)."""
         if self.maintenance is None:
             return
+        failing = False  # warned once per outage, not every interval
         while True:
             try:
                 raised = await self.check_alarms()
@@ -317,8 +318,11 @@ class EtcdMaintenance:
                     and await self._may_recover()
                 ):
                     await self.recover()
+                failing = False
             except KVError as exc:
-                log.warning("etcd alarm check or recovery failed: %s", exc)
+                if not failing:
+                    log.warning("etcd alarm check or recovery failed: %s", exc)
+                failing = True
             await self.clock.sleep(self.settings.alarm_check_interval)
 
     def _seconds_to_next(self) -> float:
