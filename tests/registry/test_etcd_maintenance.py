@@ -138,6 +138,7 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             assert err["errors"][0]["detail"] == {"reason": "MetadataStoreFull"}  # type: ignore[index]
             assert "full" in err["errors"][0]["message"]  # type: ignore[index]
             assert no_space_sends(metrics) == sends + 1
+            assert reg.space.refusals >= 1
             print(f"push refused in {time.monotonic() - started:.3f}s")
             async with asyncio.timeout(NO_HANG):
                 assert await push_blob(client, "app", b"a new layer") == 507
@@ -167,6 +168,9 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             assert (await put_manifest(client, "app", "v2", manifest(config, [layer], "after")))[0] == 201
             scrape = (await (await client.get("/metrics")).read()).decode()
             assert "hareg_etcd_space_full 0.0" in scrape
+            revision = await raw.current_revision()
+            await raw.compact(revision)
+            await raw.compact(revision)  # again: nothing to do, no error
     finally:
         await raw.close()
 
@@ -243,6 +247,10 @@ async def test_scheduled_defragmentation_takes_one_member_at_a_time_leader_last(
         await asyncio.gather(runner, return_exceptions=True)
         await leadership.resign()
         await kv.close()
+        # One after the other: stopped all at once (the fixture's way), each
+        # waits out its grace while the others leave.
+        for member in etcd_cluster:
+            await member.stop(grace=5)
 
 
 def status(size: int, quota: int = 0) -> MemberStatus:
