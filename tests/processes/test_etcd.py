@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from process_checks import assert_dies_with_parent, get_once_reachable, pid_alive
 
-from hareg.kv.base import KVError, KVUnavailable, KVUnknownOutcome, Put
+from hareg.kv.base import KVError, KVNoSpace, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import (
     EtcdNotFound,
@@ -99,6 +99,23 @@ async def test_kill_pause_resume_restart_keeps_data(tmp_path: Path) -> None:
         await proc.start()
         got = await get_once_reachable(kv, b"k")  # the client reconnects with a backoff
         assert got is not None and got.value == b"v"
+
+
+@needs_etcd
+async def test_a_member_out_of_space_restarts(tmp_path: Path) -> None:
+    """A NOSPACE alarm makes etcd's /health false, but the member serves reads,
+    deletes and the maintenance that frees space: start() must not wait for it."""
+    proc = EtcdProcess("full", tmp_path / "data", quota_backend_bytes=1024 * 1024)
+    async with proc, EtcdKV([proc.client_url], timeout=3) as kv:
+        with pytest.raises(KVNoSpace):
+            for i in range(1000):
+                await kv.txn([], [Put(b"k%04d" % i, b"x" * 100_000)])
+        assert [a.kind for a in await kv.alarms()] == ["NOSPACE"]
+        await proc.stop()
+        await proc.start(startup_timeout=30)
+        got = await get_once_reachable(kv, b"k0000")
+        assert got is not None and len(got.value) == 100_000
+        assert [a.kind for a in await kv.alarms()] == ["NOSPACE"]
 
 
 @needs_etcd
