@@ -19,9 +19,8 @@ Three parts, one job (keeping etcd's database within its quota):
   (or any replica while there is none: a leader cannot be elected while etcd
   refuses the lease and the write) compacts at the current revision (writes
   are refused, so watchers are at it already), defragments every member and
-  disarms the alarm when that freed space.  If etcd is still too full, its
-  next write raises the alarm again; the attempt is repeated at most every
-  ``recovery_interval``.
+  disarms the alarm when that freed enough space (``_space_allows``); else
+  it is repeated at most every ``recovery_interval``.
 """
 
 from __future__ import annotations
@@ -203,6 +202,7 @@ class EtcdMaintenance:
         self.defragmented: list[str] = []  # the members of the last pass, in order
         self.last_defrag: float | None = None  # wall-clock end of the last full pass
         self._last_recovery: float | None = None  # monotonic
+        self._full_size: int | None = None  # the largest member's size when recovery first ran
         self._lock = asyncio.Lock()  # one pass (scheduled or recovery) at a time here
 
     @property
@@ -260,12 +260,15 @@ class EtcdMaintenance:
         self._last_recovery = self.clock.monotonic()
         try:
             before = await self.member_statuses()
+            if self._full_size is None and before:
+                # Where etcd said it was full (3.4 does not tell its quota).
+                self._full_size = max(s.db_size for s in before)
             revision = await self.kv.current_revision()
             await api.compact(revision)
             self.runs[("compact", "success")] += 1
             await self.defragment_all()
             after = self.statuses
-            if not _space_allows(before, after):
+            if not _space_allows(after, self._full_size):
                 self.runs[("recovery", "still_full")] += 1
                 log.error(
                     "etcd is still full after compaction and defragmentation: free space (hareg prune, "
@@ -277,6 +280,7 @@ class EtcdMaintenance:
                 if alarm.kind == NOSPACE:
                     await api.disarm(alarm)
                     self.runs[("disarm", "success")] += 1
+            self._full_size = None
             await self.check_alarms()
         except KVError:
             self.runs[("recovery", "failure")] += 1
@@ -345,14 +349,15 @@ class EtcdMaintenance:
                 log.warning("scheduled etcd defragmentation did not finish: %s", exc)
 
 
-def _space_allows(before: Sequence[MemberStatus], after: Sequence[MemberStatus]) -> bool:
-    """Whether to disarm: below 95% of the quota where etcd tells it (3.5 on),
-    else the database shrank (etcd 3.4 does not say its quota; if it is still
-    too full, its next write raises the alarm again)."""
+def _space_allows(after: Sequence[MemberStatus], full_size: int | None) -> bool:
+    """Whether to disarm: the largest member below 95% of the quota where etcd
+    tells it (3.5 on); else (3.4) at least 10% smaller than when etcd said it
+    was full, so that compaction alone, which frees little, does not disarm an
+    alarm the next write raises again."""
     if not after:
         return False
     largest = max(s.db_size for s in after)
     quota = max(s.db_size_quota for s in after)
     if quota:
         return largest < quota * 0.95
-    return bool(before) and largest < max(s.db_size for s in before)
+    return full_size is not None and largest < full_size * 0.9

@@ -257,14 +257,16 @@ def status(size: int, quota: int = 0) -> MemberStatus:
     return MemberStatus("m:2379", 1, 1, db_size=size, db_size_in_use=size, db_size_quota=quota)
 
 
-def test_space_allows_disarming_below_the_quota_or_once_the_database_shrank() -> None:
+def test_space_allows_disarming_below_the_quota_or_well_below_where_etcd_was_full() -> None:
     # etcd 3.5 on tells its quota: disarm below 95% of it.
-    assert _space_allows([status(100, 100)], [status(90, 100)])
-    assert not _space_allows([status(100, 100)], [status(97, 100)])
-    # etcd 3.4 does not: disarm once compaction and defragmentation freed space.
-    assert _space_allows([status(100)], [status(60)])
-    assert not _space_allows([status(100)], [status(100)])
-    assert not _space_allows([status(100)], [])  # no member answered
+    assert _space_allows([status(90, 100)], 100)
+    assert not _space_allows([status(97, 100)], 100)
+    # etcd 3.4 does not: disarm once the database is 10% smaller than when full
+    # (compaction alone frees a little, and the next write would raise it again).
+    assert _space_allows([status(60)], 100)
+    assert not _space_allows([status(95)], 100)
+    assert not _space_allows([status(60)], None)  # the size when full is not known
+    assert not _space_allows([], 100)  # no member answered
 
 
 def test_a_poll_sent_before_a_refusal_does_not_clear_it() -> None:
