@@ -116,8 +116,9 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             with pytest.raises(KVNoSpace):  # a lease too: etcd grants none under the alarm
                 await raw.grant_lease(10)
             # The alarm poll shows it before any write of the registry failed.
-            assert reg.space.refusals == 0
-            await until(lambda: reg.space.full)
+            assert not reg.space.full
+            await until(lambda: reg.space.alarm_raised)
+            assert reg.space.full
 
             r = await client.get("/readyz")
             body = await r.json()
