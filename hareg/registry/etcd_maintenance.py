@@ -220,6 +220,8 @@ class EtcdMaintenance:
         alarms = await self._api().alarms()
         raised = any(a.kind == NOSPACE for a in alarms)
         self.space.listed(raised, epoch)
+        if not raised:
+            self._full_size = None  # disarmed (by anyone): the next alarm is measured afresh
         return raised
 
     async def member_statuses(self) -> list[MemberStatus]:
@@ -280,7 +282,6 @@ class EtcdMaintenance:
                 if alarm.kind == NOSPACE:
                     await api.disarm(alarm)
                     self.runs[("disarm", "success")] += 1
-            self._full_size = None
             await self.check_alarms()
         except KVError:
             self.runs[("recovery", "failure")] += 1
