@@ -114,6 +114,9 @@ class EtcdConfig:
     member_timeout: float = 0.5
     keepalive_time: float = 5.0  # etcd refuses pings more often than its --grpc-keepalive-min-time (5s)
     keepalive_timeout: float = 1.0
+    # How long writes wait for etcd to answer again (an election) before they
+    # answer 503: longer is a quorum loss, and writes then fail at once.
+    election_grace: float = 2.0
 
 
 @dataclass(frozen=True)

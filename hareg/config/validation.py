@@ -270,6 +270,7 @@ def _etcd(top: Section) -> EtcdConfig:
             "memberTimeout",
             "keepaliveTime",
             "keepaliveTimeout",
+            "electionGrace",
             "tls",
         ),
     )
@@ -336,6 +337,7 @@ def _etcd(top: Section) -> EtcdConfig:
         member_timeout=member_timeout,
         keepalive_time=etcd.duration("keepaliveTime", EtcdConfig.keepalive_time, positive=True),
         keepalive_timeout=etcd.duration("keepaliveTimeout", EtcdConfig.keepalive_timeout, positive=True),
+        election_grace=etcd.duration("electionGrace", EtcdConfig.election_grace),
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,

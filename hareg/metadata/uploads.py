@@ -8,7 +8,9 @@ Like every write, each record write compares the cluster read-only switch
 (switch.py): no session starts, moves or closes once the switch is on.
 These writes keep loops of their own rather than ``StoreBase._write``: a
 record write takes a new lease when its lease is gone, and an unknown outcome
-is passed on to the client (which may repeat the request) rather than verified.
+is verified by reading the record back (ours: applied) and otherwise passed
+on to the client (which may repeat the request), never re-sent.
+Like every write they ride out an etcd election (``StoreBase._through_election``).
 """
 
 from __future__ import annotations
@@ -48,11 +50,19 @@ class UploadMetadata(StoreBase):
         compares = [] if revision is None else [Compare.mod_revision_is(key, revision)]
         renewed = False
         for _ in range(self.max_retries + 1):
-            lease = await self._lease_for_uploads()
+            lease = await self._through_election(self._lease_for_uploads)
             guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
+            value = encode(record)
             try:
-                result = await self.kv.txn([*compares, guard], [Put(key, encode(record), lease=lease)])
-            except (KVUnavailable, KVUnknownOutcome):
+                result = await self._commit([*compares, guard], [Put(key, value, lease=lease)])
+            except KVUnknownOutcome:
+                # Applied if the record is ours (its times and writer make it
+                # unique); else still unknown: never re-sent (it may yet apply).
+                found = await self._verified_read(key)
+                if found is not None and found.value == value:
+                    return True
+                raise
+            except KVUnavailable:
                 raise
             except KVError:
                 # Most likely the lease is gone (revoked, or etcd restored): take a new one.
@@ -88,7 +98,7 @@ class UploadMetadata(StoreBase):
         expire."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed:
                 return None
@@ -109,7 +119,7 @@ class UploadMetadata(StoreBase):
         acknowledged bytes)."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed or record.writer != writer:
                 return False
@@ -137,7 +147,7 @@ class UploadMetadata(StoreBase):
         was lost."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None:
                 return None
@@ -162,12 +172,12 @@ class UploadMetadata(StoreBase):
         another repository, or a closing PUT has sealed it (the close wins)."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed:
                 return False
             guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
-            result = await self.kv.txn([Compare.mod_revision_is(key, kv.mod_revision), guard], [Delete(key)])
+            result = await self._commit([Compare.mod_revision_is(key, kv.mod_revision), guard], [Delete(key)])
             if result.succeeded:
                 return True
             await self.read_only_guard.refresh()

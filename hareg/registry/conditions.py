@@ -93,7 +93,9 @@ def replica_conditions(
             "Available",
             "True",
             "EtcdUnavailable",
-            "Pulls are served from the metadata cache; pushes are refused until etcd recovers",
+            "Pulls are served from the metadata cache; pushes are refused until etcd recovers"
+            if readiness.degraded
+            else "Pulls are served from the metadata cache; pushes wait for etcd (within etcd.electionGrace)",
         )
     elif why:
         available = Condition(
@@ -117,7 +119,15 @@ def replica_conditions(
             "True",
             "EtcdUnavailable",
             f"etcd is unreachable ({checks['etcd']})"
-            + ("; pulls are served from the cache, pushes are refused" if readiness.ready else ""),
+            + (
+                (
+                    "; pulls are served from the cache, pushes are refused"
+                    if readiness.degraded
+                    else "; pushes wait"
+                )
+                if readiness.ready
+                else ""
+            ),
         )
     else:
         degraded = Condition("Degraded", "False", "AsExpected", "")

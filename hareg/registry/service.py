@@ -76,6 +76,7 @@ class Registry:
         http_secret: str | None = None,
         url: str | None = None,
         upload_grace: float = 3600.0,
+        election_grace: float = 2.0,  # how long writes wait out an etcd election (config etcd.electionGrace)
         gc_policy: Policy | None = None,
         pruner_schedule: str | None = None,
         pruner_suspend: bool = False,
@@ -101,7 +102,7 @@ class Registry:
         # One list-and-watch loop feeds the replica's mirrors of etcd: the cache and the settings.
         self.reflector = Reflector(kv, clock)
         self.cache = MetadataCache(self.reflector, keys) if cache else None
-        self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
+        self.barrier = ReadBarrier(kv, self.cache, clock, write_grace=election_grace) if self.cache else None
         self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(
@@ -228,15 +229,22 @@ class Registry:
         """Can this replica serve?  Degraded: etcd is unreachable but the cache
         serves pulls (writes get 503) — still ready, so load balancers keep it."""
         checks: dict[str, str] = {}
+        barrier = self.barrier
         try:
-            if self.barrier is not None and self.barrier.writes_blocked():
-                # Seen down within the probe interval: answer now, a probe follows soon.
+            if barrier is not None and not barrier.store_available:
+                # Seen down: answer now, the barrier's probe is on it.
                 raise KVError("recently unreachable")
             async with asyncio.timeout(probe_timeout):
-                await (self.barrier.current_revision() if self.barrier else self.kv.current_revision())
+                await (barrier.current_revision() if barrier else self.kv.current_revision())
             checks["etcd"] = "ok"
         except (KVError, TimeoutError) as exc:
             checks["etcd"] = f"unavailable: {type(exc).__name__}"
+            if barrier is not None:
+                barrier.note_unavailable()
+                if not barrier.writes_blocked():
+                    # Perhaps an election: writes wait for it (within the
+                    # grace), so the replica still takes them.
+                    checks["etcd"] += f" (writes wait up to {barrier.write_grace:g}s for it)"
         try:
             async with asyncio.timeout(probe_timeout):
                 await self.store.stat(_PROBE_DIGEST)
@@ -248,7 +256,9 @@ class Registry:
         if checks["storage"] != "ok":
             return Readiness(False, False, "StorageUnavailable", checks)
         if checks["etcd"] != "ok":
-            if cache_ready:
-                return Readiness(True, True, "EtcdUnavailable", checks)
-            return Readiness(False, False, "EtcdUnavailable", checks)
+            if not cache_ready:
+                return Readiness(False, False, "EtcdUnavailable", checks)
+            if barrier is not None and not barrier.writes_blocked():
+                return Readiness(True, False, "Ready", checks)
+            return Readiness(True, True, "EtcdUnavailable", checks)
         return Readiness(True, False, "Ready", checks)
