@@ -84,6 +84,7 @@ class Mirror:
     upstream: Upstream
     ttl: float
     allow: tuple[str, ...] = ()  # fnmatch globs of the upstream paths that may be pulled; (): all
+    expire_after: float = 0.0  # the pruner expires tags not pulled for this long (0: never)
 
 
 @dataclass(frozen=True, slots=True)
