@@ -592,3 +592,62 @@ async def test_referrers_pass_through_from_an_upstream_that_has_them(
         response = await client.get(f"/v2/mirror/lib/app/referrers/{image.digest}")
         assert response.status == 200
         assert (await response.json())["manifests"] == []
+
+
+async def test_referrers_an_upstream_pages_are_followed_and_the_rest_linked(
+    kv: EtcdKV, tmp_path: Path
+) -> None:
+    """An upstream that pages its referrers (Link, rel="next"): the mirror
+    follows its pages into one answer; past the pages it follows for one
+    answer, its own Link leads to the upstream's next page."""
+    async with running(kv, FilesystemBlobStore(tmp_path / "upstream-hareg")) as upstream_reg:
+        upstream_reg.listing.referrers_page_bytes = 600  # one descriptor a page
+        subject = await push_to(upstream_reg, "lib/app", "v1", b"subject layer")
+        empty = b"{}"
+        await upstream_reg.uploads.monolithic("lib/app", sha256(empty), one_chunk(empty), length=len(empty))
+        blank = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2}
+        referrers: dict[str, str] = {}  # digest -> artifactType
+        for number in range(5):
+            kind = "application/vnd.example.sbom" if number % 2 else "application/vnd.example.sig"
+            body = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "artifactType": kind,
+                    "config": blank,
+                    "layers": [blank],
+                    "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+                    "annotations": {"number": str(number)},
+                }
+            ).encode()
+            put = await upstream_reg.manifests.put("lib/app", sha256(body), body, OCI_MANIFEST)
+            referrers[put.digest] = kind
+        async with TestServer(init_app(upstream_reg), host="127.0.0.1") as server:
+            remote = str(server.make_url("")).rstrip("/")
+            async with mirror_of(kv, tmp_path / "a", remote) as (reg, client, _):
+
+                async def listed(url: str, **params: str) -> tuple[list[str], str | None]:
+                    response = await client.get(url, params=params)
+                    assert response.status == 200, await response.text()
+                    link = response.headers.get("Link")
+                    target = link[1 : link.index(">")] if link else None
+                    return [m["digest"] for m in (await response.json())["manifests"]], target
+
+                url = f"/v2/mirror/lib/app/referrers/{subject}"
+                every, more = await listed(url)
+                assert sorted(every) == sorted(referrers) and more is None  # five upstream pages, one answer
+                sboms, more = await listed(url, artifactType="application/vnd.example.sbom")
+                assert sorted(sboms) == sorted(d for d, k in referrers.items() if k.endswith("sbom"))
+                assert more is None
+                reg.pull_through.referrer_pages = 1  # one upstream page an answer: the rest by our Link
+                seen, more = await listed(url)
+                pages = 1
+                while more is not None:
+                    assert "upstreamNext=" in more
+                    page, more = await listed(more)
+                    seen += page
+                    pages += 1
+                assert pages == 5 and sorted(seen) == sorted(referrers) and len(set(seen)) == 5
+                bad = await client.get(url, params={"upstreamNext": "last=x\r\nHost: elsewhere"})
+                assert bad.status == 400
+                assert (await bad.json())["errors"][0]["code"] == "UNSUPPORTED"
