@@ -184,19 +184,20 @@ def expired_mirror_tags(
     of tags that are gone, as old): docs/pull-through.md#expiry.  Ordinary
     repositories are never looked at."""
     out: list[ExpiredTag] = []
+    checked: dict[str, set[str]] = defaultdict(set)  # repo -> tags with a check record
+    for repo, tag in snap.mirror_checks:
+        checked[repo].add(tag)
     for mirror in mirrors:
         if mirror.unused_for <= 0:
             continue
         limit = mirror.unused_for + mirror.ttl
         under = mirror.prefix + "/"
-        repos = {r for r in snap.tags if r.startswith(under)} | {
-            r for r, _ in snap.mirror_checks if r.startswith(under)
-        }
+        repos = {r for r in snap.tags if r.startswith(under)} | {r for r in checked if r.startswith(under)}
         for repo in sorted(repos):
             if only is not None and repo not in only:
                 continue
             tags = snap.tags.get(repo, {})
-            for tag in sorted(set(tags) | {t for r, t in snap.mirror_checks if r == repo}):
+            for tag in sorted(set(tags) | checked.get(repo, set())):
                 check, check_revision = snap.mirror_checks.get((repo, tag), (None, 0))
                 record = tags.get(tag)
                 last = max(record.updated if record else 0.0, check.checked if check else 0.0)
