@@ -34,6 +34,8 @@ class ProxyConfig:
 
 
 DEFAULT_PULL_THROUGH_TTL: Final = 300.0
+# Mirrored tags not pulled for this long are expired by the pruner (0: never).
+DEFAULT_PULL_THROUGH_EXPIRY: Final = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class PullThrough:
     allow: tuple[str, ...] = ()
     insecure: bool = False
     ca_file: str | None = None
+    expire_after: float = DEFAULT_PULL_THROUGH_EXPIRY
 
 
 @dataclass(frozen=True)

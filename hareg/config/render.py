@@ -125,6 +125,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 "allow": list(mirror.allow),
                 "insecure": mirror.insecure,
                 "caFile": mirror.ca_file,
+                "expireAfter": format_duration(mirror.expire_after),
             }
             for mirror in config.pull_through
         ],

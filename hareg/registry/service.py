@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hareg.clock import Clock
 from hareg.config.model import LimitsConfig
@@ -27,7 +27,7 @@ from hareg.metadata.roles import Leadership, Membership
 from hareg.metadata.store import MetadataStore
 from hareg.registry.blobs import BlobService
 from hareg.registry.fsck import IntegrityChecker
-from hareg.registry.gc import GarbageCollector, Policy
+from hareg.registry.gc import GarbageCollector, MirrorExpiry, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
@@ -140,13 +140,15 @@ class Registry:
             kv, keys.setting("pruner-leader"), replica, clock, ids, name="pruner leadership"
         )
         gc_store = GcStore(kv, keys, batch=gc_batch)
-        collector = GarbageCollector(
-            gc_store,
-            store,
-            clock,
-            self.janitor,
-            gc_policy or Policy(grace=upload_grace),
-        )
+        policy = gc_policy or Policy(grace=upload_grace)
+        if mirrors:  # their unused tags expire (docs/pull-through.md#expiry)
+            policy = replace(
+                policy,
+                mirrors=tuple(
+                    MirrorExpiry(m.prefix, m.expire_after, m.ttl) for m in mirrors if m.expire_after > 0
+                ),
+            )
+        collector = GarbageCollector(gc_store, store, clock, self.janitor, policy, replica=replica)
         # What the pruner did, exported as hareg_pruner_* metrics.
         self.pruner_stats = PrunerStats()
         self.pruner = Pruner(
