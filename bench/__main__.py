@@ -269,6 +269,12 @@ def availability_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="leave out the partition faults (iptables rules on loopback; they need root)",
     )
     p.add_argument(
+        "--faults",
+        default="",
+        metavar="KIND,...",
+        help="only these fault kinds, in the usual order (default: all; e.g. etcd_member_partition)",
+    )
+    p.add_argument(
         "--plant",
         default="",
         metavar="NAME",
@@ -290,7 +296,18 @@ def run_availability(args: argparse.Namespace) -> int:
         **_given(args, "duration", "concurrency", "replicas", "storage", "seed", "start_timeout"),
         partitions=not args.no_partitions,
         plant=args.plant,
+        faults=tuple(args.faults.split(",")) if args.faults else (),
     )
+    if args.faults:
+        from bench.faults import FAULT_ORDER
+
+        unknown = [k for k in options.faults if k not in FAULT_ORDER]
+        if unknown:
+            print(
+                f"bench: --faults: unknown {', '.join(unknown)}; known: {', '.join(FAULT_ORDER)}",
+                file=sys.stderr,
+            )
+            return 2
     if args.plant:
         from hareg.plants import DESCRIPTIONS
 

@@ -49,6 +49,7 @@ from bench.client import DigestMismatch, OCIClient, RegistryHTTPError, image_man
 from bench.faults import (
     FAULT_ORDER,
     KILL_AND_PAUSE,
+    PARTITION_KINDS,
     Cluster,
     Fault,
     heal,
@@ -116,6 +117,7 @@ class AvailabilityOptions:
     quick: bool = False
     partitions: bool = True  # partition faults (need root, iptables and cgroup v2)
     plant: str = ""  # a planted bug switched on in the replicas (hareg/plants.py; tests only)
+    faults: tuple[str, ...] = ()  # only these fault kinds (default: all that this machine allows)
 
     @classmethod
     def quick_options(cls) -> AvailabilityOptions:
@@ -519,6 +521,12 @@ def run(
     if why_not is not None:
         partitions = None
     kinds = KILL_AND_PAUSE if options.quick or partitions is None else FAULT_ORDER
+    if options.faults:
+        kinds = tuple(
+            k for k in FAULT_ORDER if k in options.faults and (partitions or k not in PARTITION_KINDS)
+        )
+        if not kinds:
+            raise ValueError(f"--faults {','.join(options.faults)}: none of them can run here ({why_not})")
     duration = max(options.duration, minimum_duration(kinds))
     if duration != options.duration:
         log(f"bench: --duration {options.duration} is too short for the fault schedule; using {duration:.0f}")

@@ -60,7 +60,9 @@ class RegistryHTTPError(Exception):
     """A registry answered with an unexpected status."""
 
     def __init__(self, method: str, url: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {url}: HTTP {status}: {body[:300]}")
+        # The signed upload state makes a URL long: left out, so the body fits in a record.
+        shown = url.split("?_state=", 1)[0] + ("?_state=…" if "?_state=" in url else "")
+        super().__init__(f"{method} {shown}: HTTP {status}: {body[:300]}")
         self.method = method
         self.url = url
         self.status = status

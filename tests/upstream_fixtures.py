@@ -37,7 +37,7 @@ version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {no_access_log}
 storage:
   filesystem:
     rootdirectory: {root}
@@ -57,6 +57,13 @@ class Distribution:
     url: str
     proc: subprocess.Popen[bytes]
     auth: dict[str, str]  # the Authorization header that may push (empty: none needed)
+    log: Path | None = None  # its log (with access_log: one line per request)
+
+    def served(self, request: str, status: int = 200) -> int:
+        """How many requests like ``GET /v2/<name>/blobs/<digest>`` it answered
+        with ``status``, by its access log (``access_log=True``)."""
+        assert self.log is not None
+        return self.log.read_text(errors="replace").count(f'"{request} HTTP/1.1" {status} ')
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -65,13 +72,16 @@ class Distribution:
 
 
 @contextmanager
-def distribution(workdir: Path, user: tuple[str, str] | None = None) -> Iterator[Distribution]:
-    """A running distribution on 127.0.0.1 (htpasswd auth for ``user`` if given)."""
+def distribution(
+    workdir: Path, user: tuple[str, str] | None = None, *, access_log: bool = False
+) -> Iterator[Distribution]:
+    """A running distribution on 127.0.0.1 (htpasswd auth for ``user`` if given;
+    ``access_log``: every request logged, for ``Distribution.served``)."""
     binary = shutil.which(DISTRIBUTION)
     assert binary is not None, "docker-registry (CNCF distribution) is not installed"
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    text = _CONFIG.format(root=workdir / "storage", port=port)
+    text = _CONFIG.format(root=workdir / "storage", port=port, no_access_log=str(not access_log).lower())
     if user is not None:
         # Cost 4: the test is about the protocol, not the hash's strength.
         entry = bcrypt.hashpw(user[1].encode(), bcrypt.gensalt(4)).decode()
@@ -83,7 +93,12 @@ def distribution(workdir: Path, user: tuple[str, str] | None = None) -> Iterator
             [binary, "serve", str(workdir / "config.yml")], stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
-    running = Distribution(url, proc, {"Authorization": aiohttp.encode_basic_auth(*user)} if user else {})
+    running = Distribution(
+        url,
+        proc,
+        {"Authorization": aiohttp.encode_basic_auth(*user)} if user else {},
+        workdir / "distribution.log",
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:

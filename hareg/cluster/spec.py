@@ -16,6 +16,7 @@ Files under DIR::
     supervisor.json   the supervisor's pid and desired state (read by status)
     hareg.yaml        the configuration every replica is started with (0600)
     auth/             copies of the files the auth section names (0600, see auth_files.py)
+    pull-through/     copies of the files the pullThrough entries name (0600, see mirror_files.py)
     haproxy.cfg       the load balancer's configuration
     etcd/NAME/        each etcd member's data
     seaweedfs/        the object store's data
@@ -150,6 +151,10 @@ class ClusterPaths:
     @property
     def auth_dir(self) -> Path:
         return self.root / "auth"
+
+    @property
+    def mirror_dir(self) -> Path:
+        return self.root / "pull-through"
 
     @property
     def haproxy_cfg(self) -> Path:

@@ -59,6 +59,7 @@ import aiohttp
 from hareg.cluster.auth_files import read_auth_files
 from hareg.cluster.desired import DesiredState, load_desired, write_replica_config
 from hareg.cluster.haproxy import Backend, HaproxyError, HaproxyProcess, render_config
+from hareg.cluster.mirror_files import read_mirror_files
 from hareg.cluster.replica import ReplicaError, ReplicaProcess, probe_ready
 from hareg.cluster.spec import HOST, ClusterError, ClusterLayout, write_json_atomic
 from hareg.config.model import ConfigError
@@ -118,6 +119,7 @@ class Supervisor:
         self.on_ready = on_ready
         self.desired: DesiredState = load_desired(options.config_file, options.env, replicas=options.replicas)
         read_auth_files(self.desired.config.auth, options.cwd)  # a bad file is refused before anything starts
+        read_mirror_files(self.desired.config.pull_through, options.cwd)  # (pullThrough's password, CA)
         self.etcd = [
             EtcdProcess(
                 m.name,

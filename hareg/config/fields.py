@@ -90,6 +90,11 @@ SCALARS: Final = (
         "etcd.keepaliveTime", "str", "gRPC keepalive ping interval on a busy connection (etcd's minimum: 5s)."
     ),
     Scalar("etcd.keepaliveTimeout", "str", "An unanswered keepalive ping closes the connection after this."),
+    Scalar(
+        "etcd.electionGrace",
+        "str",
+        "How long writes wait for etcd to answer again (an election) before answering 503; 0s: at once.",
+    ),
     Scalar("etcd.tls.caFile", "optstr", "CA bundle that verifies the members (null: system CAs)."),
     Scalar("etcd.tls.certFile", "optstr", "Client certificate (with keyFile)."),
     Scalar("etcd.tls.keyFile", "optstr", "Client key (with certFile)."),

@@ -34,6 +34,8 @@ class ProxyConfig:
 
 
 DEFAULT_PULL_THROUGH_TTL: Final = 300.0
+# Mirrored tags not pulled for this long are expired by the pruner (0: never).
+DEFAULT_PULL_THROUGH_EXPIRY: Final = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class PullThrough:
     allow: tuple[str, ...] = ()
     insecure: bool = False
     ca_file: str | None = None
+    expire_after: float = DEFAULT_PULL_THROUGH_EXPIRY
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,9 @@ class EtcdConfig:
     member_timeout: float = 0.5
     keepalive_time: float = 5.0  # etcd refuses pings more often than its --grpc-keepalive-min-time (5s)
     keepalive_timeout: float = 1.0
+    # How long writes wait for etcd to answer again (an election) before they
+    # answer 503: longer is a quorum loss, and writes then fail at once.
+    election_grace: float = 2.0
     maintenance: EtcdMaintenanceConfig = field(default_factory=EtcdMaintenanceConfig)
 
 

@@ -125,6 +125,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 "allow": list(mirror.allow),
                 "insecure": mirror.insecure,
                 "caFile": mirror.ca_file,
+                "expireAfter": format_duration(mirror.expire_after),
             }
             for mirror in config.pull_through
         ],
@@ -138,6 +139,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "memberTimeout": format_duration(etcd.member_timeout),
             "keepaliveTime": format_duration(etcd.keepalive_time),
             "keepaliveTimeout": format_duration(etcd.keepalive_timeout),
+            "electionGrace": format_duration(etcd.election_grace),
             "tls": {"caFile": etcd.ca_file, "certFile": etcd.cert_file, "keyFile": etcd.key_file},
             "maintenance": {
                 "defragSchedule": etcd.maintenance.defrag_schedule,

@@ -19,6 +19,7 @@ from hareg.config.cron import parse_cron
 from hareg.config.durations import format_duration
 from hareg.config.model import (
     AUTH_ROLES,
+    DEFAULT_PULL_THROUGH_EXPIRY,
     DEFAULT_PULL_THROUGH_TTL,
     LOG_LEVELS,
     MANAGEMENT_STATES,
@@ -271,6 +272,7 @@ def _etcd(top: Section) -> EtcdConfig:
             "memberTimeout",
             "keepaliveTime",
             "keepaliveTimeout",
+            "electionGrace",
             "tls",
             "maintenance",
         ),
@@ -338,6 +340,7 @@ def _etcd(top: Section) -> EtcdConfig:
         member_timeout=member_timeout,
         keepalive_time=etcd.duration("keepaliveTime", EtcdConfig.keepalive_time, positive=True),
         keepalive_timeout=etcd.duration("keepaliveTimeout", EtcdConfig.keepalive_timeout, positive=True),
+        election_grace=etcd.duration("electionGrace", EtcdConfig.election_grace),
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
@@ -552,7 +555,17 @@ def _routes(top: Section, main_listen: str) -> tuple[Route, ...]:
 # A repository name prefix as the distribution spec spells names (hareg/registry/names.py).
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REPO_PREFIX = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-_PULL_THROUGH_FIELDS = ("prefix", "remote", "username", "passwordFile", "ttl", "allow", "insecure", "caFile")
+_PULL_THROUGH_FIELDS = (
+    "prefix",
+    "remote",
+    "username",
+    "passwordFile",
+    "ttl",
+    "allow",
+    "insecure",
+    "caFile",
+    "expireAfter",
+)
 
 
 def _pull_through(top: Section) -> tuple[PullThrough, ...]:
@@ -640,6 +653,7 @@ def _pull_through(top: Section) -> tuple[PullThrough, ...]:
                 else:
                     allow.append(pattern)
         ttl = m.duration("ttl", DEFAULT_PULL_THROUGH_TTL)
+        expire_after = m.duration("expireAfter", DEFAULT_PULL_THROUGH_EXPIRY)
         if prefix is not None and remote is not None:
             out.append(
                 PullThrough(
@@ -651,6 +665,7 @@ def _pull_through(top: Section) -> tuple[PullThrough, ...]:
                     allow=tuple(allow),
                     insecure=insecure,
                     ca_file=ca_file,
+                    expire_after=expire_after,
                 )
             )
     return tuple(out)

@@ -10,13 +10,19 @@ a write the request must see).  So at most two reads are outstanding — the
 one in flight and the one that collects the requests arriving meanwhile — and
 one etcd round trip serves any number of concurrent requests.
 
-When etcd cannot answer (quorum loss), ``sync`` reports the store as
-unavailable instead of raising, and callers serve what the cache has: stale
-but never wrong for content-addressed data.  While the store is unavailable
-no request waits on it again: a background probe reads the revision every
-``probe_interval`` and clears the state at its first answer, so pulls stay
-fast, writes fail fast (``writes_blocked``), and both return to normal within
-``probe_interval`` of etcd's recovery.
+When etcd cannot answer (quorum loss, or an election), ``sync`` reports the
+store as unavailable instead of raising, and callers serve what the cache
+has: stale but never wrong for content-addressed data.  While the store is
+unavailable no read waits on it again: a background probe reads the revision
+every ``probe_interval`` and clears the state at its first answer, so pulls
+stay fast and return to normal within ``probe_interval`` of etcd's recovery.
+
+Writes ride out an election: one that etcd refused unapplied (no leader, no
+member reachable) waits in ``wait_writable`` for the probe's first answer and
+is sent again, for at most ``write_grace`` from the outage's start (an etcd
+election takes one to two election timeouts, 1 s each by default).  An
+outage that lasts longer is a quorum loss: writes fail fast from then on
+(``writes_blocked``) until the probe sees etcd again.
 
 Within one request a sync can be *lent* to the request's next read
 (``request_scope`` and ``lend``): the access check syncs before the handler
@@ -67,6 +73,7 @@ class ReadBarrier:
         revision_timeout: float = 1.0,
         catch_up_timeout: float = 0.5,
         probe_interval: float = 0.25,
+        write_grace: float = 2.0,
     ) -> None:
         self.kv = kv
         self.cache = cache
@@ -74,9 +81,11 @@ class ReadBarrier:
         self.revision_timeout = revision_timeout
         self.catch_up_timeout = catch_up_timeout
         self.probe_interval = probe_interval
+        self.write_grace = write_grace
         self._in_flight: asyncio.Future[int] | None = None
         self._next: asyncio.Future[int] | None = None
-        self._unavailable_since: float | None = None
+        self._unavailable_since: float | None = None  # last seen unavailable (None: available)
+        self._outage_started: float | None = None  # first seen unavailable, this outage
         self._prober: asyncio.Task[None] | None = None
         self.revision_reads = 0
         # How each sync() ended: CURRENT/STALE are cache hits, UNCACHED a miss (read etcd).
@@ -90,16 +99,43 @@ class ReadBarrier:
         return self._unavailable_since is None
 
     def writes_blocked(self) -> bool:
-        """True while etcd is seen unavailable (until the background probe's
-        first answer): writes fail fast instead of waiting for a timeout."""
-        return self._unavailable_since is not None
+        """True once etcd has been seen unavailable for ``write_grace`` or more
+        (until the background probe's first answer): longer than an election,
+        so writes fail fast instead of waiting for a timeout."""
+        started = self._outage_started
+        return started is not None and self.clock.monotonic() - started >= self.write_grace
 
-    def _seen_unavailable(self) -> None:
+    def note_unavailable(self) -> None:
+        """etcd did not answer a revision read: serve reads from the cache
+        and probe in the background until it answers."""
+        now = self.clock.monotonic()
         if self._unavailable_since is None:
-            log.warning("etcd unavailable: serving reads from the cache, refusing writes")
-        self._unavailable_since = self.clock.monotonic()
+            log.warning("etcd unavailable: serving reads from the cache; writes wait for it up to the grace")
+            self._outage_started = now
+        self._unavailable_since = now
         if self._prober is None or self._prober.done():
             self._prober = asyncio.get_running_loop().create_task(self._probe())
+
+    async def wait_writable(self) -> bool:
+        """A write was refused unapplied (no leader, no member reachable):
+        True once etcd answers again within ``write_grace`` of the outage's
+        start (the write may be sent again), False when the outage has lasted
+        longer (a quorum loss: the write fails)."""
+        if self._unavailable_since is None:
+            # The write's refusal may be the first sign of the outage.
+            try:
+                await self.current_revision()
+            except KVError:
+                self.note_unavailable()
+            else:
+                return True
+        while self._unavailable_since is not None:
+            assert self._outage_started is not None
+            left = self._outage_started + self.write_grace - self.clock.monotonic()
+            if left <= 0:
+                return False
+            await self.clock.sleep(min(self.probe_interval, left))
+        return True
 
     async def _probe(self) -> None:
         """Read the revision every ``probe_interval`` until etcd answers."""
@@ -111,7 +147,7 @@ class ReadBarrier:
                 self._unavailable_since = self.clock.monotonic()
                 continue
             log.info("etcd available again")
-            self._unavailable_since = None
+            self._unavailable_since = self._outage_started = None
 
     async def close(self) -> None:
         """Stop the background probe (the registry is stopping)."""
@@ -189,12 +225,12 @@ class ReadBarrier:
     async def _sync(self) -> Freshness:
         if not self.cache.ready:
             return Freshness.UNCACHED
-        if self.writes_blocked():  # etcd is seen down: the probe, not this request, waits on it
+        if self._unavailable_since is not None:  # etcd is seen down: the probe, not this request, waits on it
             return Freshness.STALE
         try:
             revision = await self.current_revision()
         except KVError:
-            self._seen_unavailable()
+            self.note_unavailable()
             return Freshness.STALE
         if self.cache.revision >= revision:
             return Freshness.CURRENT

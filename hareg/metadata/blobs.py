@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp
+from hareg.kv.base import Compare, Delete, KeyValue, KVUnavailable, Put, TxnOp
 from hareg.metadata.errors import BlobCollected, ReferencedBy
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import BlobRecord, LinkRecord, ManifestRecord, decode, encode
@@ -97,7 +97,8 @@ class BlobMetadata(StoreBase):
     async def touch_link(self, repo: str, digest: str, link: LinkRecord) -> bool:
         """Mark a link as just used (a HEAD or GET found it), so garbage
         collection spares it for its grace window.  False if the link is gone."""
-        self._check_writable()  # while etcd is known down, fail fast rather than stall the read
+        if self.etcd_known_down():  # fail fast rather than stall the read
+            raise KVUnavailable("etcd is unavailable; the blob's use is not recorded")
         key = self.keys.link(repo, digest)
         touched = LinkRecord(link.size, link.created, self.clock.now())
         result = await self.kv.txn([Compare.exists(key)], [Put(key, encode(touched))])

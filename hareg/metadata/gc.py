@@ -8,6 +8,11 @@ its lease, partitioned — cannot delete anything.  Each deletion also
 re-checks, by compares, that nothing it depends on changed since the
 snapshot; a failed compare skips that batch until the next run.
 
+Expiring a mirrored tag (docs/pull-through.md#expiry) is a fenced
+transaction too: it deletes the tag with one "expire" history entry (the
+tag's history still moves forward, invariant 5) and the tag's older entries
+and its upstream-check record, if none of them changed since the snapshot.
+
 The integrity check's quarantine (``hareg/registry/fsck.py``) uses the same
 claim ("deleting") and fenced deletions, plus a release of a claim and the
 removal of every link to one digest.
@@ -26,7 +31,9 @@ from hareg.metadata.records import (
     HistoryEntry,
     LinkRecord,
     ManifestRecord,
+    MirrorCheckRecord,
     TagRecord,
+    TagSeqRecord,
     decode,
     encode,
 )
@@ -47,6 +54,22 @@ class Snapshot:
     manifests: dict[str, dict[str, ManifestRecord]] = field(default_factory=lambda: defaultdict(dict))
     links: dict[str, dict[str, tuple[LinkRecord, int]]] = field(default_factory=lambda: defaultdict(dict))
     blobs: dict[str, tuple[BlobRecord, int]] = field(default_factory=dict)
+    tag_revisions: dict[tuple[str, str], int] = field(default_factory=dict)  # (repo, tag) -> mod_revision
+    # (repo, tag) -> when the pull-through cache last asked the upstream, and the key's mod_revision
+    mirror_checks: dict[tuple[str, str], tuple[MirrorCheckRecord, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredTag:
+    """A mirrored tag (or only its check record, ``record`` None) the pruner
+    expires, as the snapshot saw it."""
+
+    repo: str
+    tag: str
+    record: TagRecord | None
+    revision: int  # the tag key's mod_revision (0: no tag)
+    check_revision: int  # the check record's mod_revision (0: none)
+    history: tuple[bytes, ...] = ()
 
 
 def _split(rest: str) -> tuple[str, str]:
@@ -78,9 +101,10 @@ class GcStore:
     async def snapshot(self) -> Snapshot:
         revision, tags = await self._pages("t", 0)
         snap = Snapshot(revision)
-        for key, value, _ in tags:
+        for key, value, mod in tags:
             repo, tag = _split(self.keys.strip("t", key))
             snap.tags[repo][tag] = decode(TagRecord, value)
+            snap.tag_revisions[(repo, tag)] = mod
         _, history = await self._pages("h", revision)
         for key, value, _ in history:
             repo, rest = _split(self.keys.strip("h", key))
@@ -97,7 +121,48 @@ class GcStore:
         _, blobs = await self._pages("b", revision)
         for key, value, mod in blobs:
             snap.blobs[self.keys.strip("b", key)] = (decode(BlobRecord, value), mod)
+        _, checks = await self._pages("p", revision)
+        for key, value, mod in checks:
+            snap.mirror_checks[_split(self.keys.strip("p", key))] = (decode(MirrorCheckRecord, value), mod)
         return snap
+
+    async def expire_mirror_tag(
+        self, expired: ExpiredTag, now: float, replica: str, fence: Sequence[Compare]
+    ) -> bool:
+        """Delete a mirrored tag not pulled for its mirror's ``expireAfter``
+        (hareg/registry/gc.py decides which), if neither it nor its check
+        record changed since the snapshot (a pull since then re-checked it or
+        re-fetched it): one "expire" history entry, its older entries and its
+        check record go in the same transaction (older entries beyond what
+        fits go right after, as trimming).  False: something changed, kept."""
+        repo, tag = expired.repo, expired.tag
+        check_key = self.keys.mirror_check(repo, tag)
+        compares = [*fence, Compare.mod_revision_is(check_key, expired.check_revision)]
+        ops: list[TxnOp] = [Delete(check_key)]
+        rest: list[bytes] = []
+        if expired.record is not None:
+            tag_key, seq_key = self.keys.tag(repo, tag), self.keys.tag_seq(repo, tag)
+            seq_kv = await self.kv.get(seq_key)
+            seq = (decode(TagSeqRecord, seq_kv.value).seq if seq_kv else 0) + 1
+            room = max(self.batch - 5, 1)  # the txn's other operations
+            history, rest = list(expired.history[-room:]), list(expired.history[:-room])
+            compares += [
+                Compare.mod_revision_is(tag_key, expired.revision),
+                Compare.mod_revision_is(seq_key, seq_kv.mod_revision if seq_kv else 0),
+            ]
+            entry = HistoryEntry(seq, now, expired.record.digest, None, replica, "expire")
+            ops += [
+                Delete(tag_key),
+                Put(seq_key, encode(TagSeqRecord(seq))),
+                Put(self.keys.history(repo, tag, seq), encode(entry)),
+                *(Delete(k) for k in history),
+            ]
+        else:
+            compares.append(Compare.missing(self.keys.tag(repo, tag)))
+        result = await self.kv.txn(compares, ops)
+        if result.succeeded and rest:
+            await self.delete_history(rest, fence)
+        return result.succeeded
 
     async def delete_history(self, keys: Sequence[bytes], fence: Sequence[Compare]) -> int:
         """Trim history entries (appends only ever add newer ones: no compare needed)."""

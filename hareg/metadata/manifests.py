@@ -236,10 +236,10 @@ class ManifestMetadata(StoreBase):
                     )
 
                 # On a failed compare: a reference went missing (refused), or else a
-                # tag or the repository changed under us (read again and retry).
-                return Txn(
-                    compares, ops, committed, writes, lambda: self.check_references(repo, record), build
-                )
+                # tag or the repository changed under us (read again and retry).  A
+                # sparse put compares no reference: a failed compare is always a race.
+                on_conflict = None if sparse else (lambda: self.check_references(repo, record))
+                return Txn(compares, ops, committed, writes, on_conflict, build)
 
             return build()
 

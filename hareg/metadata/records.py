@@ -142,6 +142,7 @@ class UploadRecord:
     # or takes it over once it has lapsed (its writer died).
     writer: str = ""
     writer_until: float = 0.0
+    write_id: str = ""  # identifies the write, to verify an ambiguous commit
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,11 @@ so a request that died leaves the upload as it was (docs/consistency.md).
 
 Like every write, each record write compares the cluster read-only switch
 (switch.py): no session starts, moves or closes once the switch is on.
-These writes keep loops of their own rather than ``StoreBase._write``: a
-record write takes a new lease when its lease is gone, and an unknown outcome
-is passed on to the client (which may repeat the request) rather than verified.
+These writes keep loops of their own rather than ``StoreBase._write`` (a
+record write takes a new lease when its lease is gone) around its
+transaction step, ``StoreBase._txn``: an unknown outcome is verified by the
+record's write id and, for a write that compares the record's revision, re-sent
+while it did not apply; like every write they ride out an etcd election.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import replace
 from hareg.kv.base import Compare, Delete, KeyValue, KVError, KVUnavailable, KVUnknownOutcome, Put
 from hareg.metadata.errors import Contended, MetadataError
 from hareg.metadata.records import UploadRecord, decode, encode
-from hareg.metadata.writes import StoreBase
+from hareg.metadata.writes import StoreBase, Txn
 
 
 class UploadBusy(MetadataError):
@@ -42,16 +44,24 @@ def _of_repo(kv: KeyValue | None, repo: str) -> UploadRecord | None:
 class UploadMetadata(StoreBase):
     async def _put_upload(self, upload_id: str, record: UploadRecord, revision: int | None = None) -> bool:
         """Write the upload record on the current window's lease; with
-        ``revision``, only if the record is still at that mod_revision.  Like
-        every write, it compares the read-only switch: WritesFrozen once it is on."""
+        ``revision``, only if the record is still at that mod_revision (False
+        if it is not).  Like every write, it compares the read-only switch
+        (WritesFrozen once it is on) and goes through ``StoreBase._txn``: an
+        unknown outcome is verified by the attempt's write id, and a write
+        with ``revision`` (fenced: it compares the key it writes) is re-sent
+        while verification shows it did not apply."""
         key = self.keys.upload(upload_id)
         compares = [] if revision is None else [Compare.mod_revision_is(key, revision)]
         renewed = False
         for _ in range(self.max_retries + 1):
-            lease = await self._lease_for_uploads()
-            guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
+            lease = await self._through_election(self._lease_for_uploads)
+
+            def attempt(lease: int = lease) -> Txn[bool]:
+                put = Put(key, encode(replace(record, write_id=self.ids.new_id())), lease=lease)
+                return Txn(compares, [put], lambda: self._wrote(put), True, again=attempt)
+
             try:
-                result = await self.kv.txn([*compares, guard], [Put(key, encode(record), lease=lease)])
+                return await self._txn(attempt()) is not None
             except (KVUnavailable, KVUnknownOutcome):
                 raise
             except KVError:
@@ -60,12 +70,6 @@ class UploadMetadata(StoreBase):
                 if renewed:
                     raise
                 renewed = True
-                continue
-            if result.succeeded:
-                return True
-            await self.read_only_guard.refresh()  # WritesFrozen if the switch is on now
-            if await self.read_only_guard.compare() == guard:
-                return False  # the switch is as it was: the record's compare failed
         raise Contended(f"write of upload {upload_id}")
 
     async def create_upload(self, upload_id: str, repo: str, algorithm: str) -> UploadRecord:
@@ -88,7 +92,7 @@ class UploadMetadata(StoreBase):
         expire."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed:
                 return None
@@ -109,7 +113,7 @@ class UploadMetadata(StoreBase):
         acknowledged bytes)."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed or record.writer != writer:
                 return False
@@ -137,7 +141,7 @@ class UploadMetadata(StoreBase):
         was lost."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None:
                 return None
@@ -162,12 +166,12 @@ class UploadMetadata(StoreBase):
         another repository, or a closing PUT has sealed it (the close wins)."""
         key = self.keys.upload(upload_id)
         for _ in range(self.max_retries):
-            kv = await self._get(key)
+            kv = await self._get_for_write(key)
             record = _of_repo(kv, repo)
             if kv is None or record is None or record.sealed:
                 return False
             guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
-            result = await self.kv.txn([Compare.mod_revision_is(key, kv.mod_revision), guard], [Delete(key)])
+            result = await self._commit([Compare.mod_revision_is(key, kv.mod_revision), guard], [Delete(key)])
             if result.succeeded:
                 return True
             await self.read_only_guard.refresh()

@@ -15,6 +15,12 @@ them as one transaction, and on a failed compare read again and retry, up to
   ``max_resends`` times, with the same compares and a fresh write id, else it
   is reported as unavailable.
 
+A transaction etcd refused unapplied for want of a leader (an election, or
+the start of a quorum loss) waits for etcd and is sent again as it was
+(``_commit``): for at most the read barrier's ``write_grace`` from the
+outage's start, so an election costs a push latency, not a failure, and a
+quorum loss still fails writes within a bound.
+
 Why the re-send is safe (docs/consistency.md, "Writes whose outcome is
 unknown"): a request whose reply was lost may still apply later (it may sit
 in a frozen member's socket), so "not applied yet" is not "will never apply".
@@ -75,6 +81,9 @@ DEFAULT_MAX_RETRIES = 32
 DEFAULT_MAX_RESENDS = 2
 # etcd's default --max-txn-ops; diagnostic reads are batched below it.
 _READ_BATCH = 100
+# Sends of one transaction refused unapplied (KVUnavailable) while it waits
+# out an election: the write grace bounds the time, this the attempts.
+_UNAVAILABLE_TRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +175,13 @@ class StoreBase:
 
     async def _read_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
         """Several keys read at one revision per batch: the pre-reads of writes,
-        so they fail fast too while etcd is known to be down."""
+        so they fail fast too while etcd is known to be down, and wait out an
+        election as the writes do."""
         self._check_writable()
         out: list[KeyValue | None] = []
         for i in range(0, len(keys), _READ_BATCH):
             batch = keys[i : i + _READ_BATCH]
-            result = await self.kv.txn([], [Get(k) for k in batch])
+            result = await self._commit([], [Get(k) for k in batch])
             for resp in result.responses:
                 assert isinstance(resp, RangeResult)
                 out.append(resp.kvs[0] if resp.kvs else None)
@@ -183,8 +193,9 @@ class StoreBase:
     # ------------------------------------------------------------------ writes
 
     def etcd_known_down(self) -> bool:
-        """etcd was just seen unreachable (no quorum): reads are served stale."""
-        return self.barrier is not None and self.barrier.writes_blocked()
+        """etcd was just seen unreachable (no quorum, or an election): reads
+        are served stale and nothing on a read's path waits for etcd."""
+        return self.barrier is not None and not self.barrier.store_available
 
     async def _absent_while_writable(self, key: bytes) -> bool:
         """How a delete whose answer was lost is verified: ``key`` is gone and
@@ -212,6 +223,29 @@ class StoreBase:
         if self.barrier is not None and self.barrier.writes_blocked():
             raise KVUnavailable("etcd is unavailable (no quorum); writes are refused until it recovers")
 
+    async def _through_election(self, call: Callable[[], Awaitable[R]]) -> R:
+        """``call()``, one step of a write (its transaction, a pre-read, its
+        verification, its lease): refused unapplied (KVUnavailable: no leader,
+        no member reachable), it waits for etcd within the barrier's write
+        grace and runs again, which is safe since nothing applied;
+        KVUnavailable once the grace is over."""
+        for _ in range(_UNAVAILABLE_TRIES - 1):
+            try:
+                return await call()
+            except KVUnavailable:
+                if self.barrier is None or not await self.barrier.wait_writable():
+                    raise
+        return await call()
+
+    async def _commit(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> TxnResult:
+        """A write's transaction, riding out an election (``_through_election``)."""
+        return await self._through_election(lambda: self.kv.txn(compares, ops))
+
+    async def _get_for_write(self, key: bytes) -> KeyValue | None:
+        """A write's pre-read of ``key``, riding out an election."""
+        self._check_writable()
+        return await self._through_election(lambda: self.kv.get(key))
+
     async def _write(self, what: str, attempt: Callable[[], Awaitable[Txn[T] | Done[T]]]) -> T:
         """Run ``attempt`` (read, then build the transaction) and its transaction
         until one commits or the attempt finds nothing to write; after
@@ -237,7 +271,7 @@ class StoreBase:
         guard = await self.read_only_guard.compare()  # raises WritesFrozen while read-only
         compares = [*step.compares, guard]
         try:
-            result: TxnResult = await self.kv.txn(compares, step.ops)
+            result: TxnResult = await self._commit(compares, step.ops)
         except KVUnknownOutcome as exc:
             if planted("ambiguous-ack"):  # PLANTED BUG (simulator only): success, unverified
                 return step
@@ -261,7 +295,7 @@ class StoreBase:
         try:
             while True:
                 for step in sent:
-                    if await step.verify():
+                    if await self._verified(step):
                         return step
                 if len(sent) > resends:
                     raise lost
@@ -270,7 +304,7 @@ class StoreBase:
                 sent.append(step)
                 self._check_writable()
                 try:
-                    result = await self.kv.txn(compares, step.ops)
+                    result = await self._commit(compares, step.ops)
                 except KVUnknownOutcome as exc:
                     lost = exc
                     continue
@@ -279,7 +313,7 @@ class StoreBase:
                 # Its compare failed: an earlier attempt applied after the last
                 # read, or someone else wrote; only an attempt's id tells which.
                 for earlier in sent[:-1]:
-                    if await earlier.verify():
+                    if await self._verified(earlier):
                         return earlier
                 raise KVUnknownOutcome("a write whose reply was lost was re-sent and its compare failed")
         except KVUnknownOutcome:
@@ -287,6 +321,18 @@ class StoreBase:
         except KVError as exc:
             # Unavailable now, but an earlier attempt may still apply: unknown.
             raise KVUnknownOutcome(f"a write whose reply was lost could not be verified: {exc}") from exc
+
+    async def _verified_read(self, key: bytes) -> KeyValue | None:
+        """How an unknown outcome is checked: ``key`` read from etcd, riding
+        out an election; KVUnknownOutcome if etcd cannot answer in the grace."""
+        try:
+            return await self._through_election(lambda: self.kv.get(key))
+        except KVError as exc:
+            raise KVUnknownOutcome(f"a write whose reply was lost could not be verified: {exc}") from exc
+
+    async def _verified(self, step: Txn[T]) -> bool:
+        """``step.verify()``, riding out an election."""
+        return await self._through_election(step.verify)
 
     def fenced(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> bool:
         """Whether at most one of several attempts with these ``compares`` can

@@ -97,7 +97,9 @@ def replica_conditions(
             "Available",
             "True",
             "EtcdUnavailable",
-            "Pulls are served from the metadata cache; pushes are refused until etcd recovers",
+            "Pulls are served from the metadata cache; pushes are refused until etcd recovers"
+            if readiness.degraded
+            else "Pulls are served from the metadata cache; pushes wait for etcd (within etcd.electionGrace)",
         )
     elif store_full:
         available = Condition(
@@ -128,7 +130,15 @@ def replica_conditions(
             "True",
             "EtcdUnavailable",
             f"etcd is unreachable ({checks['etcd']})"
-            + ("; pulls are served from the cache, pushes are refused" if readiness.ready else ""),
+            + (
+                (
+                    "; pulls are served from the cache, pushes are refused"
+                    if readiness.degraded
+                    else "; pushes wait"
+                )
+                if readiness.ready
+                else ""
+            ),
         )
     elif store_full:
         degraded = Condition(

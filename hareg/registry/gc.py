@@ -4,7 +4,9 @@ while pushes go on.  The argument for its safety is in docs/gc.md.
 One run:
 
 1. Snapshot every tag, history entry, manifest, link and blob record at one
-   etcd revision R.
+   etcd revision R.  Expire mirrored tags not pulled for their mirror's
+   ``expireAfter`` (docs/pull-through.md#expiry; guarded: the tag and its
+   upstream-check record unchanged since R), then snapshot again.
 2. Trim tag history beyond ``keep_tag_revisions`` per tag (never the latest
    entry, never one younger than ``keep_younger_than``).
 3. Per repository, mark manifests reachable from the roots — current tags,
@@ -34,7 +36,7 @@ from typing import Any
 
 from hareg.clock import Clock
 from hareg.kv.base import Compare
-from hareg.metadata.gc import GcStore, Snapshot
+from hareg.metadata.gc import ExpiredTag, GcStore, Snapshot
 from hareg.metadata.records import HistoryEntry, ManifestRecord
 from hareg.plants import planted
 from hareg.registry.janitor import UploadJanitor
@@ -44,10 +46,24 @@ log = logging.getLogger("hareg.gc")
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorExpiry:
+    """Tags of repositories under ``prefix`` (a pullThrough mirror) not pulled
+    for ``unused_for`` seconds are expired.  A pull records itself only when
+    it asks the upstream (the tag's check record), at most once per ``ttl``:
+    a tag is expired once its last check is ``unused_for + ttl`` old, so
+    none pulled within ``unused_for`` ever is."""
+
+    prefix: str
+    unused_for: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     keep_tag_revisions: int = 3
     keep_younger_than: float = 3600.0
     grace: float = 3600.0  # links/blobs touched this recently are never collected
+    mirrors: tuple[MirrorExpiry, ...] = ()  # pullThrough mirrors whose unused tags expire
 
 
 @dataclass
@@ -64,6 +80,7 @@ class Plan:
     )
     blob_sizes: dict[str, int] = field(default_factory=dict)
     finishing: list[str] = field(default_factory=list)  # blobs already "deleting"
+    expired: list[ExpiredTag] = field(default_factory=list)  # mirrored tags not pulled for long
 
 
 @dataclass
@@ -76,6 +93,7 @@ class Report:
     blobs: list[str] = field(default_factory=list)
     bytes: int = 0
     uploads: list[str] = field(default_factory=list)
+    expired_tags: list[str] = field(default_factory=list)  # "repo:tag" of mirrored tags expired
     skipped: int = 0  # guarded batches skipped because something changed meanwhile
     repositories: list[str] | None = None  # a scoped run's repositories (None: the whole registry)
 
@@ -91,8 +109,10 @@ class Report:
                 "blobs": len(self.blobs),
                 "bytes": self.bytes,
                 "uploads": len(self.uploads),
+                "expiredTags": len(self.expired_tags),
                 "skipped": self.skipped,
             },
+            "expiredTags": self.expired_tags,
             "manifests": self.manifests,
             "links": self.links,
             "blobs": self.blobs,
@@ -157,22 +177,69 @@ def _parents_first(doomed: set[str], manifests: dict[str, ManifestRecord]) -> li
     return order
 
 
+def expired_mirror_tags(
+    snap: Snapshot, mirrors: Sequence[MirrorExpiry], now: float, only: frozenset[str] | None = None
+) -> list[ExpiredTag]:
+    """The mirrored tags not pulled for their mirror's time (and check records
+    of tags that are gone, as old): docs/pull-through.md#expiry.  Ordinary
+    repositories are never looked at."""
+    out: list[ExpiredTag] = []
+    checked: dict[str, set[str]] = defaultdict(set)  # repo -> tags with a check record
+    for repo, tag in snap.mirror_checks:
+        checked[repo].add(tag)
+    for mirror in mirrors:
+        if mirror.unused_for <= 0:
+            continue
+        limit = mirror.unused_for + mirror.ttl
+        under = mirror.prefix + "/"
+        repos = {r for r in snap.tags if r.startswith(under)} | {r for r in checked if r.startswith(under)}
+        for repo in sorted(repos):
+            if only is not None and repo not in only:
+                continue
+            tags = snap.tags.get(repo, {})
+            for tag in sorted(set(tags) | checked.get(repo, set())):
+                check, check_revision = snap.mirror_checks.get((repo, tag), (None, 0))
+                record = tags.get(tag)
+                last = max(record.updated if record else 0.0, check.checked if check else 0.0)
+                if now - last < limit:
+                    continue
+                history = tuple(
+                    k for k, _ in sorted(snap.history.get((repo, tag), []), key=lambda e: e[1].seq)
+                )
+                out.append(
+                    ExpiredTag(
+                        repo,
+                        tag,
+                        record,
+                        snap.tag_revisions.get((repo, tag), 0),
+                        check_revision,
+                        history if record is not None else (),
+                    )
+                )
+    return out
+
+
 def make_plan(snap: Snapshot, policy: Policy, now: float, only: frozenset[str] | None = None) -> Plan:
     """What one collection deletes.  ``only``: the repositories an admin
     prunes (``POST /hareg/v1/repositories/<name>/prune``): their history,
     manifests and links, and the blobs they linked that no repository links
-    any more; everything else is left as it is."""
+    any more; everything else is left as it is.  Mirrored tags that expire
+    (``policy.mirrors``) are planned as gone: neither they nor their history
+    keep anything."""
     plan = Plan(snap.revision)
+    plan.expired = expired_mirror_tags(snap, policy.mirrors, now, only)
+    gone = {(e.repo, e.tag) for e in plan.expired if e.record is not None}
     history_by_repo: dict[str, list[list[tuple[bytes, HistoryEntry]]]] = defaultdict(list)
-    for (repo, _tag), entries in snap.history.items():
-        history_by_repo[repo].append(entries)
+    for (repo, tag), entries in snap.history.items():
+        if (repo, tag) not in gone:  # expiring removes these itself
+            history_by_repo[repo].append(entries)
     linked_after: dict[str, set[str]] = {}  # repo -> digests still linked if the plan applies
     for repo in set(snap.manifests) | set(snap.links) | set(snap.tags) | set(history_by_repo):
         manifests = snap.manifests.get(repo, {})
         if only is not None and repo not in only:
             linked_after[repo] = set(snap.links.get(repo, {}))
             continue
-        roots = {t.digest for t in snap.tags.get(repo, {}).values()}
+        roots = {t.digest for tag, t in snap.tags.get(repo, {}).items() if (repo, tag) not in gone}
         for entries in history_by_repo.get(repo, []):
             kept, trimmed = _kept_history(entries, policy, now)
             plan.history += trimmed
@@ -223,18 +290,31 @@ class GarbageCollector:
         clock: Clock,
         janitor: UploadJanitor,
         policy: Policy,
+        *,
+        replica: str = "",  # named in the history entries of the tags it expires
     ) -> None:
         self.gc_store = gc_store
         self.store = store
         self.clock = clock
         self.janitor = janitor
         self.policy = policy
+        self.replica = replica
 
-    async def plan(self, only: frozenset[str] | None = None) -> tuple[Snapshot, Plan]:
+    async def plan(self, only: frozenset[str] | None = None, *, expire: bool = True) -> tuple[Snapshot, Plan]:
         snap = await self.gc_store.snapshot()
         # PLANTED BUG "gc-no-grace" (simulator only): no grace window guards in-flight pushes.
         policy = replace(self.policy, grace=0.0) if planted("gc-no-grace") else self.policy
+        if not expire:
+            policy = replace(policy, mirrors=())
         return snap, make_plan(snap, policy, self.clock.now(), only)
+
+    async def _expire(self, plan: Plan, fence: Sequence[Compare], report: Report) -> None:
+        for expired in plan.expired:
+            if await self.gc_store.expire_mirror_tag(expired, self.clock.now(), self.replica, fence):
+                if expired.record is not None:
+                    report.expired_tags.append(f"{expired.repo}:{expired.tag}")
+            else:
+                report.skipped += 1
 
     async def run(
         self, fence: Sequence[Compare], *, dry_run: bool = False, only: frozenset[str] | None = None
@@ -250,7 +330,15 @@ class GarbageCollector:
             report.blobs = sorted(plan.blob_sizes)
             report.bytes = sum(plan.blob_sizes.values())
             report.uploads = await self.janitor.sweep(dry_run=True) if only is None else []
+            report.expired_tags = [f"{e.repo}:{e.tag}" for e in plan.expired if e.record is not None]
             return report
+        if plan.expired:
+            # The plan counted on these tags being gone; whether or not each
+            # expiry went through, the rest is planned again on what is there now
+            # (a tag kept because it was just pulled stays a root).
+            await self._expire(plan, fence, report)
+            snap, plan = await self.plan(only, expire=False)
+            report.revision = plan.revision
         report.history_entries = await self.gc_store.delete_history(plan.history, fence)
         deleted_links: dict[str, set[str]] = defaultdict(set)
         for repo in sorted(set(plan.manifests) | set(plan.links)):

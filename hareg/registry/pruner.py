@@ -92,6 +92,7 @@ class Pruner:
                 self.stats.deleted("link", len(report.links))
                 self.stats.deleted("blob", len(report.blobs), report.bytes)
                 self.stats.deleted("upload", len(report.uploads))
+                self.stats.deleted("mirror_tag", len(report.expired_tags))
                 if only is None:  # the pruner's status tells of whole runs
                     self.stats.run_finished("success", self.clock.now())
                     self.last_report = report

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -70,8 +71,14 @@ DOCKER_HUB_HOSTS = frozenset(
     {"registry-1.docker.io", "registry.hub.docker.com", "index.docker.io", "docker.io"}
 )
 
-# The largest referrers index passed through from an upstream.
+# The largest referrers index passed through from an upstream (all the pages
+# followed for one answer), and the most pages followed for one answer: past
+# either, the answer links to the rest (docs/pull-through.md).
 MAX_REFERRERS_BYTES = 4 * 1024 * 1024
+MAX_REFERRERS_PAGES = 16
+# An upstream page's query, as handed back by a client: URL characters only
+# (no space, CR, LF or '#': it is put in a request line as it is).
+_PAGE_QUERY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]{1,2048}")
 
 # Chunks read from the upstream but not yet sent to the client (the rest waits
 # on the client, so a slow client slows the upstream read instead of filling memory).
@@ -84,6 +91,7 @@ class Mirror:
     upstream: Upstream
     ttl: float
     allow: tuple[str, ...] = ()  # fnmatch globs of the upstream paths that may be pulled; (): all
+    expire_after: float = 0.0  # the pruner expires tags not pulled for this long (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,12 @@ class MirroredManifest:
     # could not be (stale-if-error): the HTTP layer says so in a header.
     stale: bool = False
     fetched: bool = False  # from the upstream by this pull (a cache miss)
+
+
+@dataclass(frozen=True, slots=True)
+class MirroredReferrers:
+    index: dict[str, Any]  # the pages followed, as one image index
+    next_page: str | None = None  # the upstream's query of the page after them (more to follow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +189,7 @@ class PullThrough:
         self.hashing: Hashing = hashing or InlineHashing()
         self.max_blob_size = max_blob_size
         self.stats = PullThroughStats()  # exported as hareg_pull_through_* metrics
+        self.referrer_pages = MAX_REFERRERS_PAGES  # upstream pages followed for one answer
 
     def mirror_of(self, repo: str) -> tuple[Mirror, str] | None:
         """The mirror serving ``repo`` and the repository's path at the upstream; None: not mirrored."""
@@ -376,20 +391,50 @@ class PullThrough:
     # ------------------------------------------------------------- referrers
 
     async def referrers(
-        self, repo: str, digest_text: str, artifact_type: str | None
-    ) -> dict[str, Any] | None:
-        """The upstream's referrers of ``digest`` (passed through, not cached:
-        its first page, filtered by ``artifact_type`` here too); None when the
-        upstream has none to give (no referrers API, unreachable, malformed):
-        the cache's own referrers answer instead."""
+        self, repo: str, digest_text: str, artifact_type: str | None, page: str | None = None
+    ) -> MirroredReferrers | None:
+        """The upstream's referrers of ``digest`` (passed through, not cached,
+        filtered by ``artifact_type`` here too): its pages, following its
+        ``Link``s, up to ``referrer_pages`` pages and MAX_REFERRERS_BYTES, as
+        one index, with the upstream's next page when more follow (``page``
+        asks for that one).  None when the upstream has none to give (no
+        referrers API, unreachable, malformed): the cache's own referrers
+        answer instead."""
         mirror, path = self._mirror(repo)
         digest = str(parse_digest(digest_text))
-        try:
-            body = await mirror.upstream.get_referrers(path, digest, artifact_type, MAX_REFERRERS_BYTES)
-        except UpstreamError as exc:
-            if not isinstance(exc, UpstreamNotFound):
-                self.stats.upstream_error(mirror.prefix, error_kind(exc))
-            return None
+        if page is not None and not _PAGE_QUERY.fullmatch(page):
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED,
+                "upstreamNext is not an upstream page's query (from this registry's Link header)",
+                status=400,
+            )
+        manifests: list[dict[str, Any]] = []
+        budget = MAX_REFERRERS_BYTES
+        for number in range(self.referrer_pages):
+            try:
+                got = await mirror.upstream.get_referrers(path, digest, artifact_type, budget, page)
+            except UpstreamError as exc:
+                if not isinstance(exc, UpstreamNotFound):
+                    self.stats.upstream_error(mirror.prefix, error_kind(exc))
+                if number == 0:
+                    return None
+                break  # what was read is answered; the Link retries the page that failed
+            entries = self._referrer_entries(mirror, got.body, artifact_type)
+            if entries is None:
+                if number == 0:
+                    return None
+                break
+            manifests += entries
+            budget -= len(got.body)
+            page = got.next_page
+            if page is None or budget <= 0:
+                break
+        return MirroredReferrers({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, page)
+
+    def _referrer_entries(
+        self, mirror: Mirror, body: bytes, artifact_type: str | None
+    ) -> list[dict[str, Any]] | None:
+        """The well-formed descriptors of one upstream referrers page (None: not an index)."""
         try:
             doc = json.loads(body)
         except ValueError:
@@ -415,7 +460,7 @@ class PullThrough:
                 if k in entry
             }
             manifests.append(kept)
-        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+        return manifests
 
     # ----------------------------------------------------------------- blobs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hareg.clock import Clock
 from hareg.config.model import EtcdMaintenanceConfig, LimitsConfig
@@ -28,7 +28,7 @@ from hareg.metadata.store import MetadataStore
 from hareg.registry.blobs import BlobService
 from hareg.registry.etcd_maintenance import EtcdMaintenance, MetadataSpace, SpaceWatchedKV
 from hareg.registry.fsck import IntegrityChecker
-from hareg.registry.gc import GarbageCollector, Policy
+from hareg.registry.gc import GarbageCollector, MirrorExpiry, Policy
 from hareg.registry.hashing import Hashing
 from hareg.registry.janitor import UploadJanitor
 from hareg.registry.listing import DEFAULT_MAX_PAGE_SIZE, ListingService
@@ -77,6 +77,7 @@ class Registry:
         http_secret: str | None = None,
         url: str | None = None,
         upload_grace: float = 3600.0,
+        election_grace: float = 2.0,  # how long writes wait out an etcd election (config etcd.electionGrace)
         gc_policy: Policy | None = None,
         pruner_schedule: str | None = None,
         pruner_suspend: bool = False,
@@ -109,7 +110,7 @@ class Registry:
         # One list-and-watch loop feeds the replica's mirrors of etcd: the cache and the settings.
         self.reflector = Reflector(kv, clock)
         self.cache = MetadataCache(self.reflector, keys) if cache else None
-        self.barrier = ReadBarrier(kv, self.cache, clock) if self.cache else None
+        self.barrier = ReadBarrier(kv, self.cache, clock, write_grace=election_grace) if self.cache else None
         self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)
         self.uploads = UploadService(
@@ -147,13 +148,15 @@ class Registry:
             kv, keys.setting("pruner-leader"), replica, clock, ids, name="pruner leadership"
         )
         gc_store = GcStore(kv, keys, batch=gc_batch)
-        collector = GarbageCollector(
-            gc_store,
-            store,
-            clock,
-            self.janitor,
-            gc_policy or Policy(grace=upload_grace),
-        )
+        policy = gc_policy or Policy(grace=upload_grace)
+        if mirrors:  # their unused tags expire (docs/pull-through.md#expiry)
+            policy = replace(
+                policy,
+                mirrors=tuple(
+                    MirrorExpiry(m.prefix, m.expire_after, m.ttl) for m in mirrors if m.expire_after > 0
+                ),
+            )
+        collector = GarbageCollector(gc_store, store, clock, self.janitor, policy, replica=replica)
         # What the pruner did, exported as hareg_pruner_* metrics.
         self.pruner_stats = PrunerStats()
         self.pruner = Pruner(
@@ -245,15 +248,22 @@ class Registry:
         serves pulls (writes get 503), or etcd is out of space (its NOSPACE
         alarm: writes get 507) — still ready, so load balancers keep it."""
         checks: dict[str, str] = {}
+        barrier = self.barrier
         try:
-            if self.barrier is not None and self.barrier.writes_blocked():
-                # Seen down within the probe interval: answer now, a probe follows soon.
+            if barrier is not None and not barrier.store_available:
+                # Seen down: answer now, the barrier's probe is on it.
                 raise KVError("recently unreachable")
             async with asyncio.timeout(probe_timeout):
-                await (self.barrier.current_revision() if self.barrier else self.kv.current_revision())
+                await (barrier.current_revision() if barrier else self.kv.current_revision())
             checks["etcd"] = "ok"
         except (KVError, TimeoutError) as exc:
             checks["etcd"] = f"unavailable: {type(exc).__name__}"
+            if barrier is not None:
+                barrier.note_unavailable()
+                if not barrier.writes_blocked():
+                    # Perhaps an election: writes wait for it (within the
+                    # grace), so the replica still takes them.
+                    checks["etcd"] += f" (writes wait up to {barrier.write_grace:g}s for it)"
         try:
             async with asyncio.timeout(probe_timeout):
                 await self.store.stat(_PROBE_DIGEST)
@@ -265,9 +275,11 @@ class Registry:
         if checks["storage"] != "ok":
             return Readiness(False, False, "StorageUnavailable", checks)
         if checks["etcd"] != "ok":
-            if cache_ready:
-                return Readiness(True, True, "EtcdUnavailable", checks)
-            return Readiness(False, False, "EtcdUnavailable", checks)
+            if not cache_ready:
+                return Readiness(False, False, "EtcdUnavailable", checks)
+            if barrier is not None and not barrier.writes_blocked():
+                return Readiness(True, False, "Ready", checks)
+            return Readiness(True, True, "EtcdUnavailable", checks)
         if self.space.full:
             checks["etcdSpace"] = "NOSPACE alarm: etcd's database is at its quota; writes are refused"
             return Readiness(True, True, "MetadataStoreFull", checks)

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 
 from hareg.ids import IdSource
-from hareg.kv.base import KVError
+from hareg.kv.base import KVError, KVUnknownOutcome
 from hareg.metadata.errors import Contended
 from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
@@ -53,6 +53,9 @@ log = logging.getLogger("hareg.uploads")
 _SEALED = "the upload is being completed by another request"
 # How often a request waiting for another's claim on an upload looks again (doubling).
 _CLAIM_POLL = 0.02
+# A session start whose record write had an unknown outcome is tried again
+# under a fresh id (see start); once.
+_START_ATTEMPTS = 2
 _CLAIM_POLL_MAX = 0.5
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -179,10 +182,20 @@ class UploadService:
         check_name(repo)
         check_algorithm(algorithm)
         await self._check_session_caps(repo)
-        upload_id = self.ids.new_id()
-        await self.store.upload_start(upload_id)
-        await self.meta.create_upload(upload_id, repo, algorithm)
-        return UploadStatus(repo, upload_id, 0)
+        for attempt in range(_START_ATTEMPTS):
+            upload_id = self.ids.new_id()
+            await self.store.upload_start(upload_id)
+            try:
+                await self.meta.create_upload(upload_id, repo, algorithm)
+            except KVUnknownOutcome:
+                # The record may still come to exist, but its id is never
+                # handed out: unused, it expires with its lease (and the
+                # janitor drops its staged bytes).  A fresh id is safe.
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+                continue
+            return UploadStatus(repo, upload_id, 0)
+        raise AssertionError("unreachable")
 
     async def status(self, repo: str, upload_id: str) -> UploadStatus:
         record = await self._session(repo, upload_id, open_only=False)

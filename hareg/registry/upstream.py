@@ -72,6 +72,14 @@ class UpstreamManifest:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamReferrers:
+    body: bytes  # one page of the referrers index, as sent
+    # The query of the upstream's next page (from its ``Link: <...>; rel="next"``
+    # on the same path), None on the last page.
+    next_page: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamBlob:
     size: int | None  # Content-Length, when the upstream sent one
     chunks: AsyncIterator[bytes]  # raises UpstreamError on a broken or short transfer
@@ -94,8 +102,11 @@ class Upstream(Protocol):
         """The blob's size (Content-Length) if the upstream has it; UpstreamNotFound if not."""
         ...
 
-    async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
-        """The upstream's referrers index of ``digest`` (its first page), as sent."""
+    async def get_referrers(
+        self, path: str, digest: str, artifact_type: str | None, max_bytes: int, page: str | None = None
+    ) -> UpstreamReferrers:
+        """One page of the upstream's referrers index of ``digest``: the first,
+        or the one whose query ``page`` is (an earlier page's ``next_page``)."""
         ...
 
     def get_blob(self, path: str, digest: str) -> AbstractAsyncContextManager[UpstreamBlob]:

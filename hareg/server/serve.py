@@ -275,6 +275,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
             http_secret=config.http_secret,
             url=advertise,
             upload_grace=config.pruner.upload_grace,
+            election_grace=config.etcd.election_grace,
             gc_policy=Policy(
                 keep_tag_revisions=config.pruner.keep_tag_revisions,
                 keep_younger_than=config.pruner.keep_younger_than,

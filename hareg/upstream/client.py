@@ -24,6 +24,7 @@ from typing import Final
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from hareg.clock import Clock
 from hareg.config.model import ProxyConfig
@@ -37,6 +38,7 @@ from hareg.registry.upstream import (
     UpstreamManifestHead,
     UpstreamNotFound,
     UpstreamRateLimited,
+    UpstreamReferrers,
 )
 from hareg.upstream.outbound import proxy_for
 
@@ -53,6 +55,33 @@ MAX_TOKEN_RESPONSE: Final = 64 * 1024
 CHUNK: Final = 1 << 16
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
+
+
+def next_page(response: aiohttp.ClientResponse) -> str | None:
+    """The query of the page a ``Link: <...>; rel="next"`` names, if it is the
+    same path on the same remote (relative, or absolute and same origin):
+    anything else is not followed (it would take our credentials elsewhere)."""
+    found = _NEXT_LINK.search(response.headers.get("Link", ""))
+    if found is None:
+        return None
+    try:
+        target = response.url.join(URL(found.group(1)))
+    except ValueError:
+        return None
+    here = response.url
+    if (target.scheme, target.host, target.port, target.path) != (
+        here.scheme,
+        here.host,
+        here.port,
+        here.path,
+    ):
+        log.warning(
+            "upstream referrers Link leads elsewhere; not followed",
+            extra={"fields": {"upstream": str(here.origin()), "link": found.group(1)[:200]}},
+        )
+        return None
+    return target.raw_query_string or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +210,13 @@ class RegistryClient:
 
     @asynccontextmanager
     async def _request(
-        self, method: str, path: str, url_tail: str, accept: str | None = None
+        self, method: str, path: str, url_tail: str, accept: str | None = None, query: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A request to ``/v2/<path>/<url_tail>`` with the token flow; yields a 2xx response."""
-        url = f"{self._remote}/v2/{path}/{url_tail}"
+        """A request to ``/v2/<path>/<url_tail>`` (``?query``, as encoded) with
+        the token flow; yields a 2xx response."""
+        url: str | URL = f"{self._remote}/v2/{path}/{url_tail}"
+        if query is not None:
+            url = URL(f"{self._remote}/v2/{path}/{url_tail}?{query}", encoded=True)
         scope = f"repository:{path}:pull"
         headers = {"Accept": accept} if accept else {}
         for attempt in range(2):
@@ -193,7 +225,7 @@ class RegistryClient:
                 headers["Authorization"] = cached[0]
             try:
                 response = await self._http().request(
-                    method, url, headers=headers, proxy=proxy_for(url, self._proxy)
+                    method, url, headers=headers, proxy=proxy_for(str(url), self._proxy)
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise UpstreamError(self._remote, f"unreachable ({type(exc).__name__}: {exc})") from None
@@ -227,11 +259,13 @@ class RegistryClient:
         async with self._request("HEAD", path, f"blobs/{digest}") as r:
             return r.content_length
 
-    async def get_referrers(self, path: str, digest: str, artifact_type: str | None, max_bytes: int) -> bytes:
-        tail = f"referrers/{digest}"
-        if artifact_type is not None:
-            tail += "?artifactType=" + quote(artifact_type, safe="")
-        async with self._request("GET", path, tail, MANIFEST_ACCEPT[0]) as r:
+    async def get_referrers(
+        self, path: str, digest: str, artifact_type: str | None, max_bytes: int, page: str | None = None
+    ) -> UpstreamReferrers:
+        query = page
+        if query is None and artifact_type is not None:
+            query = "artifactType=" + quote(artifact_type, safe="")
+        async with self._request("GET", path, f"referrers/{digest}", MANIFEST_ACCEPT[0], query) as r:
             try:
                 body = await r.content.read(max_bytes + 1)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -240,7 +274,7 @@ class RegistryClient:
                 ) from None
             if len(body) > max_bytes or not r.content.at_eof():
                 raise UpstreamInvalid(self._remote, f"the referrers of {digest} are over {max_bytes} bytes")
-            return body
+            return UpstreamReferrers(body, next_page(r))
 
     async def get_manifest(self, path: str, reference: str, max_bytes: int) -> UpstreamManifest:
         async with self._request("GET", path, f"manifests/{reference}", ", ".join(MANIFEST_ACCEPT)) as r:

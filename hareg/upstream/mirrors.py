@@ -51,5 +51,5 @@ def build_mirrors(
             raise MirrorSetupError(
                 f"pullThrough[{index}].caFile: cannot load {entry.ca_file}: {exc.strerror or exc}"
             ) from None
-        mirrors.append(Mirror(entry.prefix, client, entry.ttl, entry.allow))
+        mirrors.append(Mirror(entry.prefix, client, entry.ttl, entry.allow, entry.expire_after))
     return mirrors

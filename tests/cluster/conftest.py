@@ -32,10 +32,16 @@ def require_cluster_tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterRun]:
+def cluster_config_text() -> str:
+    """The ``--config`` file the module's cluster starts with (a module may override it)."""
+    return CLUSTER_CONFIG
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, cluster_config_text: str) -> Iterator[ClusterRun]:
     require_cluster_tools()
     directory = tmp_path_factory.mktemp("cluster")
-    run = launch(directory, config_text=CLUSTER_CONFIG)
+    run = launch(directory, config_text=cluster_config_text)
     pids = recorded_pids(run)
     try:
         yield run

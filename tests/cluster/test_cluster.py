@@ -2,26 +2,63 @@
 members, the object store, 3 replicas and haproxy; a push through haproxy is
 pulled from every replica's own URL; a killed replica is restarted; status
 reports conditions; Removed (config + SIGHUP) stops the replicas; SIGTERM
-leaves no process behind.  One cluster for the module, tests in file order."""
+leaves no process behind; 20 concurrent first pulls of one image mirrored
+from an htpasswd upstream (pullThrough, its password file copied into the
+cluster) fetch each blob once.  One cluster for the module, tests in file
+order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import psutil
 import pytest
+import yaml
+from upstream_fixtures import Distribution, distribution
+from upstream_fixtures import push_image as push_upstream
 
 from .cluster_process import EVENT_TIMEOUT, ClusterRun, alive, hareg_cli, recorded_pids, wait_for, wait_gone
 from .conftest import CLUSTER_CONFIG
 from .oci import pull_image, push_image
 
 pytestmark = pytest.mark.timeout(300)
+
+MIRROR_USER = ("mirror-bot", "mirror-bot-password-7f3a")
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution | None]:
+    """The upstream the cluster mirrors: distribution with htpasswd, its access log on."""
+    if not shutil.which("docker-registry"):
+        yield None
+        return
+    with distribution(tmp_path_factory.mktemp("upstream"), MIRROR_USER, access_log=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster_config_text(upstream: Distribution | None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if upstream is None:
+        return CLUSTER_CONFIG
+    password = tmp_path_factory.mktemp("mirror-secret") / "password"
+    password.write_text(MIRROR_USER[1] + "\n")
+    mirror = {
+        "prefix": "mirror",
+        "remote": upstream.url,
+        "username": MIRROR_USER[0],
+        "passwordFile": str(password),
+        "ttl": "1h",
+    }
+    return CLUSTER_CONFIG + yaml.safe_dump({"pullThrough": [mirror]})
 
 
 def readyz(url: str) -> bool:
@@ -58,6 +95,9 @@ def status_where(cluster: ClusterRun, condition: str, reason: str) -> dict[str, 
 
 def sighup_with(cluster: ClusterRun, config_text: str) -> None:
     assert cluster.config_path is not None
+    kept = yaml.safe_load(cluster.config_path.read_text()).get("pullThrough")
+    if kept and "pullThrough" not in config_text:  # the mirror stays (no restart for its sake)
+        config_text += yaml.safe_dump({"pullThrough": kept})
     cluster.config_path.write_text(config_text)
     os.kill(cluster.pid, signal.SIGHUP)
 
@@ -93,6 +133,37 @@ async def test_push_through_haproxy_pull_from_every_replica(cluster: ClusterRun)
         for replica in cluster.info()["replicas"]:
             await pull_image(session, replica["url"], repo, "v1", image)
         await pull_image(session, cluster.url, repo, "v1", image)
+
+
+async def test_concurrent_first_pulls_of_a_mirrored_image_fetch_each_blob_once(
+    cluster: ClusterRun, upstream: Distribution | None
+) -> None:
+    """docs/pull-through.md: 20 clients pull one uncached image at once, through
+    haproxy and from each of the three replicas' own URLs: all get its bytes,
+    and the upstream serves its manifest and each blob once (single-flight
+    across the cluster).  The upstream's password reaches every replica as a
+    copy in the cluster directory, and never the configuration or the logs."""
+    if upstream is None:
+        pytest.skip("docker-registry (CNCF distribution) is needed")
+    image = await push_upstream(
+        upstream.url, "lib/app", "v1", "cluster mirror", upstream.auth, layer_size=1 << 20
+    )
+    copy = cluster.dir / "pull-through" / "0-password"
+    assert copy.read_text() == MIRROR_USER[1] + "\n" and copy.stat().st_mode & 0o777 == 0o600
+    replica_config = yaml.safe_load((cluster.dir / "hareg.yaml").read_text())
+    assert replica_config["pullThrough"][0]["passwordFile"] == str(copy)
+    bases = [cluster.url, *(r["url"] for r in cluster.info()["replicas"])]
+    assert len(bases) == 4
+    expected = {"manifest": image.manifest, "blobs": image.blobs}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=EVENT_TIMEOUT)) as session:
+        await asyncio.gather(
+            *(pull_image(session, bases[i % 4], "mirror/lib/app", "v1", expected) for i in range(20))
+        )
+    assert upstream.served(f"GET /v2/lib/app/manifests/{image.digest}") == 1
+    for digest in image.blobs:
+        assert upstream.served(f"GET /v2/lib/app/blobs/{digest}") == 1, digest
+    for log in (cluster.dir / "logs").iterdir():
+        assert MIRROR_USER[1] not in log.read_text(errors="replace"), log.name
 
 
 def test_status_reports_conditions(cluster: ClusterRun) -> None:

@@ -27,6 +27,7 @@ def test_a_full_entry_is_read_and_rendered_back(tmp_path: Path) -> None:
         "ttl": "10m",
         "allow": ["library/*"],
         "caFile": "/etc/hareg/ca.pem",
+        "expireAfter": "720h",
     }
     config = load(tmp_path, {"pullThrough": [entry]})
     assert config.pull_through == (
@@ -38,6 +39,7 @@ def test_a_full_entry_is_read_and_rendered_back(tmp_path: Path) -> None:
             ttl=600.0,
             allow=("library/*",),
             ca_file="/etc/hareg/ca.pem",
+            expire_after=720 * 3600.0,
         ),
     )
     rendered = config_to_dict(config)["pullThrough"]
@@ -47,7 +49,17 @@ def test_a_full_entry_is_read_and_rendered_back(tmp_path: Path) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     (mirror,) = load(tmp_path, {"pullThrough": [{"prefix": "hub", "remote": HUB + "/"}]}).pull_through
-    assert mirror == PullThrough(prefix="hub", remote=HUB, ttl=300.0)
+    assert mirror == PullThrough(prefix="hub", remote=HUB, ttl=300.0, expire_after=7 * 24 * 3600.0)
+    assert (
+        config_to_dict(load(tmp_path, {"pullThrough": [{"prefix": "hub", "remote": HUB}]}))["pullThrough"][0][
+            "expireAfter"
+        ]
+        == "168h"
+    )
+    (never,) = load(
+        tmp_path, {"pullThrough": [{"prefix": "hub", "remote": HUB, "expireAfter": "0s"}]}
+    ).pull_through
+    assert never.expire_after == 0.0  # never expired
     assert load(tmp_path, {}).pull_through == ()
 
 
@@ -68,6 +80,8 @@ def test_defaults(tmp_path: Path) -> None:
          "pullThrough[0].remote: a URL with credentials is not allowed"),
         ([{"prefix": "hub", "remote": HUB, "username": "bot"}], "pullThrough[0].passwordFile: is required when username is set"),
         ([{"prefix": "hub", "remote": HUB, "ttl": "5"}], 'pullThrough[0].ttl: "5" is not allowed; expected a duration with a unit'),
+        ([{"prefix": "hub", "remote": HUB, "expireAfter": "7d"}], 'pullThrough[0].expireAfter: "7d" is not allowed; expected a duration with a unit'),
+        ([{"prefix": "hub", "remote": HUB, "expireAfter": "-1h"}], 'pullThrough[0].expireAfter: "-1h" is not allowed; expected a duration >= 0'),
         ([{"prefix": "hub", "remote": HUB, "allow": "library/*"}], 'pullThrough[0].allow: "library/*" is not allowed; expected a list of upstream path globs'),
         ([{"prefix": "hub", "remote": HUB, "allow": [""]}], 'pullThrough[0].allow[0]: "" is not allowed; expected a non-empty glob'),
         ([{"prefix": "hub", "remote": HUB, "insecure": True, "caFile": "/ca"}], "pullThrough[0].insecure: true is not allowed with caFile"),

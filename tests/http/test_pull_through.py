@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import obstore
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from registries import running
+from seaweedfs_fixtures import S3StoreFactory
 from token_flow import access_control, write_htpasswd
 from upstream_fixtures import (
     OCI_MANIFEST,
@@ -39,6 +41,7 @@ from hareg.processes.etcd import EtcdProcess
 from hareg.registry.pull_through import Mirror
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
+from hareg.storage.base import BlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
 from hareg.upstream.client import Credentials, RegistryClient
 
@@ -68,15 +71,17 @@ async def mirror_of(
     clock: SystemClock | None = None,
     credentials: Credentials | None = None,
     proxy: ProxyConfig | None = None,
+    store: BlobStore | None = None,
 ) -> AsyncIterator[tuple[Registry, TestClient[Any, Any], str]]:
-    """hareg mirroring ``remote`` under the prefix ``mirror``, served on 127.0.0.1."""
+    """hareg mirroring ``remote`` under the prefix ``mirror``, served on 127.0.0.1
+    (its blob store: ``store``, else a directory)."""
     clock = clock or SystemClock()
     upstream = RegistryClient(remote, clock, credentials=credentials, proxy=proxy)
     try:
         async with (
             running(
                 kv,
-                FilesystemBlobStore(tmp_path / "cache"),
+                store or FilesystemBlobStore(tmp_path / "cache"),
                 clock=clock,
                 mirrors=[Mirror("mirror", upstream, ttl)],
             ) as reg,
@@ -247,6 +252,52 @@ async def test_a_lying_upstream_blob_fails_the_pull_and_stores_nothing(
         async with client.get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
             assert await response.read() == image.blobs[layer]
         assert await reg.meta.get_link("mirror/lib/app", layer) is not None
+
+
+def object_keys(store: Any) -> list[str]:
+    """Every object under an S3 store's key prefix (what the bucket holds for it)."""
+    inner = store.inner
+    out: list[str] = []
+    for batch in obstore.list(inner._store, inner.key_prefix.rstrip("/"), chunk_size=1000):
+        out.extend(m["path"] for m in batch)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("lie", ["corrupt", "truncate"])
+async def test_a_broken_upstream_blob_into_s3_stores_nothing(
+    kv: EtcdKV, tmp_path: Path, upstream: Distribution, s3_store: S3StoreFactory, lie: str
+) -> None:
+    """The tee into the S3 store (SeaweedFS; 64 KiB parts, so several are
+    written before the upstream's bytes are judged): a corrupt or cut
+    transfer breaks the client's body, and neither the blob nor a staged
+    part is left in the bucket; an honest transfer then stores it."""
+    image = await push_image(upstream.url, "lib/app", "v1", "s3 lies")
+    layer = json.loads(image.manifest)["layers"][0]["digest"]
+    store = s3_store(part_size=64 * 1024)
+    async with (
+        counting_proxy(upstream.url) as (proxy, proxy_url),
+        mirror_of(kv, tmp_path, proxy_url, store=store) as (reg, client, _),
+    ):
+        assert (await pull(client, "mirror/lib/app", "v1")).status == 200
+        before = await asyncio.to_thread(object_keys, store)
+        proxy.lie = lie
+        received = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with client.get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
+                assert response.status == 200
+                async for chunk in response.content.iter_any():
+                    received += chunk
+        assert len(received) < len(image.blobs[layer])
+        await assert_nothing_stored(reg, "mirror/lib/app", layer)
+        # The staged parts go as the failed transfer is cleaned up (bounded wait).
+        async with asyncio.timeout(30):
+            while (left := await asyncio.to_thread(object_keys, store)) != before:
+                await asyncio.sleep(0.05)
+        assert left == before
+        proxy.lie = None
+        async with client.get(f"/v2/mirror/lib/app/blobs/{layer}") as response:
+            assert await response.read() == image.blobs[layer]
+        assert await reg.store.stat(layer) == len(image.blobs[layer])
 
 
 async def test_a_manifest_that_does_not_match_its_digest_is_refused(
@@ -592,3 +643,62 @@ async def test_referrers_pass_through_from_an_upstream_that_has_them(
         response = await client.get(f"/v2/mirror/lib/app/referrers/{image.digest}")
         assert response.status == 200
         assert (await response.json())["manifests"] == []
+
+
+async def test_referrers_an_upstream_pages_are_followed_and_the_rest_linked(
+    kv: EtcdKV, tmp_path: Path
+) -> None:
+    """An upstream that pages its referrers (Link, rel="next"): the mirror
+    follows its pages into one answer; past the pages it follows for one
+    answer, its own Link leads to the upstream's next page."""
+    async with running(kv, FilesystemBlobStore(tmp_path / "upstream-hareg")) as upstream_reg:
+        upstream_reg.listing.referrers_page_bytes = 600  # one descriptor a page
+        subject = await push_to(upstream_reg, "lib/app", "v1", b"subject layer")
+        empty = b"{}"
+        await upstream_reg.uploads.monolithic("lib/app", sha256(empty), one_chunk(empty), length=len(empty))
+        blank = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": 2}
+        referrers: dict[str, str] = {}  # digest -> artifactType
+        for number in range(5):
+            kind = "application/vnd.example.sbom" if number % 2 else "application/vnd.example.sig"
+            body = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "artifactType": kind,
+                    "config": blank,
+                    "layers": [blank],
+                    "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+                    "annotations": {"number": str(number)},
+                }
+            ).encode()
+            put = await upstream_reg.manifests.put("lib/app", sha256(body), body, OCI_MANIFEST)
+            referrers[put.digest] = kind
+        async with TestServer(init_app(upstream_reg), host="127.0.0.1") as server:
+            remote = str(server.make_url("")).rstrip("/")
+            async with mirror_of(kv, tmp_path / "a", remote) as (reg, client, _):
+
+                async def listed(url: str, **params: str) -> tuple[list[str], str | None]:
+                    response = await client.get(url, params=params)
+                    assert response.status == 200, await response.text()
+                    link = response.headers.get("Link")
+                    target = link[1 : link.index(">")] if link else None
+                    return [m["digest"] for m in (await response.json())["manifests"]], target
+
+                url = f"/v2/mirror/lib/app/referrers/{subject}"
+                every, more = await listed(url)
+                assert sorted(every) == sorted(referrers) and more is None  # five upstream pages, one answer
+                sboms, more = await listed(url, artifactType="application/vnd.example.sbom")
+                assert sorted(sboms) == sorted(d for d, k in referrers.items() if k.endswith("sbom"))
+                assert more is None
+                reg.pull_through.referrer_pages = 1  # one upstream page an answer: the rest by our Link
+                seen, more = await listed(url)
+                pages = 1
+                while more is not None:
+                    assert "upstreamNext=" in more
+                    page, more = await listed(more)
+                    seen += page
+                    pages += 1
+                assert pages == 5 and sorted(seen) == sorted(referrers) and len(set(seen)) == 5
+                bad = await client.get(url, params={"upstreamNext": "last=x\r\nHost: elsewhere"})
+                assert bad.status == 400
+                assert (await bad.json())["errors"][0]["code"] == "UNSUPPORTED"

@@ -178,8 +178,10 @@ async def _has_staged(reg: Registry, upload_id: str, more_than: int = 0) -> bool
 async def test_chunk_whose_confirmation_fails_after_staging_can_be_sent_again(
     kv: EtcdKV, make_store: StoreMaker
 ) -> None:
-    """etcd fails the read that would confirm the chunk, once its bytes are
-    staged: 503, and the upload is as before, so the re-send succeeds."""
+    """etcd fails the reads that would confirm the chunk, once its bytes are
+    staged (each one, as long as the request runs: a read that fails once is
+    tried again, as a write rides out an election): 503, and the upload is
+    as before, so the re-send succeeds."""
     hooked = HookedKV(kv)
     async with replica(hooked, make_store()) as (reg, client):
         location = await start_upload(client, "repo")
@@ -187,13 +189,14 @@ async def test_chunk_whose_confirmation_fails_after_staging_can_be_sent_again(
         key = reg.meta.keys.upload(upload_id)
         failed: list[bytes] = []
 
-        async def fail_once_staged(read: bytes) -> None:
-            if read == key and not failed and await staged(reg, upload_id) > 0:
+        async def fail_after_staging(read: bytes) -> None:
+            if read == key and (failed or await staged(reg, upload_id) > 0):
                 failed.append(read)
                 raise KVUnavailable("etcd cut off (test)")
 
-        hooked.after_get = fail_once_staged
+        hooked.after_get = fail_after_staging
         r = await client.patch(location, data=BODY, headers=patch_headers())
+        hooked.after_get = None
         assert r.status == 503, await r.text()
         assert failed
         await expect_as_before(reg, client, location, 0)

@@ -219,7 +219,10 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
         cache = mirror(kv, keys, retry_delay=0.1)
         # The probe interval is long enough that a busy machine cannot let it pass
         # between the syncs below; "at once" is anything well under the revision timeout.
-        barrier = ReadBarrier(kv, cache, SystemClock(), revision_timeout=2.0, probe_interval=5.0)
+        # No write grace: writes fail as soon as etcd is seen down (the grace is tested below).
+        barrier = ReadBarrier(
+            kv, cache, SystemClock(), revision_timeout=2.0, probe_interval=5.0, write_grace=0.0
+        )
         async with running(cache):
             etcd.pause()
             try:
@@ -266,7 +269,9 @@ async def test_while_etcd_is_down_no_request_waits_and_the_probe_notices_recover
     keys = Keys("/probe")
     try:
         cache = mirror(kv, keys, retry_delay=0.1)
-        barrier = ReadBarrier(kv, cache, SystemClock(), revision_timeout=1.0, probe_interval=0.25)
+        barrier = ReadBarrier(
+            kv, cache, SystemClock(), revision_timeout=1.0, probe_interval=0.25, write_grace=0.0
+        )
         async with running(cache):
             etcd.pause()
             try:

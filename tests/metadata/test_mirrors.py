@@ -11,7 +11,7 @@ from hareg.metadata.keys import Keys
 from hareg.metadata.records import MirrorCheckRecord
 from hareg.metadata.store import MetadataStore
 
-from .support import digest
+from .support import digest, record
 
 
 async def test_a_check_is_claimed_by_one_of_its_readers(meta: MetadataStore) -> None:
@@ -60,3 +60,18 @@ async def test_a_dead_fetchers_claim_expires_with_its_lease(
             await asyncio.sleep(0.2)
     assert not await meta.refresh_fetch(lease)
     assert await kv.get(keys.mirror_fetch("mirror/app", "v1")) is None
+
+
+async def test_sparse_puts_racing_for_one_tag_retry_instead_of_being_refused(meta: MetadataStore) -> None:
+    """The pull-through cache stores manifests sparse (their blobs are not
+    linked yet): one that loses a race for its tag is read again and retried,
+    not refused for the references its transaction never compared."""
+    names = [digest(f"sparse {i}") for i in range(8)]
+    results = await asyncio.gather(
+        *(meta.put_manifest("mirror/app", name, record(), ["v1"], sparse=True) for name in names),
+        return_exceptions=True,
+    )
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    tag = await meta.get_tag("mirror/app", "v1")
+    assert tag is not None and tag.digest in names
+    assert len(await meta.tag_history("mirror/app", "v1")) == len(names)

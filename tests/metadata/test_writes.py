@@ -7,17 +7,27 @@ max_resends times, never retried on a fresh read."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
 import pytest
+from background import background
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Compare, Delete, KVUnknownOutcome, Put
+from hareg.kv.base import Compare, Delete, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
+from hareg.metadata.barrier import ReadBarrier
+from hareg.metadata.cache import MetadataCache
 from hareg.metadata.errors import Contended, MissingReferences
 from hareg.metadata.keys import Keys
+from hareg.metadata.reflector import Reflector
 from hareg.metadata.store import MetadataStore
 from hareg.metadata.switch import Switch, WritesFrozen
 from hareg.metadata.writes import DEFAULT_MAX_RESENDS, Done, StoreBase, Txn
+from hareg.processes.etcd import EtcdProcess
 
 from .faulty_kv import UnknownOutcomeKV
 from .support import digest
@@ -325,3 +335,66 @@ def test_what_fences_a_write(keys: Keys) -> None:
     assert not base.fenced(
         [Compare.range_unchanged_since(tag, tag + b"\xff", 7)], [Delete(tag, tag + b"\xff")]
     )
+
+
+async def _no_leader(kv: EtcdKV) -> None:
+    """Until the member left says it has no leader (a write sent before may be
+    caught in a proposal the old leader accepted: an unknown outcome, as
+    tests/kv/test_etcd.py shows)."""
+    async with asyncio.timeout(60):
+        while True:
+            t0 = time.monotonic()
+            with contextlib.suppress(KVUnavailable):
+                await kv.get(b"/grace/probe")
+            if time.monotonic() - t0 < 0.2:
+                try:
+                    await kv.get(b"/grace/probe")
+                except KVUnavailable:
+                    return
+
+
+async def test_a_write_rides_out_an_election_and_fails_once_the_grace_is_over(
+    etcd_cluster: list[EtcdProcess], tmp_path: Path
+) -> None:
+    """Two of three members down: a write refused for want of a leader waits
+    for etcd (the barrier's write grace, from the outage's start) and is sent
+    again once a leader is back; an outage longer than the grace fails the
+    write, and every later one at once, until etcd answers again."""
+    members = etcd_cluster
+    keys = Keys("/grace")
+    async with EtcdKV([m.client_url for m in members], timeout=5.0, member_timeout=0.5) as kv:
+        cache = MetadataCache(Reflector(kv, SystemClock(), retry_delay=0.1), keys)
+        async with background(cache.reflector.run(), lambda: cache.ready):
+            # Generous: the grace must outlast the restart below on a busy machine.
+            barrier = ReadBarrier(kv, cache, SystemClock(), probe_interval=0.1, write_grace=60.0)
+            meta = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+            await asyncio.gather(members[1].kill(), members[2].kill())
+            await _no_leader(kv)
+            write = asyncio.ensure_future(meta.create_upload("u1", "repo", "sha256"))
+            async with asyncio.timeout(60):
+                while barrier.store_available:  # the write found no leader and waits
+                    assert not write.done(), write
+                    await asyncio.sleep(0.05)
+            assert not write.done() and not barrier.writes_blocked()
+            await asyncio.gather(members[1].start(startup_timeout=60), members[2].start(startup_timeout=60))
+            async with asyncio.timeout(60):
+                record = await write
+            assert record.repo == "repo"
+            assert await kv.get(keys.upload("u1")) is not None
+
+            # Longer than the grace: the write fails, later ones at once.
+            barrier.write_grace = 1.0
+            await asyncio.gather(members[1].kill(), members[2].kill())
+            await _no_leader(kv)
+            t0 = time.monotonic()
+            with pytest.raises(KVUnavailable):
+                await meta.create_upload("u2", "repo", "sha256")
+            first = time.monotonic() - t0
+            assert barrier.writes_blocked()
+            t0 = time.monotonic()
+            with pytest.raises(KVUnavailable):
+                await meta.create_upload("u3", "repo", "sha256")
+            later = time.monotonic() - t0
+            print(f"\nafter the grace: first write failed in {first:.2f}s, the next in {later:.3f}s")
+            assert first < 30 and later < 1.0
+            await barrier.close()

@@ -12,16 +12,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from registries import running
 
+from hareg.clock import SystemClock
+from hareg.http.app import init_app
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.gc import GcStore
+from hareg.metadata.records import MirrorCheckRecord
 from hareg.registry.errors import RegistryError
-from hareg.registry.gc import Policy
+from hareg.registry.gc import MirrorExpiry, Policy, expired_mirror_tags
 from hareg.registry.pruner import NotLeader
+from hareg.registry.pull_through import Mirror
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
 from hareg.storage.filesystem import FilesystemBlobStore
+from hareg.upstream.client import RegistryClient
 from registry.images import OCI, digest, manifest
 
 
@@ -467,3 +473,114 @@ async def test_a_mount_of_a_blob_already_linked_renews_its_grace_like_a_head(
         assert f"repo@{digest(layer)}" not in report.links  # renewed by the mount
         assert f"src@{digest(layer)}" in report.links  # the untouched one goes
         assert (await reg.blobs.stat("repo", digest(layer))).size == len(layer)
+
+
+class OffsetClock(SystemClock):
+    """The real clock, whose wall time a test moves forward (past an expiry)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+
+async def test_mirrored_tags_not_pulled_for_expire_after_are_expired_and_collected(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    """docs/pull-through.md#expiry: a mirrored tag not pulled for the mirror's
+    expireAfter (plus its ttl) goes with its history and check record, and the
+    same run collects its manifest and blobs; a tag pulled meanwhile, and an
+    ordinary repository's tags however old, stay."""
+    clock = OffsetClock()
+    policy = Policy(keep_tag_revisions=1, keep_younger_than=0.0, grace=0.0)
+    old_layer, kept_layer = b"layer of v1 " * 100, b"layer of v2 " * 100
+    async with (
+        running(kv, FilesystemBlobStore(tmp_path / "upstream")) as upstream_reg,
+        TestServer(init_app(upstream_reg), host="127.0.0.1") as server,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        old = await push_image(upstream_reg, "lib/app", "v1", [old_layer], "v1")
+        kept = await push_image(upstream_reg, "lib/app", "v2", [kept_layer], "v2")
+        upstream = RegistryClient(str(server.make_url("")).rstrip("/"), clock)
+        stack.push_async_callback(upstream.close)
+        reg = await stack.enter_async_context(
+            running(
+                kv,
+                FilesystemBlobStore(tmp_path / "cache"),
+                clock=clock,
+                prefix=prefix,
+                gc_policy=policy,
+                mirrors=[Mirror("mirror", upstream, 60.0, expire_after=3600.0)],
+            )
+        )
+        client = await stack.enter_async_context(TestClient(TestServer(init_app(reg), host="127.0.0.1")))
+
+        async def pull(tag: str) -> str:
+            response = await client.get(f"/v2/mirror/lib/app/manifests/{tag}", headers={"Accept": OCI})
+            assert response.status == 200, await response.text()
+            image = json.loads(await response.read())
+            for layer in [image["config"], *image["layers"]]:  # all of it: no sparse manifest stays
+                blob = await client.get(f"/v2/mirror/lib/app/blobs/{layer['digest']}")
+                assert blob.status == 200
+                await blob.read()
+            return response.headers["Docker-Content-Digest"]
+
+        assert await pull("v1") == old and await pull("v2") == kept
+        own = await push_image(reg, "own/app", "v1", [b"an ordinary layer " * 50], "own")
+        clock.offset += 1800.0
+        assert await pull("v2") == kept  # past the ttl: a check, recorded
+        clock.offset += 1900.0  # v1: 3700 s since its check (> 3600 + 60); v2: 1900 s
+        await lead(reg)
+        dry = await reg.pruner.run_once(dry_run=True)
+        assert dry.expired_tags == ["mirror/lib/app:v1"]
+        assert dry.manifests == [f"mirror/lib/app@{old}"]
+        assert await reg.meta.get_tag("mirror/lib/app", "v1") is not None  # a dry run deletes nothing
+        report = await reg.pruner.run_once()
+        assert report.expired_tags == ["mirror/lib/app:v1"]
+        assert report.manifests == [f"mirror/lib/app@{old}"]
+        assert digest(old_layer) in report.blobs and digest(kept_layer) not in report.blobs
+        assert await reg.store.stat(digest(old_layer)) is None
+        assert await reg.meta.get_tag("mirror/lib/app", "v1") is None
+        assert await reg.meta.get_mirror_check("mirror/lib/app", "v1") is None
+        history = await reg.meta.tag_history("mirror/lib/app", "v1")
+        assert [(e.action, e.old, e.new) for e in history] == [("expire", old, None)]
+        assert reg.pruner_stats.deleted_objects["mirror_tag"] == 1
+        # What stays: the tag pulled meanwhile, and the ordinary repository.
+        assert await reg.meta.get_tag("mirror/lib/app", "v2") is not None
+        assert (await reg.manifests.get("own/app", "v1")).digest == own
+        assert await reg.store.stat(digest(kept_layer)) is not None
+        await check_invariants(reg)
+        # Pulled again, it is fetched again.
+        assert await pull("v1") == old
+        assert await reg.store.stat(digest(old_layer)) is not None
+
+
+async def test_a_mirrored_tag_pulled_after_the_snapshot_is_not_expired(
+    kv: EtcdKV, tmp_path: Path, prefix: str
+) -> None:
+    """The expiry's guards: a pull that re-checks the tag after the snapshot
+    keeps it; a check record whose tag was never cached expires alone."""
+    policy = Policy(keep_younger_than=0.0, grace=0.0)
+    async with registry(kv, tmp_path / "blobs", prefix, policy) as reg:
+        await push_image(reg, "mirror/app", "v1", [b"layer " * 10], "v1")
+        await push_image(reg, "own/app", "v1", [b"own " * 10], "own")
+        later = reg.clock.now() + 1000.0  # planned as if much later
+        await reg.meta.set_mirror_check("mirror/app", "v1", MirrorCheckRecord(later - 100.0))
+        gc_store = GcStore(reg.kv, reg.meta.keys)
+        snap = await gc_store.snapshot()
+        assert expired_mirror_tags(snap, [MirrorExpiry("mirror", 100.0, 10.0)], later) == []  # 100 < 110
+        assert expired_mirror_tags(snap, [MirrorExpiry("mirror", 0.0, 10.0)], later) == []  # 0: never
+        mirrors = [MirrorExpiry("mirror", 50.0, 10.0), MirrorExpiry("own", 0.0, 0.0)]
+        (expired,) = expired_mirror_tags(snap, mirrors, later)
+        assert (expired.repo, expired.tag) == ("mirror/app", "v1")
+        _, revision = snap.mirror_checks[("mirror/app", "v1")]
+        assert await reg.meta.claim_mirror_check("mirror/app", "v1", revision, MirrorCheckRecord(later))
+        assert not await gc_store.expire_mirror_tag(expired, later, "r0", [])
+        assert await reg.meta.get_tag("mirror/app", "v1") is not None
+        await reg.meta.set_mirror_check("mirror/app", "never-cached", MirrorCheckRecord(later - 100.0))
+        (orphan,) = expired_mirror_tags(await gc_store.snapshot(), mirrors, later)
+        assert (orphan.tag, orphan.record) == ("never-cached", None)
+        assert await gc_store.expire_mirror_tag(orphan, later, "r0", [])
+        assert await reg.meta.get_mirror_check("mirror/app", "never-cached") is None
+        assert await reg.meta.get_tag("mirror/app", "v1") is not None

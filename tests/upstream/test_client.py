@@ -129,3 +129,41 @@ async def test_refusals_and_oversized_answers_name_the_upstream() -> None:
             assert "secret-pw" not in str(refused.value)
         finally:
             await wrong.close()
+
+
+async def test_a_referrers_link_is_followed_only_on_the_same_path_of_the_same_remote() -> None:
+    """The next page is taken from ``Link: <...>; rel="next"`` when it names
+    the same referrers path on the same remote (relative or absolute); a link
+    elsewhere is not followed (our credentials would go with it)."""
+    links: dict[str, str] = {}
+    asked: list[str] = []
+
+    async def referrers(request: web.Request) -> web.Response:
+        asked.append(request.query_string)
+        headers = (
+            {"Link": links[request.query.get("page", "first")]}
+            if request.query.get("page", "first") in links
+            else {}
+        )
+        return web.json_response({"schemaVersion": 2, "manifests": []}, headers=headers)
+
+    app = web.Application()
+    app.router.add_get(f"/v2/lib/app/referrers/{DIGEST}", referrers)
+    async with serve(app) as url:
+        client = RegistryClient(url, SystemClock())
+        try:
+            links["first"] = f'</v2/lib/app/referrers/{DIGEST}?page=two&n=2>; rel="next"'
+            links["two"] = f'<{url}/v2/lib/app/referrers/{DIGEST}?page=three>; rel="next"'
+            links["three"] = f'<http://127.0.0.2:1/v2/lib/app/referrers/{DIGEST}?page=four>; rel="next"'
+            links["four"] = '</v2/other/referrers/x?page=five>; rel="next"'
+            first = await client.get_referrers("lib/app", DIGEST, None, 1 << 20)
+            assert first.next_page == "page=two&n=2"
+            two = await client.get_referrers("lib/app", DIGEST, None, 1 << 20, first.next_page)
+            assert two.next_page == "page=three"
+            three = await client.get_referrers("lib/app", DIGEST, None, 1 << 20, two.next_page)
+            assert three.next_page is None, "another origin"
+            four = await client.get_referrers("lib/app", DIGEST, None, 1 << 20, "page=four")
+            assert four.next_page is None, "another path"
+            assert asked == ["", "page=two&n=2", "page=three", "page=four"]
+        finally:
+            await client.close()
