@@ -3,8 +3,8 @@
 The configuration sends every request to any ready replica (no sticky
 sessions: any request may go to any replica), takes a replica out as soon as
 its ``/readyz`` fails, and retries a request whose connection failed on
-another replica, and one that got no answer too unless running it twice could
-do harm (a PATCH, a PUT closing an upload, a DELETE).  ``timeout server`` is long because the
+another replica, and one that got no answer or a 503 too unless running it
+twice could do harm (a PATCH, a PUT closing an upload, a DELETE).  ``timeout server`` is long because the
 answer to the last PUT of a big blob comes only once all of it is stored.
 
 ``deploy/haproxy.cfg`` (docker-compose) is rendered by the same function, so
@@ -116,10 +116,11 @@ def render_config(
         "    timeout http-keep-alive 60s",
         "    timeout queue 30s",
         "    timeout check 2s",
-        "    # A request whose connection failed, or that got no answer, goes to another replica.",
+        "    # A request whose connection failed, that got no answer, or a 503 (the replica cannot",
+        "    # reach etcd or the blob store) goes to another replica.",
         "    retries 3",
         "    option redispatch 1",  # every retry to another replica, not only the last
-        "    retry-on conn-failure empty-response response-timeout",
+        "    retry-on conn-failure empty-response response-timeout 503",
         "",
         "frontend registry",
         f"    bind {bind}",

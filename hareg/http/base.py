@@ -64,6 +64,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except RegistryError as exc:
+        if exc.status == 404 and request.method in policy.READ_METHODS:
+            registry = request.app.get(REGISTRY)
+            if registry is not None and registry.meta.etcd_known_down():
+                exc = policy.unconfirmed_absence(exc) or exc
         return await _error_with_allow(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:

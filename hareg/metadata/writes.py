@@ -83,7 +83,7 @@ DEFAULT_MAX_RESENDS = 2
 _READ_BATCH = 100
 # Sends of one transaction refused unapplied (KVUnavailable) while it waits
 # out an election: the write grace bounds the time, this the attempts.
-_UNAVAILABLE_TRIES = 8
+UNAVAILABLE_TRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ class StoreBase:
         no member reachable), it waits for etcd within the barrier's write
         grace and runs again, which is safe since nothing applied;
         KVUnavailable once the grace is over."""
-        for _ in range(_UNAVAILABLE_TRIES - 1):
+        for _ in range(UNAVAILABLE_TRIES - 1):
             try:
                 return await call()
             except KVUnavailable:

@@ -146,6 +146,25 @@ def metadata_store_full(exc: KVNoSpace) -> RegistryError:
     )
 
 
+# What a read may answer "not found" for; while the replica cannot reach etcd
+# its cache may lack what was written since, so such an answer is unconfirmed.
+_ABSENCE_CODES = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.BLOB_UNKNOWN, ErrorCode.NAME_UNKNOWN})
+
+
+def unconfirmed_absence(err: RegistryError) -> RegistryError | None:
+    """A read's "not found" given while etcd is seen unreachable: the replica's
+    cache serves what it holds (stale but never wrong), but its *absence* of a
+    tag, manifest or blob written since is no answer.  503 with Retry-After
+    instead, which a load balancer retries on another replica (haproxy's
+    ``retry-on 503``); None if ``err`` is not such an answer."""
+    if err.status != 404 or err.code not in _ABSENCE_CODES:
+        return None
+    return unavailable(
+        f"{err.message}, as far as this replica knows: it cannot reach the metadata store (etcd) "
+        "to confirm it; retry the request"
+    )
+
+
 def dependency_error(exc: BaseException) -> RegistryError | None:
     """The client's answer to a failure of a dependency a request ran into;
     None for any other exception (a bug: the HTTP layer answers 500)."""

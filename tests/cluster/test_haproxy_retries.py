@@ -32,13 +32,21 @@ async def _read_request(reader: asyncio.StreamReader) -> str:
 
 
 NOT_READY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_BODY = b'{"errors": [{"code": "UNAVAILABLE", "message": "the metadata store (etcd) is unavailable"}]}'
+UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BODY), _BODY)
+)
 
 
 @contextlib.asynccontextmanager
-async def backend(port: int, seen: Counter[str], *, drop: bool, writable: bool = True) -> AsyncIterator[None]:
+async def backend(
+    port: int, seen: Counter[str], *, drop: bool, writable: bool = True, refuse: bool = False
+) -> AsyncIterator[None]:
     """Answers /readyz (and /readyz?for=writes: 503 unless ``writable``); any
     other request is answered 200, or (``drop``) read and then the connection
-    is closed without an answer.  ``seen`` counts the requests, a health
+    is closed without an answer, or (``refuse``) answered 503 as a replica
+    that cannot reach etcd does.  ``seen`` counts the requests, a health
     check once it is answered."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -50,6 +58,8 @@ async def backend(port: int, seen: Counter[str], *, drop: bool, writable: bool =
                 seen[f"{method} {path}"] += 1
             if check and path.endswith("for=writes") and not writable:
                 writer.write(NOT_READY)
+            elif not check and refuse:
+                writer.write(UNAVAILABLE)
             elif check or not drop:
                 writer.write(READY)
             await writer.drain()
@@ -81,8 +91,9 @@ async def backend(port: int, seen: Counter[str], *, drop: bool, writable: bool =
         ("PUT", "/hareg/v1/read-only", False),  # an admin request: never run twice
     ],
 )
+@pytest.mark.parametrize("failure", ["no answer", "503"])
 async def test_only_requests_safe_to_run_twice_are_resent(
-    tmp_path: Path, method: str, path: str, resent: bool
+    tmp_path: Path, method: str, path: str, resent: bool, failure: str
 ) -> None:
     try:
         find_haproxy()
@@ -101,7 +112,8 @@ async def test_only_requests_safe_to_run_twice_are_resent(
         )
     )
     proxy = HaproxyProcess(config, listen_port=listen, log_file=tmp_path / "haproxy.log")
-    async with backend(dropping, seen, drop=True), backend(answering, answering_seen, drop=False), proxy:
+    failing = backend(dropping, seen, drop=failure == "no answer", refuse=failure == "503")
+    async with failing, backend(answering, answering_seen, drop=False), proxy:
         async with asyncio.timeout(60):  # both servers pass their first health checks
             while not all(c["/readyz"] and c["/readyz?for=writes"] for c in (seen, answering_seen)):
                 await asyncio.sleep(0.05)
@@ -110,8 +122,10 @@ async def test_only_requests_safe_to_run_twice_are_resent(
                 r = await session.request(method, f"http://127.0.0.1:{listen}{path}", data=b"x" * 10)
                 status = r.status
                 await r.read()
-    assert seen[f"{method} {path}"] == 1  # the dropping replica got it once
+    assert seen[f"{method} {path}"] == 1  # the failing replica got it once
     assert (status == 200) is resent, status
+    if not resent:
+        assert status == (503 if failure == "503" else 502), status  # the client sees the failure
 
 
 async def test_writes_avoid_a_replica_that_cannot_write_and_reads_do_not(tmp_path: Path) -> None:

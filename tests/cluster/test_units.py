@@ -101,7 +101,7 @@ def test_haproxy_config_balances_checks_and_retries() -> None:
         "http-check expect status 200",
         "retries 3",
         "option redispatch 1",
-        "retry-on conn-failure empty-response response-timeout",
+        "retry-on conn-failure empty-response response-timeout 503",
         "http-request disable-l7-retry unless METH_GET || { method PUT } { path_reg ^/v2/.+/manifests/[^/]+$ }"
         " || { method POST } { path_reg ^/v2/.+/blobs/uploads/?$ }",
         "timeout server 10m",

@@ -34,6 +34,7 @@ from hareg.http.app import init_app
 from hareg.kv.base import KVUnavailable
 from hareg.kv.etcd import EtcdKV
 from hareg.metadata.records import UploadRecord
+from hareg.metadata.writes import UNAVAILABLE_TRIES
 from hareg.registry.service import Registry
 from hareg.registry.streams import one_chunk
 from hareg.storage.base import BlobStore
@@ -179,9 +180,8 @@ async def test_chunk_whose_confirmation_fails_after_staging_can_be_sent_again(
     kv: EtcdKV, make_store: StoreMaker
 ) -> None:
     """etcd fails the reads that would confirm the chunk, once its bytes are
-    staged (each one, as long as the request runs: a read that fails once is
-    tried again, as a write rides out an election): 503, and the upload is
-    as before, so the re-send succeeds."""
+    staged (every try: a read that fails is tried again, as a write rides out
+    an election): 503, and the upload is as before, so the re-send succeeds."""
     hooked = HookedKV(kv)
     async with replica(hooked, make_store()) as (reg, client):
         location = await start_upload(client, "repo")
@@ -190,13 +190,16 @@ async def test_chunk_whose_confirmation_fails_after_staging_can_be_sent_again(
         failed: list[bytes] = []
 
         async def fail_after_staging(read: bytes) -> None:
-            if read == key and (failed or await staged(reg, upload_id) > 0):
+            if (
+                read == key
+                and len(failed) < UNAVAILABLE_TRIES
+                and (failed or await staged(reg, upload_id) > 0)
+            ):
                 failed.append(read)
                 raise KVUnavailable("etcd cut off (test)")
 
         hooked.after_get = fail_after_staging
         r = await client.patch(location, data=BODY, headers=patch_headers())
-        hooked.after_get = None
         assert r.status == 503, await r.text()
         assert failed
         await expect_as_before(reg, client, location, 0)

@@ -112,3 +112,13 @@ def test_a_refusal_by_etcd_is_never_retried() -> None:
 )
 def test_anything_else_is_not_a_dependency_failure(exc: Exception) -> None:
     assert policy.dependency_error(exc) is None
+
+
+def test_an_absence_seen_in_a_stale_cache_is_unconfirmed() -> None:
+    missing = RegistryError(ErrorCode.MANIFEST_UNKNOWN, "manifest v1 is not in repository app", status=404)
+    err = policy.unconfirmed_absence(missing)
+    assert err is not None and err.status == 503 and err.code is ErrorCode.UNAVAILABLE
+    assert err.headers["Retry-After"] == "1" and "manifest v1 is not in repository app" in err.message
+    # Not an absence: left as it is.
+    assert policy.unconfirmed_absence(RegistryError(ErrorCode.DENIED, "no", status=403)) is None
+    assert policy.unconfirmed_absence(RegistryError(ErrorCode.MANIFEST_INVALID, "bad", status=400)) is None
