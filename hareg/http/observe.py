@@ -99,8 +99,14 @@ async def send_now(request: web.Request, response: web.StreamResponse) -> None:
     """
     if response.prepared:
         return
-    await response.prepare(request)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away mid-answer: aiohttp's own send after the
+        # middlewares meets the closed connection too and ends the request
+        # quietly (logged as a 499); raised from here it would log a traceback.
+        pass
     if isinstance(response, web.FileResponse):
         response.prepare = _already_sent  # type: ignore[method-assign]
 
