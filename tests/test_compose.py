@@ -248,7 +248,9 @@ def test_haproxy_balances_every_replica_on_readyz(compose: dict[str, Any]) -> No
     assert "option httpchk GET /readyz" in lines and "http-check expect status 200" in lines
     listen_ports = {n: flags(s["command"])["listen"].rsplit(":", 1)[1] for n, s in replicas(compose).items()}
     servers = {line.split()[1]: line.split()[2] for line in lines if line.startswith("server ")}
-    assert servers == {n: f"{n}:{p}" for n, p in listen_ports.items()}
+    expected_servers = {n: f"{n}:{p}" for n, p in listen_ports.items()}
+    expected_servers |= {f"{n}-spare": address for n, address in expected_servers.items()}  # backups
+    assert servers == expected_servers
     expected = render_config(
         "0.0.0.0:5000",
         [Backend(n, f"{n}:{p}") for n, p in sorted(listen_ports.items())],

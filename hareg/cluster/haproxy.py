@@ -147,7 +147,7 @@ def render_config(
         ]
         if backend == "writers":
             lines += [
-                "    # No replica can write (etcd has no quorum): answer as a replica would.",
+                "    # No replica answers at all: answer as a replica would.",
                 f"    http-error status 503 content-type application/json hdr Retry-After 1 string '{_NO_WRITER}'",
             ]
         server_opts = f"check inter {check_interval} fastinter 500ms downinter {check_interval} rise 1 fall 2"
@@ -155,6 +155,11 @@ def render_config(
             server_opts += " resolvers dns init-addr last,libc,none"
         lines.append(f"    default-server {server_opts}")
         lines += [f"    server {b.name} {b.address}" for b in backends]
+        # When every replica fails the check (the object store paused for all,
+        # or etcd electing: no replica can write), send to them anyway: they
+        # wait for what they lack or answer 503 themselves, better than
+        # haproxy's "no server" for a fault they may ride out.
+        lines += [f"    server {b.name}-spare {b.address} backup no-check" for b in backends]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -58,7 +58,7 @@ async def backend(
                 seen[f"{method} {path}"] += 1
             if check and path.endswith("for=writes") and not writable:
                 writer.write(NOT_READY)
-            elif not check and refuse:
+            elif not check and (refuse or (not writable and method != "GET")):
                 writer.write(UNAVAILABLE)
             elif check or not drop:
                 writer.write(READY)
@@ -130,8 +130,8 @@ async def test_only_requests_safe_to_run_twice_are_resent(
 
 async def test_writes_avoid_a_replica_that_cannot_write_and_reads_do_not(tmp_path: Path) -> None:
     """A replica cut off from etcd (its /readyz?for=writes answers 503) keeps
-    getting pulls; pushes go to the others, and with none left haproxy
-    answers an OCI error with Retry-After."""
+    getting pulls; pushes go to the others, and with none left they go to it
+    anyway (a spare server), which answers its OCI error with Retry-After."""
     try:
         find_haproxy()
     except HaproxyError as exc:
@@ -163,7 +163,7 @@ async def test_writes_avoid_a_replica_that_cannot_write_and_reads_do_not(tmp_pat
             assert cut_seen["GET /v2/app/manifests/v1"] == 2 and whole_seen["GET /v2/app/manifests/v1"] == 2
             assert cut_seen["POST /v2/app/blobs/uploads/"] == 0
             assert whole_seen["POST /v2/app/blobs/uploads/"] == 4
-        # The only writable replica is gone: writes get haproxy's OCI error at once.
+        # The only writable replica is gone: writes reach the cut one's spare, which refuses them.
         async with asyncio.timeout(60):
             async with aiohttp.ClientSession() as session:
                 while True:

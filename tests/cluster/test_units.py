@@ -107,6 +107,8 @@ def test_haproxy_config_balances_checks_and_retries() -> None:
         "timeout server 10m",
         "server replica-1 127.0.0.1:6001",
         "server replica-2 127.0.0.1:6002",
+        # Every replica failing its check: sent to them anyway.
+        "server replica-1-spare 127.0.0.1:6001 backup no-check",
         # Writes only to replicas that can write; reads to every ready one.
         "use_backend writers unless METH_GET",
         "default_backend replicas",
