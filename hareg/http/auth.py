@@ -68,7 +68,11 @@ async def _admit(
     request: web.Request, handler: Handler, access: AccessControl, needs: list[authz.Need]
 ) -> web.StreamResponse:
     realm = realm_of(request)
-    caller = await access.identify(request.headers.get("Authorization"), client_of(request), realm)
+    authorization = request.headers.get("Authorization")
+    # The client's address only counts for a password login (the failed-login
+    # limit); a bearer token, the common case, does without working it out.
+    basic = authorization is not None and authorization.lstrip()[:6].lower() == "basic "
+    caller = await access.identify(authorization, client_of(request) if basic else "", realm)
     request[CALLER] = caller
     if request.method in policy.READ_METHODS:
         access.authorize(caller, needs, realm)

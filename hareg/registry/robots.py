@@ -59,6 +59,8 @@ def robot_in(authorization: str | None) -> str | None:
     not a robot's login, or malformed: authentication says why)."""
     if not authorization or len(authorization) > 8192:
         return None
+    if authorization[:6].lower() == "bearer":
+        return None  # the common case, a bearer token: no parsing
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "basic":
         return None
