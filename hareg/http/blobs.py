@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import IO, Any
+
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETag
@@ -11,6 +14,7 @@ from hareg.http import pull_through
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
 from hareg.http.ranges import not_modified, select_range
+from hareg.http.sendfile import ZeroCopyUnavailable, send_file
 from hareg.registry.blobs import BlobFile, BlobRedirect
 from hareg.registry.errors import RegistryError
 
@@ -55,7 +59,8 @@ async def head_blob(request: web.Request) -> web.Response:
 
 
 class _BlobFile(web.FileResponse):
-    """A blob sent with sendfile, its conditions and range already decided (ranges.py):
+    """A blob sent with os.sendfile on the socket (sendfile.py), its conditions
+    and range already decided (ranges.py):
     aiohttp's own Range handling (which refuses several ranges with 416 and
     reads ``bytes=-0`` as the whole file) only ever sees the chosen range, or
     none, and the ETag stays the digest (aiohttp would send one of the file's
@@ -87,6 +92,32 @@ class _BlobFile(web.FileResponse):
             offset, length = self._range
             headers["Range"] = f"bytes={offset}-{offset + length - 1}"
         return await super().prepare(request.clone(headers=headers))
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        # aiohttp calls this with the range decided and the file open: the
+        # body goes by os.sendfile on the socket (sendfile.py), or, where it
+        # cannot (TLS...), by aiohttp's own path (a thread pool under uvloop).
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        if not self.compression:
+            try:
+                await send_file(request.transport, writer, fobj.fileno(), offset, count)
+            except ZeroCopyUnavailable:
+                pass
+            except ConnectionError as exc:
+                # The client went away mid-body.  Ended as aiohttp ends a handler whose
+                # client left (handler cancellation): the access log says 499 and the
+                # connection closes, without the traceback aiohttp logs for an error
+                # raised by a handler; the file is closed by FileResponse.prepare.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError(f"client gone mid-body: {exc}") from exc
+            else:
+                await web.StreamResponse.write_eof(self)
+                return writer
+        return await super()._sendfile(request, fobj, offset, count)
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -124,7 +155,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             status=307, headers={"Location": source.url, "Docker-Content-Digest": info.digest}
         )
     if isinstance(source, BlobFile):
-        # sendfile; aiohttp sends the chosen range and answers conditional requests.
+        # Zero-copy; aiohttp picks the chosen range and answers the date conditions.
         return _BlobFile(source.path, rng, headers)
     response = web.StreamResponse(status=206 if rng else 200, headers=headers)
     response.content_length = source.length
