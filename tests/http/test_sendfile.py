@@ -27,6 +27,7 @@ from oci_helpers import Client, push_blob, sha256
 from registries import running
 
 from hareg.http.app import init_app
+from hareg.http.sendfile import ZeroCopyUnavailable, send_file
 from hareg.kv.etcd import EtcdKV
 from hareg.registry.service import Registry
 from hareg.storage.filesystem import FilesystemBlobStore
@@ -199,3 +200,34 @@ def test_tls_takes_aiohttps_path(etcd_url: str, tmp_path: Path, sendfile_bytes: 
 
     on_uvloop(etcd_url, tmp_path / "blobs", body, (server_ctx, client_ctx))
     assert sendfile_bytes == []  # encrypted in user space: never by sendfile
+
+
+def test_a_file_sendfile_refuses_falls_back_with_nothing_sent(tmp_path: Path) -> None:
+    """os.sendfile refusing the descriptors (EINVAL: a directory here) raises
+    ZeroCopyUnavailable before any byte of the body: the headers it flushed
+    stand and the body sent through aiohttp's writer completes the response."""
+    body = b"sent the ordinary way"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        writer = await response.prepare(request)
+        assert writer is not None
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(ZeroCopyUnavailable, match=r"os\.sendfile"):
+                await send_file(request.transport, writer, fd, 0, len(body))
+        finally:
+            os.close(fd)
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        async with TestClient(_LikeServe(app)) as client:
+            for _ in range(2):  # and the connection serves the next request
+                r = await client.get("/")
+                assert r.status == 200 and await r.read() == body
+
+    uvloop.run(main())
