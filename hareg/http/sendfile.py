@@ -116,6 +116,9 @@ async def send_file(
 
 
 async def _send(out: int, file_fd: int, offset: int, count: int) -> None:
+    """The body, by os.sendfile calls on the non-blocking ``out``; between two
+    calls the loop runs (the socket's writability awaited), so one fast reader
+    of a big blob cannot hold it."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] | None = None
 
@@ -124,18 +127,13 @@ async def _send(out: int, file_fd: int, offset: int, count: int) -> None:
             ready.set_result(None)
 
     start, end = offset, offset + count
-    watching = False
+    loop.add_writer(out, writable)
     try:
         while offset < end:
             try:
                 sent = os.sendfile(out, file_fd, offset, min(end - offset, _MAX_CALL))
             except BlockingIOError:
-                if not watching:
-                    loop.add_writer(out, writable)
-                    watching = True
-                ready = loop.create_future()
-                await ready
-                continue
+                sent = -1  # the socket's buffer is full
             except ConnectionResetError:
                 raise
             except ConnectionError as exc:  # BrokenPipeError, ...: the same to the caller
@@ -147,9 +145,10 @@ async def _send(out: int, file_fd: int, offset: int, count: int) -> None:
             if sent == 0:
                 # Shorter than its recorded size: a damaged store, not a client gone.
                 raise OSError(errno.EIO, f"the file ended {end - offset} bytes before its size")
-            offset += sent
-            if offset < end and not watching:
-                await asyncio.sleep(0)  # a big send done at once: let other connections run
+            if sent > 0:
+                offset += sent
+            if offset < end:
+                ready = loop.create_future()
+                await ready
     finally:
-        if watching:
-            loop.remove_writer(out)
+        loop.remove_writer(out)
