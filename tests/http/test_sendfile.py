@@ -122,6 +122,21 @@ async def _whole_and_ranged(client: Client, sendfile_bytes: list[int]) -> None:
         assert sum(sendfile_bytes) == stop - start
     r = await client.head(url)
     assert r.status == 200 and int(r.headers["Content-Length"]) == len(BIG) and await r.read() == b""
+    # The date conditions, on the file's mtime (Last-Modified), as aiohttp's FileResponse has them.
+    r = await client.get(url, headers={"Range": "bytes=0-0"})
+    last_modified = r.headers["Last-Modified"]
+    future, past = "Fri, 01 Jan 2100 00:00:00 GMT", "Thu, 01 Jan 1970 00:00:00 GMT"
+    sendfile_bytes.clear()
+    r = await client.get(url, headers={"If-Modified-Since": future})
+    assert r.status == 304 and await r.read() == b"" and r.headers["Last-Modified"] == last_modified
+    assert r.headers["ETag"] == f'"{digest}"'
+    r = await client.get(url, headers={"If-Unmodified-Since": past})
+    assert r.status == 412 and (await r.json())["errors"][0]["code"] == "UNSUPPORTED"
+    assert sendfile_bytes == []
+    r = await client.get(
+        url, headers={"If-Modified-Since": past, "If-Unmodified-Since": future, "Range": "bytes=3-5"}
+    )
+    assert r.status == 206 and await r.read() == BIG[3:6]
     # Keep-alive: the connection serves the next request after a sendfile body.
     for _ in range(3):
         r = await client.get(url, headers={"Range": "bytes=10-19"})
