@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.throughput import BLOB_PHASES, COMPANION_PHASES, PHASES, iter_phase_rows
+from bench.throughput import BLOB_PHASES, CEILING_PHASES, COMPANION_PHASES, PHASES, iter_phase_rows
 
 PHASE_LABELS = {
     "push": "blob push, monolithic",
@@ -86,6 +86,7 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
         if ratio_key:
             lines += ["", f"Top-level `ratios` are those of `{ratio_key}`."]
+    lines += _ceiling_section(doc)
     lines += _auth_section(doc)
     lines += ["", "## Peak RSS by role over the run (MB; largest single process in brackets)", ""]
     for name, t in doc["targets"].items():
@@ -104,6 +105,34 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", "## Targets that did not run", ""]
         lines += [f"- {n}: {msg.splitlines()[0] if msg else ''}" for n, msg in failed.items()]
     return "\n".join(lines) + "\n"
+
+
+def _ceiling_section(doc: dict[str, Any]) -> list[str]:
+    """hareg over the ceiling (bench.ceiling), for the reads the ceiling serves."""
+    table: dict[str, dict[str, Any]] = doc.get("ratios_ceiling_by_target", {})
+    ceiling = doc.get("ceiling")
+    if not table or not ceiling:
+        return []
+    names = list(table)
+    lines = [
+        "",
+        f"## Against the ceiling (hareg target / {ceiling}: bare aiohttp + uvloop, fixed bodies)",
+        "",
+        "| phase | figure | "
+        + " | ".join(f"{n} throughput" for n in names)
+        + " | "
+        + " | ".join(f"{n} CPU/op" for n in names)
+        + " |",
+        "|---|---|" + "---:|" * (2 * len(names)),
+    ]
+    for phase in CEILING_PHASES:
+        key = f"{phase}_mb_s" if phase in BLOB_PHASES else f"{phase}_ops"
+        if not any(key in table[n] for n in names):
+            continue
+        cells = [_fmt(table[n].get(key), 2) for n in names]
+        cells += [_fmt(table[n].get(f"{phase}_server_cpu_ms_per_op"), 2) for n in names]
+        lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _auth_section(doc: dict[str, Any]) -> list[str]:

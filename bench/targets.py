@@ -9,6 +9,10 @@ Kinds of target (``parse_target``):
   replicas, haproxy) in a temporary dir, read back from its ``cluster.json``;
 - ``distribution``: CNCF distribution (Debian's ``docker-registry``) with
   filesystem storage in a temporary dir;
+- ``ceiling``: :mod:`bench.ceiling`, the smallest aiohttp + uvloop server
+  answering the read routes with fixed bodies (the reference a Python replica
+  is measured against; it serves the blobs the benchmark stages in its
+  ``details["blobs_dir"]``);
 - a URL (``http://host:port``): a registry someone else runs; no process figures.
 
 With :class:`~bench.users.BenchUsers` (``--auth``), ``hareg`` gets their
@@ -21,7 +25,7 @@ a bounded wait, SIGKILL, together with any descendant it left behind.
 
 A :class:`RunningTarget` names its processes by *role* (``hareg`` and its
 ``etcd``; ``replica``, ``etcd``, ``storage``, ``lb`` and ``supervisor`` for the
-cluster; ``registry`` for distribution); :class:`ResourceMeter` measures, per
+cluster; ``registry`` for distribution; ``ceiling`` for the ceiling); :class:`ResourceMeter` measures, per
 role and per benchmark phase, CPU seconds (user + system, from /proc via
 psutil) and peak RSS (the kernel's ``VmHWM``, reset at the start of a phase,
 and a sampled sum over the role's processes).
@@ -51,12 +55,13 @@ from typing import Any
 import psutil
 import yaml
 
+from bench.ceiling import READY_PREFIX as CEILING_READY_PREFIX
 from bench.users import BenchUsers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "hareg registry listening on "
 DISTRIBUTION_BINARY = "docker-registry"
-KINDS = ("hareg", "hareg-cluster", "distribution")
+KINDS = ("hareg", "hareg-cluster", "distribution", "ceiling")
 AUTH_KINDS = ("hareg", "distribution")  # the kinds --auth can start
 MB = 1_000_000
 
@@ -204,7 +209,9 @@ def _terminate(proc: subprocess.Popen[Any], timeout: float) -> int | None:
     return code
 
 
-def _wait_ready_line(proc: subprocess.Popen[str], log: Path, timeout: float, what: str) -> str:
+def _wait_ready_line(
+    proc: subprocess.Popen[str], log: Path, timeout: float, what: str, prefix: str = READY_PREFIX
+) -> str:
     """Read ``proc``'s stdout (in a thread) until the ready line; the URL on it."""
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -232,18 +239,24 @@ def _wait_ready_line(proc: subprocess.Popen[str], log: Path, timeout: float, wha
             code = proc.wait(timeout=10)
             raise TargetError(f"{what} exited with {code} before it was ready; log:\n{_tail(log)}")
         seen.append(line)
-        if line.startswith(READY_PREFIX):
-            return line[len(READY_PREFIX) :].strip().rstrip("/")
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip().rstrip("/")
 
 
 def _start_ready(
-    args: list[str], log: Path, timeout: float, what: str, stop_timeout: float
+    args: list[str],
+    log: Path,
+    timeout: float,
+    what: str,
+    stop_timeout: float,
+    module: str = "hareg",
+    prefix: str = READY_PREFIX,
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python -m hareg ARGS`` (stderr to ``log``) and wait for its ready line;
+    """Start ``python -m MODULE ARGS`` (stderr to ``log``) and wait for its ready line;
     the process and the URL it serves.  On failure it is stopped (``stop_timeout``)."""
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hareg", *args],
+            [sys.executable, "-m", module, *args],
             cwd=PROJECT_ROOT,
             env=_child_env(),
             stdin=subprocess.DEVNULL,
@@ -252,7 +265,7 @@ def _start_ready(
             text=True,
         )
     try:
-        return proc, _wait_ready_line(proc, log, timeout, what)
+        return proc, _wait_ready_line(proc, log, timeout, what, prefix)
     except BaseException:
         _terminate(proc, stop_timeout)
         raise
@@ -386,6 +399,22 @@ def _start_distribution(
     )
 
 
+def _start_ceiling(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+    blobs = workdir / "blobs"
+    blobs.mkdir()
+    log = workdir / "ceiling.log"
+    args = ["--listen", f"127.0.0.1:{free_port()}", "--blobs", str(blobs)]
+    proc, url = _start_ready(args, log, timeout, "ceiling", 10, "bench.ceiling", CEILING_READY_PREFIX)
+    cache = _ProcessCache()
+    return RunningTarget(
+        spec=spec,
+        url=url,
+        details={"kind": "ceiling", "blobs_dir": str(blobs), "log": str(log)},
+        _roles=lambda: {"ceiling": cache.tree(proc.pid)},
+        _stop=lambda: _terminate(proc, 10),
+    )
+
+
 @dataclass
 class _ClusterFile:
     """``cluster.json``, re-read at most once a second (the supervisor restarts replicas)."""
@@ -490,6 +519,8 @@ def started(
             target = _start_distribution(spec, workdir, timeout, users)
         elif spec.kind == "hareg-cluster":
             target = _start_cluster(spec, workdir, timeout, cluster_replicas, cluster_storage)
+        elif spec.kind == "ceiling":
+            target = _start_ceiling(spec, workdir, timeout)
         else:
             raise ValueError(f"unknown target kind {spec.kind!r}")
         try:

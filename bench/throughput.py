@@ -22,6 +22,13 @@ Write phases run a fixed number of operations (the same data on every
 target); read phases run for a fixed duration.  ``ratios`` compares the first
 hareg target with distribution, figure by figure (hareg / distribution).
 
+The ``ceiling`` target (:mod:`bench.ceiling`) runs only ``CEILING_PHASES``,
+the reads it serves with fixed bodies: the blobs it is pulled are staged in
+its directory beforehand (untimed), every tag answers its one manifest, and
+the by-digest reads ask for that manifest's digest.  ``ratios_ceiling``
+compares the first hareg target with it (hareg / ceiling) for the figures it
+has: the fraction of what aiohttp + uvloop allow on this machine.
+
 With ``--auth`` (:class:`Options` ``auth``) both targets authenticate the same
 users (:mod:`bench.users`): hareg with the token flow, distribution with
 Basic on every request (:mod:`bench.credentials`), and every request of the
@@ -49,6 +56,8 @@ from typing import Any
 import aiohttp
 
 from bench.blobs import BlobSpec, MiB
+from bench.ceiling import MANIFEST_DIGEST as CEILING_MANIFEST_DIGEST
+from bench.ceiling import stage_blob
 from bench.client import OCIClient, RegistryHTTPError, image_manifest
 from bench.credentials import BasicCredentials, Credentials, TokenCredentials, TokenError, pull_scope
 from bench.targets import ResourceMeter, RoleUsage, RunningTarget, TargetError, TargetSpec, started
@@ -67,6 +76,8 @@ OP_PHASES = (
     "wrk_manifest_get_tag",
 )
 PHASES = BLOB_PHASES + OP_PHASES
+# What the ceiling serves (bench.ceiling): reads only.
+CEILING_PHASES = ("pull", "manifest_get_tag", "manifest_get_digest", "head_blob", "wrk_manifest_get_tag")
 # What the unauthenticated hareg of an --auth run measures, each phase right
 # after the authenticated hareg's (manifest_put makes the tags the reads use).
 COMPANION_PHASES = ("manifest_put", "manifest_get_tag", "wrk_manifest_get_tag")
@@ -77,6 +88,7 @@ REPO_MANIFESTS = "bench/manifests"
 TAG_PREFIX = "t"
 HAREG_KINDS = ("hareg", "hareg-cluster")
 AUTH_MIN_RATIO = 0.8  # authenticated manifest GET by tag / unauthenticated, the issue's target
+CEILING_MIN_RATIO = 0.5  # hareg's manifest reads and HEAD blob / the ceiling's
 
 ProgressFactory = Callable[[str, float, str], Progress]
 
@@ -229,6 +241,10 @@ class _Runner:
         self.run.phases[phase] = summary
         return result
 
+    @property
+    def is_ceiling(self) -> bool:
+        return self.target.details.get("kind") == "ceiling"
+
     async def setup(self) -> None:
         await self.client.ping()
         # Evidence that credentials were needed: the status of /v2/ without them.
@@ -237,6 +253,12 @@ class _Runner:
         # sha256 of what it pushes must not count against the first target.
         for blob in self.pushed + self.chunked:
             blob.digest()
+        if self.is_ceiling:
+            # What the other targets were pushed, put where the ceiling serves it from.
+            blobs_dir = Path(self.target.details["blobs_dir"])
+            for blob in self.pushed + self.chunked:
+                await asyncio.to_thread(stage_blob, blobs_dir, blob)
+            self.manifest_digests = [CEILING_MANIFEST_DIGEST]
         self.run.pids = self.target.pids()
 
     async def push(self) -> None:
@@ -396,7 +418,7 @@ class _Runner:
         await self.setup()
         if self.companion is not None:
             await self.companion.setup()
-        for phase in PHASES:
+        for phase in CEILING_PHASES if self.is_ceiling else PHASES:
             await getattr(self, phase)()
             if self.companion is not None and phase in COMPANION_PHASES:
                 await getattr(self.companion, phase)()
@@ -495,9 +517,18 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ratio_check(name, "manifest GET by tag (Python client)", "manifest_get_tag_ops", 1.5, table)
         if "wrk_manifest_get_tag_ops" in table:
             ratio_check(name, "manifest GET by tag (wrk)", "wrk_manifest_get_tag_ops", 1.5, table)
-        ratio_check(name, "blob pull MB/s", "pull_mb_s", 1.0, table)
+        ratio_check(name, "blob pull MB/s", "pull_mb_s", 1.3, table)
         ratio_check(name, "blob push MB/s (monolithic)", "push_mb_s", 1.0, table)
         ratio_check(name, "blob push MB/s (chunked)", "push_chunked_mb_s", 1.0, table)
+    for name, table in doc.get("ratios_ceiling_by_target", {}).items():
+        for label, key in (
+            ("manifest GET by tag (Python client)", "manifest_get_tag_ops"),
+            ("manifest GET by tag (wrk)", "wrk_manifest_get_tag_ops"),
+            ("manifest GET by digest", "manifest_get_digest_ops"),
+            ("HEAD blob", "head_blob_ops"),
+        ):
+            if key in table:
+                ratio_check(name, label, key, CEILING_MIN_RATIO, table, "the ceiling")
     for name, table in doc.get("auth_ratios", {}).items():
         for label, key in (
             ("(Python client)", "manifest_get_tag_ops"),
@@ -649,8 +680,9 @@ def _run_one(
 
 
 def add_ratios(doc: dict[str, Any]) -> None:
-    """``ratios`` (the first hareg target / distribution), ``ratios_by_target``
-    and ``target_checks``."""
+    """``ratios`` (the first hareg target / distribution), ``ratios_by_target``,
+    ``ratios_ceiling`` (the first hareg target / the ceiling, for the figures
+    the ceiling has), ``ratios_ceiling_by_target`` and ``target_checks``."""
     targets: dict[str, Any] = doc["targets"]
     base = next((n for n, t in targets.items() if t["details"].get("kind") == "distribution"), None)
     by_target: dict[str, dict[str, float | None]] = {}
@@ -664,6 +696,20 @@ def add_ratios(doc: dict[str, Any]) -> None:
     first = next(iter(by_target), None)
     doc["ratios_target"] = first
     doc["ratios"] = by_target[first] if first is not None else {}
+    ceiling = next((n for n, t in targets.items() if t["details"].get("kind") == "ceiling"), None)
+    ceiling_by_target: dict[str, dict[str, float | None]] = {}
+    if ceiling is not None:
+        ceiling_figures = figures(targets[ceiling]["phases"])
+        for name, t in targets.items():
+            if t["details"].get("kind") in HAREG_KINDS:
+                mine = figures(t["phases"])
+                # Only the figures the ceiling has: it serves reads, nothing else.
+                ceiling_by_target[name] = ratios(
+                    {k: v for k, v in mine.items() if k in ceiling_figures}, ceiling_figures
+                )
+    doc["ceiling"] = ceiling
+    doc["ratios_ceiling_by_target"] = ceiling_by_target
+    doc["ratios_ceiling"] = ceiling_by_target.get(first, {}) if first is not None else {}
     auth_ratios: dict[str, dict[str, float | None]] = {}
     for name, plain in doc.get("unauthenticated_targets", {}).items():
         if name in targets:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+from typing import Final
+
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETag
@@ -11,8 +16,11 @@ from hareg.http import pull_through
 from hareg.http.base import registry, repo_name
 from hareg.http.keys import SETTINGS
 from hareg.http.ranges import not_modified, select_range
+from hareg.http.sendfile import ZeroCopyUnavailable, send_file, socket_of
 from hareg.registry.blobs import BlobFile, BlobRedirect
-from hareg.registry.errors import RegistryError
+from hareg.registry.errors import ErrorCode, RegistryError
+
+_READ_CHUNK: Final = 1 << 20  # bytes per read where os.sendfile is refused
 
 
 def _headers(digest: str) -> dict[str, str]:
@@ -55,7 +63,8 @@ async def head_blob(request: web.Request) -> web.Response:
 
 
 class _BlobFile(web.FileResponse):
-    """A blob sent with sendfile, its conditions and range already decided (ranges.py):
+    """A blob sent by aiohttp where zero-copy cannot be (TLS: :func:`_zero_copy`),
+    its conditions and range already decided (ranges.py):
     aiohttp's own Range handling (which refuses several ranges with 416 and
     reads ``bytes=-0`` as the whole file) only ever sees the chosen range, or
     none, and the ETag stays the digest (aiohttp would send one of the file's
@@ -87,6 +96,81 @@ class _BlobFile(web.FileResponse):
             offset, length = self._range
             headers["Range"] = f"bytes={offset}-{offset + length - 1}"
         return await super().prepare(request.clone(headers=headers))
+
+
+def _date_conditions(request: web.Request, headers: dict[str, str], mtime: float) -> web.Response | None:
+    """If-Unmodified-Since (412) and If-Modified-Since (304) against the file's
+    mtime, as aiohttp's FileResponse decides them, each only without its
+    entity-tag counterpart (RFC 9110 §13.2.2)."""
+    if "If-Match" not in request.headers:
+        since = request.if_unmodified_since
+        if since is not None and mtime > since.timestamp():
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, "the blob's file was written after If-Unmodified-Since", status=412
+            )
+    if "If-None-Match" not in request.headers:
+        since = request.if_modified_since
+        if since is not None and mtime <= since.timestamp():
+            kept = ("Docker-Content-Digest", "ETag", "Cache-Control")
+            response = web.Response(status=304, headers={k: headers[k] for k in kept})
+            response.last_modified = mtime
+            return response
+    return None
+
+
+async def _write_through(writer: AbstractStreamWriter, fd: int, offset: int, count: int) -> None:
+    """The body read in the thread pool and written by aiohttp (os.sendfile refused the file)."""
+    loop = asyncio.get_running_loop()
+    end = offset + count
+    while offset < end:
+        chunk = await loop.run_in_executor(None, os.pread, fd, min(_READ_CHUNK, end - offset), offset)
+        if not chunk:
+            raise OSError(errno.EIO, f"the blob's file ended {end - offset} bytes before its size")
+        await writer.write(chunk)
+        offset += len(chunk)
+
+
+async def _zero_copy(
+    request: web.Request, path: str, rng: tuple[int, int] | None, headers: dict[str, str]
+) -> web.StreamResponse | None:
+    """The blob's file sent by os.sendfile on the connection's socket
+    (sendfile.py), the date conditions decided on its mtime; None where the
+    bytes cannot go straight to the socket (TLS...) or the file does not open:
+    aiohttp's FileResponse then answers.  The file is opened and closed on the
+    loop (a local file: no thread-pool round trips)."""
+    try:
+        socket_of(request.transport)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (ZeroCopyUnavailable, OSError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if (unchanged := _date_conditions(request, headers, st.st_mtime)) is not None:
+            return unchanged
+        offset, count = rng if rng is not None else (0, st.st_size)
+        response = web.StreamResponse(status=206 if rng else 200, headers=headers)
+        response.last_modified = st.st_mtime
+        response.content_length = count
+        if rng is not None:
+            response.headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{st.st_size}"
+        writer = await response.prepare(request)
+        if writer is not None and count:
+            try:
+                await send_file(request.transport, writer, fd, offset, count)
+            except ZeroCopyUnavailable:
+                await _write_through(writer, fd, offset, count)
+            except ConnectionError as exc:
+                # The client went away mid-body.  Ended as aiohttp ends a handler whose
+                # client left (handler cancellation): the access log says 499 and the
+                # connection closes, without the traceback aiohttp logs for an error
+                # raised by a handler.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError(f"client gone mid-body: {exc}") from exc
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -124,8 +208,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             status=307, headers={"Location": source.url, "Docker-Content-Digest": info.digest}
         )
     if isinstance(source, BlobFile):
-        # sendfile; aiohttp sends the chosen range and answers conditional requests.
-        return _BlobFile(source.path, rng, headers)
+        sent = await _zero_copy(request, source.path, rng, headers)
+        # Elsewhere aiohttp sends the chosen range and answers the date conditions.
+        return sent if sent is not None else _BlobFile(source.path, rng, headers)
     response = web.StreamResponse(status=206 if rng else 200, headers=headers)
     response.content_length = source.length
     if rng:

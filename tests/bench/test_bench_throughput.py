@@ -20,7 +20,7 @@ from bench_support import PROJECT_ROOT, require_distribution, require_hareg
 from yarl import URL
 
 from bench.targets import RunningTarget, parse_target
-from bench.throughput import COMPANION_PHASES, PHASES, Workload, run_target
+from bench.throughput import CEILING_PHASES, COMPANION_PHASES, PHASES, Workload, run_target
 from bench.workload import NoProgress, Progress
 
 TINY = [
@@ -43,7 +43,7 @@ def test_cli_runs_on_hareg_and_distribution(tmp_path: Path) -> None:
     out = tmp_path / "run" / "tp.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "throughput", "--target", "hareg", "--target", "distribution",
-         *TINY, "--json", str(out)],
+         "--target", "ceiling", *TINY, "--json", str(out)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -54,7 +54,19 @@ def test_cli_runs_on_hareg_and_distribution(tmp_path: Path) -> None:
     for key in ("push_mb_s", "pull_mb_s", "manifest_get_tag_ops", "manifest_put_ops"):
         assert isinstance(doc["ratios"][key], float) and doc["ratios"][key] > 0, key
     assert doc["ratios_target"] == "hareg" and doc["baseline"] == "distribution"
-    assert set(doc["targets"]) == {"hareg", "distribution"}
+    assert set(doc["targets"]) == {"hareg", "distribution", "ceiling"}
+    # The ceiling runs the reads it serves; hareg is compared with it on those only.
+    ceiling_phases = doc["targets"]["ceiling"]["phases"]
+    assert set(ceiling_phases) <= set(CEILING_PHASES) and "pull" in ceiling_phases
+    for phase, s in ceiling_phases.items():
+        assert "error" in s or (s["errors"] == 0 and s["ops"] > 0), (phase, s)
+    assert set(ceiling_phases["pull"]["server"]) == {"ceiling"}
+    assert ceiling_phases["pull"]["bytes"] == 2 * (3 * 200 * 1024 + 1024 * 1024)
+    assert doc["ceiling"] == "ceiling"
+    for key in ("pull_mb_s", "manifest_get_tag_ops", "manifest_get_digest_ops", "head_blob_ops"):
+        assert isinstance(doc["ratios_ceiling"][key], float) and doc["ratios_ceiling"][key] > 0, key
+    assert not {"push_mb_s", "manifest_put_ops", "mount_ops", "tag_list_ops"} & set(doc["ratios_ceiling"])
+    assert "ceiling" not in doc["ratios_by_target"]
     for name, roles in (("hareg", {"hareg", "etcd"}), ("distribution", {"registry"})):
         phases = doc["targets"][name]["phases"]
         measured = [p for p in PHASES if p != "wrk_manifest_get_tag"]
@@ -69,7 +81,7 @@ def test_cli_runs_on_hareg_and_distribution(tmp_path: Path) -> None:
         assert phases["mount"]["mounted"] == 5
     assert {c["check"] for c in doc["target_checks"]} >= {"replica peak RSS < 150 MB"}
     md = out.with_suffix(".md").read_text()
-    assert "manifest GET by tag" in md and "| hareg |" in md
+    assert "manifest GET by tag" in md and "| hareg |" in md and "Against the ceiling" in md
     for suffix in ("throughput", "latency", "resources"):
         png = tmp_path / "run" / f"tp-{suffix}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
