@@ -69,12 +69,19 @@ class BlobMetadata(StoreBase):
         upload may have found the bytes already stored (and dropped its own)
         just before a collector removed them."""
         blob_key, link_key = self.keys.blob(digest), self.keys.link(repo, digest)
+        upload_key = self.keys.upload(upload_id) if upload_id is not None else None
 
         async def attempt() -> Txn[None]:
-            blob_kv, repo_kv = await self._read_many([blob_key, self.keys.repo(repo)])
+            reads = [blob_key, self.keys.repo(repo)] + ([upload_key] if upload_key is not None else [])
+            blob_kv, repo_kv, *upload_kv = await self._read_many(reads)
             compares = [await blob_guard(self.keys, digest, blob_kv, bytes_present)]
             if repo_kv is None:
                 compares.append(self._ensure_repo(repo)[0])
+            if upload_key is not None and upload_kv and upload_kv[0] is not None:
+                # The sealed session's record, deleted by this write: it fences
+                # the write (a late first attempt finds it gone), so a closing
+                # PUT whose reply was lost is re-sent like every fenced write.
+                compares.append(Compare.mod_revision_is(upload_key, upload_kv[0].mod_revision))
 
             def build() -> Txn[None]:
                 """One attempt; a re-send's link carries another time, its own."""
@@ -85,9 +92,10 @@ class BlobMetadata(StoreBase):
                     ops.append(Delete(self.keys.upload(upload_id)))
                 if repo_kv is None:
                     ops.append(self._ensure_repo(repo)[1])
-                # Fenced (re-sent after an unknown outcome) only when the blob
-                # record existed: a record compared missing could be created,
-                # collected and be missing again before a late first attempt.
+                # Fenced (re-sent after an unknown outcome) when the blob record
+                # existed (a record compared missing could be created, collected
+                # and be missing again before a late first attempt) or when it
+                # closes an upload session whose record it compares.
                 return Txn(compares, ops, lambda: self._wrote(link), None, again=build)
 
             return build()

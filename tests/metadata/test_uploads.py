@@ -65,3 +65,23 @@ async def test_a_start_whose_reply_was_lost_is_never_sent_again(kv: EtcdKV, keys
     with pytest.raises(KVUnknownOutcome):
         await meta.create_upload("u", "repo", "sha256")
     assert flaky.writes == 1
+
+
+async def test_a_close_of_a_new_blob_whose_reply_was_lost_is_sent_again(kv: EtcdKV, keys: Keys) -> None:
+    """The closing write links a blob no record names yet: fenced by the
+    session record it deletes, so re-sent, and the late first attempt fails."""
+    setup = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r")
+    await setup.create_upload("u", "repo", "sha256")
+    blob = "sha256:" + "ab" * 32
+    assert await setup.seal_upload("u", "repo", blob) is not None
+    flaky = UnknownOutcomeKV(kv, apply=False, late=True, deletes=True)
+    meta = MetadataStore(flaky, keys, SystemClock(), RandomIds(), "r")
+
+    async def present() -> bool:
+        return True
+
+    await meta.add_blob("repo", blob, 10, "u", bytes_present=present)
+    assert flaky.writes == 2
+    assert await kv.get(keys.upload("u")) is None and await kv.get(keys.link("repo", blob)) is not None
+    (late,) = await flaky.deliver()
+    assert not late.succeeded
