@@ -27,6 +27,9 @@ Two kinds of checks:
 * **From the recorded history, after the run.**
   - (7) the transaction that made an acknowledged tag push left the tag
     naming the pushed digest (``check_tag_pushes``);
+  - (7) one request's writes applied at most once, for every kind of key
+    (``check_once``): no operation advanced a tag's sequence twice, made one
+    link twice, wrote one manifest twice, ... — acknowledged or not;
   - (7) every acknowledged write took effect during its request (the
     timeline shows the tag/manifest/link in the acknowledged state at some
     point between invoke and completion): an unknown etcd outcome was never
