@@ -510,7 +510,8 @@ class EtcdCluster:
             "dropped_writes": 0,
             "lost_replies": 0,
             "late_writes": 0,
-            "late_applied": 0,
+            "late_applied": 0,  # held transactions released (applied, or refused by a compare)
+            "late_refused": 0,  # ... whose compares failed when they finally arrived
             "lost_in_election": 0,
             "compactions": 0,
             "lease_expiries": 0,
@@ -799,6 +800,8 @@ class EtcdCluster:
             self.write_revisions[req.op] = self.store.revision
             if self.store.revision != before:
                 self.commit_ops[self.store.revision] = req.op
+        elif req.late and isinstance(result, TxnResult):
+            self.stats["late_refused"] += 1
         if req.write and self._lose_replies and self.rng.random() < max(self._lose_replies):
             self.stats["lost_replies"] += 1
             self.trace.event("etcd.reply_lost", client=req.client, what=req.what)
