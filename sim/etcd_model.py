@@ -483,9 +483,12 @@ class EtcdCluster:
         self._lose_replies: list[float] = []  # fault windows: write applied, reply lost
         self._late_writes: list[float] = []  # fault windows: txn held, applied after its deadline
         # Transactions held back by a late-delivery window, in the order they were
-        # held: request -> the timer that releases it (the heal releases the rest).
-        self._late: dict[int, tuple[_Request, asyncio.TimerHandle]] = {}
+        # held: number -> (request, the timer that releases it, how many write
+        # txns of its client operation had arrived by then); the heal releases the rest.
+        self._late: dict[int, tuple[_Request, asyncio.TimerHandle, int]] = {}
         self._next_late = 0
+        # client operation -> its write txns that reached a member while any was held
+        self._txn_arrivals: dict[int, int] = {}
         self._aggressive_compaction = 0
         self._last_compact_at = 0.0
         self._compact_candidate = 1
@@ -512,6 +515,7 @@ class EtcdCluster:
             "late_writes": 0,
             "late_applied": 0,  # held transactions released (applied, or refused by a compare)
             "late_refused": 0,  # ... whose compares failed when they finally arrived
+            "late_after_resend": 0,  # ... after another txn of the same request (a re-send, a retry)
             "lost_in_election": 0,
             "compactions": 0,
             "lease_expiries": 0,
@@ -587,7 +591,7 @@ class EtcdCluster:
         # never proposed, their clients time out.
         self._pending = [r for r in self._pending if r.member != member]
         self._held.pop(member, None)
-        for number, (req, timer) in list(self._late.items()):
+        for number, (req, timer, _) in list(self._late.items()):
             if req.member == member:
                 timer.cancel()
                 del self._late[number]
@@ -716,6 +720,8 @@ class EtcdCluster:
 
     def receive(self, req: _Request) -> None:
         """A request arrives at a member."""
+        if self._late and req.write and req.what == "txn":
+            self._txn_arrivals[req.op] = self._txn_arrivals.get(req.op, 0) + 1
         if req.member in self.lost:
             req.pending.lost()  # it crashed as the request arrived: no answer
             return
@@ -755,16 +761,19 @@ class EtcdCluster:
         at = max(self.loop.time(), req.pending.deadline) + extra
         number, self._next_late = self._next_late, self._next_late + 1
         self.trace.event("etcd.held_late", client=req.client, op=req.op, until=round(at, 6))
-        self._late[number] = (req, self.loop.call_at(at, self._release_late, number))
+        arrived = self._txn_arrivals.get(req.op, 0)
+        self._late[number] = (req, self.loop.call_at(at, self._release_late, number), arrived)
         req.pending.lost()
 
     def _release_late(self, number: int) -> None:
         held = self._late.pop(number, None)
         if held is None:
             return
-        req, timer = held
+        req, timer, arrived = held
         timer.cancel()
         self.stats["late_applied"] += 1
+        if req.op >= 0 and self._txn_arrivals.get(req.op, 0) > arrived:
+            self.stats["late_after_resend"] += 1  # another txn of its request got there first
         self.trace.event("etcd.late", client=req.client, op=req.op, member=req.member)
         if req.member in self.lost:
             return  # the member crashed with it

@@ -167,7 +167,7 @@ def test_the_heal_delivers_every_held_transaction_and_a_lost_member_drops_its_ow
         cluster.add_late_writes(1.0)
         with pytest.raises(KVUnknownOutcome):
             await kv.txn([], [Put(P + b"c", b"1")])
-        (member,) = {req.member for req, _ in cluster._late.values()}
+        (member,) = {req.member for req, _, _ in cluster._late.values()}
         cluster.lose_member(member)
         cluster.heal()
         assert cluster.store.get(P + b"c") is None  # it died with its member
