@@ -342,6 +342,7 @@ class CommitMonitor:
         upload opened or closed, a record created, a grant given or taken."""
         if kind == "l":
             if not put:
+                self._link_created.pop(kv.key, None)
                 return None
             created = decode(LinkRecord, kv.value).created
             if self._link_created.get(kv.key) == created:
