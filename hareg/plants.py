@@ -30,6 +30,10 @@ DESCRIPTIONS = MappingProxyType(
         "(metadata/manifests.py put_manifest): concurrent pushes to one tag lose history (invariant 5)",
         "ambiguous-ack": "an etcd write whose outcome is unknown is acknowledged without verifying it "
         "(metadata/writes.py _txn) (invariants 7, 1, 4)",
+        "naive-resend": "an etcd write whose outcome is unknown and not verified is sent again as it "
+        "was, fenced or not, and a failed compare of the re-send is taken for a conflict: read again and "
+        "write again (metadata/writes.py _txn; docs/simulation.md finding 3): one request applies twice "
+        "(invariant 7, the simulator's check_once; linearizability)",
         "upload-no-digest": "an upload is finished without checking its digest "
         "(registry/uploads.py finish) (invariant 3)",
         "commit-unverified-bytes": "a closing PUT measures the staged upload without sealing it and commits "

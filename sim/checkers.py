@@ -27,6 +27,9 @@ Two kinds of checks:
 * **From the recorded history, after the run.**
   - (7) the transaction that made an acknowledged tag push left the tag
     naming the pushed digest (``check_tag_pushes``);
+  - (7) one request's writes applied at most once, for every kind of key
+    (``check_once``): no operation advanced a tag's sequence twice, made one
+    link twice, wrote one manifest twice, ... — acknowledged or not;
   - (7) every acknowledged write took effect during its request (the
     timeline shows the tag/manifest/link in the acknowledged state at some
     point between invoke and completion): an unknown etcd outcome was never
@@ -61,12 +64,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hareg.kv.base import Event, EventType
+from hareg.kv.base import Event, EventType, KeyValue
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import (
     BlobRecord,
     HistoryEntry,
     ImmutabilityRecord,
+    LinkRecord,
     ManifestRecord,
     TagRecord,
     TagSeqRecord,
@@ -136,6 +140,33 @@ def switch_on(raw: bytes) -> bool:
 # At every commit
 
 
+# (key kind, put or delete) -> what a commit did that one request may do at most
+# once to one key (``check_once``; "l", "b", "r" and "u" are refined in
+# ``CommitMonitor._unit``).  Settings ("c"), membership ("n") and mirror keys
+# are left out: a request may write them more than once.
+_UNITS: dict[tuple[str, bool], str] = {
+    ("t", True): "tag written",
+    ("t", False): "tag deleted",
+    ("s", True): "tag sequence advanced",
+    ("h", True): "history entry appended",
+    ("m", True): "manifest written",
+    ("m", False): "manifest deleted",
+    ("d", True): "manifest delete marker written",
+    ("f", True): "referrers entry written",
+    ("f", False): "referrers entry deleted",
+    ("b", True): "blob record created",
+    ("r", True): "repository created",
+    ("u", True): "upload opened",
+    ("u", False): "upload closed",
+    ("i", True): "immutability rule written",
+    ("i", False): "immutability rule removed",
+    ("g", True): "grant written",
+    ("g", False): "grant removed",
+    ("a", True): "robot account written",
+    ("a", False): "robot account removed",
+}
+
+
 class CommitMonitor:
     """Checks invariants 2, 5 and 6 of docs/invariants.md on every etcd revision and keeps a timeline.
 
@@ -183,6 +214,10 @@ class CommitMonitor:
         self._switch_key = keys.setting(READ_ONLY_KEY)
         # Set by the StorageMonitor: is a blob's content in the object store?
         self.storage: StorageMonitor | None = None
+        # revision -> what it did that one request may do at most once to a key
+        # (``check_once``): (what, key) pairs, ``_UNITS`` says what each is.
+        self.units: dict[int, list[tuple[str, str]]] = {}
+        self._link_created: dict[bytes, float] = {}
         store.observers.append(self.on_commit)
 
     def _kind(self, key: bytes) -> tuple[str, str] | None:
@@ -224,12 +259,17 @@ class CommitMonitor:
         moves: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         checks: list[tuple[str, str, str]] = []
         rules: dict[str, tuple[str, ...]] = {}
+        units: list[tuple[str, str]] = []
         for ev in events:
             parsed = self._kind(ev.kv.key)
             if parsed is None:
                 continue
             kind, rest = parsed
             put = ev.type is EventType.PUT
+            unit = self._unit(kind, rest, put, ev.kv)
+            if unit is not None:
+                # A history entry counts per tag (its key names its number).
+                units.append((unit, rest.rsplit("@", 1)[0] if kind == "h" else rest))
             if kind in "tmlig":  # tags, manifests, links, immutability rules, grants
                 self.timeline[ev.kv.key].append((seq, ev.kv.value if put else None))
             if kind == "i":
@@ -286,12 +326,36 @@ class CommitMonitor:
                 self._blob_state[rest] = state
                 if state != "live":
                     checks.append(("blob-", state, rest))
+        if units:
+            self.units[rev] = units
         for (repo, tag), move in moves.items():
             self._check_immutable(repo, tag, move)
             self._check_move(repo, tag, move)
         self._rules.update(rules)  # a rule binds the commits after the one that set it
         for what, repo, name in checks:
             self._check_reachability(what, repo, name)
+
+    def _unit(self, kind: str, rest: str, put: bool, kv: KeyValue) -> str | None:
+        """What a commit did to one key that one request may do at most once
+        (``_UNITS``), or None: a tag's sequence advanced, a history entry
+        appended, a link made (not touched: a HEAD keeps its ``created``), an
+        upload opened or closed, a record created, a grant given or taken."""
+        if kind == "l":
+            if not put:
+                self._link_created.pop(kv.key, None)
+                return None
+            created = decode(LinkRecord, kv.value).created
+            if self._link_created.get(kv.key) == created:
+                return None  # a touch
+            self._link_created[kv.key] = created
+            return "link made"
+        if kind in "bru" and put and kv.version != 1:
+            return None  # only their creation (a blob record is re-written by uses, an upload by chunks)
+        if kind == "h" and not put:
+            return None  # trimming
+        if kind == "s" and not put:
+            return None
+        return _UNITS.get((kind, put))
 
     def _check_immutable(self, repo: str, tag: str, move: dict[str, Any]) -> None:
         """No tag covered by a pattern in force moves away from its digest."""
@@ -597,6 +661,40 @@ def check_effects(history: History, effects: dict[int, int], findings: Findings)
             )
 
 
+def check_once(
+    history: History, monitor: CommitMonitor, commit_ops: dict[int, int], findings: Findings
+) -> None:
+    """One request's write applied at most once, for every kind of key the
+    registry writes: no client operation advanced a tag's sequence twice,
+    appended two history entries to one tag, wrote one tag, manifest, rule or
+    grant twice, made one link twice, opened or closed one upload twice.
+    Every transaction counts — acknowledged, failed or unknown — since a
+    request's effects are its transactions, whenever they apply: an attempt
+    held back and applied after its re-send (the ``late`` fault) is one of
+    them.  A re-send is safe only if its compares let at most one attempt ever
+    apply (docs/consistency.md, "Writes whose outcome is unknown"), and a
+    re-send taken for a conflict writes the request a second time
+    (docs/simulation.md finding 3, the ``naive-resend`` plant)."""
+    done: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+    for rev, units in monitor.units.items():
+        op_id = commit_ops.get(rev, -1)
+        if op_id < 0:
+            continue  # a background task's (collector, janitor, leases) or another tenant's
+        for what, key in units:
+            done[(op_id, what, key)].append(rev)
+    for (op_id, what, key), revs in sorted(done.items()):
+        if len(revs) < 2:
+            continue
+        op = history.ops[op_id]
+        findings.add(
+            "7",
+            op.complete_time or op.invoke_time,
+            f"op {op.id} {op.kind} {op.repo}{':' + op.tag if op.tag else ''} on {op.replica} "
+            f"({op.outcome.value if op.outcome else 'running'}): {what} {len(revs)} times for {key} "
+            f"(revs {', '.join(map(str, revs))}): one request applied more than once",
+        )
+
+
 def check_tag_pushes(
     history: History, monitor: CommitMonitor, keys: Keys, write_revisions: dict[int, int], findings: Findings
 ) -> None:
@@ -894,6 +992,7 @@ def check_history(
     *,
     effects: dict[int, int],
     write_revisions: dict[int, int] | None = None,
+    commit_ops: dict[int, int] | None = None,
     grace: float,
     head_grace: float,
     keep_younger: float,
@@ -901,6 +1000,7 @@ def check_history(
     check_acknowledged_writes(history, monitor, keys, findings)
     check_effects(history, effects, findings)
     check_tag_pushes(history, monitor, keys, write_revisions or {}, findings)
+    check_once(history, monitor, commit_ops or {}, findings)
     check_digest_reads(history, monitor, keys, findings)
     check_inflight_pushes(history, findings, grace=grace, head_grace=head_grace, keep_younger=keep_younger)
     check_immutable_refusals(history, monitor, keys, findings)

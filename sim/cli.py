@@ -304,6 +304,7 @@ def cmd_plants(args: argparse.Namespace) -> int:
 PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "tag-no-compare": frozenset({"5"}),
     "ambiguous-ack": frozenset({"7", "1", "4", "linearizability"}),
+    "naive-resend": frozenset({"7", "linearizability"}),
     "upload-no-digest": frozenset({"3"}),
     "cache-keeps-deleted-tag": frozenset({"4", "linearizability"}),
     "cache-keeps-moved-tag": frozenset({"linearizability"}),

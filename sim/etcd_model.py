@@ -415,6 +415,7 @@ class _Request:
     pending: Pending
     net: Network
     op: int = -1  # the client operation it serves (history.CURRENT_OP)
+    late: bool = False  # held back by a late-delivery window once already (never twice)
 
     def reply(self, result: Any) -> None:
         pending = self.pending
@@ -480,6 +481,14 @@ class EtcdCluster:
         self._next_watch = 0
         self._drop_writes: list[float] = []  # fault windows: write dropped, not applied
         self._lose_replies: list[float] = []  # fault windows: write applied, reply lost
+        self._late_writes: list[float] = []  # fault windows: txn held, applied after its deadline
+        # Transactions held back by a late-delivery window, in the order they were
+        # held: number -> (request, the timer that releases it, how many write
+        # txns of its client operation had arrived by then); the heal releases the rest.
+        self._late: dict[int, tuple[_Request, asyncio.TimerHandle, int]] = {}
+        self._next_late = 0
+        # client operation -> its write txns that reached a member while any was held
+        self._txn_arrivals: dict[int, int] = {}
         self._aggressive_compaction = 0
         self._last_compact_at = 0.0
         self._compact_candidate = 1
@@ -495,11 +504,18 @@ class EtcdCluster:
         self.effects: dict[int, int] = {}
         # op id -> the revision of its last applied write transaction
         self.write_revisions: dict[int, int] = {}
+        # revision -> the client operation whose transaction made it (for the
+        # checker that counts one request's effects: sim/checkers.py)
+        self.commit_ops: dict[int, int] = {}
         self.stats: dict[str, int] = {
             "commits": 0,
             "elections": 0,
             "dropped_writes": 0,
             "lost_replies": 0,
+            "late_writes": 0,
+            "late_applied": 0,  # held transactions released (applied, or refused by a compare)
+            "late_refused": 0,  # ... whose compares failed when they finally arrived
+            "late_after_resend": 0,  # ... after another txn of the same request (a re-send, a retry)
             "lost_in_election": 0,
             "compactions": 0,
             "lease_expiries": 0,
@@ -525,6 +541,13 @@ class EtcdCluster:
         if p in self._lose_replies:
             self._lose_replies.remove(p)
 
+    def add_late_writes(self, p: float) -> None:
+        self._late_writes.append(p)
+
+    def remove_late_writes(self, p: float) -> None:
+        if p in self._late_writes:
+            self._late_writes.remove(p)
+
     def set_aggressive_compaction(self, on: bool) -> None:
         self._aggressive_compaction += 1 if on else -1
 
@@ -533,7 +556,11 @@ class EtcdCluster:
         (it still has to catch up before it serves)."""
         self._drop_writes.clear()
         self._lose_replies.clear()
+        self._late_writes.clear()
         self._aggressive_compaction = 0
+        # What the network still held arrives now, in the order it was held.
+        for number in list(self._late):
+            self._release_late(number)
         for member in list(self.lost):
             self.replace_member(member)
 
@@ -564,6 +591,10 @@ class EtcdCluster:
         # never proposed, their clients time out.
         self._pending = [r for r in self._pending if r.member != member]
         self._held.pop(member, None)
+        for number, (req, timer, _) in list(self._late.items()):
+            if req.member == member:
+                timer.cancel()
+                del self._late[number]
         # From now on nothing reaches it and nothing leaves it (connection refused).
         self.net.isolate(member)
         if self.leader == member:
@@ -689,6 +720,8 @@ class EtcdCluster:
 
     def receive(self, req: _Request) -> None:
         """A request arrives at a member."""
+        if self._late and req.write and req.what == "txn":
+            self._txn_arrivals[req.op] = self._txn_arrivals.get(req.op, 0) + 1
         if req.member in self.lost:
             req.pending.lost()  # it crashed as the request arrived: no answer
             return
@@ -714,9 +747,51 @@ class EtcdCluster:
         # the request's transit (SimKV adds it), so it applies on arrival.
         self._apply(req)
 
+    def _hold_late(self, req: _Request) -> None:
+        """A late-delivery window: the transaction sits in the network or the
+        member's queue and applies only after its client's deadline — after
+        the verification read and, usually, after a re-send (the delay is
+        drawn past the deadline).  The client sees a timeout."""
+        req.late = True
+        self.stats["late_writes"] += 1
+        # 40% land within 5 ms of the deadline, between the client's verification
+        # read and its re-send (or racing them), the rest up to 5 s later, after
+        # the re-send (or after the client's 503).
+        extra = self.rng.uniform(0.0, 0.005) if self.rng.random() < 0.4 else self.rng.uniform(0.005, 5.0)
+        at = max(self.loop.time(), req.pending.deadline) + extra
+        number, self._next_late = self._next_late, self._next_late + 1
+        self.trace.event("etcd.held_late", client=req.client, op=req.op, until=round(at, 6))
+        arrived = self._txn_arrivals.get(req.op, 0)
+        self._late[number] = (req, self.loop.call_at(at, self._release_late, number), arrived)
+        req.pending.lost()
+
+    def _release_late(self, number: int) -> None:
+        held = self._late.pop(number, None)
+        if held is None:
+            return
+        req, timer, arrived = held
+        timer.cancel()
+        self.stats["late_applied"] += 1
+        if req.op >= 0 and self._txn_arrivals.get(req.op, 0) > arrived:
+            self.stats["late_after_resend"] += 1  # another txn of its request got there first
+        self.trace.event("etcd.late", client=req.client, op=req.op, member=req.member)
+        if req.member in self.lost:
+            return  # the member crashed with it
+        if req.member in self._catching_up:
+            self._held.setdefault(req.member, []).append(req)
+            return
+        if self.leader is None:
+            self._hold(req)
+            return
+        self._serve(req)
+
     def _apply(self, req: _Request) -> None:
         if self.leader is None:
             self._hold(req)
+            return
+        late = req.what == "txn" and req.write and not req.late and self._late_writes
+        if late and self.rng.random() < max(self._late_writes):
+            self._hold_late(req)
             return
         if req.write and self._drop_writes and self.rng.random() < max(self._drop_writes):
             self.stats["dropped_writes"] += 1
@@ -724,6 +799,7 @@ class EtcdCluster:
             req.pending.lost()
             return  # never applied; the client times out
         result: Any
+        before = self.store.revision
         try:
             result = req.fn(self.store)
         except KVError as exc:
@@ -731,6 +807,10 @@ class EtcdCluster:
         if req.write and isinstance(result, TxnResult) and result.succeeded:
             self.effects[req.op] = self.effects.get(req.op, 0) + 1
             self.write_revisions[req.op] = self.store.revision
+            if self.store.revision != before:
+                self.commit_ops[self.store.revision] = req.op
+        elif req.late and isinstance(result, TxnResult):
+            self.stats["late_refused"] += 1
         if req.write and self._lose_replies and self.rng.random() < max(self._lose_replies):
             self.stats["lost_replies"] += 1
             self.trace.event("etcd.reply_lost", client=req.client, what=req.what)

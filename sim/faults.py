@@ -3,7 +3,7 @@
 Every fault is one entry of a schedule (a time, a duration, a target and a
 strength), so a failing run's faults form a plain list that can be replayed,
 printed and shrunk (``shrink.py``).  The probabilistic faults — message loss,
-lost etcd replies, dropped etcd writes, storage errors — are windows in that
+lost etcd replies, dropped etcd writes, late etcd writes, storage errors — are windows in that
 schedule too; what happens inside a window is drawn from the run's RNG.
 """
 
@@ -32,6 +32,7 @@ FAULT_KINDS: dict[str, str] = {
     # New kinds go last: a kind's draws come after those of the kinds before it,
     # so appending one leaves every existing kind's schedule as it was.
     "disk": "an etcd member loses its disk: crash, removal, a fresh member catching up from the leader",
+    "late": "etcd holds a transaction back and applies it after its client's deadline (and re-send)",
 }
 
 # kind -> how ``Fault.describe`` words it (str.format over the fault's fields, ``ms``
@@ -40,7 +41,7 @@ _DESCRIPTIONS: dict[str, str] = {
     **dict.fromkeys(("crash", "pause", "partition", "disk"), "{kind} {target}{when}"),
     "split": "split {target}|{peer}{when}",
     "oneway": "oneway {target}->{peer}{when}",
-    **dict.fromkeys(("loss", "lostreply", "timeout", "storage"), "{kind} {value:.0%}{when}"),
+    **dict.fromkeys(("loss", "lostreply", "timeout", "storage", "late"), "{kind} {value:.0%}{when}"),
     "delay": "delay {ms:.0f}ms{when}",
     "skew": "skew {target} {value:+.2f}s drift {value2:+.1e}",
 }
@@ -50,6 +51,7 @@ _STRENGTHS: dict[str, tuple[float, float]] = {
     "loss": (0.01, 0.1),
     "delay": (0.01, 0.6),
     **dict.fromkeys(("lostreply", "timeout"), (0.05, 0.3)),
+    "late": (0.1, 0.5),
     "storage": (0.05, 0.4),
 }
 

@@ -39,6 +39,7 @@ class Nemesis:
             "delay": (net.add_delay, net.remove_delay),
             "lostreply": (cluster.add_lost_replies, cluster.remove_lost_replies),
             "timeout": (cluster.add_write_drops, cluster.remove_write_drops),
+            "late": (cluster.add_late_writes, cluster.remove_late_writes),
             "storage": (objects.add_errors, objects.remove_errors),
         }
 

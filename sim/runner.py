@@ -244,6 +244,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         findings,
         effects=cluster.effects,
         write_revisions=cluster.write_revisions,
+        commit_ops=cluster.commit_ops,
         grace=options.upload_grace - SKEW_MARGIN,
         head_grace=options.upload_grace / 2 - SKEW_MARGIN,  # docs/gc.md, G2b
         keep_younger=options.keep_younger_than - SKEW_MARGIN,

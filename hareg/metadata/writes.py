@@ -275,6 +275,10 @@ class StoreBase:
         except KVUnknownOutcome as exc:
             if planted("ambiguous-ack"):  # PLANTED BUG (simulator only): success, unverified
                 return step
+            if planted("naive-resend"):  # PLANTED BUG (simulator only): finding 3's re-send
+                return (
+                    step if await step.verify() or (await self.kv.txn(compares, step.ops)).succeeded else None
+                )
             return await self._settle(step, compares, exc)
         if not result.succeeded:
             # Perhaps the switch changed: refused if it is on now, else the caller retries.

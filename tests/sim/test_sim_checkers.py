@@ -24,6 +24,7 @@ from sim.checkers import (
     check_immutable_refusals,
     check_inflight_pushes,
     check_linearizability,
+    check_once,
     check_read_only,
     check_tag_lists,
     check_tag_pushes,
@@ -240,6 +241,51 @@ def test_a_tag_push_whose_transaction_left_the_tag_elsewhere_is_caught() -> None
     check_tag_pushes(history, monitor, K, {kept.id: kept_rev, lost.id: store.revision}, findings)
     assert kinds(findings) == ["7"]
     assert f"op {lost.id} " in findings.violations[0].message
+
+
+# -- one request, applied once ------------------------------------------------------------
+
+
+def test_one_request_applied_twice_is_caught_for_every_kind_of_key() -> None:
+    """A tag push whose first attempt applied late and whose re-send (taken for
+    a conflict) applied again; an upload whose link was made twice; another
+    request's writes and a HEAD's touches of the same keys are not counted."""
+    store, findings, monitor, history = world_with_history()
+    ops: dict[int, int] = {}  # revision -> operation, as EtcdCluster.commit_ops
+
+    def by(op_id: int, *writes: Put | Delete) -> None:
+        ops[store.txn([], list(writes), []).revision] = op_id
+
+    push = history.invoke("c0", h.TAG_WRITE, R, "r0", tag="v1", digest=M)
+    upload = history.invoke("c1", h.BLOB_UPLOAD, R, "r1", digest=B)
+    other = history.invoke("c2", h.BLOB_HEAD, R, "r2", digest=B)
+    by(upload.id, Put(K.blob(B), encode(BlobRecord(1, 1.0))), Put(K.link(R, B), encode(LinkRecord(1, 1.0))))
+    by(other.id, Put(K.link(R, B), encode(LinkRecord(1, 1.0, 2.0))))  # a touch: not a new link
+    manifest(store)
+    for seq in (1, 2):  # the late first attempt, then the retry on a fresh read
+        by(
+            push.id,
+            Put(K.tag(R, "v1"), encode(TagRecord(M, seq, 0.0, "r0", f"w{seq}"))),
+            Put(K.tag_seq(R, "v1"), encode(TagSeqRecord(seq))),
+            Put(K.history(R, "v1", seq), encode(HistoryEntry(seq, 0.0, (None, M)[seq - 1], M, "r0", "push"))),
+        )
+    by(other.id, Put(K.link(R, B), encode(LinkRecord(1, 1.0, 3.0))))
+    check_once(history, monitor, ops, findings)
+    assert kinds(findings) == ["7"] * 3
+    assert sorted(v.message.split(": ", 1)[1].split(" 2 times")[0] for v in findings.violations) == [
+        "history entry appended",
+        "tag sequence advanced",
+        "tag written",
+    ]
+    findings.violations.clear()
+    by(upload.id, Put(K.link(R, B), encode(LinkRecord(1, 4.0))))  # the upload's link made again
+    by(upload.id, Delete(K.upload("u1")))  # deleting nothing is no event
+    check_once(history, monitor, ops, findings)
+    assert [
+        v.message.split(": ", 1)[1].split(" for ")[0]
+        for v in findings.violations
+        if "blob_upload" in v.message
+    ] == ["link made 2 times"]
 
 
 # -- the read-only switch -----------------------------------------------------------------

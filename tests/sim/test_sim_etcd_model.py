@@ -129,6 +129,52 @@ def test_lost_reply_is_unknown_but_applied_and_dropped_write_is_unknown_not_appl
     sim(main)
 
 
+def test_a_late_write_is_unknown_and_applies_after_the_clients_deadline() -> None:
+    """The ``late`` fault: the transaction is held and applies after the
+    client's deadline, which the client saw as an unknown outcome; a read-only
+    transaction is never held, nor a held one held again."""
+
+    async def main() -> None:
+        loop, net, cluster = world()
+        kv = SimKV(cluster, net, "r0", random.Random(3))
+        applied: list[float] = []
+        cluster.store.observers.append(lambda rev, events: applied.append(loop.time()))
+        cluster.add_late_writes(1.0)
+        for n in range(6):
+            sent = loop.time()
+            with pytest.raises(KVUnknownOutcome):
+                await kv.txn([], [Put(P + b"late%d" % n, b"1")])
+            assert (await kv.txn([], [])).succeeded  # read-only: answered at once
+            while len(applied) <= n:
+                assert loop.time() < sent + kv.timeout + 5.1, "the held transaction never applied"
+                await asyncio.sleep(0.001)
+            assert applied[n] >= sent + kv.timeout
+        assert cluster.stats["late_writes"] == cluster.stats["late_applied"] == 6
+
+    sim(main)
+
+
+def test_the_heal_delivers_every_held_transaction_and_a_lost_member_drops_its_own() -> None:
+    async def main() -> None:
+        _, net, cluster = world()
+        kv = SimKV(cluster, net, "r0", random.Random(3))
+        cluster.add_late_writes(1.0)
+        for key in (b"a", b"b"):
+            with pytest.raises(KVUnknownOutcome):
+                await kv.txn([], [Put(P + key, b"1")])
+        cluster.heal()
+        assert cluster.store.get(P + b"a") is not None and cluster.store.get(P + b"b") is not None
+        cluster.add_late_writes(1.0)
+        with pytest.raises(KVUnknownOutcome):
+            await kv.txn([], [Put(P + b"c", b"1")])
+        (member,) = {req.member for req, _, _ in cluster._late.values()}
+        cluster.lose_member(member)
+        cluster.heal()
+        assert cluster.store.get(P + b"c") is None  # it died with its member
+
+    sim(main)
+
+
 def test_partitioned_from_the_quorum_is_unavailable_and_writes_do_not_apply() -> None:
     async def main() -> None:
         _, net, cluster = world()

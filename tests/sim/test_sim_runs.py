@@ -63,11 +63,13 @@ def test_fifty_clean_seeds_have_no_violation() -> None:
 @pytest.mark.parametrize("plant", sorted(DESCRIPTIONS))
 def test_each_planted_bug_is_caught_within_a_few_seeds(plant: str) -> None:
     everything = tuple(faults.FAULT_KINDS)
-    for seed in range(1, 9):
+    # Most are caught at seed 1; tag-no-compare in about one seed of four (seed 4
+    # of 1..8 before the late fault existed, seeds 9, 12 and 14 of 1..20 since).
+    for seed in range(1, 13):
         result = run(faults.choose(seed, 30.0, plants=frozenset({plant})))
         if plant_caught(result, everything):  # a violation the seed does not have without the plant
             return
-    pytest.fail(f"{plant} not caught in seeds 1..8")
+    pytest.fail(f"{plant} not caught in seeds 1..12")
 
 
 def _first_failing_seed(plant: str, duration: float) -> int:
@@ -99,6 +101,7 @@ def test_shrinking_keeps_the_faults_a_failure_needs() -> None:
     assert {f.kind for f in shrunk.options.faults} & {
         "timeout",
         "lostreply",
+        "late",
         "leader",
         "loss",
         "oneway",
