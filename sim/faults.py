@@ -241,9 +241,9 @@ def _schedule(
                 at, down = _window(rng, duration, 1.0, 8.0)
                 chosen.append(Fault(kind, at, down, target=rng.choice(ETCD_MEMBERS)))
             elif kind == "upstream":
-                # slow / fail / lie, with this probability per upstream request.
+                # lie / fail / slow, with this probability per upstream request.
                 at, length = _window(rng, duration, 2.0, 10.0)
-                mode = rng.choice(("slow", "fail", "lie"))
+                mode = ("lie", "fail", "slow")[len(chosen)]  # a lie window whenever the kind is on
                 chosen.append(Fault(kind, at, length, target=mode, value=round(rng.uniform(0.2, 0.8), 3)))
         if enabled and kind in allowed:
             faults += chosen
