@@ -15,8 +15,8 @@ inside a window and with the fault's probability per request:
 * ``lie``: a manifest or blob whose bytes do not hash to the digest asked
   for (another manifest's body, a flipped byte, a truncated or padded body).
 
-Every lie is counted; every blob fetch is logged (which replica, whether it
-held the fetch claim in etcd at the start, when it began and ended) for the
+Every lie is counted; every blob fetch is logged (which replica, when it
+began and ended, the fetch claim in etcd it found then) for the
 single-flight checker (``sim/mirror_check.py``).  A replica cut off from
 the network, paused or crashed cannot reach the upstream, as a real one.
 """
@@ -83,8 +83,16 @@ class Fetch:
     repo: str
     digest: str
     start: float
-    claimed: bool  # the fetching replica held the fetch claim in etcd as it began
+    # The fetch claim in etcd as it began: the lease of the claim naming this
+    # replica (0: none did), and whether another replica's claim stood instead.
+    lease: int
+    beside_claim: bool = False
     end: float | None = None
+    held_throughout: bool = False  # the same claim still stood as it ended
+
+    @property
+    def claimed(self) -> bool:
+        return self.lease != 0
 
 
 @dataclass(slots=True)
@@ -292,13 +300,16 @@ class UpstreamView:
     async def get_blob(self, path: str, digest: str) -> AsyncIterator[UpstreamBlob]:
         model = self.model
         repo = f"{PREFIX}/{path}"
-        held = self.store.get(self.keys.mirror_fetch(repo, digest))
+        key = self.keys.mirror_fetch(repo, digest)
+        held = self.store.get(key)
+        mine = held is not None and held.value == self.replica.encode()
         fetch = Fetch(
             self.replica,
             repo,
             digest,
             model.loop.time(),
-            claimed=held is not None and held.value == self.replica.encode(),
+            lease=held.lease if held is not None and mine else 0,
+            beside_claim=held is not None and not mine,
         )
         model.log.fetches.append(fetch)
         try:
@@ -326,6 +337,8 @@ class UpstreamView:
             yield UpstreamBlob(size, self._chunks(data, cut))
         finally:
             fetch.end = model.loop.time()
+            still = self.store.get(key)
+            fetch.held_throughout = fetch.claimed and still is not None and still.lease == fetch.lease
 
     async def _chunks(self, data: bytes, cut: int | None) -> AsyncIterator[bytes]:
         model = self.model

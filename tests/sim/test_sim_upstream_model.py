@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from hareg.kv.base import Put
 from hareg.metadata.keys import Keys
 from hareg.registry.upstream import UpstreamError, UpstreamNotFound
 from sim.checkers import Findings
@@ -112,20 +113,46 @@ def test_the_checker_flags_unverified_bytes_and_a_tag_the_upstream_never_held() 
     run(main())
 
 
+def test_a_fetch_is_judged_only_if_its_replica_held_the_claim_from_start_to_end() -> None:
+    async def main() -> None:
+        model, view, _ = _view()
+        store, keys = view.store, view.keys
+        path = PATHS[0]
+        digest = sorted(model.path_blobs[path])[0]
+        key = keys.mirror_fetch(f"mirror/{path}", digest)
+        lease = store.grant(60, 0.0)
+        store.txn([], [Put(key, b"r0", lease=lease)], [])
+        await _read(view, path, digest)  # r0 holds the claim throughout
+        other = model.view("r1", view.net, store, keys)
+        await _read(other, path, digest)  # r1 fetches beside r0's claim
+        async with view.get_blob(path, digest):
+            store.revoke(lease)  # released mid-fetch: r0's other request's claim, not this one's
+        first, beside, lost = model.log.fetches
+        assert first.claimed and first.held_throughout
+        assert beside.beside_claim and not beside.claimed
+        assert lost.claimed and not lost.held_throughout
+
+    run(main())
+
+
 def test_the_checker_flags_overlapping_claimed_fetches_on_two_replicas() -> None:
     async def main() -> None:
         model, _, _ = _view()
         d = "sha256:" + "a" * 64
+
+        def fetch(replica: str, start: float, end: float, *, held: bool = True) -> Fetch:
+            return Fetch(replica, "mirror/x", d, start, lease=1 if held else 0, end=end, held_throughout=held)
+
         model.log.fetches = [
-            Fetch("r0", "mirror/x", d, 1.0, claimed=True, end=3.0),
-            Fetch("r0", "mirror/x", d, 2.0, claimed=True, end=4.0),  # same replica: not judged
-            Fetch("r1", "mirror/x", d, 5.0, claimed=True, end=6.0),  # after: fine
-            Fetch("r2", "mirror/x", d, 5.5, claimed=False, end=6.5),  # no claim: counted only
+            fetch("r0", 1.0, 3.0),
+            fetch("r0", 2.0, 4.0),  # the same replica: not judged
+            fetch("r1", 5.0, 6.0),  # after: fine
+            fetch("r2", 5.5, 6.5, held=False),  # without the claim: counted only
         ]
         findings = Findings()
         stats = check_single_flight(model, findings, 10.0)
-        assert findings.violations == [] and stats["unclaimed"] == 1
-        model.log.fetches.append(Fetch("r2", "mirror/x", d, 5.2, claimed=True, end=5.9))
+        assert findings.violations == [] and stats["claimed"] == 3
+        model.log.fetches.append(fetch("r2", 5.2, 5.9))
         check_single_flight(model, findings, 10.0)
         assert [v.invariant for v in findings.violations] == ["single-flight"]
 
