@@ -2,8 +2,9 @@
 
 Each pulls a mirrored tag or digest through a random replica, then (for an
 index) one of its children, then every blob of the image, the blobs
-concurrently, each through its own random replica: so first pulls of one
-blob race on several replicas (the single-flight case).  The handlers do
+concurrently, each through its own random replica, and (30% of pulls) the
+first blob twice at once: so first pulls of one blob race on several
+replicas (the single-flight case), as do two clients pulling one new image.  The handlers do
 what the HTTP layer does (``hareg/http/manifests.py`` and ``blobs.py``):
 a manifest from ``PullThrough.manifest``; a blob from the cache when its
 link exists, else streamed from the upstream as it is stored, a failure
@@ -27,7 +28,7 @@ from sim.history import Outcome
 from sim.upstream_model import PATHS, PREFIX, TAGS, UpstreamModel
 from sim.workload import Env, get_blob
 
-MIRROR_CLIENTS = 4
+MIRROR_CLIENTS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,4 +186,6 @@ class MirrorClient:
         digests = [
             d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)
         ]
+        if digests and self.rng.random() < 0.3:
+            digests.append(digests[0])  # two nodes pulling one layer at once: the single-flight race
         await asyncio.gather(*(self._blob(path, d) for d in digests))

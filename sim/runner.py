@@ -217,7 +217,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     mirror_log = MirrorLog()
     if upstream is not None:
         mirror_clients = [
-            MirrorClient(f"m{i}", env, upstream, rng, mirror_log, think=options.think / 2)
+            MirrorClient(f"m{i}", env, upstream, rng, mirror_log, think=options.think)
             for i, rng in enumerate(mirror_rngs)
         ]
         tasks += [loop.create_task(c.run(stop), name=c.name) for c in mirror_clients]
