@@ -48,6 +48,9 @@ DESCRIPTIONS = MappingProxyType(
         "access-no-barrier": "the runtime grants and robot accounts are read from the watch-fed cache "
         "without the read barrier (metadata/access.py access_view): a replica whose cache lags serves "
         "a grant already revoked (invariant 8)",
+        "mirror-skip-verify": "the pull-through cache stores and serves the upstream's bytes without checking "
+        "them against the digest asked for (registry/pull_through.py _store and _tee): a lying upstream's "
+        "manifest or blob reaches clients as a success (invariant 3; the simulator's mirror checker)",
     }
 )
 

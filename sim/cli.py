@@ -192,6 +192,7 @@ def _run_many(
     plants: frozenset[str],
     hostile: bool = True,
     authz: bool = True,
+    upstream: bool = True,
     determinism: bool,
     quiet: bool,
     out: TextIO,
@@ -200,7 +201,15 @@ def _run_many(
     summary = Summary()
     work = (
         (
-            faults_mod.choose(seed, duration, allowed=allowed, plants=plants, hostile=hostile, authz=authz),
+            faults_mod.choose(
+                seed,
+                duration,
+                allowed=allowed,
+                plants=plants,
+                hostile=hostile,
+                authz=authz,
+                upstream=upstream,
+            ),
             determinism,
         )
         for seed in seeds
@@ -240,6 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plants=args.plant,
         hostile=args.hostile,
         authz=args.authz,
+        upstream=args.upstream,
         determinism=args.check_determinism,
         quiet=args.quiet,
         out=out,
@@ -280,6 +290,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             plants=args.plant,
             hostile=args.hostile,
             authz=args.authz,
+            upstream=args.upstream,
         )
     result = run(options, keep_trace=True)
     _print_result(result, sys.stdout, verbose=True)
@@ -311,6 +322,7 @@ PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "gc-no-grace": frozenset({"6", "2"}),
     "commit-unverified-bytes": frozenset({"3", "hostile"}),
     "access-no-barrier": frozenset({"8"}),
+    "mirror-skip-verify": frozenset({"mirror", "3"}),
 }
 
 
@@ -326,7 +338,12 @@ def plant_caught(result: RunResult, allowed: tuple[str, ...]) -> list[str]:
     options = result.options
     baseline = run(
         faults_mod.choose(
-            options.seed, options.duration, allowed=allowed, hostile=options.hostile, authz=options.authz
+            options.seed,
+            options.duration,
+            allowed=allowed,
+            hostile=options.hostile,
+            authz=options.authz,
+            upstream=options.upstream,
         )
     )
     return sorted(planted - {v.invariant for v in baseline.violations})
@@ -346,6 +363,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             plants=args.plant,
             hostile=args.hostile,
             authz=args.authz,
+            upstream=args.upstream,
         )
         result = run(options)
         new = plant_caught(result, args.faults)
@@ -374,6 +392,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         plants=args.plant,
         hostile=args.hostile,
         authz=args.authz,
+        upstream=args.upstream,
     )
     outcome = shrink(options, max_examples=args.budget, log=print)
     if outcome is None:
@@ -420,6 +439,13 @@ def parser() -> argparse.ArgumentParser:
             dest="authz",
             action="store_false",
             help="without identities: every client a cluster-admin's, no runtime grants (sim/identities.py)",
+        )
+        sp.add_argument(
+            "--no-upstream",
+            dest="upstream",
+            action="store_false",
+            help="without the pull-through mirror, its upstream and its clients (sim/upstream_model.py): "
+            "a seed runs as it did before they existed",
         )
 
     r = sub.add_parser("run", help="run many seeds and summarize")

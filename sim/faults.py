@@ -33,6 +33,7 @@ FAULT_KINDS: dict[str, str] = {
     # so appending one leaves every existing kind's schedule as it was.
     "disk": "an etcd member loses its disk: crash, removal, a fresh member catching up from the leader",
     "late": "etcd holds a transaction back and applies it after its client's deadline (and re-send)",
+    "upstream": "the pull-through mirror's upstream is slow, fails, or lies (sim/upstream_model.py)",
 }
 
 # kind -> how ``Fault.describe`` words it (str.format over the fault's fields, ``ms``
@@ -44,6 +45,7 @@ _DESCRIPTIONS: dict[str, str] = {
     **dict.fromkeys(("loss", "lostreply", "timeout", "storage", "late"), "{kind} {value:.0%}{when}"),
     "delay": "delay {ms:.0f}ms{when}",
     "skew": "skew {target} {value:+.2f}s drift {value2:+.1e}",
+    "upstream": "upstream {target} {value:.0%}{when}",
 }
 
 # The window faults' strengths: kind -> (lowest, highest) value drawn.
@@ -98,6 +100,8 @@ class Options:
     hostile: bool = True  # hostile clients (sim/hostile.py) run beside the well-behaved ones
     # Identities, roles, and an operator granting and revoking them (sim/identities.py).
     authz: bool = True
+    # The pull-through mirror and its upstream (sim/upstream_model.py, sim/mirror_workload.py).
+    upstream: bool = True
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -118,6 +122,8 @@ class Options:
             head += ", no hostile clients"
         if not self.authz:
             head += ", no identities"
+        if not self.upstream:
+            head += ", no upstream"
         faults = "; ".join(f.describe() for f in self.faults) or "no faults"
         return f"{head}\n    faults: {faults}"
 
@@ -143,6 +149,8 @@ class Options:
             hostile=bool(doc.get("hostile", False)),
             # ... and without identities if written before those.
             authz=bool(doc.get("authz", False)),
+            # ... and without the mirror's upstream if written before it.
+            upstream=bool(doc.get("upstream", False)),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -161,6 +169,7 @@ class Options:
             "plants": sorted(self.plants),
             "hostile": self.hostile,
             "authz": self.authz,
+            "upstream": self.upstream,
             "faults": [f.to_json() for f in self.faults],
         }
 
@@ -233,6 +242,11 @@ def _schedule(
                 # Down (removed, not yet replaced) for 1-8 s, then a fresh member catches up.
                 at, down = _window(rng, duration, 1.0, 8.0)
                 chosen.append(Fault(kind, at, down, target=rng.choice(ETCD_MEMBERS)))
+            elif kind == "upstream":
+                # lie / fail / slow, with this probability per upstream request.
+                at, length = _window(rng, duration, 2.0, 10.0)
+                mode = ("lie", "fail", "slow")[len(chosen)]  # a lie window whenever the kind is on
+                chosen.append(Fault(kind, at, length, target=mode, value=round(rng.uniform(0.2, 0.8), 3)))
         if enabled and kind in allowed:
             faults += chosen
     faults.sort(key=lambda f: (f.at, f.kind, f.target))
@@ -249,6 +263,7 @@ def choose(
     clients: int = 20,
     hostile: bool = True,
     authz: bool = True,
+    upstream: bool = True,
 ) -> Options:
     """The options seed ``seed`` chooses.  One ``random.Random(seed)`` decides
     everything: first the seed of the run's own randomness, then the knobs,
@@ -272,5 +287,8 @@ def choose(
         world_seed=world_seed,
         hostile=hostile,
         authz=authz,
+        upstream=upstream,
     )
+    if not upstream:
+        allowed = tuple(k for k in allowed if k != "upstream")
     return options.with_faults(tuple(_schedule(rng, duration, names, allowed)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +29,7 @@ from hareg.registry.access import AccessControl
 from hareg.registry.gc import Policy
 from hareg.registry.htpasswd import Users
 from hareg.registry.login_limits import LoginLimiter
+from hareg.registry.pull_through import Mirror
 from hareg.registry.service import Registry
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.loop import SimLoop
@@ -123,6 +124,9 @@ class Replica:
         # The configuration's auth section (None: none, every request served).
         self.access_config = access_config
         self.access: AccessControl | None = None  # this incarnation's
+        # The pullThrough configuration: each incarnation's mirrors (each with its
+        # own upstream client), set by the runner before the first start; None: none.
+        self.mirrors: Callable[[str], Sequence[Mirror]] | None = None
         self.clock = ReplicaClock(loop, net, name)
         self.incarnation = 0
         self.registry: Registry | None = None
@@ -166,6 +170,7 @@ class Replica:
             upload_grace=self.upload_grace,
             gc_policy=self.gc_policy,
             gc_batch=GC_BATCH,
+            mirrors=self.mirrors(self.name) if self.mirrors is not None else (),
         )
         if self.upload_session_ttl is not None:
             # Upload sessions that expire within a run (the server keeps them a day),

@@ -27,17 +27,20 @@ from hareg.metadata.records import TagRecord, decode
 from hareg.plants import planting
 from hareg.registry.access import bindings_of
 from hareg.registry.gc import Policy
-from sim import access_check, checkers, hostile, identities, liveness, readback
+from sim import access_check, checkers, hostile, identities, liveness, mirror_check, readback
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.faults import Options
 from sim.history import CURRENT_OP, History
 from sim.loop import SimLoop
 from sim.loop import run as run_loop
+from sim.mirror_workload import MIRROR_CLIENTS, MirrorClient, MirrorLog
 from sim.nemesis import Nemesis
 from sim.network import Network
 from sim.replica import EPOCH, PREFIX, Replica
 from sim.storage_model import ObjectStore
 from sim.trace import Trace
+from sim.upstream_model import PREFIX as MIRROR_PREFIX
+from sim.upstream_model import UpstreamModel
 from sim.workload import Client, Env, Manifest, Universe
 
 LIVENESS_BOUND = 30.0  # simulated seconds after healing for everything to be readable
@@ -166,6 +169,15 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     hostile_rngs = [child() for _ in range(hostile.HOSTILE_CLIENTS)] if options.hostile else []
     # ... and the operator's, only with identities (the same reason).
     operator_rng = child() if options.authz else None
+    # ... and the pull-through mirror's upstream and clients, only with it (the same reason).
+    upstream: UpstreamModel | None = None
+    mirror_rngs: list[random.Random] = []
+    if options.upstream:
+        upstream = UpstreamModel(loop, child(), options.faults, options.duration + DRAIN_TIMEOUT)
+        mirror_rngs = [child() for _ in range(MIRROR_CLIENTS)]
+        monitor.sparse_prefixes = (MIRROR_PREFIX + "/",)
+        for replica in replicas:
+            replica.mirrors = upstream.mirrors_for(net, cluster.store, keys)
     trace.event("options", seed=options.seed, faults=len(options.faults), plants=sorted(options.plants))
 
     background = [loop.create_task(cluster.run(), name="etcd")]
@@ -202,6 +214,13 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
     if operator_rng is not None:
         runners.append(identities.Operator("op", env, operator_rng, think=options.think / 4))
     tasks = [loop.create_task(c.run(stop), name=c.name) for c in runners]
+    mirror_log = MirrorLog()
+    if upstream is not None:
+        mirror_clients = [
+            MirrorClient(f"m{i}", env, upstream, rng, mirror_log, think=options.think)
+            for i, rng in enumerate(mirror_rngs)
+        ]
+        tasks += [loop.create_task(c.run(stop), name=c.name) for c in mirror_clients]
     await asyncio.sleep(options.duration)
     stop.set()
     _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
@@ -254,6 +273,11 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         access_check.check_access_changes(history, monitor, keys, findings)
         access_judged = access_check.check_access(history, monitor, keys, bindings_of(auth), findings)
     _check_final_state(cluster, objects, keys, findings, monitor, loop.time())
+    mirror_stats: dict[str, Any] = {}
+    if upstream is not None:
+        mirror_stats = mirror_check.check(
+            upstream, mirror_log, cluster.store, objects, keys, findings, loop.time()
+        )
 
     for task in background:
         task.cancel()
@@ -307,6 +331,8 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
         },
         "replicas": {r.name: r.stats() for r in replicas},
     }
+    if mirror_stats:
+        result.stats["mirror"] = mirror_stats
     return result
 
 

@@ -39,6 +39,7 @@ from hareg.ids import IdSource
 from hareg.kv.base import KVError
 from hareg.metadata.records import MirrorCheckRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
+from hareg.plants import planted
 from hareg.registry.digests import Digest, digest_bytes, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.hashing import Hashing, InlineHashing, feed
@@ -359,6 +360,8 @@ class PullThrough:
                     f"manifest {path}",
                 ) from None
             actual = digest_bytes(body, digest.algorithm)
+            if actual != str(digest) and planted("mirror-skip-verify"):
+                digest = parse_digest(actual)  # planted bug: stored as sent, under its own hash
             if actual != str(digest):
                 log.error(
                     "upstream manifest does not hash to its digest; refused",
@@ -586,7 +589,7 @@ class PullThrough:
             size = await self.store.upload_write(upload_id, 0, source())
             if declared is not None and size != declared:
                 raise invalid(f"sent {size} bytes of the {declared} it declared")
-            if f"{hasher.name}:{hasher.hexdigest()}" != str(digest):
+            if f"{hasher.name}:{hasher.hexdigest()}" != str(digest) and not planted("mirror-skip-verify"):
                 raise invalid(f"the bytes hash to {hasher.name}:{hasher.hexdigest()}")
             return size
 
