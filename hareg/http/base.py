@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -58,6 +58,11 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     return RegistryError(code, exc.reason or "request failed", status=exc.status)
 
 
+# The status recorded for a request whose client went away before the
+# response (nginx's "client closed request"): never sent, only logged.
+CLIENT_CLOSED: Final = 499
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes the spec's JSON error; nothing leaks a traceback."""
@@ -73,7 +78,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(_from_http_exception(exc))
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
+        raise
+    except ConnectionResetError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client hung up mid-answer (a streamed body): nothing more
+            # can reach it. Answered with a response aiohttp cannot send
+            # either, the request ends quietly (logged as 499), not with
+            # aiohttp's "Error handling request" traceback.
+            return web.Response(status=CLIENT_CLOSED)
         raise
     except Exception as exc:
         err = policy.dependency_error(exc)

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from hareg.http.base import Handler, registry
+from hareg.http.base import CLIENT_CLOSED, Handler, registry
 from hareg.kv.base import KVError
 from hareg.observability.logs import REQUEST_ID
 from hareg.observability.metrics import CONTENT_TYPE, Metrics
@@ -48,8 +48,6 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
-# The status recorded for a request whose client went away before the response.
-CLIENT_CLOSED: Final = 499
 
 METRICS = web.AppKey("metrics", Metrics)
 _ID_KEY = web.RequestKey("request_id", str)

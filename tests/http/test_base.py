@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -14,7 +17,7 @@ from oci_helpers import config_blob, expect_error, image_manifest, push_blob, pu
 
 from hareg.config.model import RequestLimits, RequestsConfig
 from hareg.http.app import init_app
-from hareg.http.base import BODY_CHUNK
+from hareg.http.base import BODY_CHUNK, error_middleware
 from hareg.http.keys import HttpSettings
 from hareg.http.limits import LIMITS
 from hareg.kv.base import Compare, Put, TxnOp
@@ -192,3 +195,51 @@ async def test_a_write_that_keeps_losing_its_compares_is_a_503_not_a_500(
     assert r.headers.get("Retry-After") == "1", dict(r.headers)
     r = await client.get(f"/v2/repo/manifests/{sha256(body)}")
     assert r.status == 404
+
+
+async def test_a_client_gone_mid_body_ends_the_request_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A streamed answer whose client resets the connection: the handler's
+    write fails, the error middleware ends the request quietly (no aiohttp
+    'Error handling request' with a traceback)."""
+    streaming, gone, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            await response.write(b"x" * 65536)
+            streaming.set()
+            await gone.wait()
+            async with asyncio.timeout(30):
+                while True:  # until the write meets the reset connection
+                    await response.write(b"x" * 65536)
+        finally:
+            ended.set()
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/stream", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(30):
+                await streaming.wait()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+            writer.close()
+            gone.set()
+            async with asyncio.timeout(30):
+                await ended.wait()
+            for _ in range(10):  # aiohttp finishes the request on the loop's next turns
+                await asyncio.sleep(0)
+        errors = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        await runner.cleanup()
