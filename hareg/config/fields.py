@@ -141,6 +141,11 @@ SCALARS: Final = (
         "A request body that sends nothing for this long is dropped (408), its bytes never committed.",
     ),
     Scalar(
+        "limits.responseStallTimeout",
+        "str",
+        "A client that reads none of its answer for this long is disconnected.",
+    ),
+    Scalar(
         "limits.maxConnections",
         "int",
         "Connections open at once on one replica; more are closed when accepted (0: unlimited).",

@@ -170,6 +170,7 @@ class LimitsConfig:
     request_header_timeout: float = 60.0
     idle_connection_timeout: float = 75.0
     body_stall_timeout: float = 60.0
+    response_stall_timeout: float = 60.0
     max_connections: int = 4096
     max_upload_sessions: int = 10_000
     max_upload_sessions_per_repository: int = 1_000

@@ -162,6 +162,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "requestHeaderTimeout": format_duration(caps.request_header_timeout),
             "idleConnectionTimeout": format_duration(caps.idle_connection_timeout),
             "bodyStallTimeout": format_duration(caps.body_stall_timeout),
+            "responseStallTimeout": format_duration(caps.response_stall_timeout),
             "maxConnections": caps.max_connections,
             "maxUploadSessions": caps.max_upload_sessions,
             "maxUploadSessionsPerRepository": caps.max_upload_sessions_per_repository,

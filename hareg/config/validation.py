@@ -423,6 +423,7 @@ def _limits(top: Section) -> LimitsConfig:
             "requestHeaderTimeout",
             "idleConnectionTimeout",
             "bodyStallTimeout",
+            "responseStallTimeout",
             "maxConnections",
             "maxUploadSessions",
             "maxUploadSessionsPerRepository",
@@ -440,6 +441,9 @@ def _limits(top: Section) -> LimitsConfig:
             "idleConnectionTimeout", d.idle_connection_timeout, positive=True
         ),
         body_stall_timeout=limits.duration("bodyStallTimeout", d.body_stall_timeout, positive=True),
+        response_stall_timeout=limits.duration(
+            "responseStallTimeout", d.response_stall_timeout, positive=True
+        ),
         max_connections=limits.integer("maxConnections", d.max_connections, 0),
         max_upload_sessions=limits.integer("maxUploadSessions", d.max_upload_sessions, 0),
         max_upload_sessions_per_repository=limits.integer(

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from hareg.http import pull_through
 from hareg.http.base import registry, repo_name
+from hareg.http.connections import CONNECTIONS
 from hareg.http.keys import SETTINGS
 from hareg.http.ranges import not_modified, select_range
 from hareg.http.sendfile import ZeroCopyUnavailable, send_file, socket_of
@@ -156,7 +157,9 @@ async def _zero_copy(
         writer = await response.prepare(request)
         if writer is not None and count:
             try:
-                await send_file(request.transport, writer, fd, offset, count)
+                guard = request.app.get(CONNECTIONS)
+                stall = guard.response_stall_timeout if guard is not None else None
+                await send_file(request.transport, writer, fd, offset, count, stall)
             except ZeroCopyUnavailable:
                 await _write_through(writer, fd, offset, count)
             except ConnectionError as exc:

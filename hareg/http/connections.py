@@ -9,6 +9,10 @@ a connection is closed unless a request's headers are complete within the
 bound, counted from the connection's opening, and on a keep-alive connection
 from the first byte of each next request.
 
+A client that stops reading its answer (its socket buffers full, aiohttp's
+writes paused) for ``limits.responseStallTimeout`` is disconnected: the
+timer runs from the transport's ``pause_writing`` to its ``resume_writing``.
+
 It also bounds the connections open at once (``limits.maxConnections``): one
 more is closed as soon as it is accepted, before aiohttp sees it, so a client
 that opens connections without end cannot exhaust the replica's file
@@ -27,6 +31,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from ssl import SSLContext
+from typing import cast
 
 from aiohttp import web
 
@@ -45,6 +50,7 @@ class _Guarded(asyncio.Protocol):
         self._inner = inner
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while aiohttp's writes are paused
         self._busy = 0  # request handlers running (pipelined requests run one at a time)
         self._refused = False  # closed at once: over limits.maxConnections, aiohttp never saw it
 
@@ -102,17 +108,43 @@ class _Guarded(asyncio.Protocol):
         if self._refused:
             return
         self._disarm()
+        self._disarm_stall()
         if self._transport is not None:
             self._guard.connections.pop(self._transport, None)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if not self._refused:
+            # The client's buffers are full: it must read within the bound.
+            if self._stall is None and self._guard.response_stall_timeout:
+                loop = asyncio.get_running_loop()
+                self._stall = loop.call_later(self._guard.response_stall_timeout, self._stalled)
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         if not self._refused:
+            self._disarm_stall()
             self._inner.resume_writing()
+
+    def _disarm_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._transport is not None and not self._transport.is_closing():
+            log.info(
+                "closed a connection whose client stopped reading its answer",
+                extra={
+                    "fields": {
+                        "limit": "limits.responseStallTimeout",
+                        "seconds": self._guard.response_stall_timeout,
+                    }
+                },
+            )
+            # Closed at once, its unsent bytes dropped: the handler's pending write fails.
+            cast(asyncio.WriteTransport, self._transport).abort()
 
 
 # A client refused for limits.maxConnections is logged at most this often, so
@@ -123,9 +155,14 @@ _REFUSAL_LOG_INTERVAL = 10.0
 class ConnectionGuard:
     """The header timeout and the connection cap of one application's listeners."""
 
-    def __init__(self, header_timeout: float, max_connections: int = 0) -> None:
+    def __init__(
+        self, header_timeout: float, max_connections: int = 0, response_stall_timeout: float = 60.0
+    ) -> None:
         self.header_timeout = header_timeout
         self.max_connections = max_connections  # 0: no cap
+        # A client that reads none of its answer this long is disconnected
+        # (limits.responseStallTimeout); the sendfile path asks for it too.
+        self.response_stall_timeout = response_stall_timeout
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
         self.refused = 0  # connections closed for the cap, since start
         self._refusals_logged = 0

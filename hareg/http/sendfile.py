@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 from typing import Final, cast
@@ -37,6 +38,8 @@ from typing import Final, cast
 from aiohttp.abc import AbstractStreamWriter
 
 __all__ = ["ZeroCopyUnavailable", "send_file", "socket_of"]
+
+log = logging.getLogger("hareg.http")
 
 # Bytes per os.sendfile call: Linux sends at most 0x7ffff000 at once; smaller
 # calls let the loop serve other connections between them.
@@ -95,9 +98,12 @@ async def send_file(
     file_fd: int,
     offset: int,
     count: int,
+    stall_timeout: float | None = None,
 ) -> None:
     """Send ``count`` bytes of ``file_fd`` from ``offset`` as the body of the
     response ``writer`` belongs to (prepared: its headers are sent first).
+    A client that reads nothing for ``stall_timeout`` seconds
+    (``limits.responseStallTimeout``) ends it as a client gone.
 
     Raises :class:`ZeroCopyUnavailable` before any byte of the body is sent
     (the headers may be: the caller sends the body through ``writer``), or
@@ -110,12 +116,12 @@ async def send_file(
     await _flush(transport, writer)
     out = os.dup(sock_fd)
     try:
-        await _send(out, file_fd, offset, count)
+        await _send(out, file_fd, offset, count, stall_timeout)
     finally:
         os.close(out)
 
 
-async def _send(out: int, file_fd: int, offset: int, count: int) -> None:
+async def _send(out: int, file_fd: int, offset: int, count: int, stall_timeout: float | None) -> None:
     """The body, by os.sendfile calls on the non-blocking ``out``; between two
     calls the loop runs (the socket's writability awaited), so one fast reader
     of a big blob cannot hold it."""
@@ -149,6 +155,16 @@ async def _send(out: int, file_fd: int, offset: int, count: int) -> None:
                 offset += sent
             if offset < end:
                 ready = loop.create_future()
-                await ready
+                try:
+                    async with asyncio.timeout(stall_timeout):
+                        await ready
+                except TimeoutError:
+                    log.info(
+                        "closed a connection whose client stopped reading its answer",
+                        extra={"fields": {"limit": "limits.responseStallTimeout", "seconds": stall_timeout}},
+                    )
+                    raise ConnectionResetError(
+                        f"the client read nothing for {stall_timeout:g}s (limits.responseStallTimeout)"
+                    ) from None
     finally:
         loop.remove_writer(out)

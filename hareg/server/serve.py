@@ -331,7 +331,11 @@ async def serve(options: ServeOptions, on_ready: Callable[[str], None] = print) 
                 etcd_ssl=etcd_ssl_context(config),
             ),
             metrics=metrics,
-            connections=ConnectionGuard(config.limits.request_header_timeout, config.limits.max_connections),
+            connections=ConnectionGuard(
+                config.limits.request_header_timeout,
+                config.limits.max_connections,
+                config.limits.response_stall_timeout,
+            ),
             access=access,
         )
         runner = web.AppRunner(

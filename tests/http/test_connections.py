@@ -7,16 +7,22 @@ beyond limits.maxConnections are closed when accepted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
+import aiohttp
 import pytest
 from aiohttp import web
 from oci_helpers import sha256
 
 from hareg.http.app import init_app
-from hareg.http.connections import ConnectionGuard, start_listener
+from hareg.http.base import error_middleware
+from hareg.http.connections import CONNECTIONS, ConnectionGuard, start_listener
 from hareg.http.keys import HttpSettings
 from hareg.registry.service import Registry
 
@@ -167,3 +173,77 @@ async def test_connections_beyond_the_cap_are_closed_when_accepted(serve: Serve)
     assert (await get_v2(*third)).startswith(b"HTTP/1.1 200")
     for _, w in (second, third):
         w.close()
+
+
+async def test_a_client_that_stops_reading_its_blob_is_disconnected(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """limits.responseStallTimeout: a pull whose client reads nothing more
+    (its socket buffers full) is cut off, on the zero-copy path too."""
+    host, port = await serve(guard=ConnectionGuard(WAIT, response_stall_timeout=HEADER_TIMEOUT))
+    blob = os.urandom(16 * 1024 * 1024)
+    digest = sha256(blob)
+    async with aiohttp.ClientSession() as session:
+        url = f"http://{host}:{port}/v2/stall/blobs/uploads/?digest={digest}"
+        async with session.post(url, data=blob, headers={"Content-Type": "application/octet-stream"}) as r:
+            assert r.status == 201, await r.text()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    sock.connect((host, port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    with caplog.at_level(logging.INFO, logger="hareg.http"):
+        writer.write(f"GET /v2/stall/blobs/{digest} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        async with asyncio.timeout(WAIT):  # the client reads nothing: the server gives up on it
+            while not any("stopped reading" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), WAIT):
+            received += len(chunk)
+    writer.close()
+    assert received < len(blob)
+
+
+async def test_a_client_that_stops_reading_a_streamed_answer_is_disconnected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same bound on aiohttp's own writes (a streamed body: TLS, an S3
+    stream): the guard's timer runs while the transport's writes are paused."""
+    ended = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(1024):  # 64 MiB if it were all read
+                await response.write(b"x" * 65536)
+        finally:
+            ended.set()
+        return response
+
+    app = web.Application(middlewares=[error_middleware])
+    app[CONNECTIONS] = ConnectionGuard(WAIT, response_stall_timeout=HEADER_TIMEOUT)
+    app.router.add_get("/big", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    server = await start_listener(runner, "127.0.0.1", 0)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        _reader, writer = await asyncio.open_connection(sock=sock)
+        with caplog.at_level(logging.INFO, logger="hareg.http"):
+            writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(WAIT):  # the handler's write fails once the guard cuts it off
+                await ended.wait()
+        assert any("stopped reading" in r.getMessage() for r in caplog.records)
+        writer.close()
+    finally:
+        server.close()
+        await runner.cleanup()
