@@ -31,7 +31,15 @@ from hareg.config.model import AuthConfig, ConfigError
 from hareg.registry.htpasswd import HtpasswdError, parse_htpasswd
 from hareg.registry.tokens import TokenIssuer, TokenVerifier
 
-__all__ = ["AUTH_FILE_NAMES", "MAX_AUTH_FILE_BYTES", "StagedAuth", "read_auth_files", "stage_auth_files"]
+__all__ = [
+    "AUTH_FILE_NAMES",
+    "MAX_AUTH_FILE_BYTES",
+    "StagedAuth",
+    "read_auth_files",
+    "read_file",
+    "stage_auth_files",
+    "write_copy",
+]
 
 # A file bigger than this is refused rather than read: an htpasswd file of
 # 100,000 users is about 7 MiB.
@@ -49,7 +57,9 @@ class StagedAuth:
     changed: bool  # a copy was written, or removed, with content it did not have
 
 
-def _read(field: str, value: str, base: Path) -> bytes:
+def read_file(field: str, value: str, base: Path) -> bytes:
+    """The content of the file config field ``field`` names (``value``; relative
+    to ``base``), at most MAX_AUTH_FILE_BYTES; ConfigError naming the field."""
     path = Path(value) if os.path.isabs(value) else base / value
     try:
         with open(path, "rb") as f:
@@ -99,7 +109,7 @@ def _check(field: str, value: str, data: bytes, auth: AuthConfig) -> None:
             ) from None
 
 
-def _write(path: Path, data: bytes) -> bool:
+def write_copy(path: Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` (0600, atomically) unless it holds it already."""
     try:
         if path.read_bytes() == data:
@@ -128,7 +138,7 @@ def read_auth_files(auth: AuthConfig | None, base: Path) -> dict[str, bytes]:
             continue
         assert auth is not None
         try:
-            data = _read(field, value, base)
+            data = read_file(field, value, base)
             _check(field, value, data, auth)
         except ConfigError as exc:
             errors.extend(exc.errors)
@@ -150,7 +160,7 @@ def stage_auth_files(auth: AuthConfig | None, directory: Path, base: Path) -> St
     for field, name in AUTH_FILE_NAMES.items():
         target = directory / name
         if field in contents:
-            changed |= _write(target, contents[field])
+            changed |= write_copy(target, contents[field])
         elif target.exists():
             target.unlink()
             changed = True

@@ -19,14 +19,12 @@ entry names any more is removed).  A password is never put in a message.
 
 from __future__ import annotations
 
-import os
 import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from hareg.cluster.auth_files import MAX_AUTH_FILE_BYTES
-from hareg.cluster.spec import write_atomic
+from hareg.cluster.auth_files import read_file, write_copy
 from hareg.config.model import ConfigError, PullThrough
 
 __all__ = ["StagedMirrors", "read_mirror_files", "stage_mirror_files"]
@@ -39,22 +37,6 @@ COPY_SUFFIXES: Final = {"passwordFile": "password", "caFile": "ca.pem"}
 class StagedMirrors:
     pull_through: tuple[PullThrough, ...]  # the entries with their paths pointing at the copies
     changed: bool  # a copy was written, or removed, with content it did not have
-
-
-def _read(field: str, value: str, base: Path) -> bytes:
-    path = Path(value) if os.path.isabs(value) else base / value
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_AUTH_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            [f"{field}: {value!r} cannot be read ({exc.strerror or exc}); expected a readable file"]
-        ) from None
-    if len(data) > MAX_AUTH_FILE_BYTES:
-        raise ConfigError(
-            [f"{field}: {value!r} is larger than {MAX_AUTH_FILE_BYTES} bytes; expected a smaller file"]
-        )
-    return data
 
 
 def _check(field: str, value: str, data: bytes) -> None:
@@ -77,17 +59,6 @@ def _check(field: str, value: str, data: bytes) -> None:
         ) from None
 
 
-def _write(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` (0600, atomically) unless it holds it already."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    write_atomic(path, data, mode=0o600)
-    return True
-
-
 def read_mirror_files(entries: tuple[PullThrough, ...], base: Path) -> dict[tuple[int, str], bytes]:
     """The content of each file the entries name, by (index, field), checked
     as a replica would check it; relative paths are taken from ``base``.
@@ -100,7 +71,7 @@ def read_mirror_files(entries: tuple[PullThrough, ...], base: Path) -> dict[tupl
                 continue
             field = f"pullThrough[{index}].{key}"
             try:
-                data = _read(field, value, base)
+                data = read_file(field, value, base)
                 _check(field, value, data)
             except ConfigError as exc:
                 errors.extend(exc.errors)
@@ -136,7 +107,7 @@ def stage_mirror_files(entries: tuple[PullThrough, ...], directory: Path, base: 
     if contents:
         directory.mkdir(mode=0o700, exist_ok=True)
         for name, data in contents.items():
-            changed |= _write(directory / name, data)
+            changed |= write_copy(directory / name, data)
     if directory.is_dir():
         for old in directory.iterdir():
             if old.name not in contents and not old.name.startswith("."):
