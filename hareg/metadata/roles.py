@@ -168,6 +168,16 @@ class Leadership(LeasedRole):
         token = self._token or b"\x00not-the-leader"
         return [Compare(self.key, Target.VALUE, Op.EQUAL, token)]
 
+    async def confirm(self) -> bool:
+        """Whether this replica still leads, as etcd says now (a linearizable
+        read of the key): for work that no transaction can fence, such as
+        defragmenting an etcd member, checked before each step."""
+        token = self._token
+        if token is None or not self.held:
+            return False
+        current = await self.kv.get(self.key)
+        return current is not None and current.value == token
+
     async def leader(self) -> str | None:
         """The identity of the current leader, from etcd."""
         kv = await self.kv.get(self.key)

@@ -14,7 +14,9 @@ Three parts, one job (keeping etcd's database within its quota):
 * ``EtcdMaintenance.defragment_all``: every member defragmented in turn,
   never two at once (a member answers nothing while it defragments),
   followers first and the etcd leader last.  Run on ``defrag_schedule`` by
-  the pruner's leader only, so one replica at a time.
+  the pruner's leader only, so one replica at a time: leadership is checked
+  in etcd before each member, and a member that stops answering (another
+  replica's pass) ends the pass.
 * ``EtcdMaintenance.recover``: while the alarm is raised, the pruner's leader
   (or any replica while there is none: a leader cannot be elected while etcd
   refuses the lease and the write) compacts at the current revision (writes
@@ -228,11 +230,17 @@ class EtcdMaintenance:
         self.statuses = await self._api().member_statuses()
         return self.statuses
 
-    async def defragment_all(self) -> list[str]:
+    async def defragment_all(self, *, fenced: bool = False) -> list[str]:
         """Defragment every member that answers, one at a time, followers
         first and the etcd leader last; the members done, in order.  A member
         that fails or times out ends the pass (the others are left alone:
-        something is wrong with the cluster)."""
+        something is wrong with the cluster).
+
+        A defragmentation is not a transaction that a fencing token can
+        guard, so before each member the pass checks that every member that
+        answered at its start still answers (one that does not may be
+        defragmenting for another replica) and, ``fenced``, that this replica
+        still leads the pruner; either failing ends the pass."""
         api = self._api()
         async with self._lock:
             statuses = await self.member_statuses()
@@ -240,6 +248,18 @@ class EtcdMaintenance:
             done: list[str] = []
             self.defragmented = done
             for status in order:
+                if done:
+                    answering = {s.address for s in await self.member_statuses()}
+                    silent = sorted({s.address for s in statuses} - answering)
+                    if silent:
+                        self.runs[("defragment", "stopped")] += 1
+                        raise KVError(
+                            f"defragment: pass ended, member(s) {', '.join(silent)} stopped answering"
+                        )
+                if fenced and not await self.leadership.confirm():
+                    self.runs[("defragment", "stopped")] += 1
+                    log.warning("scheduled etcd defragmentation ended: this replica no longer leads")
+                    break
                 try:
                     await api.defragment(status.address, self.settings.defrag_timeout)
                 except KVError:
@@ -251,7 +271,8 @@ class EtcdMaintenance:
                     "defragmented etcd member",
                     extra={"fields": {"member": status.address, "dbSizeBefore": status.db_size}},
                 )
-            self.last_defrag = self.clock.now()
+            if len(done) == len(order):
+                self.last_defrag = self.clock.now()
             await self.member_statuses()
             return done
 
@@ -345,7 +366,7 @@ class EtcdMaintenance:
             if not self.leadership.is_leader:
                 continue
             try:
-                await self.defragment_all()
+                await self.defragment_all(fenced=True)
             except KVError as exc:
                 log.warning("scheduled etcd defragmentation did not finish: %s", exc)
 

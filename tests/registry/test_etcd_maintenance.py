@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from etcd_fixtures import leader_of
@@ -25,7 +26,7 @@ from registries import Client, serving
 from hareg.clock import SystemClock
 from hareg.config.model import EtcdMaintenanceConfig
 from hareg.ids import RandomIds
-from hareg.kv.base import Delete, KVNoSpace, MemberStatus, Put, prefix_end
+from hareg.kv.base import Delete, KVNoSpace, Maintenance, MemberStatus, Put, prefix_end
 from hareg.kv.etcd import EtcdKV
 from hareg.kv.instrumented import InstrumentedKV
 from hareg.metadata.roles import Leadership
@@ -248,10 +249,6 @@ async def test_scheduled_defragmentation_takes_one_member_at_a_time_leader_last(
         await asyncio.gather(runner, return_exceptions=True)
         await leadership.resign()
         await kv.close()
-        # One after the other: stopped all at once (the fixture's way), each
-        # waits out its grace while the others leave.
-        for member in etcd_cluster:
-            await member.stop(grace=5)
 
 
 def status(size: int, quota: int = 0) -> MemberStatus:
@@ -281,3 +278,53 @@ def test_a_poll_sent_before_a_refusal_does_not_clear_it() -> None:
     space.listed(True, space.epoch())
     space.applied()  # a write taken cannot clear a raised alarm
     assert space.full and space.alarm_raised
+
+
+class LeadershipLostAfterFirst:
+    """etcd's own maintenance calls; after the first member's
+    defragmentation the leader key is deleted (the leader's lease lapsed)."""
+
+    def __init__(self, kv: EtcdKV, key: bytes) -> None:
+        self.kv = kv
+        self.key = key
+        self.defragmented: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+    async def defragment(self, address: str, timeout: float) -> None:  # noqa: ASYNC109
+        await self.kv.defragment(address, timeout)
+        self.defragmented.append(address)
+        await self.kv.txn([], [Delete(self.key)])
+
+
+async def test_a_scheduled_pass_ends_when_the_replica_no_longer_leads(
+    etcd_cluster: list[EtcdProcess],
+) -> None:
+    kv = await EtcdKV.connect([m.client_url for m in etcd_cluster])
+    key = b"/test-defrag-fence/leader"
+    leadership = Leadership(kv, key, "r0", SystemClock(), RandomIds())
+    runner = asyncio.get_running_loop().create_task(leadership.run())
+    try:
+        await until(lambda: leadership.is_leader)
+        assert await leadership.confirm()
+        api = LeadershipLostAfterFirst(kv, key)
+        clock = OnceClock()
+        settings = EtcdMaintenanceConfig(defrag_schedule="*/5 * * * *")
+        maintenance = EtcdMaintenance(
+            cast(Maintenance, api), kv, leadership, MetadataSpace(clock), clock, settings
+        )
+        task = asyncio.get_running_loop().create_task(maintenance.run_defrag_scheduled())
+        await until(lambda: clock.sleeps > 1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # Its lease still runs, but the key no longer holds its token.
+        assert not await leadership.confirm()
+        assert len(api.defragmented) == 1 and maintenance.defragmented == api.defragmented
+        assert maintenance.runs[("defragment", "stopped")] == 1
+        assert maintenance.last_defrag is None  # not a full pass
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await leadership.resign()
+        await kv.close()
