@@ -14,11 +14,15 @@ message:
   ``SupervisorDown``.
 - **Degraded**: something is broken.  ``SupervisorDown``,
   ``LoadBalancerDown``, ``EtcdQuorumLost``, ``EtcdMemberDown``,
-  ``StorageUnavailable``, ``ReplicaDown``; False with ``AsExpected``.
+  ``MetadataStoreFull`` (a replica reports etcd's NOSPACE alarm: pulls
+  served, pushes refused), ``StorageUnavailable``, ``ReplicaDown``; False
+  with ``AsExpected``.
 
 It is computed from ``DIR/cluster.json`` and ``DIR/supervisor.json`` and from
 probing every process (is the pid alive), every replica's ``/readyz``, every
-etcd member's ``/health``, the object store and the registry URL itself.
+etcd member's ``/health?exclude=NOSPACE`` (a member at its space quota still
+serves: the replicas report the alarm), the object store and the registry
+URL itself.
 ``observe()`` does the probing, ``cluster_conditions()`` is a pure function
 of what it saw (the condition model: hareg/registry/conditions.py).
 """
@@ -59,6 +63,7 @@ class ComponentState:
     ready: bool  # replica: /readyz 200; etcd: /health true; storage: answers; lb: registry /readyz 200
     url: str | None = None
     detail: str = ""
+    reason: str = ""  # replica: why /readyz says it is degraded (MetadataStoreFull, EtcdUnavailable)
 
 
 @dataclass
@@ -103,15 +108,21 @@ async def _replica(session: aiohttp.ClientSession, item: dict[str, Any]) -> Comp
         return state
     status, body = await _get(session, f"{url}/readyz")
     state.ready = status == 200
+    try:
+        answer = json.loads(body) if status is not None else {}
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    checks = answer.get("checks")
+    listed = (
+        " (" + ", ".join(f"{k}: {v}" for k, v in checks.items()) + ")" if isinstance(checks, dict) else ""
+    )
     if not state.ready:
-        detail = f"/readyz answered {status}" if status is not None else "/readyz: no answer"
-        try:
-            checks = json.loads(body).get("checks")
-            if isinstance(checks, dict):
-                detail += " (" + ", ".join(f"{k}: {v}" for k, v in checks.items()) + ")"
-        except (ValueError, AttributeError):
-            pass
-        state.detail = detail
+        state.detail = (f"/readyz answered {status}" if status is not None else "/readyz: no answer") + listed
+    elif answer.get("degraded") is True:
+        state.reason = str(answer.get("reason") or "")
+        state.detail = f"degraded: {state.reason}{listed}"
     return state
 
 
@@ -121,7 +132,9 @@ async def _etcd(session: aiohttp.ClientSession, item: dict[str, Any]) -> Compone
     if not state.alive:
         state.detail = "not running"
         return state
-    status, body = await _get(session, f"{url}/health")
+    # A member with a NOSPACE alarm answers /health false, yet serves reads
+    # and deletes: the replicas report the alarm (MetadataStoreFull).
+    status, body = await _get(session, f"{url}/health?exclude=NOSPACE")
     try:
         state.ready = status is not None and json.loads(body).get("health") == "true"
     except (ValueError, AttributeError):
@@ -239,6 +252,17 @@ def cluster_conditions(obs: ClusterObservation) -> list[Condition]:
             problems.append(
                 ("EtcdMemberDown", "etcd member " + ", ".join(f"{m.name} {m.detail}" for m in down))
             )
+    full = [r for r in obs.replicas if r.ready and r.reason == "MetadataStoreFull"]
+    if full:
+        problems.append(
+            (
+                "MetadataStoreFull",
+                "etcd's database is at its space quota (NOSPACE alarm), as "
+                + ", ".join(r.name for r in full)
+                + " report: pulls are served, pushes refused with 507 until space is freed "
+                "(docs/operations.md, etcd space)",
+            )
+        )
     if obs.storage is not None and not obs.storage.ready:
         problems.append(
             ("StorageUnavailable", f"the object store at {obs.storage.url}: {obs.storage.detail}")

@@ -296,6 +296,15 @@ def test_conditions(obs: ClusterObservation, expected: dict[str, tuple[str, str]
     assert all(c.message for c in cluster_conditions(obs))
 
 
+def test_a_replica_reporting_a_full_etcd_makes_the_cluster_degraded_but_available() -> None:
+    obs = _obs()
+    obs.replicas[1].reason = "MetadataStoreFull"
+    got = _reasons(obs)
+    assert got["Available"] == ("True", "AllReplicasReady")
+    assert got["Degraded"] == ("True", "MetadataStoreFull")
+    assert "replica-2" in cluster_conditions(obs)[2].message
+
+
 def test_degraded_message_lists_every_problem() -> None:
     degraded = cluster_conditions(_obs(ready=2, etcd_ok=2, storage_ok=False))[2]
     assert degraded.reason == "EtcdMemberDown"

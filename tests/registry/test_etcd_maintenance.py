@@ -25,6 +25,7 @@ from registries import Client, serving
 
 from hareg.clock import SystemClock
 from hareg.config.model import EtcdMaintenanceConfig
+from hareg.http.keys import HttpSettings
 from hareg.ids import RandomIds
 from hareg.kv.base import Delete, KVNoSpace, Maintenance, MemberStatus, Put, prefix_end
 from hareg.kv.etcd import EtcdKV
@@ -102,6 +103,7 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             InstrumentedKV(raw, metrics.observe_etcd),
             FilesystemBlobStore(tmp_path / "blobs"),
             metrics=metrics,
+            settings=HttpSettings(etcd_endpoints=(small_etcd.client_url,)),
             etcd_maintenance=raw,
             maintenance_settings=settings,
             # A pull re-touches a link older than half this: a write, refused under the alarm.
@@ -130,6 +132,9 @@ async def test_a_full_etcd_refuses_writes_with_507_serves_reads_and_recovers(
             status = await (await client.get("/hareg/v1/status")).json()
             degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
             assert (degraded["status"], degraded["reason"]) == ("True", "MetadataStoreFull")
+            # The member at its quota still serves reads: healthy, not down.
+            members = await (await client.get("/hareg/v1/members")).json()
+            assert [m["healthy"] for m in members["etcd"]] == [True], members
 
             # A push: refused at once with 507, sent to etcd once (never re-sent).
             sends = no_space_sends(metrics)
