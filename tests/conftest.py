@@ -24,8 +24,9 @@ from hareg.kv.etcd import EtcdKV
 from hareg.processes.etcd import EtcdProcess
 
 # The SeaweedFS fixtures (``seaweedfs``, ``s3_store``) and the three-member
-# etcd cluster (``etcd_cluster``) for every directory.
-pytest_plugins = ["seaweedfs_fixtures", "etcd_fixtures"]
+# etcd cluster (``etcd_cluster``) for every directory; the asyncio tasks of a
+# test that nears its timeout printed (``hang_report``).
+pytest_plugins = ["seaweedfs_fixtures", "etcd_fixtures", "hang_report"]
 
 # Fast progress notifications so watch tests see them within a second.
 PROGRESS_NOTIFY_INTERVAL = "100ms"
