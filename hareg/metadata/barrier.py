@@ -16,6 +16,10 @@ has: stale but never wrong for content-addressed data.  While the store is
 unavailable no read waits on it again: a background probe reads the revision
 every ``probe_interval`` and clears the state at its first answer, so pulls
 stay fast and return to normal within ``probe_interval`` of etcd's recovery.
+The probe waits for its answer as long as the etcd client allows (its own
+deadline), not ``revision_timeout``: an etcd that is slow (fsync stalled on a
+busy disk) rather than down answers it, which ends the outage before the
+write grace below runs out.
 
 Writes ride out an election: one that etcd refused unapplied (no leader, no
 member reachable) waits in ``wait_writable`` for the probe's first answer and
@@ -141,8 +145,9 @@ class ReadBarrier:
         """Read the revision every ``probe_interval`` until etcd answers."""
         while self._unavailable_since is not None:
             await self.clock.sleep(self.probe_interval)
+            self.revision_reads += 1
             try:
-                await self.current_revision()
+                await self.kv.current_revision()
             except KVError:
                 self._unavailable_since = self.clock.monotonic()
                 continue

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from background import background
@@ -19,7 +20,7 @@ from hareg.clock import SystemClock
 from hareg.ids import RandomIds
 from hareg.kv.base import Compare, Delete, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV
-from hareg.metadata.barrier import ReadBarrier
+from hareg.metadata.barrier import Freshness, ReadBarrier
 from hareg.metadata.cache import MetadataCache
 from hareg.metadata.errors import Contended, MissingReferences
 from hareg.metadata.keys import Keys
@@ -397,4 +398,51 @@ async def test_a_write_rides_out_an_election_and_fails_once_the_grace_is_over(
             later = time.monotonic() - t0
             print(f"\nafter the grace: first write failed in {first:.2f}s, the next in {later:.3f}s")
             assert first < 30 and later < 1.0
+            await barrier.close()
+
+
+class SlowRevisionKV:
+    """A real etcd whose revision reads answer only after ``delay`` (etcd's
+    fsync stalled on a busy disk, say); every other call goes straight through."""
+
+    def __init__(self, inner: EtcdKV, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def current_revision(self) -> int:
+        await asyncio.sleep(self.delay)
+        return await self.inner.current_revision()
+
+
+async def test_a_slow_etcd_sends_reads_to_the_cache_but_refuses_no_write(kv: EtcdKV, keys: Keys) -> None:
+    """Revision reads slower than the barrier's timeout, for longer than the
+    write grace: reads are served from the cache, yet the probe's answers end
+    each outage, so writes are never refused as under quorum loss."""
+    slow = SlowRevisionKV(kv, delay=0.6)
+    cache = MetadataCache(Reflector(kv, SystemClock(), retry_delay=0.1), keys)
+    async with background(cache.reflector.run(), lambda: cache.ready):
+        barrier = ReadBarrier(
+            cast(EtcdKV, slow),
+            cache,
+            SystemClock(),
+            revision_timeout=0.2,
+            probe_interval=0.05,
+            write_grace=2.0,
+        )
+        meta = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+        try:
+            stale = 0
+            started = time.monotonic()
+            async with asyncio.timeout(60):
+                while time.monotonic() - started < 2 * barrier.write_grace:
+                    stale += await barrier.sync() is Freshness.STALE
+                    assert not barrier.writes_blocked()
+                    await asyncio.sleep(0.05)
+            assert stale > 0
+            record = await meta.create_upload("u1", "repo", "sha256")
+            assert record.repo == "repo"
+        finally:
             await barrier.close()
