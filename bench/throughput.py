@@ -20,7 +20,9 @@ phase                         what one operation is                        figur
 
 Write phases run a fixed number of operations (the same data on every
 target); read phases run for a fixed duration.  ``ratios`` compares the first
-hareg target with distribution, figure by figure (hareg / distribution).
+hareg target with distribution, figure by figure (hareg / distribution);
+``ratios_cluster`` compares ``hareg-cluster`` with ``distribution-cluster``
+(two distribution registries on one SeaweedFS bucket behind haproxy).
 
 The ``ceiling`` target (:mod:`bench.ceiling`) runs only ``CEILING_PHASES``,
 the reads it serves with fixed bodies: the blobs it is pulled are staged in
@@ -89,6 +91,13 @@ TAG_PREFIX = "t"
 HAREG_KINDS = ("hareg", "hareg-cluster")
 AUTH_MIN_RATIO = 0.8  # authenticated manifest GET by tag / unauthenticated, the issue's target
 CEILING_MIN_RATIO = 0.5  # hareg's manifest reads and HEAD blob / the ceiling's
+# hareg-cluster / distribution-cluster (issue 15): (label, figure, at least)
+CLUSTER_CHECKS = (
+    ("blob push MB/s (monolithic)", "push_mb_s", 1.3),
+    ("blob push MB/s (chunked)", "push_chunked_mb_s", 1.3),
+    ("blob pull MB/s", "pull_mb_s", 1.0),
+    ("cross-repo mount ops/s", "mount_ops", 1.0),
+)
 
 ProgressFactory = Callable[[str, float, str], Progress]
 
@@ -520,6 +529,9 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ratio_check(name, "blob pull MB/s", "pull_mb_s", 1.3, table)
         ratio_check(name, "blob push MB/s (monolithic)", "push_mb_s", 1.0, table)
         ratio_check(name, "blob push MB/s (chunked)", "push_chunked_mb_s", 1.0, table)
+    for name, table in doc.get("ratios_cluster_by_target", {}).items():
+        for label, key, minimum in CLUSTER_CHECKS:
+            ratio_check(name, label, key, minimum, table, "distribution-cluster")
     for name, table in doc.get("ratios_ceiling_by_target", {}).items():
         for label, key in (
             ("manifest GET by tag (Python client)", "manifest_get_tag_ops"),
@@ -709,6 +721,7 @@ def add_ratios(doc: dict[str, Any]) -> None:
                 )
     doc["ceiling"] = ceiling
     doc["ratios_ceiling_by_target"] = ceiling_by_target
+    _add_cluster_ratios(doc)
     doc["ratios_ceiling"] = ceiling_by_target.get(first, {}) if first is not None else {}
     auth_ratios: dict[str, dict[str, float | None]] = {}
     for name, plain in doc.get("unauthenticated_targets", {}).items():
@@ -718,6 +731,25 @@ def add_ratios(doc: dict[str, Any]) -> None:
     if "auth" in doc:
         doc["auth_ratios"] = auth_ratios
     doc["target_checks"] = target_checks(doc)
+
+
+def _add_cluster_ratios(doc: dict[str, Any]) -> None:
+    """``ratios_cluster`` (the first ``hareg-cluster`` / ``distribution-cluster``,
+    the keys of ``ratios``), ``ratios_cluster_by_target`` and
+    ``cluster_replica_peak_rss_mb`` (the largest replica process of any hareg-cluster)."""
+    targets: dict[str, Any] = doc["targets"]
+    clusters = [n for n, t in targets.items() if t["details"].get("kind") == "hareg-cluster"]
+    base = next((n for n, t in targets.items() if t["details"].get("kind") == "distribution-cluster"), None)
+    by_target: dict[str, dict[str, float | None]] = {}
+    if base is not None:
+        base_figures = figures(targets[base]["phases"])
+        by_target = {n: ratios(figures(targets[n]["phases"]), base_figures) for n in clusters}
+    doc["cluster_baseline"] = base
+    doc["ratios_cluster_by_target"] = by_target
+    doc["ratios_cluster"] = by_target[clusters[0]] if by_target else {}
+    peaks = [targets[n].get("max_process_peak_rss_mb_by_role", {}).get("replica") for n in clusters]
+    known = [p for p in peaks if isinstance(p, int | float)]
+    doc["cluster_replica_peak_rss_mb"] = max(known) if known else None
 
 
 def _run_loop(coro: Any) -> TargetRun:

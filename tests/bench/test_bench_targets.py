@@ -1,17 +1,22 @@
 """The client against the real registries, started by ``bench.targets``: every
 push style, pulls, HEAD, mounts, manifests and tags on ``hareg serve`` and on
-distribution; and the resource meter's roles."""
+distribution; the distribution cluster (two registries on SeaweedFS behind
+haproxy); and the resource meter's roles."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from bench_support import require_distribution
+from seaweedfs_fixtures import need_weed
 
 from bench.blobs import BlobSpec
 from bench.client import OCIClient, image_manifest
-from bench.targets import ResourceMeter, RunningTarget
+from bench.targets import ResourceMeter, RunningTarget, parse_target, started
 
 TARGETS = ["hareg_target", "distribution_target"]
 
@@ -83,3 +88,42 @@ def test_resource_meter_reports_hareg_and_its_etcd_apart(hareg_target: RunningTa
 def test_distribution_is_one_registry_role(distribution_target: RunningTarget) -> None:
     roles = distribution_target.roles()
     assert list(roles) == ["registry"] and len(roles["registry"]) == 1
+
+
+@pytest.fixture(scope="module")
+def distribution_cluster_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTarget]:
+    require_distribution()
+    need_weed()
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    with started(
+        parse_target("distribution-cluster"), base_dir=tmp_path_factory.mktemp("bench-dcluster"), timeout=60
+    ) as target:
+        yield target
+
+
+async def test_distribution_cluster_serves_through_haproxy(
+    distribution_cluster_target: RunningTarget,
+) -> None:
+    """Pushed through haproxy (to either registry), the blob is pulled back
+    through a presigned SeaweedFS URL, HEAD follows its redirect, and every
+    registry of the pair knows it (one bucket)."""
+    target = distribution_cluster_target
+    blob = BlobSpec(seed=301, size=1_200_000)
+    async with aiohttp.ClientSession() as session:
+        client = OCIClient(session, target.url)
+        await client.ping()
+        assert await client.push_blob_post_put("bench-test/ha", blob) == blob.digest()
+        assert await client.pull_blob("bench-test/ha", blob.digest(), blob.size) == blob.size
+        assert await client.head_blob("bench-test/ha", blob.digest()) == blob.size
+        for url in target.details["registries"]:
+            direct = OCIClient(session, url)
+            async with session.get(
+                direct.url(f"/v2/bench-test/ha/blobs/{blob.digest()}"), allow_redirects=False
+            ) as resp:
+                assert resp.status == 307
+                assert resp.headers["Location"].startswith(target.details["s3_url"])
+            assert await direct.pull_blob("bench-test/ha", blob.digest(), blob.size) == blob.size
+    roles = target.roles()
+    assert set(roles) == {"registry", "storage", "lb"}
+    assert len(roles["registry"]) == 2 and len(roles["storage"]) == 1 and len(roles["lb"]) >= 1
