@@ -5,11 +5,13 @@ haproxy); and the resource meter's roles."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 from bench_support import require_distribution
 from seaweedfs_fixtures import need_weed
@@ -90,25 +92,33 @@ def test_distribution_is_one_registry_role(distribution_target: RunningTarget) -
     assert list(roles) == ["registry"] and len(roles["registry"]) == 1
 
 
-@pytest.fixture(scope="module")
-def distribution_cluster_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTarget]:
+def test_distribution_cluster_serves_through_haproxy_and_stops(tmp_path: Path) -> None:
+    """Pushed through haproxy (to either registry), the blob is pulled back
+    through a presigned SeaweedFS URL, HEAD follows its redirect, and every
+    registry of the pair knows it (one bucket); once stopped, none of its
+    processes is left."""
     require_distribution()
     need_weed()
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    with started(
-        parse_target("distribution-cluster"), base_dir=tmp_path_factory.mktemp("bench-dcluster"), timeout=60
-    ) as target:
-        yield target
+    with started(parse_target("distribution-cluster"), base_dir=tmp_path, timeout=60) as target:
+        asyncio.run(_push_and_pull_through(target))
+        roles = target.roles()
+        assert set(roles) == {"registry", "storage", "lb"}
+        assert len(roles["registry"]) == 2 and len(roles["storage"]) == 1 and len(roles["lb"]) >= 1
+        pids = [p.pid for procs in roles.values() for p in procs]
+    assert not [pid for pid in pids if _alive(pid)]
+    assert list(tmp_path.iterdir()) == []  # its directory removed too
 
 
-async def test_distribution_cluster_serves_through_haproxy(
-    distribution_cluster_target: RunningTarget,
-) -> None:
-    """Pushed through haproxy (to either registry), the blob is pulled back
-    through a presigned SeaweedFS URL, HEAD follows its redirect, and every
-    registry of the pair knows it (one bucket)."""
-    target = distribution_cluster_target
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+async def _push_and_pull_through(target: RunningTarget) -> None:
     blob = BlobSpec(seed=301, size=1_200_000)
     async with aiohttp.ClientSession() as session:
         client = OCIClient(session, target.url)
@@ -124,6 +134,3 @@ async def test_distribution_cluster_serves_through_haproxy(
                 assert resp.status == 307
                 assert resp.headers["Location"].startswith(target.details["s3_url"])
             assert await direct.pull_blob("bench-test/ha", blob.digest(), blob.size) == blob.size
-    roles = target.roles()
-    assert set(roles) == {"registry", "storage", "lb"}
-    assert len(roles["registry"]) == 2 and len(roles["storage"]) == 1 and len(roles["lb"]) >= 1
