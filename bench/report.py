@@ -73,6 +73,17 @@ def markdown(doc: dict[str, Any]) -> str:
     if cluster_table and cluster_base:
         lines += _ratio_section(f"Cluster ratios (hareg-cluster / {cluster_base})", cluster_table)
         lines += ["", f"Largest replica process: {_fmt(doc.get('cluster_replica_peak_rss_mb'))} MB."]
+    raw = doc.get("storage_raw")
+    if raw:
+        lines += [
+            "",
+            f"The object store of {raw.get('target')} on its own (obstore, the push blobs): "
+            + (
+                f"PUT {_fmt(raw.get('put_mb_s'))} MB/s, GET {_fmt(raw.get('get_mb_s'))} MB/s."
+                if "error" not in raw
+                else f"failed: {raw['error']}"
+            ),
+        ]
     lines += _ceiling_section(doc)
     lines += _auth_section(doc)
     lines += ["", "## Peak RSS by role over the run (MB; largest single process in brackets)", ""]

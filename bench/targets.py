@@ -65,6 +65,7 @@ import psutil
 import yaml
 
 from bench.ceiling import READY_PREFIX as CEILING_READY_PREFIX
+from bench.storage_raw import S3Endpoint
 from bench.users import BenchUsers
 from hareg.cluster.haproxy import HaproxyError, HaproxyProcess
 from hareg.processes.seaweedfs import SeaweedFSError, SeaweedFSProcess
@@ -181,6 +182,7 @@ class RunningTarget:
     _roles: Callable[[], RoleMap]
     _stop: Callable[[], object]
     stopped: bool = False
+    s3: S3Endpoint | None = None  # its object store, for storage_raw (never in the JSON)
 
     @property
     def name(self) -> str:
@@ -550,6 +552,7 @@ def _start_distribution_cluster(spec: TargetSpec, workdir: Path, timeout: float)
         },
         _roles=roles,
         _stop=teardown.close,
+        s3=S3Endpoint(store.s3_url, store.bucket, store.access_key, store.secret_key, store.region),
     )
 
 

@@ -50,13 +50,14 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
+from bench import storage_raw
 from bench.blobs import BlobSpec, MiB
 from bench.ceiling import MANIFEST_DIGEST as CEILING_MANIFEST_DIGEST
 from bench.ceiling import stage_blob
@@ -100,6 +101,9 @@ CLUSTER_CHECKS = (
 )
 
 ProgressFactory = Callable[[str, float, str], Progress]
+T = TypeVar("T")
+# hareg-cluster's monolithic push / the object store's own PUT rate (issue 15)
+RAW_PUT_MIN_FRACTION = 0.7
 
 
 @dataclass(frozen=True)
@@ -532,6 +536,20 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for name, table in doc.get("ratios_cluster_by_target", {}).items():
         for label, key, minimum in CLUSTER_CHECKS:
             ratio_check(name, label, key, minimum, table, "distribution-cluster")
+    raw_put = doc.get("storage_raw", {}).get("put_mb_s")
+    for name, run in doc.get("targets", {}).items():
+        push = run.get("phases", {}).get("push", {}).get("mb_s")
+        if run.get("details", {}).get("kind") == "hareg-cluster" and raw_put:
+            fraction = round(push / raw_put, 3) if isinstance(push, int | float) else None
+            checks.append(
+                {
+                    "target": name,
+                    "check": f"blob push MB/s >= {RAW_PUT_MIN_FRACTION} of the object store's own PUT",
+                    "figure": "push_mb_s / storage_raw.put_mb_s",
+                    "value": fraction,
+                    "met": None if fraction is None else fraction >= RAW_PUT_MIN_FRACTION,
+                }
+            )
     for name, table in doc.get("ratios_ceiling_by_target", {}).items():
         for label, key in (
             ("manifest GET by tag (Python client)", "manifest_get_tag_ops"),
@@ -683,6 +701,8 @@ def _run_one(
                     companion=companion,
                 )
             )
+            if target.s3 is not None and "storage_raw" not in doc:
+                doc["storage_raw"] = _storage_raw(target, options.workload, log)
         doc["targets"][spec.name] = result.as_dict()
         if result.companion is not None:
             doc["unauthenticated_targets"][spec.name] = result.companion.as_dict()
@@ -752,12 +772,23 @@ def _add_cluster_ratios(doc: dict[str, Any]) -> None:
     doc["cluster_replica_peak_rss_mb"] = max(known) if known else None
 
 
-def _run_loop(coro: Any) -> TargetRun:
+def _storage_raw(target: RunningTarget, workload: Workload, log: Callable[[str], None]) -> dict[str, Any]:
+    """The push phase's blobs straight to ``target``'s object store (bench.storage_raw)."""
+    assert target.s3 is not None
+    log(f"bench: the object store of {target.name} on its own ({target.s3.url})")
+    try:
+        raw = _run_loop(storage_raw.measure(target.s3, workload.blobs(0), workload.concurrency))
+    except Exception as exc:  # recorded; the registries' figures stand without it
+        return {"target": target.name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    return {"target": target.name, **raw}
+
+
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a hareg dependency
-        return asyncio.run(coro)  # type: ignore[no-any-return]
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def with_overrides(workload: Workload, **changes: Any) -> Workload:

@@ -224,7 +224,8 @@ def test_cluster_ratios_compare_hareg_cluster_with_distribution_cluster() -> Non
         "targets": {
             "distribution-cluster": target("distribution-cluster", 40.0, 200.0),
             "hareg-cluster": target("hareg-cluster", 60.0, 180.0, 130.0),
-        }
+        },
+        "storage_raw": {"put_mb_s": 80.0, "get_mb_s": 200.0},
     }
     add_ratios(doc)
     assert doc["cluster_baseline"] == "distribution-cluster"
@@ -234,3 +235,4 @@ def test_cluster_ratios_compare_hareg_cluster_with_distribution_cluster() -> Non
     checks = {c["figure"]: c["met"] for c in doc["target_checks"] if c["target"] == "hareg-cluster"}
     assert checks["push_mb_s"] is True and checks["mount_ops"] is False
     assert checks["pull_mb_s"] is None  # not measured: neither met nor missed
+    assert checks["push_mb_s / storage_raw.put_mb_s"] is True  # 60 of 80 MB/s
