@@ -450,8 +450,9 @@ def _start_distribution(
 
 def distribution_haproxy_config(bind: str, servers: list[str]) -> str:
     """haproxy in front of the distribution registries: round robin, a
-    ``/v2/`` health check, timeouts and retries of connection failures as
-    hareg's cluster has them (:func:`hareg.cluster.haproxy.render_config`)."""
+    ``/v2/`` health check, the timeouts of hareg's cluster
+    (:func:`hareg.cluster.haproxy.render_config`), a request whose connection
+    failed sent to the other registry."""
     lines = [
         "global",
         "    maxconn 4096",
