@@ -1,9 +1,9 @@
-"""``python -m bench throughput [--target hareg|hareg-cluster|distribution|ceiling|URL ...] [--quick] [--auth] [--json FILE]``
+"""``python -m bench throughput [--target hareg|hareg-cluster|distribution|distribution-cluster|ceiling|URL ...] [--quick] [--auth] [--json FILE]``
 ``python -m bench availability [--duration S] [--quick] [--json FILE]``
 
 ``throughput`` without ``--target`` runs distribution, hareg, the ceiling
 (bare aiohttp + uvloop, the reads only) and (when ``hareg cluster up`` exists)
-hareg-cluster; with ``--quick``, distribution, hareg and the ceiling; with
+distribution-cluster and hareg-cluster; with ``--quick``, distribution, hareg and the ceiling; with
 ``--auth``, distribution and hareg, both authenticating the
 same users (hareg with tokens, distribution with htpasswd), beside an
 unauthenticated hareg for the manifest reads.  ``availability`` runs the local cluster through faults.
@@ -129,10 +129,11 @@ def throughput_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--target",
         action="append",
         type=_target,
-        metavar="hareg|hareg-cluster|distribution|ceiling|URL",
-        help="a target to run (repeatable); default: distribution, hareg, ceiling and hareg-cluster "
-        "(--quick: distribution, hareg and ceiling); ceiling is bare aiohttp + uvloop answering "
-        "the read routes with fixed bodies (bench/ceiling.py)",
+        metavar="hareg|hareg-cluster|distribution|distribution-cluster|ceiling|URL",
+        help="a target to run (repeatable); default: distribution, hareg, ceiling, distribution-cluster "
+        "and hareg-cluster (--quick: distribution, hareg and ceiling); ceiling is bare aiohttp + uvloop "
+        "answering the read routes with fixed bodies (bench/ceiling.py); distribution-cluster is two "
+        "distribution registries on one SeaweedFS bucket behind haproxy",
     )
     p.add_argument("--quick", action="store_true", help="a small workload (under 90 s on 2 cores)")
     _json_argument(p, DEFAULT_JSON, "Markdown and PNGs")
@@ -189,6 +190,8 @@ def default_targets(quick: bool, auth: bool = False) -> list[TargetSpec]:
     if not auth:
         specs.append(parse_target("ceiling"))
     if not quick and not auth and cluster_available():
+        if distribution_available():
+            specs.append(parse_target("distribution-cluster"))
         specs.append(parse_target("hareg-cluster"))
     return specs
 

@@ -260,14 +260,22 @@ class OCIClient:
     # -- blob reads -------------------------------------------------------
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
-        """The blob's size, or None if the registry does not have it (404)."""
+        """The blob's size, or None if the registry does not have it (404).
+        Redirects are followed, as container clients do (distribution on S3
+        answers a HEAD with a presigned HEAD URL)."""
         url = self.url(f"/v2/{repo}/blobs/{digest}")
-        async with self.session.head(url, headers=await self.headers(url, (pull_scope(repo),))) as resp:
-            if resp.status == 404:
-                return None
-            await self._expect(resp, 200)
-            length = resp.headers.get("Content-Length")
-            return int(length) if length is not None else -1
+        for _hop in range(self.max_redirects + 1):
+            headers = await self.headers(url, (pull_scope(repo),))
+            async with self.session.head(url, allow_redirects=False, headers=headers) as resp:
+                if resp.status in REDIRECTS:
+                    url = URL(self._location(resp), encoded=True)
+                    continue
+                if resp.status == 404:
+                    return None
+                await self._expect(resp, 200)
+                length = resp.headers.get("Content-Length")
+                return int(length) if length is not None else -1
+        raise RegistryHTTPError("HEAD", str(url), 0, f"more than {self.max_redirects} redirects")
 
     async def pull_blob(self, repo: str, digest: str, expected_size: int | None = None) -> int:
         """GET the blob (following redirects), hashing it as it streams in; the

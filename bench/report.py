@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,28 +65,25 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{_fmt(s.get('server_cpu_ms_per_op'), 3)} | {_fmt(s.get('server_peak_rss_mb'))} | {s.get('errors', 0)} |"
         )
     if ratio_table and base:
-        lines += ["", f"## Ratios (hareg target / {base})", ""]
-        names = list(ratio_table)
-        lines.append(
-            "| phase | figure | "
-            + " | ".join(f"{n} throughput" for n in names)
-            + " | "
-            + " | ".join(f"{n} p99" for n in names)
-            + " | "
-            + " | ".join(f"{n} CPU/op" for n in names)
-            + " |"
-        )
-        lines.append("|---|---|" + "---:|" * (3 * len(names)))
-        for phase in PHASES:
-            key = f"{phase}_mb_s" if phase in BLOB_PHASES else f"{phase}_ops"
-            if not any(key in ratio_table[n] for n in names):
-                continue
-            cells = [_fmt(ratio_table[n].get(key), 2) for n in names]
-            cells += [_fmt(ratio_table[n].get(f"{phase}_p99_ms"), 2) for n in names]
-            cells += [_fmt(ratio_table[n].get(f"{phase}_server_cpu_ms_per_op"), 2) for n in names]
-            lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
+        lines += _ratio_section(f"Ratios (hareg target / {base})", ratio_table)
         if ratio_key:
             lines += ["", f"Top-level `ratios` are those of `{ratio_key}`."]
+    cluster_table: dict[str, Any] = doc.get("ratios_cluster_by_target", {})
+    cluster_base = doc.get("cluster_baseline")
+    if cluster_table and cluster_base:
+        lines += _ratio_section(f"Cluster ratios (hareg-cluster / {cluster_base})", cluster_table)
+        lines += ["", f"Largest replica process: {_fmt(doc.get('cluster_replica_peak_rss_mb'))} MB."]
+    raw = doc.get("storage_raw")
+    if raw:
+        lines += [
+            "",
+            f"The object store of {raw.get('target')} on its own (obstore, the push blobs): "
+            + (
+                f"PUT {_fmt(raw.get('put_mb_s'))} MB/s, GET {_fmt(raw.get('get_mb_s'))} MB/s."
+                if "error" not in raw
+                else f"failed: {raw['error']}"
+            ),
+        ]
     lines += _ceiling_section(doc)
     lines += _auth_section(doc)
     lines += ["", "## Peak RSS by role over the run (MB; largest single process in brackets)", ""]
@@ -107,32 +105,41 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The columns of a ratio table: (header, the figure's key for a phase and its throughput key).
+Column = tuple[str, Callable[[str, str], str]]
+_THROUGHPUT: Column = ("throughput", lambda phase, key: key)
+_P99: Column = ("p99", lambda phase, key: f"{phase}_p99_ms")
+_CPU: Column = ("CPU/op", lambda phase, key: f"{phase}_server_cpu_ms_per_op")
+
+
+def _ratio_section(
+    title: str,
+    table: dict[str, Any],
+    phases: tuple[str, ...] = PHASES,
+    columns: tuple[Column, ...] = (_THROUGHPUT, _P99, _CPU),
+) -> list[str]:
+    """A table of ratios per phase: each column for every target of ``table``."""
+    names = list(table)
+    header = " | ".join(f"{n} {label}" for label, _ in columns for n in names)
+    lines = ["", f"## {title}", "", f"| phase | figure | {header} |"]
+    lines.append("|---|---|" + "---:|" * (len(columns) * len(names)))
+    for phase in phases:
+        key = f"{phase}_mb_s" if phase in BLOB_PHASES else f"{phase}_ops"
+        if not any(key in table[n] for n in names):
+            continue
+        cells = [_fmt(table[n].get(figure(phase, key)), 2) for _, figure in columns for n in names]
+        lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ceiling_section(doc: dict[str, Any]) -> list[str]:
     """hareg over the ceiling (bench.ceiling), for the reads the ceiling serves."""
     table: dict[str, dict[str, Any]] = doc.get("ratios_ceiling_by_target", {})
     ceiling = doc.get("ceiling")
     if not table or not ceiling:
         return []
-    names = list(table)
-    lines = [
-        "",
-        f"## Against the ceiling (hareg target / {ceiling}: bare aiohttp + uvloop, fixed bodies)",
-        "",
-        "| phase | figure | "
-        + " | ".join(f"{n} throughput" for n in names)
-        + " | "
-        + " | ".join(f"{n} CPU/op" for n in names)
-        + " |",
-        "|---|---|" + "---:|" * (2 * len(names)),
-    ]
-    for phase in CEILING_PHASES:
-        key = f"{phase}_mb_s" if phase in BLOB_PHASES else f"{phase}_ops"
-        if not any(key in table[n] for n in names):
-            continue
-        cells = [_fmt(table[n].get(key), 2) for n in names]
-        cells += [_fmt(table[n].get(f"{phase}_server_cpu_ms_per_op"), 2) for n in names]
-        lines.append(f"| {PHASE_LABELS.get(phase, phase)} | {key} | " + " | ".join(cells) + " |")
-    return lines
+    title = f"Against the ceiling (hareg target / {ceiling}: bare aiohttp + uvloop, fixed bodies)"
+    return _ratio_section(title, table, CEILING_PHASES, (_THROUGHPUT, _CPU))
 
 
 def _auth_section(doc: dict[str, Any]) -> list[str]:

@@ -9,6 +9,12 @@ Kinds of target (``parse_target``):
   replicas, haproxy) in a temporary dir, read back from its ``cluster.json``;
 - ``distribution``: CNCF distribution (Debian's ``docker-registry``) with
   filesystem storage in a temporary dir;
+- ``distribution-cluster``: the high-availability setup a platform team would
+  build from distribution instead of hareg: two ``docker-registry`` processes
+  with the ``s3`` storage driver on one SeaweedFS bucket (started as the
+  cluster starts it, :class:`hareg.processes.seaweedfs.SeaweedFSProcess`),
+  the same ``http.secret``, blob GETs redirected to presigned URLs (the
+  driver's default), behind haproxy (round robin);
 - ``ceiling``: :mod:`bench.ceiling`, the smallest aiohttp + uvloop server
   answering the read routes with fixed bodies (the reference a Python replica
   is measured against; it serves the blobs the benchmark stages in its
@@ -25,7 +31,8 @@ a bounded wait, SIGKILL, together with any descendant it left behind.
 
 A :class:`RunningTarget` names its processes by *role* (``hareg`` and its
 ``etcd``; ``replica``, ``etcd``, ``storage``, ``lb`` and ``supervisor`` for the
-cluster; ``registry`` for distribution; ``ceiling`` for the ceiling); :class:`ResourceMeter` measures, per
+cluster; ``registry`` for distribution; ``registry``, ``storage`` and ``lb``
+for the distribution cluster; ``ceiling`` for the ceiling); :class:`ResourceMeter` measures, per
 role and per benchmark phase, CPU seconds (user + system, from /proc via
 psutil) and peak RSS (the kernel's ``VmHWM``, reset at the start of a phase,
 and a sampled sum over the role's processes).
@@ -33,10 +40,12 @@ and a sampled sum over the role's processes).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import socket
@@ -47,7 +56,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +65,15 @@ import psutil
 import yaml
 
 from bench.ceiling import READY_PREFIX as CEILING_READY_PREFIX
+from bench.storage_raw import S3Endpoint
 from bench.users import BenchUsers
+from hareg.cluster.haproxy import HaproxyError, HaproxyProcess
+from hareg.processes.seaweedfs import SeaweedFSError, SeaweedFSProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "hareg registry listening on "
 DISTRIBUTION_BINARY = "docker-registry"
-KINDS = ("hareg", "hareg-cluster", "distribution", "ceiling")
+KINDS = ("hareg", "hareg-cluster", "distribution", "distribution-cluster", "ceiling")
 AUTH_KINDS = ("hareg", "distribution")  # the kinds --auth can start
 MB = 1_000_000
 
@@ -170,6 +182,7 @@ class RunningTarget:
     _roles: Callable[[], RoleMap]
     _stop: Callable[[], object]
     stopped: bool = False
+    s3: S3Endpoint | None = None  # its object store, for storage_raw (never in the JSON)
 
     @property
     def name(self) -> str:
@@ -272,14 +285,16 @@ def _start_ready(
 
 
 def _poll_v2(
-    url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, what: str, *, auth: bool = False
+    url: str, exited: Callable[[], int | None], log: Path, timeout: float, what: str, *, auth: bool = False
 ) -> None:
-    """Until ``/v2/`` answers 200 (with ``auth``: 401, the challenge)."""
+    """Until ``/v2/`` answers 200 (with ``auth``: 401, the challenge); ``exited()``
+    is the process's exit code once it has exited (``Popen.poll``)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetError(f"{what} exited with {proc.returncode}; log:\n{_tail(log)}")
+        code = exited()
+        if code is not None:
+            raise TargetError(f"{what} exited with {code}; log:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(f"{url}/v2/", timeout=2) as resp:
                 if resp.status == 200:
@@ -344,15 +359,29 @@ log:
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
+{storage}  delete:
     enabled: true
   cache:
     blobdescriptor: inmemory
 http:
   addr: 127.0.0.1:{port}
 """
+DISTRIBUTION_FILESYSTEM = "  filesystem:\n    rootdirectory: {root}\n"
+# The s3 driver on the cluster's SeaweedFS.  2.8.2 has no ``forcepathstyle``
+# (it ignores the key; later versions read it): a ``regionendpoint`` already
+# makes it use path-style URLs.  Redirects (presigned GETs) are its default.
+DISTRIBUTION_S3 = """\
+  s3:
+    region: {region}
+    regionendpoint: {endpoint}
+    bucket: {bucket}
+    accesskey: {access_key}
+    secretkey: {secret_key}
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+"""
+DISTRIBUTION_REPLICAS = 2
 
 
 def _distribution_version() -> str:
@@ -363,31 +392,51 @@ def _distribution_version() -> str:
     return out.stdout.strip() or out.stderr.strip() or "unknown"
 
 
-def _start_distribution(
-    spec: TargetSpec, workdir: Path, timeout: float, users: BenchUsers | None
-) -> RunningTarget:
+def _distribution_binary() -> str:
     binary = shutil.which(DISTRIBUTION_BINARY)
     if binary is None:
         raise TargetError(f"{DISTRIBUTION_BINARY} not found (apt-get install docker-registry)")
-    port = free_port()
-    config = workdir / "config.yml"
-    text = DISTRIBUTION_CONFIG.format(root=workdir / "storage", port=port)
-    config.write_text(text + (users.distribution_auth() if users is not None else ""))
-    log = workdir / "distribution.log"
+    return binary
+
+
+def _run_distribution(
+    binary: str, config: Path, log: Path, timeout: float, what: str, *, auth: bool = False
+) -> subprocess.Popen[bytes]:
+    """``docker-registry serve CONFIG``, once its ``/v2/`` answers; stopped on failure."""
+    # 2.8.2 crashes at start when AWS_CA_BUNDLE is set (even for plain-HTTP endpoints).
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            [binary, "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
-    url = f"http://127.0.0.1:{port}"
+    port = yaml.safe_load(config.read_text())["http"]["addr"].rsplit(":", 1)[1]
     try:
-        _poll_v2(url, proc, log, timeout, "distribution", auth=users is not None)
+        _poll_v2(f"http://127.0.0.1:{port}", proc.poll, log, timeout, what, auth=auth)
     except BaseException:
         _terminate(proc, 10)
         raise
+    return proc
+
+
+def _start_distribution(
+    spec: TargetSpec, workdir: Path, timeout: float, users: BenchUsers | None
+) -> RunningTarget:
+    binary = _distribution_binary()
+    port = free_port()
+    config = workdir / "config.yml"
+    storage = DISTRIBUTION_FILESYSTEM.format(root=workdir / "storage")
+    text = DISTRIBUTION_CONFIG.format(storage=storage, port=port)
+    config.write_text(text + (users.distribution_auth() if users is not None else ""))
+    log = workdir / "distribution.log"
+    proc = _run_distribution(binary, config, log, timeout, "distribution", auth=users is not None)
     cache = _ProcessCache()
     return RunningTarget(
         spec=spec,
-        url=url,
+        url=f"http://127.0.0.1:{port}",
         details={
             "kind": "distribution",
             "storage": "filesystem",
@@ -396,6 +445,115 @@ def _start_distribution(
         },
         _roles=lambda: {"registry": cache.tree(proc.pid)},
         _stop=lambda: _terminate(proc, 30),
+    )
+
+
+def distribution_haproxy_config(bind: str, servers: list[str]) -> str:
+    """haproxy in front of the distribution registries: round robin, a
+    ``/v2/`` health check, the timeouts of hareg's cluster
+    (:func:`hareg.cluster.haproxy.render_config`), a request whose connection
+    failed sent to the other registry."""
+    lines = [
+        "global",
+        "    maxconn 4096",
+        "    hard-stop-after 10s",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 10m",
+        "    timeout server 10m",
+        "    timeout http-request 30s",
+        "    timeout http-keep-alive 60s",
+        "    timeout check 2s",
+        "    retries 3",
+        "    option redispatch 1",
+        "frontend registry",
+        f"    bind {bind}",
+        "    default_backend registries",
+        "backend registries",
+        "    balance roundrobin",
+        "    option httpchk GET /v2/",
+        "    http-check expect status 200",
+        "    default-server check inter 1s fastinter 500ms rise 1 fall 2",
+    ]
+    lines += [f"    server registry{i} {address}" for i, address in enumerate(servers, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _run_child(coro: Coroutine[Any, Any, object]) -> None:
+    """A :class:`~hareg.processes.child.ChildProcess` coroutine on a loop of its
+    own, on this thread (the children's PR_SET_PDEATHSIG belongs to it)."""
+    asyncio.run(coro)
+
+
+def _start_distribution_cluster(spec: TargetSpec, workdir: Path, timeout: float) -> RunningTarget:
+    """SeaweedFS, ``DISTRIBUTION_REPLICAS`` registries on its bucket, haproxy;
+    on failure whatever was started is stopped again (last first)."""
+    binary = _distribution_binary()
+    with contextlib.ExitStack() as undo:
+        try:
+            store = SeaweedFSProcess(workdir / "seaweedfs", log_file=workdir / "seaweedfs.log")
+            _run_child(store.start(startup_timeout=timeout))
+        except SeaweedFSError as exc:
+            raise TargetError(f"SeaweedFS: {exc}") from exc
+        undo.callback(lambda: _run_child(store.stop()))
+        storage = DISTRIBUTION_S3.format(
+            region=store.region,
+            endpoint=store.s3_url,
+            bucket=store.bucket,
+            access_key=store.access_key,
+            secret_key=store.secret_key,
+        )
+        # One secret on every registry: an upload begun on one is continued on another.
+        secret = secrets.token_hex(32)
+        registries: list[subprocess.Popen[bytes]] = []
+        addresses: list[str] = []
+        for i in range(1, DISTRIBUTION_REPLICAS + 1):
+            port = free_port()
+            config = workdir / f"registry{i}.yml"
+            text = DISTRIBUTION_CONFIG.format(storage=storage, port=port)
+            config.write_text(text + f"  secret: {secret}\n")
+            proc = _run_distribution(binary, config, workdir / f"registry{i}.log", timeout, f"registry {i}")
+            undo.callback(_terminate, proc, 30)
+            registries.append(proc)
+            addresses.append(f"127.0.0.1:{port}")
+        lb_port = free_port()
+        lb_config = workdir / "haproxy.cfg"
+        lb_config.write_text(distribution_haproxy_config(f"127.0.0.1:{lb_port}", addresses))
+        try:
+            lb = HaproxyProcess(lb_config, listen_port=lb_port, log_file=workdir / "haproxy.log")
+            _run_child(lb.start(startup_timeout=timeout))
+        except HaproxyError as exc:
+            raise TargetError(str(exc)) from exc
+        undo.callback(lambda: _run_child(lb.stop()))
+        url = f"http://127.0.0.1:{lb_port}"
+        _poll_v2(url, lambda: lb.returncode, lb.log_path, timeout, "haproxy")
+        teardown = undo.pop_all()
+    cache = _ProcessCache()
+
+    def roles() -> RoleMap:
+        return {
+            "registry": [p for r in registries for p in cache.tree(r.pid)],
+            "storage": cache.tree(store.pid) if store.pid is not None else [],
+            "lb": cache.tree(lb.pid) if lb.pid is not None else [],
+        }
+
+    return RunningTarget(
+        spec=spec,
+        url=url,
+        details={
+            "kind": "distribution-cluster",
+            "storage": "seaweedfs",
+            "replicas": DISTRIBUTION_REPLICAS,
+            "registries": [f"http://{a}" for a in addresses],
+            "s3_url": store.s3_url,
+            "version": _distribution_version(),
+            "dir": str(workdir),
+            "auth": "none",
+        },
+        _roles=roles,
+        _stop=teardown.close,
+        s3=S3Endpoint(store.s3_url, store.bucket, store.access_key, store.secret_key, store.region),
     )
 
 
@@ -517,6 +675,8 @@ def started(
             target = _start_hareg(spec, workdir, timeout, users)
         elif spec.kind == "distribution":
             target = _start_distribution(spec, workdir, timeout, users)
+        elif spec.kind == "distribution-cluster":
+            target = _start_distribution_cluster(spec, workdir, timeout)
         elif spec.kind == "hareg-cluster":
             target = _start_cluster(spec, workdir, timeout, cluster_replicas, cluster_storage)
         elif spec.kind == "ceiling":

@@ -20,7 +20,9 @@ phase                         what one operation is                        figur
 
 Write phases run a fixed number of operations (the same data on every
 target); read phases run for a fixed duration.  ``ratios`` compares the first
-hareg target with distribution, figure by figure (hareg / distribution).
+hareg target with distribution, figure by figure (hareg / distribution);
+``ratios_cluster`` compares ``hareg-cluster`` with ``distribution-cluster``
+(two distribution registries on one SeaweedFS bucket behind haproxy).
 
 The ``ceiling`` target (:mod:`bench.ceiling`) runs only ``CEILING_PHASES``,
 the reads it serves with fixed bodies: the blobs it is pulled are staged in
@@ -48,13 +50,14 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
+from bench import storage_raw
 from bench.blobs import BlobSpec, MiB
 from bench.ceiling import MANIFEST_DIGEST as CEILING_MANIFEST_DIGEST
 from bench.ceiling import stage_blob
@@ -89,8 +92,18 @@ TAG_PREFIX = "t"
 HAREG_KINDS = ("hareg", "hareg-cluster")
 AUTH_MIN_RATIO = 0.8  # authenticated manifest GET by tag / unauthenticated, the issue's target
 CEILING_MIN_RATIO = 0.5  # hareg's manifest reads and HEAD blob / the ceiling's
+# hareg-cluster / distribution-cluster (issue 15): (label, figure, at least)
+CLUSTER_CHECKS = (
+    ("blob push MB/s (monolithic)", "push_mb_s", 1.3),
+    ("blob push MB/s (chunked)", "push_chunked_mb_s", 1.3),
+    ("blob pull MB/s", "pull_mb_s", 1.0),
+    ("cross-repo mount ops/s", "mount_ops", 1.0),
+)
 
 ProgressFactory = Callable[[str, float, str], Progress]
+T = TypeVar("T")
+# hareg-cluster's monolithic push / the object store's own PUT rate (issue 15)
+RAW_PUT_MIN_FRACTION = 0.7
 
 
 @dataclass(frozen=True)
@@ -520,6 +533,23 @@ def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ratio_check(name, "blob pull MB/s", "pull_mb_s", 1.3, table)
         ratio_check(name, "blob push MB/s (monolithic)", "push_mb_s", 1.0, table)
         ratio_check(name, "blob push MB/s (chunked)", "push_chunked_mb_s", 1.0, table)
+    for name, table in doc.get("ratios_cluster_by_target", {}).items():
+        for label, key, minimum in CLUSTER_CHECKS:
+            ratio_check(name, label, key, minimum, table, "distribution-cluster")
+    raw_put = doc.get("storage_raw", {}).get("put_mb_s")
+    for name, run in doc.get("targets", {}).items():
+        push = run.get("phases", {}).get("push", {}).get("mb_s")
+        if run.get("details", {}).get("kind") == "hareg-cluster" and raw_put:
+            fraction = round(push / raw_put, 3) if isinstance(push, int | float) else None
+            checks.append(
+                {
+                    "target": name,
+                    "check": f"blob push MB/s >= {RAW_PUT_MIN_FRACTION} of the object store's own PUT",
+                    "figure": "push_mb_s / storage_raw.put_mb_s",
+                    "value": fraction,
+                    "met": None if fraction is None else fraction >= RAW_PUT_MIN_FRACTION,
+                }
+            )
     for name, table in doc.get("ratios_ceiling_by_target", {}).items():
         for label, key in (
             ("manifest GET by tag (Python client)", "manifest_get_tag_ops"),
@@ -671,6 +701,8 @@ def _run_one(
                     companion=companion,
                 )
             )
+            if target.s3 is not None and "storage_raw" not in doc:
+                doc["storage_raw"] = _storage_raw(target, options.workload, log)
         doc["targets"][spec.name] = result.as_dict()
         if result.companion is not None:
             doc["unauthenticated_targets"][spec.name] = result.companion.as_dict()
@@ -709,6 +741,7 @@ def add_ratios(doc: dict[str, Any]) -> None:
                 )
     doc["ceiling"] = ceiling
     doc["ratios_ceiling_by_target"] = ceiling_by_target
+    _add_cluster_ratios(doc)
     doc["ratios_ceiling"] = ceiling_by_target.get(first, {}) if first is not None else {}
     auth_ratios: dict[str, dict[str, float | None]] = {}
     for name, plain in doc.get("unauthenticated_targets", {}).items():
@@ -720,12 +753,42 @@ def add_ratios(doc: dict[str, Any]) -> None:
     doc["target_checks"] = target_checks(doc)
 
 
-def _run_loop(coro: Any) -> TargetRun:
+def _add_cluster_ratios(doc: dict[str, Any]) -> None:
+    """``ratios_cluster`` (the first ``hareg-cluster`` / ``distribution-cluster``,
+    the keys of ``ratios``), ``ratios_cluster_by_target`` and
+    ``cluster_replica_peak_rss_mb`` (the largest replica process of any hareg-cluster)."""
+    targets: dict[str, Any] = doc["targets"]
+    clusters = [n for n, t in targets.items() if t["details"].get("kind") == "hareg-cluster"]
+    base = next((n for n, t in targets.items() if t["details"].get("kind") == "distribution-cluster"), None)
+    by_target: dict[str, dict[str, float | None]] = {}
+    if base is not None:
+        base_figures = figures(targets[base]["phases"])
+        by_target = {n: ratios(figures(targets[n]["phases"]), base_figures) for n in clusters}
+    doc["cluster_baseline"] = base
+    doc["ratios_cluster_by_target"] = by_target
+    doc["ratios_cluster"] = by_target[clusters[0]] if by_target else {}
+    peaks = [targets[n].get("max_process_peak_rss_mb_by_role", {}).get("replica") for n in clusters]
+    known = [p for p in peaks if isinstance(p, int | float)]
+    doc["cluster_replica_peak_rss_mb"] = max(known) if known else None
+
+
+def _storage_raw(target: RunningTarget, workload: Workload, log: Callable[[str], None]) -> dict[str, Any]:
+    """The push phase's blobs straight to ``target``'s object store (bench.storage_raw)."""
+    assert target.s3 is not None
+    log(f"bench: the object store of {target.name} on its own ({target.s3.url})")
+    try:
+        raw = _run_loop(storage_raw.measure(target.s3, workload.blobs(0), workload.concurrency))
+    except Exception as exc:  # recorded; the registries' figures stand without it
+        return {"target": target.name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    return {"target": target.name, **raw}
+
+
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a hareg dependency
-        return asyncio.run(coro)  # type: ignore[no-any-return]
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def with_overrides(workload: Workload, **changes: Any) -> Workload:

@@ -12,12 +12,21 @@ written since the check (no push can slip in between).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from hareg.kv.base import Compare, Delete, KeyValue, KVUnavailable, Put, TxnOp
 from hareg.metadata.errors import BlobCollected, ReferencedBy
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import BlobRecord, LinkRecord, ManifestRecord, decode, encode
 from hareg.metadata.writes import Done, StoreBase, Txn
+
+
+@dataclass(frozen=True, slots=True)
+class Mounted:
+    """What a mount found or made: ``repo``'s link, and whether it was there before."""
+
+    link: LinkRecord
+    existed: bool
 
 
 async def blob_guard(
@@ -113,11 +122,32 @@ class BlobMetadata(StoreBase):
         return result.succeeded
 
     async def mount_blob(self, repo: str, digest: str, from_repo: str) -> int | None:
-        """Link a blob of ``from_repo`` into ``repo``; None if the source does not have it."""
-        src_key, blob_key = self.keys.link(from_repo, digest), self.keys.blob(digest)
+        """Link a blob of ``from_repo`` into ``repo`` (re-written if it is there
+        already); its size, None if the source does not have it."""
+        mounted = await self._mount(repo, digest, from_repo, keep_existing=False)
+        return mounted.link.size if mounted is not None else None
 
-        async def attempt() -> Txn[int | None] | Done[int | None]:
-            src, blob, repo_kv = await self._read_many([src_key, blob_key, self.keys.repo(repo)])
+    async def find_or_mount(self, repo: str, digest: str, from_repo: str) -> Mounted | None:
+        """``repo``'s link of the blob if it has one (``existed``, nothing
+        written), else :meth:`mount_blob`'s new link; None if neither repository
+        has it.  One read of etcd, never the cache: a link that a cache served
+        stale while etcd was down may have been deleted (docs/simulation.md
+        finding 18)."""
+        return await self._mount(repo, digest, from_repo, keep_existing=True)
+
+    async def _mount(self, repo: str, digest: str, from_repo: str, *, keep_existing: bool) -> Mounted | None:
+        dst_key, src_key, blob_key = (
+            self.keys.link(repo, digest),
+            self.keys.link(from_repo, digest),
+            self.keys.blob(digest),
+        )
+        # The target's link is read with the rest (one round trip) only when it decides.
+        reads = [src_key, blob_key, self.keys.repo(repo)] + ([dst_key] if keep_existing else [])
+
+        async def attempt() -> Txn[Mounted | None] | Done[Mounted | None]:
+            src, blob, repo_kv, *dst = await self._read_many(reads)
+            if dst and dst[0] is not None:
+                return Done(Mounted(decode(LinkRecord, dst[0].value), existed=True))
             if src is None or blob is None:
                 return Done(None)
             record = decode(BlobRecord, blob.value)
@@ -128,10 +158,11 @@ class BlobMetadata(StoreBase):
             if repo_kv is None:
                 compares.append(self._ensure_repo(repo)[0])
 
-            def build() -> Txn[int | None]:
+            def build() -> Txn[Mounted | None]:
                 """One attempt; a re-send's link carries another time, its own."""
                 now = self.clock.now()
-                link = Put(self.keys.link(repo, digest), encode(LinkRecord(size, now, now)))
+                made = LinkRecord(size, now, now)
+                link = Put(dst_key, encode(made))
                 ops: list[TxnOp] = [
                     link,
                     # Re-written so a collector that saw no link for it cannot commit.
@@ -139,7 +170,9 @@ class BlobMetadata(StoreBase):
                 ]
                 if repo_kv is None:
                     ops.append(self._ensure_repo(repo)[1])
-                return Txn(compares, ops, lambda: self._wrote(link), size, again=build)
+                return Txn(
+                    compares, ops, lambda: self._wrote(link), Mounted(made, existed=False), again=build
+                )
 
             return build()
 

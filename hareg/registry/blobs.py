@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from hareg.clock import Clock
 from hareg.kv.base import KVError, KVNoSpace
+from hareg.metadata.records import LinkRecord
 from hareg.metadata.store import MetadataStore, ReferencedBy
 from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError, still_referenced, unavailable
@@ -16,6 +17,8 @@ from hareg.storage.base import BlobNotFound, BlobStore
 
 # How long a presigned blob URL stays valid unless the caller says otherwise.
 DEFAULT_REDIRECT_EXPIRY = 20 * 60
+# A mount whose link here is collected between its read and its touch reads again.
+_MOUNT_TRIES = 2
 
 
 # How a blob GET is served (BlobService.open): one of these three.
@@ -60,28 +63,32 @@ class BlobService:
         # follows; at most one etcd write per link per touch_after.
         self.touch_after = touch_after
 
-    async def stat(self, repo: str, digest_text: str, *, fresh: bool = False) -> BlobInfo:
-        """The blob as the repository sees it; BLOB_UNKNOWN unless it is linked
-        there.  ``fresh``: read from etcd, never a stale cache (for a mount)."""
+    async def stat(self, repo: str, digest_text: str) -> BlobInfo:
+        """The blob as the repository sees it (from the metadata alone, never
+        the blob store); BLOB_UNKNOWN unless it is linked there."""
         check_name(repo)
         digest = str(parse_digest(digest_text))
-        unknown = RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
-        link = await self.meta.get_link(repo, digest, fresh=fresh)
-        if link is None:
-            raise unknown
-        if self.clock.now() - link.touched > self.touch_after:
-            try:
-                if not await self.meta.touch_link(repo, digest, link):
-                    raise unknown  # collected just now
-            except KVError as exc:
-                if not self.meta.etcd_known_down() and not isinstance(exc, KVNoSpace):
-                    # A lost reply or a timeout is not an outage: collection may go
-                    # on, so "exists" without the grace guarantee could mislead a push.
-                    raise unavailable("could not record the use of this blob; retry") from None
-                # etcd has no quorum, or no space (NOSPACE: every push is refused
-                # until it has, and a manifest's compares still check its blobs):
-                # serve the read, pulls must work.
+        link = await self.meta.get_link(repo, digest)
+        if link is None or not await self._in_use(repo, digest, link):
+            raise _unknown(repo, digest)
         return BlobInfo(digest, link.size)
+
+    async def _in_use(self, repo: str, digest: str, link: LinkRecord) -> bool:
+        """Re-touch ``link`` if it is old, so a push that follows has the
+        collector's grace (docs/gc.md, G2b); False if it was collected just now."""
+        if self.clock.now() - link.touched <= self.touch_after:
+            return True
+        try:
+            return await self.meta.touch_link(repo, digest, link)
+        except KVError as exc:
+            if not self.meta.etcd_known_down() and not isinstance(exc, KVNoSpace):
+                # A lost reply or a timeout is not an outage: collection may go
+                # on, so "exists" without the grace guarantee could mislead a push.
+                raise unavailable("could not record the use of this blob; retry") from None
+            # etcd has no quorum, or no space (NOSPACE: every push is refused
+            # until it has, and a manifest's compares still check its blobs):
+            # serve the read, pulls must work.
+            return True
 
     async def open(
         self,
@@ -129,7 +136,7 @@ class BlobService:
         except ReferencedBy as exc:
             raise still_referenced(f"blob {digest}", repo, exc.digests, "manifest(s)", "manifests") from None
         if not removed:
-            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
+            raise _unknown(repo, digest)
 
     async def mount(self, repo: str, digest_text: str, from_repo: str) -> BlobInfo | None:
         """Link ``from_repo``'s blob into ``repo``; None when it cannot be mounted
@@ -140,22 +147,26 @@ class BlobService:
             check_name(from_repo)
         except RegistryError:
             return None
-        try:
+        # One read decides (is it linked here already? in from_repo?), one
+        # transaction links it: two etcd round trips.
+        for _ in range(_MOUNT_TRIES):
+            mounted = await self.meta.find_or_mount(repo, digest, from_repo)
+            if mounted is None:
+                return None
+            if not mounted.existed:
+                return BlobInfo(digest, mounted.link.size)
             # Already linked here: answered like a HEAD, touching an old link so the
             # push that follows has the same grace guarantee (docs/gc.md, G2b).
-            # Read from etcd: a write acknowledged as "linked" must be linked, and
-            # a cache served stale while etcd is down may still hold a link that
-            # was deleted (docs/simulation.md finding 18).
-            info = await self.stat(repo, digest, fresh=True)
-        except RegistryError as exc:
-            if exc.code is not ErrorCode.BLOB_UNKNOWN:
-                raise
-        else:
-            # Still a write request: refused while the cluster is read-only, as any write.
-            await self.meta.check_writes_allowed()
-            return info
-        size = await self.meta.mount_blob(repo, digest, from_repo)
-        return BlobInfo(digest, size) if size is not None else None
+            if await self._in_use(repo, digest, mounted.link):
+                # Still a write request: refused while the cluster is read-only, as any write.
+                await self.meta.check_writes_allowed()
+                return BlobInfo(digest, mounted.link.size)
+            # Collected between the read and the touch: mount it anew.
+        return None
+
+
+def _unknown(repo: str, digest: str) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in repository {repo}")
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -1,17 +1,24 @@
 """The client against the real registries, started by ``bench.targets``: every
 push style, pulls, HEAD, mounts, manifests and tags on ``hareg serve`` and on
-distribution; and the resource meter's roles."""
+distribution; the distribution cluster (two registries on SeaweedFS behind
+haproxy); and the resource meter's roles."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
+from bench_support import require_distribution
+from seaweedfs_fixtures import need_weed
 
 from bench.blobs import BlobSpec
 from bench.client import OCIClient, image_manifest
-from bench.targets import ResourceMeter, RunningTarget
+from bench.targets import ResourceMeter, RunningTarget, parse_target, started
 
 TARGETS = ["hareg_target", "distribution_target"]
 
@@ -83,3 +90,47 @@ def test_resource_meter_reports_hareg_and_its_etcd_apart(hareg_target: RunningTa
 def test_distribution_is_one_registry_role(distribution_target: RunningTarget) -> None:
     roles = distribution_target.roles()
     assert list(roles) == ["registry"] and len(roles["registry"]) == 1
+
+
+def test_distribution_cluster_serves_through_haproxy_and_stops(tmp_path: Path) -> None:
+    """Pushed through haproxy (to either registry), the blob is pulled back
+    through a presigned SeaweedFS URL, HEAD follows its redirect, and every
+    registry of the pair knows it (one bucket); once stopped, none of its
+    processes is left."""
+    require_distribution()
+    need_weed()
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    with started(parse_target("distribution-cluster"), base_dir=tmp_path, timeout=60) as target:
+        asyncio.run(_push_and_pull_through(target))
+        roles = target.roles()
+        assert set(roles) == {"registry", "storage", "lb"}
+        assert len(roles["registry"]) == 2 and len(roles["storage"]) == 1 and len(roles["lb"]) >= 1
+        pids = [p.pid for procs in roles.values() for p in procs]
+    assert not [pid for pid in pids if _alive(pid)]
+    assert list(tmp_path.iterdir()) == []  # its directory removed too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+async def _push_and_pull_through(target: RunningTarget) -> None:
+    blob = BlobSpec(seed=301, size=1_200_000)
+    async with aiohttp.ClientSession() as session:
+        client = OCIClient(session, target.url)
+        await client.ping()
+        assert await client.push_blob_post_put("bench-test/ha", blob) == blob.digest()
+        assert await client.pull_blob("bench-test/ha", blob.digest(), blob.size) == blob.size
+        assert await client.head_blob("bench-test/ha", blob.digest()) == blob.size
+        for url in target.details["registries"]:
+            direct = OCIClient(session, url)
+            async with session.get(
+                direct.url(f"/v2/bench-test/ha/blobs/{blob.digest()}"), allow_redirects=False
+            ) as resp:
+                assert resp.status == 307
+                assert resp.headers["Location"].startswith(target.details["s3_url"])
+            assert await direct.pull_blob("bench-test/ha", blob.digest(), blob.size) == blob.size

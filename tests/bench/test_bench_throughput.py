@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,7 +21,7 @@ from bench_support import PROJECT_ROOT, require_distribution, require_hareg
 from yarl import URL
 
 from bench.targets import RunningTarget, parse_target
-from bench.throughput import CEILING_PHASES, COMPANION_PHASES, PHASES, Workload, run_target
+from bench.throughput import CEILING_PHASES, COMPANION_PHASES, PHASES, Workload, add_ratios, run_target
 from bench.workload import NoProgress, Progress
 
 TINY = [
@@ -209,3 +210,29 @@ def test_cli_help_names_the_targets(flag: str) -> None:
         timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0 and flag in proc.stdout and "hareg-cluster" in proc.stdout
+
+
+def test_cluster_ratios_compare_hareg_cluster_with_distribution_cluster() -> None:
+    def target(kind: str, push: float, mount: float, replica_rss: float | None = None) -> dict[str, Any]:
+        return {
+            "details": {"kind": kind},
+            "phases": {"push": {"ops_s": 1.0, "mb_s": push}, "mount": {"ops_s": mount}},
+            "max_process_peak_rss_mb_by_role": {"replica": replica_rss} if replica_rss else {},
+        }
+
+    doc: dict[str, Any] = {
+        "targets": {
+            "distribution-cluster": target("distribution-cluster", 40.0, 200.0),
+            "hareg-cluster": target("hareg-cluster", 60.0, 180.0, 130.0),
+        },
+        "storage_raw": {"put_mb_s": 80.0, "get_mb_s": 200.0},
+    }
+    add_ratios(doc)
+    assert doc["cluster_baseline"] == "distribution-cluster"
+    assert doc["ratios_cluster"]["push_mb_s"] == 1.5 and doc["ratios_cluster"]["mount_ops"] == 0.9
+    assert doc["ratios"] == {}  # no single-node distribution in this run
+    assert doc["cluster_replica_peak_rss_mb"] == 130.0
+    checks = {c["figure"]: c["met"] for c in doc["target_checks"] if c["target"] == "hareg-cluster"}
+    assert checks["push_mb_s"] is True and checks["mount_ops"] is False
+    assert checks["pull_mb_s"] is None  # not measured: neither met nor missed
+    assert checks["push_mb_s / storage_raw.put_mb_s"] is True  # 60 of 80 MB/s

@@ -13,7 +13,7 @@ from background import background
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
-from hareg.kv.base import Delete, KVUnavailable, KVUnknownOutcome, Put
+from hareg.kv.base import Delete, KVError, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV, progress_requests_safe
 from hareg.metadata.barrier import Freshness, ReadBarrier
 from hareg.metadata.cache import MetadataCache
@@ -301,10 +301,11 @@ async def test_while_etcd_is_down_no_request_waits_and_the_probe_notices_recover
 
 
 async def test_a_fresh_link_read_never_comes_from_a_stale_cache(tmp_path: Path) -> None:
-    """A mount decides "already linked" on ``get_link(fresh=True)``: while
-    etcd cannot answer, the cache serves the link stale (a pull may use it),
-    but the fresh read fails rather than acknowledge a link that another
-    replica may have deleted meanwhile (docs/simulation.md finding 18)."""
+    """A mount decides "already linked" on a read of etcd (``find_or_mount``,
+    like ``get_link(fresh=True)``): while etcd cannot answer, the cache serves
+    the link stale (a pull may use it), but the mount's read fails rather than
+    acknowledge a link that another replica may have deleted meanwhile
+    (docs/simulation.md finding 18)."""
     etcd = EtcdProcess("fresh", tmp_path / "etcd")
     await etcd.start()
     kv = await EtcdKV.connect([etcd.client_url], timeout=2.0)
@@ -321,6 +322,8 @@ async def test_a_fresh_link_read_never_comes_from_a_stale_cache(tmp_path: Path) 
                 assert stale is not None and stale.size == 3
                 with pytest.raises(KVUnavailable):
                     await store.get_link("r", "sha256:x", fresh=True)
+                with pytest.raises(KVError):
+                    await store.find_or_mount("r", "sha256:x", "src")
             finally:
                 etcd.resume()
             found = await store.get_link("r", "sha256:x", fresh=True)

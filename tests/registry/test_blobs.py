@@ -1,5 +1,6 @@
-"""BlobService.open: how a blob GET is served, against real stores (the
-filesystem driver and S3 on SeaweedFS) and a real etcd."""
+"""BlobService: how a blob GET is served, what a HEAD and a mount cost,
+against real stores (the filesystem driver and S3 on SeaweedFS) and a real
+etcd (counted by the server's own wrappers: InstrumentedKV, CheckedBlobStore)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from seaweedfs_fixtures import S3StoreFactory
 
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
+from hareg.kv.base import KV
 from hareg.kv.etcd import EtcdKV
+from hareg.kv.instrumented import InstrumentedKV
 from hareg.registry.blobs import BlobFile, BlobRedirect, BlobStream
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.results import BlobInfo
 from hareg.registry.service import Registry
 from hareg.storage.base import BlobStore
+from hareg.storage.checked import CheckedBlobStore
 from hareg.storage.filesystem import FilesystemBlobStore
 
 BLOB = bytes(range(256)) * 4  # every offset distinguishable
@@ -33,7 +37,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 
 @asynccontextmanager
-async def _registry_with_blob(kv: EtcdKV, store: BlobStore) -> AsyncIterator[tuple[Registry, BlobInfo]]:
+async def _registry_with_blob(kv: KV, store: BlobStore) -> AsyncIterator[tuple[Registry, BlobInfo]]:
     """A registry on ``store`` whose repository ``repo`` holds BLOB."""
     reg = Registry(
         kv, store, SystemClock(), RandomIds(), prefix=f"/blobs-{uuid.uuid4().hex[:10]}", cache=False
@@ -79,3 +83,35 @@ async def test_bytes_missing_from_the_store_are_blob_unknown(kv: EtcdKV, s3_stor
         with pytest.raises(RegistryError) as raised:
             await reg.blobs.open(info, disable_redirect=True)
         assert raised.value.code is ErrorCode.BLOB_UNKNOWN and "missing from storage" in raised.value.message
+
+
+async def test_stat_answers_from_the_metadata_alone(kv: EtcdKV, s3_store: S3StoreFactory) -> None:
+    """A HEAD (stat) never calls the object store: the link knows the size.
+    A GET's redirect costs one presign, a pure computation."""
+    calls: list[str] = []
+    store = CheckedBlobStore(s3_store(), observe=lambda op, seconds, outcome, nbytes: calls.append(op))
+    async with _registry_with_blob(kv, store) as (reg, info):
+        calls.clear()
+        for _ in range(3):
+            assert await reg.blobs.stat("repo", DIGEST) == info
+        assert calls == []
+        assert isinstance(await reg.blobs.open(info), BlobRedirect)
+        assert calls == ["presign"]
+
+
+async def test_a_mount_costs_one_read_and_one_write_of_etcd(kv: EtcdKV, tmp_path: Path) -> None:
+    """Cross-repository mounts: one read decides (linked here already? in the
+    source?), one transaction links; a blob already linked costs the read and
+    the read-only switch's check, nothing else."""
+    calls: list[str] = []
+    counted = InstrumentedKV(kv, lambda op, seconds, error: calls.append(op))
+    async with _registry_with_blob(counted, FilesystemBlobStore(tmp_path)) as (reg, info):
+        await reg.blobs.mount("warm", DIGEST, "repo")  # the read-only switch's revision, read once
+        for target, expected in (("new", ["txn", "txn"]), ("new", ["txn", "get"])):
+            calls.clear()
+            assert await reg.blobs.mount(target, DIGEST, "repo") == info
+            assert calls == expected, target
+        calls.clear()
+        assert await reg.blobs.mount("other", DIGEST, "missing") is None
+        assert calls == ["txn"]
+    assert await reg.blobs.stat("new", DIGEST) == info
