@@ -87,6 +87,14 @@ class ReferenceIndex(StoreBase):
             *(Compare.missing(self.keys.manifest(repo, r)) for r in users.stale_referrers),
         ]
 
+    async def reference_index_trivial(self) -> bool:
+        """Whether building the index needs no work: built already, or no
+        manifest stored at all (a new registry: only the marker to write)."""
+        if await self.reference_index_ready():
+            return True
+        start = self.keys.kind_prefix("m")
+        return not (await self.kv.range(start, prefix_end(start), limit=1, keys_only=True)).kvs
+
     async def build_reference_index(self) -> int:
         """Give every manifest stored by an earlier version (without index
         entries) its entries, then write the marker: deletes look up the index

@@ -222,7 +222,10 @@ class Registry:
         self._tasks.append(loop.create_task(self.reflector.run(), name="metadata-reflector"))
         if self.membership is not None:
             self._tasks.append(loop.create_task(self.membership.run(), name="membership"))
-        self._tasks.append(loop.create_task(self._index_references(), name="reference-index"))
+        if await self.meta.reference_index_trivial():
+            await self.meta.build_reference_index()  # at most the marker: serve with the index at once
+        else:
+            self._tasks.append(loop.create_task(self._index_references(), name="reference-index"))
         self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))
         self._tasks.append(loop.create_task(self.leadership.run(), name="pruner-leadership"))
         self._tasks.append(loop.create_task(self.pruner.run_scheduled(), name="pruner"))
