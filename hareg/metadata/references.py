@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp, prefix_end
+from hareg.metadata.errors import Contended
 from hareg.metadata.records import ManifestRecord, decode
 from hareg.metadata.writes import READ_BATCH, StoreBase
 
@@ -62,7 +63,7 @@ class ReferenceIndex(StoreBase):
         """The manifests of ``repo`` that reference ``target``, from its index
         entries alone (at most a page of them: one is enough to refuse)."""
         span = self.keys.references_to(repo, target)
-        while True:
+        for _ in range(self.max_retries):
             page = await self.kv.range(span[0], span[1], limit=READ_BATCH)
             named = [(self.keys.reference_parts(kv.key)[2], kv.key) for kv in page.kvs]
             present = await self._read_many([self.keys.manifest(repo, r) for r, _ in named])
@@ -70,11 +71,18 @@ class ReferenceIndex(StoreBase):
             stale = [(r, key) for (r, key), kv in zip(named, present, strict=True) if kv is None]
             if live or not page.more:
                 return Users(live, [key for _, key in stale], page.revision, [r for r, _ in stale])
-            # A full page of stale entries and more behind it: drop these first.
-            await self._commit(
-                [Compare.missing(self.keys.manifest(repo, r)) for r, _ in stale],
+            # A full page of stale entries and more behind it: drop these first
+            # (a write of the delete's request: refused while read-only).
+            dropped = await self._commit(
+                [
+                    *(Compare.missing(self.keys.manifest(repo, r)) for r, _ in stale),
+                    await self.read_only_guard.compare(),
+                ],
                 [Delete(key) for _, key in stale],
             )
+            if not dropped.succeeded:
+                await self.read_only_guard.refresh()  # raises WritesFrozen if the switch is on now
+        raise Contended(f"reverse-index entries of {target} in {repo}")
 
     def _unreferenced(self, repo: str, target: str, users: Users) -> list[Compare]:
         """The compares of a delete of ``target`` that found no live user: no
@@ -100,14 +108,18 @@ class ReferenceIndex(StoreBase):
         entries) its entries, then write the marker: deletes look up the index
         from then on.  Each batch is guarded by its manifests' mod_revisions (a
         manifest deleted meanwhile gets none; one re-pushed wrote its own).
-        Returns the manifests indexed here; 0 if the index was built already."""
+        Returns the manifests indexed here; 0 if the index was built already.
+
+        Each page is read as it is now (not at one revision, which compaction
+        could take away under a long build): a manifest written after the
+        build began wrote its own entries.  Not a client's write: it does not
+        compare the read-only switch, so a replica starts while it is on."""
         if await self.reference_index_ready():
             return 0
         start = self.keys.kind_prefix("m")
-        end, revision, done = prefix_end(start), 0, 0
+        end, done = prefix_end(start), 0
         while True:
-            page = await self.kv.range(start, end, limit=_BUILD_PAGE, revision=revision)
-            revision = revision or page.revision
+            page = await self.kv.range(start, end, limit=_BUILD_PAGE)
             batch: list[tuple[KeyValue, list[TxnOp]]] = []
             for kv in page.kvs:
                 repo, _, digest = self.keys.strip("m", kv.key).partition("@")
