@@ -259,7 +259,7 @@ async def test_many_rounds_of_deletes_racing_pushes_leave_no_dangling_reference(
 
 def old_map(**fields: Any) -> bytes:
     """A record as versions before the compact encoding wrote it: a map of field names."""
-    return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(fields, use_bin_type=True)
 
 
 async def old_registry(kv: EtcdKV, keys: Keys) -> dict[str, str]:
