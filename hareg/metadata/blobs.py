@@ -160,7 +160,7 @@ class BlobMetadata(ReferenceIndex):
             compares = [Compare.mod_revision_is(link_key, link.mod_revision)]
             ops: list[TxnOp] = [Delete(link_key)]
             if await self.reference_index_ready():
-                users = await self.users_of(repo, digest)
+                users = await self.users_of(repo, digest, as_child=False)
                 if users.referrers:
                     raise ReferencedBy(users.referrers)
                 compares += self._unreferenced(repo, digest, users)

@@ -280,7 +280,7 @@ class ManifestMetadata(ReferenceIndex):
                 if not found.kvs:
                     return Done(False)
                 target = found.kvs[0]
-                users = await self.users_of(repo, digest)
+                users = await self.users_of(repo, digest, as_child=True)
                 if users.referrers:
                     raise ReferencedBy(users.referrers)
                 tags = await self._range_all(t_span)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hareg.kv.base import Compare, Delete, KeyValue, Put, TxnOp, prefix_end
+from hareg.kv.base import Compare, KeyValue, KVCompacted, Put, TxnOp, prefix_end
 from hareg.metadata.errors import Contended
 from hareg.metadata.records import ManifestRecord, decode
 from hareg.metadata.writes import READ_BATCH, StoreBase
@@ -38,12 +38,17 @@ def references(record: ManifestRecord) -> list[str]:
     return list(dict.fromkeys((*record.blobs, *record.manifests)))
 
 
+def _role(record: ManifestRecord, as_child: bool) -> tuple[str, ...]:
+    return record.manifests if as_child else record.blobs
+
+
 @dataclass(frozen=True, slots=True)
 class Users:
     """What the reverse index says refers to a target: the referring
     manifests, the index entries that are stale (their manifest is gone: left
-    by a write that could not finish, removed by the delete that finds them)
-    and the revision of the read."""
+    by a write that could not finish, removed by the delete that finds them;
+    one left behind is harmless, it only stays stale), the revision of the
+    read, and the manifests the stale entries name."""
 
     referrers: list[str]
     stale: list[bytes]
@@ -59,29 +64,36 @@ class ReferenceIndex(StoreBase):
             self._reference_index_ready = await self._get(self.keys.reference_index_built()) is not None
         return self._reference_index_ready
 
-    async def users_of(self, repo: str, target: str) -> Users:
-        """The manifests of ``repo`` that reference ``target``, from its index
-        entries alone (at most a page of them: one is enough to refuse)."""
+    async def users_of(self, repo: str, target: str, *, as_child: bool) -> Users:
+        """The manifests of ``repo`` that reference ``target`` as a blob (or,
+        ``as_child``, as a child manifest), from its index entries and those
+        manifests' records alone, read a page at a time at one revision until
+        one is found (one is enough to refuse).  An entry of a manifest that
+        names the digest in the other role (a digest both a blob and a
+        manifest) is neither a user nor stale; stale ones (their manifest is
+        gone) are returned for the delete to remove, at most a page of them."""
         span = self.keys.references_to(repo, target)
         for _ in range(self.max_retries):
-            page = await self.kv.range(span[0], span[1], limit=READ_BATCH)
-            named = [(self.keys.reference_parts(kv.key)[2], kv.key) for kv in page.kvs]
-            present = await self._read_many([self.keys.manifest(repo, r) for r, _ in named])
-            live = [r for (r, _), kv in zip(named, present, strict=True) if kv is not None]
-            stale = [(r, key) for (r, key), kv in zip(named, present, strict=True) if kv is None]
-            if live or not page.more:
-                return Users(live, [key for _, key in stale], page.revision, [r for r, _ in stale])
-            # A full page of stale entries and more behind it: drop these first
-            # (a write of the delete's request: refused while read-only).
-            dropped = await self._commit(
-                [
-                    *(Compare.missing(self.keys.manifest(repo, r)) for r, _ in stale),
-                    await self.read_only_guard.compare(),
-                ],
-                [Delete(key) for _, key in stale],
-            )
-            if not dropped.succeeded:
-                await self.read_only_guard.refresh()  # raises WritesFrozen if the switch is on now
+            start, revision = span[0], 0
+            stale: list[tuple[str, bytes]] = []
+            try:
+                while True:
+                    page = await self.kv.range(start, span[1], limit=READ_BATCH, revision=revision)
+                    revision = revision or page.revision
+                    named = [(self.keys.reference_parts(kv.key)[2], kv.key) for kv in page.kvs]
+                    present = await self._read_many([self.keys.manifest(repo, r) for r, _ in named])
+                    live = [
+                        r
+                        for (r, _), kv in zip(named, present, strict=True)
+                        if kv is not None and target in _role(decode(ManifestRecord, kv.value), as_child)
+                    ]
+                    stale += [(r, key) for (r, key), kv in zip(named, present, strict=True) if kv is None]
+                    if live or not page.more or not page.kvs:
+                        stale = stale[:READ_BATCH]
+                        return Users(live, [key for _, key in stale], revision, [r for r, _ in stale])
+                    start = page.kvs[-1].key + b"\x00"
+            except KVCompacted:  # compacted under a long read: from the start, at a newer revision
+                continue
         raise Contended(f"reverse-index entries of {target} in {repo}")
 
     def _unreferenced(self, repo: str, target: str, users: Users) -> list[Compare]:

@@ -134,6 +134,23 @@ async def test_a_stale_entry_is_removed_by_the_delete_that_finds_it(
     assert await entries(kv, keys) == set()
 
 
+async def test_a_digest_used_as_a_blob_does_not_keep_the_manifest_of_that_digest(
+    meta: MetadataStore, kv: EtcdKV, keys: Keys
+) -> None:
+    """One digest both a blob (a layer of one manifest) and a manifest of the
+    repository: each delete counts only the references in its own role."""
+    await ready(meta)
+    config, both = digest("config"), digest("both")
+    await meta.add_blob("repo", config, 1)
+    await meta.put_manifest("repo", both, image(config))
+    await meta.add_blob("repo", both, 1)
+    await meta.put_manifest("repo", digest("user"), image(config, both))
+    with pytest.raises(ReferencedBy):
+        await meta.remove_link("repo", both)
+    assert await meta.delete_manifest("repo", both)  # nothing lists it as a child
+    assert ("repo", both, digest("user")) in await entries(kv, keys)  # the layer's entry stays
+
+
 # ----------------------------------------------------- deletes racing pushes
 
 
