@@ -43,6 +43,9 @@ DESCRIPTIONS = MappingProxyType(
         "(metadata/cache.py _apply): deleted tags stay readable (invariant 4, linearizability)",
         "cache-keeps-moved-tag": "the watch-fed cache ignores updates of a tag it already holds "
         "(metadata/cache.py _apply): a moved tag keeps reading as its old digest (linearizability)",
+        "reference-index-skip": "a manifest push writes no reverse-reference index entries "
+        "(metadata/manifests.py put_manifest): a blob link or child manifest it references can be "
+        "deleted under it (invariant 2)",
         "gc-no-grace": "garbage collection without the in-flight guard: no grace window for blobs "
         "just uploaded or found by HEAD (registry/gc.py GarbageCollector.plan) (invariant 6)",
         "access-no-barrier": "the runtime grants and robot accounts are read from the watch-fed cache "

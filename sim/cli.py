@@ -320,6 +320,7 @@ PLANT_INVARIANTS: dict[str, frozenset[str]] = {
     "cache-keeps-deleted-tag": frozenset({"4", "linearizability"}),
     "cache-keeps-moved-tag": frozenset({"linearizability"}),
     "gc-no-grace": frozenset({"6", "2"}),
+    "reference-index-skip": frozenset({"2"}),
     "commit-unverified-bytes": frozenset({"3", "hostile"}),
     "access-no-barrier": frozenset({"8"}),
     "mirror-skip-verify": frozenset({"mirror", "3"}),

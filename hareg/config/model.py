@@ -152,14 +152,16 @@ class PrunerConfig:
 
 # The manifest PUT's etcd transaction holds one compare per reference (each
 # layer, config and index child must exist), plus up to 3 more (the blob-record
-# guard, the repository, the immutability rule) and 2 per tag.  etcd refuses a
-# transaction with more than --max-txn-ops compares (128 by default since etcd
-# 3.3); 100 references leave room for 12 tags in one push.
+# guard, the repository, the immutability rule) and 2 per tag; it writes one
+# reverse-index entry per reference, up to 4 more keys (the manifest, its blob
+# record, the repository, the referrers entry) and 3 per tag.  etcd refuses a
+# transaction with more than --max-txn-ops compares or writes (128 by default
+# since etcd 3.3); 100 references leave room for 8 tags in one push.
 DEFAULT_MAX_MANIFEST_REFERENCES: Final = 100
-# A manifest's annotations are stored twice in its transaction (the manifest
-# record and, with a subject, the referrer entry), beside an inline body of at
-# most 256 KiB; 256 KiB keeps the whole under etcd's --max-request-bytes
-# (1.5 MiB by default) with room for the references.
+# A manifest's annotations are stored in its body (inline up to 4 KiB, else in
+# the blob store) and, with a subject, in its referrers entry; 256 KiB keeps the
+# transaction under etcd's --max-request-bytes (1.5 MiB by default) with room
+# for the references.
 DEFAULT_MAX_MANIFEST_ANNOTATION_BYTES: Final = 256 * 1024
 
 

@@ -18,7 +18,8 @@ from hareg.kv.base import Compare, Delete, KeyValue, KVUnavailable, Put, TxnOp
 from hareg.metadata.errors import BlobCollected, ReferencedBy
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import BlobRecord, LinkRecord, ManifestRecord, decode, encode
-from hareg.metadata.writes import Done, StoreBase, Txn
+from hareg.metadata.references import ReferenceIndex
+from hareg.metadata.writes import Done, Txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ async def blob_guard(
     return Compare.mod_revision_is(keys.blob(digest), blob_kv.mod_revision if blob_kv else 0)
 
 
-class BlobMetadata(StoreBase):
+class BlobMetadata(ReferenceIndex):
     async def get_link(self, repo: str, digest: str, *, fresh: bool = False) -> LinkRecord | None:
         """The link, from the cache once it may serve; ``fresh``: from etcd, for
         a write that decides on it (the cache may be stale while etcd is down)."""
@@ -179,7 +180,9 @@ class BlobMetadata(StoreBase):
         return await self._write(f"mount of {digest} into {repo}", attempt)
 
     async def remove_link(self, repo: str, digest: str) -> bool:
-        """Unlink a blob from a repository unless a manifest there references it."""
+        """Unlink a blob from a repository unless a manifest there references it:
+        found in the reverse-reference index (metadata/manifests.py), or while
+        that is not built yet, in every manifest of the repository."""
         link_key = self.keys.link(repo, digest)
         span = self.keys.manifests(repo)
 
@@ -187,22 +190,28 @@ class BlobMetadata(StoreBase):
             link = await self._get(link_key)
             if link is None:
                 return Done(False)
-            manifests = await self._range_all(span)
-            users = [
-                self.keys.last_part(kv.key)
-                for kv in manifests.kvs
-                if digest in decode(ManifestRecord, kv.value).blobs
-            ]
-            if users:
-                raise ReferencedBy(users)
-            compares = [
-                Compare.mod_revision_is(link_key, link.mod_revision),
-                Compare.range_unchanged_since(span[0], span[1], manifests.revision),
-            ]
+            compares = [Compare.mod_revision_is(link_key, link.mod_revision)]
+            ops: list[TxnOp] = [Delete(link_key)]
+            if await self.reference_index_ready():
+                users = await self.users_of(repo, digest, as_child=False)
+                if users.referrers:
+                    raise ReferencedBy(users.referrers)
+                compares += self._unreferenced(repo, digest, users)
+                ops += [Delete(key) for key in users.stale]
+            else:
+                manifests = await self._range_all(span)
+                referrers = [
+                    self.keys.last_part(kv.key)
+                    for kv in manifests.kvs
+                    if digest in decode(ManifestRecord, kv.value).blobs
+                ]
+                if referrers:
+                    raise ReferencedBy(referrers)
+                compares.append(Compare.range_unchanged_since(span[0], span[1], manifests.revision))
 
             txn = Txn(
                 compares,
-                [Delete(link_key)],
+                ops,
                 lambda: self._absent_while_writable(link_key),
                 True,
                 again=lambda: txn,  # a delete carries no id: "gone" verifies either attempt

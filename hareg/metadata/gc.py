@@ -37,6 +37,7 @@ from hareg.metadata.records import (
     decode,
     encode,
 )
+from hareg.metadata.references import references
 
 _PAGE = 1000
 # Below etcd's default --max-txn-ops (128), leaving room for compares.
@@ -174,27 +175,33 @@ class GcStore:
         return done
 
     async def delete_manifests(
-        self, repo: str, manifests: Sequence[tuple[str, str | None]], revision: int, fence: Sequence[Compare]
+        self,
+        repo: str,
+        manifests: Sequence[tuple[str, ManifestRecord]],
+        revision: int,
+        fence: Sequence[Compare],
     ) -> list[str]:
-        """Delete unreachable manifests (digest, subject) of one repository, in
+        """Delete unreachable manifests (digest, record) of one repository, in
         the order given, if no tag, manifest or history entry of the repository
         changed since ``revision`` (a new tag, index, referrer or rollback could
         reach them).  Returns the digests deleted: a batch whose guard fails
         stops the rest, and those before it stay deleted.
 
-        A manifest and its referrer entry go in the same transaction, never
-        split across two: a later batch failing must not leave an entry in the
-        referrers index for a manifest that is gone."""
+        A manifest, its referrer entry and its reverse-index entries go in the
+        same transaction, never split across two: a later batch failing must not
+        leave an entry in the referrers index for a manifest that is gone, nor
+        an index entry that keeps what it referenced from being deleted."""
         guards = [
             *fence,
             Compare.range_unchanged_since(*self.keys.tags(repo), revision),
             Compare.range_unchanged_since(*self.keys.manifests(repo), revision),
         ]
         batches: list[tuple[list[str], list[TxnOp]]] = [([], [])]
-        for digest, subject in manifests:
+        for digest, record in manifests:
             ops: list[TxnOp] = [Delete(self.keys.manifest(repo, digest))]
-            if subject is not None:
-                ops.append(Delete(self.keys.referrer(repo, subject, digest)))
+            if record.subject is not None:
+                ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+            ops += [Delete(self.keys.reference(repo, t, digest)) for t in references(record)]
             if len(batches[-1][1]) + len(ops) > self.batch:
                 batches.append(([], []))
             batches[-1][0].append(digest)

@@ -13,6 +13,9 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
     <p>/s/<repo>@<tag>                  TagSeqRecord     last history number of the tag
     <p>/h/<repo>@<tag>@<seq:012d>       HistoryEntry     every move of the tag
     <p>/f/<repo>@<subject>@<digest>     ReferrerRecord   referrers index
+    <p>/x/<repo>@<target><referrer>     (empty)          reverse-reference index: the manifest
+                                                         <referrer> references the blob or child
+                                                         manifest <target> (digests in short form)
     <p>/i/<repo>                        ImmutabilityRecord  tag patterns that may not move
     <p>/u/<upload id>                   UploadRecord     upload session (under a lease)
     <p>/d/<repo>@<digest>               write id         marker of a manifest delete (under a lease)
@@ -30,9 +33,41 @@ and never those of ``<repo>/sub``.  Digests contain ':', tags never do.
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote
 
 from hareg.kv.base import prefix_end
+
+# Digests in reverse-index keys: a letter for the algorithm, then the raw
+# digest in unpadded base64url (44 characters for sha256 rather than 71), so
+# each form has one length and no form is a prefix of another.  Anything
+# else (no such digest is ever stored) is kept as text between '~' and '@'.
+_SHORT = {"sha256": ("s", 64), "sha512": ("t", 128)}
+_LONG = {letter: (algorithm, (hexlen // 2 * 4 + 2) // 3) for algorithm, (letter, hexlen) in _SHORT.items()}
+
+
+def short_digest(digest: str) -> str:
+    algorithm, _, hexpart = digest.partition(":")
+    form = _SHORT.get(algorithm)
+    if form is not None and len(hexpart) == form[1]:
+        try:
+            raw = bytes.fromhex(hexpart)
+        except ValueError:
+            raw = b""
+        if raw.hex() == hexpart:  # lowercase hex only: it must come back the same
+            return form[0] + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return "~" + digest + "@"
+
+
+def split_short_digest(text: str) -> tuple[str, str]:
+    """The first digest of ``text`` (in short form) and what follows it."""
+    if text[:1] == "~":
+        digest, _, rest = text[1:].partition("@")
+        return digest, rest
+    algorithm, length = _LONG[text[:1]]
+    encoded = text[1 : 1 + length]
+    raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    return f"{algorithm}:{raw.hex()}", text[1 + length :]
 
 
 class Keys:
@@ -101,6 +136,30 @@ class Keys:
 
     def referrers(self, repo: str, subject: str) -> tuple[bytes, bytes]:
         return self._range("f", repo, subject)
+
+    def reference(self, repo: str, target: str, referrer: str) -> bytes:
+        """The reverse-index entry: manifest ``referrer`` of ``repo`` references
+        ``target`` (a blob or a child manifest).  Written and deleted in the
+        same transaction as the manifest (metadata/manifests.py)."""
+        return self._k("x", repo, short_digest(target) + short_digest(referrer))
+
+    def references_to(self, repo: str, target: str) -> tuple[bytes, bytes]:
+        """The range of ``repo``'s reverse-index entries whose target is ``target``."""
+        start = self._k("x", repo, short_digest(target))
+        return start, prefix_end(start)
+
+    def reference_parts(self, key: bytes) -> tuple[str, str, str]:
+        """(repo, target, referrer) of a reverse-index entry's key."""
+        repo, _, rest = self.strip("x", key).partition("@")  # names never contain '@'
+        target, rest = split_short_digest(rest)
+        referrer, _ = split_short_digest(rest)
+        return repo, target, referrer
+
+    def reference_index_built(self) -> bytes:
+        """Written once every manifest's reverse-index entries exist
+        (metadata/manifests.py ``build_reference_index``); until then deletes
+        look for references the old way, over the whole repository."""
+        return self.setting("reference-index")
 
     def immutability(self, repo: str) -> bytes:
         return self._k("i", repo)

@@ -4,9 +4,19 @@ entry, its deletion, and the reads of both.
 A manifest commits only if every blob and child manifest it references is
 linked in its repository *in the same transaction* (invariant 2 of docs/invariants.md); a push also
 compares a tag it finds already in place, so it cannot be acknowledged while
-a concurrent delete removes that tag.  A manifest is deleted only while no
-index of the repository references it, checked by range compares over the
-repository's manifests and tags.
+a concurrent delete removes that tag.
+
+Every manifest's references are also kept the other way round, in the
+reverse-reference index (``x/<repo>@<target><referrer>``, one empty key per
+referenced blob or child manifest), written and deleted in the manifest's own
+transactions.  A delete of a manifest or of a blob link reads only the index
+entries of its target and commits under the compare that no entry for it
+appeared since (``Compare.range_unchanged_since``): with the push's compare
+that the target exists, one of two racing writes always fails, so no
+reference can dangle (docs/gc.md, "Deletes and the reverse-reference index").
+Until the index is built over data from an earlier version (the marker
+``c/reference-index``), deletes look the old way, over every manifest of the
+repository, under a range compare on all of them.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ from hareg.metadata.records import (
     decode,
     encode,
 )
+from hareg.metadata.references import ReferenceIndex, references
 from hareg.metadata.tags import immutable_pattern, rule_patterns, rule_unchanged, tag_delete_ops
-from hareg.metadata.writes import Done, StoreBase, Txn
+from hareg.metadata.writes import Done, Txn
 from hareg.plants import planted
 
 
@@ -54,7 +65,7 @@ def _as_stored(pushed: ManifestRecord, stored: ManifestRecord) -> ManifestRecord
     )
 
 
-class ManifestMetadata(StoreBase):
+class ManifestMetadata(ReferenceIndex):
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
         key = self.keys.manifest(repo, digest)
         return await self._record(key, ManifestRecord, lambda c: c.manifest(repo, digest))
@@ -153,7 +164,9 @@ class ManifestMetadata(StoreBase):
             record = pushed
             if existing_kv is not None:
                 record = _as_stored(pushed, decode(ManifestRecord, existing_kv.value))
-            manifest_value = encode(record)
+            # The annotations are kept once, in the referrers entry (the only
+            # reader of them), not again in the manifest's record.
+            manifest_value = encode(replace(record, annotations={}))
             compares = (
                 []
                 if sparse
@@ -210,7 +223,15 @@ class ManifestMetadata(StoreBase):
                             encode(HistoryEntry(seq, now, w.previous, digest, self.replica, "push")),
                         ),
                     ]
-                if record.subject is not None:
+                # Every time, also for a manifest stored already: one stored
+                # before the index existed gets its entries (a build of the
+                # index skips a manifest re-written meanwhile).
+                for target in references(record):
+                    if not planted("reference-index-skip"):  # PLANTED BUG (simulator only): no entry
+                        ops.append(Put(self.keys.reference(repo, target, digest), b""))
+                # A stored manifest's referrers entry is in place (written and
+                # deleted with it): only a first push writes it.
+                if record.subject is not None and existing_kv is None:
                     ops.append(
                         Put(
                             self.keys.referrer(repo, record.subject, digest),
@@ -245,6 +266,8 @@ class ManifestMetadata(StoreBase):
 
         return await self._write(f"manifest {digest} in {repo}", attempt)
 
+    # ----------------------------------------------------------------- delete
+
     async def delete_manifest(self, repo: str, digest: str) -> bool:
         """Delete a manifest and every tag that points at it, unless an index
         in the repository references it."""
@@ -252,30 +275,48 @@ class ManifestMetadata(StoreBase):
         m_span, t_span = self.keys.manifests(repo), self.keys.tags(repo)
 
         async def attempt() -> Txn[bool] | Done[bool]:
-            manifests = await self._range_all(m_span)
-            tags = await self._range_all(t_span, revision=manifests.revision)
-            target: KeyValue | None = None
-            users: list[str] = []
-            for kv in manifests.kvs:
-                d = self.keys.last_part(kv.key)
-                if d == digest:
-                    target = kv
-                elif digest in decode(ManifestRecord, kv.value).manifests:
-                    users.append(d)
-            if target is None:
-                return Done(False)
-            if users:
-                raise ReferencedBy(users)
+            if await self.reference_index_ready():
+                found = await self._range_all((manifest_key, manifest_key + b"\x00"))
+                if not found.kvs:
+                    return Done(False)
+                target = found.kvs[0]
+                users = await self.users_of(repo, digest, as_child=True)
+                if users.referrers:
+                    raise ReferencedBy(users.referrers)
+                tags = await self._range_all(t_span)
+                stale = users.stale
+                compares = [
+                    *self._unreferenced(repo, digest, users),
+                    Compare.range_unchanged_since(t_span[0], t_span[1], tags.revision),
+                    # Also fences a re-send (metadata/writes.py): at most one attempt deletes.
+                    Compare.mod_revision_is(manifest_key, target.mod_revision),
+                ]
+            else:
+                # The index is not built yet: every manifest of the repository is read.
+                manifests = await self._range_all(m_span)
+                tags = await self._range_all(t_span, revision=manifests.revision)
+                legacy: KeyValue | None = None
+                referrers: list[str] = []
+                for kv in manifests.kvs:
+                    d = self.keys.last_part(kv.key)
+                    if d == digest:
+                        legacy = kv
+                    elif digest in decode(ManifestRecord, kv.value).manifests:
+                        referrers.append(d)
+                if legacy is None:
+                    return Done(False)
+                if referrers:
+                    raise ReferencedBy(referrers)
+                target, stale, rev = legacy, [], manifests.revision
+                compares = [
+                    Compare.range_unchanged_since(m_span[0], m_span[1], rev),
+                    Compare.range_unchanged_since(t_span[0], t_span[1], rev),
+                    # Implied by the range guard, except that the range guard does
+                    # not see a deletion: this compare also fences a re-send
+                    # (metadata/writes.py), so at most one attempt ever deletes.
+                    Compare.mod_revision_is(manifest_key, target.mod_revision),
+                ]
             record = decode(ManifestRecord, target.value)
-            rev = manifests.revision
-            compares = [
-                Compare.range_unchanged_since(m_span[0], m_span[1], rev),
-                Compare.range_unchanged_since(t_span[0], t_span[1], rev),
-                # Implied by the range guard, except that the range guard does
-                # not see a deletion: this compare also fences a re-send
-                # (metadata/writes.py), so at most one attempt ever deletes.
-                Compare.mod_revision_is(manifest_key, target.mod_revision),
-            ]
             deleted_tags: list[tuple[str, KeyValue | None]] = []
             pointing = [kv for kv in tags.kvs if decode(TagRecord, kv.value).digest == digest]
             if pointing:
@@ -310,6 +351,9 @@ class ManifestMetadata(StoreBase):
                     )
                 if record.subject is not None:
                     ops.append(Delete(self.keys.referrer(repo, record.subject, digest)))
+                # Its own index entries go with it; stale ones naming it as target too.
+                ops += [Delete(self.keys.reference(repo, t, digest)) for t in references(record)]
+                ops += [Delete(key) for key in stale]
                 # Not "the manifest is gone" to verify a lost reply: a concurrent delete
                 # also leaves it gone.  Our marker (a fresh write id) is proof.
                 marker = Put(self.keys.deletion(repo, digest), self.ids.new_id().encode(), lease=lease)

@@ -1,12 +1,26 @@
-"""Metadata records, stored as msgpack maps.
+"""Metadata records, stored as compact msgpack.
 
-Decoding ignores fields it does not know, so a newer replica's records stay
-readable by an older one during a rolling upgrade.
+A record is written as a msgpack array of its fields in declaration order,
+trailing defaults left out, with digests (``sha256:``/``sha512:`` and lowercase
+hex) and canonical UUIDs (write ids) as raw bytes in msgpack extension types;
+a value that deflate makes smaller is stored deflated behind the bytes 0xC1
+(one msgpack never writes) and 0x01 (the dictionary, below), its digests
+left as text so that deflate folds a digest a manifest body repeats.  docs/architecture.md ("What one image push
+costs etcd") has the sizes.
+
+Decoding also reads the maps of field names that earlier versions wrote
+(etcd data from an earlier version stays readable, tests/metadata/test_records.py),
+and ignores fields it does not know: trailing array elements past its own
+fields, or unknown names of a map.  A record written by this version is not
+readable by a version that writes maps: upgrade every replica (docs/lifecycle.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,20 +28,115 @@ import msgpack
 
 R = TypeVar("R")
 
+# msgpack never emits 0xC1: a value starting with it is this module's deflated
+# form; the next byte says which preset dictionary it was deflated with.
+_DEFLATED = 0xC1
+_DICTIONARY_1 = 0x01
+# Dictionary 1: what manifest bodies and records repeat from one to the next,
+# the most common last (deflate reaches it with the shortest distances).  It
+# saves about 150 bytes on a 1 KB image manifest.  Stored values depend on it:
+# never change it; a better one is dictionary 2, and decoding keeps this one.
+_PRESET_1 = "".join(
+    [
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.container.image.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        '"platform": {"architecture": "amd64", "os": "linux"}',
+        '"platform":{"architecture":"arm64","os":"linux"}',
+        "application/vnd.oci.image.index.v1+json",
+        '"org.opencontainers.image.source": "',
+        '"org.opencontainers.image.created": "',
+        '"org.opencontainers.image.revision": "',
+        '"annotations": {',
+        '"subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:',
+        '"artifactType": "',
+        '{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:',
+        '{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:',
+        '"},{"mediaType":"',
+        '{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:',
+        '", "size": ',
+        '"layers": [',
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":',
+        '{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": ',
+        "application/vnd.oci.image.manifest.v1+json",
+    ]
+).encode()
+# Values shorter than this are never worth a deflate attempt.
+_DEFLATE_FROM = 192
+# Extension types: the raw bytes of a digest, and of a UUID.
+_EXT_SHA256, _EXT_SHA512, _EXT_UUID = 1, 2, 3
+_HEX = {"sha256:": (64, _EXT_SHA256), "sha512:": (128, _EXT_SHA512)}
+_ALGORITHM = {_EXT_SHA256: "sha256:", _EXT_SHA512: "sha512:"}
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _packed(value: Any) -> Any:
+    """``value`` with a digest or UUID string as its raw bytes (other values as they are)."""
+    if isinstance(value, str):
+        kind = _HEX.get(value[:7])
+        if kind is not None and len(value) == 7 + kind[0] and _LOWER_HEX.fullmatch(value, 7):
+            return msgpack.ExtType(kind[1], bytes.fromhex(value[7:]))
+        if len(value) == 36 and _UUID.fullmatch(value):
+            return msgpack.ExtType(_EXT_UUID, uuid.UUID(value).bytes)
+        return value
+    if isinstance(value, tuple):
+        return [_packed(v) for v in value]
+    return value
+
+
+def _unpacked(code: int, data: bytes) -> Any:
+    if code in _ALGORITHM:
+        return _ALGORITHM[code] + data.hex()
+    if code == _EXT_UUID:
+        return str(uuid.UUID(bytes=data))
+    return msgpack.ExtType(code, data)
+
+
+def _fields(record: Any) -> list[Any]:
+    """The field values in declaration order, trailing defaults left out."""
+    fields = type(record).__dataclass_fields__
+    values = [getattr(record, name) for name in fields]
+    for f in reversed(fields.values()):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            break
+        if values[-1] != default:
+            break
+        values.pop()
+    return values
+
 
 def encode(record: Any) -> bytes:
-    # Records hold only scalars, tuples and flat dicts, so a shallow map is what
-    # dataclasses.asdict would build, without its recursive deep copy.
-    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-    out: bytes = msgpack.packb(fields, use_bin_type=True)
+    # Records hold only scalars, tuples and flat dicts: the array is shallow.
+    values = _fields(record)
+    out: bytes = msgpack.packb([_packed(v) for v in values], use_bin_type=True)
+    if len(out) >= _DEFLATE_FROM:
+        text: bytes = msgpack.packb(values, use_bin_type=True)
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=_PRESET_1)
+        smaller = bytes([_DEFLATED, _DICTIONARY_1]) + deflate.compress(text) + deflate.flush()
+        if len(smaller) < len(out):
+            return smaller
     return out
 
 
 def decode(cls: type[R], data: bytes) -> R:
-    raw = msgpack.unpackb(data, raw=False)
+    if data[:1] == bytes([_DEFLATED]):
+        if data[1:2] != bytes([_DICTIONARY_1]):
+            raise ValueError(f"a record deflated with unknown dictionary {data[1:2].hex()}")
+        inflate = zlib.decompressobj(-15, zdict=_PRESET_1)
+        data = inflate.decompress(data[2:]) + inflate.flush()
+    raw = msgpack.unpackb(data, raw=False, ext_hook=_unpacked)
     # The class's field table (records declare no ClassVar or InitVar pseudo-fields),
     # looked up per key without building a set for every decoded watch event.
     names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    if isinstance(raw, list):  # this version's arrays; elements past the fields are newer ones
+        return cls(*(tuple(v) if isinstance(v, list) else v for v in raw[: len(names)]))
+    # The maps of field names earlier versions wrote.
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
     return cls(**fields)
 

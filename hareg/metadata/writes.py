@@ -70,9 +70,12 @@ from hareg.plants import planted
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Keep manifests up to this size inline in etcd (one read serves a GET); larger
-# ones go to the blob store, since etcd's request limit is about 1.5 MiB.
-DEFAULT_INLINE_LIMIT = 256 * 1024
+# Keep manifests up to this size inline in etcd (one read, or the cache, serves a
+# GET); larger ones go to the blob store.  Around 1.5 KB a body stops costing
+# etcd less inline than a blob record does (bench/etcd_bytes.py, the table in
+# docs/architecture.md); up to 4 KiB it costs at most about 100 bytes more,
+# and single-platform image manifests and small indexes keep their one read.
+DEFAULT_INLINE_LIMIT = 4 * 1024
 # A compare-guarded write retries this often under contention before giving up.
 DEFAULT_MAX_RETRIES = 32
 # A fenced write whose outcome is unknown, and verified not applied, is sent
@@ -80,7 +83,7 @@ DEFAULT_MAX_RETRIES = 32
 # client gets 503: each lost reply costs a request timeout.
 DEFAULT_MAX_RESENDS = 2
 # etcd's default --max-txn-ops; diagnostic reads are batched below it.
-_READ_BATCH = 100
+READ_BATCH = 100
 # Sends of one transaction refused unapplied (KVUnavailable) while it waits
 # out an election: the write grace bounds the time, this the attempts.
 UNAVAILABLE_TRIES = 8
@@ -141,6 +144,8 @@ class StoreBase:
         # With a cache, tag, manifest and link reads are served from memory after
         # the barrier (linearizable), or stale while etcd is unreachable.
         self.cache = cache
+        # The reverse-reference index is complete (its marker seen): deletes use it.
+        self._reference_index_ready = False
         self.barrier = barrier
         # Every write transaction compares the cluster read-only switch.
         self.read_only_guard = ReadOnlyGuard(kv, keys)
@@ -179,8 +184,8 @@ class StoreBase:
         election as the writes do."""
         self._check_writable()
         out: list[KeyValue | None] = []
-        for i in range(0, len(keys), _READ_BATCH):
-            batch = keys[i : i + _READ_BATCH]
+        for i in range(0, len(keys), READ_BATCH):
+            batch = keys[i : i + READ_BATCH]
             result = await self._commit([], [Get(k) for k in batch])
             for resp in result.responses:
                 assert isinstance(resp, RangeResult)

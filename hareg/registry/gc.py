@@ -70,8 +70,8 @@ class Policy:
 class Plan:
     revision: int
     history: list[bytes] = field(default_factory=list)
-    # repo -> [(digest, subject)]
-    manifests: dict[str, list[tuple[str, str | None]]] = field(default_factory=lambda: defaultdict(list))
+    # repo -> [(digest, record)]
+    manifests: dict[str, list[tuple[str, ManifestRecord]]] = field(default_factory=lambda: defaultdict(list))
     # repo -> [(digest, mod_revision)] if that repo's manifest deletions succeed ...
     links: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     # ... and the subset to delete if they do not (unreferenced even by the doomed manifests)
@@ -248,7 +248,7 @@ def make_plan(snap: Snapshot, policy: Policy, now: float, only: frozenset[str] |
         reachable = _reachable(roots, manifests)
         doomed = set(manifests) - reachable
         for digest in _parents_first(doomed, manifests):
-            plan.manifests[repo].append((digest, manifests[digest].subject))
+            plan.manifests[repo].append((digest, manifests[digest]))
         used_by_reachable = {b for d in reachable for b in manifests[d].blobs}
         used_by_any = {b for rec in manifests.values() for b in rec.blobs}
         links = snap.links.get(repo, {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -53,6 +54,8 @@ NO_CAPS = LimitsConfig(
     max_manifest_references=0,
     max_manifest_annotation_bytes=0,
 )
+
+log = logging.getLogger("hareg.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,10 @@ class Registry:
         self._tasks.append(loop.create_task(self.reflector.run(), name="metadata-reflector"))
         if self.membership is not None:
             self._tasks.append(loop.create_task(self.membership.run(), name="membership"))
+        if await self.meta.reference_index_trivial():
+            await self.meta.build_reference_index()  # at most the marker: serve with the index at once
+        else:
+            self._tasks.append(loop.create_task(self._index_references(), name="reference-index"))
         self._tasks.append(loop.create_task(self.janitor.run(), name="upload-janitor"))
         self._tasks.append(loop.create_task(self.leadership.run(), name="pruner-leadership"))
         self._tasks.append(loop.create_task(self.pruner.run_scheduled(), name="pruner"))
@@ -228,6 +235,25 @@ class Registry:
             maintenance = self.etcd_maintenance
             self._tasks.append(loop.create_task(maintenance.run_alarm_checks(), name="etcd-alarms"))
             self._tasks.append(loop.create_task(maintenance.run_defrag_scheduled(), name="etcd-defrag"))
+
+    async def _index_references(self) -> None:
+        """Build the reverse-reference index over data from an earlier version
+        (metadata/references.py), trying again until it is done; deletes look
+        the old way until then."""
+        delay = 1.0
+        while True:
+            try:
+                built = await self.meta.build_reference_index()
+            except KVError as exc:
+                log.warning(
+                    "building the reverse-reference index failed (tried again in %.0fs): %s", delay, exc
+                )
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if built:
+                log.info("reverse-reference index built", extra={"fields": {"manifests": built}})
+            return
 
     async def stop(self) -> None:
         for task in self._tasks:

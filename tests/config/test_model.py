@@ -9,6 +9,7 @@ import pytest
 
 from hareg.config.model import Config, ConfigError, EtcdConfig, PrunerConfig, RequestLimits
 from hareg.config.reader import load_config
+from hareg.metadata.store import DEFAULT_INLINE_LIMIT
 
 from .support import SECRET, load
 
@@ -51,7 +52,8 @@ def test_limits_defaults_fit_etcds_default_limits() -> None:
     """The manifest caps keep a push's transaction within etcd's defaults
     (--max-txn-ops 128, --max-request-bytes 1.5 MiB), as docs/configuration.md explains."""
     limits = Config().limits
-    fixed_compares, compares_per_tag, tags = 3, 2, 12
+    fixed_compares, compares_per_tag, tags = 3, 2, 8
     assert limits.max_manifest_references + fixed_compares + compares_per_tag * tags <= 128
-    inline_body = 256 * 1024
-    assert inline_body + 2 * limits.max_manifest_annotation_bytes < 1.5 * 1024 * 1024 * 0.75
+    fixed_writes, writes_per_tag = 4, 3  # and one reverse-index entry per reference
+    assert limits.max_manifest_references + fixed_writes + writes_per_tag * tags <= 128
+    assert DEFAULT_INLINE_LIMIT + 2 * limits.max_manifest_annotation_bytes < 1.5 * 1024 * 1024 * 0.75

@@ -832,7 +832,13 @@ async def test_a_manifest_larger_than_etcd_accepts_is_refused_not_retried(
 ) -> None:
     """With the reference cap switched off, etcd refuses the transaction: a
     400 that says so, never a 503 with Retry-After that invites endless retries."""
-    async with registry_on(strict_etcd_kv, tmp_path, LimitsConfig(max_manifest_references=0)) as (_, client):
+    async with registry_on(strict_etcd_kv, tmp_path, LimitsConfig(max_manifest_references=0)) as (
+        reg,
+        client,
+    ):
+        # Inline, so that the transaction is the first to see the references (a
+        # body for the blob store is preceded by a check that they exist).
+        reg.meta.inline_limit = 1024 * 1024
         body = image_manifest(config_blob(), [i.to_bytes(2, "big") for i in range(130)])
         r = await put_manifest(client, "repo", "big", body)
         assert "Retry-After" not in r.headers

@@ -9,6 +9,7 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -89,7 +90,9 @@ async def test_manifest_put_is_all_or_nothing(meta: MetadataStore, kv: EtcdKV, k
     assert after["s"] == {keys.tag_seq("repo", "a").decode(), keys.tag_seq("repo", "b").decode()}
     assert after["h"] == {keys.history("repo", "a", 1).decode(), keys.history("repo", "b", 1).decode()}
     assert after["f"] == {keys.referrer("repo", subject, manifest).decode()}
-    assert await meta.get_manifest("repo", manifest) == record
+    # One reverse-index entry per reference; the annotations kept once, in the referrers entry.
+    assert after["x"] == {keys.reference("repo", d, manifest).decode() for d in (config, layer)}
+    assert await meta.get_manifest("repo", manifest) == replace(record, annotations={})
     [(ref_digest, referrer)] = await meta.list_referrers("repo", subject)
     assert ref_digest == manifest
     assert (referrer.media_type, referrer.size, referrer.annotations) == (OCI_MANIFEST, 100, {"k": "v"})

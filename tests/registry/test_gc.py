@@ -373,7 +373,7 @@ async def test_a_rollback_after_the_snapshot_saves_its_target(
         old = await push_image(reg, "repo", "v", [b"first"], "1")
         await push_image(reg, "repo", "v", [b"second"], "2")
         _, plan = await reg.pruner.collector.plan()
-        assert (old, None) in plan.manifests["repo"]
+        assert old in [d for d, _ in plan.manifests["repo"]]
         await reg.tag_lifecycle.rollback("repo", "v", old)
         fence = reg.leadership.fence()
         assert not await reg.pruner.collector.gc_store.delete_manifests(
