@@ -8,7 +8,12 @@ Reflector does the same for Kubernetes' informers) lists every subscriber's
 prefixes at one revision R, hands each its keys, then watches from R+1 the
 smallest range that covers them all (one watch per replica, whatever the
 number of mirrors) and hands every batch to every subscriber, in order,
-filtered to its prefixes.  A subscriber is therefore always a snapshot of
+filtered to its prefixes.  With the key layout of keys.py that range runs
+from the robot accounts (``a/``) to the tags (``t/``): the upload sessions
+(``u/``), the most written keys, stay out of it; the kinds in between that
+no mirror reads (blob records, history, markers...) are delivered and
+dropped (several watches would have to be merged at one revision, and each
+quiet one would hold the others back until etcd reported its progress).  A subscriber is therefore always a snapshot of
 etcd at the revision it was last handed.
 
 A watch that falls behind compaction cannot be resumed: the subscribers are
@@ -33,8 +38,9 @@ _PAGE = 1000  # keys per range read of a listing
 
 
 class Listing(Protocol):
-    """A listing being taken for one subscriber, kept apart from what it serves
-    until ``done`` (a listing that fails midway is dropped)."""
+    """A listing being taken for one subscriber, not served until ``done`` (a
+    listing that fails midway is dropped, or, built in place, left unserved
+    until the next listing replaces it)."""
 
     def add(self, kvs: list[KeyValue]) -> None:
         """The next page of keys under the subscriber's prefixes, in key order."""
@@ -68,12 +74,9 @@ class Subscriber(Protocol):
         ...
 
 
-def _common_prefix(prefixes: Sequence[bytes]) -> bytes:
-    first, last = min(prefixes), max(prefixes)
-    n = 0
-    while n < min(len(first), len(last)) and first[n] == last[n]:
-        n += 1
-    return first[:n]
+def watched_span(prefixes: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The smallest key range holding every key under ``prefixes``."""
+    return min(prefixes), max(prefix_end(p) for p in prefixes)
 
 
 class Reflector:
@@ -106,7 +109,8 @@ class Reflector:
         revision = 0
         # Pages go to the subscribers as they come (a cache decodes them, the
         # raw pages do not pile up); what they serve changes only once every
-        # listing is complete, so none is left half-replaced by a failure.
+        # listing is complete, so none is left half-replaced by a failure
+        # (the metadata cache builds its listing in place, unserved until done).
         listings = [subscriber.listing() for subscriber in subscribers]
         for subscriber, listing in zip(subscribers, listings, strict=True):
             for prefix in subscriber.prefixes:
@@ -126,7 +130,7 @@ class Reflector:
         """List, then follow the watch, forever (cancel the task to stop)."""
         if not self._subscribers:
             return
-        root = _common_prefix([p for s in self._subscribers for p in s.prefixes])
+        start, end = watched_span([p for s in self._subscribers for p in s.prefixes])
         # A restarted task keeps its snapshot and resumes after it (re-listing
         # only if that history has been compacted away).
         resume = self.revision + 1 if self.listed else 0
@@ -138,7 +142,7 @@ class Reflector:
                     self.revision = await self.read()
                     self.listed = True
                     resume = self.revision + 1
-                watch = self.kv.watch(root, prefix_end(root), resume)
+                watch = self.kv.watch(start, end, resume)
                 self.connected = True
                 async for batch in watch:
                     for subscriber in self._subscribers:
