@@ -351,7 +351,15 @@ def scale_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--reads", type=int, default=d.reads, help=f"GET-by-tag requests per measure ({d.reads})")
     p.add_argument("--hot", type=int, default=d.hot, help=f"the hot set: the last images pushed ({d.hot})")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help=f"default {d.concurrency}")
+    p.add_argument(
+        "--concurrency", type=int, default=d.concurrency, help=f"pushes in flight ({d.concurrency})"
+    )
+    p.add_argument(
+        "--read-concurrency",
+        type=int,
+        default=d.read_concurrency,
+        help=f"reads in flight ({d.read_concurrency})",
+    )
     p.add_argument(
         "--cache-bytes", type=parse_size, help="the replica's limits.manifestCacheBytes (default: hareg's)"
     )
@@ -374,6 +382,7 @@ def run_scale(args: argparse.Namespace) -> int:
         manifests=args.manifests,
         repositories=args.repositories,
         concurrency=args.concurrency,
+        read_concurrency=args.read_concurrency,
         reads=args.reads,
         hot=args.hot,
         steps=args.steps,

@@ -13,7 +13,7 @@ by an annotation).  After each step it records:
 * the replica's cache: whole manifest records held and their bytes.
 
 At N/20 and at N it times GET-by-tag (p50, p99) over the same number of
-requests, twice: tags drawn from a fixed hot set (the last ``--hot`` images
+requests (``read_concurrency`` in flight, after a warm-up), twice: tags drawn from a fixed hot set (the last ``--hot`` images
 pushed) and from every image pushed (the cold reads miss the replica's body
 set and read etcd).  At N it starts a fresh replica on the same etcd and
 times how long it takes to be ready (its cache listed), and its RSS then.
@@ -54,8 +54,9 @@ HTTP_TIMEOUT = 120.0
 class ScaleOptions:
     manifests: int = 20_000
     repositories: int = 20
-    concurrency: int = 16  # requests in flight while pushing and reading
-    reads: int = 2_000  # GET-by-tag requests per latency measurement
+    concurrency: int = 16  # requests in flight while pushing
+    read_concurrency: int = 4  # GET-by-tag requests in flight (few: latency, not queueing)
+    reads: int = 2_000  # GET-by-tag requests per latency measurement (after a warm-up of a tenth)
     hot: int = 1_000  # the hot set: the last images pushed
     steps: int = 6  # sizes measured along the way (N/20 is always one)
     cache_bytes: int | None = None  # limits.manifestCacheBytes (None: hareg's default)
@@ -177,14 +178,15 @@ async def _grow(client: OCIClient, images: _Images, upto: int) -> float:
 async def _latency(
     client: OCIClient, pool: list[tuple[str, str]], options: ScaleOptions, rng: random.Random
 ) -> dict[str, float]:
-    picks = [rng.choice(pool) for _ in range(options.reads)]
+    warm_up = max(1, options.reads // 10)
+    picks = [rng.choice(pool) for _ in range(warm_up + options.reads)]
 
     async def get(k: int) -> None:
         repo, tag = picks[k]
         await client.get_manifest(repo, tag)
 
-    times = await _run_limited(len(picks), options.concurrency, get)
-    ms = [t * 1000 for t in times]
+    times = await _run_limited(len(picks), options.read_concurrency, get)
+    ms = [t * 1000 for t in times[warm_up:]]
     return {
         "requests": len(ms),
         "p50_ms": round(statistics.median(ms), 3),

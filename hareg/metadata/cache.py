@@ -328,10 +328,10 @@ class MetadataCache:
         index = (packed >> 1) & 0xFFFF
         return self._media_type_names[index - 1] if index else None
 
-    def _pack_manifest(self, record: ManifestRecord) -> int:
+    def _pack_manifest(self, media_type: str, size: int, stored: bool) -> int:
         """size << 17 | (media type index + 1, 0: not packed) << 1 | body in the blob store."""
-        index = self._media_type_index(record.media_type)
-        return record.size << 17 | (0 if index is None else index + 1) << 1 | (record.body is None)
+        index = self._media_type_index(media_type)
+        return size << 17 | (0 if index is None else index + 1) << 1 | stored
 
     # ---------------------------------------------------------------- feeding
 
@@ -373,9 +373,11 @@ class MetadataCache:
         elif kind == "m":
             r = self._repo(r, name)
             record = decode(ManifestRecord, kv.value)
-            r.manifests[pack_digest(last)] = self._pack_manifest(record)
+            r.manifests[pack_digest(last)] = self._pack_manifest(
+                record.media_type, record.size, record.body is None
+            )
             self._forget(key)
-            if watched:
+            if watched:  # a manifest just pushed: likely pulled next
                 self._keep(key, record, len(kv.value))
         else:  # "l"
             r = self._repo(r, name)
