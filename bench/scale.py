@@ -290,10 +290,16 @@ def _summary(
     options: ScaleOptions, base_rss: int, base_db: int, steps: list[Step], fresh: dict[str, float] | None
 ) -> dict[str, Any]:
     first, last = steps[0], steps[-1]
-    # The slope past the first step: the replica's cost per manifest once the
-    # registry is under way (the first step also pays for warming up).
-    span = last.manifests - first.manifests
-    slope = (last.replica_rss_bytes - first.replica_rss_bytes) / 1024 / span if span else None
+    # The replica's cost per additional manifest: the slope of its RSS from
+    # the first step at which the body set had stopped growing (it is bounded,
+    # limits.manifestCacheBytes) to N; and, for comparison, from N/20 to N.
+    full = next(s for s in steps if s.cache_body_bytes >= last.cache_body_bytes)
+    if full is last:
+        full = first
+    span = last.manifests - full.manifests
+    slope = (last.replica_rss_bytes - full.replica_rss_bytes) / 1024 / span if span else None
+    whole = last.manifests - first.manifests
+    slope_all = (last.replica_rss_bytes - first.replica_rss_bytes) / 1024 / whole if whole else None
     growth = {
         kind: round(last.latency[kind]["p99_ms"] / first.latency[kind]["p99_ms"], 2)
         for kind in ("hot", "all")
@@ -307,14 +313,20 @@ def _summary(
         "baseline": {"replica_rss_bytes": base_rss, "etcd_db_bytes": base_db},
         "steps": [asdict(s) for s in steps],
         "replica_rss_kb_per_manifest": None if slope is None else round(slope, 3),
+        "replica_rss_kb_per_manifest_from": full.manifests,
+        "replica_rss_kb_per_manifest_with_body_set": None if slope_all is None else round(slope_all, 3),
         "etcd_db_bytes_per_manifest": per_image,
         "get_tag_p99_growth": growth,
         "fresh_replica": fresh,
+        # The fresh replica's RSS over the first replica's before any image, per manifest listed.
+        "fresh_replica_rss_kb_per_manifest": None
+        if not fresh
+        else round((fresh["rss_bytes"] - base_rss) / 1024 / last.manifests, 3),
         "capacity_extrapolated": {
             "manifests_per_8gib_etcd": int(8 * 2**30 / per_image) if per_image > 0 else None,
             "replica_rss_mb_at_1m_manifests": None
             if slope is None
-            else round((base_rss + slope * 1024 * 1_000_000) / 2**20),
+            else round((last.replica_rss_bytes + slope * 1024 * (1_000_000 - last.manifests)) / 2**20),
         },
     }
 
@@ -366,14 +378,17 @@ def markdown(doc: dict[str, Any]) -> str:
     cap = doc["capacity_extrapolated"]
     lines += [
         "",
-        f"* replica RSS per manifest (slope from the first step to N): {doc['replica_rss_kb_per_manifest']} KB",
+        f"* replica RSS per additional manifest (slope from {doc['replica_rss_kb_per_manifest_from']}, the body "
+        f"set full, to N): {doc['replica_rss_kb_per_manifest']} KB; from N/20, the body set filling: "
+        f"{doc['replica_rss_kb_per_manifest_with_body_set']} KB",
         f"* etcd bytes per image at N: {doc['etcd_db_bytes_per_manifest']}",
         f"* GET-by-tag p99 growth, N/20 to N: {doc['get_tag_p99_growth']}",
     ]
     if doc["fresh_replica"]:
         f = doc["fresh_replica"]
         lines.append(
-            f"* a fresh replica at N: ready (cache listed) in {f['ready_s']} s, RSS {f['rss_bytes'] / 2**20:.1f} MiB"
+            f"* a fresh replica at N: ready (cache listed) in {f['ready_s']} s, RSS {f['rss_bytes'] / 2**20:.1f} MiB "
+            f"({doc['fresh_replica_rss_kb_per_manifest']} KB per manifest over the baseline)"
         )
     lines.append(
         f"* extrapolated (linear, not measured): {cap['manifests_per_8gib_etcd']} manifests per 8 GiB etcd; "
