@@ -217,7 +217,17 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
     kv = await EtcdKV.connect([etcd.client_url], timeout=5.0)
     keys = Keys("/stale")
     try:
-        await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:before"))])
+        # Two manifests listed, so not held whole: one with its body inline, one in the blob store.
+        inline, stored = _digest(b"inline"), _digest(b"stored")
+        elsewhere = encode(ManifestRecord("application/vnd.oci.image.index.v1+json", 7, 0.0))
+        await kv.txn(
+            [],
+            [
+                Put(keys.tag("r", "t"), _tag("sha256:before")),
+                Put(keys.manifest("r", inline), _manifest(b"inline")),
+                Put(keys.manifest("r", stored), elsewhere),
+            ],
+        )
         cache = mirror(kv, keys, retry_delay=0.1)
         # The probe interval is long enough that a busy machine cannot let it pass
         # between the syncs below; "at once" is anything well under the revision timeout.
@@ -242,6 +252,16 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
                 t0 = loop.time()
                 with pytest.raises(KVUnavailable):
                     await store.delete_tag("r", "t")
+                # A manifest not held whole: served from what the mirror keeps if its body is
+                # in the blob store, else refused (503) at once, never waiting for etcd.
+                rec = await store.get_manifest("r", stored)
+                assert rec is not None and (rec.media_type, rec.size, rec.body) == (
+                    "application/vnd.oci.image.index.v1+json",
+                    7,
+                    None,
+                )
+                with pytest.raises(KVUnavailable):
+                    await store.get_manifest("r", inline)
                 assert loop.time() - t0 < 1.0
             finally:
                 etcd.resume()
@@ -255,6 +275,9 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
             assert await barrier.sync() is Freshness.CURRENT
             tag = cache.tag("r", "t")
             assert tag == "sha256:after"
+            store = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+            rec = await store.get_manifest("r", inline)  # read from etcd again
+            assert rec is not None and rec.body == b"inline"
     finally:
         await kv.close()
         await etcd.stop()
