@@ -8,13 +8,16 @@ Reflector does the same for Kubernetes' informers) lists every subscriber's
 prefixes at one revision R, hands each its keys, then watches from R+1 the
 smallest range that covers them all (one watch per replica, whatever the
 number of mirrors) and hands every batch to every subscriber, in order,
-filtered to its prefixes.  With the key layout of keys.py that range runs
-from the robot accounts (``a/``) to the tags (``t/``): the upload sessions
-(``u/``), the most written keys, stay out of it; the kinds in between that
-no mirror reads (blob records, history, markers...) are delivered and
-dropped (several watches would have to be merged at one revision, and each
-quiet one would hold the others back until etcd reported its progress).  A subscriber is therefore always a snapshot of
+filtered to its prefixes.  A subscriber is therefore always a snapshot of
 etcd at the revision it was last handed.
+
+That range is the registry's whole prefix: the keys no mirror reads (upload
+sessions, history, markers) are delivered and dropped unread.  A narrower
+watch would miss the writes to them, and every such write moves etcd's
+revision past the cache's until etcd reports the watch's progress: on demand
+only from etcd 3.4.31 and 3.5.13 on (kv/etcd.py), else every
+``--experimental-watch-progress-notify-interval``, which every read after
+an upload's write would wait for (docs/consistency.md).
 
 A watch that falls behind compaction cannot be resumed: the subscribers are
 told their history is lost, then everything is listed again.  A watch that
@@ -74,16 +77,20 @@ class Subscriber(Protocol):
         ...
 
 
-def watched_span(prefixes: Sequence[bytes]) -> tuple[bytes, bytes]:
-    """The smallest key range holding every key under ``prefixes``."""
-    return min(prefixes), max(prefix_end(p) for p in prefixes)
+def _common_prefix(prefixes: Sequence[bytes]) -> bytes:
+    first, last = min(prefixes), max(prefixes)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 class Reflector:
-    def __init__(self, kv: KV, clock: Clock, *, retry_delay: float = 0.5) -> None:
+    def __init__(self, kv: KV, clock: Clock, *, retry_delay: float = 0.5, page: int = _PAGE) -> None:
         self.kv = kv
         self.clock = clock
         self.retry_delay = retry_delay
+        self.page = page  # keys per range read of a listing
         self.revision = 0  # every subscriber reflects every write up to this revision
         self.listed = False  # a full listing was handed over (the watch may resume after it)
         self.connected = False  # the watch stream is live
@@ -116,7 +123,7 @@ class Reflector:
             for prefix in subscriber.prefixes:
                 start, end = prefix, prefix_end(prefix)
                 while True:
-                    page = await self.kv.range(start, end, limit=_PAGE, revision=revision)
+                    page = await self.kv.range(start, end, limit=self.page, revision=revision)
                     revision = revision or page.revision
                     listing.add(page.kvs)
                     if not page.more or not page.kvs:
@@ -130,7 +137,7 @@ class Reflector:
         """List, then follow the watch, forever (cancel the task to stop)."""
         if not self._subscribers:
             return
-        start, end = watched_span([p for s in self._subscribers for p in s.prefixes])
+        root = _common_prefix([p for s in self._subscribers for p in s.prefixes])
         # A restarted task keeps its snapshot and resumes after it (re-listing
         # only if that history has been compacted away).
         resume = self.revision + 1 if self.listed else 0
@@ -142,7 +149,7 @@ class Reflector:
                     self.revision = await self.read()
                     self.listed = True
                     resume = self.revision + 1
-                watch = self.kv.watch(start, end, resume)
+                watch = self.kv.watch(root, prefix_end(root), resume)
                 self.connected = True
                 async for batch in watch:
                     for subscriber in self._subscribers:
