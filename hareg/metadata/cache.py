@@ -62,10 +62,10 @@ DEFAULT_BODY_BYTES = 64 * 1024 * 1024  # config limits.manifestCacheBytes
 _LINK = struct.Struct("<qdd")  # size, created, touched
 _MEDIA_TYPES_MAX = 1 << 15  # distinct media types packed into a manifest's int (more: not packed)
 
-Digest = bytes | str  # raw bytes of a sha256/sha512 digest, or the digest text for anything else
+PackedDigest = bytes | str  # raw bytes of a sha256/sha512 digest, or the digest text for anything else
 
 
-def pack_digest(digest: str) -> Digest:
+def pack_digest(digest: str) -> PackedDigest:
     """``sha256:<hex>`` as its 32 raw bytes (sha512: 64), anything else as given."""
     algorithm, _, hexdigest = digest.partition(":")
     if (algorithm, len(hexdigest)) in (("sha256", 64), ("sha512", 128)):
@@ -78,7 +78,7 @@ def pack_digest(digest: str) -> Digest:
     return digest
 
 
-def unpack_digest(digest: Digest) -> str:
+def unpack_digest(digest: PackedDigest) -> str:
     if isinstance(digest, str):
         return digest
     return ("sha256:" if len(digest) == 32 else "sha512:") + digest.hex()
@@ -91,10 +91,10 @@ class _Repo:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.tags: dict[str, Digest] = {}  # tag -> digest (the manifest's own key object when it is mirrored)
+        self.tags: dict[str, PackedDigest] = {}  # tag -> digest
         self.tag_names: list[str] = []  # in byte order (etcd's range order), for tag lists
-        self.manifests: dict[Digest, int] = {}  # digest -> packed (size, media type, body stored)
-        self.links: dict[Digest, bytes] = {}  # digest -> _LINK-packed LinkRecord
+        self.manifests: dict[PackedDigest, int] = {}  # digest -> packed (size, media type, body stored)
+        self.links: dict[PackedDigest, bytes] = {}  # digest -> _LINK-packed LinkRecord
 
     def empty(self) -> bool:
         return not (self.tags or self.manifests or self.links)
@@ -148,10 +148,6 @@ class MetadataCache:
         r = self._repos.get(repo)
         digest = r.tags.get(tag) if r is not None else None
         return None if digest is None else unpack_digest(digest)
-
-    def has_manifest(self, repo: str, digest: str) -> bool:
-        r = self._repos.get(repo)
-        return r is not None and pack_digest(digest) in r.manifests
 
     async def manifest(self, repo: str, digest: str, *, etcd_down: bool = False) -> ManifestRecord | None:
         """The manifest's record as of ``revision`` (read when called: a tag read

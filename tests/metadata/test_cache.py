@@ -18,7 +18,7 @@ from hareg.ids import RandomIds
 from hareg.kv.base import Delete, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV, progress_requests_safe
 from hareg.metadata.barrier import Freshness, ReadBarrier
-from hareg.metadata.cache import MetadataCache
+from hareg.metadata.cache import MetadataCache, pack_digest, unpack_digest
 from hareg.metadata.keys import Keys
 from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, encode
 from hareg.metadata.reflector import Reflector
@@ -505,3 +505,19 @@ async def test_a_relist_holds_one_copy_of_the_mirror(kv: EtcdKV, keys: Keys) -> 
     # Two copies would peak above ``held`` plus a page of keys in flight; one
     # copy built in place peaks at about a page (200 keys here).
     assert peak < held / 2, (peak, held)
+
+
+@pytest.mark.parametrize(
+    ("digest", "raw"),
+    [
+        ("sha256:" + "ab" * 32, 32),
+        ("sha512:" + "cd" * 64, 64),
+        ("sha256:" + "AB" * 32, None),  # not what a digest is written as: kept as text
+        ("sha256:1", None),
+        ("sha384:" + "ef" * 48, None),
+    ],
+)
+def test_digests_are_kept_as_raw_bytes_where_they_read_back_the_same(digest: str, raw: int | None) -> None:
+    packed = pack_digest(digest)
+    assert (len(packed) if isinstance(packed, bytes) else None) == raw
+    assert unpack_digest(packed) == digest
