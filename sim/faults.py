@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from hareg.config.model import DEFAULT_MANIFEST_CACHE_BYTES
+
 # kind -> what it does (the CLI lists these)
 FAULT_KINDS: dict[str, str] = {
     "crash": "kill -9 a replica, restart it after a while (all memory lost)",
@@ -159,7 +161,8 @@ class Options:
             authz=bool(doc.get("authz", False)),
             # ... and without the mirror's upstream if written before it.
             upstream=bool(doc.get("upstream", False)),
-            manifest_cache_bytes=int(doc.get("manifest_cache_bytes", SMALL_MANIFEST_CACHE)),
+            # ... and with every manifest record held (the server's default bound) if before the bound.
+            manifest_cache_bytes=int(doc.get("manifest_cache_bytes", DEFAULT_MANIFEST_CACHE_BYTES)),
         )
 
     def to_json(self) -> dict[str, object]:
