@@ -1,5 +1,6 @@
 """``python -m bench throughput [--target hareg|hareg-cluster|distribution|distribution-cluster|ceiling|URL ...] [--quick] [--auth] [--json FILE]``
 ``python -m bench availability [--duration S] [--quick] [--json FILE]``
+``python -m bench scale [--manifests N] [--repositories R] [--json FILE]``
 
 ``throughput`` without ``--target`` runs distribution, hareg, the ceiling
 (bare aiohttp + uvloop, the reads only) and (when ``hareg cluster up`` exists)
@@ -7,6 +8,7 @@ distribution-cluster and hareg-cluster; with ``--quick``, distribution, hareg an
 ``--auth``, distribution and hareg, both authenticating the
 same users (hareg with tokens, distribution with htpasswd), beside an
 unauthenticated hareg for the manifest reads.  ``availability`` runs the local cluster through faults.
+``scale`` grows one ``hareg serve`` to N small images and reports what each costs (bench/scale.py).
 Progress bars go to stderr; the Markdown summary is printed at the end and
 written beside the JSON with the plots.
 """
@@ -337,6 +339,64 @@ def run_availability(args: argparse.Namespace) -> int:
     return 0 if doc["verdict"] == "pass" else 1
 
 
+def scale_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bench.scale import DEFAULT_JSON as SCALE_JSON
+    from bench.scale import ScaleOptions
+
+    d = ScaleOptions()
+    p = sub.add_parser("scale", help="grow one hareg serve to N small images: memory, etcd bytes, latency")
+    p.add_argument(
+        "--manifests", type=int, default=d.manifests, help=f"images at the end (default {d.manifests})"
+    )
+    p.add_argument("--repositories", type=int, default=d.repositories, help=f"default {d.repositories}")
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help=f"sizes measured on the way (default {d.steps})"
+    )
+    p.add_argument("--reads", type=int, default=d.reads, help=f"GET-by-tag requests per measure ({d.reads})")
+    p.add_argument("--hot", type=int, default=d.hot, help=f"the hot set: the last images pushed ({d.hot})")
+    p.add_argument(
+        "--concurrency", type=int, default=d.concurrency, help=f"pushes in flight ({d.concurrency})"
+    )
+    p.add_argument(
+        "--read-concurrency",
+        type=int,
+        default=d.read_concurrency,
+        help=f"reads in flight ({d.read_concurrency})",
+    )
+    p.add_argument(
+        "--cache-bytes", type=parse_size, help="the replica's limits.manifestCacheBytes (default: hareg's)"
+    )
+    p.add_argument("--no-fresh-replica", dest="fresh_replica", action="store_false")
+    p.add_argument("--start-timeout", type=float, default=d.start_timeout)
+    _json_argument(p, SCALE_JSON, "Markdown")
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.scale import ScaleOptions, main_scale
+
+    if args.manifests < 1 or args.repositories < 1 or args.steps < 2 or args.reads < 1 or args.hot < 1:
+        print(
+            "bench scale: --manifests, --repositories, --reads, --hot >= 1 and --steps >= 2", file=sys.stderr
+        )
+        return 2
+    options = ScaleOptions(
+        manifests=args.manifests,
+        repositories=args.repositories,
+        concurrency=args.concurrency,
+        read_concurrency=args.read_concurrency,
+        reads=args.reads,
+        hot=args.hot,
+        steps=args.steps,
+        cache_bytes=args.cache_bytes,
+        fresh_replica=args.fresh_replica,
+        start_timeout=args.start_timeout,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir:
+        return main_scale(options, args.json, Path(workdir))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else ""
@@ -344,9 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     throughput_parser(sub)
     availability_parser(sub)
+    scale_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "availability":
         return run_availability(args)
+    if args.command == "scale":
+        return run_scale(args)
     return run_throughput(args)
 
 

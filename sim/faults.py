@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from hareg.config.model import DEFAULT_MANIFEST_CACHE_BYTES
+
 # kind -> what it does (the CLI lists these)
 FAULT_KINDS: dict[str, str] = {
     "crash": "kill -9 a replica, restart it after a while (all memory lost)",
@@ -82,6 +84,9 @@ class Fault:
         return asdict(self)
 
 
+SMALL_MANIFEST_CACHE = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     seed: int
@@ -102,6 +107,9 @@ class Options:
     authz: bool = True
     # The pull-through mirror and its upstream (sim/upstream_model.py, sim/mirror_workload.py).
     upstream: bool = True
+    # Each replica's bound on manifest records held in memory (limits.manifestCacheBytes):
+    # a couple of records, so that pulls miss it and read etcd at the cache's revision all the time.
+    manifest_cache_bytes: int = SMALL_MANIFEST_CACHE
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -124,6 +132,8 @@ class Options:
             head += ", no identities"
         if not self.upstream:
             head += ", no upstream"
+        if self.manifest_cache_bytes != SMALL_MANIFEST_CACHE:
+            head += f", manifest cache {self.manifest_cache_bytes} B"
         faults = "; ".join(f.describe() for f in self.faults) or "no faults"
         return f"{head}\n    faults: {faults}"
 
@@ -151,6 +161,8 @@ class Options:
             authz=bool(doc.get("authz", False)),
             # ... and without the mirror's upstream if written before it.
             upstream=bool(doc.get("upstream", False)),
+            # ... and with every manifest record held (the server's default bound) if before the bound.
+            manifest_cache_bytes=int(doc.get("manifest_cache_bytes", DEFAULT_MANIFEST_CACHE_BYTES)),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -170,6 +182,7 @@ class Options:
             "hostile": self.hostile,
             "authz": self.authz,
             "upstream": self.upstream,
+            "manifest_cache_bytes": self.manifest_cache_bytes,
             "faults": [f.to_json() for f in self.faults],
         }
 

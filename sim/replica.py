@@ -19,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hareg.clock import Clock
-from hareg.config.model import AuthConfig
+from hareg.config.model import DEFAULT_MANIFEST_CACHE_BYTES, AuthConfig
 from hareg.ids import SeededIds
 from hareg.registry.access import AccessControl
 from hareg.registry.gc import Policy
 from hareg.registry.htpasswd import Users
 from hareg.registry.login_limits import LoginLimiter
 from hareg.registry.pull_through import Mirror
-from hareg.registry.service import Registry
+from hareg.registry.service import NO_CAPS, Registry
 from sim.etcd_model import EtcdCluster, SimKV
 from sim.loop import SimLoop
 from sim.network import Network
@@ -110,6 +110,7 @@ class Replica:
         gc_policy: Policy | None = None,
         upload_session_ttl: int | None = None,
         access_config: AuthConfig | None = None,
+        manifest_cache_bytes: int = DEFAULT_MANIFEST_CACHE_BYTES,
     ) -> None:
         self.name = name
         self.loop = loop
@@ -123,6 +124,7 @@ class Replica:
         self.upload_session_ttl = upload_session_ttl
         # The configuration's auth section (None: none, every request served).
         self.access_config = access_config
+        self.manifest_cache_bytes = manifest_cache_bytes
         self.access: AccessControl | None = None  # this incarnation's
         # The pullThrough configuration: each incarnation's mirrors (each with its
         # own upstream client), set by the runner before the first start; None: none.
@@ -171,6 +173,7 @@ class Replica:
             gc_policy=self.gc_policy,
             gc_batch=GC_BATCH,
             mirrors=self.mirrors(self.name) if self.mirrors is not None else (),
+            limits=replace(NO_CAPS, manifest_cache_bytes=self.manifest_cache_bytes),
         )
         if self.upload_session_ttl is not None:
             # Upload sessions that expire within a run (the server keeps them a day),

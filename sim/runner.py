@@ -161,6 +161,7 @@ async def _world(options: Options, keep_trace: bool) -> RunResult:
             gc_policy=policy,
             upload_session_ttl=hostile.UPLOAD_SESSION_TTL if options.hostile else None,
             access_config=auth,
+            manifest_cache_bytes=options.manifest_cache_bytes,
         )
         for name in options.replica_names
     ]

@@ -170,6 +170,11 @@ SCALARS: Final = (
         "Total bytes of a manifest's annotations, keys and values (0: unlimited; see docs).",
     ),
     Scalar(
+        "limits.manifestCacheBytes",
+        "int",
+        "Bytes of manifest records and inline bodies a replica keeps in memory (0: none; see docs).",
+    ),
+    Scalar(
         "validation.manifests.urls.allow",
         "list",
         "Regular expressions; a descriptor URL must match one ([]: manifests with urls are refused).",

@@ -163,6 +163,8 @@ DEFAULT_MAX_MANIFEST_REFERENCES: Final = 100
 # transaction under etcd's --max-request-bytes (1.5 MiB by default) with room
 # for the references.
 DEFAULT_MAX_MANIFEST_ANNOTATION_BYTES: Final = 256 * 1024
+# About 8,000 small (~1 KB) manifests' records, or 64 of the largest inline ones.
+DEFAULT_MANIFEST_CACHE_BYTES: Final = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,9 @@ class LimitsConfig:
     max_blob_size: int = 0
     max_manifest_references: int = DEFAULT_MAX_MANIFEST_REFERENCES
     max_manifest_annotation_bytes: int = DEFAULT_MAX_MANIFEST_ANNOTATION_BYTES
+    # The bytes of manifest records (with their inline bodies) each replica
+    # keeps in memory, least recently used first out (hareg/metadata/cache.py).
+    manifest_cache_bytes: int = DEFAULT_MANIFEST_CACHE_BYTES
 
 
 @dataclass(frozen=True)

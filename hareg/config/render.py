@@ -169,6 +169,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "maxBlobSize": caps.max_blob_size,
             "maxManifestReferences": caps.max_manifest_references,
             "maxManifestAnnotationBytes": caps.max_manifest_annotation_bytes,
+            "manifestCacheBytes": caps.manifest_cache_bytes,
         },
         "validation": {
             "manifests": {

@@ -430,6 +430,7 @@ def _limits(top: Section) -> LimitsConfig:
             "maxBlobSize",
             "maxManifestReferences",
             "maxManifestAnnotationBytes",
+            "manifestCacheBytes",
         ),
     )
     d = LimitsConfig()
@@ -454,6 +455,7 @@ def _limits(top: Section) -> LimitsConfig:
         max_manifest_annotation_bytes=limits.integer(
             "maxManifestAnnotationBytes", d.max_manifest_annotation_bytes, 0
         ),
+        manifest_cache_bytes=limits.integer("manifestCacheBytes", d.manifest_cache_bytes, 0),
     )
 
 

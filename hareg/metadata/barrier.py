@@ -198,7 +198,7 @@ class ReadBarrier:
 
     async def sync(self) -> Freshness:
         scope = self._scope.get()
-        if scope is not None and scope.lent:
+        if scope is not None and scope.lent and self.cache.ready:
             scope.lent = False
             result = Freshness.CURRENT
         else:
@@ -228,15 +228,19 @@ class ReadBarrier:
             scope.lent = False
 
     async def _sync(self) -> Freshness:
-        if not self.cache.ready:
+        if self._current_if_ready() is Freshness.UNCACHED:
             return Freshness.UNCACHED
         if self._unavailable_since is not None:  # etcd is seen down: the probe, not this request, waits on it
             return Freshness.STALE
+        # After each await the cache may have started a new listing, which it
+        # builds in place (cache.py): then it holds nothing to serve.
         try:
             revision = await self.current_revision()
         except KVError:
             self.note_unavailable()
-            return Freshness.STALE
+            return Freshness.STALE if self.cache.ready else Freshness.UNCACHED
+        if self._current_if_ready() is Freshness.UNCACHED:
+            return Freshness.UNCACHED
         if self.cache.revision >= revision:
             return Freshness.CURRENT
         self.cache.request_progress()
@@ -245,4 +249,7 @@ class ReadBarrier:
                 await self.cache.wait_for(revision)
         except TimeoutError:
             return Freshness.UNCACHED
-        return Freshness.CURRENT
+        return self._current_if_ready()
+
+    def _current_if_ready(self) -> Freshness:
+        return Freshness.CURRENT if self.cache.ready else Freshness.UNCACHED

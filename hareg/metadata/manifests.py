@@ -68,13 +68,23 @@ def _as_stored(pushed: ManifestRecord, stored: ManifestRecord) -> ManifestRecord
 class ManifestMetadata(ReferenceIndex):
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
         key = self.keys.manifest(repo, digest)
-        return await self._record(key, ManifestRecord, lambda c: c.manifest(repo, digest))
+        if (cache := await self._from_cache()) is not None:
+            try:
+                return await cache.manifest(repo, digest, etcd_down=self.etcd_known_down())
+            except KVCompacted:  # the cache's revision is gone from etcd: read it now
+                pass
+        return await self._record(key, ManifestRecord)
 
     async def get_tagged_manifest(self, repo: str, tag: str) -> tuple[str, ManifestRecord | None] | None:
         """A tag and its manifest read at one point in time (one barrier, or one txn)."""
         if (cache := await self._from_cache()) is not None:
-            rec = cache.tag(repo, tag)
-            return (rec.digest, cache.manifest(repo, rec.digest)) if rec else None
+            digest = cache.tag(repo, tag)
+            if digest is None:
+                return None
+            try:  # the manifest at the revision the tag was read at (cache.manifest)
+                return digest, await cache.manifest(repo, digest, etcd_down=self.etcd_known_down())
+            except KVCompacted:  # that revision is gone from etcd: both from etcd below
+                pass
         # From etcd: the manifest read at the tag's revision, so that a tag moved
         # and its old manifest deleted in between cannot make it look absent
         # (the simulator's seed 5817: two reads half a second apart).

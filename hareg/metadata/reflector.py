@@ -11,6 +11,14 @@ number of mirrors) and hands every batch to every subscriber, in order,
 filtered to its prefixes.  A subscriber is therefore always a snapshot of
 etcd at the revision it was last handed.
 
+That range is the registry's whole prefix: the keys no mirror reads (upload
+sessions, history, markers) are delivered and dropped unread.  A narrower
+watch would miss the writes to them, and every such write moves etcd's
+revision past the cache's until etcd reports the watch's progress: on demand
+only from etcd 3.4.31 and 3.5.13 on (kv/etcd.py), else every
+``--experimental-watch-progress-notify-interval``, which every read after
+an upload's write would wait for (docs/consistency.md).
+
 A watch that falls behind compaction cannot be resumed: the subscribers are
 told their history is lost, then everything is listed again.  A watch that
 breaks (etcd unreachable, leader change) resumes from the last delivered
@@ -33,8 +41,9 @@ _PAGE = 1000  # keys per range read of a listing
 
 
 class Listing(Protocol):
-    """A listing being taken for one subscriber, kept apart from what it serves
-    until ``done`` (a listing that fails midway is dropped)."""
+    """A listing being taken for one subscriber, not served until ``done`` (a
+    listing that fails midway is dropped, or, built in place, left unserved
+    until the next listing replaces it)."""
 
     def add(self, kvs: list[KeyValue]) -> None:
         """The next page of keys under the subscriber's prefixes, in key order."""
@@ -77,10 +86,11 @@ def _common_prefix(prefixes: Sequence[bytes]) -> bytes:
 
 
 class Reflector:
-    def __init__(self, kv: KV, clock: Clock, *, retry_delay: float = 0.5) -> None:
+    def __init__(self, kv: KV, clock: Clock, *, retry_delay: float = 0.5, page: int = _PAGE) -> None:
         self.kv = kv
         self.clock = clock
         self.retry_delay = retry_delay
+        self.page = page  # keys per range read of a listing
         self.revision = 0  # every subscriber reflects every write up to this revision
         self.listed = False  # a full listing was handed over (the watch may resume after it)
         self.connected = False  # the watch stream is live
@@ -106,13 +116,14 @@ class Reflector:
         revision = 0
         # Pages go to the subscribers as they come (a cache decodes them, the
         # raw pages do not pile up); what they serve changes only once every
-        # listing is complete, so none is left half-replaced by a failure.
+        # listing is complete, so none is left half-replaced by a failure
+        # (the metadata cache builds its listing in place, unserved until done).
         listings = [subscriber.listing() for subscriber in subscribers]
         for subscriber, listing in zip(subscribers, listings, strict=True):
             for prefix in subscriber.prefixes:
                 start, end = prefix, prefix_end(prefix)
                 while True:
-                    page = await self.kv.range(start, end, limit=_PAGE, revision=revision)
+                    page = await self.kv.range(start, end, limit=self.page, revision=revision)
                     revision = revision or page.revision
                     listing.add(page.kvs)
                     if not page.more or not page.kvs:

@@ -59,7 +59,8 @@ def tag_delete_ops(
 
 class TagMetadata(StoreBase):
     async def get_tag(self, repo: str, tag: str) -> TagRecord | None:
-        return await self._record(self.keys.tag(repo, tag), TagRecord, lambda c: c.tag(repo, tag))
+        # From etcd: the cache keeps only a tag's digest (get_tagged_manifest reads that).
+        return await self._record(self.keys.tag(repo, tag), TagRecord)
 
     async def list_tags(self, repo: str, last: str | None, limit: int) -> tuple[list[str], bool]:
         if (cache := await self._from_cache()) is not None:

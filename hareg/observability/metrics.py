@@ -237,6 +237,19 @@ class ServiceCollector(Collector):
             for kind, count in sorted(cache.size().items()):
                 entries.add_metric((kind,), count)
             yield entries
+            yield GaugeMetricFamily(
+                "hareg_cache_body_bytes",
+                "Bytes of whole manifest records held (bounded by limits.manifestCacheBytes).",
+                cache.bodies_held,
+            )
+            reads = CounterMetricFamily(
+                "hareg_cache_body_reads",
+                "Manifest record reads after the barrier: held (hit) or read from etcd (miss).",
+                labels=("result",),
+            )
+            reads.add_metric(("hit",), cache.body_hits)
+            reads.add_metric(("miss",), cache.body_misses)
+            yield reads
 
     def _limits(self) -> Iterator[Metric]:
         labels = ("kind",)

@@ -112,7 +112,9 @@ class Registry:
         keys = Keys(prefix)
         # One list-and-watch loop feeds the replica's mirrors of etcd: the cache and the settings.
         self.reflector = Reflector(kv, clock)
-        self.cache = MetadataCache(self.reflector, keys) if cache else None
+        self.cache = (
+            MetadataCache(self.reflector, keys, body_bytes=limits.manifest_cache_bytes) if cache else None
+        )
         self.barrier = ReadBarrier(kv, self.cache, clock, write_grace=election_grace) if self.cache else None
         self.meta = MetadataStore(kv, keys, clock, ids, replica, cache=self.cache, barrier=self.barrier)
         self.blobs = BlobService(self.meta, store, clock, touch_after=upload_grace / 2)

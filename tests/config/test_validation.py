@@ -100,6 +100,7 @@ from .support import DOCS, SECRET, errors_of, load, nested
         ({"limits": {"maxUploadSessionsPerRepository": 5}}, "limits.max_upload_sessions_per_repository", 5),
         ({"limits": {"maxBlobSize": 1 << 40}}, "limits.max_blob_size", 1 << 40),
         ({"limits": {"maxManifestReferences": 1000}}, "limits.max_manifest_references", 1000),
+        ({"limits": {"manifestCacheBytes": 0}}, "limits.manifest_cache_bytes", 0),
         ({"limits": {"maxManifestAnnotationBytes": 0}}, "limits.max_manifest_annotation_bytes", 0),
         (
             {"routes": [{"name": "public", "hostname": "registry.example.com"}]},
@@ -287,6 +288,8 @@ def test_yaml_scalars_as_written(tmp_path: Path) -> None:
         ({"limits": {"requestHeaderTimeout": "0s"}}, "limits.requestHeaderTimeout: \"0s\" is not allowed; expected a duration > 0"),
         ({"limits": {"bodyStallTimeout": 60}}, "limits.bodyStallTimeout: 60 is not allowed; expected a duration"),
         ({"limits": {"maxBlobSize": -1}}, "limits.maxBlobSize: -1 is not allowed; expected an integer >= 0"),
+        ({"limits": {"manifestCacheBytes": "64Mi"}},
+         'limits.manifestCacheBytes: "64Mi" is not allowed; expected an integer >= 0'),
         ({"limits": {"maxConnections": -5}}, "limits.maxConnections: -5 is not allowed; expected an integer >= 0"),
         ({"limits": {"maxUploadSessions": "many"}}, "limits.maxUploadSessions: \"many\" is not allowed"),
         ({"limits": {"maxReferences": 5}}, "limits.maxReferences: unknown field; did you mean 'maxManifestReferences'?"),

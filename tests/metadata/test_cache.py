@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -16,9 +18,9 @@ from hareg.ids import RandomIds
 from hareg.kv.base import Delete, KVError, KVUnavailable, KVUnknownOutcome, Put
 from hareg.kv.etcd import EtcdKV, progress_requests_safe
 from hareg.metadata.barrier import Freshness, ReadBarrier
-from hareg.metadata.cache import MetadataCache
+from hareg.metadata.cache import MetadataCache, pack_digest, unpack_digest
 from hareg.metadata.keys import Keys
-from hareg.metadata.records import LinkRecord, TagRecord, encode
+from hareg.metadata.records import LinkRecord, ManifestRecord, TagRecord, encode
 from hareg.metadata.reflector import Reflector
 from hareg.metadata.store import MetadataStore
 from hareg.processes.etcd import EtcdProcess
@@ -50,13 +52,13 @@ async def test_lists_existing_keys_then_follows_puts_and_deletes(kv: EtcdKV, key
     cache = mirror(kv, keys)
     async with running(cache):
         tag = cache.tag("r", "old")
-        assert tag is not None and tag.digest == "sha256:1"
+        assert tag == "sha256:1"
         result = await kv.txn([], [Put(keys.tag("r", "new"), _tag("sha256:2")), Delete(keys.tag("r", "old"))])
         async with asyncio.timeout(WAIT):
             await cache.wait_for(result.revision)
         assert cache.tag("r", "old") is None
         new = cache.tag("r", "new")
-        assert new is not None and new.digest == "sha256:2"
+        assert new == "sha256:2"
         # Keys of other kinds (uploads, history) are not mirrored.
         await kv.txn([], [Put(keys.upload("u1"), b"x")])
         assert cache.size()["t"] == 1
@@ -74,7 +76,7 @@ async def test_barrier_makes_every_acknowledged_write_visible(kv: EtcdKV, keys: 
                 await writer.txn([], [Put(keys.tag("r", "t"), _tag(f"sha256:{i}", i))])
                 assert await barrier.sync() is Freshness.CURRENT
                 tag = cache.tag("r", "t")
-                assert tag is not None and tag.digest == f"sha256:{i}"
+                assert tag == f"sha256:{i}"
     finally:
         await writer.close()
 
@@ -215,7 +217,17 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
     kv = await EtcdKV.connect([etcd.client_url], timeout=5.0)
     keys = Keys("/stale")
     try:
-        await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:before"))])
+        # Two manifests listed, so not held whole: one with its body inline, one in the blob store.
+        inline, stored = _digest(b"inline"), _digest(b"stored")
+        elsewhere = encode(ManifestRecord("application/vnd.oci.image.index.v1+json", 7, 0.0))
+        await kv.txn(
+            [],
+            [
+                Put(keys.tag("r", "t"), _tag("sha256:before")),
+                Put(keys.manifest("r", inline), _manifest(b"inline")),
+                Put(keys.manifest("r", stored), elsewhere),
+            ],
+        )
         cache = mirror(kv, keys, retry_delay=0.1)
         # The probe interval is long enough that a busy machine cannot let it pass
         # between the syncs below; "at once" is anything well under the revision timeout.
@@ -228,7 +240,7 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
             try:
                 assert await barrier.sync() is Freshness.STALE
                 tag = cache.tag("r", "t")
-                assert tag is not None and tag.digest == "sha256:before"
+                assert tag == "sha256:before"
                 # Within the probe interval, reads do not wait for etcd again and writes fail fast.
                 loop = asyncio.get_running_loop()
                 t0 = loop.time()
@@ -240,6 +252,16 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
                 t0 = loop.time()
                 with pytest.raises(KVUnavailable):
                     await store.delete_tag("r", "t")
+                # A manifest not held whole: served from what the mirror keeps if its body is
+                # in the blob store, else refused (503) at once, never waiting for etcd.
+                rec = await store.get_manifest("r", stored)
+                assert rec is not None and (rec.media_type, rec.size, rec.body) == (
+                    "application/vnd.oci.image.index.v1+json",
+                    7,
+                    None,
+                )
+                with pytest.raises(KVUnavailable):
+                    await store.get_manifest("r", inline)
                 assert loop.time() - t0 < 1.0
             finally:
                 etcd.resume()
@@ -252,7 +274,10 @@ async def test_quorum_loss_serves_stale_reads_and_fails_writes_fast(tmp_path: Pa
                 await kv.txn([], [Put(keys.tag("r", "t"), _tag("sha256:after"))])
             assert await barrier.sync() is Freshness.CURRENT
             tag = cache.tag("r", "t")
-            assert tag is not None and tag.digest == "sha256:after"
+            assert tag == "sha256:after"
+            store = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+            rec = await store.get_manifest("r", inline)  # read from etcd again
+            assert rec is not None and rec.body == b"inline"
     finally:
         await kv.close()
         await etcd.stop()
@@ -361,3 +386,141 @@ async def test_a_lent_sync_serves_one_read_of_the_same_request(kv: EtcdKV, keys:
             barrier.lend()
             await asyncio.create_task(another_request())  # a loan is this request's alone
             assert barrier.revision_reads == reads + 4
+
+
+def _manifest(body: bytes) -> bytes:
+    return encode(ManifestRecord("application/vnd.oci.image.manifest.v1+json", len(body), 0.0, body=body))
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+async def test_manifest_records_are_kept_by_bytes_and_read_back_at_the_cache_revision(
+    kv: EtcdKV, keys: Keys
+) -> None:
+    """The body set holds at most its bound; an evicted (or listed, never kept)
+    record is read from etcd at the cache's revision, and a read of it joins
+    the one in flight."""
+    bodies = [f'{{"n": {i}, "pad": "{"x" * 600}"}}'.encode() for i in range(12)]
+    await kv.txn([], [Put(keys.manifest("r", _digest(b)), _manifest(b)) for b in bodies[:4]])
+    cache = MetadataCache(Reflector(kv, SystemClock()), keys, body_bytes=3 * 1200)
+    async with running(cache):
+        assert cache.size()["body"] == 0  # a listing does not fill the set
+        for b in bodies[4:]:
+            result = await kv.txn([], [Put(keys.manifest("r", _digest(b)), _manifest(b))])
+        async with asyncio.timeout(WAIT):
+            await cache.wait_for(result.revision)
+        assert 0 < cache.size()["body"] <= 3 and cache.bodies_held <= cache.body_bytes
+        assert cache.size()["m"] == 12
+        for b in bodies:
+            records = await asyncio.gather(*(cache.manifest("r", _digest(b)) for _ in range(3)))
+            assert all(rec is not None and rec.body == b for rec in records)
+            assert cache.bodies_held <= cache.body_bytes
+        assert cache.body_misses >= 9
+        assert await cache.manifest("r", _digest(b"absent")) is None
+        # A record larger than the whole bound is read every time, never kept.
+        big = b"y" * 5000
+        result = await kv.txn([], [Put(keys.manifest("r", _digest(big)), _manifest(big))])
+        async with asyncio.timeout(WAIT):
+            await cache.wait_for(result.revision)
+        rec = await cache.manifest("r", _digest(big))
+        assert rec is not None and rec.body == big and cache.bodies_held <= cache.body_bytes
+
+
+async def test_a_missed_body_is_the_one_of_the_tag_read_with_it(
+    kv: EtcdKV, keys: Keys, etcd_url: str
+) -> None:
+    """With no body kept in memory, every tagged read reads its manifest from
+    etcd.  While another client moves the tag back and forth (and deletes the
+    manifest it moved off), every read returns a digest with that digest's
+    body, and a read after a move is acknowledged returns the new one."""
+    a, b = b'{"image": "a"}', b'{"image": "b"}'
+    da, db = _digest(a), _digest(b)
+    await kv.txn([], [Put(keys.manifest("r", da), _manifest(a)), Put(keys.tag("r", "t"), _tag(da))])
+    writer = await EtcdKV.connect([etcd_url])
+    cache = MetadataCache(Reflector(kv, SystemClock()), keys, body_bytes=0)
+    barrier = ReadBarrier(kv, cache, SystemClock())
+    store = MetadataStore(kv, keys, SystemClock(), RandomIds(), "r", cache=cache, barrier=barrier)
+    body_of = {da: a, db: b}
+    wrong: list[tuple[str, bytes | None]] = []
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            found = await store.get_tagged_manifest("r", "t")
+            assert found is not None
+            digest, rec = found
+            if rec is None or rec.body != body_of[digest]:
+                wrong.append((digest, rec.body if rec else None))
+
+    try:
+        async with running(cache):
+            readers = [asyncio.create_task(reader()) for _ in range(4)]
+            for i in range(40):
+                new, old = (db, da) if i % 2 == 0 else (da, db)
+                body = body_of[new]
+                # The new manifest and the tag move in one write, the old manifest deleted.
+                await writer.txn(
+                    [],
+                    [
+                        Put(keys.manifest("r", new), _manifest(body)),
+                        Put(keys.tag("r", "t"), _tag(new, i + 2)),
+                    ],
+                )
+                await writer.txn([], [Delete(keys.manifest("r", old))])
+                found = await store.get_tagged_manifest("r", "t")
+                assert found is not None and found[0] == new
+                assert found[1] is not None and found[1].body == body
+            stop.set()
+            await asyncio.gather(*readers)
+        assert wrong == []
+        assert cache.body_misses > 40 and cache.size()["body"] == 0
+    finally:
+        stop.set()
+        await writer.close()
+
+
+async def test_a_relist_holds_one_copy_of_the_mirror(kv: EtcdKV, keys: Keys) -> None:
+    """A listing is built in place: the memory it takes at its peak is far
+    less than a second copy of the mirror."""
+    for start in range(0, 2000, 80):
+        ops = []
+        for i in range(start, start + 80):
+            body = f'{{"n": {i}}}'.encode()
+            ops += [Put(keys.manifest(f"r{i % 20}", _digest(body)), _manifest(body))]
+            ops += [Put(keys.tag(f"r{i % 20}", f"v{i}"), _tag(_digest(body)))]
+        await kv.txn([], ops)
+    cache = MetadataCache(Reflector(kv, SystemClock(), page=200), keys)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await cache.reflector.read()
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert cache.size()["m"] == cache.size()["t"] == 2000
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        await cache.reflector.read()  # a re-list, as after compaction
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert cache.ready and cache.size()["m"] == 2000
+    # Two copies would peak above ``held`` plus a page of keys in flight; one
+    # copy built in place peaks at about a page (200 keys here).
+    assert peak < held / 2, (peak, held)
+
+
+@pytest.mark.parametrize(
+    ("digest", "raw"),
+    [
+        ("sha256:" + "ab" * 32, 32),
+        ("sha512:" + "cd" * 64, 64),
+        ("sha256:" + "AB" * 32, None),  # not what a digest is written as: kept as text
+        ("sha256:1", None),
+        ("sha384:" + "ef" * 48, None),
+    ],
+)
+def test_digests_are_kept_as_raw_bytes_where_they_read_back_the_same(digest: str, raw: int | None) -> None:
+    packed = pack_digest(digest)
+    assert (len(packed) if isinstance(packed, bytes) else None) == raw
+    assert unpack_digest(packed) == digest
