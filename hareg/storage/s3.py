@@ -86,7 +86,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Required, TypedDict, TypeVar, Unpack
@@ -108,6 +108,7 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.buffers import BufferPool
 from hareg.storage.checked import CheckedBlobStore, StorageObserver
 
 if TYPE_CHECKING:
@@ -161,6 +162,10 @@ class _Part:
         return self.offset + self.size
 
 
+class _PutStopped(Exception):
+    """An ``upload_put`` whose caller was cancelled: its body ends in error."""
+
+
 class _PartTaken(Exception):
     """A conditional create found another writer's part at the offset."""
 
@@ -192,6 +197,7 @@ class S3Driver:
         part_size: int = 8 * _MiB,
         read_chunk_size: int = _MiB,
         commit_concurrency: int = 4,
+        upload_buffer: int = 64 * _MiB,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_retries: int = 3,
@@ -209,11 +215,15 @@ class S3Driver:
             raise ValueError(f"part_size must be >= {_MIN_PART}; read_chunk_size, commit_concurrency > 0")
         if timeout <= 0 or connect_timeout <= 0 or max_retries < 0:
             raise ValueError("timeouts must be positive and max_retries >= 0")
+        if upload_buffer < part_size:
+            raise ValueError(f"upload_buffer must hold at least one part ({part_size} bytes)")
         self._bucket = bucket
         self._prefix = key_prefix
         self._part_size = part_size
         self._read_chunk_size = read_chunk_size
         self._commit_concurrency = commit_concurrency
+        # Every part buffer of every upload is reserved here first (buffers.py).
+        self.buffers = BufferPool(upload_buffer)
         self._endpoint = region_endpoint
         self._static_credentials = access_key is not None
 
@@ -614,6 +624,94 @@ class S3Driver:
                 await self._call(f"DELETE {blob}", obstore.delete_async(self._store, blob))
             raise StorageError(f"upload {upload_id} changed while it was committed")
 
+    async def upload_put(
+        self,
+        upload_id: str,
+        digest: str,
+        chunks: AsyncIterable[bytes],
+        verify: Callable[[int], Awaitable[None]],
+        length: int | None = None,
+    ) -> int:
+        """The body straight into the blob's key: one PUT, or obstore's
+        multipart upload for a body over one part, which S3 shows only once
+        it completes; ``verify`` runs after the last byte and before the
+        completion, and if it (or the stream) raises, obstore aborts the
+        upload.  Bytes cross the replica once and are stored once."""
+        staged = await self._size(upload_id)
+        if staged != 0:
+            raise UploadOffsetMismatch(staged, 0)
+        blob = self._blob_key(digest)
+        if length is not None:
+            existing = await self._head(blob)
+            if existing is not None and existing["size"] == length:
+                # Stored already (another repository pushed it): only verify.
+                size = 0
+                async for chunk in chunks:
+                    size += len(chunk)
+                await verify(size)
+                if size != length:
+                    raise StorageError(f"upload {upload_id} carried {size} bytes, not {length}")
+                await self._drop(upload_id, ())
+                return size
+        part = max(self._part_size, _MIN_MULTIPART_PART)
+        # obstore holds the part it sends and the one it fills (max_concurrency=1).
+        want = length if length is not None and length <= part else 2 * part
+        failure: list[BaseException] = []
+        size = 0
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def source() -> AsyncIterator[bytes]:
+            # obstore pulls this from its own task, so cancelling the caller
+            # does not reach it: ``stop`` makes it fail instead, and obstore
+            # then aborts the multipart upload (no parts are left behind).
+            nonlocal size
+            iterator = aiter(chunks)
+            try:
+                while True:
+                    step = asyncio.ensure_future(anext(iterator))
+                    await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+                    if not step.done():
+                        step.cancel()
+                        with contextlib.suppress(BaseException):
+                            await step
+                        raise _PutStopped
+                    try:
+                        chunk = step.result()
+                    except StopAsyncIteration:
+                        break
+                    size += len(chunk)
+                    yield chunk
+                await verify(size)  # raises: nothing becomes visible
+            except BaseException as e:
+                failure.append(e)
+                raise
+
+        async with self.buffers.reserved_for(want):
+            put = asyncio.ensure_future(
+                self._call(
+                    f"PUT {blob}",
+                    obstore.put_async(self._store, blob, source(), chunk_size=part, max_concurrency=1),
+                )
+            )
+            try:
+                await asyncio.shield(put)
+            except asyncio.CancelledError:
+                # Stop the body and let obstore abort (its requests are
+                # bounded by the timeout) before the buffers are given back.
+                stop.set_result(None)
+                while not put.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait((put,))
+                if not put.cancelled():
+                    put.exception()  # retrieved: the cancellation is what the caller sees
+                raise
+            except Exception as e:
+                if failure:  # the stream or the check failed: report that, not obstore's wrapper
+                    raise failure[0] from e
+                raise
+        await self._drop(upload_id, ())
+        return size
+
     async def _drop(self, upload_id: str, known: Sequence[str] | None = None) -> None:
         """Delete the parts (``known``: as just listed), then the marker, then
         any part that a racing writer created meanwhile.  A crash part-way
@@ -680,9 +778,13 @@ class _PartWriter:
         buf: list[memoryview] = []
         buf_len = 0
         limit = self.store._part_size
+        pool = self.store.buffers
+        held = 0  # the pool's bytes reserved for ``buf``
         iterator = aiter(chunks)
         try:
             while True:
+                if not held:  # reserved before reading: a spent pool stops the body
+                    held = await pool.acquire(limit)
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
@@ -703,10 +805,19 @@ class _PartWriter:
                     buf_len += take
                     view = view[take:]
                     if buf_len == limit:
-                        await self._send(b"".join(buf))
+                        data = b"".join(buf)
                         buf, buf_len = [], 0
+                        await self._send(data, held)
+                        del data  # the part task holds it now, and gives its bytes back
+                        held = 0
+                        if view:
+                            held = await pool.acquire(limit)
             if buf_len:
-                await self._send(b"".join(buf))
+                data = b"".join(buf)
+                buf, buf_len = [], 0
+                await self._send(data, held)
+                del data
+                held = 0
             await self._finish_pending()
         except BaseException:
             # Even when cancelled, let the part in flight land (or fail)
@@ -721,18 +832,24 @@ class _PartWriter:
                 if not task.cancelled():
                     task.exception()  # retrieved: the first error wins
             raise
+        finally:
+            if held:
+                pool.release(held)
         if self.keys:
             await self._check_still_staged()
         return self.written
 
-    async def _send(self, data: bytes) -> None:
-        """Start creating the next part once the previous one exists."""
+    async def _send(self, data: bytes, held: int) -> None:
+        """Start creating the next part once the previous one exists; the
+        part's ``held`` bytes of the pool go back once it is sent (if this
+        raises, they are still the caller's)."""
         await self._finish_pending()
         offset = self.next
         self.next += len(data)
-        self.pending = asyncio.create_task(self._put(offset, data))
+        self.pending = asyncio.create_task(self._put(offset, data, held))
 
-    async def _put(self, offset: int, data: bytes) -> None:
+    async def _put(self, offset: int, data: bytes, held: int) -> None:
+        size = len(data)
         try:
             await self.store._put_part(self.upload_id, offset, data)
         except _PartTaken:
@@ -740,7 +857,10 @@ class _PartWriter:
             if expected is None:
                 raise UploadNotFound(self.upload_id) from None
             raise UploadOffsetMismatch(expected, self.start) from None
-        self.written = offset + len(data)
+        finally:
+            del data
+            self.store.buffers.release(held)
+        self.written = offset + size
         self.keys.append(self.store._part_key(self.upload_id, offset))
 
     async def _finish_pending(self) -> None:
@@ -771,6 +891,7 @@ class S3Options(TypedDict, total=False):
     part_size: int
     read_chunk_size: int
     commit_concurrency: int
+    upload_buffer: int
     timeout: float
     connect_timeout: float
     max_retries: int
@@ -807,6 +928,7 @@ class S3BlobStore(CheckedBlobStore[S3Driver]):
             virtual_hosted_style=cfg.virtual_hosted_style,
             encrypt=cfg.encrypt,
             key_prefix=cfg.key_prefix,
+            upload_buffer=cfg.upload_buffer_bytes,
             observe=observe,
             **options,
         )
