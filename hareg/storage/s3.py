@@ -637,25 +637,28 @@ class S3Driver:
         it completes; ``verify`` runs after the last byte and before the
         completion, and if it (or the stream) raises, obstore aborts the
         upload.  Bytes cross the replica once and are stored once."""
-        staged = await self._size(upload_id)
+        blob = self._blob_key(digest)
+        staged, existing = await asyncio.gather(
+            self._size(upload_id), self._head(blob) if length is not None else _nothing()
+        )
         if staged != 0:
             raise UploadOffsetMismatch(staged, 0)
-        blob = self._blob_key(digest)
-        if length is not None:
-            existing = await self._head(blob)
-            if existing is not None and existing["size"] == length:
-                # Stored already (another repository pushed it): only verify.
-                size = 0
-                async for chunk in chunks:
-                    size += len(chunk)
-                await verify(size)
-                if size != length:
-                    raise StorageError(f"upload {upload_id} carried {size} bytes, not {length}")
-                await self._drop(upload_id, ())
-                return size
+        if length is not None and existing is not None and existing["size"] == length:
+            # Stored already (another repository pushed it): only verify.
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+            await verify(size)
+            if size != length:
+                raise StorageError(f"upload {upload_id} carried {size} bytes, not {length}")
+            await self._drop(upload_id, ())
+            return size
         part = max(self._part_size, _MIN_MULTIPART_PART)
-        # obstore holds the part it sends and the one it fills (max_concurrency=1).
-        want = length if length is not None and length <= part else 2 * part
+        # A declared body within one part is one PUT (held whole); a longer
+        # one a multipart upload, obstore holding the part it sends and the
+        # one it fills (max_concurrency=1).
+        single = length is not None and length <= part
+        want = length if length is not None and single else 2 * part
         failure: list[BaseException] = []
         size = 0
         stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -680,6 +683,11 @@ class S3Driver:
                     except StopAsyncIteration:
                         break
                     size += len(chunk)
+                    if single and length is not None and size > length:
+                        # Held whole for one PUT: never more than was reserved.
+                        raise StorageError(
+                            f"upload {upload_id} carried more than the declared {length} bytes"
+                        )
                     yield chunk
                 await verify(size)  # raises: nothing becomes visible
             except BaseException as e:
@@ -690,7 +698,14 @@ class S3Driver:
             put = asyncio.ensure_future(
                 self._call(
                     f"PUT {blob}",
-                    obstore.put_async(self._store, blob, source(), chunk_size=part, max_concurrency=1),
+                    obstore.put_async(
+                        self._store,
+                        blob,
+                        source(),
+                        chunk_size=part,
+                        max_concurrency=1,
+                        use_multipart=not single,
+                    ),
                 )
             )
             try:
@@ -745,6 +760,10 @@ class S3Driver:
         # interpreter for a moment; if the process exits right then, it
         # aborts (SIGABRT in finalisation).  Give such threads time to leave.
         await asyncio.sleep(_CLOSE_SETTLE)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _prefix(upload_id: str, parts: list[_Part], size: int) -> list[_Part]:

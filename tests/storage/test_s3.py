@@ -205,6 +205,23 @@ async def test_put_of_a_stored_blob_of_the_declared_size_writes_nothing(s3_store
     assert keys_of(store) == [key[len(store.key_prefix) :]]
 
 
+async def test_put_longer_than_declared_is_refused_before_it_is_held(s3_store: S3StoreFactory) -> None:
+    """A body within one part is held whole for a single PUT: never past the
+    declared length (the caller's check aside)."""
+    store = s3_store()
+    data = os.urandom(200_000)
+    digest = digest_of(data)
+
+    async def accept(size: int) -> None:
+        pass
+
+    await store.upload_start("long")
+    with pytest.raises(StorageError, match="more than the declared"):
+        await store.upload_put("long", digest, chunks_of(data[:100_000], data[100_000:]), accept, 100_000)
+    assert await store.stat(digest) is None
+    assert store.inner.buffers.reserved == 0
+
+
 # ----------------------------------------------------------- buffer pool
 
 
