@@ -56,6 +56,17 @@ be appended to on any other and committed on a third.  How:
   meanwhile are deleted, in that order (a crash part-way leaves the marker, so
   the upload stays listed for the pruner).
 
+* ``upload_put`` (a whole blob whose digest is known first) writes no part
+  objects: the body streams straight to the blob's key (one PUT within a
+  part, else obstore's multipart upload), the caller's check runs after the
+  last byte inside the stream obstore reads, and a failed check, stream or
+  call aborts the upload, so nothing becomes visible.  The bytes cross the
+  replica once and are stored once.
+* Every buffer of a part (a write's, ``upload_put``'s, a commit's) is first
+  reserved from ``buffers``, one ``BufferPool`` of ``upload_buffer`` bytes
+  for all uploads; a spent pool makes an upload wait before it reads more of
+  its body (back-pressure, docs/storage.md "Memory").
+
 Choices where ``BlobStore`` leaves room, and caveats:
 
 * ``S3BlobStore`` is ``S3Driver`` inside the checks of
@@ -196,7 +207,7 @@ class S3Driver:
         key_prefix: str = "",
         part_size: int = 8 * _MiB,
         read_chunk_size: int = _MiB,
-        commit_concurrency: int = 4,
+        commit_concurrency: int = 1,
         upload_buffer: int = 64 * _MiB,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -581,10 +592,12 @@ class S3Driver:
             except FileNotFoundError:
                 raise UploadNotFound(upload_id) from None
         elif size <= _MIN_MULTIPART_PART:  # one small PUT beats a multipart upload
-            data = b"".join([chunk for part in parts async for chunk in self._read_part(upload_id, part)])
-            if len(data) != size:  # pragma: no cover - a part changed under us
-                raise StorageError(f"upload {upload_id} changed while it was committed")
-            await self._call(f"PUT {blob}", obstore.put_async(self._store, blob, data))
+            async with self.buffers.reserved_for(size):
+                data = b"".join([chunk for part in parts async for chunk in self._read_part(upload_id, part)])
+                if len(data) != size:  # pragma: no cover - a part changed under us
+                    raise StorageError(f"upload {upload_id} changed while it was committed")
+                await self._call(f"PUT {blob}", obstore.put_async(self._store, blob, data))
+                del data
         else:
             await self._concatenate(upload_id, parts, blob, size)
         return size
@@ -604,17 +617,20 @@ class S3Driver:
                 failure.append(e)
                 raise
 
+        chunk_size = max(self._part_size, _MIN_MULTIPART_PART)
+        # obstore holds the parts in flight and the one it fills.
         try:
-            await self._call(
-                f"PUT {blob}",
-                obstore.put_async(
-                    self._store,
-                    blob,
-                    source(),
-                    chunk_size=max(self._part_size, _MIN_MULTIPART_PART),
-                    max_concurrency=self._commit_concurrency,
-                ),
-            )
+            async with self.buffers.reserved_for((self._commit_concurrency + 1) * chunk_size):
+                await self._call(
+                    f"PUT {blob}",
+                    obstore.put_async(
+                        self._store,
+                        blob,
+                        source(),
+                        chunk_size=chunk_size,
+                        max_concurrency=self._commit_concurrency,
+                    ),
+                )
         except Exception as e:
             if failure:  # the source failed: report that, not obstore's wrapper
                 raise failure[0] from e

@@ -492,8 +492,10 @@ async def test_from_config_and_key_prefix_isolation(seaweedfs: SeaweedFSProcess)
         virtual_hosted_style=False,
         encrypt=False,
         key_prefix=f"test/{uuid.uuid4().hex}/one/",
+        upload_buffer_bytes=16 * MiB,
     )
     one = S3BlobStore.from_config(cfg, timeout=5.0)  # type: ignore[arg-type]
+    assert one.inner.buffers.capacity == 16 * MiB
     cfg.key_prefix = cfg.key_prefix.replace("/one/", "/two/")
     two = S3BlobStore.from_config(cfg)  # type: ignore[arg-type]
     digest = await put(one, "u", b"only in one")
