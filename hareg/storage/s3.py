@@ -345,7 +345,7 @@ class S3Driver:
             with contextlib.suppress(FileNotFoundError):
                 await self._call("DELETE", obstore.delete_async(self._store, batch))
 
-    async def _create(self, key: str, data: bytes, *, same_is_ok: bool = True) -> bool:
+    async def _create(self, key: str, data: bytes | bytearray, *, same_is_ok: bool = True) -> bool:
         """Conditional create; False if the key exists (unless, with
         ``same_is_ok``, it holds exactly ``data``)."""
         try:
@@ -506,7 +506,7 @@ class S3Driver:
             raise UploadOffsetMismatch(end, offset)
         return await _PartWriter(self, upload_id, offset).run(chunks)
 
-    async def _put_part(self, upload_id: str, offset: int, data: bytes) -> None:
+    async def _put_part(self, upload_id: str, offset: int, data: bytes | bytearray) -> None:
         if not await self._create(self._part_key(upload_id, offset), data):
             raise _PartTaken
 
@@ -810,8 +810,9 @@ class _PartWriter:
         self.pending: asyncio.Task[None] | None = None
 
     async def run(self, chunks: AsyncIterable[bytes]) -> int:
-        buf: list[memoryview] = []
-        buf_len = 0
+        # One growing buffer per part, handed to obstore as it is (zero-copy):
+        # a part never exists twice in memory, as a list of chunks and their join.
+        buf = bytearray()
         limit = self.store._part_size
         pool = self.store.buffers
         held = 0  # the pool's bytes reserved for ``buf``
@@ -831,25 +832,21 @@ class _PartWriter:
                     raise
                 if not chunk:
                     continue
-                if type(chunk) is not bytes:  # never keep a buffer the producer may reuse
-                    chunk = bytes(chunk)
-                view = memoryview(chunk)
+                view = memoryview(chunk)  # copied into ``buf``: the producer may reuse its buffer
                 while view:
-                    take = min(len(view), limit - buf_len)
-                    buf.append(view[:take])
-                    buf_len += take
+                    take = min(len(view), limit - len(buf))
+                    buf += view[:take]
                     view = view[take:]
-                    if buf_len == limit:
-                        data = b"".join(buf)
-                        buf, buf_len = [], 0
+                    if len(buf) == limit:
+                        data, buf = buf, bytearray()
                         await self._send(data, held)
                         del data  # the part task holds it now, and gives its bytes back
                         held = 0
                         if view:
                             held = await pool.acquire(limit)
-            if buf_len:
-                data = b"".join(buf)
-                buf, buf_len = [], 0
+                del view, chunk
+            if buf:
+                data, buf = buf, bytearray()
                 await self._send(data, held)
                 del data
                 held = 0
@@ -874,7 +871,7 @@ class _PartWriter:
             await self._check_still_staged()
         return self.written
 
-    async def _send(self, data: bytes, held: int) -> None:
+    async def _send(self, data: bytearray, held: int) -> None:
         """Start creating the next part once the previous one exists; the
         part's ``held`` bytes of the pool go back once it is sent (if this
         raises, they are still the caller's)."""
@@ -883,7 +880,7 @@ class _PartWriter:
         self.next += len(data)
         self.pending = asyncio.create_task(self._put(offset, data, held))
 
-    async def _put(self, offset: int, data: bytes, held: int) -> None:
+    async def _put(self, offset: int, data: bytearray, held: int) -> None:
         size = len(data)
         try:
             await self.store._put_part(self.upload_id, offset, data)
