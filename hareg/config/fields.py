@@ -234,7 +234,7 @@ SECTION_DOCS: Final = MappingProxyType(
         "    virtualHostedStyle: false\n"
         "    encrypt: false\n"
         "    keyPrefix: ''\n"
-        "    uploadBufferBytes: 67108864",
+        "    uploadBufferBytes: 41943040",
         "etcd": "Where metadata lives (OpenShift keeps this outside the registry's spec).",
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
         "etcd.maintenance": "etcd's space: defragmentation on a schedule and recovery from its NOSPACE\n"

@@ -93,7 +93,7 @@ class S3Storage:
     encrypt: bool = False
     key_prefix: str = ""
     # The bytes every upload's part buffers share on a replica (back-pressure past it).
-    upload_buffer_bytes: int = 64 * 1024 * 1024
+    upload_buffer_bytes: int = 40 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,7 @@ class S3Driver:
         part_size: int = 8 * _MiB,
         read_chunk_size: int = _MiB,
         commit_concurrency: int = 1,
-        upload_buffer: int = 64 * _MiB,
+        upload_buffer: int = 40 * _MiB,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_retries: int = 3,
