@@ -222,6 +222,17 @@ async def test_put_longer_than_declared_is_refused_before_it_is_held(s3_store: S
     assert store.inner.buffers.reserved == 0
 
 
+async def test_refused_put_within_one_part_sends_nothing(s3_store: S3StoreFactory) -> None:
+    """A declared body within one part is one PUT, sent only after the check."""
+    store = s3_store()
+    data = os.urandom(100_000)
+    await store.upload_start("small")
+    with pytest.raises(WrongDigest):
+        await store.upload_put("small", digest_of(data), chunks_of(data), refuse, len(data))
+    assert await store.stat(digest_of(data)) is None
+    assert keys_of(store) == ["upload-markers/small"]
+
+
 # ----------------------------------------------------------- buffer pool
 
 
