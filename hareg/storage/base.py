@@ -174,6 +174,13 @@ class BlobStore(Protocol):
         """Ids of every staged upload (to remove expired ones)."""
         ...
 
+    async def sweep_abandoned(self) -> int:
+        """Remove what writes of a process that died left outside any staged
+        upload (S3: the multipart uploads of whole-blob puts), once it is old
+        enough that no live write can own it; returns how many were removed.
+        The janitor calls it on each sweep; 0 where there is nothing such."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -304,5 +304,9 @@ class CheckedBlobStore(Generic[D]):
     def list_uploads(self) -> AsyncIterator[str]:
         return self._call("list_uploads").names(self.inner.list_uploads(), check_upload_id)
 
+    async def sweep_abandoned(self) -> int:
+        with self._call("sweep_abandoned"):
+            return await self.inner.sweep_abandoned()
+
     async def close(self) -> None:
         await self.inner.close()

@@ -66,6 +66,9 @@ be appended to on any other and committed on a third.  How:
   reserved from ``buffers``, one ``BufferPool`` of ``upload_buffer`` bytes
   for all uploads; a spent pool makes an upload wait before it reads more of
   its body (back-pressure, docs/storage.md "Memory").
+* ``sweep_abandoned`` (the janitor's) aborts the incomplete multipart
+  uploads under ``blobs/`` older than ``multipart_max_age``: what a replica
+  killed mid-put left (``s3_sweep.py``; static credentials only).
 
 Choices where ``BlobStore`` leaves room, and caveats:
 
@@ -96,10 +99,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Required, TypedDict, TypeVar, Unpack
 
 import obstore
@@ -121,6 +125,7 @@ from hareg.storage.base import (
 )
 from hareg.storage.buffers import BufferPool
 from hareg.storage.checked import CheckedBlobStore, StorageObserver
+from hareg.storage.s3_sweep import MultipartSweeper
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -130,6 +135,8 @@ if TYPE_CHECKING:
     from hareg.storage.base import BlobStore
 
 __all__ = ["S3BlobStore", "S3Driver"]
+
+log = logging.getLogger("hareg.storage.s3")
 
 _T = TypeVar("_T")
 
@@ -209,6 +216,7 @@ class S3Driver:
         read_chunk_size: int = _MiB,
         commit_concurrency: int = 1,
         upload_buffer: int = 40 * _MiB,
+        multipart_max_age: float = 86400.0,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_retries: int = 3,
@@ -235,6 +243,22 @@ class S3Driver:
         self._commit_concurrency = commit_concurrency
         # Every part buffer of every upload is reserved here first (buffers.py).
         self.buffers = BufferPool(upload_buffer)
+        # A whole-blob put's multipart upload older than this was left by a
+        # replica that died mid-put (a live one is bounded by the timeouts).
+        self._multipart_max_age = multipart_max_age
+        self._sweeper = (
+            MultipartSweeper(
+                bucket=bucket,
+                region=region,
+                endpoint=region_endpoint,
+                virtual_hosted_style=virtual_hosted_style,
+                access_key=access_key,
+                secret_key=secret_key,
+                timeout=timeout,
+            )
+            if access_key is not None and secret_key is not None
+            else None
+        )
         self._endpoint = region_endpoint
         self._static_credentials = access_key is not None
 
@@ -767,6 +791,20 @@ class S3Driver:
         async for meta in self._iter_list(root):
             yield meta["path"][start:]  # the checking wrapper drops what is not an upload id
 
+    async def sweep_abandoned(self) -> int:
+        """Abort the incomplete multipart uploads under ``blobs/`` older than
+        ``multipart_max_age`` (a replica killed mid-put left them; a failed
+        or cancelled put is aborted by obstore at once).  Best effort: 0 if
+        the store has no static credentials to sign with, or fails."""
+        if self._sweeper is None:
+            return 0
+        older_than = datetime.now(UTC) - timedelta(seconds=self._multipart_max_age)
+        try:
+            return await self._sweeper.sweep(f"{self._prefix}blobs/", older_than)
+        except StorageError as e:
+            log.warning("incomplete multipart uploads were not swept: %s", e)
+            return 0
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -924,6 +962,7 @@ class S3Options(TypedDict, total=False):
     read_chunk_size: int
     commit_concurrency: int
     upload_buffer: int
+    multipart_max_age: float
     timeout: float
     connect_timeout: float
     max_retries: int

@@ -18,7 +18,7 @@ import aiohttp
 import obstore
 import pytest
 
-from hareg.processes.seaweedfs import SeaweedFSProcess, _sign_request
+from hareg.processes.seaweedfs import SeaweedFSProcess
 from hareg.storage.base import (
     BlobStore,
     StorageError,
@@ -27,6 +27,7 @@ from hareg.storage.base import (
     UploadOffsetMismatch,
 )
 from hareg.storage.s3 import S3BlobStore
+from hareg.storage.sigv4 import canonical_query, sign_request
 
 from .conftest import S3StoreFactory, need_weed
 from .driver_suite import (
@@ -116,9 +117,8 @@ async def test_replicas_append_alternately_and_a_third_commits(s3_store: S3Store
 def multipart_uploads(seaweedfs: SeaweedFSProcess, store: S3BlobStore) -> list[str]:
     """The keys of the incomplete multipart uploads under the store's prefix
     (ListMultipartUploads; obstore has no call for it)."""
-    query = urllib.parse.urlencode({"prefix": store.key_prefix, "uploads": ""}, quote_via=urllib.parse.quote)
-    url = f"{seaweedfs.s3_url}/{seaweedfs.bucket}?{query}"
-    headers = _sign_request(
+    url = f"{seaweedfs.s3_url}/{seaweedfs.bucket}?{canonical_query({'prefix': store.key_prefix, 'uploads': ''})}"
+    headers = sign_request(
         "GET", url, access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, region="us-east-1"
     )
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
@@ -187,6 +187,52 @@ async def test_failed_put_leaves_no_multipart_upload(
     await no_multipart_uploads_left(seaweedfs, store)
     await store.upload_abort("failed")
     assert keys_of(store) == []
+
+
+def start_multipart(seaweedfs: SeaweedFSProcess, key: str, part: bytes) -> None:
+    """What a replica killed mid-put leaves: a multipart upload with a part,
+    never completed nor aborted."""
+
+    def request(method: str, query: dict[str, str], body: bytes = b"") -> bytes:
+        url = f"{seaweedfs.s3_url}/{seaweedfs.bucket}/{key}?{canonical_query(query)}"
+        headers = sign_request(
+            method,
+            url,
+            access_key=seaweedfs.access_key,
+            secret_key=seaweedfs.secret_key,
+            region="us-east-1",
+            body=body,
+        )
+        req = urllib.request.Request(url, data=body or None, method=method)
+        for name, value in headers.items():
+            if name != "host":
+                req.add_header(name, value)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer: bytes = resp.read()
+            return answer
+
+    ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    upload_id = ElementTree.fromstring(request("POST", {"uploads": ""})).findtext("s3:UploadId", "", ns)
+    assert upload_id
+    request("PUT", {"partNumber": "1", "uploadId": upload_id}, part)
+
+
+async def test_sweep_aborts_what_a_replica_killed_mid_put_left(
+    s3_store: S3StoreFactory, seaweedfs: SeaweedFSProcess
+) -> None:
+    """The janitor's ``sweep_abandoned`` aborts the multipart uploads of
+    whole-blob puts older than ``multipart_max_age``."""
+    store = s3_store(multipart_max_age=0.0)
+    young = s3_store()  # the default age: a day
+    key = f"{store.key_prefix}blobs/sha256/ab/ab{'0' * 62}"
+    await asyncio.to_thread(start_multipart, seaweedfs, key, os.urandom(1000))
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == [key]
+    assert await young.sweep_abandoned() == 0
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == [key]  # too young: kept
+    assert await store.sweep_abandoned() == 1
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == []
+    assert await store.sweep_abandoned() == 0
+    assert await s3_store(access_key=None, secret_key=None).sweep_abandoned() == 0  # cannot sign
 
 
 async def test_put_of_a_stored_blob_of_the_declared_size_writes_nothing(s3_store: S3StoreFactory) -> None:
