@@ -87,6 +87,8 @@ def test_a_real_process_takes_plants_only_with_the_tests_only_prefix() -> None:
 def test_the_cluster_passes_the_plants_on_to_its_replicas_and_no_other_override() -> None:
     env = replica_env({"HAREG_TEST_PLANTS": "tests-only:gc-no-grace", "HAREG_LISTEN": "x", "PATH": "/bin"})
     assert env["HAREG_TEST_PLANTS"] == "tests-only:gc-no-grace" and "HAREG_LISTEN" not in env
+    assert env["MALLOC_ARENA_MAX"] == "2"  # bounded arenas (docs/storage.md, "Memory")
+    assert replica_env({"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"
 
 
 def test_hareg_serve_refuses_a_plant_without_the_prefix(tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ SCALARS: Final = (
     Scalar("storage.s3.virtualHostedStyle", "bool", "bucket.host/key URLs instead of host/bucket/key."),
     Scalar("storage.s3.encrypt", "bool", "Server-side encryption of stored objects."),
     Scalar("storage.s3.keyPrefix", "str", "Prefix of every object key (no leading '/')."),
+    Scalar(
+        "storage.s3.uploadBufferBytes", "int", "Bytes of upload buffers a replica holds at most (all pushes)."
+    ),
     Scalar("etcd.endpoints", "list", "http(s)://host:port of each member; []: start a private etcd."),
     Scalar("etcd.prefix", "str", "Every hareg key starts with this."),
     Scalar("etcd.dialTimeout", "str", "Connection timeout."),
@@ -235,7 +238,8 @@ SECTION_DOCS: Final = MappingProxyType(
         "    regionEndpoint: http://127.0.0.1:18333\n"
         "    virtualHostedStyle: false\n"
         "    encrypt: false\n"
-        "    keyPrefix: ''",
+        "    keyPrefix: ''\n"
+        "    uploadBufferBytes: 41943040",
         "etcd": "Where metadata lives (OpenShift keeps this outside the registry's spec).",
         "etcd.tls": "TLS to the etcd members (https:// endpoints only).",
         "etcd.maintenance": "etcd's space: defragmentation on a schedule and recovery from its NOSPACE\n"

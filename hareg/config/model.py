@@ -92,6 +92,8 @@ class S3Storage:
     virtual_hosted_style: bool = False
     encrypt: bool = False
     key_prefix: str = ""
+    # The bytes every upload's part buffers share on a replica (back-pressure past it).
+    upload_buffer_bytes: int = 40 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 "virtualHostedStyle": s3.virtual_hosted_style,
                 "encrypt": s3.encrypt,
                 "keyPrefix": s3.key_prefix,
+                "uploadBufferBytes": s3.upload_buffer_bytes,
             }
         }
     elif storage.kind == "pvc":

@@ -46,6 +46,8 @@ from hareg.config.model import (
     ValidationConfig,
 )
 
+# storage.s3.uploadBufferBytes: at least one part buffer (the S3 driver's part size, 8 MiB).
+UPLOAD_BUFFER_MIN: Final = 8 * 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -208,6 +210,7 @@ def _storage(top: Section, replicas: int) -> StorageConfig:
             "virtualHostedStyle",
             "encrypt",
             "keyPrefix",
+            "uploadBufferBytes",
         ),
         _S3_UNSUPPORTED,
     )
@@ -244,6 +247,9 @@ def _storage(top: Section, replicas: int) -> StorageConfig:
         virtual_hosted_style=s3_map.boolean("virtualHostedStyle", False),
         encrypt=s3_map.boolean("encrypt", False),
         key_prefix=key_prefix,
+        upload_buffer_bytes=s3_map.integer(
+            "uploadBufferBytes", S3Storage.upload_buffer_bytes, UPLOAD_BUFFER_MIN
+        ),
     )
 
     if len(chosen) > 1:

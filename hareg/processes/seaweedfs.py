@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import glob
-import hashlib
-import hmac
 import importlib.metadata
 import os
 import shutil
@@ -47,6 +44,7 @@ from pathlib import Path
 
 from hareg.processes.child import ChildProcess, locate
 from hareg.processes.ports import HOST
+from hareg.storage.sigv4 import sign_request as _sign_request
 
 __all__ = [
     "GRPC_PORT_OFFSET",
@@ -158,50 +156,6 @@ def free_ports_with_grpc(n: int, offset: int = GRPC_PORT_OFFSET) -> list[int]:
     finally:
         for s in held:
             s.close()
-
-
-# --------------------------------------------------------------------------
-# A minimal AWS Signature V4 signer for the readiness probe (stdlib only, so
-# this module does not depend on any S3 client library).
-
-
-def _sign_request(
-    method: str,
-    url: str,
-    *,
-    access_key: str,
-    secret_key: str,
-    region: str,
-    body: bytes = b"",
-    now: datetime.datetime | None = None,
-) -> dict[str, str]:
-    parts = urllib.parse.urlsplit(url)
-    now = now or datetime.datetime.now(datetime.UTC)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    date = amz_date[:8]
-    payload_hash = hashlib.sha256(body).hexdigest()
-    headers = {"host": parts.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join(
-        [
-            method,
-            urllib.parse.quote(parts.path or "/", safe="/-_.~"),
-            parts.query,
-            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
-            signed,
-            payload_hash,
-        ]
-    )
-    scope = f"{date}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = f"AWS4{secret_key}".encode()
-    for part in (date, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    )
-    return headers
 
 
 class SeaweedFSProcess(ChildProcess):

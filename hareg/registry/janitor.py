@@ -57,6 +57,9 @@ class UploadJanitor:
             removed.append(upload_id)
         if dry_run:
             return removed
+        # What died mid-write outside any staging (S3: a whole-blob put's
+        # multipart upload); the driver knows when it is old enough.
+        await self.store.sweep_abandoned()
         self.removed += len(removed)
         if removed:
             log.info("removed expired upload staging", extra={"fields": {"count": len(removed)}})

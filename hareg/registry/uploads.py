@@ -31,7 +31,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from hareg.ids import IdSource
 from hareg.kv.base import KVError, KVUnknownOutcome
@@ -40,7 +40,7 @@ from hareg.metadata.records import UploadRecord
 from hareg.metadata.store import BlobCollected, MetadataStore
 from hareg.metadata.uploads import UploadBusy
 from hareg.plants import planted
-from hareg.registry.digests import DEFAULT_ALGORITHM, check_algorithm, new_hasher, parse_digest
+from hareg.registry.digests import DEFAULT_ALGORITHM, Digest, check_algorithm, new_hasher, parse_digest
 from hareg.registry.errors import ErrorCode, RangeNotSatisfiable, RegistryError, unavailable
 from hareg.registry.hashing import Hashing, InlineHashing, feed
 from hareg.registry.names import check_name
@@ -428,6 +428,13 @@ class UploadService:
             record, writer = await self._claim(repo, upload_id)
             try:
                 size = await self._acknowledged(repo, upload_id, record, writer)
+                whole = size == 0 and not start and not planted("commit-unverified-bytes")
+            except BaseException:
+                await self._give_back(repo, upload_id, writer)
+                raise
+            if whole:
+                return await self._finish_whole(repo, upload_id, writer, digest, chunks, length)
+            try:
                 body = self._renewing(repo, upload_id, writer, chunks)
                 new_size, hasher = await self._append(record, upload_id, size, body, start, length)
                 # The seal acknowledges the last chunk, if the claim is still ours.
@@ -501,20 +508,82 @@ class UploadService:
         )
         await self.store.upload_start(upload_id)
         try:
-            size = await self.store.upload_write(upload_id, 0, meter.wrap(chunks))
-            await meter.settled()
-            if length is not None and size != length:
-                raise RegistryError(ErrorCode.SIZE_INVALID, f"declared {length} bytes, received {size}")
-            assert meter.hasher is not None
-            if meter.hasher.hexdigest() != digest.hex:
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID, f"uploaded content does not match digest {digest}"
-                )
-            await self.store.upload_commit(upload_id, str(digest), size)
+            verify = self._verifier(digest, meter, length)
+            size = await self.store.upload_put(upload_id, str(digest), meter.wrap(chunks), verify, length)
         except BaseException:
             await self.store.upload_abort(upload_id)
             raise
         await self._link(repo, str(digest), size, None)
+        return BlobInfo(str(digest), size)
+
+    def _verifier(
+        self, digest: Digest, meter: Metered, length: int | None, *, on_mismatch: list[bool] | None = None
+    ) -> Callable[[int], Awaitable[None]]:
+        """The check ``upload_put`` runs after the last byte and before the
+        blob becomes visible: the declared length, then the digest."""
+
+        async def verify(size: int) -> None:
+            await meter.settled()
+            if length is not None and size != length:
+                raise RegistryError(ErrorCode.SIZE_INVALID, f"declared {length} bytes, received {size}")
+            assert meter.hasher is not None
+            # PLANTED BUG "upload-no-digest" (simulator only): the digest check is skipped.
+            if meter.hasher.hexdigest() != digest.hex and not planted("upload-no-digest"):
+                if on_mismatch is not None:
+                    on_mismatch.append(True)
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    f"uploaded content does not match digest {digest}",
+                    detail={
+                        "expected": str(digest),
+                        "actual": f"{digest.algorithm}:{meter.hasher.hexdigest()}",
+                    },
+                )
+
+        return verify
+
+    async def _finish_whole(
+        self,
+        repo: str,
+        upload_id: str,
+        writer: str,
+        digest: Digest,
+        chunks: AsyncIterable[bytes],
+        length: int | None,
+    ) -> BlobInfo:
+        """A closing PUT that carries the whole blob (nothing was staged
+        before it; the caller holds the claim): its body goes straight into
+        the blob (``upload_put``), verified before the blob becomes visible,
+        instead of being staged, read back and copied.  The seal then only
+        closes the record: the bytes committed are exactly the verified ones
+        whatever races the record."""
+        cap, over_cap = self._size_cap(0, length)
+        meter = Metered(
+            new_hasher(digest.algorithm), limit=length, hashing=self.hashing, cap=cap, over_cap=over_cap
+        )
+        mismatch: list[bool] = []
+        verify = self._verifier(digest, meter, length, on_mismatch=mismatch)
+        body = self._renewing(repo, upload_id, writer, chunks)
+        try:
+            size = await self.store.upload_put(upload_id, str(digest), meter.wrap(body), verify, length)
+        except UploadNotFound:
+            await self._give_back(repo, upload_id, writer)
+            raise _unknown(upload_id, "the upload was completed or cancelled by another request") from None
+        except UploadOffsetMismatch:
+            await self._give_back(repo, upload_id, writer)
+            raise unavailable(f"upload {upload_id} changed while it was committed; try again") from None
+        except BaseException:
+            if mismatch:  # as in the staged close: a wrong digest ends the upload
+                await self._discard(upload_id)
+            else:
+                await self._give_back(repo, upload_id, writer)
+            raise
+        self._hashers.pop(upload_id, None)
+        # The blob holds verified bytes now; if the seal fails (the claim was
+        # lost to another request), they are merely unreferenced.
+        if await self.meta.seal_upload(upload_id, repo, str(digest), writer=writer, size=size) is None:
+            raise _unknown(upload_id, "the upload was completed or cancelled by another request")
+        await self._link(repo, str(digest), size, upload_id)
         return BlobInfo(str(digest), size)
 
     async def _link(self, repo: str, digest: str, size: int, upload_id: str | None) -> None:

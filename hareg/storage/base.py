@@ -19,7 +19,7 @@ size (ValueError) before the driver sees it, and observes every call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 
@@ -142,6 +142,30 @@ class BlobStore(Protocol):
         an honest re-push repairs a damaged blob."""
         ...
 
+    async def upload_put(
+        self,
+        upload_id: str,
+        digest: str,
+        chunks: AsyncIterable[bytes],
+        verify: Callable[[int], Awaitable[None]],
+        length: int | None = None,
+    ) -> int:
+        """Write a whole blob into an empty staged upload and commit it as
+        ``digest`` in one step (a push whose digest is known before its
+        bytes), returning its size.
+
+        Once ``chunks`` ends, ``verify(size)`` is awaited (the caller checks
+        the digest and the length there); the bytes become visible as the blob
+        only if it returns.  If it or the stream raises, nothing becomes
+        visible, the error propagates, and the staging is left for the caller
+        (to abort, or to truncate as after a failed ``upload_write``).  On
+        success the staging is dropped, as by ``upload_commit``.  ``length``
+        is the declared size, if any: a driver may then skip storing bytes
+        already stored (a blob of that size under ``digest``), streaming them
+        through ``verify`` only.  UploadNotFound if there is no such upload;
+        UploadOffsetMismatch (nothing consumed) if it is not empty."""
+        ...
+
     async def upload_abort(self, upload_id: str) -> None:
         """Drop a staged upload (no error if it is already gone)."""
         ...
@@ -150,4 +174,25 @@ class BlobStore(Protocol):
         """Ids of every staged upload (to remove expired ones)."""
         ...
 
+    async def sweep_abandoned(self) -> int:
+        """Remove what writes of a process that died left outside any staged
+        upload (S3: the multipart uploads of whole-blob puts), once it is old
+        enough that no live write can own it; returns how many were removed.
+        The janitor calls it on each sweep; 0 where there is nothing such."""
+        ...
+
     async def close(self) -> None: ...
+
+
+async def put_by_staging(
+    store: BlobStore,
+    upload_id: str,
+    digest: str,
+    chunks: AsyncIterable[bytes],
+    verify: Callable[[int], Awaitable[None]],
+) -> int:
+    """``upload_put`` as a write, the caller's check and a commit: for
+    drivers whose commit is already cheap (a rename on a filesystem)."""
+    size = await store.upload_write(upload_id, 0, chunks)
+    await verify(size)
+    return await store.upload_commit(upload_id, digest, size)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Final, Generic, TypeVar
 
@@ -279,6 +279,23 @@ class CheckedBlobStore(Generic[D]):
             _check_count("size", size)
             return await self.inner.upload_commit(upload_id, digest, size)
 
+    async def upload_put(
+        self,
+        upload_id: str,
+        digest: str,
+        chunks: AsyncIterable[bytes],
+        verify: Callable[[int], Awaitable[None]],
+        length: int | None = None,
+    ) -> int:
+        with self._call("upload_put") as call:
+            check_upload_id(upload_id)
+            check_digest(digest)
+            if length is not None:
+                _check_count("length", length)
+            size = await self.inner.upload_put(upload_id, digest, chunks, verify, length)
+            call.wrote(size)
+            return size
+
     async def upload_abort(self, upload_id: str) -> None:
         with self._call("upload_abort"):
             check_upload_id(upload_id)
@@ -286,6 +303,10 @@ class CheckedBlobStore(Generic[D]):
 
     def list_uploads(self) -> AsyncIterator[str]:
         return self._call("list_uploads").names(self.inner.list_uploads(), check_upload_id)
+
+    async def sweep_abandoned(self) -> int:
+        with self._call("sweep_abandoned"):
+            return await self.inner.sweep_abandoned()
 
     async def close(self) -> None:
         await self.inner.close()

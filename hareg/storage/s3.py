@@ -56,6 +56,20 @@ be appended to on any other and committed on a third.  How:
   meanwhile are deleted, in that order (a crash part-way leaves the marker, so
   the upload stays listed for the pruner).
 
+* ``upload_put`` (a whole blob whose digest is known first) writes no part
+  objects: the body streams straight to the blob's key (one PUT within a
+  part, else obstore's multipart upload), the caller's check runs after the
+  last byte inside the stream obstore reads, and a failed check, stream or
+  call aborts the upload, so nothing becomes visible.  The bytes cross the
+  replica once and are stored once.
+* Every buffer of a part (a write's, ``upload_put``'s, a commit's) is first
+  reserved from ``buffers``, one ``BufferPool`` of ``upload_buffer`` bytes
+  for all uploads; a spent pool makes an upload wait before it reads more of
+  its body (back-pressure, docs/storage.md "Memory").
+* ``sweep_abandoned`` (the janitor's) aborts the incomplete multipart
+  uploads under ``blobs/`` older than ``multipart_max_age``: what a replica
+  killed mid-put left (``s3_sweep.py``; static credentials only).
+
 Choices where ``BlobStore`` leaves room, and caveats:
 
 * ``S3BlobStore`` is ``S3Driver`` inside the checks of
@@ -85,10 +99,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Required, TypedDict, TypeVar, Unpack
 
 import obstore
@@ -108,7 +123,9 @@ from hareg.storage.base import (
     UploadNotFound,
     UploadOffsetMismatch,
 )
+from hareg.storage.buffers import BufferPool
 from hareg.storage.checked import CheckedBlobStore, StorageObserver
+from hareg.storage.s3_sweep import MultipartSweeper
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -118,6 +135,8 @@ if TYPE_CHECKING:
     from hareg.storage.base import BlobStore
 
 __all__ = ["S3BlobStore", "S3Driver"]
+
+log = logging.getLogger("hareg.storage.s3")
 
 _T = TypeVar("_T")
 
@@ -161,6 +180,10 @@ class _Part:
         return self.offset + self.size
 
 
+class _PutStopped(Exception):
+    """An ``upload_put`` whose caller was cancelled: its body ends in error."""
+
+
 class _PartTaken(Exception):
     """A conditional create found another writer's part at the offset."""
 
@@ -191,7 +214,9 @@ class S3Driver:
         key_prefix: str = "",
         part_size: int = 8 * _MiB,
         read_chunk_size: int = _MiB,
-        commit_concurrency: int = 4,
+        commit_concurrency: int = 1,
+        upload_buffer: int = 40 * _MiB,
+        multipart_max_age: float = 86400.0,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_retries: int = 3,
@@ -209,11 +234,31 @@ class S3Driver:
             raise ValueError(f"part_size must be >= {_MIN_PART}; read_chunk_size, commit_concurrency > 0")
         if timeout <= 0 or connect_timeout <= 0 or max_retries < 0:
             raise ValueError("timeouts must be positive and max_retries >= 0")
+        if upload_buffer < part_size:
+            raise ValueError(f"upload_buffer must hold at least one part ({part_size} bytes)")
         self._bucket = bucket
         self._prefix = key_prefix
         self._part_size = part_size
         self._read_chunk_size = read_chunk_size
         self._commit_concurrency = commit_concurrency
+        # Every part buffer of every upload is reserved here first (buffers.py).
+        self.buffers = BufferPool(upload_buffer)
+        # A whole-blob put's multipart upload older than this was left by a
+        # replica that died mid-put (a live one is bounded by the timeouts).
+        self._multipart_max_age = multipart_max_age
+        self._sweeper = (
+            MultipartSweeper(
+                bucket=bucket,
+                region=region,
+                endpoint=region_endpoint,
+                virtual_hosted_style=virtual_hosted_style,
+                access_key=access_key,
+                secret_key=secret_key,
+                timeout=timeout,
+            )
+            if access_key is not None and secret_key is not None
+            else None
+        )
         self._endpoint = region_endpoint
         self._static_credentials = access_key is not None
 
@@ -324,7 +369,7 @@ class S3Driver:
             with contextlib.suppress(FileNotFoundError):
                 await self._call("DELETE", obstore.delete_async(self._store, batch))
 
-    async def _create(self, key: str, data: bytes, *, same_is_ok: bool = True) -> bool:
+    async def _create(self, key: str, data: bytes | bytearray, *, same_is_ok: bool = True) -> bool:
         """Conditional create; False if the key exists (unless, with
         ``same_is_ok``, it holds exactly ``data``)."""
         try:
@@ -485,7 +530,7 @@ class S3Driver:
             raise UploadOffsetMismatch(end, offset)
         return await _PartWriter(self, upload_id, offset).run(chunks)
 
-    async def _put_part(self, upload_id: str, offset: int, data: bytes) -> None:
+    async def _put_part(self, upload_id: str, offset: int, data: bytes | bytearray) -> None:
         if not await self._create(self._part_key(upload_id, offset), data):
             raise _PartTaken
 
@@ -571,10 +616,12 @@ class S3Driver:
             except FileNotFoundError:
                 raise UploadNotFound(upload_id) from None
         elif size <= _MIN_MULTIPART_PART:  # one small PUT beats a multipart upload
-            data = b"".join([chunk for part in parts async for chunk in self._read_part(upload_id, part)])
-            if len(data) != size:  # pragma: no cover - a part changed under us
-                raise StorageError(f"upload {upload_id} changed while it was committed")
-            await self._call(f"PUT {blob}", obstore.put_async(self._store, blob, data))
+            async with self.buffers.reserved_for(size):
+                data = b"".join([chunk for part in parts async for chunk in self._read_part(upload_id, part)])
+                if len(data) != size:  # pragma: no cover - a part changed under us
+                    raise StorageError(f"upload {upload_id} changed while it was committed")
+                await self._call(f"PUT {blob}", obstore.put_async(self._store, blob, data))
+                del data
         else:
             await self._concatenate(upload_id, parts, blob, size)
         return size
@@ -594,17 +641,20 @@ class S3Driver:
                 failure.append(e)
                 raise
 
+        chunk_size = max(self._part_size, _MIN_MULTIPART_PART)
+        # obstore holds the parts in flight and the one it fills.
         try:
-            await self._call(
-                f"PUT {blob}",
-                obstore.put_async(
-                    self._store,
-                    blob,
-                    source(),
-                    chunk_size=max(self._part_size, _MIN_MULTIPART_PART),
-                    max_concurrency=self._commit_concurrency,
-                ),
-            )
+            async with self.buffers.reserved_for((self._commit_concurrency + 1) * chunk_size):
+                await self._call(
+                    f"PUT {blob}",
+                    obstore.put_async(
+                        self._store,
+                        blob,
+                        source(),
+                        chunk_size=chunk_size,
+                        max_concurrency=self._commit_concurrency,
+                    ),
+                )
         except Exception as e:
             if failure:  # the source failed: report that, not obstore's wrapper
                 raise failure[0] from e
@@ -613,6 +663,109 @@ class S3Driver:
             with contextlib.suppress(StorageError, FileNotFoundError):
                 await self._call(f"DELETE {blob}", obstore.delete_async(self._store, blob))
             raise StorageError(f"upload {upload_id} changed while it was committed")
+
+    async def upload_put(
+        self,
+        upload_id: str,
+        digest: str,
+        chunks: AsyncIterable[bytes],
+        verify: Callable[[int], Awaitable[None]],
+        length: int | None = None,
+    ) -> int:
+        """The body straight into the blob's key: one PUT, or obstore's
+        multipart upload for a body over one part, which S3 shows only once
+        it completes; ``verify`` runs after the last byte and before the
+        completion, and if it (or the stream) raises, obstore aborts the
+        upload.  Bytes cross the replica once and are stored once."""
+        blob = self._blob_key(digest)
+        staged, existing = await asyncio.gather(
+            self._size(upload_id), self._head(blob) if length is not None else _nothing()
+        )
+        if staged != 0:
+            raise UploadOffsetMismatch(staged, 0)
+        if length is not None and existing is not None and existing["size"] == length:
+            # Stored already (another repository pushed it): only verify.
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+            await verify(size)
+            if size != length:
+                raise StorageError(f"upload {upload_id} carried {size} bytes, not {length}")
+            await self._drop(upload_id, ())
+            return size
+        part = max(self._part_size, _MIN_MULTIPART_PART)
+        # A declared body within one part is one PUT (held whole); a longer
+        # one a multipart upload, obstore holding the part it sends and the
+        # one it fills (max_concurrency=1).
+        single = length is not None and length <= part
+        want = length if length is not None and single else 2 * part
+        failure: list[BaseException] = []
+        size = 0
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def source() -> AsyncIterator[bytes]:
+            # obstore pulls this from its own task, so cancelling the caller
+            # does not reach it: ``stop`` makes it fail instead, and obstore
+            # then aborts the multipart upload (no parts are left behind).
+            nonlocal size
+            iterator = aiter(chunks)
+            try:
+                while True:
+                    step = asyncio.ensure_future(anext(iterator))
+                    await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+                    if not step.done():
+                        step.cancel()
+                        with contextlib.suppress(BaseException):
+                            await step
+                        raise _PutStopped
+                    try:
+                        chunk = step.result()
+                    except StopAsyncIteration:
+                        break
+                    size += len(chunk)
+                    if single and length is not None and size > length:
+                        # Held whole for one PUT: never more than was reserved.
+                        raise StorageError(
+                            f"upload {upload_id} carried more than the declared {length} bytes"
+                        )
+                    yield chunk
+                await verify(size)  # raises: nothing becomes visible
+            except BaseException as e:
+                failure.append(e)
+                raise
+
+        async with self.buffers.reserved_for(want):
+            put = asyncio.ensure_future(
+                self._call(
+                    f"PUT {blob}",
+                    obstore.put_async(
+                        self._store,
+                        blob,
+                        source(),
+                        chunk_size=part,
+                        max_concurrency=1,
+                        use_multipart=not single,
+                    ),
+                )
+            )
+            try:
+                await asyncio.shield(put)
+            except asyncio.CancelledError:
+                # Stop the body and let obstore abort (its requests are
+                # bounded by the timeout) before the buffers are given back.
+                stop.set_result(None)
+                while not put.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait((put,))
+                if not put.cancelled():
+                    put.exception()  # retrieved: the cancellation is what the caller sees
+                raise
+            except Exception as e:
+                if failure:  # the stream or the check failed: report that, not obstore's wrapper
+                    raise failure[0] from e
+                raise
+        await self._drop(upload_id, ())
+        return size
 
     async def _drop(self, upload_id: str, known: Sequence[str] | None = None) -> None:
         """Delete the parts (``known``: as just listed), then the marker, then
@@ -638,6 +791,20 @@ class S3Driver:
         async for meta in self._iter_list(root):
             yield meta["path"][start:]  # the checking wrapper drops what is not an upload id
 
+    async def sweep_abandoned(self) -> int:
+        """Abort the incomplete multipart uploads under ``blobs/`` older than
+        ``multipart_max_age`` (a replica killed mid-put left them; a failed
+        or cancelled put is aborted by obstore at once).  Best effort: 0 if
+        the store has no static credentials to sign with, or fails."""
+        if self._sweeper is None:
+            return 0
+        older_than = datetime.now(UTC) - timedelta(seconds=self._multipart_max_age)
+        try:
+            return await self._sweeper.sweep(f"{self._prefix}blobs/", older_than)
+        except StorageError as e:
+            log.warning("incomplete multipart uploads were not swept: %s", e)
+            return 0
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -647,6 +814,10 @@ class S3Driver:
         # interpreter for a moment; if the process exits right then, it
         # aborts (SIGABRT in finalisation).  Give such threads time to leave.
         await asyncio.sleep(_CLOSE_SETTLE)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _prefix(upload_id: str, parts: list[_Part], size: int) -> list[_Part]:
@@ -677,12 +848,17 @@ class _PartWriter:
         self.pending: asyncio.Task[None] | None = None
 
     async def run(self, chunks: AsyncIterable[bytes]) -> int:
-        buf: list[memoryview] = []
-        buf_len = 0
+        # One growing buffer per part, handed to obstore as it is (zero-copy):
+        # a part never exists twice in memory, as a list of chunks and their join.
+        buf = bytearray()
         limit = self.store._part_size
+        pool = self.store.buffers
+        held = 0  # the pool's bytes reserved for ``buf``
         iterator = aiter(chunks)
         try:
             while True:
+                if not held:  # reserved before reading: a spent pool stops the body
+                    held = await pool.acquire(limit)
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
@@ -694,19 +870,24 @@ class _PartWriter:
                     raise
                 if not chunk:
                     continue
-                if type(chunk) is not bytes:  # never keep a buffer the producer may reuse
-                    chunk = bytes(chunk)
-                view = memoryview(chunk)
+                view = memoryview(chunk)  # copied into ``buf``: the producer may reuse its buffer
                 while view:
-                    take = min(len(view), limit - buf_len)
-                    buf.append(view[:take])
-                    buf_len += take
+                    take = min(len(view), limit - len(buf))
+                    buf += view[:take]
                     view = view[take:]
-                    if buf_len == limit:
-                        await self._send(b"".join(buf))
-                        buf, buf_len = [], 0
-            if buf_len:
-                await self._send(b"".join(buf))
+                    if len(buf) == limit:
+                        data, buf = buf, bytearray()
+                        await self._send(data, held)
+                        del data  # the part task holds it now, and gives its bytes back
+                        held = 0
+                        if view:
+                            held = await pool.acquire(limit)
+                del view, chunk
+            if buf:
+                data, buf = buf, bytearray()
+                await self._send(data, held)
+                del data
+                held = 0
             await self._finish_pending()
         except BaseException:
             # Even when cancelled, let the part in flight land (or fail)
@@ -721,18 +902,24 @@ class _PartWriter:
                 if not task.cancelled():
                     task.exception()  # retrieved: the first error wins
             raise
+        finally:
+            if held:
+                pool.release(held)
         if self.keys:
             await self._check_still_staged()
         return self.written
 
-    async def _send(self, data: bytes) -> None:
-        """Start creating the next part once the previous one exists."""
+    async def _send(self, data: bytearray, held: int) -> None:
+        """Start creating the next part once the previous one exists; the
+        part's ``held`` bytes of the pool go back once it is sent (if this
+        raises, they are still the caller's)."""
         await self._finish_pending()
         offset = self.next
         self.next += len(data)
-        self.pending = asyncio.create_task(self._put(offset, data))
+        self.pending = asyncio.create_task(self._put(offset, data, held))
 
-    async def _put(self, offset: int, data: bytes) -> None:
+    async def _put(self, offset: int, data: bytearray, held: int) -> None:
+        size = len(data)
         try:
             await self.store._put_part(self.upload_id, offset, data)
         except _PartTaken:
@@ -740,7 +927,10 @@ class _PartWriter:
             if expected is None:
                 raise UploadNotFound(self.upload_id) from None
             raise UploadOffsetMismatch(expected, self.start) from None
-        self.written = offset + len(data)
+        finally:
+            del data
+            self.store.buffers.release(held)
+        self.written = offset + size
         self.keys.append(self.store._part_key(self.upload_id, offset))
 
     async def _finish_pending(self) -> None:
@@ -771,6 +961,8 @@ class S3Options(TypedDict, total=False):
     part_size: int
     read_chunk_size: int
     commit_concurrency: int
+    upload_buffer: int
+    multipart_max_age: float
     timeout: float
     connect_timeout: float
     max_retries: int
@@ -807,6 +999,7 @@ class S3BlobStore(CheckedBlobStore[S3Driver]):
             virtual_hosted_style=cfg.virtual_hosted_style,
             encrypt=cfg.encrypt,
             key_prefix=cfg.key_prefix,
+            upload_buffer=cfg.upload_buffer_bytes,
             observe=observe,
             **options,
         )

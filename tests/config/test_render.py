@@ -40,7 +40,8 @@ def test_config_to_dict_redacts_secrets(tmp_path: Path) -> None:
     assert dumped["httpSecret"] == "<redacted>"
     assert dumped["storage"] == {
         "s3": {"bucket": "hareg", "region": "us-east-1", "regionEndpoint": None, "accessKey": "AK",
-               "secretKey": "<redacted>", "virtualHostedStyle": False, "encrypt": False, "keyPrefix": ""}
+               "secretKey": "<redacted>", "virtualHostedStyle": False, "encrypt": False, "keyPrefix": "",
+                   "uploadBufferBytes": 41943040}
     }  # fmt: skip
     assert dumped["proxy"]["https"] == "http://user:<redacted>@proxy:3128"
     assert SECRET not in str(dumped) and "SK" not in str(dumped).replace("'SK'", "")

@@ -135,9 +135,10 @@ async def test_storage_metrics_move(metered: tuple[Registry, Client, Metrics]) -
         return after.get(name, **labels) - before.get(name, **labels)
 
     pushed = len(image.config) + len(layer)
-    assert moved("hareg_storage_requests_total", op="upload_commit", outcome="ok") == 2
-    assert moved("hareg_storage_request_duration_seconds_count", op="upload_commit") == 2
-    assert moved("hareg_storage_bytes_total", op="upload_write") == pushed
+    # Whole-blob pushes (POST, then PUT with the body): one upload_put each.
+    assert moved("hareg_storage_requests_total", op="upload_put", outcome="ok") == 2
+    assert moved("hareg_storage_request_duration_seconds_count", op="upload_put") == 2
+    assert moved("hareg_storage_bytes_total", op="upload_put") == pushed
     assert moved("hareg_storage_requests_total", op="local_path", outcome="ok") >= 1
     assert moved("hareg_storage_bytes_total", op="read") == pushed  # fsck's reads; sendfile is not a read
     assert moved("hareg_storage_requests_total", op="read", outcome="ok") == 2

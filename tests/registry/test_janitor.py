@@ -61,3 +61,25 @@ async def test_staging_of_an_expired_session_is_removed(kv: EtcdKV, tmp_path: Pa
         assert await reg.store.upload_size(status.upload_id) is None
     finally:
         await reg.store.close()
+
+
+async def test_each_sweep_asks_the_store_for_what_dead_writes_left(kv: EtcdKV, tmp_path: Path) -> None:
+    """``sweep_abandoned`` (on S3: the multipart uploads of a replica killed
+    mid-put) runs with every sweep, never on a dry run."""
+    calls: list[str] = []
+    reg = Registry(
+        kv,
+        FilesystemBlobStore(tmp_path, observe=lambda op, *_: calls.append(op)),
+        SystemClock(),
+        RandomIds(),
+        prefix=f"/janitor-{uuid.uuid4().hex[:10]}",
+        cache=False,
+        upload_grace=3600,
+    )
+    try:
+        await reg.janitor.sweep(dry_run=True)
+        assert "sweep_abandoned" not in calls
+        await reg.janitor.sweep()
+        assert calls.count("sweep_abandoned") == 1
+    finally:
+        await reg.store.close()

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -86,6 +86,28 @@ class StreamBroke(Exception):
     pass
 
 
+class WrongDigest(Exception):
+    pass
+
+
+def checking(data: bytes, seen: list[int] | None = None) -> Callable[[int], Awaitable[None]]:
+    """An ``upload_put`` check that accepts exactly ``data`` (its size; the
+    bytes' hash is the caller's business, as in the registry), recording the
+    sizes it was asked about in ``seen``."""
+
+    async def verify(size: int) -> None:
+        if seen is not None:
+            seen.append(size)
+        if size != len(data):
+            raise WrongDigest(f"{size} bytes, expected {len(data)}")
+
+    return verify
+
+
+async def refuse(size: int) -> None:
+    raise WrongDigest("the digest does not match")
+
+
 async def failing_after(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
@@ -115,6 +137,7 @@ BAD_UPLOAD_IDS = ["", ".", "..", "../x", "a/b", "/abs", "a\x00b", "a b", "x" * 1
 class BlobStoreSuite:
     large_size: int = 64 * MiB
     concurrent_writers: int = 8
+    put_size: int = 12 * MiB  # a whole-blob put of more than one part
 
     # ------------------------------------------------------------- missing
 
@@ -411,6 +434,95 @@ class BlobStoreSuite:
             await store.upload_commit("gone", digest_of(b"some bytes"), len(b"some bytes"))
         await store.upload_abort("gone")  # idempotent
         assert await store.stat(digest_of(b"some bytes")) is None
+
+    # ---------------------------------------------------------- upload_put
+
+    async def test_put_streams_a_whole_blob_and_drops_the_staging(self, store: BlobStore) -> None:
+        data = os.urandom(self.put_size)
+        digest = digest_of(data)
+        pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+        seen: list[int] = []
+        await store.upload_start("whole")
+        size = await store.upload_put("whole", digest, chunks_of(*pieces), checking(data, seen), len(data))
+        assert size == len(data) and seen == [len(data)]
+        assert await store.stat(digest) == len(data)
+        assert await collect(store.read(digest)) == data
+        assert await store.upload_size("whole") is None
+        assert [u async for u in store.list_uploads()] == []
+
+    async def test_put_of_an_empty_blob(self, store: BlobStore) -> None:
+        digest = digest_of(b"")
+        await store.upload_start("empty")
+        assert await store.upload_put("empty", digest, chunks_of(), checking(b""), None) == 0
+        assert await store.stat(digest) == 0
+
+    async def test_put_refused_by_the_check_stores_nothing(self, store: BlobStore) -> None:
+        """A wrong digest at commit: the bytes never become a blob."""
+        data = os.urandom(self.put_size)
+        digest = digest_of(b"what the client claimed")
+        await store.upload_start("wrong")
+        with pytest.raises(WrongDigest):
+            await store.upload_put("wrong", digest, chunks_of(data), refuse, len(data))
+        assert await store.stat(digest) is None
+        assert [d async for d in store.list_blobs()] == []
+        assert await store.upload_size("wrong") is not None  # left to the caller
+        await store.upload_abort("wrong")
+        assert [u async for u in store.list_uploads()] == []
+
+    async def test_put_whose_stream_breaks_stores_nothing(self, store: BlobStore) -> None:
+        data = os.urandom(self.put_size)
+        digest = digest_of(data)
+        seen: list[int] = []
+        await store.upload_start("broken")
+        with pytest.raises(StreamBroke):
+            await store.upload_put("broken", digest, failing_after([data[:-1]]), checking(data, seen))
+        assert seen == []  # never asked: the stream did not end
+        assert await store.stat(digest) is None
+        await store.upload_abort("broken")
+
+    async def test_put_cancelled_midway_stores_nothing(self, store: BlobStore) -> None:
+        """The replica's request dies between two parts (the client went quiet)."""
+        data = os.urandom(self.put_size)
+        digest = digest_of(data)
+        taken = asyncio.Event()
+
+        async def stalling() -> AsyncIterator[bytes]:
+            yield data[: len(data) // 2]
+            taken.set()
+            await asyncio.sleep(3600)
+            yield data[len(data) // 2 :]
+
+        await store.upload_start("quiet")
+        task = asyncio.create_task(store.upload_put("quiet", digest, stalling(), checking(data), len(data)))
+        async with asyncio.timeout(60):
+            await taken.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert await store.stat(digest) is None
+        await store.upload_abort("quiet")
+
+    async def test_put_of_a_stored_digest_keeps_one_blob(self, store: BlobStore) -> None:
+        """The same blob pushed twice (two repositories): one blob."""
+        data = os.urandom(1 * MiB)
+        digest = digest_of(data)
+        for upload_id, length in (("first", None), ("second", len(data)), ("third", None)):
+            await store.upload_start(upload_id)
+            seen: list[int] = []
+            assert await store.upload_put(upload_id, digest, chunks_of(data), checking(data, seen), length)
+            assert seen == [len(data)]
+        assert [d async for d in store.list_blobs()] == [digest]
+        assert await collect(store.read(digest)) == data
+        assert [u async for u in store.list_uploads()] == []
+
+    async def test_put_into_a_staged_upload_with_bytes_is_refused(self, store: BlobStore) -> None:
+        await store.upload_start("begun")
+        await store.upload_write("begun", 0, chunks_of(b"abc"))
+        with pytest.raises(UploadOffsetMismatch):
+            await store.upload_put("begun", digest_of(b"xyz"), chunks_of(b"xyz"), checking(b"xyz"))
+        assert await collect(store.upload_read("begun")) == b"abc"
+        with pytest.raises(UploadNotFound):
+            await store.upload_put("never-started", digest_of(b"x"), chunks_of(b"x"), checking(b"x"))
 
     async def test_upload_ids_are_independent(self, store: BlobStore) -> None:
         await store.upload_start("A")

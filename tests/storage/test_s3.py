@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from xml.etree import ElementTree
 
 import aiohttp
 import obstore
@@ -24,18 +27,22 @@ from hareg.storage.base import (
     UploadOffsetMismatch,
 )
 from hareg.storage.s3 import S3BlobStore
+from hareg.storage.sigv4 import canonical_query, sign_request
 
 from .conftest import S3StoreFactory, need_weed
 from .driver_suite import (
     BlobStoreSuite,
     MiB,
     StreamBroke,
+    WrongDigest,
     cancel_mid_write,
+    checking,
     chunks_of,
     collect,
     digest_of,
     failing_after,
     put,
+    refuse,
 )
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -105,6 +112,218 @@ async def test_replicas_append_alternately_and_a_third_commits(s3_store: S3Store
         with pytest.raises(UploadNotFound):
             await s.upload_write("shared", len(data), chunks_of(b"late"))
     assert keys_of(a) == [f"blobs/sha256/{digest[7:9]}/{digest[7:]}"]
+
+
+def multipart_uploads(seaweedfs: SeaweedFSProcess, store: S3BlobStore) -> list[str]:
+    """The keys of the incomplete multipart uploads under the store's prefix
+    (ListMultipartUploads; obstore has no call for it)."""
+    url = f"{seaweedfs.s3_url}/{seaweedfs.bucket}?{canonical_query({'prefix': store.key_prefix, 'uploads': ''})}"
+    headers = sign_request(
+        "GET", url, access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, region="us-east-1"
+    )
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+        body = resp.read()
+    ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    return [key.text or "" for key in ElementTree.fromstring(body).findall("s3:Upload/s3:Key", ns)]
+
+
+async def no_multipart_uploads_left(seaweedfs: SeaweedFSProcess, store: S3BlobStore) -> None:
+    """Wait (generously) until no incomplete multipart upload is left: obstore
+    aborts one whose stream failed or whose call was cancelled."""
+    deadline = time.monotonic() + 30
+    while left := await asyncio.to_thread(multipart_uploads, seaweedfs, store):
+        assert time.monotonic() < deadline, f"multipart uploads left behind: {left}"
+        await asyncio.sleep(0.1)
+
+
+async def test_put_on_another_replica_streams_one_pass(
+    s3_store: S3StoreFactory, seaweedfs: SeaweedFSProcess
+) -> None:
+    """Started on one replica, put whole by another: the body goes straight
+    to the blob's key (a multipart upload, no staged part objects)."""
+    a, b = s3_store(), s3_store()
+    data = os.urandom(12 * MiB)
+    digest = digest_of(data)
+    await a.upload_start("whole")
+    assert await b.upload_put(
+        "whole", digest, chunks_of(data[:5], data[5:]), checking(data), len(data)
+    ) == len(data)
+    assert keys_of(a) == [f"blobs/sha256/{digest[7:9]}/{digest[7:]}"]
+    assert await collect(a.read(digest)) == data
+    assert b.inner.buffers.reserved == 0
+    await no_multipart_uploads_left(seaweedfs, a)
+
+
+@pytest.mark.parametrize("how", ["refused", "broken", "cancelled"])
+async def test_failed_put_leaves_no_multipart_upload(
+    s3_store: S3StoreFactory, seaweedfs: SeaweedFSProcess, how: str
+) -> None:
+    store = s3_store()
+    data = os.urandom(12 * MiB)
+    digest = digest_of(data)
+    await store.upload_start("failed")
+    second_half = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[: 9 * MiB]  # past the first part: a multipart upload is under way
+        if how == "broken":
+            raise StreamBroke
+        if how == "cancelled":
+            second_half.set()
+            await asyncio.sleep(3600)
+        yield data[9 * MiB :]
+
+    task = asyncio.create_task(
+        store.upload_put("failed", digest, body(), refuse if how == "refused" else checking(data))
+    )
+    if how == "cancelled":
+        async with asyncio.timeout(60):
+            await second_half.wait()
+        task.cancel()
+    with pytest.raises((WrongDigest, StreamBroke, asyncio.CancelledError)):
+        await task
+    assert await store.stat(digest) is None
+    assert store.inner.buffers.reserved == 0
+    await no_multipart_uploads_left(seaweedfs, store)
+    await store.upload_abort("failed")
+    assert keys_of(store) == []
+
+
+def start_multipart(seaweedfs: SeaweedFSProcess, key: str, part: bytes) -> None:
+    """What a replica killed mid-put leaves: a multipart upload with a part,
+    never completed nor aborted."""
+
+    def request(method: str, query: dict[str, str], body: bytes = b"") -> bytes:
+        url = f"{seaweedfs.s3_url}/{seaweedfs.bucket}/{key}?{canonical_query(query)}"
+        headers = sign_request(
+            method,
+            url,
+            access_key=seaweedfs.access_key,
+            secret_key=seaweedfs.secret_key,
+            region="us-east-1",
+            body=body,
+        )
+        req = urllib.request.Request(url, data=body or None, method=method)
+        for name, value in headers.items():
+            if name != "host":
+                req.add_header(name, value)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer: bytes = resp.read()
+            return answer
+
+    ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    upload_id = ElementTree.fromstring(request("POST", {"uploads": ""})).findtext("s3:UploadId", "", ns)
+    assert upload_id
+    request("PUT", {"partNumber": "1", "uploadId": upload_id}, part)
+
+
+async def test_sweep_aborts_what_a_replica_killed_mid_put_left(
+    s3_store: S3StoreFactory, seaweedfs: SeaweedFSProcess
+) -> None:
+    """The janitor's ``sweep_abandoned`` aborts the multipart uploads of
+    whole-blob puts older than ``multipart_max_age``."""
+    store = s3_store(multipart_max_age=0.0)
+    young = s3_store()  # the default age: a day
+    key = f"{store.key_prefix}blobs/sha256/ab/ab{'0' * 62}"
+    await asyncio.to_thread(start_multipart, seaweedfs, key, os.urandom(1000))
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == [key]
+    assert await young.sweep_abandoned() == 0
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == [key]  # too young: kept
+    assert await store.sweep_abandoned() == 1
+    assert await asyncio.to_thread(multipart_uploads, seaweedfs, store) == []
+    assert await store.sweep_abandoned() == 0
+    assert await s3_store(access_key=None, secret_key=None).sweep_abandoned() == 0  # cannot sign
+
+
+async def test_put_of_a_stored_blob_of_the_declared_size_writes_nothing(s3_store: S3StoreFactory) -> None:
+    store = s3_store()
+    data = os.urandom(100_000)
+    digest = digest_of(data)
+    key = f"{store.key_prefix}blobs/sha256/{digest[7:9]}/{digest[7:]}"
+    await store.upload_start("one")
+    await store.upload_put("one", digest, chunks_of(data), checking(data), len(data))
+    before = await obstore.head_async(store.inner._store, key)
+    await store.upload_start("two")
+    seen: list[int] = []
+    await store.upload_put("two", digest, chunks_of(data), checking(data, seen), len(data))
+    assert seen == [len(data)]  # verified all the same
+    assert await obstore.head_async(store.inner._store, key) == before  # not written again
+    assert keys_of(store) == [key[len(store.key_prefix) :]]
+
+
+async def test_put_longer_than_declared_is_refused_before_it_is_held(s3_store: S3StoreFactory) -> None:
+    """A body within one part is held whole for a single PUT: never past the
+    declared length (the caller's check aside)."""
+    store = s3_store()
+    data = os.urandom(200_000)
+    digest = digest_of(data)
+
+    async def accept(size: int) -> None:
+        pass
+
+    await store.upload_start("long")
+    with pytest.raises(StorageError, match="more than the declared"):
+        await store.upload_put("long", digest, chunks_of(data[:100_000], data[100_000:]), accept, 100_000)
+    assert await store.stat(digest) is None
+    assert store.inner.buffers.reserved == 0
+
+
+async def test_refused_put_within_one_part_sends_nothing(s3_store: S3StoreFactory) -> None:
+    """A declared body within one part is one PUT, sent only after the check."""
+    store = s3_store()
+    data = os.urandom(100_000)
+    await store.upload_start("small")
+    with pytest.raises(WrongDigest):
+        await store.upload_put("small", digest_of(data), chunks_of(data), refuse, len(data))
+    assert await store.stat(digest_of(data)) is None
+    assert keys_of(store) == ["upload-markers/small"]
+
+
+# ----------------------------------------------------------- buffer pool
+
+
+async def test_a_spent_buffer_pool_stops_reading_the_body(s3_store: S3StoreFactory) -> None:
+    """Back-pressure: a write waits for the pool before it reads a byte."""
+    store = s3_store(part_size=64 * 1024, upload_buffer=128 * 1024)
+    pool = store.inner.buffers
+    held = await pool.acquire(pool.capacity)
+    read = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(4):
+            read += 1
+            yield os.urandom(100_000)
+
+    await store.upload_start("waits")
+    task = asyncio.create_task(store.upload_write("waits", 0, body()))
+    deadline = time.monotonic() + 30
+    while not pool._waiting:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.01)
+    assert read == 0
+    pool.release(held)
+    assert await task == 400_000
+    assert pool.reserved == 0 and pool.peak <= pool.capacity
+
+
+async def test_concurrent_writes_share_a_bounded_pool(s3_store: S3StoreFactory) -> None:
+    store = s3_store(part_size=64 * 1024, upload_buffer=192 * 1024)
+    blobs = [os.urandom(300_000 + i) for i in range(6)]
+
+    async def push(i: int, data: bytes) -> None:
+        await store.upload_start(f"u{i}")
+        if i % 2:
+            await store.upload_put(f"u{i}", digest_of(data), chunks_of(data), checking(data), len(data))
+        else:
+            assert await store.upload_write(f"u{i}", 0, chunks_of(data[:1000], data[1000:])) == len(data)
+            await store.upload_commit(f"u{i}", digest_of(data), len(data))
+
+    await asyncio.gather(*(push(i, d) for i, d in enumerate(blobs)))
+    for data in blobs:
+        assert await collect(store.read(digest_of(data))) == data
+    pool = store.inner.buffers
+    assert pool.reserved == 0 and 0 < pool.peak <= pool.capacity
 
 
 async def test_racing_offset_across_instances(s3_store: S3StoreFactory) -> None:
@@ -330,8 +549,10 @@ async def test_from_config_and_key_prefix_isolation(seaweedfs: SeaweedFSProcess)
         virtual_hosted_style=False,
         encrypt=False,
         key_prefix=f"test/{uuid.uuid4().hex}/one/",
+        upload_buffer_bytes=16 * MiB,
     )
     one = S3BlobStore.from_config(cfg, timeout=5.0)  # type: ignore[arg-type]
+    assert one.inner.buffers.capacity == 16 * MiB
     cfg.key_prefix = cfg.key_prefix.replace("/one/", "/two/")
     two = S3BlobStore.from_config(cfg)  # type: ignore[arg-type]
     digest = await put(one, "u", b"only in one")
