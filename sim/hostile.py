@@ -52,6 +52,7 @@ BEHAVIOURS: dict[str, str] = {
     "disconnect": "a PATCH or closing PUT whose client hangs up mid-body, then resumes",
     "resend": "a PATCH or closing PUT whose client hangs up mid-body, then sent again as it was",
     "mount_delete": "a cross-repository mount while the source repository's link is being deleted",
+    "wrong_digest": "a closing PUT naming a digest its bytes do not hash to (other bytes', or a pushed blob's)",
 }
 WEIGHTS: tuple[tuple[str, float], ...] = (
     ("slow_patch", 4),
@@ -64,6 +65,7 @@ WEIGHTS: tuple[tuple[str, float], ...] = (
     ("disconnect", 2),
     ("resend", 2),
     ("mount_delete", 1.5),
+    ("wrong_digest", 1.5),
 )
 HOSTILE_CLIENTS = 3
 UPLOAD_SESSION_TTL = 8  # seconds: upload sessions expire within a run (Replica(upload_session_ttl=...))
@@ -515,6 +517,34 @@ class HostileClient(Client):
             return
         await self._read_back(up.repo, digest, up.staged)
         await self._replay(up, "finished")
+
+    async def wrong_digest(self) -> None:
+        """A closing PUT whose digest the upload's bytes do not hash to: that of
+        other bytes, or of a blob other clients pushed to the repository (a
+        client trying to put its bytes under a digest others pull).  Refused
+        with DIGEST_INVALID; an acknowledgement is invariant 3, and whatever
+        the digest names afterwards still reads back whole."""
+        up = await self._open()
+        if up is None:
+            return
+        last = self._random_bytes(1, 512) if self.rng.random() < 0.5 else None
+        content = up.staged + (last or b"")
+        pushed = self.u.layers.get(up.repo) or []
+        if pushed and self.rng.random() < 0.5:
+            digest = pushed[self.rng.randrange(len(pushed))]
+        else:
+            digest = sha256(content + self._random_bytes(1, 16))
+        if digest == sha256(content):
+            return  # the client's own bytes after all: not this behaviour
+        op, resp = await self._finish(up, digest, last, start=len(up.staged) if last else None)
+        if resp.outcome is Outcome.OK:
+            self._flag(
+                op,
+                f"a closing PUT of {len(content)} bytes hashing to {sha256(content)[7:19]} "
+                f"acknowledged as {digest[7:19]}",
+                "3",
+            )
+        await self._read_back(up.repo, digest)
 
     async def _replay(self, up: Upload, why: str) -> None:
         """PATCH, PUT, GET and DELETE on a stale upload URL, in a random order: each
