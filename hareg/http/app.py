@@ -8,6 +8,7 @@ from hareg.http import (
     access as access_api,
 )
 from hareg.http import (
+    admission,
     auth,
     base,
     blobs,
@@ -21,7 +22,6 @@ from hareg.http import (
     members,
     observe,
     pruner,
-    pull_through,
     readonly,
     referrers,
     status,
@@ -53,21 +53,12 @@ def init_app(
     ``access``: authentication and authorization (None: every request is
     served, the registry without an ``auth`` section); ``console_assets``:
     the web console's files (None: the ones shipped in the package)."""
-    # Outermost first: phase (a request's headers are in: its header timer stops),
-    # observe (request id, access log, metrics) sees every answer, errors
-    # included; refusals (removed, 401/403, read-only, 429) never take a request
-    # slot, and who may not write never learns whether the registry is read-only.
+    # Outermost first: observe (the connection guard's phase, request id,
+    # access log, metrics) sees every answer, errors included; the admission
+    # checks (removed, 401/403, read-only, mirrors, then a request slot) in
+    # that order (hareg/http/admission.py).
     app = web.Application(
-        middlewares=[
-            connections_module.phase_middleware,
-            observe.observe_middleware,
-            base.error_middleware,
-            status.removed_middleware,
-            auth.auth_middleware,
-            readonly.read_only_middleware,
-            pull_through.mirror_write_middleware,
-            limits.limits_middleware,
-        ]
+        middlewares=[observe.observe_middleware, base.error_middleware, admission.admission_middleware]
     )
     app[REGISTRY] = registry
     app[SETTINGS] = settings = settings or HttpSettings()
