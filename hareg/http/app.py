@@ -31,6 +31,7 @@ from hareg.http import (
 from hareg.http import connections as connections_module
 from hareg.http.connections import ConnectionGuard
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
+from hareg.http.routing import HotRoutes
 from hareg.observability.metrics import Metrics
 from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
@@ -77,9 +78,13 @@ def init_app(
     r.add_get("/v2", base.api_base)
     r.add_get("/v2/_catalog", catalog.catalog)
     r.add_get(auth.TOKEN_PATH, auth.issue_token)
+    # Before every /v2/{name}/... route: manifests and blobs by reference resolve
+    # through it without trying the routes registered before theirs.
+    hot = HotRoutes()
+    r.register_resource(hot)
     r.add_get(f"/v2/{_NAME}/tags/list", tag_list.list_tags)
     r.add_get(f"/v2/{_NAME}/referrers/{{digest}}", referrers.list_referrers)
-    r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)
+    manifest_route = r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)
     r.add_get(f"/v2/{_NAME}/manifests/{{reference}}", manifests.get_manifest, allow_head=False)
     r.add_put(f"/v2/{_NAME}/manifests/{{reference}}", manifests.put_manifest)
     r.add_delete(f"/v2/{_NAME}/manifests/{{reference}}", manifests.delete_manifest)
@@ -90,9 +95,13 @@ def init_app(
     r.add_patch(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.patch_upload)
     r.add_put(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.finish_upload)
     r.add_delete(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload)
-    r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", blobs.head_blob)
+    blob_route = r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", blobs.head_blob)
     r.add_get(f"/v2/{_NAME}/blobs/{{digest}}", blobs.get_blob, allow_head=False)
     r.add_delete(f"/v2/{_NAME}/blobs/{{digest}}", blobs.delete_blob)
+    assert manifest_route.resource is not None and blob_route.resource is not None
+    hot.add("manifests", manifest_route.resource)
+    # .../blobs/uploads is an upload's start, a route registered before the blobs one.
+    hot.add("blobs", blob_route.resource, unless_last=frozenset({"uploads"}))
     extensions.register(r)  # /hareg/v1/...: tag history, rollback, immutable tags
     r.add_post("/hareg/v1/prune", pruner.prune)
     r.add_post(f"/hareg/v1/repositories/{_NAME}/prune", pruner.prune)
