@@ -143,7 +143,8 @@ _ROUTE_PATTERNS: Final = (
 # trying them one after another does, in one call instead of nine.
 _ROUTES: Final = re.compile(
     "|".join(
-        f"(?P<r{i}>{pattern.replace('(?P<name>', f'(?P<n{i}>')})" for i, (pattern, _) in enumerate(_ROUTE_PATTERNS)
+        f"(?P<r{i}>{pattern.replace('(?P<name>', f'(?P<n{i}>')})"
+        for i, (pattern, _) in enumerate(_ROUTE_PATTERNS)
     )
 )
 _ROUTE_KINDS: Final = {f"r{i}": (f"n{i}", kind) for i, (_, kind) in enumerate(_ROUTE_PATTERNS)}
