@@ -8,6 +8,7 @@ from hareg.http import (
     access as access_api,
 )
 from hareg.http import (
+    admission,
     auth,
     base,
     blobs,
@@ -21,7 +22,6 @@ from hareg.http import (
     members,
     observe,
     pruner,
-    pull_through,
     readonly,
     referrers,
     status,
@@ -31,6 +31,7 @@ from hareg.http import (
 from hareg.http import connections as connections_module
 from hareg.http.connections import ConnectionGuard
 from hareg.http.keys import REGISTRY, SETTINGS, HttpSettings
+from hareg.http.routing import HotRoutes
 from hareg.observability.metrics import Metrics
 from hareg.registry.access import AccessControl
 from hareg.registry.service import Registry
@@ -53,21 +54,12 @@ def init_app(
     ``access``: authentication and authorization (None: every request is
     served, the registry without an ``auth`` section); ``console_assets``:
     the web console's files (None: the ones shipped in the package)."""
-    # Outermost first: phase (a request's headers are in: its header timer stops),
-    # observe (request id, access log, metrics) sees every answer, errors
-    # included; refusals (removed, 401/403, read-only, 429) never take a request
-    # slot, and who may not write never learns whether the registry is read-only.
+    # Outermost first: observe (the connection guard's phase, request id,
+    # access log, metrics) sees every answer, errors included; the admission
+    # checks (removed, 401/403, read-only, mirrors, then a request slot) in
+    # that order (hareg/http/admission.py).
     app = web.Application(
-        middlewares=[
-            connections_module.phase_middleware,
-            observe.observe_middleware,
-            base.error_middleware,
-            status.removed_middleware,
-            auth.auth_middleware,
-            readonly.read_only_middleware,
-            pull_through.mirror_write_middleware,
-            limits.limits_middleware,
-        ]
+        middlewares=[observe.observe_middleware, base.error_middleware, admission.admission_middleware]
     )
     app[REGISTRY] = registry
     app[SETTINGS] = settings = settings or HttpSettings()
@@ -86,9 +78,13 @@ def init_app(
     r.add_get("/v2", base.api_base)
     r.add_get("/v2/_catalog", catalog.catalog)
     r.add_get(auth.TOKEN_PATH, auth.issue_token)
+    # Before every /v2/{name}/... route: manifests and blobs by reference resolve
+    # through it without trying the routes registered before theirs.
+    hot = HotRoutes()
+    r.register_resource(hot)
     r.add_get(f"/v2/{_NAME}/tags/list", tag_list.list_tags)
     r.add_get(f"/v2/{_NAME}/referrers/{{digest}}", referrers.list_referrers)
-    r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)
+    manifest_route = r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", manifests.head_manifest)
     r.add_get(f"/v2/{_NAME}/manifests/{{reference}}", manifests.get_manifest, allow_head=False)
     r.add_put(f"/v2/{_NAME}/manifests/{{reference}}", manifests.put_manifest)
     r.add_delete(f"/v2/{_NAME}/manifests/{{reference}}", manifests.delete_manifest)
@@ -99,9 +95,13 @@ def init_app(
     r.add_patch(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.patch_upload)
     r.add_put(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.finish_upload)
     r.add_delete(f"/v2/{_NAME}/blobs/uploads/{{upload_id}}", uploads.cancel_upload)
-    r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", blobs.head_blob)
+    blob_route = r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", blobs.head_blob)
     r.add_get(f"/v2/{_NAME}/blobs/{{digest}}", blobs.get_blob, allow_head=False)
     r.add_delete(f"/v2/{_NAME}/blobs/{{digest}}", blobs.delete_blob)
+    assert manifest_route.resource is not None and blob_route.resource is not None
+    hot.add("manifests", manifest_route.resource)
+    # .../blobs/uploads is an upload's start, a route registered before the blobs one.
+    hot.add("blobs", blob_route.resource, unless_last=frozenset({"uploads"}))
     extensions.register(r)  # /hareg/v1/...: tag history, rollback, immutable tags
     r.add_post("/hareg/v1/prune", pruner.prune)
     r.add_post(f"/hareg/v1/repositories/{_NAME}/prune", pruner.prune)

@@ -1,6 +1,6 @@
 """Authentication and authorization over HTTP: a thin adapter.
 
-The middleware hands ``hareg/registry/access.py`` the ``Authorization``
+``admit`` (an admission check: ``hareg/http/admission.py``) hands ``hareg/registry/access.py`` the ``Authorization``
 header, the client's address and the request's method, path and query; it
 keeps the caller on the request (``CALLER``: its identity and the bindings
 in force when it was admitted) for the catalog and the audit log.  The read
@@ -25,7 +25,7 @@ from hareg.registry import authz, policy
 from hareg.registry.access import AccessControl, Caller
 from hareg.registry.errors import ErrorCode, RegistryError
 
-__all__ = ["ACCESS", "CALLER", "TOKEN_PATH", "auth_middleware", "caller_of", "issue_token"]
+__all__ = ["ACCESS", "CALLER", "TOKEN_PATH", "admit", "caller_of", "issue_token"]
 
 ACCESS = web.AppKey("access", AccessControl)
 CALLER: Final = web.RequestKey("caller", Caller)
@@ -52,8 +52,8 @@ def caller_of(request: web.Request) -> Caller | None:
     return request.get(CALLER)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run ``handler`` if the caller may send this request; raise its refusal if not."""
     access = request.app.get(ACCESS)
     if access is None:  # no auth section: every request is served, as before
         return await handler(request)

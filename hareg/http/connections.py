@@ -19,8 +19,8 @@ that opens connections without end cannot exhaust the replica's file
 descriptors.
 
 It wraps the protocol aiohttp makes for each connection: the wrapper sees
-every byte before aiohttp does, and ``phase_middleware`` tells it when a
-request's handler starts (its headers were parsed) and ends.  Bytes that
+every byte before aiohttp does, and ``handler_started`` (called by the
+outermost middleware, ``hareg.http.observe``) tells it when a request's handler starts (its headers were parsed) and ends.  Bytes that
 arrive while a handler runs are its body, which ``request_chunks``
 (hareg.http.base) bounds by ``limits.bodyStallTimeout`` instead.
 """
@@ -35,9 +35,7 @@ from typing import cast
 
 from aiohttp import web
 
-from hareg.http.base import Handler
-
-__all__ = ["CONNECTIONS", "ConnectionGuard", "phase_middleware", "start_listener"]
+__all__ = ["CONNECTIONS", "ConnectionGuard", "handler_started", "start_listener"]
 
 log = logging.getLogger("hareg.http")
 
@@ -196,19 +194,18 @@ class ConnectionGuard:
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
-@web.middleware
-async def phase_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the connection's guard that a request's headers have arrived, and
-    when its handler is done (an app served without a guard is unaffected)."""
+def handler_started(request: web.Request) -> _Guarded | None:
+    """Tell the connection's guard that a request's headers have arrived; the
+    caller calls ``finished()`` on what this returns when the handler is done
+    (None: an app served without a guard, unaffected)."""
     guard = request.app.get(CONNECTIONS)
-    conn = guard.connections.get(request.transport) if guard and request.transport else None
-    if conn is None:
-        return await handler(request)
-    conn.started()
-    try:
-        return await handler(request)
-    finally:
-        conn.finished()
+    if guard is None:
+        return None
+    transport = request.transport
+    conn = guard.connections.get(transport) if transport is not None else None
+    if conn is not None:
+        conn.started()
+    return conn
 
 
 async def start_listener(

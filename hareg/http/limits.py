@@ -48,7 +48,7 @@ __all__ = [
     "Limiter",
     "Rejected",
     "RequestLimiters",
-    "limits_middleware",
+    "run_limited",
 ]
 
 log = logging.getLogger("hareg.limits")
@@ -182,8 +182,8 @@ def _too_many(limiter: Limiter, reason: str) -> RegistryError:
     )
 
 
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def run_limited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run ``handler`` in a slot of the request's limiter (the last admission check)."""
     limiter = request.app[LIMITS].for_class(policy.request_class(request.method, request.path))
     if limiter is None:
         return await handler(request)

@@ -2,6 +2,8 @@
 
 ``observe_middleware`` is the outermost middleware.  For every request it
 
+* tells the connection's guard that the request's headers are in
+  (``hareg.http.connections``: its header timer stops while the handler runs);
 * picks the request id: the client's ``X-Request-Id`` if it is sane (1-128
   characters of ``A-Z a-z 0-9 . _ : -``, starting with a letter or digit),
   else a fresh one; it is put in the ``REQUEST_ID`` context variable (so every
@@ -11,9 +13,10 @@
 * counts it in the metrics (route template, method, status, latency, bytes);
 * writes one access log line: at Normal for the registry API, at Debug for
   probes and scrapes (``/healthz``, ``/readyz``, ``/metrics``), with the
-  request and response headers from Debug on.  Query strings and headers
-  pass the log handler's redaction (``_state``, presigned signatures,
-  ``Authorization``).
+  request and response headers from Debug on.  The fields the client
+  wrote (method, path and query, User-Agent, headers) pass the log handler's
+  redaction (``_state``, presigned signatures, ``Authorization``); the others
+  are the registry's own values (``REDACT_ONLY``), written as they are.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from hareg.http.base import CLIENT_CLOSED, Handler, registry
+from hareg.http.connections import handler_started
 from hareg.kv.base import KVError
-from hareg.observability.logs import REQUEST_ID
+from hareg.observability.logs import REDACT_ONLY, REQUEST_ID
 from hareg.observability.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
@@ -48,6 +52,11 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+# The access line's fields a client can put a secret in (a token in a query
+# parameter, a header); redaction looks at these only.
+_CLIENT_FIELDS: Final = ("method", "path", "user_agent", "request_headers", "response_headers")
+
+_SOURCE: Final = __file__
 
 METRICS = web.AppKey("metrics", Metrics)
 _ID_KEY = web.RequestKey("request_id", str)
@@ -117,6 +126,15 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
 
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    conn = handler_started(request)
+    try:
+        return await _observed(request, handler)
+    finally:
+        if conn is not None:
+            conn.finished()
+
+
+async def _observed(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = _new_id(request)
     request[_ID_KEY] = request_id
     token = REQUEST_ID.set(request_id)
@@ -174,7 +192,12 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         if debug and response is not None:
             fields["response_headers"] = dict(response.headers)
         level = logging.DEBUG if request.path in _QUIET_PATHS else logging.INFO
-        log.log(level, "request", extra={"fields": fields})
+        if log.isEnabledFor(level):
+            # Logger.handle on a record made here: the same line as log.log
+            # writes, without its walk up the stack for the caller's source line
+            # (which this line does not show).
+            extra = {"fields": fields, REDACT_ONLY: _CLIENT_FIELDS}
+            log.handle(log.makeRecord(log.name, level, _SOURCE, 0, "request", (), None, extra=extra))
         REQUEST_ID.reset(token)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from hareg.http.base import Handler, registry
+from hareg.http.base import registry
 from hareg.registry.digests import parse_digest
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.policy import READ_METHODS
@@ -25,13 +25,12 @@ STALE_HEADER = "Hareg-Pull-Through"
 STALE_VALUE = "stale"
 
 
-@web.middleware
-async def mirror_write_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def refuse_mirror_write(request: web.Request) -> None:
     """Pushes, uploads, mounts into and deletes of a mirrored repository: 403 DENIED."""
-    name = request.match_info.get("name")
-    if name is not None and request.method not in READ_METHODS and request.path.startswith("/v2/"):
-        registry(request).pull_through.check_write(name)
-    return await handler(request)
+    if request.method not in READ_METHODS:
+        name = request.match_info.get("name")
+        if name is not None and request.path.startswith("/v2/"):
+            registry(request).pull_through.check_write(name)
 
 
 async def manifest_content(

@@ -1,7 +1,7 @@
-"""Read-only mode: the middleware that refuses writes, and the switch's API.
+"""Read-only mode: the admission check that refuses writes, and the switch's API.
 
 The rule (which requests are writes, the ``405 UNSUPPORTED`` refusal) is the
-service layer's (``hareg/registry/policy.py``); this middleware applies it to
+service layer's (``hareg/registry/policy.py``); ``refuse_if_read_only`` applies it to
 each routed request with this replica's view of the switch.  The ``Allow``
 header of the refusal (the read methods still served at the path) is added
 by the error middleware (``hareg/http/base.py``).
@@ -16,18 +16,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hareg.http.base import Handler, parse_json_body, read_body, registry
+from hareg.http.base import parse_json_body, read_body, registry
 from hareg.http.extensions import MAX_BODY
 from hareg.registry import policy
 from hareg.registry.errors import ErrorCode, RegistryError
 
-__all__ = ["READ_ONLY_PATH", "get_read_only", "put_read_only", "read_only_middleware"]
+__all__ = ["READ_ONLY_PATH", "get_read_only", "put_read_only", "refuse_if_read_only"]
 
 READ_ONLY_PATH = policy.READ_ONLY_PATH
 
 
-@web.middleware
-async def read_only_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def refuse_if_read_only(request: web.Request) -> None:
     # A path no route serves gets its own 404/405 from the handler.  This
     # replica's view refuses most writes early; a write that passed it while
     # the switch was turning on elsewhere is refused by its transaction's
@@ -35,7 +34,6 @@ async def read_only_middleware(request: web.Request, handler: Handler) -> web.St
     # error middleware answers the same way (policy.dependency_error).
     if request.match_info.http_exception is None:
         policy.admit(request.method, request.path, read_only=registry(request).read_only)
-    return await handler(request)
 
 
 async def get_read_only(request: web.Request) -> web.Response:

@@ -3,7 +3,7 @@ Progressing, Degraded; the model and their rules: hareg/registry/conditions.py),
 with the request limits and the read-only state.
 
 ``managementState: Removed`` is enforced here too: the registry API answers
-503 (``removed_middleware``) and ``/readyz`` 503, while status, metrics and
+503 (``refuse_if_removed``, one of the admission checks) and ``/readyz`` 503, while status, metrics and
 health keep answering.
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from hareg.http.base import Handler, registry
+from hareg.http.base import registry
 from hareg.http.keys import SETTINGS
 from hareg.http.limits import LIMITS
 from hareg.registry.conditions import StatusTracker, replica_conditions
 from hareg.registry.errors import ErrorCode, RegistryError
 from hareg.registry.service import Registry
 
-__all__ = ["STATUS", "StatusTracker", "removed_middleware", "status"]
+__all__ = ["STATUS", "StatusTracker", "refuse_if_removed", "status"]
 
 
 STATUS = web.AppKey("status", StatusTracker)
@@ -63,12 +63,11 @@ async def status(request: web.Request) -> web.Response:
 _OPEN_WHEN_REMOVED = frozenset({"/hareg/v1/status", "/hareg/v1/read-only", "/healthz", "/readyz", "/metrics"})
 
 
-@web.middleware
-async def removed_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def refuse_if_removed(request: web.Request) -> None:
+    """503 for the registry API while ``managementState`` is Removed."""
     if request.app[SETTINGS].management_state == "Removed" and request.path not in _OPEN_WHEN_REMOVED:
         raise RegistryError(
             ErrorCode.UNAVAILABLE,
             "the registry is removed (managementState: Removed)",
             headers={"Retry-After": "60"},
         )
-    return await handler(request)

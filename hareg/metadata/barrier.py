@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from contextvars import ContextVar
 from enum import Enum
 
@@ -65,6 +64,21 @@ class _Scope:
 
     def __init__(self) -> None:
         self.lent = False
+
+
+class _RequestScope:
+    """``ReadBarrier.request_scope``: a class, not a generator (entered once per request)."""
+
+    __slots__ = ("_token", "_var")
+
+    def __init__(self, var: ContextVar[_Scope | None]) -> None:
+        self._var = var
+
+    def __enter__(self) -> None:
+        self._token = self._var.set(_Scope())
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._token)
 
 
 class ReadBarrier:
@@ -206,14 +220,9 @@ class ReadBarrier:
         self.results[result] += 1
         return result
 
-    @contextlib.contextmanager
-    def request_scope(self) -> Iterator[None]:
+    def request_scope(self) -> contextlib.AbstractContextManager[None]:
         """One request: a sync lent inside it serves only this request."""
-        token = self._scope.set(_Scope())
-        try:
-            yield
-        finally:
-            self._scope.reset(token)
+        return _RequestScope(self._scope)
 
     def lend(self) -> None:
         """The sync just passed (CURRENT) serves this request's next read too."""

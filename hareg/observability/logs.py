@@ -20,7 +20,11 @@ written: values of secret-named fields (password, token, Authorization, ...),
 credentials in URLs, signed query parameters (a presigned redirect's
 ``X-Amz-Signature``, an upload URL's ``_state``), and any literal secret the
 process knows (the ``httpSecret``, an S3 secret key) are replaced by
-``<redacted>``.
+``<redacted>``.  A record may name the only fields that can carry a secret
+(``REDACT_ONLY``: the access log line, one per request, names what the client
+sent: method, path and query, User-Agent, headers); its other fields are values
+the registry made itself (numbers, route templates, addresses) and are written
+as they are, which keeps redaction off most of every request's line.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import IO, Any, Final
 __all__ = [
     "LOG_LEVELS",
     "REDACTED",
+    "REDACT_ONLY",
     "REQUEST_ID",
     "TRACE",
     "JsonFormatter",
@@ -61,6 +66,10 @@ LOG_LEVELS: Final = {
 _THIRD_PARTY: Final = ("aiohttp", "aiohttp.access", "grpc", "asyncio", "etcd3aio")
 
 REDACTED: Final = "<redacted>"
+# The record attribute naming the only ``fields`` that can carry a secret
+# (``extra={"fields": {...}, REDACT_ONLY: ("path", ...)}``); without it, every
+# field is redacted.
+REDACT_ONLY: Final = "redact_only"
 
 # The id of the request being served, if any (set by hareg.http.observe).
 REQUEST_ID: ContextVar[str | None] = ContextVar("hareg_request_id", default=None)
@@ -80,6 +89,7 @@ _SECRET_NAMES: Final = (
     "accesskey",
     "privatekey",
 )
+_SECRET_NAME: Final = re.compile("|".join(_SECRET_NAMES))
 # Query parameters that carry a signature, a credential or a token.
 _SECRET_PARAMS: Final = (
     r"_state|x-(?:amz|goog)-(?:signature|credential|security-token)|signature|sig|awsaccesskeyid"
@@ -111,10 +121,10 @@ _MAY_HOLD_SECRET = re.compile(
 
 
 def _secret_name(name: str) -> bool:
-    if name.lower() == "_state":  # an upload URL's signed state
+    lower = name.lower()
+    if lower == "_state":  # an upload URL's signed state
         return True
-    flat = name.lower().replace("-", "").replace("_", "")
-    return any(word in flat for word in _SECRET_NAMES)
+    return _SECRET_NAME.search(lower.replace("-", "").replace("_", "")) is not None
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
@@ -163,6 +173,9 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._secrets: set[str] = set()
+        # Longest first (a secret containing another is replaced whole); sorted
+        # when one is added, not per record.
+        self._ordered: tuple[str, ...] = ()
         for secret in secrets:
             self.add_secret(secret)
 
@@ -172,9 +185,10 @@ class RedactingFilter(logging.Filter):
         # Very short values would blank out ordinary words; the patterns cover those.
         if secret and len(secret) >= 6:
             self._secrets.add(secret)
+            self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = sorted(self._secrets, key=len, reverse=True)
+        secrets = self._ordered
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the line
@@ -183,7 +197,17 @@ class RedactingFilter(logging.Filter):
         record.args = None
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
-            record.fields = redact_value(fields, secrets)
+            only = getattr(record, REDACT_ONLY, None)
+            if isinstance(only, tuple):
+                # The others are the registry's own values: passed as they are.
+                redacted = dict(fields)
+                for name in only:
+                    value = redacted.get(name)
+                    if value is not None:
+                        redacted[name] = redact_value(value, secrets, name)
+                record.fields = redacted
+            else:
+                record.fields = redact_value(fields, secrets)
         if record.exc_info:
             record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), secrets)
             record.exc_info = None
@@ -195,10 +219,22 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # One encoder for every line (json.dumps with an option builds one per call).
+        self._encoder = json.JSONEncoder(default=str)
+        # The last second formatted: most lines share it with the line before.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -215,7 +251,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        return self._encoder.encode(entry)
 
 
 def set_log_level(level: str) -> None:
@@ -237,6 +273,12 @@ def setup_logging(
     handler.addFilter(redactor)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # No line shows a record's thread or process (JsonFormatter): the logging
+    # module need not look them up for every record (its documented
+    # optimization switches; a getpid system call per line, among others).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     set_log_level(level)
     return redactor
 

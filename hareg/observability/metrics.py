@@ -32,6 +32,11 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # etcd calls: sub-millisecond to the request timeout.
 _ETCD_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Labelled children of the HTTP metrics kept per (route, method, status): a
+# request then updates its series without prometheus_client's label lookup
+# (validation, a lock, a tuple of strings). Bounded: past this many
+# combinations (unknown methods a client invents) the lookup is done as before.
+_HTTP_CHILDREN_MAX: Final = 1024
 # Storage calls: a local stat to a streamed multi-GiB blob.
 _STORAGE_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
@@ -132,6 +137,10 @@ class Metrics:
             registry=r,
         )
         self._service: ServiceCollector | None = None
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # By route, made at a route's first body (a series exists once it counted bytes).
+        self._received_children: dict[str, Counter] = {}
+        self._sent_children: dict[str, Counter] = {}
 
     # ----------------------------------------------------------------- hooks
 
@@ -151,12 +160,21 @@ class Metrics:
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, received: int, sent: int
     ) -> None:
-        self.http_requests.labels(route, method, str(status)).inc()
-        self.http_duration.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method),
+            )
+            if len(self._http_children) < _HTTP_CHILDREN_MAX:
+                self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if received:
-            self.http_received.labels(route).inc(received)
+            _child(self._received_children, self.http_received, route).inc(received)
         if sent:
-            self.http_sent.labels(route).inc(sent)
+            _child(self._sent_children, self.http_sent, route).inc(sent)
 
     def attach(self, registry: Registry, limiters: Callable[[], Iterable[LimiterState]]) -> None:
         """Export the service layer's counters and the limiters' state (once per Metrics)."""
@@ -166,6 +184,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _child(children: dict[str, Counter], parent: Counter, route: str) -> Counter:
+    """``parent.labels(route)``, kept in ``children`` (route templates: a bounded set)."""
+    child = children.get(route)
+    if child is None:
+        child = parent.labels(route)
+        if len(children) < _HTTP_CHILDREN_MAX:
+            children[route] = child
+    return child
 
 
 class ServiceCollector(Collector):

@@ -227,12 +227,6 @@ class AccessControl:
         barrier = self.store.barrier if self.store is not None else None
         return barrier.request_scope() if barrier is not None else contextlib.nullcontext()
 
-    async def view(self, robot: str | None = None) -> AccessView:
-        """The runtime grants (and robot account ``robot``) as of now."""
-        if self.store is None:
-            return NO_GRANTS
-        return await self.store.access_view(robot)
-
     def bindings_in(self, view: AccessView, subject: str) -> tuple[Binding, ...]:
         """``subject``'s bindings: the configuration's and the runtime ones of ``view``."""
         version, by_subject = self._by_subject
@@ -248,18 +242,19 @@ class AccessControl:
     async def identify(self, authorization: str | None, client: str, realm: str) -> Caller:
         """Who sent the request and the bindings in force now (one linearizable read)."""
         robot = robots.robot_in(authorization)
-        view = await self.view(robot)
-        identity = await self.authenticate(authorization, client, realm, view)
+        view = await self.store.access_view(robot) if self.store is not None else NO_GRANTS
+        # A bearer token (the common case) or none is decided here, without a
+        # coroutine of its own: this runs once per request.
+        identity = self._credentials(authorization, realm)
+        if identity is None:
+            identity = await self.authenticate(authorization, client, realm, view)
         return Caller(identity, self.bindings_in(view, identity.subject), view.current)
 
     # ---------------------------------------------------------- identities
 
-    async def authenticate(
-        self, authorization: str | None, client: str, realm: str, view: AccessView = NO_GRANTS
-    ) -> Identity:
-        """Who sent the request; raises 401 for credentials that are not
-        acceptable and 429 while the name or address is locked out.  ``view``
-        holds the robot account a ``robot+NAME`` login names."""
+    def _credentials(self, authorization: str | None, realm: str) -> Identity | None:
+        """The identity of no credentials or a bearer token; None for Basic
+        ones (checked off the loop: ``authenticate``).  Raises as ``authenticate``."""
         if not authorization:
             return NOBODY
         if len(authorization) > _MAX_HEADER:
@@ -267,10 +262,22 @@ class AccessControl:
         scheme, _, value = authorization.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
-            return await self._basic(value.strip(), client, realm, view)
+            return None
         if scheme == "bearer":
             return self._bearer(value.strip(), realm)
         raise _unauthorized("expected Basic or Bearer credentials", self.challenge(realm))
+
+    async def authenticate(
+        self, authorization: str | None, client: str, realm: str, view: AccessView = NO_GRANTS
+    ) -> Identity:
+        """Who sent the request; raises 401 for credentials that are not
+        acceptable and 429 while the name or address is locked out.  ``view``
+        holds the robot account a ``robot+NAME`` login names."""
+        identity = self._credentials(authorization, realm)
+        if identity is not None:
+            return identity
+        assert authorization is not None  # Basic credentials
+        return await self._basic(authorization.strip().partition(" ")[2].strip(), client, realm, view)
 
     async def _basic(self, value: str, client: str, realm: str, view: AccessView) -> Identity:
         try:
