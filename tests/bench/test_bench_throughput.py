@@ -119,13 +119,15 @@ def test_cli_auth_run_authenticates_every_request(tmp_path: Path) -> None:
             assert s is not None and "error" not in s, (phase, s)
             assert s["errors"] == 0 and s["ops"] > 0, (phase, s.get("first_error"))
     assert doc["ratios"]["manifest_get_tag_ops"] > 0
-    # The unauthenticated hareg ran the manifest phases, and the ratios compare the two.
+    # The unauthenticated hareg ran every phase (the same data as the
+    # authenticated one), and the ratios compare the two.
     plain = doc["unauthenticated_targets"]["hareg"]
     assert plain["details"]["auth"] == "none" and plain["details"]["anonymous_v2_status"] == 200
     for phase in COMPANION_PHASES:
         if phase in hareg["phases"]:
             assert plain["phases"][phase]["errors"] == 0 and plain["phases"][phase]["ops"] > 0
     assert set(plain["phases"]) <= set(COMPANION_PHASES)
+    assert {"push", "pull", "mount"} <= set(plain["phases"]), sorted(plain["phases"])
     table = doc["auth_ratios"]["hareg"]
     assert isinstance(table["manifest_get_tag_ops"], float) and table["manifest_get_tag_ops"] > 0
     checks = {c["check"] for c in doc["target_checks"]}
