@@ -347,7 +347,8 @@ async def test_metrics_count_every_storage_call(hareg_launcher: Launcher, tmp_pa
             assert r.status == 201, await r.text()
         async with http.get("/metrics") as r:
             text = await r.text()
-    assert 'hareg_storage_requests_total{op="upload_commit",outcome="ok"} 1.0' in text
-    assert f'hareg_storage_bytes_total{{op="upload_write"}} {float(len(blob))}' in text
-    assert 'hareg_storage_request_duration_seconds_count{op="upload_write"} 1.0' in text
+    # A monolithic push streams into the blob in one call (upload_put).
+    assert 'hareg_storage_requests_total{op="upload_put",outcome="ok"} 1.0' in text
+    assert f'hareg_storage_bytes_total{{op="upload_put"}} {float(len(blob))}' in text
+    assert 'hareg_storage_request_duration_seconds_count{op="upload_put"} 1.0' in text
     assert server.stop(signal.SIGTERM) == 0

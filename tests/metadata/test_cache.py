@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gc
 import hashlib
 import random
 import tracemalloc
@@ -402,7 +404,10 @@ async def test_manifest_records_are_kept_by_bytes_and_read_back_at_the_cache_rev
     """The body set holds at most its bound; an evicted (or listed, never kept)
     record is read from etcd at the cache's revision, and a read of it joins
     the one in flight."""
-    bodies = [f'{{"n": {i}, "pad": "{"x" * 600}"}}'.encode() for i in range(12)]
+    # Incompressible padding: records are stored deflated, and the bound counts
+    # their stored size (at least 1,200 bytes each here, so at most 3 fit).
+    pad = [base64.b64encode(random.Random(i).randbytes(1200)).decode() for i in range(12)]
+    bodies = [f'{{"n": {i}, "pad": "{pad[i]}"}}'.encode() for i in range(12)]
     await kv.txn([], [Put(keys.manifest("r", _digest(b)), _manifest(b)) for b in bodies[:4]])
     cache = MetadataCache(Reflector(kv, SystemClock()), keys, body_bytes=3 * 1200)
     async with running(cache):
@@ -492,12 +497,16 @@ async def test_a_relist_holds_one_copy_of_the_mirror(kv: EtcdKV, keys: Keys) -> 
             ops += [Put(keys.tag(f"r{i % 20}", f"v{i}"), _tag(_digest(body)))]
         await kv.txn([], ops)
     cache = MetadataCache(Reflector(kv, SystemClock(), page=200), keys)
+    # Collected before each measure: garbage an earlier test left (freed at
+    # a random point of the measure otherwise) is not the listing's.
+    gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         await cache.reflector.read()
         held = tracemalloc.get_traced_memory()[0] - before
         assert cache.size()["m"] == cache.size()["t"] == 2000
+        gc.collect()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
         await cache.reflector.read()  # a re-list, as after compaction
