@@ -34,6 +34,11 @@ def by_type(doc: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 async def test_status_endpoint_of_a_healthy_replica(client: Client, registry: Registry) -> None:
+    # Healthy includes a loaded cache: until then Progressing is True
+    # (Starting), and its transition time moves when the load ends.
+    async with asyncio.timeout(60):
+        while registry.cache is None or not registry.cache.ready:
+            await asyncio.sleep(0.01)
     r = await client.get("/hareg/v1/status")
     assert r.status == 200
     doc = await r.json()
@@ -41,6 +46,7 @@ async def test_status_endpoint_of_a_healthy_replica(client: Client, registry: Re
     assert [c["type"] for c in doc["conditions"]] == ["Available", "Progressing", "Degraded"]
     assert (conditions["Available"]["status"], conditions["Available"]["reason"]) == ("True", "Ready")
     assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == ("False", "AsExpected")
+    assert (conditions["Progressing"]["status"], conditions["Progressing"]["reason"]) == ("False", "Ready")
     for c in doc["conditions"]:
         assert set(c) == {"type", "status", "reason", "message", "lastTransitionTime"}
         assert c["status"] in ("True", "False") and RFC3339.fullmatch(c["lastTransitionTime"])
