@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from bench.client import sha256_digest
 from hareg.clock import SystemClock
 from hareg.ids import RandomIds
 from hareg.kv.base import EventType, prefix_end
@@ -55,13 +55,9 @@ PREFIX = "/hareg"
 REVISION_OVERHEAD = 17 + 20
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def image_manifest(config: bytes, layers: Sequence[bytes], note: str) -> bytes:
     def desc(media_type: str, b: bytes) -> dict[str, object]:
-        return {"mediaType": media_type, "digest": _digest(b), "size": len(b)}
+        return {"mediaType": media_type, "digest": sha256_digest(b), "size": len(b)}
 
     doc = {
         "schemaVersion": 2,
@@ -96,13 +92,13 @@ class Pusher:
 
     async def _blob(self, repo: str, data: bytes) -> None:
         try:
-            await self.reg.blobs.stat(repo, _digest(data))  # "layer already exists"
+            await self.reg.blobs.stat(repo, sha256_digest(data))  # "layer already exists"
             return
         except RegistryError:
             pass
         status = await self.reg.uploads.start(repo)
         await self.reg.uploads.finish(
-            repo, status.upload_id, _digest(data), one_chunk(data), length=len(data)
+            repo, status.upload_id, sha256_digest(data), one_chunk(data), length=len(data)
         )
 
     async def push(self, i: int) -> int:
@@ -193,7 +189,7 @@ def _index(children: int, note: str) -> bytes:
         "manifests": [
             {
                 "mediaType": OCI,
-                "digest": _digest(f"{note} {i}".encode()),
+                "digest": sha256_digest(f"{note} {i}".encode()),
                 "size": 1000 + i,
                 "platform": {"architecture": ["amd64", "arm64", "ppc64le", "s390x"][i % 4], "os": "linux"},
             }
@@ -215,17 +211,19 @@ def crossover() -> list[dict[str, object]]:
         if shape == "image":
             layers = [f"layer {i}".encode() for i in range(n)]
             body = image_manifest(b"config", layers, "0" * 40)
-            refs: tuple[str, ...] = tuple(_digest(b) for b in [b"config", *layers])
+            refs: tuple[str, ...] = tuple(sha256_digest(b) for b in [b"config", *layers])
             children: tuple[str, ...] = ()
         else:
             body = _index(n, "crossover")
             refs, children = (), tuple(d["digest"] for d in json.loads(body)["manifests"])
         record = ManifestRecord(OCI, len(body), 1.7e9, refs, children, body=body)
-        key = keys.manifest("bench/app", _digest(body))
+        key = keys.manifest("bench/app", sha256_digest(body))
         inline = len(key) + len(encode(record)) + REVISION_OVERHEAD
         outside = len(key) + len(encode(replace(record, body=None))) + REVISION_OVERHEAD
         outside += (
-            len(keys.blob(_digest(body))) + len(encode(BlobRecord(len(body), 1.7e9))) + REVISION_OVERHEAD
+            len(keys.blob(sha256_digest(body)))
+            + len(encode(BlobRecord(len(body), 1.7e9)))
+            + REVISION_OVERHEAD
         )
         rows.append(
             {"shape": f"{shape} of {n}", "body_bytes": len(body), "inline": inline, "blob_store": outside}

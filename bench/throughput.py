@@ -691,7 +691,9 @@ def _run_one(
             if users is not None and spec.kind == "hareg":
                 plain = TargetSpec(kind="hareg", name=spec.name + UNAUTHENTICATED_SUFFIX)
                 companion = stack.enter_context(_started(plain, options, None))
-                log(f"bench: {plain.name} at {companion.url} (no auth, every phase beside the authenticated one)")
+                log(
+                    f"bench: {plain.name} at {companion.url} (no auth, every phase beside the authenticated one)"
+                )
             # Other work on the machine skews every figure: keep the evidence.
             target.details["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
             result = _run_loop(
